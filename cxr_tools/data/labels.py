@@ -1,0 +1,120 @@
+"""Label spaces of the supported datasets and the canonical names they map to.
+
+Datasets spell the same finding differently (NIH ``Effusion`` vs CheXpert ``Pleural Effusion``, NIH's
+``Pleural_Thickening`` with an underscore). Caches store each dataset's own label space; these mappings let
+models and comparisons speak one canonical vocabulary, the way TorchXRayVision's ``relabel_dataset`` does.
+"""
+
+from __future__ import annotations
+
+from cxr_tools.errors import DataError
+
+NO_FINDING = "No Finding"
+
+# NIH ChestX-ray14, in the order of the dataset paper; "No Finding" is the absence of all 14.
+NIH_LABELS: tuple[str, ...] = (
+    "Atelectasis",
+    "Cardiomegaly",
+    "Effusion",
+    "Infiltration",
+    "Mass",
+    "Nodule",
+    "Pneumonia",
+    "Pneumothorax",
+    "Consolidation",
+    "Edema",
+    "Emphysema",
+    "Fibrosis",
+    "Pleural_Thickening",
+    "Hernia",
+)
+
+# CheXpert's 14 observation columns, in train.csv order (after Path,Sex,Age,Frontal/Lateral,AP/PA).
+CHEXPERT_LABELS: tuple[str, ...] = (
+    "No Finding",
+    "Enlarged Cardiomediastinum",
+    "Cardiomegaly",
+    "Lung Opacity",
+    "Lung Lesion",
+    "Edema",
+    "Consolidation",
+    "Pneumonia",
+    "Atelectasis",
+    "Pneumothorax",
+    "Pleural Effusion",
+    "Pleural Other",
+    "Fracture",
+    "Support Devices",
+)
+
+CHEXPERT_META_COLUMNS: tuple[str, ...] = ("Path", "Sex", "Age", "Frontal/Lateral", "AP/PA")
+
+# Real header of Data_Entry_2017_v2020.csv; the bracketed names contain commas, so rows have 11 fields.
+NIH_CSV_HEADER = (
+    "Image Index,Finding Labels,Follow-up #,Patient ID,Patient Age,Patient Gender,View Position,"
+    "OriginalImage[Width,Height],OriginalImagePixelSpacing[x,y]"
+)
+
+# Dataset spelling -> canonical name. Canonical names follow NIH where both datasets have the finding.
+_ALIASES: dict[str, str] = {
+    "pleural effusion": "Effusion",
+    "effusion": "Effusion",
+    "pleural_thickening": "Pleural_Thickening",
+    "pleural thickening": "Pleural_Thickening",
+    "pleural-thickening": "Pleural_Thickening",
+    "no finding": NO_FINDING,
+    "no_finding": NO_FINDING,
+    "normal": NO_FINDING,
+    "lung lesion": "Lung Lesion",
+    "enlarged cardiomediastinum": "Enlarged Cardiomediastinum",
+    "lung opacity": "Lung Opacity",
+    "pleural other": "Pleural Other",
+    "support devices": "Support Devices",
+}
+for _name in NIH_LABELS + CHEXPERT_LABELS:
+    _ALIASES.setdefault(_name.lower(), _name)
+    _ALIASES.setdefault(_name.lower().replace("_", " "), _name)
+
+
+def canonical_label(name: str) -> str:
+    """The canonical spelling of a finding name from any supported dataset (case-insensitive).
+
+    Unknown names are returned stripped but otherwise unchanged, so folder datasets can bring their own
+    classes (e.g. ``PNEUMONIA``).
+    """
+    key = name.strip().lower()
+    return _ALIASES.get(key, _ALIASES.get(key.replace("_", " "), name.strip()))
+
+
+def parse_nih_findings(cell: str, *, source: str = "Finding Labels") -> list[str]:
+    """Split an NIH ``Finding Labels`` cell (``Cardiomegaly|Emphysema``) into known NIH labels.
+
+    ``No Finding`` gives an empty list. An unknown name raises :class:`DataError` naming it.
+    """
+    if cell is None:
+        return []
+    names = [p.strip() for p in str(cell).split("|") if p.strip()]
+    out: list[str] = []
+    for name in names:
+        if name == NO_FINDING:
+            continue
+        if name not in NIH_LABELS:
+            canon = canonical_label(name)
+            if canon in NIH_LABELS:
+                name = canon
+            else:
+                raise DataError(
+                    f"Unknown finding '{name}' in {source}.",
+                    f"Known NIH findings: {', '.join(NIH_LABELS)}, {NO_FINDING}.",
+                )
+        if name not in out:
+            out.append(name)
+    return out
+
+
+# MetaChest (Montalvo-Lezama et al.) class-disjoint meta-split of the NIH findings; SCIENCE.md §2.
+METACHEST_SPLIT: dict[str, tuple[str, ...]] = {
+    "train": ("Effusion", "Infiltration", "Atelectasis", "Nodule", "Mass", "Pleural_Thickening"),
+    "val": ("Emphysema", "Fibrosis", "Hernia"),
+    "test": ("Cardiomegaly", "Edema", "Pneumothorax", "Consolidation", "Pneumonia"),
+}

@@ -1,0 +1,1 @@
+"""Runtime services shared by every engine: files, progress, devices, distributed, signals."""

@@ -1,0 +1,88 @@
+"""Atomic writes and output-directory policy.
+
+A reader must never see a half-written file under its final name: every write goes to a temporary name in
+the same directory, is fsynced, then renamed over the target (rename is atomic on POSIX within one file
+system).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from cxr_tools.errors import OutputExistsError
+
+
+@contextlib.contextmanager
+def atomic_path(target: str | os.PathLike[str], suffix: str = "") -> Iterator[Path]:
+    """Yield a temporary path next to ``target``; on success rename it onto ``target``.
+
+    The caller writes the temporary file however it likes (h5py, np.save, matplotlib...). On an exception
+    the temporary file is removed and ``target`` is left untouched.
+    """
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=suffix + ".tmp", dir=target.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        yield tmp
+        with open(tmp, "rb") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, target)
+        _fsync_dir(target.parent)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def atomic_write_bytes(target: str | os.PathLike[str], data: bytes) -> Path:
+    """Write ``data`` to ``target`` atomically and return the path."""
+    with atomic_path(target) as tmp:
+        tmp.write_bytes(data)
+    return Path(target)
+
+
+def atomic_write_text(target: str | os.PathLike[str], text: str) -> Path:
+    """Write UTF-8 ``text`` to ``target`` atomically and return the path."""
+    return atomic_write_bytes(target, text.encode("utf-8"))
+
+
+def atomic_write_json(target: str | os.PathLike[str], obj: Any) -> Path:
+    """Write ``obj`` as indented JSON atomically and return the path."""
+    return atomic_write_text(target, json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")
+
+
+def _fsync_dir(directory: Path) -> None:
+    with contextlib.suppress(OSError):
+        fd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def prepare_output_dir(path: str | os.PathLike[str], *, overwrite: bool, what: str = "output") -> Path:
+    """Make sure ``path`` is a usable, empty output directory.
+
+    An existing non-empty directory is refused unless ``overwrite`` is set, in which case it is removed
+    first. Commands that can resume check for their own completion marker before calling this.
+    """
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise OutputExistsError(f"{what} path {path} exists and is not a directory.", "Choose another path.")
+    if path.is_dir() and any(path.iterdir()):
+        if not overwrite:
+            raise OutputExistsError(
+                f"{what} directory {path} already exists and is not empty.",
+                "Pass --overwrite to replace it, or choose another path.",
+            )
+        shutil.rmtree(path)
+    path.mkdir(parents=True, exist_ok=True)
+    return path
