@@ -118,3 +118,38 @@ METACHEST_SPLIT: dict[str, tuple[str, ...]] = {
     "val": ("Emphysema", "Fibrosis", "Hernia"),
     "test": ("Cardiomegaly", "Edema", "Pneumothorax", "Consolidation", "Pneumonia"),
 }
+
+
+UNCERTAINTY_POLICIES = ("ignore", "zeros", "ones")
+
+
+def apply_uncertainty(values, policy: str = "ignore"):  # type: ignore[no-untyped-def]
+    """Turn raw label values (1, 0, -1 = uncertain, NaN = not mentioned) into targets and a loss mask.
+
+    Caches store labels raw so one cache serves every policy (Irvin et al. 2019, CheXpert):
+    ``ignore`` (U-Ignore) masks uncertain entries out of the loss, ``zeros`` (U-Zeros) and ``ones`` (U-Ones)
+    map them to 0 or 1. "Not mentioned" counts as negative, as in the CheXpert paper.
+
+    Args:
+        values: array-like [N, L] of raw values.
+        policy: one of :data:`UNCERTAINTY_POLICIES`.
+
+    Returns:
+        ``(targets, mask)``: float32 [N, L] in {0, 1} and bool [N, L] (False = leave out of the loss).
+    """
+    import numpy as np
+
+    if policy not in UNCERTAINTY_POLICIES:
+        raise DataError(f"Unknown uncertainty policy '{policy}'.", f"Use one of: {', '.join(UNCERTAINTY_POLICIES)}.")
+    raw = np.asarray(values, dtype=np.float32)
+    uncertain = raw == -1
+    targets = np.where(np.isnan(raw), 0.0, raw).astype(np.float32)
+    mask = np.ones(raw.shape, dtype=bool)
+    if policy == "ignore":
+        targets[uncertain] = 0.0
+        mask[uncertain] = False
+    elif policy == "zeros":
+        targets[uncertain] = 0.0
+    else:
+        targets[uncertain] = 1.0
+    return targets, mask
