@@ -1,0 +1,113 @@
+"""Few-shot evaluation metrics: pure functions over targets and scores (no torch, no files).
+
+Per episode and class: ROC AUC (threshold-free, the primary metric), average precision, and F1 / precision /
+recall at a stated threshold; over episodes: mean ± 95% confidence interval (Student t), and paired
+differences between methods evaluated on the *same* episodes (SCIENCE.md §2: "every reported number with a
+confidence interval and a baseline on the same episodes").
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+METRICS: tuple[str, ...] = ("auc", "ap", "f1", "precision", "recall")
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """A mean with its 95% confidence half-width over ``n`` episodes."""
+
+    mean: float
+    ci95: float
+    n: int
+
+    @property
+    def low(self) -> float:
+        return self.mean - self.ci95
+
+    @property
+    def high(self) -> float:
+        return self.mean + self.ci95
+
+    def __str__(self) -> str:
+        return f"{self.mean:.3f} ± {self.ci95:.3f}"
+
+
+def class_metrics(targets: np.ndarray, scores: np.ndarray, threshold: float = 0.5) -> dict[str, float]:
+    """AUC, AP, F1, precision and recall of one class (targets in {0,1}, scores = probabilities).
+
+    AUC and AP are NaN when the targets hold a single class (they are undefined there, not 0.5).
+    """
+    from sklearn.metrics import average_precision_score, precision_recall_fscore_support, roc_auc_score
+
+    y = np.asarray(targets).astype(int).ravel()
+    s = np.asarray(scores, dtype=np.float64).ravel()
+    both = 0 < y.sum() < len(y)
+    pred = (s >= threshold).astype(int)
+    p, r, f, _ = precision_recall_fscore_support(y, pred, average="binary", zero_division=0)
+    return {
+        "auc": float(roc_auc_score(y, s)) if both else math.nan,
+        "ap": float(average_precision_score(y, s)) if both else math.nan,
+        "f1": float(f),
+        "precision": float(p),
+        "recall": float(r),
+    }
+
+
+def episode_metrics(
+    targets: np.ndarray, scores: np.ndarray, classes: Sequence[str], threshold: float = 0.5
+) -> dict[str, dict[str, float]]:
+    """:func:`class_metrics` for each column of an episode's query targets [Q, N] and scores [Q, N]."""
+    targets = np.asarray(targets)
+    scores = np.asarray(scores)
+    if targets.shape != scores.shape or targets.ndim != 2 or targets.shape[1] != len(classes):
+        raise ValueError(f"targets {targets.shape} and scores {scores.shape} must be [Q, {len(classes)}]")
+    return {c: class_metrics(targets[:, j], scores[:, j], threshold) for j, c in enumerate(classes)}
+
+
+def mean_ci(values: Sequence[float] | np.ndarray, confidence: float = 0.95) -> Estimate:
+    """Mean and Student-t confidence half-width of ``values``, ignoring NaNs."""
+    from scipy import stats
+
+    v = np.asarray(values, dtype=np.float64)
+    v = v[~np.isnan(v)]
+    n = len(v)
+    if n == 0:
+        return Estimate(math.nan, math.nan, 0)
+    if n == 1:
+        return Estimate(float(v[0]), math.nan, 1)
+    sem = v.std(ddof=1) / math.sqrt(n)
+    half = float(stats.t.ppf(0.5 + confidence / 2, n - 1) * sem)
+    return Estimate(float(v.mean()), half, n)
+
+
+@dataclass(frozen=True)
+class PairedDifference:
+    """``a - b`` over the same episodes: mean ± CI and the paired t-test p-value."""
+
+    mean: float
+    ci95: float
+    n: int
+    p_value: float
+
+
+def paired_difference(a: Sequence[float] | np.ndarray, b: Sequence[float] | np.ndarray) -> PairedDifference:
+    """Compare two methods episode by episode (the arrays must be aligned on the same episodes)."""
+    from scipy import stats
+
+    x = np.asarray(a, dtype=np.float64)
+    y = np.asarray(b, dtype=np.float64)
+    if x.shape != y.shape:
+        raise ValueError("paired differences need the same episodes on both sides")
+    keep = ~(np.isnan(x) | np.isnan(y))
+    d = x[keep] - y[keep]
+    est = mean_ci(d)
+    if len(d) < 2 or np.allclose(d, d[0]):
+        p = math.nan if len(d) < 2 else (1.0 if d[0] == 0 else 0.0)
+    else:
+        p = float(stats.ttest_rel(x[keep], y[keep]).pvalue)
+    return PairedDifference(est.mean, est.ci95, est.n, p)
