@@ -83,7 +83,7 @@ def _patient_strata(table: Any, patients: np.ndarray, inverse: np.ndarray, label
     return ranks.min(axis=1)
 
 
-def _allocate(n: int, fractions: Sequence[float], rng: np.random.Generator) -> np.ndarray:
+def _allocate(n: int, fractions: Sequence[float] | np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """Split positions 0..n-1 into len(fractions) groups following ``fractions`` as a repeating pattern.
 
     At each position the group with the largest deficit ``f * (i + 1 + offset) - count`` is chosen, so any
@@ -314,7 +314,8 @@ def _from_mapping(data: Mapping[str, Any], where: str) -> MetaSplit:
     missing = [s for s in SPLITS if s not in keys]
     if missing:
         raise ConfigError(f"{where}: missing {', '.join(missing)} class list(s).", "Give train, val and test.")
-    return MetaSplit(*(_split_classes(keys[s], f"{where} {s}") for s in SPLITS), name=str(keys.get("name", "custom")))
+    train, val, test = (_split_classes(keys[s], f"{where} {s}") for s in SPLITS)
+    return MetaSplit(train, val, test, name=str(keys.get("name", "custom")))
 
 
 def parse_meta_split(spec: Any = None, labels: Sequence[str] | None = None) -> MetaSplit:
