@@ -1,0 +1,268 @@
+"""Training checkpoints that resume bit-for-bit, and the policies that decide when to write them.
+
+A training state file (``checkpoints/last.pt``) is a plain dict of tensors, numbers, strings, lists and
+dicts, so it loads with ``torch.load(weights_only=True)`` - no pickled code runs when a user opens a run
+they were sent::
+
+    {"format": "cxr-training-state", "version": 1,
+     "model": state_dict, "optimizer": ..., "scheduler": ... | None, "scaler": ... | None,
+     "step": int, "epoch": int, "rng": rng_state(), "extra": {...}}
+
+``extra`` carries the loop position, sampler state, early stopping and best tracking. Writes go through
+:func:`~cxr_tools.runtime.fs.atomic_path` (temporary file, fsync, rename): a job killed while saving leaves
+the previous ``last.pt`` intact. ``best.pt`` holds only the model weights plus the monitored value.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from cxr_tools.errors import ConfigError, ModelError
+from cxr_tools.runtime.fs import atomic_path
+from cxr_tools.runtime.seeding import rng_state, set_rng_state
+
+if TYPE_CHECKING:
+    import torch
+
+STATE_FORMAT = "cxr-training-state"
+BEST_FORMAT = "cxr-best-weights"
+STATE_VERSION = 1
+
+
+def unwrap_model(model: torch.nn.Module) -> torch.nn.Module:
+    """The module inside a DistributedDataParallel / DataParallel wrapper (state dicts without ``module.``)."""
+    return getattr(model, "module", model)
+
+
+def save_training_state(
+    path: str | os.PathLike[str],
+    model: torch.nn.Module,
+    optimizer: Any | None,
+    scheduler: Any | None,
+    scaler: Any | None,
+    step: int,
+    epoch: int,
+    extra: Mapping[str, Any] | None = None,
+    *,
+    rng: Mapping[str, Any] | None = None,
+) -> Path:
+    """Atomically write everything needed to resume training to ``path``.
+
+    Args:
+        optimizer, scheduler, scaler: anything with ``state_dict()`` (or None).
+        step, epoch: counters where training resumes.
+        extra: loop/sampler/early-stopping state; must hold only tensors, numbers, strings, lists, dicts.
+        rng: RNG states to store (default: this process's :func:`rng_state`).
+    """
+    import torch
+
+    state = {
+        "format": STATE_FORMAT,
+        "version": STATE_VERSION,
+        "model": unwrap_model(model).state_dict(),
+        "optimizer": optimizer.state_dict() if optimizer is not None else None,
+        "scheduler": scheduler.state_dict() if scheduler is not None else None,
+        "scaler": scaler.state_dict() if scaler is not None else None,
+        "step": int(step),
+        "epoch": int(epoch),
+        "rng": dict(rng) if rng is not None else rng_state(),
+        "extra": dict(extra or {}),
+    }
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
+    return Path(path)
+
+
+def load_checkpoint(path: str | os.PathLike[str], map_location: Any = "cpu") -> dict[str, Any]:
+    """Load a checkpoint with ``torch.load(weights_only=True)``; unreadable files raise :class:`ModelError`."""
+    import pickle
+
+    import torch
+
+    path = Path(path)
+    if not path.is_file():
+        raise ModelError(f"Checkpoint {path} does not exist.", "Check the run directory path.")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except (RuntimeError, pickle.UnpicklingError, EOFError, ValueError, OSError) as exc:
+        raise ModelError(
+            f"Checkpoint {path} is unreadable or not a safe weights file ({str(exc).splitlines()[0]}).",
+            "Delete it to restart from the previous checkpoint, or pass --overwrite to start the run again.",
+        ) from exc
+    if not isinstance(state, dict):
+        raise ModelError(f"Checkpoint {path} does not hold a state dictionary.", "Pass --overwrite to start again.")
+    return state
+
+
+def load_training_state(path: str | os.PathLike[str], map_location: Any = "cpu") -> dict[str, Any]:
+    """Load a training state written by :func:`save_training_state` (checks its format and version)."""
+    state = load_checkpoint(path, map_location)
+    if state.get("format") != STATE_FORMAT:
+        raise ModelError(f"{path} is not a cxr training checkpoint.", "Pass --overwrite to start the run again.")
+    if int(state.get("version", 0)) > STATE_VERSION:
+        raise ModelError(
+            f"{path} was written by a newer cxr-tools (checkpoint version {state.get('version')}).",
+            "Upgrade cxr-tools to resume this run.",
+        )
+    return state
+
+
+def restore_training_state(
+    state: Mapping[str, Any],
+    model: torch.nn.Module,
+    optimizer: Any | None = None,
+    scheduler: Any | None = None,
+    scaler: Any | None = None,
+    *,
+    restore_rng: bool = True,
+) -> None:
+    """Load model/optimizer/scheduler/scaler state and (by default) the RNG states from ``state``."""
+    try:
+        unwrap_model(model).load_state_dict(state["model"])
+        if optimizer is not None and state.get("optimizer") is not None:
+            optimizer.load_state_dict(state["optimizer"])
+        if scheduler is not None and state.get("scheduler") is not None:
+            scheduler.load_state_dict(state["scheduler"])
+        if scaler is not None and state.get("scaler"):
+            scaler.load_state_dict(state["scaler"])
+    except (RuntimeError, KeyError, ValueError) as exc:
+        raise ModelError(
+            f"The checkpoint does not fit this model/optimizer ({str(exc).splitlines()[0]}).",
+            "Resume with the options the run was started with, or pass --overwrite to start again.",
+        ) from exc
+    if restore_rng and state.get("rng") is not None:
+        set_rng_state(state["rng"])
+
+
+def save_model_state(
+    path: str | os.PathLike[str], model: torch.nn.Module, *, step: int, epoch: int, extra: Mapping[str, Any] | None
+) -> Path:
+    """Atomically write only the weights (``best.pt``): ``{"format", "version", "model", "step", "epoch", "extra"}``."""
+    import torch
+
+    state = {
+        "format": BEST_FORMAT,
+        "version": STATE_VERSION,
+        "model": unwrap_model(model).state_dict(),
+        "step": int(step),
+        "epoch": int(epoch),
+        "extra": dict(extra or {}),
+    }
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
+    return Path(path)
+
+
+class CheckpointPolicy:
+    """When to write ``last.pt``: every ``every_steps`` optimizer steps and/or every ``every_minutes``.
+
+    Epoch ends and preemption always write one; the policy covers long epochs. ``clock`` is injectable for tests.
+    """
+
+    def __init__(
+        self,
+        every_steps: int | None = None,
+        every_minutes: float | None = 10.0,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if every_steps is not None and every_steps < 1:
+            raise ConfigError("checkpoint every_steps must be >= 1 (or unset).")
+        if every_minutes is not None and every_minutes <= 0:
+            raise ConfigError("checkpoint every_minutes must be > 0 (or unset).")
+        self.every_steps = every_steps
+        self.every_minutes = every_minutes
+        self._clock = clock
+        self._last_time = clock()
+        self._last_step = 0
+
+    def should_save(self, step: int) -> bool:
+        """True when ``step`` is a multiple of ``every_steps`` or ``every_minutes`` passed since the last save."""
+        if self.every_steps is not None and step > self._last_step and step % self.every_steps == 0:
+            return True
+        return self.every_minutes is not None and (self._clock() - self._last_time) >= 60.0 * self.every_minutes
+
+    def mark_saved(self, step: int) -> None:
+        """Record that a checkpoint was written at ``step`` (restarts the timer)."""
+        self._last_step = step
+        self._last_time = self._clock()
+
+
+def _check_mode(mode: str) -> None:
+    if mode not in {"max", "min"}:
+        raise ConfigError(f"Unknown monitor mode '{mode}'.", "Use max (e.g. AUC) or min (e.g. loss).")
+
+
+def is_improvement(value: float, best: float | None, mode: str, min_delta: float = 0.0) -> bool:
+    """Whether ``value`` beats ``best`` by more than ``min_delta`` (NaN never improves)."""
+    if value is None or math.isnan(value):
+        return False
+    if best is None:
+        return True
+    return value > best + min_delta if mode == "max" else value < best - min_delta
+
+
+@dataclass
+class BestTracker:
+    """The best value of a monitored metric so far and the epoch/step it was reached at."""
+
+    monitor: str
+    mode: str = "max"
+    min_delta: float = 0.0
+    best: float | None = None
+    best_epoch: int | None = None
+    best_step: int | None = None
+
+    def __post_init__(self) -> None:
+        _check_mode(self.mode)
+
+    def update(self, value: float, *, epoch: int, step: int) -> bool:
+        """Record ``value``; True when it is a new best (the caller then writes ``best.pt``)."""
+        if not is_improvement(value, self.best, self.mode, self.min_delta):
+            return False
+        self.best, self.best_epoch, self.best_step = float(value), epoch, step
+        return True
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"monitor": self.monitor, "best": self.best, "best_epoch": self.best_epoch, "best_step": self.best_step}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.best, self.best_epoch, self.best_step = state["best"], state["best_epoch"], state["best_step"]
+
+
+@dataclass
+class EarlyStopping:
+    """Stop when the monitored metric has not improved by ``min_delta`` for ``patience`` evaluations."""
+
+    patience: int
+    min_delta: float = 0.0
+    mode: str = "max"
+    best: float | None = None
+    bad_epochs: int = 0
+    stopped: bool = False
+
+    def __post_init__(self) -> None:
+        _check_mode(self.mode)
+        if self.patience < 1:
+            raise ConfigError("Early-stopping patience must be >= 1.", "Leave it unset to train all epochs.")
+
+    def step(self, value: float) -> bool:
+        """Record one evaluation; True when training should stop now."""
+        if is_improvement(value, self.best, self.mode, self.min_delta):
+            self.best, self.bad_epochs = float(value), 0
+        else:
+            self.bad_epochs += 1
+        self.stopped = self.bad_epochs >= self.patience
+        return self.stopped
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"best": self.best, "bad_epochs": self.bad_epochs, "stopped": self.stopped}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.best, self.bad_epochs, self.stopped = state["best"], int(state["bad_epochs"]), bool(state["stopped"])

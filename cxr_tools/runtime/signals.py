@@ -1,0 +1,116 @@
+"""Preemption: turn SIGTERM / SIGUSR1 into "checkpoint at the next step boundary and exit cleanly".
+
+SLURM sends SIGTERM when a job hits its time limit or is preempted (``KillWait`` seconds before SIGKILL),
+and ``#SBATCH --signal=B:USR1@120`` asks for SIGUSR1 two minutes before the end. The handler only records
+the signal - raising inside a signal handler could tear a half-written checkpoint or optimizer step - and
+the training loop polls :attr:`PreemptionHandler.should_stop` after each step, writes ``last.pt``, marks
+the run ``interrupted`` and returns. With ``requeue=True`` inside a SLURM job it then asks
+``scontrol requeue $SLURM_JOB_ID`` so the same command starts again and resumes.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import threading
+from collections.abc import Iterable, Mapping
+from types import FrameType
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+DEFAULT_SIGNALS: tuple[int, ...] = tuple(
+    s for s in (getattr(signal, "SIGTERM", None), getattr(signal, "SIGUSR1", None)) if s is not None
+)
+
+
+class PreemptionHandler:
+    """Context manager that records SIGTERM/SIGUSR1 and restores the previous handlers on exit.
+
+    Args:
+        signals: signal numbers to catch (default SIGTERM and SIGUSR1).
+        requeue: after the loop has checkpointed, :meth:`requeue_job` asks SLURM to requeue this job.
+        environ: environment to read ``SLURM_JOB_ID`` from (default ``os.environ``).
+    """
+
+    def __init__(
+        self,
+        signals: Iterable[int] = DEFAULT_SIGNALS,
+        *,
+        requeue: bool = False,
+        environ: Mapping[str, str] | None = None,
+    ) -> None:
+        self.signals = tuple(signals)
+        self.requeue = requeue
+        self._environ = environ
+        self._received: int | None = None
+        self._previous: dict[int, Any] = {}
+        self.installed = False
+
+    # The handler: record only. Assigning an attribute is safe at any bytecode boundary.
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        if self._received is None:
+            self._received = signum
+
+    def __enter__(self) -> PreemptionHandler:
+        if threading.current_thread() is not threading.main_thread():
+            log.warning("Signal handlers can only be installed from the main thread; preemption is not handled.")
+            return self
+        for sig in self.signals:
+            self._previous[sig] = signal.getsignal(sig)
+            signal.signal(sig, self._handle)
+        self.installed = True
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, previous in self._previous.items():
+            signal.signal(sig, previous if previous is not None else signal.SIG_DFL)
+        self._previous.clear()
+        self.installed = False
+
+    @property
+    def should_stop(self) -> bool:
+        """True once a handled signal arrived."""
+        return self._received is not None
+
+    @property
+    def signal_name(self) -> str | None:
+        """Name of the signal received (``SIGTERM``), or None."""
+        return signal.Signals(self._received).name if self._received is not None else None
+
+    def request_stop(self, signum: int = signal.SIGTERM) -> None:
+        """Ask for a stop as if ``signum`` had arrived (used to propagate a stop across ranks)."""
+        self._handle(signum, None)
+
+    def requeue_job(self) -> bool:
+        """``scontrol requeue $SLURM_JOB_ID`` when ``requeue`` is set inside SLURM; failures are logged only.
+
+        Returns True when scontrol accepted the request.
+        """
+        env = os.environ if self._environ is None else self._environ
+        if not self.requeue:
+            return False
+        job_id = env.get("SLURM_JOB_ID")
+        if not job_id:
+            log.warning("--requeue was given but this is not a SLURM job (no SLURM_JOB_ID); not requeuing.")
+            return False
+        # An array task is requeued by its own id (<array job>_<task>).
+        if env.get("SLURM_ARRAY_JOB_ID") and env.get("SLURM_ARRAY_TASK_ID"):
+            job_id = f"{env['SLURM_ARRAY_JOB_ID']}_{env['SLURM_ARRAY_TASK_ID']}"
+        try:
+            done = subprocess.run(["scontrol", "requeue", job_id], capture_output=True, text=True, timeout=60)
+        except (OSError, subprocess.SubprocessError) as exc:
+            log.error("Could not requeue SLURM job %s (%s); resubmit the same command to resume.", job_id, exc)
+            return False
+        if done.returncode != 0:
+            log.error(
+                "scontrol requeue %s failed (exit %d: %s); resubmit the same command to resume.",
+                job_id,
+                done.returncode,
+                (done.stderr or done.stdout).strip(),
+            )
+            return False
+        log.info("Requeued SLURM job %s; it will resume from the last checkpoint.", job_id)
+        return True

@@ -1,0 +1,514 @@
+"""A small epoch/step training loop that every trainer plugs into.
+
+The trainer supplies what is specific to it - ``step_fn(batch)`` returning the loss, ``batches_fn(epoch)``
+yielding the epoch's batches, ``validate_fn()`` returning metrics - and :class:`TrainLoop` supplies what
+users rely on everywhere: AMP, gradient clipping, DDP-aware gradient sync, LR schedules, ``metrics.jsonl``,
+``last.pt`` on a step/time policy and at every epoch end, ``best.pt`` on the monitored metric, early
+stopping, progress, and preemption (SIGTERM/SIGUSR1 -> checkpoint -> status ``interrupted`` -> optional
+SLURM requeue).
+
+Resume is bit-identical on CPU: ``last.pt`` holds the model, optimizer, schedule, scaler, every RNG state
+(per rank), the loop position (epoch, batch within the epoch), the running epoch sums, early-stopping and
+best-metric state, and how many metrics lines were written. For that to hold, ``batches_fn(epoch)`` must
+depend only on ``epoch`` and the run's seed (build its sampler from
+:func:`~cxr_tools.runtime.seeding.make_generator` ``(seed, epoch)``, never from global RNG); if it accepts a
+``start`` keyword it is called as ``batches_fn(epoch, start=k)`` on resume and must skip the first ``k``
+batches itself (cheaper than loading them), otherwise the loop skips them.
+"""
+
+from __future__ import annotations
+
+import inspect
+import itertools
+import logging
+import math
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from cxr_tools.errors import ConfigError
+from cxr_tools.runtime.checkpointing import (
+    BestTracker,
+    CheckpointPolicy,
+    EarlyStopping,
+    load_training_state,
+    restore_training_state,
+    save_model_state,
+    save_training_state,
+    unwrap_model,
+)
+from cxr_tools.runtime.devices import AmpSettings, autocast_context, make_grad_scaler, resolve_amp
+from cxr_tools.runtime.distributed import SINGLE, DistInfo, average_gradients, broadcast_object, gather_objects
+from cxr_tools.runtime.progress import NullProgress, Progress, null_progress
+from cxr_tools.runtime.rundir import RunDir
+from cxr_tools.runtime.schedules import LRSchedule
+from cxr_tools.runtime.seeding import rng_state, set_rng_state
+from cxr_tools.runtime.signals import PreemptionHandler
+
+if TYPE_CHECKING:
+    import torch
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """What :meth:`TrainLoop.fit` achieved.
+
+    ``status`` is ``completed`` (all epochs/steps done or stopped early) or ``interrupted`` (a signal; rerun
+    to resume). Epoch numbers are 1-based; ``epochs`` counts completed epochs.
+    """
+
+    status: str
+    epochs: int
+    steps: int
+    best_metric: float | None
+    best_epoch: int | None
+    seconds: float
+    stopped_early: bool = False
+    resumed: bool = False
+    signal: str | None = None
+    last_metrics: dict[str, float] = field(default_factory=dict)
+
+
+class TrainLoop:
+    """Epoch/step loop with checkpointing, resume, preemption, AMP and DDP; see the module docstring.
+
+    Args:
+        run: the run directory (from :func:`~cxr_tools.runtime.rundir.open_run`).
+        model: the model, possibly wrapped in DistributedDataParallel.
+        optimizer: a torch optimizer.
+        scheduler: an :class:`LRSchedule` from :func:`make_scheduler` (or None).
+        step_fn: ``batch -> {"loss": tensor, other: float...}``; the loop runs it under autocast, then does
+            backward, gradient sync, clipping, the optimizer and schedule steps. With ``manual_backward``
+            the function fills ``.grad`` itself (e.g. MAML meta-gradients) and ``loss`` may be a float.
+        batches_fn: ``epoch -> iterable of batches`` (0-based epoch), deterministic given epoch and seed.
+        validate_fn: ``() -> {name: float}``, called on every rank after each epoch (rank 0's values are used
+            by all ranks). It must switch the model to eval mode itself; the loop switches back.
+        max_epochs, max_steps: stop after whichever comes first (at least one is needed).
+        monitor, mode: metric of the epoch record (``val_auc``, ``train_loss``...) that picks ``best.pt``.
+        early_stopping: an :class:`EarlyStopping` on ``monitor``.
+        checkpoint: when to write ``last.pt`` within epochs (epoch ends and signals always write).
+        grad_clip: max global gradient norm (None = no clipping).
+        device, amp: AMP is used only on CUDA (``amp`` may be a bool or :class:`AmpSettings`).
+        dist: this process's :class:`DistInfo`; a non-DDP model gets its gradients averaged over ranks
+            (:func:`average_gradients`) unless ``grad_sync_fn`` says otherwise.
+        preemption: a handler to poll; by default the loop installs one (``handle_signals``) with ``requeue``.
+        log_every_steps: write a ``kind: "step"`` metrics record every N steps (0 = only epoch records).
+        extra_state, load_extra_state: save/restore trainer state (e.g. a stateful sampler) in ``last.pt``.
+    """
+
+    def __init__(
+        self,
+        run: RunDir,
+        model: torch.nn.Module,
+        optimizer: torch.optim.Optimizer,
+        scheduler: LRSchedule | None = None,
+        *,
+        step_fn: Callable[[Any], Mapping[str, Any]],
+        batches_fn: Callable[..., Iterable[Any]],
+        validate_fn: Callable[[], Mapping[str, float]] | None = None,
+        max_epochs: int | None = None,
+        max_steps: int | None = None,
+        monitor: str | None = None,
+        mode: str = "max",
+        early_stopping: EarlyStopping | None = None,
+        checkpoint: CheckpointPolicy | None = None,
+        progress: Progress | None = None,
+        preemption: PreemptionHandler | None = None,
+        handle_signals: bool = True,
+        requeue: bool = False,
+        grad_clip: float | None = None,
+        device: torch.device | None = None,
+        amp: bool | AmpSettings = False,
+        dist: DistInfo | None = None,
+        manual_backward: bool = False,
+        grad_sync_fn: Callable[[torch.nn.Module], None] | None = None,
+        log_every_steps: int = 50,
+        extra_state: Callable[[], Mapping[str, Any]] | None = None,
+        load_extra_state: Callable[[Mapping[str, Any]], None] | None = None,
+    ) -> None:
+        import torch
+
+        if max_epochs is None and max_steps is None:
+            raise ConfigError("Training needs max_epochs or max_steps.")
+        if (max_epochs is not None and max_epochs < 1) or (max_steps is not None and max_steps < 1):
+            raise ConfigError("max_epochs and max_steps must be >= 1.")
+        if early_stopping is not None and monitor is None:
+            raise ConfigError("Early stopping needs a monitored metric (e.g. --monitor val_auc).")
+        self.run = run
+        self.model = model
+        self.optimizer = optimizer
+        self.schedule = scheduler
+        self.step_fn = step_fn
+        self.batches_fn = batches_fn
+        self.validate_fn = validate_fn
+        self.max_epochs = max_epochs
+        self.max_steps = max_steps
+        self.monitor = monitor
+        self.best = BestTracker(monitor or "", mode) if monitor else None
+        self.early_stopping = early_stopping
+        self.policy = checkpoint if checkpoint is not None else CheckpointPolicy()
+        self.dist = dist or SINGLE
+        self.progress = null_progress(progress) if self.dist.is_main else NullProgress()
+        self.preemption = preemption
+        self.handle_signals = handle_signals
+        self.requeue = requeue
+        self.grad_clip = grad_clip
+        self.device = device if device is not None else torch.device("cpu")
+        self.amp = amp if isinstance(amp, AmpSettings) else resolve_amp(self.device, amp)
+        self.scaler = make_grad_scaler(self.device, self.amp)
+        self.manual_backward = manual_backward
+        if grad_sync_fn is None and self.dist.distributed and not hasattr(model, "module"):
+            grad_sync_fn = lambda m: average_gradients(m, self.dist)  # noqa: E731
+        self.grad_sync_fn = grad_sync_fn
+        self.log_every_steps = log_every_steps
+        self.extra_state = extra_state
+        self.load_extra_state = load_extra_state
+        self._takes_start = _accepts_keyword(batches_fn, "start")
+        # loop position and running state (all saved in last.pt)
+        self.epoch = 0
+        self.batch_in_epoch = 0
+        self.step = 0
+        self.finished = False
+        self.stopped_early = False
+        self.metrics_lines = 0
+        self.epoch_sums: dict[str, float] = {}
+        self.epoch_count = 0
+        self.last_metrics: dict[str, float] = {}
+        self.resumed = False
+
+    # --- public -------------------------------------------------------------------------------------------
+    def fit(self) -> TrainResult:
+        """Train (resuming from ``last.pt`` when there is one) until done or interrupted."""
+        started = time.monotonic()
+        handler = self.preemption
+        owns_handler = handler is None and self.handle_signals
+        if owns_handler:
+            handler = PreemptionHandler(requeue=self.requeue)
+        try:
+            if owns_handler and handler is not None:
+                handler.__enter__()
+            try:
+                self._resume()
+                if not self.finished:
+                    signal_name = self._train(handler)
+                    if signal_name is not None:
+                        return self._interrupted(handler, signal_name, started)
+                    self.finished = True
+                    self._save_last()
+                if self.dist.is_main:
+                    self.run.set_status("completed", steps=self.step, epochs=self.epoch)
+                return self._result("completed", started)
+            except KeyboardInterrupt:
+                if self.dist.is_main:
+                    self.run.set_status("interrupted", signal="SIGINT")
+                raise
+            except BaseException as exc:
+                if self.dist.is_main:
+                    self.run.set_status("failed", error=f"{type(exc).__name__}: {exc}")
+                raise
+        finally:
+            if owns_handler and handler is not None:
+                handler.__exit__(None, None, None)
+
+    # --- the loop -----------------------------------------------------------------------------------------
+    def _train(self, handler: PreemptionHandler | None) -> str | None:
+        """Run epochs; return the name of the signal that stopped training, or None when done."""
+        while not self._done():
+            self.model.train()
+            batches, total = self._batches(self.epoch, self.batch_in_epoch)
+            label = f"epoch {self.epoch + 1}" + (f"/{self.max_epochs}" if self.max_epochs else "")
+            with self.progress.task(label, total=total) as task:
+                if self.batch_in_epoch:
+                    task.advance(self.batch_in_epoch)
+                for batch in batches:
+                    if self.max_steps is not None and self.step >= self.max_steps:
+                        break
+                    values = self._train_step(batch)
+                    self.step += 1
+                    self.batch_in_epoch += 1
+                    self._accumulate(values)
+                    task.advance()
+                    if "loss" in values:
+                        task.set_postfix(f"loss={values['loss']:.4f}")
+                    if self.log_every_steps and self.step % self.log_every_steps == 0:
+                        self._log(
+                            {"kind": "step", "epoch": self.epoch + 1, "step": self.step, "lr": self._lr(), **values}
+                        )
+                    stop, save = self._agree(_signalled(handler), self.policy.should_save(self.step))
+                    if stop or save:
+                        self._save_last()
+                    if stop:
+                        return _signal_name(handler)
+                    if self.max_steps is not None and self.step >= self.max_steps:
+                        break
+            self._end_epoch()
+            if _signalled_any(self, handler):
+                return _signal_name(handler)
+        return None
+
+    def _done(self) -> bool:
+        if self.stopped_early:
+            return True
+        if self.max_epochs is not None and self.epoch >= self.max_epochs:
+            return True
+        return self.max_steps is not None and self.step >= self.max_steps and self.batch_in_epoch == 0
+
+    def _batches(self, epoch: int, start: int) -> tuple[Iterable[Any], int | None]:
+        """The epoch's batches from batch ``start`` on, and the epoch's total number of batches if known."""
+        if self._takes_start:
+            rest = self.batches_fn(epoch, start=start)
+            remaining = _length(rest)
+            return rest, None if remaining is None else remaining + start
+        batches = self.batches_fn(epoch)
+        total = _length(batches)
+        return (itertools.islice(batches, start, None) if start else batches), total
+
+    def _train_step(self, batch: Any) -> dict[str, float]:
+        import torch
+
+        self.optimizer.zero_grad(set_to_none=True)
+        with autocast_context(self.device, self.amp):
+            out = dict(self.step_fn(batch))
+        loss = out.get("loss")
+        if not self.manual_backward:
+            if not (isinstance(loss, torch.Tensor) and loss.requires_grad):
+                raise TypeError("step_fn must return {'loss': tensor requiring grad} (or use manual_backward=True)")
+            self.scaler.scale(loss).backward()
+        if self.grad_sync_fn is not None:
+            self.grad_sync_fn(self.model)
+        if self.grad_clip is not None:
+            self.scaler.unscale_(self.optimizer)
+            norm = torch.nn.utils.clip_grad_norm_(unwrap_model(self.model).parameters(), self.grad_clip)
+            out["grad_norm"] = norm
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        if self.schedule is not None:
+            self.schedule.step_batch()
+        values = {
+            k: float(v.detach().float().item()) if isinstance(v, torch.Tensor) else float(v) for k, v in out.items()
+        }
+        if "loss" in values and not math.isfinite(values["loss"]) and not self.amp.needs_scaler:
+            raise ConfigError(
+                f"Training diverged: the loss is {values['loss']} at step {self.step + 1}.",
+                "Lower the learning rate or set a gradient clip.",
+            )
+        return values
+
+    def _accumulate(self, values: Mapping[str, float]) -> None:
+        for key, value in values.items():
+            self.epoch_sums[key] = self.epoch_sums.get(key, 0.0) + value
+        self.epoch_count += 1
+
+    def _end_epoch(self) -> None:
+        record: dict[str, Any] = {"kind": "epoch", "epoch": self.epoch + 1, "step": self.step, "lr": self._lr()}
+        record.update({f"train_{k}": v for k, v in self._epoch_means().items()})
+        val = self._validate()
+        record.update(val)
+        self.last_metrics = {k: v for k, v in record.items() if k not in {"kind", "epoch", "step"}}
+        value = None
+        if self.monitor is not None:
+            if self.monitor not in record:
+                raise ConfigError(
+                    f"The monitored metric '{self.monitor}' was not reported.",
+                    f"Reported: {', '.join(sorted(k for k in record if k != 'kind'))}.",
+                )
+            value = float(record[self.monitor])
+        if self.schedule is not None:
+            self.schedule.step_epoch(record)
+        if (
+            self.best is not None
+            and value is not None
+            and self.best.update(value, epoch=self.epoch + 1, step=self.step)
+        ):
+            record["best"] = True
+            if self.dist.is_main:
+                save_model_state(
+                    self.run.best_checkpoint,
+                    self.model,
+                    step=self.step,
+                    epoch=self.epoch + 1,
+                    extra={"monitor": self.monitor, "value": value, "mode": self.best.mode},
+                )
+        if self.early_stopping is not None and value is not None and self.early_stopping.step(value):
+            self.stopped_early = True
+            record["stopped_early"] = True
+        self._log(record)
+        self.epoch += 1
+        self.batch_in_epoch = 0
+        self.epoch_sums, self.epoch_count = {}, 0
+        self._save_last()
+
+    def _epoch_means(self) -> dict[str, float]:
+        import torch
+
+        if not self.epoch_count:
+            return {}
+        keys = sorted(self.epoch_sums)
+        means = torch.tensor([self.epoch_sums[k] / self.epoch_count for k in keys], dtype=torch.float64)
+        if self.dist.distributed:
+            from cxr_tools.runtime.distributed import all_reduce_mean
+
+            all_reduce_mean(means, self.dist)
+        return dict(zip(keys, means.tolist(), strict=True))
+
+    def _validate(self) -> dict[str, float]:
+        if self.validate_fn is None:
+            return {}
+        metrics = {k: float(v) for k, v in dict(self.validate_fn()).items()}
+        self.model.train()
+        return dict(broadcast_object(metrics, self.dist))
+
+    def _lr(self) -> float:
+        return float(self.optimizer.param_groups[0]["lr"])
+
+    def _log(self, record: Mapping[str, Any]) -> None:
+        if self.dist.is_main:
+            self.run.log_metrics(record)
+        self.metrics_lines += 1
+
+    def _agree(self, stop: bool, save: bool) -> tuple[bool, bool]:
+        """Every rank must take the same checkpoint/stop decision (collectives inside a save)."""
+        if not self.dist.distributed:
+            return stop, save
+        import torch
+        import torch.distributed as tdist
+
+        flags = torch.tensor([float(stop), float(save)])
+        tdist.all_reduce(flags, op=tdist.ReduceOp.MAX)
+        return bool(flags[0] > 0), bool(flags[1] > 0)
+
+    # --- checkpoints ----------------------------------------------------------------------------------------
+    def _loop_state(self) -> dict[str, Any]:
+        return {
+            "epoch": self.epoch,
+            "batch": self.batch_in_epoch,
+            "step": self.step,
+            "finished": self.finished,
+            "stopped_early": self.stopped_early,
+            "metrics_lines": self.metrics_lines,
+            "epoch_sums": dict(self.epoch_sums),
+            "epoch_count": self.epoch_count,
+            "last_metrics": dict(self.last_metrics),
+        }
+
+    def _save_last(self) -> None:
+        ranks_rng = gather_objects(rng_state(), self.dist) if self.dist.distributed else None
+        if self.dist.is_main:
+            extra: dict[str, Any] = {
+                "loop": self._loop_state(),
+                "best": self.best.state_dict() if self.best is not None else None,
+                "early_stopping": self.early_stopping.state_dict() if self.early_stopping is not None else None,
+                "world_size": self.dist.world_size,
+                "user": dict(self.extra_state()) if self.extra_state is not None else None,
+            }
+            if ranks_rng is not None:
+                extra["rng_per_rank"] = ranks_rng
+            save_training_state(
+                self.run.last_checkpoint,
+                self.model,
+                self.optimizer,
+                self.schedule,
+                self.scaler,
+                self.step,
+                self.epoch,
+                extra,
+            )
+        self.policy.mark_saved(self.step)
+
+    def _resume(self) -> None:
+        path = self.run.last_checkpoint
+        if not path.is_file():
+            if self.dist.is_main:
+                self.run.truncate_metrics(keep=0)  # records of a session killed before its first checkpoint
+            return
+        state = load_training_state(path)
+        restore_training_state(state, self.model, self.optimizer, self.schedule, self.scaler, restore_rng=False)
+        extra = state.get("extra") or {}
+        per_rank = extra.get("rng_per_rank")
+        if per_rank is not None and len(per_rank) == self.dist.world_size:
+            set_rng_state(per_rank[self.dist.rank])
+        else:
+            if self.dist.world_size != int(extra.get("world_size", 1)):
+                log.warning(
+                    "Resuming with %d ranks a run saved with %s; results will not be bit-identical.",
+                    self.dist.world_size,
+                    extra.get("world_size"),
+                )
+            set_rng_state(state["rng"])
+        loop = extra["loop"]
+        self.epoch, self.batch_in_epoch, self.step = int(loop["epoch"]), int(loop["batch"]), int(loop["step"])
+        self.finished, self.stopped_early = bool(loop["finished"]), bool(loop["stopped_early"])
+        self.metrics_lines = int(loop["metrics_lines"])
+        self.epoch_sums = {k: float(v) for k, v in loop["epoch_sums"].items()}
+        self.epoch_count = int(loop["epoch_count"])
+        self.last_metrics = dict(loop.get("last_metrics") or {})
+        if self.best is not None and extra.get("best") is not None:
+            self.best.load_state_dict(extra["best"])
+        if self.early_stopping is not None and extra.get("early_stopping") is not None:
+            self.early_stopping.load_state_dict(extra["early_stopping"])
+        if self.load_extra_state is not None and extra.get("user") is not None:
+            self.load_extra_state(extra["user"])
+        if self.dist.is_main:
+            self.run.truncate_metrics(keep=self.metrics_lines)
+        self.policy.mark_saved(self.step)
+        self.resumed = True
+        log.info(
+            "Resumed %s at epoch %d, batch %d (step %d).", self.run.path, self.epoch + 1, self.batch_in_epoch, self.step
+        )
+
+    def _interrupted(self, handler: PreemptionHandler | None, signal_name: str, started: float) -> TrainResult:
+        if self.dist.is_main:
+            self.run.set_status("interrupted", signal=signal_name, steps=self.step, epochs=self.epoch)
+            if handler is not None:
+                handler.requeue_job()
+        log.warning(
+            "Stopped by %s at step %d; last.pt is saved, rerun the same command to resume.", signal_name, self.step
+        )
+        return self._result("interrupted", started, signal_name)
+
+    def _result(self, status: str, started: float, signal_name: str | None = None) -> TrainResult:
+        return TrainResult(
+            status=status,
+            epochs=self.epoch,
+            steps=self.step,
+            best_metric=self.best.best if self.best is not None else None,
+            best_epoch=self.best.best_epoch if self.best is not None else None,
+            seconds=time.monotonic() - started,
+            stopped_early=self.stopped_early,
+            resumed=self.resumed,
+            signal=signal_name,
+            last_metrics=dict(self.last_metrics),
+        )
+
+
+def _signalled(handler: PreemptionHandler | None) -> bool:
+    return handler is not None and handler.should_stop
+
+
+def _signalled_any(loop: TrainLoop, handler: PreemptionHandler | None) -> bool:
+    stop, _ = loop._agree(_signalled(handler), False)
+    if stop and handler is not None and not handler.should_stop:
+        handler.request_stop()
+    return stop
+
+
+def _signal_name(handler: PreemptionHandler | None) -> str:
+    return (handler.signal_name if handler is not None else None) or "SIGTERM"
+
+
+def _accepts_keyword(fn: Callable[..., Any], name: str) -> bool:
+    try:
+        params = inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return False
+    return name in params or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+
+
+def _length(batches: Iterable[Any]) -> int | None:
+    try:
+        return len(batches)  # type: ignore[arg-type]
+    except TypeError:
+        return None
