@@ -399,13 +399,13 @@ def apply_ops(img: np.ndarray, ops: ImageOps) -> np.ndarray:
             out = cv2.copyMakeBorder(out, top, size - nh - top, left, size - nw - left, cv2.BORDER_CONSTANT, value=0)
     else:
         out = _resize(img, size, size)
-    owned = out is not img and not np.shares_memory(out, img)
+    owned = out is not img and not np.may_share_memory(out, img)
     if ops.clahe:
         out = _clahe(ops.clahe_clip, ops.clahe_tile).apply(np.ascontiguousarray(out))
         owned = True
     if ops.brightness:
         # saturating add: negative offsets clip at 0, positive at 255
-        out = cv2.add(out, float(ops.brightness), dst=out if owned else None)
+        out = cv2.add(out, float(ops.brightness), dst=out if owned else None)  # type: ignore[call-overload]
         owned = True
     if not owned:
         out = out.copy()
