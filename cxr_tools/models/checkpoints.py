@@ -1,0 +1,301 @@
+"""Model folders (``RUN/model/``) and training checkpoints (``RUN/checkpoints/*.pt``).
+
+A **model folder** is self-describing and loads without running pickled code (DESIGN.md §3)::
+
+    model.json          format + version, architecture name and create_model arguments, input contract
+                        (channels, image size, normalisation), label space, embedding size, training kind,
+                        cache manifest hash, tool / torch versions, weights sha256; written last (= complete)
+    model.safetensors   the state dict (safetensors: tensors only, no code)
+
+:func:`load_model_dir` rebuilds the architecture through the registry and loads the tensors strictly, so a
+folder from another architecture fails with the keys that differ instead of half-loading.
+
+A **training checkpoint** is one ``torch.save`` file written atomically, readable with
+``torch.load(weights_only=True)``; :func:`save_checkpoint` refuses state it could not read back that way
+(numpy arrays, paths, custom objects) and names the offending key. The trainer's full state (optimizer,
+scheduler, RNG, loop position) is written by :mod:`cxr_tools.runtime.checkpointing`, which
+:func:`load_checkpoint` shares, so there is one reader for every ``.pt`` file of a run.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from cxr_tools import __version__
+from cxr_tools.errors import ModelError
+from cxr_tools.runtime.fs import atomic_path, atomic_write_json
+
+MODEL_FORMAT = "cxr-model"
+MODEL_FORMAT_VERSION = 1
+MODEL_JSON = "model.json"
+WEIGHTS_FILE = "model.safetensors"
+TRAINING_KINDS = ("supervised", "siamese", "maml", "finetune", "scratch")
+_SHOW = 5
+
+
+def _few(items: Sequence[str]) -> str:
+    items = list(items)
+    more = f" (+{len(items) - _SHOW} more)" if len(items) > _SHOW else ""
+    return ", ".join(items[:_SHOW]) + more
+
+
+def load_state_strict(
+    model: nn.Module, state: Mapping[str, torch.Tensor], source: str, skip_prefixes: tuple[str, ...] = ()
+) -> None:
+    """Load ``state`` into ``model``; a :class:`ModelError` naming missing / unexpected / mis-shaped keys.
+
+    Keys under ``skip_prefixes`` may be missing from ``state`` (e.g. a head the weights do not provide).
+    """
+    own = model.state_dict()
+    skip = tuple(skip_prefixes)
+    # BatchNorm's num_batches_tracked is absent from checkpoints older than PyTorch 0.4.1 (e.g. torchvision's
+    # DenseNet file); it only matters for momentum=None, so a missing one keeps its fresh value.
+    missing = [k for k in own if k not in state and not k.startswith(skip) and not k.endswith(".num_batches_tracked")]
+    unexpected = [k for k in state if k not in own]
+    shapes = [
+        f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}"
+        for k in state
+        if k in own and state[k].shape != own[k].shape and not k.startswith(skip)
+    ]
+    if missing or unexpected or shapes:
+        parts = []
+        if missing:
+            parts.append(f"missing keys: {_few(missing)}")
+        if unexpected:
+            parts.append(f"unexpected keys: {_few(unexpected)}")
+        if shapes:
+            parts.append(f"shape mismatch (file vs model): {_few(shapes)}")
+        raise ModelError(
+            f"The weights in {source} do not fit this architecture ({'; '.join(parts)}).",
+            "Use the architecture and options the weights were saved with.",
+        )
+    usable = {k: v for k, v in state.items() if k in own and v.shape == own[k].shape}
+    model.load_state_dict(usable, strict=False)
+
+
+# --- model folders ------------------------------------------------------------------------------------------
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _model_json_path(path: Path) -> Path:
+    if (path / MODEL_JSON).is_file():
+        return path / MODEL_JSON
+    if (path / "model" / MODEL_JSON).is_file():  # a run directory
+        return path / "model" / MODEL_JSON
+    raise ModelError(
+        f"{path} is not a model folder (no {MODEL_JSON}).",
+        "Pass RUN/model or a run directory of a finished training; an interrupted run has no model folder yet.",
+    )
+
+
+def save_model_dir(model: nn.Module, meta: Mapping[str, Any], path: str | os.PathLike[str]) -> Path:
+    """Write ``model`` as a model folder at ``path`` (created; files replaced atomically).
+
+    ``model`` must come from :func:`create_model` (it knows its name and arguments). ``meta`` keys:
+    ``labels`` (names of the head's outputs, may be empty), ``training`` (one of :data:`TRAINING_KINDS`),
+    ``cache_manifest_hash``, optional ``image_size`` / ``normalisation`` (what it was trained with; default
+    the model's), and ``extra`` (a JSON-able dict for the trainer, e.g. the Siamese distance). Returns the
+    path of ``model.json``.
+    """
+    name = getattr(model, "model_name", None)
+    if name is None:
+        raise ModelError("Only models built with create_model() can be saved as a model folder.")
+    labels = [str(x) for x in meta.get("labels") or []]
+    num_classes = int(getattr(model, "num_classes", 0))
+    if labels and num_classes and len(labels) != num_classes:
+        raise ModelError(f"{len(labels)} label names for a head with {num_classes} outputs.")
+    training = str(meta.get("training", "supervised"))
+    if training not in TRAINING_KINDS:
+        raise ModelError(f"Unknown training kind '{training}'.", f"Use one of {', '.join(TRAINING_KINDS)}.")
+    from safetensors.torch import save_file
+
+    out = Path(path)
+    out.mkdir(parents=True, exist_ok=True)
+    tensors = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+    with atomic_path(out / WEIGHTS_FILE) as tmp:
+        save_file(tensors, str(tmp), metadata={"format": MODEL_FORMAT, "architecture": name})
+    doc = {
+        "format": MODEL_FORMAT,
+        "format_version": MODEL_FORMAT_VERSION,
+        "architecture": name,
+        "model_args": dict(getattr(model, "model_args", {})),
+        "pretrained": getattr(model, "pretrained", None),
+        "input": {
+            "channels": int(getattr(model, "in_chans", 1)),
+            "image_size": int(meta.get("image_size") or getattr(model, "image_size", 0) or 0),
+            "normalisation": str(meta.get("normalisation") or getattr(model, "normalisation", "unit")),
+        },
+        "labels": labels,
+        "num_classes": num_classes,
+        "embedding_size": int(getattr(model, "num_features", 0)),
+        "training": training,
+        "cache_manifest_hash": meta.get("cache_manifest_hash"),
+        "extra": dict(meta.get("extra") or {}),
+        "weights_file": WEIGHTS_FILE,
+        "weights_sha256": _sha256(out / WEIGHTS_FILE),
+        "tool_version": __version__,
+        "torch_version": torch.__version__.split("+")[0],
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+    try:
+        json.dumps(doc)
+    except TypeError as exc:
+        raise ModelError(f"Model metadata is not JSON-serialisable: {exc}.") from exc
+    return atomic_write_json(out / MODEL_JSON, doc)
+
+
+def read_model_meta(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The parsed ``model.json`` of a model folder (or of ``RUN/model``), checked for format and version."""
+    json_path = _model_json_path(Path(path))
+    try:
+        meta = json.loads(json_path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ModelError(f"Cannot read {json_path}: {exc}.", "The model folder is corrupt; re-export it.") from exc
+    if not isinstance(meta, dict) or meta.get("format") != MODEL_FORMAT:
+        raise ModelError(f"{json_path} is not a cxr-tools model card.")
+    version = meta.get("format_version")
+    if not isinstance(version, int) or version > MODEL_FORMAT_VERSION:
+        raise ModelError(
+            f"{json_path} has model format version {version}; this cxr-tools reads up to {MODEL_FORMAT_VERSION}.",
+            "Upgrade cxr-tools.",
+        )
+    meta["path"] = str(json_path.parent)
+    return meta
+
+
+def load_model_dir(path: str | os.PathLike[str], map_location: str | torch.device = "cpu") -> tuple[nn.Module, dict]:
+    """Rebuild the model of a model folder through the registry and load its tensors (no pickle).
+
+    Returns ``(model, meta)`` with the model in eval mode on ``map_location`` and ``meta`` the parsed
+    ``model.json`` (plus ``path``). Accepts a run directory too (uses ``RUN/model``).
+    """
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    from cxr_tools.models.registry import create_model
+
+    meta = read_model_meta(path)
+    folder = Path(meta["path"])
+    weights = folder / str(meta.get("weights_file") or WEIGHTS_FILE)
+    if not weights.is_file():
+        raise ModelError(f"{weights} is missing.", "The model folder is incomplete; re-export it.")
+    expected = meta.get("weights_sha256")
+    if expected and _sha256(weights) != expected:
+        raise ModelError(f"{weights} does not match the checksum in model.json.", "The file is corrupt or replaced.")
+    args = dict(meta.get("model_args") or {})
+    args.pop("weights", None)
+    model = create_model(str(meta.get("architecture")), **args)
+    try:
+        state = load_file(str(weights), device="cpu")
+    except (SafetensorError, OSError) as exc:
+        raise ModelError(f"Cannot read {weights}: {exc}.", "The model folder is corrupt; re-export it.") from exc
+    load_state_strict(model, state, source=str(weights))
+    model.pretrained = meta.get("pretrained")
+    model.normalisation = meta["input"]["normalisation"]
+    model.image_size = meta["input"]["image_size"]
+    model.to(map_location)
+    model.eval()
+    return model, meta
+
+
+def check_compatible(
+    meta: Mapping[str, Any],
+    *,
+    image_size: int | None = None,
+    labels: Sequence[str] | None = None,
+    normalisation: str | None = None,
+    channels: int | None = None,
+) -> None:
+    """Raise a :class:`ModelError` when data with these properties does not fit the model of ``meta``.
+
+    ``None`` skips a check. Labels must match in order (they name the head's outputs).
+    """
+    where = meta.get("path", "the model")
+    contract = meta.get("input") or {}
+    if channels is not None and int(contract.get("channels", 1)) != channels:
+        raise ModelError(f"{where} takes {contract.get('channels')}-channel images, the data has {channels}.")
+    if image_size is not None and contract.get("image_size") and int(contract["image_size"]) != int(image_size):
+        raise ModelError(
+            f"{where} was trained on {contract['image_size']} px images, the data is {image_size} px.",
+            f"Preprocess the data at --size {contract['image_size']} (or retrain the model).",
+        )
+    if normalisation is not None and contract.get("normalisation") not in (None, normalisation):
+        raise ModelError(
+            f"{where} expects '{contract['normalisation']}' input normalisation, not '{normalisation}'.",
+            "Use the normalisation recorded in model.json.",
+        )
+    if labels is not None and meta.get("labels"):
+        have = list(meta["labels"])
+        if list(labels) != have:
+            missing = [x for x in labels if x not in have]
+            extra = [x for x in have if x not in labels]
+            detail = (
+                f"not in the model: {_few(missing) or '-'}; only in the model: {_few(extra) or '-'}"
+                if missing or extra
+                else "same labels in another order"
+            )
+            raise ModelError(
+                f"Label space mismatch with {where} ({detail}).",
+                f"The model predicts: {_few(have)}.",
+            )
+
+
+# --- training checkpoints -----------------------------------------------------------------------------------
+
+_SCALARS = (bool, int, float, str, type(None), torch.dtype, torch.device)
+
+
+def _check_plain(obj: Any, where: str) -> None:
+    if isinstance(obj, (torch.Tensor, *_SCALARS)):
+        return
+    if isinstance(obj, Mapping):
+        for key, value in obj.items():
+            if not isinstance(key, (str, int)):
+                raise ModelError(f"Checkpoint key {where}[{key!r}] is neither str nor int.")
+            _check_plain(value, f"{where}[{key!r}]")
+        return
+    if isinstance(obj, (list, tuple)):
+        for i, value in enumerate(obj):
+            _check_plain(value, f"{where}[{i}]")
+        return
+    hint = "Convert numpy arrays with torch.from_numpy and paths with str()."
+    raise ModelError(f"Checkpoint value {where} is a {type(obj).__name__}, which weights_only loading refuses.", hint)
+
+
+def save_checkpoint(path: str | os.PathLike[str], state: Mapping[str, Any]) -> Path:
+    """Write a training ``state`` dict atomically to ``path`` with ``torch.save``, as is.
+
+    ``state`` may hold tensors, dicts, lists, tuples, numbers, strings and ``None`` only (model / optimizer /
+    scheduler / scaler state dicts and :func:`cxr_tools.runtime.seeding.rng_state` qualify), so that
+    :func:`load_checkpoint` (``torch.load(weights_only=True)``) can read it; anything else is refused here,
+    with the offending key, instead of at resume time. The training runtime's ``save_training_state`` writes
+    the full trainer state in the same way.
+    """
+    _check_plain(state, "state")
+    with atomic_path(path) as tmp:
+        torch.save(dict(state), tmp)
+    return Path(path)
+
+
+def load_checkpoint(path: str | os.PathLike[str], map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Read a checkpoint with ``torch.load(weights_only=True)`` (no code runs); a :class:`ModelError` when the
+    file is missing, truncated or holds objects other than tensors and plain values."""
+    from cxr_tools.runtime.checkpointing import load_checkpoint as _load
+
+    return _load(path, map_location)
