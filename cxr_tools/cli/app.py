@@ -14,7 +14,7 @@ from typing import Annotated
 import typer
 
 from cxr_tools import __version__
-from cxr_tools.cli import demo, download, models
+from cxr_tools.cli import demo, download, models, stats
 
 app = typer.Typer(
     name="cxr",
@@ -64,6 +64,7 @@ def _configure_logging(level: int) -> None:
 app.add_typer(download.app, name="download")
 app.command("demo")(demo.demo)
 app.command("models")(models.models)
+app.command("stats")(stats.stats)
 
 
 def main() -> None:
