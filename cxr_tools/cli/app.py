@@ -14,7 +14,7 @@ from typing import Annotated
 import typer
 
 from cxr_tools import __version__
-from cxr_tools.cli import demo, download, models, stats
+from cxr_tools.cli import demo, download, models, preprocess, stats
 
 app = typer.Typer(
     name="cxr",
@@ -63,6 +63,7 @@ def _configure_logging(level: int) -> None:
 
 app.add_typer(download.app, name="download")
 app.command("demo")(demo.demo)
+app.command("preprocess")(preprocess.preprocess)
 app.command("models")(models.models)
 app.command("stats")(stats.stats)
 

@@ -17,14 +17,15 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Sequence
+import os
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from cxr_tools.errors import CacheError
-from cxr_tools.runtime.fs import atomic_write_json
+from cxr_tools.runtime.fs import atomic_path, atomic_write_json
 
 SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
@@ -76,8 +77,83 @@ def read_index(path: str | Path) -> Any:
     return df
 
 
+REJECTED_COLUMNS: tuple[str, ...] = ("source_path", "reason")
+SPLIT_NAMES: tuple[str, ...] = ("train", "val", "test")
+
+
+def write_index(cache_dir: str | Path, index: Any, labels: Sequence[str]) -> Path:
+    """Write ``index.csv`` atomically: :data:`INDEX_META_COLUMNS` then ``labels``, labels as 1 / 0 / -1 / empty."""
+    import pandas as pd
+
+    missing = [c for c in (*INDEX_META_COLUMNS, *labels) if c not in index.columns]
+    if missing:
+        raise CacheError(f"The index lacks column(s) {', '.join(missing)}.")
+    df = index.loc[:, [*INDEX_META_COLUMNS, *labels]].copy()
+    df["row"] = df["row"].astype("int64")
+    df["age"] = _maybe_int(pd.to_numeric(df["age"], errors="coerce"))
+    for col in labels:
+        df[col] = pd.to_numeric(df[col], errors="coerce").astype("Int64")
+    target = Path(cache_dir) / INDEX
+    with atomic_path(target) as tmp:
+        df.to_csv(tmp, index=False)
+    return target
+
+
+def _maybe_int(values: Any) -> Any:
+    """Whole numbers as nullable integers (``58`` rather than ``58.0``); anything fractional stays float."""
+    finite = values.dropna()
+    if len(finite) and (finite == finite.round()).all():
+        return values.astype("Int64")
+    return values
+
+
+def write_rejected(cache_dir: str | Path, rows: Iterable[tuple[str, str]]) -> Path:
+    """Write ``rejected.csv`` (``source_path``, ``reason``) atomically; written even when empty."""
+    import csv
+
+    target = Path(cache_dir) / REJECTED
+    with atomic_path(target) as tmp, open(tmp, "w", newline="", encoding="utf-8") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(REJECTED_COLUMNS)
+        for path, reason in rows:
+            writer.writerow((str(path), str(reason)))
+    return target
+
+
+def read_rejected(cache_dir: str | Path) -> Any:
+    """``rejected.csv`` of a cache as a DataFrame (empty when the file is absent)."""
+    import pandas as pd
+
+    path = Path(cache_dir) / REJECTED
+    if not path.is_file():
+        return pd.DataFrame(columns=list(REJECTED_COLUMNS), dtype=str)
+    return pd.read_csv(path, dtype=str, keep_default_na=False)
+
+
+def count_index(index: Any, *, rejected: int, inputs: int) -> dict[str, Any]:
+    """The manifest's ``counts``: inputs listed, images stored, patients, rejected, images per split."""
+    splits = index["split"].fillna("").astype(str)
+    per_split = {name: int((splits == name).sum()) for name in SPLIT_NAMES}
+    for name in sorted(set(splits) - set(SPLIT_NAMES)):
+        per_split[name or "none"] = int((splits == name).sum())
+    return {
+        "inputs": int(inputs),
+        "images": len(index),
+        "patients": int(index["patient_id"].fillna("").astype(str).nunique()),
+        "rejected": int(rejected),
+        "splits": per_split,
+    }
+
+
 class ImageStoreWriter:
-    """Writes images into a pre-sized store by row; reopening with ``resume=True`` keeps what is there."""
+    """Writes images into a pre-sized store by row; reopening with ``resume=True`` keeps what is there.
+
+    Built for long, interruptible runs: the HDF5 dataset allocates all its chunks when it is created (no
+    metadata changes while rows are written, so a ``kill -9`` between :meth:`flush` calls cannot corrupt
+    the file), and the ``.npy`` store is written with ``pwrite`` rather than through a memory map (written
+    pages do not accumulate in the writer's resident memory, which stays flat however large the cache).
+    :meth:`truncate` shrinks the store to the rows actually kept (inputs that failed leave no row).
+    """
 
     def __init__(self, cache_dir: str | Path, storage: str, n: int, height: int, width: int, *, resume: bool = False):
         if storage not in STORE_FILES:
@@ -85,25 +161,62 @@ class ImageStoreWriter:
         self.path = Path(cache_dir) / STORE_FILES[storage]
         self.storage = storage
         self.shape = (n, height, width)
+        self._row_bytes = height * width
+        self._h5: Any = None
+        self._arr: Any = None
+        self._fd: int | None = None
         exists = self.path.exists()
         if storage == "hdf5":
-            import h5py
-
-            self._h5 = h5py.File(self.path, "r+" if (resume and exists) else "w")
-            if H5_DATASET in self._h5:
-                self._arr = self._h5[H5_DATASET]
-                self._check_shape(self._arr.shape)
-            else:
-                self._arr = self._h5.create_dataset(
-                    H5_DATASET, shape=self.shape, dtype="uint8", chunks=(1, height, width), fillvalue=0
-                )
+            self._open_h5(resume and exists)
         else:
-            self._h5 = None
-            if resume and exists:
-                self._arr = np.load(self.path, mmap_mode="r+")
-                self._check_shape(self._arr.shape)
-            else:
-                self._arr = np.lib.format.open_memmap(self.path, mode="w+", dtype=np.uint8, shape=self.shape)
+            if not (resume and exists):
+                with open(self.path, "wb") as fh:
+                    np.lib.format.write_array_header_1_0(
+                        fh, {"descr": "|u1", "fortran_order": False, "shape": self.shape}
+                    )
+                    fh.truncate(fh.tell() + n * self._row_bytes)
+            self._fd = os.open(self.path, os.O_RDWR)
+            shape, self._offset = _npy_layout(self.path)
+            self._check_shape(shape)
+
+    @staticmethod
+    def existing_rows(cache_dir: str | Path, storage: str) -> int | None:
+        """Rows of the store already in ``cache_dir`` (None when there is none or it cannot be read)."""
+        path = Path(cache_dir) / STORE_FILES[storage]
+        if not path.is_file():
+            return None
+        try:
+            if storage == "hdf5":
+                import h5py
+
+                with h5py.File(path, "r") as fh:
+                    return int(fh[H5_DATASET].shape[0])
+            return int(_npy_layout(path)[0][0])
+        except Exception:  # a torn or foreign file: the caller starts over or refuses
+            return None
+
+    def _open_h5(self, reopen: bool) -> None:
+        import h5py
+
+        self._h5 = h5py.File(self.path, "r+" if reopen else "w")
+        if H5_DATASET in self._h5:
+            self._arr = self._h5[H5_DATASET]
+            self._check_shape(self._arr.shape)
+            return
+        _, height, width = self.shape
+        dcpl = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
+        dcpl.set_alloc_time(h5py.h5d.ALLOC_TIME_EARLY)  # whole chunk index written now, never while writing rows
+        self._arr = self._h5.create_dataset(
+            H5_DATASET,
+            shape=self.shape,
+            maxshape=(None, height, width),
+            dtype="uint8",
+            chunks=(1, height, width),
+            fillvalue=0,
+            fill_time="never",
+            dcpl=dcpl,
+        )
+        self._h5.flush()
 
     def _check_shape(self, shape: Sequence[int]) -> None:
         if tuple(shape) != self.shape:
@@ -114,24 +227,58 @@ class ImageStoreWriter:
 
     def write(self, row: int, image: np.ndarray) -> None:
         """Store one uint8 [H, W] image at ``row``."""
-        self._arr[row] = image
+        self.write_block(row, np.asarray(image)[None])
 
     def write_block(self, start: int, images: np.ndarray) -> None:
         """Store consecutive images ``images`` [k, H, W] from ``start``."""
-        self._arr[start : start + len(images)] = images
+        images = np.ascontiguousarray(images, dtype=np.uint8)
+        if images.shape[1:] != self.shape[1:] or start < 0 or start + len(images) > self.shape[0]:
+            raise CacheError(f"Cannot store images of shape {images.shape} at row {start} of {self.shape}.")
+        if not len(images):
+            return
+        if self._fd is not None:
+            data = memoryview(images).cast("B")
+            pos = self._offset + start * self._row_bytes
+            while len(data):
+                written = os.pwrite(self._fd, data, pos)
+                data, pos = data[written:], pos + written
+        else:
+            self._arr[start : start + len(images)] = images
 
-    def flush(self) -> None:
-        """Push written rows to disk (call before recording them as done)."""
+    def flush(self, *, durable: bool = False) -> None:
+        """Hand written rows to the OS (enough to survive ``kill -9``); ``durable`` also fsyncs (power loss)."""
         if self._h5 is not None:
             self._h5.flush()
-        else:
-            self._arr.flush()
+            if durable:
+                with open(self.path, "rb+") as fh:
+                    os.fsync(fh.fileno())
+        elif self._fd is not None and durable:
+            os.fsync(self._fd)
+
+    def truncate(self, n: int) -> None:
+        """Shrink the store to its first ``n`` rows (the rows kept once every input is processed)."""
+        if not 0 <= n <= self.shape[0]:
+            raise CacheError(f"Cannot shrink an image store of {self.shape[0]} rows to {n}.")
+        if n == self.shape[0]:
+            return
+        if self._h5 is not None:
+            self._arr.resize(n, axis=0)
+            self._h5.flush()
+        elif self._fd is not None:
+            header = _npy_header(self.path)
+            new = _pad_header({"descr": "|u1", "fortran_order": False, "shape": (n, *self.shape[1:])}, len(header))
+            os.pwrite(self._fd, new, 0)
+            os.ftruncate(self._fd, self._offset + n * self._row_bytes)
+        self.shape = (n, *self.shape[1:])
 
     def close(self) -> None:
-        self.flush()
         if self._h5 is not None:
+            self._h5.flush()
             self._h5.close()
             self._h5 = None
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
         self._arr = None
 
     def __enter__(self) -> ImageStoreWriter:
@@ -139,6 +286,38 @@ class ImageStoreWriter:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _npy_layout(path: Path) -> tuple[tuple[int, ...], int]:
+    """Shape and data offset of a ``.npy`` file, read from its header."""
+    with open(path, "rb") as fh:
+        version = np.lib.format.read_magic(fh)
+        read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        shape, _, dtype = read(fh)
+        if dtype != np.uint8:
+            raise CacheError(f"Image store {path} holds {dtype}, not uint8.", "Recreate the cache with --overwrite.")
+        return tuple(shape), fh.tell()
+
+
+def _npy_header(path: Path) -> bytes:
+    _, offset = _npy_layout(path)
+    with open(path, "rb") as fh:
+        return fh.read(offset)
+
+
+def _pad_header(header: dict[str, Any], length: int) -> bytes:
+    """A version-1.0 ``.npy`` header padded with spaces to exactly ``length`` bytes (rewritten in place)."""
+    import io
+
+    buf = io.BytesIO()
+    np.lib.format.write_array_header_1_0(buf, header)
+    raw = buf.getvalue()
+    text = raw[10:].rstrip(b"\n ")
+    pad = length - 10 - len(text) - 1
+    if pad < 0:
+        raise CacheError("Cannot rewrite the .npy header in place.", "Recreate the cache with --overwrite.")
+    body = text + b" " * pad + b"\n"
+    return raw[:8] + len(body).to_bytes(2, "little") + body
 
 
 class CacheReader:
