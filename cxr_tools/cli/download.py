@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -15,6 +16,7 @@ from cxr_tools.cli.common import (
     OverwriteOpt,
     SeedOpt,
     emit,
+    exit_partial,
     handle_errors,
     make_config,
     progress_for,
@@ -69,5 +71,226 @@ def synthetic(
             table.add_row(label, str(count))
         console.print(table)
         console.print(f"{result.n_images} images of {result.n_patients} patients written to {result.dest}")
+
+    emit(result, json_output, render)
+
+
+# --- real datasets ----------------------------------------------------------------------------------------
+DestOpt = Annotated[
+    Path | None,
+    typer.Option("--dest", "-o", help="Dataset directory (default: $CXR_DATA/<dataset>).", show_default=False),
+]
+KeepArchivesOpt = Annotated[
+    bool, typer.Option("--keep-archives", help="Keep the downloaded archives after extraction (to re-extract later).")
+]
+RetriesOpt = Annotated[int, typer.Option("--retries", min=0, help="Retries per file after a transient failure.")]
+TimeoutOpt = Annotated[float, typer.Option("--timeout", min=0.1, help="Seconds without data before a retry.")]
+BackoffOpt = Annotated[
+    float, typer.Option("--backoff", min=0.0, help="First wait between retries in seconds; doubles each retry.")
+]
+
+
+def _check_parts(value: str | None) -> str | None:
+    if value is None:
+        return None
+    from cxr_tools.data.download.nih import parse_parts
+    from cxr_tools.errors import ConfigError
+
+    try:
+        parse_parts(value)
+    except ConfigError as exc:
+        raise typer.BadParameter(str(exc)) from None
+    return value
+
+
+def _parts_table(title: str, reports: Any) -> Table:
+    from cxr_tools.data.download.state import human_bytes
+
+    table = Table(title=title)
+    for col, justify in (("file", "left"), ("status", "left"), ("files", "right"), ("size", "right")):
+        table.add_column(col, justify=justify)  # type: ignore[arg-type]
+    table.add_column("seconds", justify="right")
+    table.add_column("detail", overflow="fold")
+    for r in reports:
+        style = "red" if r.status == "failed" else ("dim" if r.status == "skipped" else "")
+        table.add_row(r.name, r.status, str(r.files), human_bytes(r.bytes), f"{r.seconds:.1f}", r.detail, style=style)
+    return table
+
+
+def _render_disk(console: Console, disk: Any) -> None:
+    from cxr_tools.data.download.state import human_bytes
+
+    table = Table(title=f"On disk in {disk.dest}")
+    table.add_column("entry")
+    table.add_column("files", justify="right")
+    table.add_column("size", justify="right")
+    for e in disk.entries:
+        table.add_row(e.name, str(e.files), human_bytes(e.bytes))
+    console.print(table)
+    console.print(f"{disk.n_images} images, {disk.n_files} files, {human_bytes(disk.total_bytes)} in {disk.dest}")
+
+
+def _finish(failed: int, total: int, what: str) -> None:
+    """Exit 1 when everything failed, 3 when only some units failed (each is in the table)."""
+    if failed and failed >= total:
+        sys.stderr.write(f"Error: all {total} {what} failed (see the table above).\n")
+        raise typer.Exit(1)
+    exit_partial(failed, what)
+
+
+@app.command("nih")
+def nih(
+    ctx: typer.Context,
+    dest: DestOpt = None,
+    parts: Annotated[
+        str | None,
+        typer.Option("--parts", callback=_check_parts, help="Archives to fetch, e.g. 1,3-5 (default: all 12)."),
+    ] = None,
+    base_url: Annotated[
+        str | None,
+        typer.Option(
+            "--base-url",
+            help="Mirror: BASE/images_NNN.tar.gz, or a template with {name}, {id}, {part}. Default: NIH's box.com.",
+        ),
+    ] = None,
+    metadata: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--metadata",
+            help="Metadata CSV / split lists: 'kaggle', a URL, a file, a folder or a zip/tar of them (repeatable).",
+        ),
+    ] = None,
+    keep_archives: KeepArchivesOpt = False,
+    retries: RetriesOpt = 5,
+    timeout: TimeoutOpt = 60.0,
+    backoff: BackoffOpt = 2.0,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Download and extract again parts already complete.")
+    ] = False,
+    config: ConfigOpt = None,
+    json_output: JsonOpt = False,
+) -> None:
+    """Download NIH ChestX-ray14: the official archives, MD5-verified, resumable, extracted safely.
+
+    Rerunning skips parts already complete; an interrupted download resumes. Exit 3 when some parts failed.
+    """
+    with handle_errors():
+        from cxr_tools.data.download.nih import NihConfig
+        from cxr_tools.engine.download import download_nih
+
+        cfg = make_config(
+            ctx,
+            NihConfig,
+            config,
+            "nih",
+            dest=dest,
+            parts=parts or (),
+            base_url=base_url,
+            metadata=tuple(metadata or ()),
+            keep_archives=keep_archives,
+            retries=retries,
+            timeout=timeout,
+            backoff=backoff,
+            overwrite=overwrite,
+        )
+        result = download_nih(cfg, progress_for())
+
+    def render(console: Console) -> None:
+        console.print(_parts_table("NIH ChestX-ray14 archives", result.parts))
+        if result.metadata:
+            console.print(_parts_table("Metadata", result.metadata))
+        _render_disk(console, result.disk)
+
+    emit(result, json_output, render)
+    _finish(result.failed, len(result.parts) + len(result.metadata), "archives or metadata files")
+
+
+@app.command("kaggle")
+def kaggle(
+    ctx: typer.Context,
+    dest: DestOpt = None,
+    from_dir: Annotated[
+        Path | None,
+        typer.Option("--from", help="Use a mirror already downloaded (unpacked) here instead of kagglehub."),
+    ] = None,
+    handle: Annotated[str, typer.Option("--handle", help="Kaggle dataset handle.")] = "nih-chest-xrays/data",
+    link: Annotated[
+        str, typer.Option("--link", help="hardlink (falls back to copy), symlink or copy into --dest.")
+    ] = "hardlink",
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace files already in --dest.")] = False,
+    config: ConfigOpt = None,
+    json_output: JsonOpt = False,
+) -> None:
+    """Download NIH ChestX-ray14 from its Kaggle mirror with kagglehub (needs Kaggle credentials)."""
+    with handle_errors():
+        from cxr_tools.data.download.kaggle import KaggleConfig
+        from cxr_tools.engine.download import download_kaggle
+
+        cfg = make_config(
+            ctx,
+            KaggleConfig,
+            config,
+            "kaggle",
+            dest=dest,
+            from_dir=from_dir,
+            handle=handle,
+            link=link,
+            overwrite=overwrite,
+        )
+        result = download_kaggle(cfg, progress_for())
+
+    def render(console: Console) -> None:
+        console.print(_parts_table(f"Kaggle mirror {result.handle}", [result.files]))
+        _render_disk(console, result.disk)
+        if result.missing:
+            console.print(f"[yellow]Not in the mirror: {', '.join(result.missing)}[/yellow]")
+
+    emit(result, json_output, render)
+
+
+@app.command("chexpert")
+def chexpert(
+    ctx: typer.Context,
+    source: Annotated[
+        str | None,
+        typer.Option(
+            "--from", help="The signed download URL Stanford sent you, or the archive file.", show_default=False
+        ),
+    ] = None,
+    dest: DestOpt = None,
+    md5: Annotated[str | None, typer.Option("--md5", help="Expected MD5 of the archive, if you have one.")] = None,
+    keep_archives: KeepArchivesOpt = False,
+    retries: RetriesOpt = 5,
+    timeout: TimeoutOpt = 60.0,
+    backoff: BackoffOpt = 2.0,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Extract again even if already complete.")] = False,
+    config: ConfigOpt = None,
+    json_output: JsonOpt = False,
+) -> None:
+    """Install CheXpert from its signed URL or an archive on disk; checks train.csv and valid.csv."""
+    with handle_errors():
+        from cxr_tools.data.download.chexpert import ChexpertConfig
+        from cxr_tools.engine.download import download_chexpert
+
+        cfg = make_config(
+            ctx,
+            ChexpertConfig,
+            config,
+            "chexpert",
+            source=source or "",
+            dest=dest,
+            md5=md5,
+            keep_archives=keep_archives,
+            retries=retries,
+            timeout=timeout,
+            backoff=backoff,
+            overwrite=overwrite,
+        )
+        result = download_chexpert(cfg, progress_for())
+
+    def render(console: Console) -> None:
+        console.print(_parts_table("CheXpert archive", [result.archive]))
+        console.print(f"train.csv: {result.train_rows} rows, valid.csv: {result.valid_rows} rows in {result.root}")
+        _render_disk(console, result.disk)
 
     emit(result, json_output, render)
