@@ -8,6 +8,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from cxr_tools.cli.common import (
@@ -103,18 +104,28 @@ def _check_parts(value: str | None) -> str | None:
     return value
 
 
-def _parts_table(title: str, reports: Any) -> Table:
+def _print_parts(console: Console, title: str, reports: Any) -> None:
+    """A table of units, then each failure's full message on its own line (readable in narrow SLURM logs)."""
     from cxr_tools.data.download.state import human_bytes
 
     table = Table(title=title)
-    for col, justify in (("file", "left"), ("status", "left"), ("files", "right"), ("size", "right")):
-        table.add_column(col, justify=justify)  # type: ignore[arg-type]
+    table.add_column("file", overflow="fold")
+    table.add_column("status", no_wrap=True)
+    table.add_column("files", justify="right")
+    table.add_column("size", justify="right", no_wrap=True)
     table.add_column("seconds", justify="right")
     table.add_column("detail", overflow="fold")
     for r in reports:
-        style = "red" if r.status == "failed" else ("dim" if r.status == "skipped" else "")
-        table.add_row(r.name, r.status, str(r.files), human_bytes(r.bytes), f"{r.seconds:.1f}", r.detail, style=style)
-    return table
+        style = "red" if r.failed else ("dim" if r.status == "skipped" else "")
+        detail = "see below" if r.failed else escape(r.detail)
+        table.add_row(
+            escape(r.name), r.status, str(r.files), human_bytes(r.bytes), f"{r.seconds:.1f}", detail, style=style
+        )
+    console.print(table)
+    for r in reports:
+        if r.failed:
+            detail = escape(r.detail.removeprefix(f"{r.name}: "))
+            console.print(f"[red]{escape(r.name)} failed:[/red] {detail}", highlight=False)
 
 
 def _render_disk(console: Console, disk: Any) -> None:
@@ -196,9 +207,9 @@ def nih(
         result = download_nih(cfg, progress_for())
 
     def render(console: Console) -> None:
-        console.print(_parts_table("NIH ChestX-ray14 archives", result.parts))
+        _print_parts(console, "NIH ChestX-ray14 archives", result.parts)
         if result.metadata:
-            console.print(_parts_table("Metadata", result.metadata))
+            _print_parts(console, "Metadata", result.metadata)
         _render_disk(console, result.disk)
 
     emit(result, json_output, render)
@@ -240,7 +251,7 @@ def kaggle(
         result = download_kaggle(cfg, progress_for())
 
     def render(console: Console) -> None:
-        console.print(_parts_table(f"Kaggle mirror {result.handle}", [result.files]))
+        _print_parts(console, f"Kaggle mirror {result.handle}", [result.files])
         _render_disk(console, result.disk)
         if result.missing:
             console.print(f"[yellow]Not in the mirror: {', '.join(result.missing)}[/yellow]")
@@ -289,7 +300,7 @@ def chexpert(
         result = download_chexpert(cfg, progress_for())
 
     def render(console: Console) -> None:
-        console.print(_parts_table("CheXpert archive", [result.archive]))
+        _print_parts(console, "CheXpert archive", [result.archive])
         console.print(f"train.csv: {result.train_rows} rows, valid.csv: {result.valid_rows} rows in {result.root}")
         _render_disk(console, result.disk)
 

@@ -181,3 +181,21 @@ def test_metadata_html_page_is_rejected(mirror, tmp_path):
     )
     assert res.metadata[0].failed and "Finding Labels" in res.metadata[0].detail
     assert not (tmp_path / "nih/Data_Entry_2017.csv").exists()
+
+
+def test_metadata_from_a_zip_of_files(mirror, tmp_path):
+    from http_server import make_zip
+
+    bundle = tmp_path / "nih-metadata.zip"
+    bundle.write_bytes(make_zip({"Data_Entry_2017_v2020.csv": DATA_ENTRY.encode(), "test_list.txt": b"a.png\n"}))
+    res = download_nih(_config(mirror, tmp_path / "nih", parts="1", metadata=(str(bundle),)), None)
+    assert sorted((r.name, r.status) for r in res.metadata) == [
+        ("Data_Entry_2017_v2020.csv", "extracted"),
+        ("test_list.txt", "extracted"),
+    ]
+    assert (tmp_path / "nih/test_list.txt").read_text() == "a.png\n"
+    bad = tmp_path / "bad-metadata.zip"
+    bad.write_bytes(make_zip({"test_list.txt": b"<html>\n"}))
+    res = download_nih(_config(mirror, tmp_path / "nih2", parts="1", metadata=(str(bad),)), None)
+    assert res.metadata[0].failed and "PNG name" in res.metadata[0].detail
+    assert not (tmp_path / "nih2/test_list.txt").exists()

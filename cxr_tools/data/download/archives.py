@@ -169,7 +169,7 @@ def _extract_tar(archive: Path, tmp: Path, task: Task) -> tuple[tuple[str, ...],
 
 def _extract_zip(archive: Path, tmp: Path, task: Task) -> tuple[tuple[str, ...], int]:
     files: list[str] = []
-    total = 0
+    total = counted = 0
     try:
         with zipfile.ZipFile(archive) as zf:
             infos = zf.infolist()
@@ -189,6 +189,8 @@ def _extract_zip(archive: Path, tmp: Path, task: Task) -> tuple[tuple[str, ...],
                     total += _write_member(src, tmp, rel, archive, info.filename)
                 files.append(rel.as_posix())
                 task.advance(info.compress_size)
+                counted += info.compress_size
+            task.advance(archive.stat().st_size - counted)  # headers and central directory
     except (zipfile.BadZipFile, EOFError, OSError) as exc:
         raise DownloadError(
             f"{archive.name} is damaged or truncated ({exc}).",

@@ -166,6 +166,9 @@ def download_nih(config: NihConfig, progress: Progress | None = None) -> NihResu
                 report = PartReport(name, "failed", seconds=time.perf_counter() - t0, detail=str(exc))
             reports.append(report)
             overall.advance()
+    archives_dir = dest / "archives"
+    if archives_dir.is_dir() and not any(archives_dir.iterdir()):
+        archives_dir.rmdir()
     meta = fetch_metadata(config.metadata, dest, policy=policy, overwrite=config.overwrite, progress=progress)
     failed = sum(r.failed for r in reports) + sum(r.failed for r in meta)
     return NihResult(dest, tuple(reports), meta, inventory(dest), failed)
@@ -206,6 +209,4 @@ def _one_part(
     if not config.keep_archives:
         archive.unlink(missing_ok=True)
         verified_marker.unlink(missing_ok=True)
-        if archive.parent.is_dir() and not any(archive.parent.iterdir()):
-            archive.parent.rmdir()
     return PartReport(name, status, len(extracted.files), size, md5, seconds=time.perf_counter() - t0)
