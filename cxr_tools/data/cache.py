@@ -237,7 +237,7 @@ class ImageStoreWriter:
         if not len(images):
             return
         if self._fd is not None:
-            data = memoryview(images).cast("B")
+            data = memoryview(images.reshape(-1).data)
             pos = self._offset + start * self._row_bytes
             while len(data):
                 written = os.pwrite(self._fd, data, pos)

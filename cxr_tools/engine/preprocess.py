@@ -250,15 +250,22 @@ def preprocess(config: PreprocessConfig, progress: Progress | None = None) -> Pr
         "store_file": cache_mod.STORE_FILES[config.format],
         "splits": split_info,
         "counts": counts,
-        "shard": None if shard is None else {"index": shard[0], "count": shard[1], "start": start, "end": end,
-                                             "total": len(table)},
+        "shard": None
+        if shard is None
+        else {"index": shard[0], "count": shard[1], "start": start, "end": end, "total": len(table)},
     }
     cache_mod.write_manifest(out, manifest)
     journal.remove()
     seconds = time.perf_counter() - started
     done_now = len(paths) - state.done
-    return _result(out, manifest, resumed_from=state.done, shard=config.shard, seconds=seconds,
-                   rate=done_now / seconds if seconds > 0 else 0.0)
+    return _result(
+        out,
+        manifest,
+        resumed_from=state.done,
+        shard=config.shard,
+        seconds=seconds,
+        rate=done_now / seconds if seconds > 0 else 0.0,
+    )
 
 
 def _run(
@@ -328,8 +335,9 @@ def merge(config: MergeConfig, progress: Progress | None = None) -> PreprocessRe
     return _result(out, manifest, seconds=seconds, rate=manifest["counts"]["images"] / seconds if seconds else 0.0)
 
 
-def _result(out: Path, manifest: dict[str, Any], *, seconds: float, rate: float, resumed_from: int = 0,
-            shard: str | None = None) -> PreprocessResult:
+def _result(
+    out: Path, manifest: dict[str, Any], *, seconds: float, rate: float, resumed_from: int = 0, shard: str | None = None
+) -> PreprocessResult:
     counts = manifest["counts"]
     return PreprocessResult(
         output=out,

@@ -143,8 +143,10 @@ def test_resume_with_other_settings_is_refused(tmp_path):
     src = make_nih(tmp_path / "nih", patients=3, per_patient=2)
     out = tmp_path / "c"
     with pytest.raises(KeyboardInterrupt):
-        preprocess(PreprocessConfig(src=src, output=out, size=32, workers=0, chunk_size=2, commit_seconds=0),
-                   _Interrupt(after=1))
+        preprocess(
+            PreprocessConfig(src=src, output=out, size=32, workers=0, chunk_size=2, commit_seconds=0),
+            _Interrupt(after=1),
+        )
     with pytest.raises(CacheError, match="other inputs or settings"):
         preprocess(PreprocessConfig(src=src, output=out, size=48, workers=0, resume=True))
     # with --overwrite as well, a mismatching interrupted run is replaced
