@@ -82,7 +82,7 @@ def test_transient_errors_are_retried(server, tmp_path):
 
 def test_retries_exhausted_says_rerun_resumes(server, tmp_path):
     server.fail["f.bin"] = (503, 10)
-    with pytest.raises(DownloadError, match=r"failed after 4 attempts.*resumes"):
+    with pytest.raises(DownloadError, match=r"failed 4 times in a row.*resumes"):
         fetch(server.url("f.bin"), tmp_path / "f.bin", policy=FAST)
     assert len(server.hits_for("f.bin")) == 4
 
@@ -94,6 +94,17 @@ def test_permanent_errors_are_not_retried(server, tmp_path):
     server.fail["f.bin"] = (403, 5)
     with pytest.raises(DownloadError, match="signed links expire"):
         fetch(server.url("f.bin") + "?token=SECRET", tmp_path / "f.bin", policy=FAST)
+
+
+def test_progress_resets_the_retry_budget(server, tmp_path):
+    class Cutter(dict):  # cut every response after 50 kB: never more than one failure in a row
+        def pop(self, key, default=None):
+            return 50_000 if key == "f.bin" else default
+
+    server.cut_after = Cutter()
+    got = fetch(server.url("f.bin"), tmp_path / "f.bin", md5=md5(DATA), policy=RetryPolicy(retries=1, backoff=0.001))
+    assert got.attempts == 6 and (tmp_path / "f.bin").read_bytes() == DATA
+    assert [h.range for h in server.hits_for("f.bin")][1:] == [f"bytes={k * 50_000}-" for k in range(1, 6)]
 
 
 def test_connection_refused_is_transient_and_bounded(tmp_path):

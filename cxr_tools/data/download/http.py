@@ -169,10 +169,14 @@ def fetch(
 
 
 def _download(url: str, part: Path, policy: RetryPolicy, bar: _Bar) -> tuple[int, str, int, bool]:
-    """Retry loop around :func:`_attempt`; returns (size, md5, attempts, resumed)."""
+    """Retry loop around :func:`_attempt`; returns (size, md5, attempts, resumed).
+
+    ``policy.retries`` bounds the failures *in a row without progress*: an attempt that added bytes to the
+    ``.part`` resets the count, so a multi-GB archive on a flaky link keeps resuming as long as it advances.
+    """
     delays = policy.delays()
     start = time.monotonic()
-    attempt = 0
+    attempt = failures = 0
     resumed = False
     while True:
         attempt += 1
@@ -183,21 +187,22 @@ def _download(url: str, part: Path, policy: RetryPolicy, bar: _Bar) -> tuple[int
             size, digest = _attempt(url, part, offset, policy.timeout, bar)
             return size, digest, attempt, resumed
         except _Transient as exc:
-            if attempt > policy.retries:
-                on_disk = part.stat().st_size if part.exists() else 0
+            on_disk = part.stat().st_size if part.exists() else 0
+            failures = 1 if on_disk > offset else failures + 1
+            if failures > policy.retries:
                 raise DownloadError(
-                    f"Download of {display_url(url)} failed after {attempt} attempts: {exc}.",
+                    f"Download of {display_url(url)} failed {failures} times in a row: {exc}.",
                     f"Check the network and rerun the same command: it resumes from the {on_disk} bytes already "
                     "on disk.",
                 ) from None
-            delay = delays[attempt - 1]
+            delay = delays[failures - 1]
             if policy.max_seconds is not None and time.monotonic() - start + delay > policy.max_seconds:
                 raise DownloadError(
                     f"Download of {display_url(url)} still failing after {time.monotonic() - start:.0f} s "
                     f"(limit {policy.max_seconds:g} s): {exc}.",
                     "Rerun the same command later: it resumes where it stopped.",
                 ) from None
-            log.warning("%s: %s; retry %d/%d in %.1f s", display_url(url), exc, attempt, policy.retries, delay)
+            log.warning("%s: %s; retry %d/%d in %.1f s", display_url(url), exc, failures, policy.retries, delay)
             time.sleep(delay)
 
 
