@@ -1,0 +1,58 @@
+"""Benchmark of the synthetic phantom generator: images per second at 256 px (goal: >= 200 per core).
+
+Run: ``.venv/bin/python benchmarks/synthetic.py [--patients 150] [--size 256] [--workers 0 2]``.
+Measures ``generate`` end to end (planning, rendering, encoding, writing files, metadata) into a temporary
+directory, once per worker setting, with OpenCV limited to one thread so "1 process" means one core.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+from pathlib import Path
+
+GOAL_PER_CORE = 200.0
+
+
+def measure(patients: int, size: int, workers: int, fmt: str = "png", layout: str = "nih") -> dict[str, float]:
+    """Generate once and return images, seconds and images/s."""
+    import cv2
+
+    from cxr_tools.data.synthetic import SyntheticConfig, generate
+
+    cv2.setNumThreads(1)
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg = SyntheticConfig(
+            dest=Path(tmp) / "ds", patients=patients, size=size, workers=workers, format=fmt, layout=layout
+        )
+        result = generate(cfg)
+    return {"images": result.n_images, "seconds": result.seconds, "images_per_s": result.n_images / result.seconds}
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--patients", type=int, default=150)
+    parser.add_argument("--size", type=int, default=256)
+    parser.add_argument("--workers", type=int, nargs="+", default=[0, 2])
+    parser.add_argument("--format", default="png")
+    parser.add_argument("--layout", default="nih")
+    args = parser.parse_args(argv)
+    measure(10, args.size, 0)  # warm-up: imports, page cache
+    print(
+        f"synthetic phantom, {args.size} px, {args.patients} patients, {args.layout}/{args.format}, "
+        f"{os.cpu_count()} CPUs visible"
+    )
+    print(f"{'workers':>8} {'images':>7} {'seconds':>8} {'images/s':>9} {'per core':>9} {'vs goal':>8}")
+    for w in args.workers:
+        r = measure(args.patients, args.size, w, args.format, args.layout)
+        cores = max(1, w)
+        per_core = r["images_per_s"] / cores
+        print(
+            f"{w:>8} {r['images']:>7.0f} {r['seconds']:>8.2f} {r['images_per_s']:>9.1f} {per_core:>9.1f} "
+            f"{per_core / GOAL_PER_CORE:>7.2f}x"
+        )
+
+
+if __name__ == "__main__":
+    main()
