@@ -120,6 +120,18 @@ def train(
     return loop.fit(), model
 
 
+def weights(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """A detached copy of the model's state dict."""
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def assert_identical(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
+    """Bit-for-bit equality of two state dicts."""
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), f"{key} differs"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("run", type=Path)

@@ -18,24 +18,17 @@ _SCRIPT = Path(__file__).with_name("runtime_train_script.py")
 
 
 def _load_script():
-    spec = importlib.util.spec_from_file_location("runtime_train_script", _SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules.setdefault("runtime_train_script", module)
-    spec.loader.exec_module(module)
-    return module
+    name = "cxr_runtime_train_script"  # one module object shared by the runtime test files
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, _SCRIPT)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+    return sys.modules[name]
 
 
 tiny = _load_script()
-
-
-def _weights(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    return {k: v.detach().clone() for k, v in model.state_dict().items()}
-
-
-def _assert_identical(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
-    assert a.keys() == b.keys()
-    for key in a:
-        assert torch.equal(a[key], b[key]), f"{key} differs"
+_weights, _assert_identical = tiny.weights, tiny.assert_identical
 
 
 def _kill_self(sig: int):
