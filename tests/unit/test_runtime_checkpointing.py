@@ -1,0 +1,188 @@
+"""Training checkpoints (weights_only, atomic), checkpoint policy, best tracking, early stopping, schedules."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from cxr_tools.errors import ConfigError, ModelError
+from cxr_tools.runtime import checkpointing as ckpt
+from cxr_tools.runtime.checkpointing import (
+    BestTracker,
+    CheckpointPolicy,
+    EarlyStopping,
+    load_training_state,
+    restore_training_state,
+    save_model_state,
+    save_training_state,
+)
+from cxr_tools.runtime.schedules import SCHEDULES, make_scheduler
+
+
+def _setup(lr: float = 0.1):
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3), torch.nn.Flatten(), torch.nn.Linear(2 * 6 * 6, 1))
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    sched = make_scheduler("cosine", opt, total_steps=10, warmup_steps=2)
+    return model, opt, sched
+
+
+def _train(model, opt, sched, steps: int) -> None:
+    for _ in range(steps):
+        opt.zero_grad()
+        model(torch.randn(4, 1, 8, 8)).pow(2).mean().backward()
+        opt.step()
+        sched.step_batch()
+
+
+def test_state_loads_with_weights_only_and_resumes_exactly(tmp_path):
+    model, opt, sched = _setup()
+    _train(model, opt, sched, 3)
+    path = save_training_state(
+        tmp_path / "last.pt",
+        model,
+        opt,
+        sched,
+        None,
+        step=3,
+        epoch=0,
+        extra={"loop": {"batch": 3}, "sampler": torch.arange(3)},
+    )
+    raw = torch.load(path, weights_only=True)
+    assert raw["format"] == "cxr-training-state" and raw["step"] == 3 and raw["extra"]["loop"] == {"batch": 3}
+    _train(model, opt, sched, 2)
+    expected = {k: v.clone() for k, v in model.state_dict().items()}
+
+    model2, opt2, sched2 = _setup(lr=0.5)  # different LR: the checkpoint must win
+    restore_training_state(load_training_state(path), model2, opt2, sched2)
+    _train(model2, opt2, sched2, 2)
+    for key, value in expected.items():
+        assert torch.equal(model2.state_dict()[key], value), key
+
+
+def test_crash_while_saving_leaves_previous_checkpoint_intact(tmp_path, monkeypatch):
+    model, opt, sched = _setup()
+    path = save_training_state(tmp_path / "last.pt", model, opt, sched, None, step=1, epoch=0)
+    before = path.read_bytes()
+
+    def dying_save(obj, f, *args, **kwargs):
+        with open(f, "wb") as fh:
+            fh.write(b"half a checkpoint")
+        raise OSError("No space left on device")
+
+    monkeypatch.setattr(torch, "save", dying_save)
+    with pytest.raises(OSError, match="No space"):
+        save_training_state(path, model, opt, sched, None, step=2, epoch=0)
+    assert path.read_bytes() == before
+    assert load_training_state(path)["step"] == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pt"]  # no temporary left behind
+
+
+def test_unreadable_or_foreign_checkpoints_are_model_errors(tmp_path):
+    (tmp_path / "bad.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(ModelError, match="unreadable"):
+        load_training_state(tmp_path / "bad.pt")
+    with pytest.raises(ModelError, match="does not exist"):
+        load_training_state(tmp_path / "none.pt")
+    model, _, _ = _setup()
+    save_model_state(tmp_path / "best.pt", model, step=1, epoch=1, extra={"value": 0.5})
+    with pytest.raises(ModelError, match="not a cxr training checkpoint"):
+        load_training_state(tmp_path / "best.pt")
+    other = torch.nn.Linear(3, 1)
+    state = {"model": other.state_dict()}
+    with pytest.raises(ModelError, match="does not fit"):
+        restore_training_state(state, model)
+
+
+def test_policy_by_steps_and_minutes():
+    now = [0.0]
+    policy = CheckpointPolicy(every_steps=3, every_minutes=2, clock=lambda: now[0])
+    assert [s for s in range(1, 10) if policy.should_save(s)] == [3, 6, 9]
+    now[0] = 119.0
+    assert not policy.should_save(4)
+    now[0] = 121.0
+    assert policy.should_save(4)
+    policy.mark_saved(4)
+    assert not policy.should_save(5)
+    with pytest.raises(ConfigError):
+        CheckpointPolicy(every_steps=0)
+
+
+def test_best_tracker_and_early_stopping_state_round_trip():
+    best = BestTracker("val_auc", "max", min_delta=0.01)
+    assert best.update(0.5, epoch=1, step=10) and not best.update(0.505, epoch=2, step=20)
+    assert best.update(0.7, epoch=3, step=30) and (best.best, best.best_epoch) == (0.7, 3)
+    assert not best.update(math.nan, epoch=4, step=40)
+    es = EarlyStopping(patience=2, mode="min")
+    assert [es.step(v) for v in (1.0, 0.9, 0.95)] == [False, False, False]
+    saved = es.state_dict()
+    restored = EarlyStopping(patience=2, mode="min")
+    restored.load_state_dict(saved)
+    assert restored.step(0.91) is True and restored.stopped
+    with pytest.raises(ConfigError, match=r"max.*min"):
+        EarlyStopping(patience=1, mode="up")
+
+
+@pytest.mark.parametrize("name", SCHEDULES)
+def test_every_schedule_checkpoints_weights_only(name, tmp_path):
+    model = torch.nn.Linear(2, 1)
+    opt = torch.optim.SGD(model.parameters(), lr=1.0, momentum=0.9)
+    sched = make_scheduler(name, opt, total_steps=20, step_size=5, monitor="val_loss", patience=0)
+    for _ in range(6):
+        opt.step()
+        sched.step_batch()
+    sched.step_epoch({"val_loss": 1.0})
+    save_training_state(tmp_path / "s.pt", model, opt, sched, None, step=6, epoch=0)
+    opt2 = torch.optim.SGD(model.parameters(), lr=1.0, momentum=0.9)
+    sched2 = make_scheduler(name, opt2, total_steps=20, step_size=5, monitor="val_loss", patience=0)
+    restore_training_state(load_training_state(tmp_path / "s.pt"), model, opt2, sched2)
+    assert opt2.param_groups[0]["lr"] == opt.param_groups[0]["lr"]
+
+
+def test_schedule_shapes():
+    def lrs(name, steps, **kw):
+        opt = torch.optim.SGD(torch.nn.Linear(1, 1).parameters(), lr=1.0)
+        sched = make_scheduler(name, opt, **kw)
+        out = []
+        for _ in range(steps):
+            out.append(opt.param_groups[0]["lr"])
+            opt.step()
+            sched.step_batch()
+        return out
+
+    assert lrs("none", 3) == [1.0, 1.0, 1.0]
+    assert lrs("none", 4, warmup_steps=3) == pytest.approx([0.25, 0.5, 0.75, 1.0])
+    assert lrs("step", 5, step_size=2, gamma=0.5) == pytest.approx([1, 1, 0.5, 0.5, 0.25])
+    cos = lrs("cosine", 11, total_steps=10, warmup_steps=0, min_lr_ratio=0.1)
+    assert cos[0] == 1.0 and cos[5] == pytest.approx(0.55) and cos[10] == pytest.approx(0.1)
+    one = lrs("onecycle", 10, total_steps=10)
+    assert max(one) == pytest.approx(1.0) and one[0] < 0.1 and one[-1] < 0.01
+    with pytest.raises(ConfigError, match="Unknown LR schedule"):
+        lrs("linear", 1)
+    with pytest.raises(ConfigError, match="warmup"):
+        lrs("plateau", 1, warmup_steps=2)
+    with pytest.raises(ConfigError, match="total_steps"):
+        lrs("cosine", 1)
+
+
+def test_plateau_needs_its_metric():
+    opt = torch.optim.SGD(torch.nn.Linear(1, 1).parameters(), lr=1.0)
+    sched = make_scheduler("plateau", opt, monitor="val_loss", patience=0, factor=0.5)
+    sched.step_epoch({"val_loss": 1.0})
+    sched.step_epoch({"val_loss": 2.0})
+    assert opt.param_groups[0]["lr"] == 0.5
+    with pytest.raises(ConfigError, match="val_loss"):
+        sched.step_epoch({"val_auc": 0.5})
+
+
+def test_unwrap_model_strips_wrappers():
+    inner = torch.nn.Linear(1, 1)
+
+    class Wrapper(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.module = inner
+
+    assert ckpt.unwrap_model(Wrapper()) is inner and ckpt.unwrap_model(inner) is inner
