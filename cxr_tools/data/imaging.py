@@ -119,9 +119,33 @@ class ImageOps:
 # --------------------------------------------------------------------------------------------------- decoding
 
 
+_local = threading.local()
+_SCRATCH_MAX = 64 << 20  # files up to 64 MiB are read into a reused per-thread buffer
+
+
+def _scratch(size: int) -> bytearray:
+    """A per-thread read buffer of at least ``size`` bytes (fresh allocations page-fault on every file)."""
+    buf: bytearray | None = getattr(_local, "scratch", None)
+    if size > _SCRATCH_MAX:
+        return bytearray(size)
+    if buf is None or len(buf) < size:
+        buf = _local.scratch = bytearray(max(size, 1 << 20))
+    return buf
+
+
 def _read_bytes(path: Path) -> np.ndarray:
+    """The file's bytes as a uint8 view of a reused buffer: valid until the next call in this thread."""
     try:
-        buf = np.fromfile(path, dtype=np.uint8)
+        with open(path, "rb", buffering=0) as fh:
+            size = os.fstat(fh.fileno()).st_size
+            buf = _scratch(size)
+            view = memoryview(buf)
+            n = 0
+            while n < size:
+                got = fh.readinto(view[n:size])
+                if not got:
+                    break
+                n += got
     except FileNotFoundError:
         raise ImageDecodeError(path, "file not found") from None
     except IsADirectoryError:
@@ -130,9 +154,9 @@ def _read_bytes(path: Path) -> np.ndarray:
         raise ImageDecodeError(path, "permission denied") from None
     except OSError as exc:
         raise ImageDecodeError(path, f"cannot read file ({exc.strerror or exc})") from None
-    if buf.size == 0:
+    if n == 0:
         raise ImageDecodeError(path, "empty file (0 bytes)")
-    return buf
+    return np.frombuffer(buf, dtype=np.uint8, count=n)
 
 
 def _is_dicom(path: Path, buf: np.ndarray) -> bool:
@@ -149,6 +173,9 @@ def _truncation(buf: np.ndarray) -> str | None:
     is_png = head.startswith(b"\x89PNG\r\n\x1a\n")
     is_jpeg = head.startswith(b"\xff\xd8\xff")
     if not (is_png or is_jpeg):
+        return None
+    marker = b"IEND" if is_png else b"\xff\xd9"
+    if marker in buf[-64:].tobytes():  # the usual case: the marker ends the file
         return None
     tail = buf[max(buf.size // 2, buf.size - 65536) :].tobytes()
     if is_png and b"IEND" not in tail:
@@ -347,8 +374,6 @@ def to_uint8(arr: np.ndarray) -> np.ndarray:
 
 
 # ------------------------------------------------------------------------------------------------- operations
-
-_local = threading.local()
 
 
 def _clahe(clip: float, tile: int) -> Any:

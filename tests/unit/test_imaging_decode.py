@@ -244,3 +244,26 @@ def test_corrupt_dicom_and_text_named_dcm(tmp_path):
         decode_image(tmp_path / "cut.dcm")
     with pytest.raises(ImageDecodeError, match="DICOM"):
         decode_image(tmp_path / "text.dcm")
+
+
+def test_jpeg_with_trailer_after_end_marker_is_accepted(tmp_path):
+    img = gradient(40, 40)
+    enc = cv2.imencode(".jpg", img)[1].tobytes()
+    (tmp_path / "trailer.jpg").write_bytes(enc + b"\x00" * 200 + b"VENDOR-TRAILER" * 10)
+    assert decode_image(tmp_path / "trailer.jpg").shape == (40, 40)
+
+
+def test_reused_read_buffer_never_leaks_between_images(tmp_path):
+    big = np.random.default_rng(1).integers(0, 255, (300, 300), dtype=np.uint8)
+    small = gradient(9, 9)
+    cv2.imwrite(str(tmp_path / "big.png"), big)
+    cv2.imwrite(str(tmp_path / "small.png"), small)
+    first = decode_image(tmp_path / "big.png")
+    second = decode_image(tmp_path / "small.png")
+    third = decode_image(tmp_path / "big.png")
+    np.testing.assert_array_equal(first, big)  # still intact after later reads
+    np.testing.assert_array_equal(second, small)
+    np.testing.assert_array_equal(third, big)
+    (tmp_path / "small.png").write_bytes(b"")
+    with pytest.raises(ImageDecodeError, match="empty"):
+        decode_image(tmp_path / "small.png")  # a stale buffer must not make an empty file decodable

@@ -70,9 +70,9 @@ def image_dirs(root: Path) -> list[Path]:
     return dirs or [root]
 
 
-def image_map(dirs: list[Path]) -> dict[str, Path]:
+def image_map(dirs: list[Path]) -> dict[str, str]:
     """File name -> path over ``dirs``, by listing each once (first occurrence wins)."""
-    found: dict[str, Path] = {}
+    found: dict[str, str] = {}
     dups = 0
     for d in dirs:
         with os.scandir(d) as it:
@@ -83,7 +83,7 @@ def image_map(dirs: list[Path]) -> dict[str, Path]:
                 if name in found:
                     dups += 1
                     continue
-                found[name] = Path(entry.path)
+                found[name] = entry.path
     if dups:
         log.warning("%d image name(s) occur in more than one NIH image folder; the first is used", dups)
     return found
@@ -126,7 +126,7 @@ def _multi_hot(cells: np.ndarray, path: Path) -> np.ndarray:
     return rows[inverse.reshape(-1)]
 
 
-def _patient_ids(values: np.ndarray) -> list[str]:
+def _patient_ids(values: list[str]) -> list[str]:
     out = []
     for v in values:
         s = str(v).strip()
@@ -155,20 +155,20 @@ def read_nih(
     if extra:
         log.warning("%s: unnamed column(s) %s hold values; ignored", csv, ", ".join(extra))
 
-    names = df["Image Index"].str.strip().to_numpy(dtype=object)
+    names = np.asarray(df["Image Index"].str.strip().tolist(), dtype=object)
     empty = names == ""
     if empty.any():
         raise DataError(f"Empty 'Image Index' on line {int(np.flatnonzero(empty)[0]) + 2} of {csv}.")
     labels = _multi_hot(df["Finding Labels"].str.strip().to_numpy(dtype=object), csv)
     splits, split_files = _read_split_lists(csv.parent)
-    follow = df["Follow-up #"].str.strip()
+    follow = df["Follow-up #"].str.strip().tolist()
     meta = {
         "image_id": names,
-        "patient_id": _patient_ids(df["Patient ID"].to_numpy(dtype=object)),
+        "patient_id": _patient_ids(df["Patient ID"].tolist()),
         "study": [f"{int(f):03d}" if f.isdigit() else f for f in follow],
-        "view": [normalise_view(v) for v in df["View Position"]],
-        "sex": normalise_sex(df["Patient Gender"]),
-        "age": parse_ages(df["Patient Age"]),
+        "view": [normalise_view(v) for v in df["View Position"].tolist()],
+        "sex": normalise_sex(df["Patient Gender"].tolist()),
+        "age": parse_ages(df["Patient Age"].tolist()),
         "split": [splits.get(n, "") for n in names],
     }
 
@@ -183,7 +183,7 @@ def read_nih(
     problems: list[tuple[str, str]] = []
     for i, p in enumerate(paths):
         if p is None and keep[i]:
-            problems.append((str(root / "images" / names[i]), f"listed in {csv.name} but not found"))
+            problems.append((os.path.join(root, "images", names[i]), f"listed in {csv.name} but not found"))
             keep[i] = False
     if problems:
         log.warning("%d of %d images listed in %s are missing under %s", len(problems), len(names), csv.name, root)
@@ -194,7 +194,7 @@ def read_nih(
             )
     idx = np.flatnonzero(keep)
     meta_kept = {k: [v[i] for i in idx] if not isinstance(v, np.ndarray) else v[idx] for k, v in meta.items()}
-    meta_kept["source_path"] = [str(paths[i]) for i in idx]
+    meta_kept["source_path"] = [paths[i] for i in idx]
     return finish(
         kind,
         root,

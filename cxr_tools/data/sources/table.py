@@ -131,12 +131,14 @@ def parse_ages(values: Iterable[Any]) -> np.ndarray:
 
     Ages above 120 are data-entry errors in NIH's CSV (e.g. 148, 411): the image is kept, the age dropped.
     """
-    out = []
-    for v in values:
-        m = _AGE.match(str(v)) if v is not None else None
-        age = float(m.group(1)) * _AGE_UNIT[m.group(2).upper()] if m else float("nan")
-        out.append(age if age <= MAX_AGE else float("nan"))
-    return np.asarray(out, dtype=np.float64)
+    cells = [str(v).strip() if v is not None else "" for v in values]
+    out = pd.to_numeric(pd.Series(cells, dtype=object), errors="coerce").to_numpy(dtype=np.float64, copy=True)
+    for i in np.flatnonzero(np.isnan(out)):  # only the non-plain-number cells: '058Y', '', 'unknown'
+        m = _AGE.match(cells[i])
+        if m:
+            out[i] = float(m.group(1)) * _AGE_UNIT[m.group(2).upper()]
+    out[(out > MAX_AGE) | (out < 0)] = np.nan
+    return out
 
 
 def normalise_view(value: str) -> str:
