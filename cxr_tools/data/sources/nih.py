@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -162,7 +163,7 @@ def read_nih(
     labels = _multi_hot(df["Finding Labels"].str.strip().to_numpy(dtype=object), csv)
     splits, split_files = _read_split_lists(csv.parent)
     follow = df["Follow-up #"].str.strip().tolist()
-    meta = {
+    meta: dict[str, Any] = {
         "image_id": names,
         "patient_id": _patient_ids(df["Patient ID"].tolist()),
         "study": [f"{int(f):03d}" if f.isdigit() else f for f in follow],
