@@ -267,3 +267,15 @@ def test_reused_read_buffer_never_leaks_between_images(tmp_path):
     (tmp_path / "small.png").write_bytes(b"")
     with pytest.raises(ImageDecodeError, match="empty"):
         decode_image(tmp_path / "small.png")  # a stale buffer must not make an empty file decodable
+
+
+def test_dicom_voi_lut_sequence_is_applied(tmp_path):
+    arr = np.zeros((6, 12), np.uint16)
+    arr[:, 6:] = 1000
+    item = Dataset()
+    item.LUTDescriptor = [4096, 0, 12]
+    item.LUTData = (4095 - np.arange(4096, dtype="<u2")).tobytes()  # an inverting LUT: raw 0 shows white
+    path = write_dicom(tmp_path / "lut.dcm", arr, bits_stored=12, VOILUTSequence=[item])
+    out = decode_image(path)
+    assert out.dtype == np.uint8
+    assert out[0, 0] == 255 and 185 <= out[0, 8] <= 195  # (4095 - 1000) / 4095 * 255 = 192.7
