@@ -119,7 +119,9 @@ def test_horizontal_flip_is_off_by_default_and_on_when_asked(tmp_path):
     still = Augment(rotate_deg=0, translate=0, scale=0, brightness=0, contrast=0)
     assert not still.hflip
     ds = CacheDataset(path, augment=still)
-    assert all(ds[0][0][0, :, :10].mean() > 0.8 for _ in range(1))
+    for epoch in range(5):
+        ds.set_epoch(epoch)
+        assert ds[0][0][0, :, :10].mean() > 0.8  # the bright side stays left
     flips = []
     flip_ds = CacheDataset(path, augment=Augment(0, 0, 0, 0, 0, hflip=True))
     for epoch in range(20):
@@ -145,5 +147,10 @@ def test_picklable_and_identical_batches_with_workers(tmp_path, storage):
     serial = [b[0] for b in make_loader(ds, 4, workers=0, seed=1, shuffle=True)]
     parallel = [b[0] for b in make_loader(ds, 4, workers=2, seed=1, shuffle=True)]
     assert len(serial) == 2 and all(torch.equal(s, p) for s, p in zip(serial, parallel, strict=True))
+    ds.set_epoch(1)  # reaches the workers: they are forked anew for every epoch
+    serial1 = [b[0] for b in make_loader(ds, 4, workers=0, seed=1, shuffle=True)]
+    parallel1 = [b[0] for b in make_loader(ds, 4, workers=1, seed=1, shuffle=True)]
+    assert all(torch.equal(s, p) for s, p in zip(serial1, parallel1, strict=True))
+    assert not torch.equal(serial1[0], serial[0])
     batch = next(iter(make_loader(ds, 4)))
     assert batch[0].shape == (4, 1, 32, 32) and batch[1].shape == (4, 2) and batch[2].dtype == torch.bool
