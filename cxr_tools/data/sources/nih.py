@@ -3,8 +3,9 @@
 Reads ``Data_Entry_2017_v2020.csv`` (11 fields a row: the bracketed header names contain commas, so pandas
 calls them ``OriginalImage[Width`` and ``Height]``) or the older ``Data_Entry_2017.csv`` (a trailing comma
 gives an extra unnamed empty column; some ages above 120, which become NaN while the image is kept). Images
-live in a flat ``images/`` folder or in Kaggle's ``images_NNN/images/``; the image map is built by listing
-those folders once, never by opening images. Labels come from ``Finding Labels`` (14 columns of 1/0;
+(PNG, or whatever image/DICOM files the CSV names) live in a flat ``images/`` folder or in Kaggle's
+``images_NNN/images/``; the image map is built by listing those folders once, never by opening images.
+Labels come from ``Finding Labels`` (14 columns of 1/0;
 ``No Finding`` = all zeros). The official split comes from ``train_val_list.txt`` (``train`` here; the
 validation carve-out is done later, by patient) and ``test_list.txt``.
 
@@ -22,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from cxr_tools.data.imaging import IMAGE_EXTENSIONS
 from cxr_tools.data.labels import NIH_LABELS, parse_nih_findings
 from cxr_tools.data.sources.table import (
     SourceTable,
@@ -49,7 +51,6 @@ REQUIRED: tuple[str, ...] = (
     "Patient Gender",
     "View Position",
 )
-IMAGE_EXTS = (".png", ".jpg", ".jpeg")
 
 
 def find_csv(root: Path) -> Path | None:
@@ -79,7 +80,7 @@ def image_map(dirs: list[Path]) -> dict[str, str]:
         with os.scandir(d) as it:
             for entry in it:
                 name = entry.name
-                if is_hidden(name) or os.path.splitext(name)[1].lower() not in IMAGE_EXTS:
+                if is_hidden(name) or os.path.splitext(name)[1].lower() not in IMAGE_EXTENSIONS:
                     continue
                 if name in found:
                     dups += 1
