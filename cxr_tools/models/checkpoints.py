@@ -110,7 +110,8 @@ def save_model_dir(model: nn.Module, meta: Mapping[str, Any], path: str | os.Pat
     ``model`` must come from :func:`create_model` (it knows its name and arguments). ``meta`` keys:
     ``labels`` (names of the head's outputs, may be empty), ``training`` (one of :data:`TRAINING_KINDS`),
     ``cache_manifest_hash``, optional ``image_size`` / ``normalisation`` (what it was trained with; default
-    the model's), and ``extra`` (a JSON-able dict for the trainer, e.g. the Siamese distance). Returns the
+    the model's), ``preprocessing`` (the cache manifest's preprocessing parameters, so ``cxr predict`` can
+    apply the same operations to new images), and ``extra`` (a JSON-able dict for the trainer, e.g. the Siamese distance). Returns the
     path of ``model.json``.
     """
     name = getattr(model, "model_name", None)
@@ -140,6 +141,7 @@ def save_model_dir(model: nn.Module, meta: Mapping[str, Any], path: str | os.Pat
             "channels": int(getattr(model, "in_chans", 1)),
             "image_size": int(meta.get("image_size") or getattr(model, "image_size", 0) or 0),
             "normalisation": str(meta.get("normalisation") or getattr(model, "normalisation", "unit")),
+            "preprocessing": dict(meta.get("preprocessing") or {}),
         },
         "labels": labels,
         "num_classes": num_classes,
