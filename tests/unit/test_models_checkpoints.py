@@ -51,7 +51,7 @@ def test_round_trip_gives_identical_outputs(tmp_path, name, kw):
     with torch.no_grad():
         torch.testing.assert_close(loaded(_x()), model(_x()), atol=0, rtol=0)
     assert got["architecture"] == name and got["labels"] == LABELS and got["cache_manifest_hash"] == "abc123"
-    assert got["input"] == {"channels": 1, "image_size": 32, "normalisation": "unit"}
+    assert got["input"] == {"channels": 1, "image_size": 32, "normalisation": "unit", "preprocessing": {}}
     assert got["embedding_size"] == model.num_features and got["num_classes"] == 3
 
 
