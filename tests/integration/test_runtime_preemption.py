@@ -131,3 +131,54 @@ def test_sbatch_job_records_slurm_job_id(tmp_path):
     job_id = done.stdout.strip().split(";")[0]
     info = json.loads((run / "run.json").read_text())
     assert info["status"] == "completed" and info["slurm"]["job_id"] == job_id
+
+
+@pytest.mark.slurm
+@pytest.mark.slow
+def test_real_slurm_preemption_requeues_and_the_job_resumes(tmp_path, reference):
+    if shutil.which("sbatch") is None:
+        pytest.skip("sbatch is not on PATH: needs a local SLURM cluster (see ENVIRONMENT.md), as in CI")
+    run, ready = tmp_path / "run", tmp_path / "ready"
+    cmd = (
+        f"cd {REPO} && exec {sys.executable} {SCRIPT} {run} --epochs 2 --sleep 0.3 --ready {ready} "
+        "--ready-step 3 --requeue"
+    )
+    sub = subprocess.run(
+        [
+            "sbatch",
+            "--parsable",
+            "--requeue",
+            "--output",
+            str(tmp_path / "slurm-%j.out"),
+            "--open-mode=append",
+            "--wrap",
+            cmd,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert sub.returncode == 0, sub.stderr
+    job_id = sub.stdout.strip().split(";")[0]
+    try:
+        deadline = time.monotonic() + 120
+        while not ready.exists():
+            assert time.monotonic() < deadline, "the job never started training"
+            time.sleep(0.2)
+        ready.unlink()
+        signalled = subprocess.run(["scancel", "--batch", "--signal=USR1", job_id], capture_output=True, text=True)
+        assert signalled.returncode == 0, signalled.stderr
+        info: dict = {}
+        while time.monotonic() < deadline + 180:
+            if (run / "run.json").exists():
+                info = json.loads((run / "run.json").read_text())
+                if info["status"] == "completed":
+                    break
+            time.sleep(0.5)
+        assert info.get("status") == "completed", (info, (tmp_path / f"slurm-{job_id}.out").read_text())
+        assert info["resumed"] == 1 and info["sessions"][0]["status"] == "interrupted"
+        assert info["slurm"]["job_id"] == job_id and info["slurm"].get("restart_count") == "1"
+        final = torch.load(run / "checkpoints" / "last.pt", weights_only=True)["model"]
+        _assert_identical(final, reference)
+    finally:
+        subprocess.run(["scancel", job_id], capture_output=True)
