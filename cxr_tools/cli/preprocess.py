@@ -87,7 +87,7 @@ def preprocess(
         str | None,
         typer.Option(
             "--shard",
-            help="Process only shard i of n (i from 0, e.g. $SLURM_ARRAY_TASK_ID/4); join them with --merge.",
+            help="Process only shard i of n (i from 0), or 'slurm' for this array task; join them with --merge.",
             show_default=False,
         ),
     ] = None,

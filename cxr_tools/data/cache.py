@@ -386,17 +386,23 @@ class CacheReader:
         return np.array(self._store()[int(row)])
 
     def read(self, rows: Sequence[int] | np.ndarray) -> np.ndarray:
-        """Several images as uint8 [n, H, W], in the order given."""
-        rows = np.asarray(rows, dtype=np.int64)
+        """Several images as uint8 [n, H, W], in the order given (repeats allowed)."""
+        rows = np.asarray(rows, dtype=np.int64).reshape(-1)
         if len(rows) == 0:
             return np.zeros((0, *self.image_shape), dtype=np.uint8)
-        order = np.argsort(rows, kind="stable")
-        sorted_rows = rows[order]
-        uniq, inverse = np.unique(sorted_rows, return_inverse=True)
-        block = np.asarray(self._store()[uniq])  # h5py needs increasing unique indices
-        out = np.empty((len(rows), *self.image_shape), dtype=np.uint8)
-        out[order] = block[inverse]
-        return out
+        if rows.min() < 0 or rows.max() >= len(self):
+            raise CacheError(f"Row out of range for cache {self.path} of {len(self)} images.")
+        store = self._store()
+        if self.storage != "hdf5":
+            return np.asarray(store[rows])  # numpy fancy indexing copies, in the order given
+        # h5py point selections are slow (~4 ms per random row); runs of consecutive rows read as slices
+        # cost one chunk read per image instead.
+        uniq, inverse = np.unique(rows, return_inverse=True)
+        block = np.empty((len(uniq), *self.image_shape), dtype=np.uint8)
+        breaks = np.flatnonzero(np.diff(uniq) != 1) + 1
+        for lo, hi in zip(np.r_[0, breaks], np.r_[breaks, len(uniq)], strict=True):
+            block[lo:hi] = store[int(uniq[lo]) : int(uniq[hi - 1]) + 1]  # (read_direct is ~8x slower here)
+        return block[inverse]
 
     def raw_labels(self, labels: Sequence[str] | None = None) -> np.ndarray:
         """Raw label values float32 [N, L] (1, 0, -1, NaN) for ``labels`` (default: all)."""

@@ -148,8 +148,9 @@ def ordered_map(fn: Callable[[T], R], items: Iterable[T], workers: int, *, in_fl
                 result = pending.popleft().result()
             except BrokenProcessPool as exc:
                 raise ResourceError(
-                    "A worker process died while preprocessing (killed for memory, or a crashing decoder).",
-                    "Rerun with --resume, with fewer --workers if memory is short.",
+                    "A worker process died (killed for memory, a crashing decoder, or, when called from Python, "
+                    "a main script that lacks an `if __name__ == '__main__':` guard).",
+                    "Rerun with --resume, with fewer --workers if memory is short (or workers=0 from Python).",
                 ) from exc
             nxt = next(iterator, _END)
             if nxt is not _END:

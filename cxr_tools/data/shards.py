@@ -9,9 +9,10 @@ order, giving the same images, index and manifest as one unsharded run (creation
 
 from __future__ import annotations
 
+import os
 import re
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -27,19 +28,42 @@ _PER_SHARD_KEYS = ("created", "counts", "shard")
 _COPY_BLOCK = 256
 
 
-def parse_shard(text: str | None) -> tuple[int, int] | None:
-    """``"i/n"`` -> ``(i, n)`` with ``0 <= i < n``; None or empty -> None (no sharding)."""
+def parse_shard(text: str | None, env: Mapping[str, str] | None = None) -> tuple[int, int] | None:
+    """``"i/n"`` -> ``(i, n)`` with ``0 <= i < n``; ``"slurm"`` reads the array task; None or empty -> None.
+
+    ``slurm`` takes ``i`` and ``n`` from ``SLURM_ARRAY_TASK_ID`` / ``_MIN`` / ``_STEP`` / ``_COUNT``, so
+    ``sbatch --array=1-8 ... cxr preprocess SRC -o parts/$SLURM_ARRAY_TASK_ID --shard slurm`` just works.
+    """
     if text is None or not str(text).strip():
         return None
+    if str(text).strip().lower() == "slurm":
+        return _slurm_shard(os.environ if env is None else env)
     m = _SHARD.match(str(text))
     if not m:
-        raise ConfigError(f"Cannot read shard '{text}'.", "Write --shard i/n with i from 0, e.g. --shard 0/4.")
+        raise ConfigError(
+            f"Cannot read shard '{text}'.", "Write --shard i/n with i from 0 (e.g. --shard 0/4), or --shard slurm."
+        )
     i, n = int(m.group(1)), int(m.group(2))
     if n < 1 or not 0 <= i < n:
         raise ConfigError(
             f"Shard {i}/{n} is out of range.", f"Shard indices run from 0 to {max(n - 1, 0)} (e.g. SLURM --array=0-3)."
         )
     return i, n
+
+
+def _slurm_shard(env: Mapping[str, str]) -> tuple[int, int]:
+    try:
+        task, count = int(env["SLURM_ARRAY_TASK_ID"]), int(env["SLURM_ARRAY_TASK_COUNT"])
+        first, step = int(env.get("SLURM_ARRAY_TASK_MIN", "0")), int(env.get("SLURM_ARRAY_TASK_STEP", "1") or 1)
+    except (KeyError, ValueError):
+        raise ConfigError(
+            "--shard slurm needs a SLURM array job (SLURM_ARRAY_TASK_ID and SLURM_ARRAY_TASK_COUNT are not set).",
+            "Submit with sbatch --array=0-(N-1), or give the shard as --shard i/N.",
+        ) from None
+    i = (task - first) // max(step, 1)
+    if not 0 <= i < count:
+        raise ConfigError(f"SLURM array task {task} does not map to a shard of {count}.", "Use --shard i/N.")
+    return i, count
 
 
 def shard_range(total: int, shard: tuple[int, int] | None) -> tuple[int, int]:

@@ -167,9 +167,13 @@ def preprocess(config: PreprocessConfig, progress: Progress | None = None) -> Pr
     shard = parse_shard(config.shard)
     workers = available_cores() if config.workers is None else config.workers
     out = Path(config.output)
-    resuming = _prepare_output(out, overwrite=config.overwrite, resume=config.resume)
+    plan = _output_plan(out, overwrite=config.overwrite, resume=config.resume)  # refuse before any work
 
     src = _load_source(config)
+    if plan == "replace":  # only once the source has loaded: a typo in SRC must not cost the old cache
+        prepare_output_dir(out, overwrite=True, what="cache")
+    out.mkdir(parents=True, exist_ok=True)
+    resuming = plan == "resume"
     table = src.table.reset_index(drop=True)
     split_info = _assign_splits(table, src.labels, config)
     start, end = shard_range(len(table), shard)
@@ -358,32 +362,34 @@ def _result(
     )
 
 
-def _prepare_output(out: Path, *, overwrite: bool, resume: bool) -> bool:
-    """Apply the overwrite/resume policy to ``out``; True when an incomplete cache is to be resumed."""
+def _output_plan(out: Path, *, overwrite: bool, resume: bool) -> str:
+    """Decide, without touching anything, what to do with ``out``: ``new``, ``replace`` or ``resume``.
+
+    ``--overwrite`` replaces a complete or incomplete cache; ``--resume`` continues an incomplete one (and
+    starts a missing or empty one, so a requeued SLURM job can always pass it); with both, an incomplete cache
+    is resumed and a complete one replaced. Anything else that exists is refused with a hint.
+    """
     if out.exists() and not out.is_dir():
         raise OutputExistsError(f"{out} exists and is not a directory.", "Choose another -o path.")
     if not out.exists() or not any(out.iterdir()):
-        out.mkdir(parents=True, exist_ok=True)
-        return False
+        return "new"
     if cache_mod.is_complete(out):
         if overwrite:
-            prepare_output_dir(out, overwrite=True, what="cache")
-            return False
+            return "replace"
         raise OutputExistsError(
             f"Cache {out} is already complete.", "Pass --overwrite to rebuild it, or choose another -o directory."
         )
     if resume:
         foreign = sorted(p.name for p in out.iterdir() if p.name not in _CACHE_FILES and not p.name.startswith("."))
-        if foreign and not overwrite:
+        if not foreign:
+            return "resume"
+        if not overwrite:
             raise OutputExistsError(
                 f"{out} is not an interrupted cache (it holds {', '.join(foreign[:5])}).",
                 "Choose another -o directory, or pass --overwrite to replace its contents.",
             )
-        if not foreign:
-            return True
     if overwrite:
-        prepare_output_dir(out, overwrite=True, what="cache")
-        return False
+        return "replace"
     raise OutputExistsError(
         f"Cache {out} is incomplete (an interrupted run?).",
         "Pass --resume to continue it, or --overwrite to start again.",

@@ -17,7 +17,7 @@ from preprocess_fixtures import add_bad_inputs, assert_same_cache, make_nih
 
 from cxr_tools.data.cache import is_complete
 from cxr_tools.engine.preprocess import JOURNAL, PreprocessConfig, preprocess
-from cxr_tools.errors import CacheError, OutputExistsError
+from cxr_tools.errors import CacheError, InputError, OutputExistsError
 
 
 def _journal_done(path) -> int:
@@ -152,3 +152,12 @@ def test_resume_with_other_settings_is_refused(tmp_path):
     # with --overwrite as well, a mismatching interrupted run is replaced
     result = preprocess(PreprocessConfig(src=src, output=out, size=48, workers=0, resume=True, overwrite=True))
     assert result.image_size == 48 and result.resumed_from == 0 and result.images == 6
+
+
+def test_overwrite_keeps_the_old_cache_when_the_source_is_wrong(tmp_path):
+    src = make_nih(tmp_path / "nih", patients=2, per_patient=2)
+    out = tmp_path / "c"
+    preprocess(PreprocessConfig(src=src, output=out, size=32, workers=0))
+    with pytest.raises(InputError, match="does not exist"):
+        preprocess(PreprocessConfig(src=tmp_path / "typo", output=out, size=32, workers=0, overwrite=True))
+    assert is_complete(out)

@@ -78,3 +78,25 @@ def test_shard_ranges_cover_every_input_once():
     for bad in ("4/4", "1", "a/b", "-1/2", "0/0"):
         with pytest.raises(ConfigError):
             parse_shard(bad)
+
+
+def test_more_shards_than_images(tmp_path):
+    src = make_nih(tmp_path / "nih", patients=1, per_patient=2)
+    parts = []
+    for i in range(4):
+        part = tmp_path / f"p{i}"
+        preprocess(PreprocessConfig(src=src, output=part, size=32, workers=0, shard=f"{i}/4", format="memmap"))
+        parts.append(part)
+    assert [cache_contents(p)[0].shape[0] for p in parts] == [0, 1, 0, 1]
+    merge(MergeConfig(shards=tuple(parts), output=tmp_path / "m"))
+    preprocess(PreprocessConfig(src=src, output=tmp_path / "w", size=32, workers=0, format="memmap"))
+    assert_same_cache(tmp_path / "m", tmp_path / "w")
+
+
+def test_shard_from_the_slurm_array_environment():
+    env = {"SLURM_ARRAY_TASK_ID": "3", "SLURM_ARRAY_TASK_COUNT": "4", "SLURM_ARRAY_TASK_MIN": "1"}
+    assert parse_shard("slurm", env) == (2, 4)
+    env = {"SLURM_ARRAY_TASK_ID": "4", "SLURM_ARRAY_TASK_COUNT": "4", "SLURM_ARRAY_TASK_STEP": "2"}
+    assert parse_shard("slurm", env) == (2, 4)
+    with pytest.raises(ConfigError, match="SLURM array job"):
+        parse_shard("slurm", {})

@@ -86,3 +86,35 @@ def test_uncertainty_policies(policy, target, masked):
     targets, mask = apply_uncertainty([[1.0, -1.0, np.nan, 0.0]], policy)
     assert targets[0].tolist() == [1.0, target, 0.0, 0.0]
     assert mask[0].tolist() == [True, not masked, True, True]
+
+
+@pytest.mark.parametrize("storage", ["hdf5", "memmap"])
+def test_read_any_order_runs_and_range_check(tmp_path, storage):
+    rng = np.random.default_rng(1)
+    images = rng.integers(0, 256, size=(20, 6, 6), dtype=np.uint8)
+    cache = open_cache(_make_cache(tmp_path / storage, storage, images))
+    rows = [5, 6, 7, 19, 0, 6, 1, 2, 3, 18]  # runs, repeats and gaps
+    np.testing.assert_array_equal(cache.read(rows), images[rows])
+    np.testing.assert_array_equal(cache.read(np.array([[1, 2], [3, 4]])), images[[1, 2, 3, 4]])
+    with pytest.raises(CacheError, match="out of range"):
+        cache.read([20])
+
+
+def test_truncate_keeps_the_first_rows(tmp_path):
+    images = np.arange(5 * 4 * 4, dtype=np.uint8).reshape(5, 4, 4)
+    for storage in ("hdf5", "memmap"):
+        d = tmp_path / storage
+        d.mkdir()
+        with ImageStoreWriter(d, storage, 5, 4, 4) as store:
+            store.write_block(0, images)
+            store.truncate(3)
+        with ImageStoreWriter(d, storage, 3, 4, 4, resume=True) as store:
+            assert store.shape == (3, 4, 4)
+        if storage == "memmap":
+            arr = np.load(d / "images.npy")
+        else:
+            import h5py
+
+            with h5py.File(d / "images.h5", "r") as fh:
+                arr = fh["images"][:]
+        np.testing.assert_array_equal(arr, images[:3])

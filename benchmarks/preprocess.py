@@ -1,0 +1,320 @@
+"""Benchmark of ``cxr preprocess``: throughput against the decode-only limit, flat memory, cache read speed.
+
+    .venv/bin/python benchmarks/preprocess.py [--images 300] [--workers N] [--sizes 200,800] [--docs docs/benchmarks.md]
+
+1. **Throughput.** A few hundred synthetic 1024² PNGs (the built-in generator at ``--size 1024``, kept in
+   ``--data`` between runs). The decode-only limit is ``cv2.imread`` of the same files on the same number of
+   processes, through the same ordered process pool, discarding the pixels. The preprocess engine (decode →
+   crop/resize to 256 → CLAHE → write HDF5, index, manifest) runs on the same files. Runs alternate, the
+   median of ``--repeats`` is kept; the goal is engine / limit ≥ 0.85.
+2. **Memory.** The engine on two dataset sizes (rows; larger sets reuse the PNGs through symlinks under new
+   names) in a fresh process, sampling ``/proc`` every 20 ms: peak RSS of the writer process, of the largest
+   worker, and the peak proportional set size (PSS) of the whole process tree. Flat = the same for both sizes.
+3. **Random reads** of single images (and batches of 64) from an HDF5 and a memmap cache, page cache warm.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from cxr_tools.data.preprocess_pipeline import available_cores, decode_only, ordered_map  # noqa: E402
+
+CHUNK = 32
+
+
+def base_dataset(data: Path, n: int) -> Path:
+    """Synthetic NIH-layout 1024² PNGs with at least ``n`` images, generated once and kept in ``data``."""
+    from cxr_tools.data.synthetic import SyntheticConfig, generate
+
+    dest = data / "synthetic-1024"
+    csv = dest / "Data_Entry_2017_v2020.csv"
+    if csv.is_file() and _rows(csv) >= n:
+        return dest
+    patients = math.ceil(n / 3)
+    while True:
+        print(f"generating {patients} synthetic patients at 1024² in {dest} ...", file=sys.stderr)
+        generate(SyntheticConfig(dest=dest, patients=patients, size=1024, workers=available_cores(), overwrite=True))
+        if _rows(csv) >= n:
+            return dest
+        patients = math.ceil(patients * 1.3)
+
+
+def _rows(csv: Path) -> int:
+    with open(csv) as fh:
+        return sum(1 for _ in fh) - 1
+
+
+def subset(base: Path, n: int, dest: Path) -> Path:
+    """An NIH-layout dataset of exactly ``n`` rows over ``base``'s PNGs (symlinks; replicas get new names)."""
+    import pandas as pd
+
+    if dest.exists():
+        shutil.rmtree(dest)
+    (dest / "images").mkdir(parents=True)
+    df = pd.read_csv(base / "Data_Entry_2017_v2020.csv", dtype=str, keep_default_na=False)
+    rows = []
+    for i in range(n):
+        rec = df.iloc[i % len(df)].copy()
+        k = i // len(df)
+        name = rec["Image Index"]
+        if k:
+            name = f"{Path(name).stem}_r{k}.png"
+            rec["Patient ID"] = str(int(rec["Patient ID"]) + 100000 * k)
+            rec["Image Index"] = name
+        os.symlink(base / "images" / df.iloc[i % len(df)]["Image Index"], dest / "images" / name)
+        rows.append(rec)
+    pd.DataFrame(rows).to_csv(dest / "Data_Entry_2017_v2020.csv", index=False)
+    return dest
+
+
+def time_decode_only(paths: list[str], workers: int) -> float:
+    t = time.perf_counter()
+    chunks = (paths[i : i + CHUNK] for i in range(0, len(paths), CHUNK))
+    n = sum(ordered_map(decode_only, chunks, workers))
+    elapsed = time.perf_counter() - t
+    assert n == len(paths), f"decoded {n} of {len(paths)}"
+    return elapsed
+
+
+def time_engine(src: Path, out: Path, workers: int, storage: str = "hdf5") -> float:
+    from cxr_tools.engine.preprocess import PreprocessConfig, preprocess
+
+    t = time.perf_counter()
+    r = preprocess(PreprocessConfig(src=src, output=out, size=256, workers=workers, format=storage, overwrite=True))
+    elapsed = time.perf_counter() - t
+    assert r.rejected == 0 and r.images > 0
+    return elapsed
+
+
+# --- memory ---------------------------------------------------------------------------------------------------
+
+
+def _status_kb(pid: int, key: str) -> int:
+    try:
+        with open(f"/proc/{pid}/status") as fh:
+            for line in fh:
+                if line.startswith(key + ":"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def _pss_kb(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as fh:
+            for line in fh:
+                if line.startswith("Pss:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def _descendants(pid: int) -> list[int]:
+    out, frontier = [], [pid]
+    while frontier:
+        p = frontier.pop()
+        try:
+            kids = []
+            for tid in os.listdir(f"/proc/{p}/task"):
+                with open(f"/proc/{p}/task/{tid}/children") as fh:
+                    kids += [int(c) for c in fh.read().split()]
+        except OSError:
+            continue
+        out += kids
+        frontier += kids
+    return out
+
+
+def measure_memory(src: Path, out: Path, workers: int) -> dict[str, float]:
+    """Run the engine in a fresh process and sample the RSS/PSS of its process tree."""
+    code = (
+        "import sys,resource; from pathlib import Path; "
+        "from cxr_tools.engine.preprocess import PreprocessConfig, preprocess; "
+        f"r = preprocess(PreprocessConfig(src=Path({str(src)!r}), output=Path({str(out)!r}), size=256, "
+        f"workers={workers}, overwrite=True)); "
+        "print(r.images, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, cwd=ROOT)
+    peak = {"writer_rss_mb": 0.0, "worker_rss_mb": 0.0, "tree_pss_mb": 0.0}
+    stop = threading.Event()
+
+    def sample() -> None:
+        while not stop.is_set():
+            kids = _descendants(proc.pid)
+            peak["writer_rss_mb"] = max(peak["writer_rss_mb"], _status_kb(proc.pid, "VmRSS") / 1024)
+            if kids:
+                peak["worker_rss_mb"] = max(peak["worker_rss_mb"], max(_status_kb(k, "VmRSS") for k in kids) / 1024)
+            peak["tree_pss_mb"] = max(peak["tree_pss_mb"], sum(_pss_kb(p) for p in [proc.pid, *kids]) / 1024)
+            time.sleep(0.02)
+
+    thread = threading.Thread(target=sample, daemon=True)
+    thread.start()
+    stdout, _ = proc.communicate()
+    stop.set()
+    thread.join()
+    images, maxrss_kb = stdout.split()
+    peak["writer_maxrss_mb"] = int(maxrss_kb) / 1024  # getrusage(RUSAGE_SELF) of the writer, for comparison
+    peak["images"] = int(images)
+    return {k: round(v, 1) for k, v in peak.items()}
+
+
+# --- reads ----------------------------------------------------------------------------------------------------
+
+
+def read_speed(cache: Path, n: int = 4000, batch: int = 64) -> dict[str, float]:
+    from cxr_tools.data.cache import open_cache
+
+    rng = np.random.default_rng(0)
+    with open_cache(cache) as c:
+        rows = rng.integers(0, len(c), n)
+        c.read(np.arange(len(c)))  # warm
+        t = time.perf_counter()
+        for r in rows:
+            c[int(r)]
+        single = n / (time.perf_counter() - t)
+        t = time.perf_counter()
+        for i in range(0, n, batch):
+            c.read(rows[i : i + batch])
+        batched = n / (time.perf_counter() - t)
+    return {"single_images_per_s": round(single), "batch64_images_per_s": round(batched)}
+
+
+# --- report ---------------------------------------------------------------------------------------------------
+
+
+def markdown(res: dict) -> str:
+    t = res["throughput"]
+    lines = [
+        "## Preprocess",
+        "",
+        f"`benchmarks/preprocess.py` on {res['machine']}; {t['images']} synthetic 1024² PNGs "
+        f"(mean {t['mean_file_kb']:.0f} KB), {t['workers']} worker processes, output 256² uint8 HDF5, CLAHE on, "
+        f"page cache warm, median of {t['repeats']} alternating runs.",
+        "",
+        "| measure | value |",
+        "|---|---|",
+        f"| decode-only limit (`cv2.imread`, same files, same processes) "
+        f"| {t['decode_only_images_per_s']:.1f} images/s |",
+        f"| `cxr preprocess` engine (decode → crop/resize → CLAHE → HDF5 + index + manifest) "
+        f"| {t['engine_images_per_s']:.1f} images/s |",
+        f"| **ratio engine / decode-only** (goal ≥ 0.85) | **{t['ratio']:.2f}** |",
+        "",
+        "Peak memory of the engine in a fresh process (256² output, HDF5; larger sets reuse the PNGs through "
+        "symlinked copies):",
+        "",
+        "| rows | writer RSS | largest worker RSS | whole tree PSS |",
+        "|---|---|---|---|",
+    ]
+    for m in res["memory"]:
+        lines.append(
+            f"| {m['images']} | {m['writer_rss_mb']:.0f} MB | {m['worker_rss_mb']:.0f} MB | {m['tree_pss_mb']:.0f} MB |"
+        )
+    lines += [
+        "",
+        f"Random reads from a {res['reads']['rows']}-image 256² cache (one process, page cache warm):",
+        "",
+        "| format | single image | batches of 64 |",
+        "|---|---|---|",
+    ]
+    for fmt in ("hdf5", "memmap"):
+        r = res["reads"][fmt]
+        lines.append(f"| {fmt} | {r['single_images_per_s']:,} images/s | {r['batch64_images_per_s']:,} images/s |")
+    lines += ["", f"Raw numbers: `{json.dumps(res, sort_keys=True)}`", ""]
+    return "\n".join(lines)
+
+
+def update_docs(path: Path, section: str) -> None:
+    """Replace (or append) the ``## Preprocess`` section of ``path``; other sections are left alone."""
+    text = path.read_text() if path.is_file() else "# Benchmarks\n"
+    lines = text.splitlines()
+    start = next((i for i, line in enumerate(lines) if line.strip() == "## Preprocess"), None)
+    if start is None:
+        new = text.rstrip("\n") + "\n\n" + section
+    else:
+        end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines))
+        new = "\n".join([*lines[:start], *section.rstrip("\n").splitlines(), "", *lines[end:]]).rstrip("\n") + "\n"
+    tmp = path.with_suffix(".md.tmp")
+    tmp.write_text(new)
+    os.replace(tmp, path)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--images", type=int, default=300, help="images for the throughput run")
+    ap.add_argument("--workers", type=int, default=available_cores())
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--sizes", default="200,800", help="dataset sizes (rows) for the memory measurement")
+    ap.add_argument("--data", type=Path, default=Path(tempfile.gettempdir()) / "cxr-bench")
+    ap.add_argument("--docs", type=Path, default=None, help="update the Preprocess section of this Markdown file")
+    ap.add_argument("--json", type=Path, default=None, help="also write the raw results here")
+    args = ap.parse_args()
+
+    sizes = [int(s) for s in args.sizes.split(",") if s.strip()]
+    base = base_dataset(args.data, args.images)
+    work = Path(tempfile.mkdtemp(prefix="cxr-bench-"))
+    try:
+        src = subset(base, args.images, work / f"src{args.images}")
+        paths = sorted(str(p) for p in (src / "images").iterdir())
+        sizes_kb = [os.path.getsize(p) / 1024 for p in paths]
+        time_decode_only(paths, args.workers)  # warm the page cache and the interpreter
+        dec, eng = [], []
+        for _ in range(args.repeats):
+            dec.append(time_decode_only(paths, args.workers))
+            eng.append(time_engine(src, work / "c_h5", args.workers))
+        d, e = statistics.median(dec), statistics.median(eng)
+        throughput = {
+            "images": len(paths),
+            "mean_file_kb": round(float(np.mean(sizes_kb)), 1),
+            "workers": args.workers,
+            "repeats": args.repeats,
+            "decode_only_s": [round(x, 3) for x in dec],
+            "engine_s": [round(x, 3) for x in eng],
+            "decode_only_images_per_s": round(len(paths) / d, 1),
+            "engine_images_per_s": round(len(paths) / e, 1),
+            "ratio": round(d / e, 3),
+        }
+        print(json.dumps(throughput), file=sys.stderr)
+
+        memory = []
+        for n in sizes:
+            s = subset(base, n, work / f"mem{n}")
+            memory.append(measure_memory(s, work / f"mem{n}_cache", args.workers))
+            shutil.rmtree(s)
+            shutil.rmtree(work / f"mem{n}_cache")
+            print(json.dumps(memory[-1]), file=sys.stderr)
+
+        time_engine(src, work / "c_mm", args.workers, storage="memmap")
+        reads = {"rows": len(paths), "hdf5": read_speed(work / "c_h5"), "memmap": read_speed(work / "c_mm")}
+        machine = f"{platform.machine()} Linux, {os.cpu_count()} cores, Python {platform.python_version()}"
+        res = {"machine": machine, "throughput": throughput, "memory": memory, "reads": reads}
+        section = markdown(res)
+        print(section)
+        if args.json:
+            args.json.write_text(json.dumps(res, indent=2))
+        if args.docs:
+            update_docs(args.docs, section)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
