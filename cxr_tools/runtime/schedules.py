@@ -121,8 +121,12 @@ def make_scheduler(
     if name == "plateau":
         if warm:
             raise ConfigError("Warmup is not supported with the plateau schedule.", "Use cosine or step with warmup.")
-        sched = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode=mode, factor=factor, patience=patience)
-        return LRSchedule(name, sched, "epoch", monitor=monitor)
+        if mode not in {"min", "max"}:
+            raise ConfigError(f"Unknown plateau mode '{mode}'.", "Use min or max.")
+        plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(
+            optimizer, mode="min" if mode == "min" else "max", factor=factor, patience=patience
+        )
+        return LRSchedule(name, plateau, "epoch", monitor=monitor)
     # onecycle: its own warmup (pct_start) replaces warmup_steps
     if not total_steps:
         raise ConfigError("The onecycle schedule needs total_steps.")

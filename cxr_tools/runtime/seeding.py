@@ -87,7 +87,8 @@ def rng_state() -> dict[str, Any]:
     import torch
 
     version, internal, gauss_next = random.getstate()
-    kind, keys, pos, has_gauss, cached = np.random.get_state(legacy=True)
+    kind, keys, pos, has_gauss, cached = np.random.get_state(legacy=True)  # type: ignore[misc]
+    keys = np.asarray(keys)
     state: dict[str, Any] = {
         "python": {
             "version": int(version),
