@@ -1,0 +1,187 @@
+"""``cxr train-siamese CACHE -o RUN --backbone NAME``: Siamese network, contrastive loss, L2-normalised embeddings."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from cxr_tools.cli.common import (
+    ConfigOpt,
+    DeviceOpt,
+    JsonOpt,
+    OverwriteOpt,
+    QuietOpt,
+    SeedOpt,
+    WorkersOpt,
+    emit,
+    handle_errors,
+    make_config,
+    progress_for,
+)
+from cxr_tools.cli.train import (
+    AmpOpt,
+    AugmentOpt,
+    BatchOpt,
+    CacheArg,
+    CkptMinutesOpt,
+    CkptStepsOpt,
+    ClassesOpt,
+    EpochsOpt,
+    LogEveryOpt,
+    LrOpt,
+    MaxStepsOpt,
+    MetaSplitOpt,
+    MomentumOpt,
+    NormOpt,
+    OptimOpt,
+    PatienceOpt,
+    RequeueOpt,
+    RunOpt,
+    ScheduleOpt,
+    ThreadsOpt,
+    TrainResumeOpt,
+    ValBatchOpt,
+    WarmupOpt,
+    WdOpt,
+    WeightsOpt,
+    fmt,
+    render_status,
+    split_classes,
+)
+
+
+def train_siamese(
+    ctx: typer.Context,
+    cache: CacheArg,
+    output: RunOpt,
+    backbone: Annotated[str, typer.Option("--backbone", "-m", help="Zoo model of the twin network.")] = "resnet18",
+    backbone_from: Annotated[
+        Path | None,
+        typer.Option(
+            "--backbone-from",
+            help="Start from the backbone of a finished `cxr train` / `cxr train-siamese` run (same architecture).",
+            show_default=False,
+        ),
+    ] = None,
+    embedding_dim: Annotated[int, typer.Option("--embedding-dim", min=1, help="Embedding size.")] = 256,
+    margin: Annotated[float, typer.Option("--margin", help="Contrastive margin (distances lie in [0, 2]).")] = 1.0,
+    distance: Annotated[str, typer.Option("--distance", help="cosine or euclidean.")] = "cosine",
+    pair_rule: Annotated[
+        str,
+        typer.Option("--pair-rule", help="Positive pair: same-set (identical findings) or shares-finding."),
+    ] = "same-set",
+    views: Annotated[
+        str, typer.Option("--views", help="Views allowed in pairs: comma-separated codes, or 'all'.")
+    ] = "PA,AP,",
+    pairs_per_epoch: Annotated[
+        int | None,
+        typer.Option("--pairs-per-epoch", min=1, help="Training pairs per epoch.", show_default="usable images"),
+    ] = None,
+    val_pairs: Annotated[int, typer.Option("--val-pairs", min=2, help="Size of the fixed validation pair set.")] = 1000,
+    weights: WeightsOpt = None,
+    norm: NormOpt = None,
+    classes: ClassesOpt = None,
+    meta_split: MetaSplitOpt = None,
+    epochs: EpochsOpt = 10,
+    max_steps: MaxStepsOpt = None,
+    batch_size: BatchOpt = 32,
+    lr: LrOpt = 1e-3,
+    weight_decay: WdOpt = 1e-4,
+    optimizer: OptimOpt = "adamw",
+    momentum: MomentumOpt = 0.9,
+    schedule: ScheduleOpt = "cosine",
+    warmup_steps: WarmupOpt = 0,
+    patience: PatienceOpt = None,
+    augment: AugmentOpt = True,
+    val_batch_size: ValBatchOpt = None,
+    workers: WorkersOpt = 0,
+    device: DeviceOpt = "auto",
+    amp: AmpOpt = False,
+    threads: ThreadsOpt = None,
+    seed: SeedOpt = 0,
+    resume: TrainResumeOpt = True,
+    overwrite: OverwriteOpt = False,
+    requeue: RequeueOpt = False,
+    checkpoint_every: CkptStepsOpt = None,
+    checkpoint_minutes: CkptMinutesOpt = 10.0,
+    log_every: LogEveryOpt = 50,
+    config: ConfigOpt = None,
+    json_output: JsonOpt = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """Train a Siamese network (Hadsell et al. contrastive loss) on balanced, patient-disjoint image pairs.
+
+    Validation reports pair AUC and the accuracy at the similarity threshold chosen on the validation pairs
+    (stored in the model card). Rerun the same command to resume; runs under torchrun as DDP.
+    """
+    with handle_errors():
+        from cxr_tools.engine.train_siamese import SiameseConfig
+        from cxr_tools.engine.train_siamese import train_siamese as engine
+
+        cfg = make_config(
+            ctx,
+            SiameseConfig,
+            config,
+            "train-siamese",
+            cache=cache,
+            output=output,
+            backbone=backbone,
+            backbone_from=backbone_from,
+            embedding_dim=embedding_dim,
+            margin=margin,
+            distance=distance,
+            pair_rule=pair_rule,
+            views=tuple(v.strip() for v in views.split(",")),
+            pairs_per_epoch=pairs_per_epoch,
+            val_pairs=val_pairs,
+            weights=weights,
+            norm=norm,
+            classes=split_classes(classes),
+            meta_split=meta_split,
+            epochs=epochs,
+            max_steps=max_steps,
+            batch_size=batch_size,
+            lr=lr,
+            weight_decay=weight_decay,
+            optimizer=optimizer,
+            momentum=momentum,
+            schedule=schedule,
+            warmup_steps=warmup_steps,
+            patience=patience,
+            augment=augment,
+            val_batch_size=val_batch_size,
+            workers=workers,
+            device=device,
+            amp=amp,
+            threads=threads,
+            seed=seed,
+            resume=resume,
+            overwrite=overwrite,
+            requeue=requeue,
+            checkpoint_every_steps=checkpoint_every,
+            checkpoint_every_minutes=checkpoint_minutes,
+            log_every_steps=log_every,
+        )
+        result = engine(cfg, progress_for(quiet))
+
+    emit(result, json_output, lambda console: _render(console, result))
+
+
+def _render(console: Console, result: Any) -> None:
+    table = Table(
+        title=f"Siamese {result.backbone} ({result.embedding_dim}-d, {result.distance}, margin {result.margin:g}, "
+        f"{result.pair_rule}) on {result.train_images} train images"
+    )
+    table.add_column("validation (best epoch)")
+    table.add_column("value", justify="right")
+    table.add_row("pairs", str(result.val_pairs))
+    table.add_row("pair AUC", fmt(result.val_pair_auc))
+    table.add_row("similarity threshold", fmt(result.val_threshold, 4))
+    table.add_row("accuracy at that threshold", fmt(result.val_accuracy))
+    table.add_row("best epoch", str(result.best_epoch) if result.best_epoch is not None else "-")
+    console.print(table)
+    render_status(console, result)
