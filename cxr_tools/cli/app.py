@@ -14,7 +14,7 @@ from typing import Annotated
 import typer
 
 from cxr_tools import __version__
-from cxr_tools.cli import demo, download, models, preprocess, stats, train, train_siamese
+from cxr_tools.cli import demo, download, meta_train, models, preprocess, stats, train, train_siamese
 
 app = typer.Typer(
     name="cxr",
@@ -66,6 +66,7 @@ app.command("demo")(demo.demo)
 app.command("preprocess")(preprocess.preprocess)
 app.command("models")(models.models)
 app.command("stats")(stats.stats)
+app.command("meta-train")(meta_train.meta_train)
 app.command("train")(train.train)
 app.command("train-siamese")(train_siamese.train_siamese)
 

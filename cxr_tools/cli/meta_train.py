@@ -1,0 +1,184 @@
+"""``cxr meta-train CACHE -o RUN``: MAML / first-order MAML on the meta-train classes of a cache."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from cxr_tools.cli.common import (
+    EXIT_INTERRUPTED,
+    ConfigOpt,
+    DeviceOpt,
+    JsonOpt,
+    OverwriteOpt,
+    QuietOpt,
+    SeedOpt,
+    emit,
+    handle_errors,
+    make_config,
+    progress_for,
+)
+
+
+def meta_train(
+    ctx: typer.Context,
+    cache: Annotated[Path, typer.Argument(help="Cache directory written by `cxr preprocess`.", show_default=False)],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Run directory to write.", show_default=False)],
+    ways: Annotated[int, typer.Option("--ways", min=1, help="Classes per episode (N).")] = 2,
+    shots: Annotated[
+        int, typer.Option("--shots", min=1, help="Support positives per class, plus as many negatives (K).")
+    ] = 5,
+    queries: Annotated[
+        int, typer.Option("--queries", min=1, help="Query positives per class, plus as many negatives.")
+    ] = 10,
+    inner_lr: Annotated[float, typer.Option("--inner-lr", help="Step size of the inner (adaptation) SGD steps.")] = (
+        0.01
+    ),
+    meta_lr: Annotated[float, typer.Option("--meta-lr", help="Adam learning rate of the meta-update.")] = 0.001,
+    adapt_steps: Annotated[int, typer.Option("--adapt-steps", min=0, help="Inner SGD steps per episode.")] = 5,
+    meta_batch: Annotated[int, typer.Option("--meta-batch", min=1, help="Episodes per meta-step.")] = 4,
+    episodes: Annotated[
+        int,
+        typer.Option(
+            "--episodes", min=1, help="Meta-training budget in episodes; ceil(episodes / meta-batch) meta-steps."
+        ),
+    ] = 20000,
+    first_order: Annotated[
+        bool, typer.Option("--first-order", help="First-order MAML (FOMAML): faster, lighter, approximate.")
+    ] = False,
+    backbone: Annotated[
+        str | None,
+        typer.Option(
+            "--backbone", help="Zoo model (see `cxr models`); default conv4 or the --init run's.", show_default=False
+        ),
+    ] = None,
+    init: Annotated[
+        str | None,
+        typer.Option(
+            "--init",
+            help="Start from a run's backbone (supervised, Siamese or MAML run directory) or 'imagenet'.",
+            show_default=False,
+        ),
+    ] = None,
+    engine: Annotated[
+        str,
+        typer.Option("--engine", help="auto (learn2learn when installed, else func), learn2learn, higher or func."),
+    ] = "auto",
+    meta_split: Annotated[
+        str,
+        typer.Option(
+            "--meta-split",
+            help="auto (the cache's saved split, else MetaChest for NIH labels), metachest, a YAML/JSON file, or "
+            "'train=A,B;val=C;test=D,E'.",
+        ),
+    ] = "auto",
+    val_every: Annotated[int, typer.Option("--val-every", min=1, help="Meta-steps between validations.")] = 100,
+    val_episodes: Annotated[
+        int, typer.Option("--val-episodes", min=0, help="Fixed meta-val episodes per validation (0 = none).")
+    ] = 100,
+    seed: SeedOpt = 0,
+    device: DeviceOpt = "auto",
+    threads: Annotated[
+        int | None, typer.Option("--threads", min=1, help="CPU threads (default: torch's).", show_default=False)
+    ] = None,
+    amp: Annotated[bool, typer.Option("--amp", help="Mixed precision (CUDA only).")] = False,
+    grad_clip: Annotated[
+        float | None, typer.Option("--grad-clip", help="Clip the meta-gradient's norm.", show_default=False)
+    ] = None,
+    log_every: Annotated[int, typer.Option("--log-every", min=0, help="Meta-steps between metrics records.")] = 10,
+    checkpoint_every_steps: Annotated[
+        int | None,
+        typer.Option("--checkpoint-every-steps", min=1, help="Write last.pt every N meta-steps.", show_default=False),
+    ] = None,
+    checkpoint_every_minutes: Annotated[
+        float, typer.Option("--checkpoint-every-minutes", help="Write last.pt every N minutes.")
+    ] = 10.0,
+    resume: Annotated[
+        bool, typer.Option("--resume/--no-resume", help="Continue an incomplete run in RUN (default).")
+    ] = True,
+    overwrite: OverwriteOpt = False,
+    requeue: Annotated[
+        bool, typer.Option("--requeue", help="On SIGTERM/SIGUSR1 under SLURM, requeue the job after checkpointing.")
+    ] = False,
+    config: ConfigOpt = None,
+    json_output: JsonOpt = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """Meta-learn an initialisation with MAML on the meta-train classes; validate on the meta-val classes.
+
+    Episodes: N classes, K positives per class plus K negatives (none of the N) in the support set, Q likewise
+    in the query set, multi-hot BCE targets. Meta-test classes and images are never used. Writes RUN/model/
+    (best meta-val AUC), RUN/meta_split.json, metrics.jsonl and checkpoints; rerun the same command to resume.
+    """
+    with handle_errors():
+        from cxr_tools.engine.meta_train import MetaTrainConfig
+        from cxr_tools.engine.meta_train import meta_train as run_meta_train
+
+        cfg = make_config(
+            ctx,
+            MetaTrainConfig,
+            config,
+            "meta-train",
+            cache=cache,
+            output=output,
+            ways=ways,
+            shots=shots,
+            queries=queries,
+            inner_lr=inner_lr,
+            meta_lr=meta_lr,
+            adapt_steps=adapt_steps,
+            meta_batch=meta_batch,
+            episodes=episodes,
+            first_order=first_order,
+            backbone=backbone,
+            init=init,
+            engine=engine,
+            meta_split=meta_split,
+            val_every=val_every,
+            val_episodes=val_episodes,
+            seed=seed,
+            device=device,
+            threads=threads,
+            amp=amp,
+            grad_clip=grad_clip,
+            log_every=log_every,
+            checkpoint_every_steps=checkpoint_every_steps,
+            checkpoint_every_minutes=checkpoint_every_minutes,
+            resume=resume,
+            overwrite=overwrite,
+            requeue=requeue,
+        )
+        result = run_meta_train(cfg, progress_for(quiet))
+
+    emit(result, json_output, lambda console: _render(console, result))
+    if result.status != "completed":
+        sys.stderr.write(
+            f"Interrupted at meta-step {result.meta_steps}/{result.total_meta_steps}; last.pt is saved. "
+            "Rerun the same command to resume.\n"
+        )
+        raise typer.Exit(EXIT_INTERRUPTED)
+
+
+def _render(console: Console, result: Any) -> None:
+    table = Table(title=f"cxr meta-train: {result.run_dir} ({result.status})", show_header=False)
+    table.add_column("what")
+    table.add_column("value")
+    split = result.meta_split
+    table.add_row("engine", result.engine)
+    table.add_row("meta-steps", f"{result.meta_steps}/{result.total_meta_steps} ({result.episodes_seen} episodes)")
+    table.add_row("meta-train classes", ", ".join(split["train"]))
+    table.add_row("meta-val classes", ", ".join(split["val"]))
+    table.add_row("meta-test classes (unused)", ", ".join(split["test"]))
+    table.add_row("pool images train/val/test", "/".join(str(result.pool_sizes[k]) for k in ("train", "val", "test")))
+    if result.best_val_auc is not None:
+        table.add_row("best meta-val AUC", f"{result.best_val_auc:.4f} (meta-step {result.best_step})")
+    table.add_row("tasks/s", f"{result.tasks_per_second:.2f}")
+    table.add_row("seconds", f"{result.seconds:.1f}")
+    if result.model_dir is not None:
+        table.add_row("model", f"{result.model_dir} ({result.selected} weights)")
+    console.print(table)
