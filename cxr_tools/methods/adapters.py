@@ -1,0 +1,408 @@
+"""Few-shot adaptation behind one interface: ``Adapter.fit(support) -> Scorer``, ``Scorer.predict(x) -> probs``.
+
+Every method that ``cxr evaluate`` compares (and that ``cxr predict --support`` / ``cxr similarity`` reuse) turns a
+labelled support set into something that scores new images:
+
+========== ================================================================ ================================
+method     what ``fit`` does                                                module
+========== ================================================================ ================================
+maml       MAML inner loop from the run's meta-learned weights (its inner    :mod:`cxr_tools.methods.maml`
+           lr / steps), Finn et al. 2017
+prototype  per class, a positive and a negative prototype of the support     :mod:`.prototypes`
+           embeddings; softmax over negative distances (Snell et al. 2017)
+finetune   a fresh ``ways``-output head (``head``) or the whole network      :mod:`.finetune`
+           (``all``) trained on the support set with BCE-with-logits
+scratch    the same architecture randomly initialised (seeded per episode),  this module
+           adapted with the MAML budget (same steps, same lr)
+========== ================================================================ ================================
+
+Conventions shared by every method:
+
+* ``support_x`` / ``x`` are image tensors ``[n, 1, H, W]`` already in the model's input range
+  (:func:`to_model_input` does that from cache ``uint8`` images) on the model's device; ``support_y`` is
+  ``[n, ways]`` multi-hot (NaN = unknown, ignored).
+* ``Scorer.predict(x)`` returns float32 probabilities ``[n, ways]`` on the CPU, one independent sigmoid-like
+  score per class (findings are not mutually exclusive). Scoring runs in eval mode with BatchNorm on its
+  running statistics and without gradients, so **a query's score never depends on the other images in its
+  batch** (SCIENCE.md §2; tested for every method).
+* Randomness (a fresh head, a scratch initialisation) comes only from the ``torch.Generator`` given to ``fit``;
+  ``None`` means a fixed seed 0, so ``fit`` is deterministic either way. The model passed to an adapter is never
+  modified.
+
+Example (few-shot use of a finished run, e.g. at ``cxr predict --support``)::
+
+    model, meta = load_model_dir("runs/maml")
+    adapter = build_adapter(model, meta, ways=2)                 # method "auto" follows meta["training"]
+    scorer = adapter.fit(to_model_input(support_u8, meta), support_targets)
+    probs = scorer.predict(to_model_input(query_u8, meta))       # [n, 2]
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any, Protocol
+
+import numpy as np
+
+from cxr_tools.errors import ConfigError, ModelError
+
+if TYPE_CHECKING:
+    import torch
+    from torch import Tensor, nn
+
+    from cxr_tools.methods.maml.config import MamlConfig
+
+#: The adaptation methods, in the order tables list them.
+METHODS: tuple[str, ...] = ("maml", "prototype", "finetune", "scratch")
+#: The method ``auto`` picks for each training kind of ``model.json``.
+AUTO_METHOD: dict[str, str] = {
+    "maml": "maml",
+    "siamese": "prototype",
+    "supervised": "finetune",
+    "finetune": "finetune",
+    "scratch": "scratch",
+}
+FINETUNE_MODES: tuple[str, ...] = ("head", "all")
+#: Fine-tuning defaults per mode: (steps, Adam learning rate). A linear head on fixed features converges in a
+#: hundred full-batch steps at 1e-2; the whole network needs a smaller step so a 10-image support set does not
+#: wreck the pre-trained features.
+FINETUNE_DEFAULTS: dict[str, tuple[int, float]] = {"head": (100, 1e-2), "all": (50, 1e-3)}
+#: Default MAML budget when neither the run nor the user gives one (the meta-train defaults).
+DEFAULT_INNER_LR = 0.01
+DEFAULT_ADAPT_STEPS = 5
+
+
+class Scorer(Protocol):
+    """What ``Adapter.fit`` returns: scores images for the support set's classes."""
+
+    def predict(self, x: Tensor) -> Tensor:
+        """Probabilities float32 ``[n, ways]`` (CPU) of images ``[n, 1, H, W]`` in the model's input range."""
+
+
+class Adapter(Protocol):
+    """A few-shot method ready to adapt to support sets (one instance serves many episodes)."""
+
+    method: str
+
+    def fit(self, support_x: Tensor, support_y: Tensor, *, generator: torch.Generator | None = None) -> Scorer:
+        """Adapt to ``support_x`` ``[n, 1, H, W]`` with targets ``support_y`` ``[n, ways]``."""
+
+
+@dataclass(frozen=True)
+class AdaptConfig:
+    """How to adapt; ``None`` fields take the run's value (MAML settings) or the method's default.
+
+    Attributes:
+        method: ``auto`` (from the run's training kind, :data:`AUTO_METHOD`) or one of :data:`METHODS`.
+        finetune: ``head`` (train a fresh head on fixed features) or ``all`` (the whole network).
+        steps, lr: fine-tuning steps and Adam learning rate (default :data:`FINETUNE_DEFAULTS`).
+        inner_lr, adapt_steps: MAML / scratch inner-loop SGD (default: the MAML run's, else 0.01 and 5).
+        temperature: prototype softmax temperature (calibration only: AUC and decisions at 0.5 do not change).
+        batch_size: images per forward pass when scoring (results do not depend on it).
+    """
+
+    method: str = "auto"
+    finetune: str = "head"
+    steps: int | None = None
+    lr: float | None = None
+    inner_lr: float | None = None
+    adapt_steps: int | None = None
+    temperature: float = 0.1
+    batch_size: int = 256
+
+    def __post_init__(self) -> None:
+        if self.method != "auto" and self.method not in METHODS:
+            raise ConfigError(f"Unknown method '{self.method}'.", f"Use auto or one of: {', '.join(METHODS)}.")
+        if self.finetune not in FINETUNE_MODES:
+            raise ConfigError(f"Unknown --finetune '{self.finetune}'.", "Use head or all.")
+        if self.steps is not None and self.steps < 0:
+            raise ConfigError(f"--steps must be >= 0 (got {self.steps}).")
+        if self.adapt_steps is not None and self.adapt_steps < 0:
+            raise ConfigError(f"--adapt-steps must be >= 0 (got {self.adapt_steps}).")
+        for name in ("lr", "inner_lr"):
+            value = getattr(self, name)
+            if value is not None and (not math.isfinite(value) or value < 0):
+                raise ConfigError(f"--{name.replace('_', '-')} must be a finite number >= 0 (got {value}).")
+        if not math.isfinite(self.temperature) or self.temperature <= 0:
+            raise ConfigError(f"--temperature must be > 0 (got {self.temperature}).")
+        if self.batch_size < 1:
+            raise ConfigError(f"The scoring batch size must be >= 1 (got {self.batch_size}).")
+
+
+def resolve_method(method: str, training: str | None) -> str:
+    """The concrete method: ``auto`` follows the training kind (:data:`AUTO_METHOD`); ``None`` = no run."""
+    if method != "auto":
+        if method not in METHODS:
+            raise ConfigError(f"Unknown method '{method}'.", f"Use auto or one of: {', '.join(METHODS)}.")
+        return method
+    if training is None:
+        raise ConfigError("--method auto needs a run to follow.", "Pass a run directory, or --method scratch.")
+    if training not in AUTO_METHOD:
+        raise ConfigError(f"No default method for training kind '{training}'.", f"Pass --method {'|'.join(METHODS)}.")
+    return AUTO_METHOD[training]
+
+
+def maml_settings(meta: Mapping[str, Any] | None, config: AdaptConfig) -> MamlConfig:
+    """The inner loop for ``maml`` / ``scratch``: flags > the MAML run's ``extra.maml`` > defaults."""
+    from cxr_tools.methods.maml.config import MamlConfig
+
+    run = dict(((meta or {}).get("extra") or {}).get("maml") or {})
+    inner_lr = config.inner_lr if config.inner_lr is not None else run.get("inner_lr", DEFAULT_INNER_LR)
+    steps = config.adapt_steps if config.adapt_steps is not None else run.get("adapt_steps", DEFAULT_ADAPT_STEPS)
+    return MamlConfig(inner_lr=float(inner_lr), adapt_steps=int(steps), first_order=True, engine="func")
+
+
+def finetune_settings(config: AdaptConfig) -> tuple[int, float]:
+    """``(steps, lr)`` of fine-tuning: the flags, else :data:`FINETUNE_DEFAULTS` of the mode."""
+    steps, lr = FINETUNE_DEFAULTS[config.finetune]
+    return (config.steps if config.steps is not None else steps, config.lr if config.lr is not None else lr)
+
+
+def to_model_input(images: Any, meta_or_normalisation: Mapping[str, Any] | str, device: Any = "cpu") -> Tensor:
+    """Cache images (uint8 ``[n, H, W]`` array or tensor) as float ``[n, 1, H, W]`` in the model's input range."""
+    import torch
+
+    from cxr_tools.models.registry import normalise
+
+    if isinstance(meta_or_normalisation, str):
+        kind = meta_or_normalisation
+    else:
+        kind = str((meta_or_normalisation.get("input") or {}).get("normalisation") or "unit")
+    x = torch.as_tensor(np.asarray(images)).to(device=device, dtype=torch.float32).div_(255.0)
+    return normalise(x.unsqueeze(1), kind)
+
+
+def seed_from(generator: torch.Generator | None) -> int:
+    """A 62-bit integer drawn from ``generator`` (a fixed 0 without one)."""
+    import torch
+
+    if generator is None:
+        return 0
+    return int(torch.randint(0, 2**62, (1,), generator=generator).item())
+
+
+def fresh_linear(in_features: int, out_features: int, generator: torch.Generator | None, device: Any) -> nn.Linear:
+    """``nn.Linear`` initialised as PyTorch does (uniform ±1/√fan_in for weight and bias), from ``generator``."""
+    import torch
+    from torch import nn
+
+    gen = generator if generator is not None else torch.Generator().manual_seed(0)
+    layer = nn.Linear(in_features, out_features)
+    bound = 1.0 / math.sqrt(in_features) if in_features > 0 else 0.0
+    with torch.no_grad():
+        for p in (layer.weight, layer.bias):
+            p.copy_(torch.rand(p.shape, generator=gen) * 2 * bound - bound)
+    return layer.to(device)
+
+
+def model_device(model: nn.Module) -> torch.device:
+    import torch
+
+    for p in model.parameters():
+        return p.device
+    return torch.device("cpu")
+
+
+def with_fresh_head(model: nn.Module, ways: int, generator: torch.Generator | None) -> nn.Module:
+    """A copy of ``model`` whose head is a fresh ``ways``-output linear layer (from ``generator``), in eval mode."""
+    if not hasattr(model, "forward_features") or not hasattr(model, "num_features"):
+        raise ModelError(f"{type(model).__name__} has no forward_features(); use a zoo model (cxr models).")
+    clone: Any = copy.deepcopy(model)
+    clone.head = fresh_linear(int(clone.num_features), ways, generator, model_device(model))
+    clone.num_classes = ways
+    return clone.eval()
+
+
+class _ModuleScorer:
+    """Scores with ``sigmoid(fn(x))`` in eval mode, in chunks, without gradients."""
+
+    def __init__(self, fn: Any, module: nn.Module, batch_size: int) -> None:
+        self.fn = fn
+        self.module = module
+        self.batch_size = batch_size
+
+    def predict(self, x: Tensor) -> Tensor:
+        return predict_in_chunks(lambda chunk: self.fn(chunk), self.module, x, self.batch_size)
+
+
+def predict_in_chunks(logits_fn: Any, module: nn.Module, x: Tensor, batch_size: int) -> Tensor:
+    """``sigmoid(logits_fn(x))`` as float32 on the CPU, ``batch_size`` images at a time, in eval mode."""
+    import torch
+
+    from cxr_tools.methods.maml.norm import frozen_batchnorm
+
+    was_training = module.training
+    module.eval()
+    try:
+        with torch.no_grad(), frozen_batchnorm(module):
+            parts = [torch.sigmoid(logits_fn(x[i : i + batch_size]).float()) for i in range(0, len(x), batch_size)]
+    finally:
+        module.train(was_training)
+    if not parts:
+        raise ModelError("Nothing to score: the image batch is empty.")
+    return torch.cat(parts).cpu()
+
+
+class MamlAdapter:
+    """MAML adaptation (Finn, Abbeel & Levine 2017): ``adapt_steps`` SGD steps of ``inner_lr`` on the support
+    BCE loss from the model's weights, via :func:`cxr_tools.methods.maml.adapt` (BatchNorm frozen).
+
+    A MAML run's head has one output per episode slot (``ways``); another run's model gets a fresh
+    ``ways``-output head drawn from the ``fit`` generator first.
+    """
+
+    method = "maml"
+
+    def __init__(self, model: nn.Module, ways: int, maml: MamlConfig, *, batch_size: int = 256) -> None:
+        self.model = model.eval()
+        self.ways = ways
+        self.maml = maml
+        self.batch_size = batch_size
+        self._needs_head = int(getattr(model, "num_classes", ways)) != ways
+
+    def fit(self, support_x: Tensor, support_y: Tensor, *, generator: torch.Generator | None = None) -> Scorer:
+        from cxr_tools.methods.maml import adapt
+
+        check_support(support_y, self.ways)
+        model = with_fresh_head(self.model, self.ways, generator) if self._needs_head else self.model
+        adapted = adapt(model, support_x, support_y.to(support_x.dtype), self.maml)
+        return _ModuleScorer(adapted, model, self.batch_size)
+
+
+class ScratchAdapter:
+    """The random-initialisation baseline: per ``fit``, ``create_model(architecture, num_classes=ways)`` seeded
+    from the generator, then the MAML inner loop with the same budget (steps, lr) as the MAML it is compared to.
+    """
+
+    method = "scratch"
+
+    def __init__(
+        self,
+        architecture: str,
+        model_args: Mapping[str, Any],
+        ways: int,
+        maml: MamlConfig,
+        *,
+        device: Any = "cpu",
+        batch_size: int = 256,
+    ) -> None:
+        from cxr_tools.models.registry import model_card
+
+        model_card(architecture)  # unknown names fail here, before any episode
+        self.architecture = architecture
+        self.model_args = {k: v for k, v in dict(model_args).items() if k not in {"num_classes", "weights"}}
+        self.ways = ways
+        self.maml = maml
+        self.device = device
+        self.batch_size = batch_size
+
+    def init_model(self, generator: torch.Generator | None = None) -> nn.Module:
+        """The random initialisation this generator gives (global RNG state is restored afterwards)."""
+        import torch
+
+        from cxr_tools.models.registry import create_model
+
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed_from(generator))
+            model = create_model(self.architecture, num_classes=self.ways, **self.model_args)
+        return model.to(self.device).eval()
+
+    def fit(self, support_x: Tensor, support_y: Tensor, *, generator: torch.Generator | None = None) -> Scorer:
+        from cxr_tools.methods.maml import adapt
+
+        check_support(support_y, self.ways)
+        model = self.init_model(generator)
+        adapted = adapt(model, support_x, support_y.to(support_x.dtype), self.maml)
+        return _ModuleScorer(adapted, model, self.batch_size)
+
+
+def check_support(support_y: Tensor, ways: int) -> None:
+    """Refuse a support set whose targets are not ``[n, ways]`` or that lacks a positive for some class."""
+    import torch
+
+    if support_y.ndim != 2 or support_y.shape[1] != ways:
+        raise ModelError(f"Support targets have shape {tuple(support_y.shape)}; expected [n, {ways}].")
+    positives = torch.nan_to_num(support_y.float(), nan=0.0).sum(dim=0)
+    empty = [str(j) for j in range(ways) if float(positives[j]) == 0]
+    if empty:
+        raise ModelError(
+            f"The support set has no positive image for class column(s) {', '.join(empty)}.",
+            "Give at least one positive example of every class.",
+        )
+
+
+def build_adapter(
+    model: nn.Module | None,
+    meta: Mapping[str, Any] | None,
+    ways: int,
+    config: AdaptConfig | None = None,
+    *,
+    backbone: str | None = None,
+    device: Any = None,
+) -> Adapter:
+    """The adapter for ``config.method`` on ``model`` (loaded with :func:`~cxr_tools.models.load_model_dir`).
+
+    Args:
+        model: the run's model, or None for ``scratch`` without a run (then ``backbone`` names the architecture).
+        meta: the run's ``model.json`` (training kind, MAML settings, Siamese distance), or None.
+        ways: number of classes the support sets have.
+        config: method and its settings (default: ``auto``).
+        backbone: architecture for ``scratch`` without a run (default ``conv4``).
+        device: where to adapt (default: the model's device, else CPU).
+    """
+    from cxr_tools.methods.finetune import FinetuneAdapter
+    from cxr_tools.methods.prototypes import PrototypeAdapter, embedding_function
+
+    config = config or AdaptConfig()
+    if ways < 1:
+        raise ConfigError(f"ways must be at least 1 (got {ways}).")
+    training = str(meta.get("training")) if meta is not None else None
+    method = resolve_method(config.method, training)
+    if device is None:
+        device = model_device(model) if model is not None else "cpu"
+    if method == "scratch":
+        if model is not None and meta is not None:
+            arch, args = str(meta.get("architecture")), dict(meta.get("model_args") or {})
+        else:
+            arch, args = backbone or "conv4", {}
+        maml = maml_settings(meta, config)
+        return ScratchAdapter(arch, args, ways, maml, device=device, batch_size=config.batch_size)
+    if model is None or meta is None:
+        raise ConfigError(f"--method {method} needs a trained run.", "Pass a run directory, or use --method scratch.")
+    model = model.to(device).eval()
+    if method == "maml":
+        if training == "maml":
+            run_ways = int(getattr(model, "num_classes", ways))
+            if run_ways != ways:
+                raise ModelError(
+                    f"The MAML run was meta-trained with --ways {run_ways}; its head has {run_ways} episode slots.",
+                    f"Evaluate with --ways {run_ways}, or meta-train with --ways {ways}.",
+                )
+        return MamlAdapter(model, ways, maml_settings(meta, config), batch_size=config.batch_size)
+    if method == "prototype":
+        embed, distance = embedding_function(model, meta)
+        return PrototypeAdapter(
+            embed, model, ways, distance=distance, temperature=config.temperature, batch_size=config.batch_size
+        )
+    steps, lr = finetune_settings(config)
+    return FinetuneAdapter(model, ways, mode=config.finetune, steps=steps, lr=lr, batch_size=config.batch_size)
+
+
+def describe(adapter: Adapter) -> dict[str, Any]:
+    """The settings of an adapter as a JSON-able dict (recorded in ``summary.json``)."""
+    out: dict[str, Any] = {"method": adapter.method}
+    maml = getattr(adapter, "maml", None)
+    if maml is not None:
+        out.update(inner_lr=maml.inner_lr, adapt_steps=maml.adapt_steps)
+    for key in ("architecture", "mode", "steps", "lr", "distance", "temperature"):
+        if hasattr(adapter, key):
+            out[key] = getattr(adapter, key)
+    return out
+
+
+def with_method(config: AdaptConfig, method: str) -> AdaptConfig:
+    """``config`` with ``method`` replaced (handy for running every method on the same episodes)."""
+    return replace(config, method=method)

@@ -1,0 +1,137 @@
+"""Fine-tuning baseline: a fresh ``ways``-output head (and optionally the whole network) trained on the support set.
+
+The "pre-train on base classes, then fine-tune on the few novel examples" baseline that few-shot papers must
+beat (Chen et al. 2019, "A Closer Look at Few-shot Classification", ICLR: *Baseline* = a new linear head on
+frozen features, *Baseline++*-style variants fine-tune more), and the seeds' "fine-tuned ResNet".
+
+* ``mode="head"``: the backbone is frozen; support features are computed once and a new linear head is trained
+  on them (logistic regression per class, full batch).
+* ``mode="all"``: a copy of the whole network with the new head is trained; the run's model is never touched.
+
+Both use BCE-with-logits over the multi-hot targets (findings are not mutually exclusive; NaN targets are
+masked), Adam with a fixed number of full-batch steps and a fixed learning rate, so every episode gets exactly
+the same budget. The network stays in **eval mode throughout** — BatchNorm normalises with its running
+statistics and never updates them, dropout is off — so training is deterministic given the head's seed and a
+query's score does not depend on its batch-mates.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import TYPE_CHECKING, Any
+
+from cxr_tools.errors import ConfigError, ModelError
+from cxr_tools.methods.adapters import check_support, fresh_linear, model_device, predict_in_chunks
+
+if TYPE_CHECKING:
+    import torch
+    from torch import Tensor, nn
+
+
+class FinetuneAdapter:
+    """Fine-tune on each support set (module docstring).
+
+    Args:
+        model: a zoo model (``forward_features`` + ``head``); left unchanged.
+        ways: outputs of the new head.
+        mode: ``head`` or ``all``.
+        steps: full-batch Adam steps per support set.
+        lr: Adam learning rate.
+        batch_size: images per forward pass when computing features / scoring.
+    """
+
+    method = "finetune"
+
+    def __init__(
+        self,
+        model: nn.Module,
+        ways: int,
+        *,
+        mode: str = "head",
+        steps: int = 100,
+        lr: float = 1e-2,
+        batch_size: int = 256,
+    ) -> None:
+        if mode not in ("head", "all"):
+            raise ConfigError(f"Unknown fine-tune mode '{mode}'.", "Use head or all.")
+        if not hasattr(model, "forward_features") or not hasattr(model, "num_features"):
+            raise ModelError(f"{type(model).__name__} has no forward_features(); fine-tuning needs a zoo model.")
+        self.model = model.eval()
+        self.ways = ways
+        self.mode = mode
+        self.steps = int(steps)
+        self.lr = float(lr)
+        self.batch_size = batch_size
+
+    def fit(self, support_x: Tensor, support_y: Tensor, *, generator: torch.Generator | None = None) -> Any:
+        check_support(support_y, self.ways)
+        if self.mode == "head":
+            return self._fit_head(support_x, support_y, generator)
+        return self._fit_all(support_x, support_y, generator)
+
+    def _fit_head(self, support_x: Tensor, support_y: Tensor, generator: torch.Generator | None) -> Any:
+        import torch
+
+        model: Any = self.model
+        with torch.no_grad():
+            feats = torch.cat(
+                [
+                    model.forward_features(support_x[i : i + self.batch_size]).float()
+                    for i in range(0, len(support_x), self.batch_size)
+                ]
+            )
+        head = fresh_linear(feats.shape[1], self.ways, generator, feats.device)
+        _train(head, head.parameters(), lambda: head(feats), support_y, self.steps, self.lr)
+        return _HeadScorer(model, head.eval(), self.batch_size)
+
+    def _fit_all(self, support_x: Tensor, support_y: Tensor, generator: torch.Generator | None) -> Any:
+        from cxr_tools.methods.maml.norm import frozen_batchnorm
+
+        net: Any = copy.deepcopy(self.model).eval()
+        net.head = fresh_linear(int(net.num_features), self.ways, generator, model_device(self.model))
+        net.num_classes = self.ways
+        for p in net.parameters():
+            p.requires_grad_(True)
+        with frozen_batchnorm(net):
+            _train(net, net.parameters(), lambda: net(support_x), support_y, self.steps, self.lr)
+        return _NetScorer(net, self.batch_size)
+
+
+def _train(module: nn.Module, params: Any, logits_fn: Any, targets: Tensor, steps: int, lr: float) -> None:
+    """``steps`` full-batch Adam steps on the masked BCE-with-logits of ``logits_fn()`` against ``targets``."""
+    import torch
+
+    from cxr_tools.methods.maml.losses import multilabel_bce
+
+    params = [p for p in params if p.requires_grad]
+    optimizer = torch.optim.Adam(params, lr=lr)
+    targets = targets.float()
+    with torch.enable_grad():
+        for _ in range(steps):
+            optimizer.zero_grad(set_to_none=True)
+            loss = multilabel_bce(logits_fn().float(), targets)
+            loss.backward()
+            optimizer.step()
+    module.zero_grad(set_to_none=True)
+
+
+class _HeadScorer:
+    def __init__(self, model: nn.Module, head: nn.Module, batch_size: int) -> None:
+        self.model: Any = model
+        self.head = head
+        self.batch_size = batch_size
+
+    def predict(self, x: Tensor) -> Tensor:
+        def logits(chunk: Tensor) -> Tensor:
+            return self.head(self.model.forward_features(chunk).float())
+
+        return predict_in_chunks(logits, self.model, x, self.batch_size)
+
+
+class _NetScorer:
+    def __init__(self, net: nn.Module, batch_size: int) -> None:
+        self.net = net
+        self.batch_size = batch_size
+
+    def predict(self, x: Tensor) -> Tensor:
+        return predict_in_chunks(self.net, self.net, x, self.batch_size)

@@ -1,0 +1,187 @@
+"""Nearest-prototype scoring for multi-label episodes (Prototypical Networks, Snell, Swersky & Zemel 2017).
+
+A prototypical network classifies a query by the softmax over negative distances to class prototypes, each
+prototype the mean embedding of that class's support examples. Chest X-ray findings are not mutually exclusive,
+so a softmax *across findings* would be wrong (SCIENCE.md §3). Instead every episode class ``c`` is its own
+binary problem with two prototypes:
+
+* ``p⁺_c`` = mean embedding of the support images positive for ``c``;
+* ``p⁻_c`` = mean embedding of the support images negative for ``c`` (the episode's pure negatives *and* the
+  positives of the other classes that lack ``c``); NaN (unknown) targets are left out of both;
+
+and the probability that a query ``q`` shows ``c`` is the two-way softmax over negative distances::
+
+    P(c | q) = exp(-d(q, p⁺_c) / T) / (exp(-d(q, p⁺_c) / T) + exp(-d(q, p⁻_c) / T))
+             = sigmoid((d(q, p⁻_c) - d(q, p⁺_c)) / T)
+
+``d`` is the squared Euclidean distance (Snell et al.'s choice) or, for a Siamese run trained with the cosine
+distance, ``1 - cos(q, p)`` (prototypes are means, so they are re-normalised for the cosine). Embeddings are
+L2-normalised: a Siamese run's projection (what its contrastive loss shaped) or the backbone's pooled features
+for other runs. The temperature ``T`` only calibrates: the ranking of queries (AUC, AP) and the decision at
+probability 0.5 (nearer to ``p⁺`` than to ``p⁻``) are the same for every ``T``. Nothing is trained, so the
+scores are deterministic and each query is embedded on its own in eval mode.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any
+
+from cxr_tools.errors import ConfigError, ModelError
+from cxr_tools.methods.adapters import check_support
+
+if TYPE_CHECKING:
+    import torch
+    from torch import Tensor, nn
+
+PROTOTYPE_DISTANCES: tuple[str, ...] = ("euclidean", "cosine")
+
+EmbedFn = Callable[["Tensor"], "Tensor"]
+
+
+def embedding_function(model: nn.Module, meta: Mapping[str, Any] | None) -> tuple[EmbedFn, str]:
+    """``(embed, distance)`` for a run's model: L2-normalised embeddings and the distance to compare them with.
+
+    A Siamese run (training kind ``siamese``) embeds with its projection head (``model(x)``) and uses its own
+    distance (``extra.distance``: cosine -> cosine, euclidean -> squared Euclidean); every other run embeds with
+    ``forward_features`` (the head is task-specific) and uses the squared Euclidean distance.
+    """
+    import torch.nn.functional as F
+
+    if not hasattr(model, "forward_features"):
+        raise ModelError(f"{type(model).__name__} has no forward_features(); prototypes need a zoo model.")
+    siamese = meta is not None and meta.get("training") == "siamese"
+    if siamese:
+        trained = str(((meta or {}).get("extra") or {}).get("distance", "cosine"))
+        distance = "cosine" if trained == "cosine" else "euclidean"
+
+        def embed(x: Tensor) -> Tensor:
+            return F.normalize(model(x).float(), dim=1)
+
+        return embed, distance
+
+    backbone: Any = model
+
+    def features(x: Tensor) -> Tensor:
+        return F.normalize(backbone.forward_features(x).float(), dim=1)
+
+    return features, "euclidean"
+
+
+def prototypes(embeddings: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
+    """Positive and negative prototypes ``[ways, D]`` each, from support ``embeddings`` ``[n, D]`` and targets.
+
+    Raises:
+        ModelError: a class without a positive or without a negative support image.
+    """
+    import torch
+
+    y = targets.float()
+    known = ~torch.isnan(y)
+    pos = (torch.nan_to_num(y, nan=0.0) > 0.5) & known
+    neg = (torch.nan_to_num(y, nan=1.0) < 0.5) & known
+    empty = [str(j) for j in range(y.shape[1]) if not bool(pos[:, j].any()) or not bool(neg[:, j].any())]
+    if empty:
+        raise ModelError(
+            f"Class column(s) {', '.join(empty)} lack a positive or a negative support image.",
+            "Give positives and negatives of every class in the support set.",
+        )
+    pos_w = pos.to(embeddings.dtype)
+    neg_w = neg.to(embeddings.dtype)
+    proto_pos = (pos_w.T @ embeddings) / pos_w.sum(dim=0, keepdim=True).T
+    proto_neg = (neg_w.T @ embeddings) / neg_w.sum(dim=0, keepdim=True).T
+    return proto_pos, proto_neg
+
+
+def distances(queries: Tensor, protos: Tensor, distance: str) -> Tensor:
+    """``[n, ways]`` distances of each query embedding to each prototype."""
+    import torch.nn.functional as F
+
+    if distance == "euclidean":
+        return (queries[:, None, :] - protos[None, :, :]).pow(2).sum(dim=2)
+    if distance == "cosine":
+        return 1.0 - F.normalize(queries, dim=1) @ F.normalize(protos, dim=1).T
+    raise ConfigError(f"Unknown prototype distance '{distance}'.", f"Use one of: {', '.join(PROTOTYPE_DISTANCES)}.")
+
+
+def prototype_probabilities(
+    queries: Tensor, proto_pos: Tensor, proto_neg: Tensor, *, distance: str = "euclidean", temperature: float = 0.1
+) -> Tensor:
+    """``P(c | q) = sigmoid((d(q, p⁻_c) - d(q, p⁺_c)) / T)``, shape ``[n, ways]`` (module docstring)."""
+    import torch
+
+    d_pos = distances(queries, proto_pos, distance)
+    d_neg = distances(queries, proto_neg, distance)
+    return torch.sigmoid((d_neg - d_pos) / temperature)
+
+
+class PrototypeAdapter:
+    """Nearest-prototype few-shot scoring on a fixed embedding (module docstring).
+
+    Args:
+        embed: images ``[n, 1, H, W]`` -> L2-normalised embeddings ``[n, D]`` (see :func:`embedding_function`).
+        module: the network behind ``embed`` (put in eval mode while embedding).
+        ways: classes per support set.
+        distance: ``euclidean`` (squared) or ``cosine``.
+        temperature: softmax temperature ``T``.
+    """
+
+    method = "prototype"
+
+    def __init__(
+        self,
+        embed: EmbedFn,
+        module: nn.Module,
+        ways: int,
+        *,
+        distance: str = "euclidean",
+        temperature: float = 0.1,
+        batch_size: int = 256,
+    ) -> None:
+        if distance not in PROTOTYPE_DISTANCES:
+            raise ConfigError(f"Unknown prototype distance '{distance}'.", f"Use {', '.join(PROTOTYPE_DISTANCES)}.")
+        if not temperature > 0:
+            raise ConfigError(f"The prototype temperature must be > 0 (got {temperature}).")
+        self.embed = embed
+        self.module = module
+        self.ways = ways
+        self.distance = distance
+        self.temperature = float(temperature)
+        self.batch_size = batch_size
+
+    def embeddings(self, x: Tensor) -> Tensor:
+        """Embeddings of ``x`` in eval mode, ``batch_size`` at a time (CPU float32)."""
+        import torch
+
+        from cxr_tools.methods.maml.norm import frozen_batchnorm
+
+        was = self.module.training
+        self.module.eval()
+        try:
+            with torch.no_grad(), frozen_batchnorm(self.module):
+                parts = [self.embed(x[i : i + self.batch_size]).float() for i in range(0, len(x), self.batch_size)]
+        finally:
+            self.module.train(was)
+        if not parts:
+            raise ModelError("Nothing to embed: the image batch is empty.")
+        return torch.cat(parts).cpu()
+
+    def fit(self, support_x: Tensor, support_y: Tensor, *, generator: torch.Generator | None = None) -> Any:
+        check_support(support_y, self.ways)
+        proto_pos, proto_neg = prototypes(self.embeddings(support_x), support_y.detach().float().cpu())
+        return PrototypeScorer(self, proto_pos, proto_neg)
+
+
+class PrototypeScorer:
+    """Scores queries against the prototypes of one support set."""
+
+    def __init__(self, adapter: PrototypeAdapter, proto_pos: Tensor, proto_neg: Tensor) -> None:
+        self.adapter = adapter
+        self.proto_pos = proto_pos
+        self.proto_neg = proto_neg
+
+    def predict(self, x: Tensor) -> Tensor:
+        a = self.adapter
+        return prototype_probabilities(
+            a.embeddings(x), self.proto_pos, self.proto_neg, distance=a.distance, temperature=a.temperature
+        )

@@ -1,0 +1,224 @@
+"""Few-shot adapters: one interface, deterministic fits, batch-independent scores, the prototype formula."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from cxr_tools.errors import ConfigError, ModelError
+from cxr_tools.methods.adapters import (
+    AUTO_METHOD,
+    METHODS,
+    AdaptConfig,
+    build_adapter,
+    describe,
+    maml_settings,
+    resolve_method,
+    to_model_input,
+)
+from cxr_tools.methods.prototypes import PrototypeAdapter, prototype_probabilities, prototypes
+from cxr_tools.models import create_model
+
+torch.set_num_threads(1)
+WAYS = 2
+
+
+def _meta(training: str, model, **extra) -> dict:
+    return {
+        "training": training,
+        "architecture": model.model_name,
+        "model_args": dict(model.model_args),
+        "input": {"normalisation": "unit", "image_size": 32},
+        "labels": [],
+        "extra": extra,
+    }
+
+
+def _episode(seed: int = 0, n_support: int = 6, n_query: int = 9):
+    """Support/query images where class 0 = bright top half, class 1 = bright bottom half (learnable)."""
+    g = torch.Generator().manual_seed(seed)
+
+    def make(n):
+        y = torch.zeros(n, WAYS)
+        y[: n // 3, 0] = 1
+        y[n // 3 : 2 * n // 3, 1] = 1
+        x = torch.rand(n, 1, 32, 32, generator=g) * 0.3
+        x[y[:, 0] == 1, :, :16] += 0.6
+        x[y[:, 1] == 1, :, 16:] += 0.6
+        return x, y
+
+    return (*make(n_support), *make(n_query))
+
+
+def _models(norm: str = "group"):
+    torch.manual_seed(0)
+    return {
+        "maml": create_model("conv4-tiny", num_classes=WAYS, norm=norm),
+        "siamese": create_model("conv4-tiny", num_classes=16, norm=norm),
+        "supervised": create_model("conv4-tiny", num_classes=3, norm=norm),
+    }
+
+
+def _all_adapters(norm: str = "group"):
+    models = _models(norm)
+    out = []
+    for kind, model in models.items():
+        meta = _meta(kind, model, **({"maml": {"inner_lr": 0.05, "adapt_steps": 3}} if kind == "maml" else {}))
+        out.append((f"{kind}-auto", build_adapter(model, meta, WAYS, AdaptConfig(steps=10))))
+    sup = models["supervised"]
+    sup_meta = _meta("supervised", sup)
+    out.append(("finetune-all", build_adapter(sup, sup_meta, WAYS, AdaptConfig(finetune="all", steps=5))))
+    out.append(("prototype-backbone", build_adapter(sup, sup_meta, WAYS, AdaptConfig(method="prototype"))))
+    out.append(("maml-on-supervised", build_adapter(sup, sup_meta, WAYS, AdaptConfig(method="maml", adapt_steps=2))))
+    out.append(("scratch-norun", build_adapter(None, None, WAYS, AdaptConfig(method="scratch"), backbone="conv4-tiny")))
+    maml_meta = _meta("maml", models["maml"])
+    out.append(("scratch-run", build_adapter(models["maml"], maml_meta, WAYS, AdaptConfig("scratch"))))
+    return out
+
+
+@pytest.mark.parametrize("norm", ["group", "batch"])
+def test_every_method_scores_each_query_independently_of_its_batch(norm):
+    sx, sy, qx, _ = _episode()
+    for name, adapter in _all_adapters(norm):
+        scorer = adapter.fit(sx, sy, generator=torch.Generator().manual_seed(3))
+        batch = scorer.predict(qx)
+        assert batch.shape == (len(qx), WAYS) and batch.dtype == torch.float32, name
+        assert bool(((batch >= 0) & (batch <= 1)).all()), name
+        alone = torch.cat([scorer.predict(qx[i : i + 1]) for i in range(len(qx))])
+        torch.testing.assert_close(alone, batch, atol=1e-5, rtol=1e-4, msg=f"{name}: batch-dependent scores")
+        # and against different batch-mates: the first query inside a batch of other images
+        mixed = scorer.predict(torch.cat([qx[:1], sx]))[:1]
+        torch.testing.assert_close(mixed, batch[:1], atol=1e-5, rtol=1e-4, msg=name)
+
+
+def test_fit_is_deterministic_and_leaves_the_model_unchanged():
+    sx, sy, qx, _ = _episode()
+    for name, adapter in _all_adapters("batch"):
+        model = getattr(adapter, "model", None) or getattr(adapter, "module", None)
+        before = {k: v.clone() for k, v in model.state_dict().items()} if model is not None else {}
+        a = adapter.fit(sx, sy, generator=torch.Generator().manual_seed(5)).predict(qx)
+        b = adapter.fit(sx, sy, generator=torch.Generator().manual_seed(5)).predict(qx)
+        torch.testing.assert_close(a, b, msg=name)
+        for k, v in before.items():
+            assert torch.equal(v, model.state_dict()[k]), f"{name} modified {k}"
+
+
+def test_scratch_initialisation_is_seeded_per_generator_and_keeps_global_rng():
+    adapter = build_adapter(None, None, WAYS, AdaptConfig(method="scratch"), backbone="conv4-tiny")
+    state = torch.get_rng_state()
+    w1 = adapter.init_model(torch.Generator().manual_seed(1)).head.weight
+    w1b = adapter.init_model(torch.Generator().manual_seed(1)).head.weight
+    w2 = adapter.init_model(torch.Generator().manual_seed(2)).head.weight
+    assert torch.equal(w1, w1b) and not torch.equal(w1, w2)
+    assert torch.equal(state, torch.get_rng_state())
+
+
+def test_adaptation_learns_a_separable_task():
+    sx, sy, qx, qy = _episode(n_support=12, n_query=30)
+    torch.manual_seed(0)
+    sup = create_model("conv4-tiny", num_classes=3)
+    for cfg in (AdaptConfig(steps=200, lr=0.05), AdaptConfig(finetune="all", steps=60, lr=0.01)):
+        probs = build_adapter(sup, _meta("supervised", sup), WAYS, cfg).fit(sx, sy).predict(qx)
+        from sklearn.metrics import roc_auc_score
+
+        for j in range(WAYS):
+            assert roc_auc_score(qy[:, j].numpy(), probs[:, j].numpy()) > 0.9, (cfg.finetune, j)
+
+
+def test_prototype_probabilities_follow_the_formula():
+    emb = torch.tensor([[1.0, 0.0], [0.8, 0.2], [0.0, 1.0], [0.1, 0.9]])
+    y = torch.tensor([[1.0, 0.0], [1.0, float("nan")], [0.0, 1.0], [0.0, 0.0]])
+    pos, neg = prototypes(emb, y)
+    torch.testing.assert_close(pos[0], torch.tensor([0.9, 0.1]))
+    torch.testing.assert_close(neg[0], torch.tensor([0.05, 0.95]))
+    torch.testing.assert_close(pos[1], torch.tensor([0.0, 1.0]))  # NaN target left out of both prototypes
+    torch.testing.assert_close(neg[1], torch.tensor([0.55, 0.45]))
+    q = torch.tensor([[0.7, 0.3]])
+    p = prototype_probabilities(q, pos, neg, distance="euclidean", temperature=0.5)
+    d_pos = ((q[0] - pos[0]) ** 2).sum()
+    d_neg = ((q[0] - neg[0]) ** 2).sum()
+    expected = math.exp(-d_pos / 0.5) / (math.exp(-d_pos / 0.5) + math.exp(-d_neg / 0.5))
+    assert float(p[0, 0]) == pytest.approx(expected, rel=1e-5)
+    # the temperature calibrates only: same decision at 0.5, same order
+    p2 = prototype_probabilities(torch.rand(20, 2), pos, neg, temperature=2.0)
+    p3 = prototype_probabilities(torch.rand(20, 2), pos, neg, temperature=0.05)
+    assert ((p2 >= 0.5) == (p2 >= 0.5)).all() and p3.shape == (20, 2)
+    qs = torch.rand(20, 2, generator=torch.Generator().manual_seed(0))
+    a = prototype_probabilities(qs, pos, neg, temperature=2.0)
+    b = prototype_probabilities(qs, pos, neg, temperature=0.05)
+    assert torch.equal(a >= 0.5, b >= 0.5)
+    assert torch.equal(torch.argsort(a[:, 0]), torch.argsort(b[:, 0]))
+
+
+def test_prototype_adapter_on_identity_embedding_and_cosine():
+    adapter = PrototypeAdapter(lambda x: x.flatten(1), torch.nn.Identity(), WAYS, distance="cosine", temperature=1.0)
+    sx = torch.tensor([[1.0, 0.0], [0.0, 1.0], [-1.0, -0.5]]).reshape(3, 1, 1, 2)
+    sy = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.0, 0.0]])
+    probs = adapter.fit(sx, sy).predict(torch.tensor([[2.0, -0.5]]).reshape(1, 1, 1, 2))
+    assert float(probs[0, 0]) > 0.5 > float(probs[0, 1])
+
+
+def test_siamese_runs_use_their_projection_and_distance():
+    torch.manual_seed(0)
+    model = create_model("conv4-tiny", num_classes=16)
+    cos = build_adapter(model, _meta("siamese", model, distance="cosine"), WAYS)
+    euc = build_adapter(model, _meta("siamese", model, distance="euclidean"), WAYS)
+    assert (cos.method, cos.distance, euc.distance) == ("prototype", "cosine", "euclidean")
+    x = torch.rand(3, 1, 32, 32)
+    emb = cos.embeddings(x)
+    assert emb.shape == (3, 16)
+    torch.testing.assert_close(emb.norm(dim=1), torch.ones(3))
+    sup = build_adapter(model, _meta("supervised", model), WAYS, AdaptConfig(method="prototype"))
+    assert sup.embeddings(x).shape == (3, model.num_features)
+
+
+def test_method_resolution_and_settings():
+    assert resolve_method("auto", "maml") == "maml"
+    assert resolve_method("auto", "siamese") == "prototype"
+    assert resolve_method("auto", "supervised") == "finetune"
+    assert resolve_method("scratch", None) == "scratch"
+    assert set(AUTO_METHOD.values()) <= set(METHODS)
+    with pytest.raises(ConfigError, match="needs a run"):
+        resolve_method("auto", None)
+    with pytest.raises(ConfigError, match="Unknown method"):
+        AdaptConfig(method="knn")
+    with pytest.raises(ConfigError, match="finetune"):
+        AdaptConfig(finetune="last")
+    with pytest.raises(ConfigError, match="temperature"):
+        AdaptConfig(temperature=0)
+    run = {"extra": {"maml": {"inner_lr": 0.2, "adapt_steps": 7}}}
+    assert (maml_settings(run, AdaptConfig()).inner_lr, maml_settings(run, AdaptConfig()).adapt_steps) == (0.2, 7)
+    assert maml_settings(run, AdaptConfig(adapt_steps=1)).adapt_steps == 1
+    assert maml_settings(None, AdaptConfig()).adapt_steps == 5
+    scratch = build_adapter(None, None, WAYS, AdaptConfig(method="scratch", inner_lr=0.3), backbone="conv4-tiny")
+    assert describe(scratch) == {"method": "scratch", "inner_lr": 0.3, "adapt_steps": 5, "architecture": "conv4-tiny"}
+
+
+def test_bad_inputs_are_refused():
+    torch.manual_seed(0)
+    maml = create_model("conv4-tiny", num_classes=3)
+    with pytest.raises(ModelError, match="--ways 3"):
+        build_adapter(maml, _meta("maml", maml), WAYS)
+    with pytest.raises(ConfigError, match="needs a trained run"):
+        build_adapter(None, None, WAYS, AdaptConfig(method="finetune"))
+    sup = create_model("conv4-tiny", num_classes=3)
+    adapter = build_adapter(sup, _meta("supervised", sup), WAYS, AdaptConfig(steps=1))
+    sx, sy, _, _ = _episode()
+    with pytest.raises(ModelError, match="no positive image for class column"):
+        adapter.fit(sx, torch.zeros_like(sy))
+    with pytest.raises(ModelError, match="expected"):
+        adapter.fit(sx, sy[:, :1])
+    proto = build_adapter(sup, _meta("supervised", sup), WAYS, AdaptConfig(method="prototype"))
+    with pytest.raises(ModelError, match="lack a positive or a negative"):
+        proto.fit(sx, torch.ones_like(sy))
+
+
+def test_to_model_input_applies_the_normalisation():
+    images = np.array([[[0, 255]]], dtype=np.uint8)
+    x = to_model_input(images, {"input": {"normalisation": "unit"}})
+    assert x.shape == (1, 1, 1, 2) and float(x.max()) == 1.0
+    y = to_model_input(images, "imagenet")
+    assert float(y[0, 0, 0, 0]) == pytest.approx(-0.449 / 0.226, rel=1e-5)
