@@ -40,6 +40,7 @@ from cxr_tools.engine.train import (
     open_training_cache,
     open_training_run,
     resolve_classes,
+    roc_auc,
     run_fit,
     setup,
     split_rows,
@@ -403,7 +404,6 @@ def _validate(
     """Embed every image of the validation pairs once (eval mode); pair AUC, loss, accuracy, threshold."""
     import torch
 
-    from cxr_tools.eval.metrics import class_metrics
     from cxr_tools.methods.contrastive import best_threshold, contrastive_loss
     from cxr_tools.models.siamese import similarity
     from cxr_tools.runtime.devices import autocast_context
@@ -423,7 +423,7 @@ def _validate(
     target = torch.from_numpy(pairs.target)
     sims = similarity(za, zb, config.distance).numpy()
     loss = float(contrastive_loss(za, zb, target, margin=config.margin, distance=config.distance))
-    auc = class_metrics(pairs.target, sims)["auc"]
+    auc = roc_auc(pairs.target, sims)
     threshold, accuracy = best_threshold(pairs.target, sims)
     return {
         "val_loss": loss,
