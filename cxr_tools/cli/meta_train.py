@@ -11,7 +11,6 @@ from rich.console import Console
 from rich.table import Table
 
 from cxr_tools.cli.common import (
-    EXIT_INTERRUPTED,
     ConfigOpt,
     DeviceOpt,
     JsonOpt,
@@ -156,12 +155,11 @@ def meta_train(
         result = run_meta_train(cfg, progress_for(quiet))
 
     emit(result, json_output, lambda console: _render(console, result))
-    if result.status != "completed":
+    if result.status != "completed":  # exit 0 like `cxr train`: a preempted job did what it should
         sys.stderr.write(
             f"Interrupted at meta-step {result.meta_steps}/{result.total_meta_steps}; last.pt is saved. "
             "Rerun the same command to resume.\n"
         )
-        raise typer.Exit(EXIT_INTERRUPTED)
 
 
 def _render(console: Console, result: Any) -> None:
