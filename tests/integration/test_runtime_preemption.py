@@ -116,6 +116,7 @@ def test_sigusr1_with_requeue_under_slurm_calls_scontrol_and_resumes(tmp_path, r
 
 
 @pytest.mark.slurm
+@pytest.mark.slow
 def test_sbatch_job_records_slurm_job_id(tmp_path):
     if shutil.which("sbatch") is None:
         pytest.skip("sbatch is not on PATH: needs a local SLURM cluster (see ENVIRONMENT.md), as in CI")
