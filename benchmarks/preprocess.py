@@ -216,7 +216,11 @@ def markdown(res: dict) -> str:
         f"| {t['decode_only_images_per_s']:.1f} images/s |",
         f"| `cxr preprocess` engine (decode → crop/resize → CLAHE → HDF5 + index + manifest) "
         f"| {t['engine_images_per_s']:.1f} images/s |",
-        f"| **ratio engine / decode-only** (goal ≥ 0.85) | **{t['ratio']:.2f}** |",
+        f"| **ratio engine / decode-only** (goal ≥ 0.85) | **{t['ratio']:.2f}** "
+        f"(back-to-back pairs: {', '.join(f'{r:.2f}' for r in t['paired_ratios'])}) |",
+        "",
+        "The engine does strictly more work per file than the limit, so a ratio above 1 is contention noise on a "
+        "shared machine; the back-to-back pairs show the spread.",
         "",
         "Peak memory of the engine in a fresh process (256² output, HDF5; larger sets reuse the PNGs through "
         "symlinked copies):",
@@ -291,6 +295,7 @@ def main() -> None:
             "decode_only_images_per_s": round(len(paths) / d, 1),
             "engine_images_per_s": round(len(paths) / e, 1),
             "ratio": round(d / e, 3),
+            "paired_ratios": [round(a / b, 3) for a, b in zip(dec, eng, strict=True)],
         }
         print(json.dumps(throughput), file=sys.stderr)
 
