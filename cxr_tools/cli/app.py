@@ -14,7 +14,18 @@ from typing import Annotated
 import typer
 
 from cxr_tools import __version__
-from cxr_tools.cli import demo, download, meta_train, models, preprocess, stats, train, train_siamese
+from cxr_tools.cli import (
+    compare,
+    demo,
+    download,
+    evaluate,
+    meta_train,
+    models,
+    preprocess,
+    stats,
+    train,
+    train_siamese,
+)
 
 app = typer.Typer(
     name="cxr",
@@ -67,6 +78,8 @@ app.command("preprocess")(preprocess.preprocess)
 app.command("models")(models.models)
 app.command("stats")(stats.stats)
 app.command("meta-train")(meta_train.meta_train)
+app.command("evaluate")(evaluate.evaluate)
+app.command("compare")(compare.compare)
 app.command("train")(train.train)
 app.command("train-siamese")(train_siamese.train_siamese)
 

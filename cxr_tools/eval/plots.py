@@ -7,7 +7,7 @@ nodes and never changes the backend of a caller that uses pyplot.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -103,4 +103,131 @@ def plot_cooccurrence(
     ax.set_xticks(np.arange(n), list(labels), rotation=60, ha="right", fontsize=8)
     ax.set_yticks(np.arange(n), list(labels), fontsize=8)
     ax.set_title(title)
+    return save_figure(fig, path)
+
+
+# --- few-shot evaluation (cxr evaluate / cxr compare) ---------------------------------------------------------
+
+
+def _ci_errors(ci95: Sequence[float]) -> np.ndarray:
+    """Error-bar half-widths with NaN (one episode, no CI) drawn as none."""
+    return np.nan_to_num(np.asarray(ci95, dtype=np.float64), nan=0.0)
+
+
+def plot_roc_curves(
+    path: str | Path,
+    curves: Mapping[str, tuple[Sequence[float], Sequence[float], float]],
+    *,
+    title: str = "ROC per class (queries pooled over episodes)",
+) -> Path:
+    """One ROC curve per class, ``curves[name] = (fpr, tpr, auc)``, with the chance diagonal."""
+    fig = new_figure(5.5, 5.0)
+    ax = fig.add_subplot(1, 1, 1)
+    for name, (fpr, tpr, auc) in curves.items():
+        ax.plot(fpr, tpr, lw=1.6, label=f"{name} (AUC {auc:.3f})")
+    ax.plot([0, 1], [0, 1], ls="--", lw=0.8, color="grey", label="chance")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1.01)
+    ax.set_xlabel("false positive rate")
+    ax.set_ylabel("true positive rate")
+    ax.set_title(title)
+    ax.legend(loc="lower right", fontsize=8)
+    return save_figure(fig, path)
+
+
+def plot_metric_bars(
+    path: str | Path,
+    names: Sequence[str],
+    means: Sequence[float],
+    ci95: Sequence[float],
+    *,
+    metric: str = "AUC",
+    chance: float | None = 0.5,
+    title: str | None = None,
+) -> Path:
+    """Bars of a metric per class (or per metric) with 95% CI error bars and values written above them."""
+    m = np.asarray(means, dtype=np.float64)
+    fig = new_figure(max(4.0, 0.9 * len(names) + 2.0), 4.0)
+    ax = fig.add_subplot(1, 1, 1)
+    x = np.arange(len(names))
+    bars = ax.bar(x, np.nan_to_num(m), yerr=_ci_errors(ci95), capsize=4, color="tab:blue", alpha=0.85)
+    ax.bar_label(bars, labels=[f"{v:.3f}" if np.isfinite(v) else "n/a" for v in m], padding=3, fontsize=8)
+    if chance is not None:
+        ax.axhline(chance, ls="--", lw=0.8, color="grey")
+    ax.set_xticks(x, list(names), rotation=30 if len(names) > 4 else 0, ha="right" if len(names) > 4 else "center")
+    ax.set_ylim(0, 1.1)
+    ax.set_ylabel(f"{metric} (mean ± 95% CI)")
+    ax.set_title(title or f"{metric} per class")
+    return save_figure(fig, path)
+
+
+def plot_confusion_matrices(
+    path: str | Path, matrices: Mapping[str, Any], *, threshold: float, title: str | None = None
+) -> Path:
+    """A 2×2 confusion matrix per class (rows: true negative / positive, columns: predicted), counts written in."""
+    n = max(1, len(matrices))
+    fig = new_figure(3.0 * n + 0.5, 3.4)
+    for k, (name, matrix) in enumerate(matrices.items()):
+        cm = np.asarray(matrix, dtype=np.int64).reshape(2, 2)
+        ax = fig.add_subplot(1, n, k + 1)
+        ax.imshow(cm, cmap="Blues", vmin=0, vmax=max(1, int(cm.max())))
+        for i in range(2):
+            for j in range(2):
+                colour = "white" if cm[i, j] > cm.max() / 2 else "black"
+                ax.text(j, i, str(int(cm[i, j])), ha="center", va="center", fontsize=10, color=colour)
+        ax.set_xticks([0, 1], ["pred −", "pred +"])
+        ax.set_yticks([0, 1], ["true −", "true +"])
+        ax.set_title(name, fontsize=9)
+    fig.suptitle(title or f"Confusion matrices at threshold {threshold:g} (queries pooled)", fontsize=10)
+    return save_figure(fig, path)
+
+
+def plot_grouped_bars(
+    path: str | Path,
+    groups: Sequence[str],
+    series: Mapping[str, tuple[Sequence[float], Sequence[float]]],
+    *,
+    metric: str = "AUC",
+    chance: float | None = 0.5,
+    title: str | None = None,
+) -> Path:
+    """Grouped bars: for each group (class) one bar per series (method), ``series[name] = (means, ci95)``."""
+    k = max(1, len(series))
+    width = 0.8 / k
+    fig = new_figure(max(5.0, 1.1 * len(groups) * max(1.0, k / 3) + 2.5), 4.2)
+    ax = fig.add_subplot(1, 1, 1)
+    x = np.arange(len(groups))
+    for i, (name, (means, ci95)) in enumerate(series.items()):
+        offset = (i - (k - 1) / 2) * width
+        ax.bar(x + offset, np.nan_to_num(np.asarray(means, float)), width, yerr=_ci_errors(ci95), capsize=3, label=name)
+    if chance is not None:
+        ax.axhline(chance, ls="--", lw=0.8, color="grey")
+    ax.set_xticks(x, list(groups), rotation=30 if len(groups) > 4 else 0, ha="right" if len(groups) > 4 else "center")
+    ax.set_ylim(0, 1.1)
+    ax.set_ylabel(f"{metric} (mean ± 95% CI)")
+    ax.set_title(title or f"{metric} per class and method")
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    return save_figure(fig, path)
+
+
+# --- cxr similarity -------------------------------------------------------------------------------------------
+
+
+def plot_image_pair(
+    path: str | Path,
+    left: Any,
+    right: Any,
+    *,
+    names: tuple[str, str] = ("A", "B"),
+    title: str = "",
+) -> Path:
+    """Two grey uint8 images side by side (as the model sees them, 0 = black, 255 = white) under one title."""
+    fig = new_figure(7.0, 3.9)
+    for k, (img, name) in enumerate(((left, names[0]), (right, names[1]))):
+        ax = fig.add_subplot(1, 2, k + 1)
+        ax.imshow(np.asarray(img), cmap="gray", vmin=0, vmax=255, interpolation="nearest")
+        ax.set_title(name, fontsize=9)
+        ax.set_axis_off()
+    if title:
+        fig.suptitle(title, fontsize=10)
     return save_figure(fig, path)

@@ -1,0 +1,190 @@
+"""``cxr evaluate RUN --data CACHE``: few-shot evaluation on the meta-test classes over fixed, seeded episodes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from cxr_tools.cli.common import (
+    ConfigOpt,
+    DeviceOpt,
+    JsonOpt,
+    OverwriteOpt,
+    QuietOpt,
+    SeedOpt,
+    emit,
+    handle_errors,
+    make_config,
+    progress_for,
+)
+
+_METRIC_NAMES = {"auc": "AUC", "ap": "AP", "f1": "F1", "precision": "precision", "recall": "recall"}
+
+
+def evaluate(
+    ctx: typer.Context,
+    run: Annotated[
+        Path | None,
+        typer.Argument(help="Finished run directory (not needed for --method scratch).", show_default=False),
+    ] = None,
+    data: Annotated[
+        Path | None,
+        typer.Option("--data", "-d", help="Cache to evaluate on (cxr preprocess output).", show_default=False),
+    ] = None,
+    method: Annotated[
+        str,
+        typer.Option(
+            "--method",
+            help="auto (maml run -> maml, siamese -> prototype, supervised -> finetune), maml, prototype, finetune "
+            "or scratch (random init, the MAML budget; needs no run).",
+        ),
+    ] = "auto",
+    finetune: Annotated[
+        str, typer.Option("--finetune", help="Fine-tune the new head only (head) or the whole network (all).")
+    ] = "head",
+    episodes: Annotated[int, typer.Option("--episodes", min=1, help="Number of fixed, seeded episodes.")] = 600,
+    ways: Annotated[int, typer.Option("--ways", min=1, help="Meta-test classes per episode (N).")] = 2,
+    shots: Annotated[
+        int, typer.Option("--shots", min=1, help="Support positives per class, plus as many negatives (K).")
+    ] = 5,
+    queries: Annotated[
+        int, typer.Option("--queries", min=1, help="Query positives per class, plus as many negatives.")
+    ] = 15,
+    seed: SeedOpt = 0,
+    threshold: Annotated[
+        float, typer.Option("--threshold", help="Probability threshold of F1 / precision / recall.")
+    ] = 0.5,
+    meta_split: Annotated[
+        str,
+        typer.Option(
+            "--meta-split",
+            help="auto (the MAML run's split, else the cache's, else MetaChest), metachest, a YAML/JSON file or "
+            "'train=A,B;val=C;test=D,E'. Changes the episodes: evaluations are comparable only on the same split.",
+        ),
+    ] = "auto",
+    output: Annotated[
+        Path | None,
+        typer.Option(
+            "--output", "-o", help="Evaluation directory.", show_default="RUN/eval (RUN/eval-METHOD for another method)"
+        ),
+    ] = None,
+    backbone: Annotated[
+        str | None,
+        typer.Option("--backbone", help="Architecture for --method scratch without a run.", show_default="conv4"),
+    ] = None,
+    steps: Annotated[
+        int | None,
+        typer.Option("--steps", min=0, help="Fine-tuning steps.", show_default="100 head / 50 all"),
+    ] = None,
+    lr: Annotated[
+        float | None, typer.Option("--lr", help="Fine-tuning Adam learning rate.", show_default="0.01 head / 0.001 all")
+    ] = None,
+    adapt_steps: Annotated[
+        int | None,
+        typer.Option("--adapt-steps", min=0, help="MAML / scratch inner steps.", show_default="the run's, else 5"),
+    ] = None,
+    inner_lr: Annotated[
+        float | None,
+        typer.Option("--inner-lr", help="MAML / scratch inner learning rate.", show_default="the run's, else 0.01"),
+    ] = None,
+    temperature: Annotated[
+        float, typer.Option("--temperature", help="Prototype softmax temperature (calibration only).")
+    ] = 0.1,
+    pairs: Annotated[int, typer.Option("--pairs", min=0, help="Balanced meta-test pairs for Siamese runs.")] = 1000,
+    plots: Annotated[bool, typer.Option("--plots/--no-plots", help="Write the PNG plots.")] = True,
+    device: DeviceOpt = "auto",
+    threads: Annotated[
+        int | None, typer.Option("--threads", min=1, help="CPU threads (default: torch's).", show_default=False)
+    ] = None,
+    overwrite: OverwriteOpt = False,
+    config: ConfigOpt = None,
+    json_output: JsonOpt = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """Few-shot evaluation of a run on the meta-test classes: per-class AUC, AP, F1/precision/recall, 95% CIs.
+
+    The episode list depends only on the cache, meta-split, --ways/--shots/--queries, --episodes and --seed, so
+    every method evaluated with the same options sees the same episodes (cxr compare checks the hash). Writes
+    summary.json, episodes.csv, scores.csv, episodes.json and plots/ to RUN/eval (or -o).
+    """
+    with handle_errors():
+        from cxr_tools.engine.evaluate import EvaluateConfig
+        from cxr_tools.engine.evaluate import evaluate as run_evaluate
+        from cxr_tools.errors import ConfigError
+
+        cfg = make_config(
+            ctx,
+            EvaluateConfig,
+            config,
+            "evaluate",
+            data=data,
+            run=run,
+            output=output,
+            method=method,
+            finetune=finetune,
+            episodes=episodes,
+            ways=ways,
+            shots=shots,
+            queries=queries,
+            seed=seed,
+            threshold=threshold,
+            meta_split=meta_split,
+            backbone=backbone,
+            steps=steps,
+            lr=lr,
+            inner_lr=inner_lr,
+            adapt_steps=adapt_steps,
+            temperature=temperature,
+            pairs=pairs,
+            plots=plots,
+            device=device,
+            threads=threads,
+            overwrite=overwrite,
+        )
+        if cfg.data is None:
+            raise ConfigError("No cache given.", "Pass --data CACHE (a directory written by cxr preprocess).")
+        result = run_evaluate(cfg, progress_for(quiet))
+
+    emit(result, json_output, lambda console: render(console, result))
+
+
+def render(console: Console, result: Any) -> None:
+    """Per-class mean ± 95% CI of every metric, then the overall row, pair metrics and where files went."""
+    title = (
+        f"cxr evaluate: {result.name} — {result.episodes} episodes, {result.ways}-way {result.shots}-shot "
+        f"{result.queries}-query, threshold {result.threshold:g} (list {result.episode_list_hash})"
+    )
+    table = Table(title=title)
+    table.add_column("class")
+    table.add_column("episodes", justify="right")
+    metrics = list(result.overall)
+    for m in metrics:
+        table.add_column(f"{_METRIC_NAMES.get(m, m)} ± 95% CI", justify="right")
+    for cls, values in result.per_class.items():
+        n = values[metrics[0]]["n"] if metrics else 0
+        table.add_row(cls, str(n), *[_cell(values[m]) for m in metrics])
+    table.add_row("overall", str(result.episodes), *[_cell(result.overall[m]) for m in metrics], style="bold")
+    console.print(table)
+    if result.pairs:
+        p = result.pairs
+        console.print(
+            f"pairs: {p['pairs']} balanced meta-test pairs, pair AUC {_num(p['pair_auc'])}, similarity accuracy "
+            f"{_num(p['accuracy'])} ± {_num(p['accuracy_ci95'])} at threshold {p['threshold']:.3f} "
+            f"({p['threshold_source']})"
+        )
+    console.print(f"evaluation: {result.output} ({result.seconds:.1f} s)")
+
+
+def _num(value: Any) -> str:
+    return "n/a" if value is None else f"{value:.3f}"
+
+
+def _cell(est: dict[str, Any]) -> str:
+    if est.get("mean") is None:
+        return "n/a"
+    ci = est.get("ci95")
+    return f"{est['mean']:.3f} ± {ci:.3f}" if ci is not None else f"{est['mean']:.3f}"

@@ -1,0 +1,545 @@
+"""Engine of ``cxr evaluate RUN --data CACHE``: few-shot evaluation on the meta-test classes (SCIENCE.md §2).
+
+What an evaluation does, and why:
+
+* **Same episodes for every method.** The meta-split (``--meta-split``; ``auto`` = the MAML run's split, else
+  the cache's ``meta_split.json``, else MetaChest) and its disjoint image pools (pool seed: the run's, else 0)
+  give the meta-test classes and pool; :meth:`~cxr_tools.data.episodes.EpisodeSampler.fixed_list` draws
+  ``--episodes`` episodes from ``(seed, i)`` alone. The list depends on the cache, split, pool seed,
+  ways/shots/queries and seed — never on the method or the run — and is saved with its hash as
+  ``eval/episodes.json``; ``cxr compare`` refuses evaluations whose hashes differ. Only meta-test classes and
+  meta-test pool images are read.
+* **Per episode**, the method (:mod:`cxr_tools.methods.adapters`) adapts to the support set (its randomness,
+  e.g. a fresh head, from the generator ``(seed, i)``) and scores the queries in eval mode, batch-independently.
+  Per episode class: AUC and AP (threshold-free), F1 / precision / recall at ``--threshold``
+  (:func:`~cxr_tools.eval.metrics.episode_metrics`).
+* **Aggregates**: per class, mean ± 95% CI over the episodes containing it; overall, mean ± 95% CI over
+  episodes of the episode's mean over its classes (the unit ``cxr compare`` pairs on).
+* **Siamese runs** also get the pair AUC and the similarity accuracy (at the run's validation threshold) on a
+  fixed balanced pair set from the meta-test pool (:class:`~cxr_tools.data.pairs.PairSampler`).
+* **Refusals**: a run without a model folder (never finished), a cache whose image size, preprocessing or label
+  space does not fit the model, a run trained on this cache's meta-test classes (leak), too few positives.
+
+Writes ``OUT/episodes.json``, ``episodes.csv`` (episode, class, counts, metrics), ``scores.csv`` (every query
+score), ``plots/*.png`` and, last, ``summary.json`` (its presence marks a complete evaluation; an existing one is
+replaced only with ``overwrite``). ``OUT`` defaults to ``RUN/eval`` for the run's own method and
+``RUN/eval-<method>`` for another.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import logging
+import math
+import shutil
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from cxr_tools import __version__
+from cxr_tools.errors import ConfigError, DataError, ModelError, OutputExistsError
+from cxr_tools.eval.metrics import METRICS
+from cxr_tools.runtime.progress import Progress, null_progress
+
+if TYPE_CHECKING:
+    from cxr_tools.data.cache import CacheReader
+    from cxr_tools.data.episodes import Episode
+    from cxr_tools.data.splits import MetaSplit
+
+log = logging.getLogger(__name__)
+
+SUMMARY = "summary.json"
+EPISODES_JSON = "episodes.json"
+EPISODES_CSV = "episodes.csv"
+SCORES_CSV = "scores.csv"
+PLOTS_DIR = "plots"
+SUMMARY_FORMAT = "cxr-eval"
+SUMMARY_VERSION = 1
+_PAIR_KEY = 104729  # seed key of the Siamese pair set, apart from the episodes' (seed, i)
+
+
+@dataclass(frozen=True)
+class EvaluateConfig:
+    """Options of ``cxr evaluate`` (CLI defaults).
+
+    Attributes:
+        data: the cache to evaluate on.
+        run: a finished run directory (or its ``model/`` folder); None only for ``method=scratch``.
+        output: evaluation directory (default ``RUN/eval`` or ``RUN/eval-<method>``; required without a run).
+        method: ``auto`` (from the run's training kind), ``maml``, ``prototype``, ``finetune`` or ``scratch``.
+        finetune: ``head`` or ``all`` (fine-tune method).
+        episodes, ways, shots, queries, seed: the fixed episode list.
+        threshold: probability threshold of F1 / precision / recall and the confusion matrices.
+        meta_split: ``auto``, ``metachest``, a YAML/JSON file or ``"train=A;val=B;test=C,D"``.
+        pool_seed: seed of the meta-split pools (None = the run's, else 0: what training used).
+        backbone: architecture of ``scratch`` without a run (default conv4).
+        steps, lr: fine-tuning budget (default per mode); inner_lr, adapt_steps: MAML / scratch budget
+            (default the MAML run's, else 0.01 and 5); temperature: prototype softmax temperature.
+        pairs: Siamese pair-set size (0 = none).
+        plots: write the PNG plots.
+        device, threads: where to compute.
+        overwrite: replace a complete evaluation in ``output``.
+    """
+
+    data: Path
+    run: Path | None = None
+    output: Path | None = None
+    method: str = "auto"
+    finetune: str = "head"
+    episodes: int = 600
+    ways: int = 2
+    shots: int = 5
+    queries: int = 15
+    seed: int = 0
+    threshold: float = 0.5
+    meta_split: str = "auto"
+    pool_seed: int | None = None
+    backbone: str | None = None
+    steps: int | None = None
+    lr: float | None = None
+    inner_lr: float | None = None
+    adapt_steps: int | None = None
+    temperature: float = 0.1
+    pairs: int = 1000
+    plots: bool = True
+    device: str = "auto"
+    threads: int | None = None
+    overwrite: bool = False
+
+
+@dataclass(frozen=True)
+class EvaluateResult:
+    """What an evaluation measured. ``per_class[c][metric]`` / ``overall[metric]`` are ``{mean, ci95, n}``."""
+
+    output: Path
+    name: str
+    method: str
+    method_label: str
+    run: Path | None
+    kind: str | None
+    cache: Path
+    episodes: int
+    episode_list_hash: str
+    ways: int
+    shots: int
+    queries: int
+    seed: int
+    threshold: float
+    classes: tuple[str, ...]
+    per_class: dict[str, dict[str, dict[str, Any]]]
+    overall: dict[str, dict[str, Any]]
+    pairs: dict[str, Any] | None
+    seconds: float
+    files: tuple[Path, ...] = field(default_factory=tuple)
+
+
+# --- inputs -----------------------------------------------------------------------------------------------------
+
+
+def load_run(run: Path) -> tuple[Any, dict[str, Any]]:
+    """``(model, meta)`` of a finished run; a clear :class:`ModelError` for a run that never finished."""
+    from cxr_tools.models import load_model_dir
+
+    run = Path(run)
+    if not run.exists():
+        raise ModelError(f"Run {run} does not exist.", "Pass the directory a training command wrote (-o RUN).")
+    if not (run / "model.json").is_file() and not (run / "model" / "model.json").is_file():
+        raise ModelError(
+            f"{run} has no model folder (model/model.json): the run never finished training, or is not a run.",
+            "Rerun its training command to resume it, or pass a finished run directory.",
+        )
+    return load_model_dir(run)
+
+
+def check_data_fits(meta: Mapping[str, Any], cache: CacheReader) -> None:
+    """Refuse a cache whose image size, preprocessing or label space differs from what the model was trained on."""
+    from cxr_tools.models import check_compatible
+
+    check_compatible(meta, image_size=int(cache.image_shape[0]), channels=1)
+    mine = dict((meta.get("input") or {}).get("preprocessing") or {})
+    theirs = dict(cache.manifest.get("preprocessing") or {})
+    if mine and theirs:
+        differ = sorted(k for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k))
+        if differ:
+            detail = "; ".join(f"{k}: model {mine.get(k)!r} vs cache {theirs.get(k)!r}" for k in differ[:5])
+            raise ModelError(
+                f"Cache {cache.path} was preprocessed differently from the model's training data ({detail}).",
+                "Preprocess the data with the model's settings (see its model.json 'input.preprocessing').",
+            )
+    missing = [c for c in meta.get("labels") or [] if c not in cache.labels]
+    if missing:
+        raise ModelError(
+            f"Label space mismatch: the model's class(es) {', '.join(missing)} are not in cache {cache.path}.",
+            f"The cache's labels: {', '.join(cache.labels)}; evaluate on a cache with the model's label space.",
+        )
+
+
+def trained_classes(meta: Mapping[str, Any]) -> set[str]:
+    """Classes a run learned from: its head labels, Siamese pair labels, MAML meta-train / meta-val classes."""
+    extra = dict(meta.get("extra") or {})
+    out = {str(c) for c in meta.get("labels") or []} | {str(c) for c in extra.get("pair_labels") or []}
+    split = extra.get("meta_split")
+    if isinstance(split, Mapping):
+        out |= {str(c) for key in ("train", "val") for c in split.get(key) or []}
+    return out
+
+
+def resolve_split(spec: str, meta: Mapping[str, Any] | None, cache: CacheReader) -> MetaSplit:
+    """``auto``: the MAML run's meta-split, else the cache's saved one, else MetaChest; else parse ``spec``."""
+    from cxr_tools.data.splits import parse_meta_split
+    from cxr_tools.engine.meta_train import resolve_meta_split
+
+    run_split = ((meta or {}).get("extra") or {}).get("meta_split")
+    if (spec or "auto").strip().lower() == "auto" and isinstance(run_split, Mapping):
+        return parse_meta_split(dict(run_split), cache.labels)
+    return resolve_meta_split(spec, cache.path, cache.labels)
+
+
+def default_output(run: Path | None, method_label: str, kind: str | None) -> Path:
+    """``RUN/eval`` for the run's own method, ``RUN/eval-<method>`` for another (a run dir, not ``RUN/model``)."""
+    from cxr_tools.methods.adapters import AUTO_METHOD
+
+    if run is None:
+        raise ConfigError("Evaluating without a run (--method scratch) needs an output: -o OUT.")
+    base = Path(run).parent if (Path(run) / "model.json").is_file() else Path(run)
+    own = {"finetune": "finetune-head"}.get(AUTO_METHOD.get(kind or "", ""), AUTO_METHOD.get(kind or "", ""))
+    return base / ("eval" if method_label == own else f"eval-{method_label}")
+
+
+def prepare_eval_dir(path: Path, overwrite: bool) -> Path:
+    """Write-once: a complete evaluation (``summary.json``) needs ``overwrite``; an interrupted one is restarted."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise OutputExistsError(f"{path} exists and is not a directory.", "Choose another -o.")
+    if path.is_dir() and any(path.iterdir()):
+        complete = (path / SUMMARY).is_file()
+        ours = complete or (path / EPISODES_JSON).is_file()
+        if complete and not overwrite:
+            raise OutputExistsError(
+                f"{path} already holds an evaluation ({SUMMARY}).",
+                "Pass --overwrite to replace it, or write to another directory with -o.",
+            )
+        if not ours and not overwrite:
+            raise OutputExistsError(
+                f"{path} is not empty and holds no evaluation.", "Choose another -o, or pass --overwrite to replace it."
+            )
+        if not complete:
+            log.info("Restarting the interrupted evaluation in %s.", path)
+        shutil.rmtree(path)
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+# --- the engine ------------------------------------------------------------------------------------------------
+
+
+def evaluate(config: EvaluateConfig, progress: Progress | None = None) -> EvaluateResult:
+    """Evaluate one method on the fixed meta-test episodes; see the module docstring."""
+    import torch
+
+    from cxr_tools.data.cache import open_cache
+    from cxr_tools.data.episodes import EpisodeSampler, EpisodeSpec, episode_list_hash, save_episode_list
+    from cxr_tools.data.splits import meta_split_pools
+    from cxr_tools.methods.adapters import AdaptConfig, build_adapter, describe, resolve_method
+    from cxr_tools.runtime.devices import describe_device, resolve_device, set_threads
+
+    progress = null_progress(progress)
+    began = time.perf_counter()
+    _check_config(config)
+    adapt_cfg = AdaptConfig(
+        method=config.method,
+        finetune=config.finetune,
+        steps=config.steps,
+        lr=config.lr,
+        inner_lr=config.inner_lr,
+        adapt_steps=config.adapt_steps,
+        temperature=config.temperature,
+    )
+    spec = EpisodeSpec(config.ways, config.shots, config.queries)
+    cache = open_cache(config.data)
+    model, meta = (None, None) if config.run is None else load_run(Path(config.run))
+    kind = str(meta.get("training")) if meta is not None else None
+    method = resolve_method(config.method, kind)
+    if method != "scratch" and meta is None:
+        raise ConfigError(f"--method {method} needs a run to evaluate.", "Pass RUN, or use --method scratch.")
+    label = f"finetune-{config.finetune}" if method == "finetune" else method
+    if meta is not None:
+        check_data_fits(meta, cache)
+        if config.backbone and method == "scratch" and config.backbone != meta.get("architecture"):
+            raise ConfigError(
+                f"--backbone {config.backbone} differs from the run's architecture {meta.get('architecture')}.",
+                "Drop --backbone (scratch follows the run) or drop RUN.",
+            )
+    backbone = config.backbone or (str(meta["architecture"]) if meta is not None else "conv4")
+    normalisation = _normalisation(meta, backbone, cache)
+
+    split = resolve_split(config.meta_split, meta, cache)
+    _check_no_leak(meta, cache, split)
+    pool_seed = config.pool_seed
+    if pool_seed is None:
+        pool_seed = int(((meta or {}).get("extra") or {}).get("pool_seed") or 0)
+    pool = meta_split_pools(cache.index, cache.labels, split, seed=pool_seed)["test"]
+    raw = cache.raw_labels()
+    try:
+        sampler = EpisodeSampler(raw, cache.labels, split.test, pool, spec)
+    except DataError as exc:
+        raise DataError(f"Meta-test classes/pool: {exc.message}", exc.hint) from None
+    episodes = sampler.fixed_list(config.episodes, config.seed)
+    _check_rows(episodes, pool, split.test)
+    ep_hash = episode_list_hash(episodes)
+
+    set_threads(config.threads)
+    device = resolve_device(config.device)
+    adapter = build_adapter(model, meta, config.ways, adapt_cfg, backbone=backbone, device=device)
+    out = prepare_eval_dir(Path(config.output) if config.output else default_output(config.run, label, kind),
+                           config.overwrite)  # fmt: skip
+    save_episode_list(
+        out / EPISODES_JSON,
+        episodes,
+        {
+            "cache_manifest_hash": cache.manifest_hash,
+            "meta_split": split.to_dict(),
+            "pool_seed": pool_seed,
+            "ways": config.ways,
+            "shots": config.shots,
+            "queries": config.queries,
+            "seed": config.seed,
+        },
+    )
+    records, scores = _run_episodes(adapter, cache, episodes, normalisation, device, config, progress)
+    pairs = None
+    if kind == "siamese" and config.pairs > 0 and model is not None and meta is not None:
+        pairs = _pair_metrics(model, meta, cache, split, pool, normalisation, device, config, progress)
+
+    import pandas as pd
+
+    from cxr_tools.eval.report import aggregate, write_table
+
+    table = pd.DataFrame.from_records(records)
+    score_table = pd.DataFrame.from_records(scores)
+    per_class, overall = aggregate(table, list(split.test))
+    files = [write_table(out / EPISODES_CSV, table), write_table(out / SCORES_CSV, score_table)]
+    if config.plots:
+        from cxr_tools.eval.report import evaluation_plots
+
+        files += evaluation_plots(out / PLOTS_DIR, score_table, per_class, overall, config.threshold, title=label)
+    seconds = time.perf_counter() - began
+    run_path = Path(config.run) if config.run is not None else None
+    name = f"{_run_name(run_path)}:{label}" if run_path is not None else f"{label}:{backbone}"
+    summary = {
+        "format": SUMMARY_FORMAT,
+        "version": SUMMARY_VERSION,
+        "name": name,
+        "method": method,
+        "method_label": label,
+        "settings": {**describe(adapter), **({"finetune": config.finetune} if method == "finetune" else {})},
+        "run": str(run_path) if run_path is not None else None,
+        "kind": kind,
+        "architecture": backbone,
+        "cache": str(config.data),
+        "cache_manifest_hash": cache.manifest_hash,
+        "model_cache_manifest_hash": (meta or {}).get("cache_manifest_hash"),
+        "meta_split": split.to_dict(),
+        "pool_seed": pool_seed,
+        "pool_images": len(pool),
+        "episode_list_hash": ep_hash,
+        "episodes": len(episodes),
+        "ways": config.ways,
+        "shots": config.shots,
+        "queries": config.queries,
+        "seed": config.seed,
+        "threshold": config.threshold,
+        "classes": list(split.test),
+        "metrics": list(METRICS),
+        "per_class": per_class,
+        "overall": overall,
+        "pairs": pairs,
+        "seconds": round(seconds, 3),
+        "device": describe_device(device),
+        "tool_version": __version__,
+        "torch_version": torch.__version__.split("+")[0],
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+    from cxr_tools.runtime.fs import atomic_write_json
+
+    files.append(atomic_write_json(out / SUMMARY, _json_safe(summary)))
+    return EvaluateResult(
+        output=out,
+        name=name,
+        method=method,
+        method_label=label,
+        run=run_path,
+        kind=kind,
+        cache=Path(config.data),
+        episodes=len(episodes),
+        episode_list_hash=ep_hash,
+        ways=config.ways,
+        shots=config.shots,
+        queries=config.queries,
+        seed=config.seed,
+        threshold=config.threshold,
+        classes=tuple(split.test),
+        per_class=_json_safe(per_class),
+        overall=_json_safe(overall),
+        pairs=pairs,
+        seconds=seconds,
+        files=tuple([out / EPISODES_JSON, *files]),
+    )
+
+
+def _check_config(config: EvaluateConfig) -> None:
+    if config.episodes < 1:
+        raise ConfigError(f"--episodes must be at least 1 (got {config.episodes}).")
+    if not (0.0 <= config.threshold <= 1.0):
+        raise ConfigError(f"--threshold must be a probability in [0, 1] (got {config.threshold}).")
+    if config.pairs < 0:
+        raise ConfigError(f"--pairs must be >= 0 (got {config.pairs}).")
+
+
+def _run_name(run: Path) -> str:
+    return run.parent.name if run.name == "model" else run.name
+
+
+def _normalisation(meta: Mapping[str, Any] | None, backbone: str, cache: CacheReader) -> str:
+    from cxr_tools.models.registry import model_card
+
+    if meta is not None:
+        return str((meta.get("input") or {}).get("normalisation") or "unit")
+    card = model_card(backbone)
+    if min(cache.image_shape) < card.min_image_size:
+        raise ModelError(
+            f"{backbone} needs images of at least {card.min_image_size} px; cache {cache.path} has "
+            f"{min(cache.image_shape)} px.",
+            "Use a larger --size in cxr preprocess, or another --backbone.",
+        )
+    return card.normalisation
+
+
+def _check_no_leak(meta: Mapping[str, Any] | None, cache: CacheReader, split: MetaSplit) -> None:
+    """Refuse to evaluate a run on meta-test classes it was trained on, on the data it was trained on."""
+    if meta is None or meta.get("cache_manifest_hash") != cache.manifest_hash:
+        return
+    leaked = sorted(trained_classes(meta) & set(split.test))
+    if leaked:
+        raise DataError(
+            f"The run was trained on meta-test class(es) {', '.join(leaked)} of this cache, so its few-shot scores "
+            "on them would be leaked.",
+            "Train on the meta-train classes only (--classes base), or evaluate with a --meta-split whose test "
+            "classes the run never saw.",
+        )
+
+
+def _check_rows(episodes: Sequence[Episode], pool: np.ndarray, classes: Sequence[str]) -> None:
+    """Every image an episode reads lies in the meta-test pool, every class is a meta-test class."""
+    for ep in episodes:
+        rows = np.concatenate([ep.support_rows, ep.query_rows])
+        if not np.isin(rows, pool).all() or not set(ep.classes) <= set(classes):
+            raise DataError("An episode left the meta-test classes or pool.", "Report this as a bug.")
+
+
+def _run_episodes(
+    adapter: Any,
+    cache: CacheReader,
+    episodes: Sequence[Episode],
+    normalisation: str,
+    device: Any,
+    config: EvaluateConfig,
+    progress: Progress,
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    from cxr_tools.engine.meta_train import episode_tensors
+    from cxr_tools.eval.metrics import episode_metrics
+    from cxr_tools.runtime.seeding import make_generator
+
+    records: list[dict[str, Any]] = []
+    scores: list[dict[str, Any]] = []
+    aucs: list[float] = []
+    with progress.task("evaluate", total=len(episodes)) as task:
+        for i, ep in enumerate(episodes):
+            sx, sy, qx, _ = episode_tensors(cache, ep, normalisation, device)
+            scorer = adapter.fit(sx, sy, generator=make_generator(config.seed, i))
+            probs = scorer.predict(qx).numpy().astype(np.float64)
+            per_class = episode_metrics(ep.query_targets, probs, ep.classes, config.threshold)
+            for j, cls in enumerate(ep.classes):
+                y = ep.query_targets[:, j]
+                records.append(
+                    {"episode": i, "class": cls, "positives": int(y.sum()), "negatives": int(len(y) - y.sum()),
+                     **per_class[cls]}
+                )  # fmt: skip
+                scores += [
+                    {"episode": i, "class": cls, "row": int(r), "target": int(t), "score": float(s)}
+                    for r, t, s in zip(ep.query_rows, y, probs[:, j], strict=True)
+                ]
+            aucs.append(float(np.nanmean([m["auc"] for m in per_class.values()])))
+            task.advance()
+            if (i + 1) % 10 == 0 or i + 1 == len(episodes):
+                task.set_postfix(f"auc={np.nanmean(aucs):.3f}")
+    return records, scores
+
+
+def _pair_metrics(
+    model: Any,
+    meta: Mapping[str, Any],
+    cache: CacheReader,
+    split: MetaSplit,
+    pool: np.ndarray,
+    normalisation: str,
+    device: Any,
+    config: EvaluateConfig,
+    progress: Progress,
+) -> dict[str, Any]:
+    """Pair AUC and similarity accuracy of a Siamese run on a fixed balanced pair set from the meta-test pool."""
+    import torch
+    import torch.nn.functional as F
+
+    from cxr_tools.data.pairs import PairSampler
+    from cxr_tools.eval.metrics import class_metrics, mean_ci
+    from cxr_tools.methods.adapters import to_model_input
+    from cxr_tools.models.siamese import similarity
+    from cxr_tools.runtime.seeding import numpy_generator
+
+    extra = dict(meta.get("extra") or {})
+    rule = str(extra.get("pair_rule") or "same-set")
+    sampler = PairSampler(cache.index, list(split.test), rows=pool, rule=rule)
+    pairs = sampler.sample(config.pairs, numpy_generator(config.seed, _PAIR_KEY))
+    rows = pairs.rows()
+    model.eval()
+    chunks = []
+    with progress.task("pairs", total=len(rows)) as task, torch.no_grad():
+        for start in range(0, len(rows), 256):
+            x = to_model_input(cache.read(rows[start : start + 256]), normalisation, device)
+            chunks.append(F.normalize(model(x).float(), dim=1).cpu())
+            task.advance(min(256, len(rows) - start))
+    emb = torch.cat(chunks)
+    where = np.searchsorted(rows, pairs.left), np.searchsorted(rows, pairs.right)
+    distance = str(extra.get("distance") or "cosine")
+    sims = similarity(emb[where[0]], emb[where[1]], distance).numpy().astype(np.float64)
+    run_threshold = extra.get("threshold")
+    threshold = float(run_threshold) if run_threshold is not None else 0.5
+    correct = ((sims >= threshold) == (pairs.target > 0.5)).astype(np.float64)
+    acc = mean_ci(correct)
+    return {
+        "pairs": len(pairs),
+        "positives": int(pairs.target.sum()),
+        "pair_rule": rule,
+        "pairs_hash": pairs.digest(),
+        "pair_auc": class_metrics(pairs.target, sims)["auc"],
+        "accuracy": acc.mean,
+        "accuracy_ci95": acc.ci95,
+        "threshold": threshold,
+        "threshold_source": "run (best validation accuracy)" if run_threshold is not None else "default 0.5",
+    }
+
+
+def _json_safe(obj: Any) -> Any:
+    """NaN / inf as None (JSON has no NaN), recursively."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, Mapping):
+        return {k: _json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_json_safe(v) for v in obj]
+    return obj

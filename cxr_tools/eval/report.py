@@ -1,0 +1,126 @@
+"""From per-episode metric tables to the numbers and figures of ``cxr evaluate`` / ``cxr compare``.
+
+One definition of every aggregate, shared by both commands so a comparison recomputed from ``episodes.csv``
+equals the evaluation's ``summary.json``:
+
+* per class: mean ± 95% CI over the episodes that contain the class;
+* overall: mean ± 95% CI over episodes of the *episode mean* (the mean of the metric over the episode's
+  classes, NaN-ignoring) — the unit on which two methods evaluated on the same episodes are paired.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from cxr_tools.eval.metrics import METRICS, Estimate, mean_ci
+from cxr_tools.runtime.fs import atomic_path
+
+EPISODE_COLUMNS: tuple[str, ...] = ("episode", "class", "positives", "negatives", *METRICS)
+
+
+def estimate_dict(est: Estimate) -> dict[str, Any]:
+    """``{mean, ci95, n}`` of an :class:`Estimate`."""
+    return {"mean": est.mean, "ci95": est.ci95, "n": est.n}
+
+
+def episode_means(table: Any, metric: str) -> Any:
+    """Per episode, the mean of ``metric`` over its classes (a Series indexed by episode, sorted)."""
+    values = table[["episode", metric]].astype({metric: float})
+    return values.groupby("episode", sort=True)[metric].mean()  # pandas' mean skips NaN
+
+
+def aggregate(
+    table: Any, classes: Sequence[str], metrics: Sequence[str] = METRICS
+) -> tuple[dict[str, dict[str, dict[str, Any]]], dict[str, dict[str, Any]]]:
+    """``(per_class, overall)`` from an ``episodes.csv`` table (module docstring); classes never drawn are left out."""
+    per_class: dict[str, dict[str, dict[str, Any]]] = {}
+    for cls in classes:
+        rows = table[table["class"] == cls]
+        if len(rows):
+            per_class[cls] = {m: estimate_dict(mean_ci(rows[m].to_numpy(dtype=float))) for m in metrics}
+    overall = {m: estimate_dict(mean_ci(episode_means(table, m).to_numpy())) for m in metrics}
+    return per_class, overall
+
+
+def write_table(path: str | Path, table: Any) -> Path:
+    """Write a DataFrame as CSV atomically (no index column)."""
+    path = Path(path)
+    with atomic_path(path, suffix=".csv") as tmp:
+        table.to_csv(tmp, index=False)
+    return path
+
+
+def pooled_curves(scores: Any) -> dict[str, Any]:
+    """Per class, the ROC curve ``(fpr, tpr, auc)`` of all its query scores pooled over episodes."""
+    from sklearn.metrics import roc_auc_score, roc_curve
+
+    out: dict[str, Any] = {}
+    for cls, rows in scores.groupby("class", sort=False):
+        y = rows["target"].to_numpy(dtype=int)
+        s = rows["score"].to_numpy(dtype=float)
+        if 0 < y.sum() < len(y):
+            fpr, tpr, _ = roc_curve(y, s)
+            out[str(cls)] = (fpr, tpr, float(roc_auc_score(y, s)))
+    return out
+
+
+def pooled_confusion(scores: Any, threshold: float) -> dict[str, np.ndarray]:
+    """Per class, the 2×2 confusion matrix ``[[TN, FP], [FN, TP]]`` of pooled queries at ``threshold``."""
+    out: dict[str, np.ndarray] = {}
+    for cls, rows in scores.groupby("class", sort=False):
+        y = rows["target"].to_numpy(dtype=int) == 1
+        p = rows["score"].to_numpy(dtype=float) >= threshold
+        out[str(cls)] = np.array([[(~y & ~p).sum(), (~y & p).sum()], [(y & ~p).sum(), (y & p).sum()]], dtype=np.int64)
+    return out
+
+
+def evaluation_plots(
+    plot_dir: str | Path,
+    scores: Any,
+    per_class: Mapping[str, Mapping[str, Mapping[str, Any]]],
+    overall: Mapping[str, Mapping[str, Any]],
+    threshold: float,
+    *,
+    title: str = "",
+) -> list[Path]:
+    """The figures of one evaluation: ROC per class, per-class AUC bars, confusion matrices, overall metrics."""
+    from cxr_tools.eval.plots import plot_confusion_matrices, plot_metric_bars, plot_roc_curves
+
+    plot_dir = Path(plot_dir)
+    prefix = f"{title}: " if title else ""
+    classes = list(per_class)
+    files = [
+        plot_roc_curves(plot_dir / "roc.png", pooled_curves(scores), title=f"{prefix}ROC per class (pooled queries)"),
+        plot_metric_bars(
+            plot_dir / "auc_per_class.png",
+            classes,
+            [_num(per_class[c]["auc"]["mean"]) for c in classes],
+            [_num(per_class[c]["auc"]["ci95"]) for c in classes],
+            metric="AUC",
+            title=f"{prefix}AUC per class over episodes",
+        ),
+        plot_confusion_matrices(
+            plot_dir / "confusion.png",
+            pooled_confusion(scores, threshold),
+            threshold=threshold,
+            title=f"{prefix}confusion matrices at threshold {threshold:g} (queries pooled)",
+        ),
+        plot_metric_bars(
+            plot_dir / "overall.png",
+            [m.upper() if m in ("auc", "ap") else m for m in overall],
+            [_num(overall[m]["mean"]) for m in overall],
+            [_num(overall[m]["ci95"]) for m in overall],
+            metric="value",
+            chance=None,
+            title=f"{prefix}overall metrics (mean over episodes ± 95% CI)",
+        ),
+    ]
+    return files
+
+
+def _num(value: Any) -> float:
+    return float("nan") if value is None else float(value)

@@ -1,0 +1,179 @@
+"""cxr evaluate end to end on a real tiny cache: every method, same episodes, files, consistency, refusals."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+import torch
+from evaluate_factory import SPLIT, make_eval_cache, make_run
+
+from cxr_tools.data.cache import open_cache
+from cxr_tools.data.splits import meta_split_pools
+from cxr_tools.engine.compare import CompareConfig, compare
+from cxr_tools.engine.evaluate import EvaluateConfig, evaluate
+from cxr_tools.errors import DataError, ModelError, OutputExistsError
+from cxr_tools.eval.metrics import mean_ci
+from cxr_tools.runtime.progress import RecordingProgress
+
+torch.set_num_threads(1)
+EPISODES = 6
+COMMON = {"episodes": EPISODES, "shots": 2, "queries": 3, "device": "cpu", "steps": 15, "pairs": 60}
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("evaluate")
+    cache = make_eval_cache(tmp)
+    runs = {kind: make_run(tmp, cache, kind) for kind in ("maml", "siamese", "supervised")}
+    results = {kind: evaluate(EvaluateConfig(data=cache, run=run, **COMMON)) for kind, run in runs.items()}
+    progress = RecordingProgress()
+    results["scratch"] = evaluate(
+        EvaluateConfig(data=cache, method="scratch", output=tmp / "scratch", backbone="conv4-tiny", **COMMON),
+        progress,
+    )
+    return tmp, cache, runs, results, progress
+
+
+def test_every_method_writes_its_evaluation(setup):
+    _tmp, cache, runs, results, progress = setup
+    assert {r.method_label for r in results.values()} == {"maml", "prototype", "finetune-head", "scratch"}
+    for kind, result in results.items():
+        out = result.output
+        if kind != "scratch":
+            assert out == runs[kind] / "eval"
+        for name in ("summary.json", "episodes.csv", "scores.csv", "episodes.json"):
+            assert (out / name).is_file(), (kind, name)
+        for plot in ("roc.png", "auc_per_class.png", "confusion.png", "overall.png"):
+            assert (out / "plots" / plot).stat().st_size > 2000, (kind, plot)
+        summary = json.loads((out / "summary.json").read_text())
+        assert summary["episodes"] == EPISODES and summary["ways"] == 2 and summary["threshold"] == 0.5
+        assert summary["cache_manifest_hash"] == open_cache(cache).manifest_hash
+        assert set(summary["overall"]) == {"auc", "ap", "f1", "precision", "recall"}
+        assert summary["seconds"] > 0
+    assert progress.done("evaluate") == EPISODES
+
+
+def test_same_episode_list_for_every_method(setup):
+    _, _, _, results, _ = setup
+    hashes = {r.episode_list_hash for r in results.values()}
+    assert len(hashes) == 1
+    lists = {(r.output / "episodes.json").read_text() for r in results.values()}
+    assert len(lists) == 1
+
+
+def test_evaluation_reads_only_meta_test_classes_and_images(setup):
+    _, cache, _, results, _ = setup
+    reader = open_cache(cache)
+    pool = set(meta_split_pools(reader.index, reader.labels, SPLIT, seed=0)["test"].tolist())
+    episodes = json.loads((results["maml"].output / "episodes.json").read_text())["episodes"]
+    for ep in episodes:
+        assert set(ep["classes"]) <= set(SPLIT.test)
+        assert set(ep["support_rows"]) | set(ep["query_rows"]) <= pool
+        assert not set(ep["support_rows"]) & set(ep["query_rows"])
+    scores = pd.read_csv(results["supervised"].output / "scores.csv", dtype={"class": str})
+    assert set(scores["row"]) <= pool and set(scores["class"]) <= set(SPLIT.test)
+    # and the Siamese pair set too
+    assert results["siamese"].pairs["pairs"] == 60 and results["siamese"].pairs["positives"] == 30
+
+
+def test_summary_numbers_match_episodes_csv(setup):
+    _, _, _, results, _ = setup
+    for result in results.values():
+        table = pd.read_csv(result.output / "episodes.csv", dtype={"class": str})
+        summary = json.loads((result.output / "summary.json").read_text())
+        assert len(table) == EPISODES * 2 and table["episode"].nunique() == EPISODES
+        for cls, rows in table.groupby("class"):
+            est = mean_ci(rows["auc"].to_numpy())
+            assert summary["per_class"][cls]["auc"]["mean"] == pytest.approx(est.mean)
+            assert summary["per_class"][cls]["auc"]["n"] == est.n
+        episode_auc = table.groupby("episode")["auc"].mean().to_numpy()
+        est = mean_ci(episode_auc)
+        assert summary["overall"]["auc"]["mean"] == pytest.approx(est.mean)
+        assert summary["overall"]["auc"]["ci95"] == pytest.approx(est.ci95)
+        # F1 at the threshold recomputed from the stored query scores
+        scores = pd.read_csv(result.output / "scores.csv", dtype={"class": str})
+        first = scores[(scores["episode"] == 0) & (scores["class"] == table.iloc[0]["class"])]
+        pred = first["score"] >= 0.5
+        tp = int((pred & (first["target"] == 1)).sum())
+        recall = tp / int((first["target"] == 1).sum())
+        assert table.iloc[0]["recall"] == pytest.approx(recall)
+
+
+def test_siamese_pairs_and_compare_ranks_the_four_methods(setup, tmp_path):
+    _tmp, _, runs, results, _ = setup
+    pairs = results["siamese"].pairs
+    assert 0.0 <= pairs["pair_auc"] <= 1.0 and pairs["threshold"] == 0.6
+    inputs = (runs["maml"], runs["siamese"], runs["supervised"] / "eval", results["scratch"].output)
+    result = compare(CompareConfig(inputs=inputs, output=tmp_path / "cmp"))
+    means = [row.mean for row in result.rows]
+    assert means == sorted(means, reverse=True)
+    by_label = {r.method_label: r for r in results.values()}
+    for row in result.rows:
+        assert row.mean == pytest.approx(by_label[row.name].overall["auc"]["mean"])
+    assert result.rows[0].diff is None and all(r.diff <= 0 for r in result.rows[1:])
+    assert result.verdict.startswith(result.rows[0].name)
+    for name in ("comparison.csv", "comparison.md", "comparison.png", "comparison.json"):
+        assert (tmp_path / "cmp" / name).stat().st_size > 0
+
+
+def test_write_once_and_restart_of_an_interrupted_evaluation(setup):
+    _, cache, runs, results, _ = setup
+    with pytest.raises(OutputExistsError, match="--overwrite"):
+        evaluate(EvaluateConfig(data=cache, run=runs["maml"], **COMMON))
+    again = evaluate(EvaluateConfig(data=cache, run=runs["maml"], overwrite=True, plots=False, **COMMON))
+    assert again.overall == results["maml"].overall  # deterministic
+    (again.output / "summary.json").unlink()  # an interrupted evaluation is restarted without --overwrite
+    third = evaluate(EvaluateConfig(data=cache, run=runs["maml"], plots=False, **COMMON))
+    assert third.episode_list_hash == again.episode_list_hash
+
+
+def test_other_methods_on_one_run_go_to_their_own_folder(setup):
+    _, cache, runs, _, _ = setup
+    result = evaluate(EvaluateConfig(data=cache, run=runs["supervised"], method="prototype", plots=False, **COMMON))
+    assert result.output == runs["supervised"] / "eval-prototype"
+    assert result.name == "supervised:prototype"
+
+
+def test_refusals(setup, tmp_path):
+    _tmp, cache, runs, _, _ = setup
+    (tmp_path / "unfinished" / "checkpoints").mkdir(parents=True)
+    with pytest.raises(ModelError, match="never finished training"):
+        evaluate(EvaluateConfig(data=cache, run=tmp_path / "unfinished"))
+    small = make_eval_cache(tmp_path, name="cache48", size=48)
+    with pytest.raises(ModelError, match="32 px"):
+        evaluate(EvaluateConfig(data=small, run=runs["maml"], output=tmp_path / "x"))
+    other_prep = make_run(tmp_path, cache, "supervised", name="prep", preprocessing={"size": 32, "clahe": True})
+    with pytest.raises(ModelError, match="clahe"):
+        evaluate(EvaluateConfig(data=cache, run=other_prep))
+    labels = make_run(tmp_path, cache, "supervised", name="labels", labels=("A", "Zzz"))
+    with pytest.raises(ModelError, match="Zzz"):
+        evaluate(EvaluateConfig(data=cache, run=labels))
+    leak = make_run(tmp_path, cache, "supervised", name="leak", labels=("A", "D"))
+    with pytest.raises(DataError, match="meta-test class"):
+        evaluate(EvaluateConfig(data=cache, run=leak))
+    with pytest.raises(DataError, match=r"Too few positive.*[DEF]: \d+"):
+        evaluate(EvaluateConfig(data=cache, run=runs["maml"], shots=40, output=tmp_path / "y"))
+    with pytest.raises(ModelError, match="--ways 2"):
+        evaluate(EvaluateConfig(data=cache, run=runs["maml"], ways=3, output=tmp_path / "z"))
+    assert not (tmp_path / "y").exists() and not (tmp_path / "z").exists()
+
+
+def test_compare_refuses_different_episode_lists(setup, tmp_path):
+    _, cache, runs, results, _ = setup
+    other = evaluate(
+        EvaluateConfig(
+            data=cache, method="scratch", backbone="conv4-tiny", output=tmp_path / "seed1", seed=1, plots=False,
+            **{**COMMON, "episodes": 2},
+        )
+    )  # fmt: skip
+    assert other.episode_list_hash != results["maml"].episode_list_hash
+    with pytest.raises(DataError, match=rf"different episode lists.*{other.episode_list_hash}"):
+        compare(CompareConfig(inputs=(runs["maml"], tmp_path / "seed1")))
+    with pytest.raises(DataError, match="threshold"):
+        t = evaluate(
+            EvaluateConfig(data=cache, method="scratch", backbone="conv4-tiny", output=tmp_path / "t9", threshold=0.9,
+                           plots=False, **COMMON)
+        )  # fmt: skip
+        compare(CompareConfig(inputs=(runs["maml"], t.output), metric="f1"))
