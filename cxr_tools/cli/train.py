@@ -196,7 +196,8 @@ def train(
         )
         result = train_engine(cfg, progress_for(quiet))
 
-    emit(result, json_output, lambda console: _render(console, result))
+    if result.rank == 0:  # under torchrun every rank returns; one report
+        emit(result, json_output, lambda console: _render(console, result))
 
 
 def fmt(value: float | None, digits: int = 3) -> str:

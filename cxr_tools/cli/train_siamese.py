@@ -168,7 +168,8 @@ def train_siamese(
         )
         result = engine(cfg, progress_for(quiet))
 
-    emit(result, json_output, lambda console: _render(console, result))
+    if result.rank == 0:  # under torchrun every rank returns; one report
+        emit(result, json_output, lambda console: _render(console, result))
 
 
 def _render(console: Console, result: Any) -> None:

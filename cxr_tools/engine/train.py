@@ -117,7 +117,8 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class TrainRunResult:
-    """What ``cxr train`` did. ``val_auc`` holds the per-class AUCs of the best epoch (NaN: undefined)."""
+    """What ``cxr train`` did. ``val_auc`` holds the per-class AUCs of the best epoch (None: undefined, the
+    val split has one class only). Under torchrun every rank returns one; ``rank`` says which (0 prints)."""
 
     run_dir: Path
     model_dir: Path | None
@@ -129,7 +130,7 @@ class TrainRunResult:
     monitor: str
     best_metric: float | None
     best_epoch: int | None
-    val_auc: dict[str, float]
+    val_auc: dict[str, float | None]
     resumed: bool
     stopped_early: bool
     seconds: float
@@ -138,6 +139,7 @@ class TrainRunResult:
     world_size: int
     train_images: int
     val_images: int
+    rank: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -269,7 +271,7 @@ def train(config: TrainConfig, progress: Progress | None = None) -> TrainRunResu
             monitor=monitor,
             best_metric=fit.best_metric,
             best_epoch=fit.best_epoch,
-            val_auc={lab: float(best.get(f"val_auc/{lab}", math.nan)) for lab in labels},
+            val_auc={lab: finite_or_none(best.get(f"val_auc/{lab}")) for lab in labels},
             resumed=fit.resumed,
             stopped_early=fit.stopped_early,
             seconds=fit.seconds,
@@ -278,6 +280,7 @@ def train(config: TrainConfig, progress: Progress | None = None) -> TrainRunResu
             world_size=ctx.dist.world_size,
             train_images=n_train,
             val_images=len(val_rows),
+            rank=ctx.dist.rank,
         )
     finally:
         ctx.close()
@@ -293,6 +296,15 @@ def _check_config(config: TrainConfig) -> None:
     if config.balance not in BALANCE_MODES:
         raise ConfigError(f"Unknown --balance '{config.balance}'.", f"Use one of: {', '.join(BALANCE_MODES)}.")
     check_common(config)
+    check_model_name(config.model)
+
+
+def check_model_name(name: str) -> None:
+    """Refuse an unknown zoo model before any work (suggesting close names)."""
+    from cxr_tools.models.registry import is_model, suggestion
+
+    if not is_model(name):
+        raise ModelError(f"Unknown model '{name}'.", suggestion(name))
 
 
 def check_common(config: Any) -> None:
@@ -521,6 +533,13 @@ def run_fit(loop: Any, batch_size: int, cache: CacheReader, session_steps: dict[
         result.seconds,
         rate,
     )
+
+
+def finite_or_none(value: Any) -> float | None:
+    """``value`` as a float, or None when missing or NaN (valid JSON in ``--json`` output)."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return None
+    return float(value)
 
 
 def load_best(run: RunDir, model: Any) -> None:

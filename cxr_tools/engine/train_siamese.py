@@ -31,7 +31,9 @@ from cxr_tools.engine.train import (
     best_record,
     build_model,
     check_common,
+    check_model_name,
     default_augment,
+    finite_or_none,
     load_best,
     make_batch_loader,
     make_optimisation,
@@ -139,6 +141,7 @@ class SiameseResult:
     device: str
     world_size: int
     train_images: int
+    rank: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -267,9 +270,9 @@ def train_siamese(config: SiameseConfig, progress: Progress | None = None) -> Si
             epochs=fit.epochs,
             steps=fit.steps,
             best_epoch=fit.best_epoch,
-            val_pair_auc=_maybe(best.get("val_pair_auc")),
-            val_accuracy=_maybe(best.get("val_accuracy")),
-            val_threshold=_maybe(best.get("val_threshold")),
+            val_pair_auc=finite_or_none(best.get("val_pair_auc")),
+            val_accuracy=finite_or_none(best.get("val_accuracy")),
+            val_threshold=finite_or_none(best.get("val_threshold")),
             val_pairs=len(val_set) if val_set is not None else 0,
             val_pairs_hash=val_set.digest() if val_set is not None else "",
             resumed=fit.resumed,
@@ -279,13 +282,10 @@ def train_siamese(config: SiameseConfig, progress: Progress | None = None) -> Si
             device=ctx.device_name,
             world_size=ctx.dist.world_size,
             train_images=train_pairs.num_images,
+            rank=ctx.dist.rank,
         )
     finally:
         ctx.close()
-
-
-def _maybe(value: Any) -> float | None:
-    return None if value is None else float(value)
 
 
 def _check_config(config: SiameseConfig) -> None:
@@ -302,6 +302,7 @@ def _check_config(config: SiameseConfig) -> None:
     if config.pairs_per_epoch is not None and config.pairs_per_epoch < 1:
         raise ConfigError(f"--pairs-per-epoch must be at least 1 (got {config.pairs_per_epoch}).")
     check_common(config)
+    check_model_name(config.backbone)
 
 
 def _validation_pairs(cache: Any, labels: list[str], rows: np.ndarray, config: SiameseConfig, views: Any) -> Any:
