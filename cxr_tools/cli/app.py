@@ -21,7 +21,9 @@ from cxr_tools.cli import (
     evaluate,
     meta_train,
     models,
+    predict,
     preprocess,
+    similarity,
     stats,
     train,
     train_siamese,
@@ -82,6 +84,8 @@ app.command("evaluate")(evaluate.evaluate)
 app.command("compare")(compare.compare)
 app.command("train")(train.train)
 app.command("train-siamese")(train_siamese.train_siamese)
+app.command("predict")(predict.predict)
+app.command("similarity")(similarity.similarity)
 
 
 def main() -> None:

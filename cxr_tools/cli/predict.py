@@ -1,0 +1,140 @@
+"""``cxr predict INPUT -o out.csv --model RUN``: per-image class probabilities as a CSV."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+
+from cxr_tools.cli.common import (
+    ConfigOpt,
+    DeviceOpt,
+    JsonOpt,
+    OverwriteOpt,
+    QuietOpt,
+    SeedOpt,
+    emit,
+    exit_partial,
+    handle_errors,
+    make_config,
+    progress_for,
+    stderr_console,
+)
+
+
+def predict(
+    ctx: typer.Context,
+    input: Annotated[
+        Path,
+        typer.Argument(
+            help="An image folder (searched recursively; PNG, JPEG, DICOM), an image file, or a CSV with a 'path' "
+            "column (or one path per line); relative paths in a list are relative to the list's folder.",
+            show_default=False,
+        ),
+    ],
+    output: Annotated[Path, typer.Option("--output", "-o", help="The predictions CSV to write.", show_default=False)],
+    model: Annotated[
+        Path, typer.Option("--model", "-m", help="Run directory or model folder to predict with.", show_default=False)
+    ],
+    batch_size: Annotated[
+        int, typer.Option("--batch-size", "-b", min=1, help="Images per forward pass (scores do not depend on it).")
+    ] = 32,
+    workers: Annotated[
+        int | None,
+        typer.Option(
+            "--workers", min=0, help="Decoding processes (0 = in this process).", show_default="cores, 64+ images"
+        ),
+    ] = None,
+    threshold: Annotated[
+        str | None,
+        typer.Option(
+            "--threshold",
+            help="Add <label>_pred 0/1 columns: one probability for every class (0.5) or per class "
+            "(Effusion=0.3,Mass=0.6).",
+            show_default=False,
+        ),
+    ] = None,
+    support: Annotated[
+        Path | None,
+        typer.Option(
+            "--support",
+            help="Labelled images to adapt to first: a CSV path,<class>... of 0/1, or a folder with one sub-folder "
+            "per class plus 'negative' / 'No Finding' / 'NORMAL'. The output columns become its classes. "
+            "Required for MAML and Siamese runs.",
+            show_default=False,
+        ),
+    ] = None,
+    min_support: Annotated[
+        int, typer.Option("--min-support", min=1, help="Positive support images every class needs.")
+    ] = 1,
+    method: Annotated[
+        str,
+        typer.Option(
+            "--method", help="Adaptation to --support: auto (from the run), maml, prototype, finetune, scratch."
+        ),
+    ] = "auto",
+    finetune: Annotated[str, typer.Option("--finetune", help="Fine-tune a new 'head' only or 'all' layers.")] = "head",
+    device: DeviceOpt = "auto",
+    amp: Annotated[bool, typer.Option("--amp", help="Mixed precision (CUDA only).")] = False,
+    seed: SeedOpt = 0,
+    overwrite: OverwriteOpt = False,
+    quiet: QuietOpt = False,
+    config: ConfigOpt = None,
+    json_output: JsonOpt = False,
+) -> None:
+    """Score images with a trained run: one CSV row per input with a probability per class.
+
+    A file that cannot be read gets a row with its error and the others are still scored (exit code 3).
+    The images are preprocessed exactly as the run's training cache was.
+    """
+    with handle_errors():
+        from cxr_tools.engine.predict import PredictConfig, run_predict
+
+        cfg = make_config(
+            ctx,
+            PredictConfig,
+            config,
+            "predict",
+            input=input,
+            output=output,
+            model=model,
+            batch_size=batch_size,
+            workers=workers,
+            device=device,
+            amp=amp,
+            threshold=threshold,
+            support=support,
+            min_support=min_support,
+            method=method,
+            finetune=finetune,
+            seed=seed,
+            overwrite=overwrite,
+        )
+        result = run_predict(cfg, progress_for(quiet))
+
+    _report_failures(stderr_console(), result)
+
+    def render(console: Console) -> None:
+        adapted = f", adapted to {result.n_support} support images ({result.method})" if result.n_support else ""
+        console.print(
+            f"{result.n_ok} of {result.n_inputs} images scored for {len(result.labels)} classes{adapted} "
+            f"-> {escape(str(result.output))}",
+            highlight=False,
+        )
+
+    emit(result, json_output, render)
+    if result.n_failed and result.n_failed >= result.n_inputs:
+        sys.stderr.write(f"Error: all {result.n_inputs} inputs failed (see {result.output}).\n")
+        raise typer.Exit(1)
+    exit_partial(result.n_failed, "inputs")
+
+
+def _report_failures(console: Console, result: Any) -> None:
+    for path, reason in result.failures:
+        console.print(f"[red]failed:[/red] {escape(path)}: {escape(reason)}", highlight=False)
+    if result.n_failed > len(result.failures):
+        console.print(f"... and {result.n_failed - len(result.failures)} more (see the error column of the CSV)")

@@ -1,0 +1,412 @@
+"""Engine of ``cxr predict``: per-image class probabilities for a folder, a file or a list of images.
+
+The pipeline, and why each step is shaped as it is:
+
+* **The model's own preprocessing.** The operations come from ``model.json`` (``input.preprocessing``, the
+  cache manifest's :class:`~cxr_tools.data.imaging.ImageOps`), and images are decoded by the very function
+  ``cxr preprocess`` uses (:func:`~cxr_tools.data.preprocess_pipeline.process_chunk`), then scaled by
+  :func:`~cxr_tools.methods.adapters.to_model_input` as training and evaluation do. So a file seen through
+  ``predict`` reaches the model as exactly the tensor it would be after ``preprocess`` + training's loader. A
+  model card without preprocessing (an old or hand-made folder) falls back to default operations at the model's
+  image size, with a warning.
+* **Streaming.** Inputs are decoded in chunks on worker processes (``workers``; results in input order with a
+  bounded number of chunks in flight) while the parent runs the model on full batches, so memory stays flat and
+  decoding overlaps inference.
+* **Batch-independent scores.** The model runs in eval mode under ``torch.inference_mode`` (BatchNorm uses its
+  running statistics), so a row's scores depend on its own image only; float32 kernels may still round the last
+  bit differently for different batch shapes (< 1e-6), below the 6 decimals written.
+* **Honest partial failure.** A file that cannot be read (missing, corrupt, not an image) gets a row with empty
+  probabilities and the reason in ``error``; the run continues. The result counts them; the CLI exits 3.
+* **Few-shot use** (``support``): the run is first adapted to a labelled support set with the method its
+  training kind calls for (:func:`~cxr_tools.methods.adapters.build_adapter`: MAML adaptation for a MAML run,
+  nearest prototypes for a Siamese run, a fine-tuned head for a supervised one); the output columns are then the
+  support set's classes. MAML and Siamese runs have no fixed label head and need a support set.
+
+The CSV (DESIGN.md §3): ``path``, one probability column per class, ``<class>_pred`` columns (0/1) when
+thresholds are given, ``error``; one row per input in input order; written atomically.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import logging
+import math
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from cxr_tools.data.imaging import ImageOps
+from cxr_tools.data.inputs import InputItem, list_inputs, read_support
+from cxr_tools.errors import ConfigError, DataError, InputError, ModelError, OutputExistsError
+from cxr_tools.runtime.fs import atomic_write_text
+from cxr_tools.runtime.progress import Progress, null_progress
+
+if TYPE_CHECKING:
+    import torch
+
+log = logging.getLogger(__name__)
+
+#: Training kinds whose head does not name findings: they score only after adapting to a support set.
+NEEDS_SUPPORT: tuple[str, ...] = ("maml", "siamese")
+#: ``preprocessing`` keys of a cache manifest that describe what :func:`load_image` always does.
+_IMPLIED_OPS = {"grayscale": True, "interpolation": "area"}
+#: Failures listed in the result (all are in the CSV).
+MAX_LISTED_FAILURES = 200
+DECIMALS = 6
+
+
+@dataclass(frozen=True)
+class PredictConfig:
+    """Settings of ``cxr predict``.
+
+    Attributes:
+        input: an image folder (recursive), an image file, or a CSV / text list of paths.
+        output: the predictions CSV to write.
+        model: a run directory or model folder.
+        batch_size: images per forward pass (scores do not depend on it).
+        workers: decoding processes; None = every available core for 64+ inputs, 0 = in this process.
+        device: ``auto``, ``cpu``, ``cuda``, ``cuda:N`` or ``mps``.
+        amp: mixed precision on CUDA.
+        threshold: ``0.5`` for every class, or ``Effusion=0.3,Mass=0.6`` per class; adds ``<label>_pred``.
+        support: a labelled support set (CSV ``path,<class>...`` or class folders) to adapt to first.
+        min_support: positives every support class needs.
+        method: adaptation method (``auto`` follows the run's training kind; see ``cxr_tools.methods``).
+        finetune: ``head`` or ``all`` when fine-tuning.
+        seed: seed of the adaptation (a fresh head's initialisation).
+        overwrite: replace an existing output CSV.
+    """
+
+    input: Path
+    output: Path
+    model: Path
+    batch_size: int = 32
+    workers: int | None = None
+    device: str = "auto"
+    amp: bool = False
+    threshold: str | None = None
+    support: Path | None = None
+    min_support: int = 1
+    method: str = "auto"
+    finetune: str = "head"
+    seed: int = 0
+    overwrite: bool = False
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1:
+            raise ConfigError(f"--batch-size must be at least 1 (got {self.batch_size}).")
+        if self.workers is not None and self.workers < 0:
+            raise ConfigError(f"--workers must be >= 0 (got {self.workers}).")
+        if self.min_support < 1:
+            raise ConfigError(f"--min-support must be at least 1 (got {self.min_support}).")
+
+
+@dataclass(frozen=True)
+class PredictResult:
+    """What ``cxr predict`` did. ``failures`` lists up to 200 ``(path, reason)`` pairs (all are in the CSV)."""
+
+    output: Path
+    model: str
+    training: str
+    labels: tuple[str, ...]
+    thresholds: dict[str, float] | None
+    n_inputs: int
+    n_ok: int
+    n_failed: int
+    n_skipped: int
+    method: str | None
+    n_support: int
+    seconds: float
+    images_per_second: float
+    failures: tuple[tuple[str, str], ...]
+
+
+# --- pieces other engines and benchmarks reuse ---------------------------------------------------------------
+
+
+def model_ops(meta: Mapping[str, Any]) -> ImageOps:
+    """The :class:`ImageOps` a model was trained with (``model.json`` ``input.preprocessing``).
+
+    Falls back to default operations at the model's image size, with a warning, when the card has none.
+    """
+    contract = meta.get("input") or {}
+    recorded = dict(contract.get("preprocessing") or {})
+    size = int(contract.get("image_size") or 0)
+    if not recorded:
+        fallback = ImageOps(size=size) if size else ImageOps()
+        log.warning(
+            "%s records no preprocessing; using default operations at %d px (%s). Predictions may differ from "
+            "what the model saw in training.",
+            meta.get("path", "the model"),
+            fallback.size,
+            ", ".join(f"{k}={v}" for k, v in fallback.to_dict().items()),
+        )
+        return fallback
+    for key, value in _IMPLIED_OPS.items():
+        if key in recorded and recorded.pop(key) != value:
+            raise ModelError(
+                f"{meta.get('path', 'The model')} was trained with {key}={value!r}, which predict cannot reproduce.",
+                "Retrain on a cache made by this version of `cxr preprocess`.",
+            )
+    ops = ImageOps.from_dict(recorded)
+    if size and ops.size != size:
+        raise ModelError(f"{meta.get('path')} records {ops.size} px preprocessing for a {size} px input.")
+    return ops
+
+
+def decode_stream(
+    items: Sequence[InputItem], ops: ImageOps, *, workers: int, chunk: int = 16, in_flight: int | None = None
+) -> Iterator[tuple[int, np.ndarray, list[tuple[int, str]]]]:
+    """Decode ``items`` with ``ops`` in input order: yields ``(start, images, rejected)`` per chunk.
+
+    ``images`` holds the readable inputs of the chunk (uint8 ``[k, size, size]``) in order; ``rejected`` the
+    ``(position, reason)`` of the others. The decoding is ``cxr preprocess``'s own.
+    """
+    from cxr_tools.data.preprocess_pipeline import ChunkTask, ordered_map, process_chunk
+
+    paths = [it.path for it in items]
+    tasks = (ChunkTask(s, tuple(paths[s : s + chunk]), ops) for s in range(0, len(paths), chunk))
+    for res in ordered_map(process_chunk, tasks, workers, in_flight=in_flight):
+        yield res.start, res.images, list(res.rejected)
+
+
+def parse_thresholds(text: str | None, labels: Sequence[str]) -> dict[str, float] | None:
+    """``"0.5"`` -> every label at 0.5; ``"A=0.3,B=0.6"`` -> those labels (others get no ``_pred`` column)."""
+    if text is None or not str(text).strip():
+        return None
+    text = str(text).strip()
+
+    def number(value: str, what: str) -> float:
+        try:
+            t = float(value)
+        except ValueError:
+            raise ConfigError(f"--threshold {what}: {value!r} is not a number.") from None
+        if not (math.isfinite(t) and 0.0 <= t <= 1.0):
+            raise ConfigError(f"--threshold {what} must be a probability in [0, 1] (got {value}).")
+        return t
+
+    if "=" not in text:
+        t = number(text, "")
+        return {label: t for label in labels}
+    out: dict[str, float] = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        name, sep, value = part.rpartition("=")
+        name = name.strip()
+        if not sep or not name:
+            raise ConfigError(f"--threshold part {part!r} is not LABEL=VALUE.", "Example: Effusion=0.3,Mass=0.6.")
+        if name not in labels:
+            raise ConfigError(f"--threshold names '{name}', which is not predicted.", f"Labels: {', '.join(labels)}.")
+        out[name] = number(value.strip(), name)
+    return {label: out[label] for label in labels if label in out}
+
+
+class Scorer:
+    """Probabilities ``[n, C]`` (float32, CPU) from uint8 images ``[n, H, W]``, in eval mode, without gradients."""
+
+    def __init__(self, model: Any, meta: Mapping[str, Any], device: torch.device, amp: bool, adapted: Any) -> None:
+        self.model = model
+        self.meta = meta
+        self.device = device
+        self.amp = amp
+        self.adapted = adapted
+
+    def __call__(self, images: np.ndarray) -> np.ndarray:
+        import torch
+
+        from cxr_tools.methods.adapters import to_model_input
+        from cxr_tools.runtime.devices import autocast_context
+
+        with torch.inference_mode():
+            x = to_model_input(images, self.meta, self.device)
+            if self.adapted is not None:
+                return self.adapted.predict(x).float().numpy()
+            with autocast_context(self.device, self.amp):
+                logits = self.model(x)
+            return torch.sigmoid(logits.float()).cpu().numpy()
+
+
+def load_scorer(config: PredictConfig, progress: Progress) -> tuple[Scorer, dict[str, Any], tuple[str, ...], int]:
+    """Load the run, adapt it to the support set when given: ``(scorer, meta, labels, n_support)``."""
+    import torch
+
+    from cxr_tools.models import load_model_dir
+    from cxr_tools.runtime.devices import resolve_device
+
+    device = resolve_device(config.device)
+    model, meta = load_model_dir(config.model, map_location=device)
+    model.eval()
+    training = str(meta.get("training"))
+    if config.support is None:
+        if training in NEEDS_SUPPORT:
+            raise ModelError(
+                f"{meta.get('path')} is a {training} run: it has no fixed label head and scores findings only "
+                "relative to labelled examples.",
+                "Pass --support DIR|CSV with a few labelled images per class (see `cxr predict --help`).",
+            )
+        labels = tuple(str(x) for x in meta.get("labels") or ())
+        n_out = int(meta.get("num_classes") or 0)
+        if n_out < 1:
+            raise ModelError(f"{meta.get('path')} has no classification head.", "Pass --support to adapt it.")
+        if len(labels) != n_out:
+            labels = tuple(f"class_{j}" for j in range(n_out))
+        return Scorer(model, meta, device, config.amp, None), meta, labels, 0
+
+    support = read_support(config.support, min_support=config.min_support)
+    ops = model_ops(meta)
+    images = np.empty((len(support.items), ops.size, ops.size), dtype=np.uint8)
+    with progress.task("decode support", total=len(support.items)) as task:
+        for start, block, rejected in decode_stream(support.items, ops, workers=0):
+            if rejected:
+                pos, reason = rejected[0]
+                raise DataError(
+                    f"Support image {support.items[pos].display} cannot be read: {reason}.",
+                    "Fix or remove it from the support set.",
+                )
+            images[start : start + len(block)] = block
+            task.advance(len(block))
+    from cxr_tools.methods.adapters import AdaptConfig, build_adapter, to_model_input
+
+    adapt_cfg = AdaptConfig(method=config.method, finetune=config.finetune, batch_size=config.batch_size)
+    adapter = build_adapter(model, meta, len(support.classes), adapt_cfg, device=device)
+    generator = torch.Generator().manual_seed(int(config.seed))
+    with progress.task(f"adapt ({adapter.method})", total=1) as task:
+        scorer = adapter.fit(
+            to_model_input(images, meta, device), torch.from_numpy(support.targets).to(device), generator=generator
+        )
+        task.advance()
+    log.info("adapted to %d support images of %d classes with %s", len(images), len(support.classes), adapter.method)
+    return Scorer(model, meta, device, config.amp, scorer), meta, support.classes, len(images)
+
+
+# --- the command -----------------------------------------------------------------------------------------
+
+
+def _workers(config: PredictConfig, n: int) -> int:
+    if config.workers is not None:
+        return config.workers
+    from cxr_tools.data.preprocess_pipeline import available_cores
+
+    return available_cores() if n >= 64 else 0
+
+
+def run_predict(config: PredictConfig, progress: Progress | None = None) -> PredictResult:
+    """Score every input of ``config.input`` and write the predictions CSV (module docstring).
+
+    Raises:
+        InputError: the input does not exist or holds no image.
+        OutputExistsError: the output exists and ``overwrite`` is off.
+        ModelError: the run cannot predict (a MAML / Siamese run without a support set, a broken model folder).
+        DataError: the support set lacks positives or negatives, or one of its images is unreadable.
+    """
+    progress = null_progress(progress)
+    started = time.perf_counter()
+    out = Path(config.output)
+    if out.is_dir():
+        raise OutputExistsError(f"Output {out} is a directory.", "Pass a CSV file name with -o.")
+    if out.exists() and not config.overwrite:
+        raise OutputExistsError(f"Output {out} already exists.", "Pass --overwrite to replace it, or another -o.")
+    inputs = list_inputs(config.input)
+    if not inputs.items:
+        extra = f" ({len(inputs.skipped)} other file(s) skipped)" if inputs.skipped else ""
+        raise InputError(
+            f"No images found in {config.input}{extra}.",
+            "Give a folder with PNG / JPEG / DICOM files, an image file, or a CSV list of paths.",
+        )
+    scorer, meta, labels, n_support = load_scorer(config, progress)
+    thresholds = parse_thresholds(config.threshold, labels)
+    ops = model_ops(meta)
+
+    n = len(inputs.items)
+    probs = np.full((n, len(labels)), np.nan, dtype=np.float32)
+    errors = [""] * n
+    workers = _workers(config, n)
+    chunk = max(1, min(config.batch_size, 16))
+    in_flight = max(2 * workers, math.ceil(config.batch_size / chunk) + workers)
+    pending_pos: list[int] = []
+    pending_img: list[np.ndarray] = []
+    loop_start = time.perf_counter()
+
+    def flush(task: Any, final: bool) -> None:
+        while pending_pos and (final or len(pending_pos) >= config.batch_size):
+            take = min(config.batch_size, len(pending_pos))
+            batch = np.stack(pending_img[:take])
+            rows = pending_pos[:take]
+            scores = scorer(batch)
+            if scores.shape != (take, len(labels)):
+                raise ModelError(f"Scores of shape {scores.shape} for {take} images and {len(labels)} classes.")
+            probs[rows] = scores
+            del pending_pos[:take], pending_img[:take]
+            task.advance(take)
+
+    with progress.task("predict", total=n) as task:
+        stream = decode_stream(inputs.items, ops, workers=workers, chunk=chunk, in_flight=in_flight)
+        for start, block, rejected in stream:
+            bad = dict(rejected)
+            count = min(chunk, n - start)
+            k = 0
+            for pos in range(start, start + count):
+                if pos in bad:
+                    errors[pos] = bad[pos]
+                    task.advance(1)
+                else:
+                    pending_pos.append(pos)
+                    pending_img.append(block[k])
+                    k += 1
+            flush(task, final=False)
+        flush(task, final=True)
+    loop_seconds = time.perf_counter() - loop_start
+
+    write_predictions(out, inputs.items, labels, probs, errors, thresholds)
+    failed = [(inputs.items[i].display, errors[i]) for i in range(n) if errors[i]]
+    return PredictResult(
+        output=out,
+        model=str(meta.get("path")),
+        training=str(meta.get("training")),
+        labels=tuple(labels),
+        thresholds=thresholds,
+        n_inputs=n,
+        n_ok=n - len(failed),
+        n_failed=len(failed),
+        n_skipped=len(inputs.skipped),
+        method=None if n_support == 0 else _method_name(config, meta),
+        n_support=n_support,
+        seconds=round(time.perf_counter() - started, 3),
+        images_per_second=round((n - len(failed)) / loop_seconds, 2) if loop_seconds > 0 else 0.0,
+        failures=tuple(failed[:MAX_LISTED_FAILURES]),
+    )
+
+
+def _method_name(config: PredictConfig, meta: Mapping[str, Any]) -> str:
+    from cxr_tools.methods.adapters import resolve_method
+
+    return resolve_method(config.method, str(meta.get("training")))
+
+
+def write_predictions(
+    path: Path,
+    items: Sequence[InputItem],
+    labels: Sequence[str],
+    probs: np.ndarray,
+    errors: Sequence[str],
+    thresholds: Mapping[str, float] | None,
+) -> Path:
+    """The predictions CSV (DESIGN.md §3), atomically: failed rows have empty probabilities and their error."""
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    pred_cols = [label for label in labels if thresholds and label in thresholds]
+    writer.writerow(["path", *labels, *(f"{label}_pred" for label in pred_cols), "error"])
+    index = {label: j for j, label in enumerate(labels)}
+    for i, item in enumerate(items):
+        if errors[i]:
+            writer.writerow([item.display, *([""] * (len(labels) + len(pred_cols))), errors[i]])
+            continue
+        # the decision uses the value as written, so a reader of the CSV can reproduce every _pred cell
+        row = [round(float(p), DECIMALS) for p in probs[i]]
+        cells = [f"{p:.{DECIMALS}f}" for p in row]
+        preds = [str(int(row[index[label]] >= thresholds[label])) for label in pred_cols] if thresholds else []
+        writer.writerow([item.display, *cells, *preds, ""])
+    return atomic_write_text(path, buf.getvalue())
