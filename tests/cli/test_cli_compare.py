@@ -1,0 +1,113 @@
+"""`cxr compare`: ranking, paired differences and verdict on hand-made evaluations with known numbers; refusals."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import stats
+from typer.testing import CliRunner
+
+from cxr_tools.cli.app import app
+from cxr_tools.eval.report import aggregate
+
+runner = CliRunner()
+N = 40
+CLASSES = ("D", "E")
+
+
+def _evaluation(path, method, episode_auc, *, hash_="abc123", threshold=0.5, kind="maml"):
+    """A real evaluation directory: episodes.csv (two classes per episode) and summary.json as cxr evaluate writes."""
+    rows = []
+    for i, auc in enumerate(episode_auc):
+        for j, cls in enumerate(CLASSES):
+            value = float(np.clip(auc + (0.02 if j else -0.02), 0, 1))
+            rows.append({"episode": i, "class": cls, "positives": 3, "negatives": 3, "auc": value, "ap": value,
+                         "f1": value, "precision": value, "recall": value})  # fmt: skip
+    table = pd.DataFrame(rows)
+    path.mkdir(parents=True)
+    table.to_csv(path / "episodes.csv", index=False)
+    per_class, overall = aggregate(table, CLASSES)
+    summary = {"name": f"run:{method}", "method": method, "method_label": method, "kind": kind,
+               "episode_list_hash": hash_, "episodes": len(episode_auc), "threshold": threshold,
+               "classes": list(CLASSES), "per_class": per_class, "overall": overall}  # fmt: skip
+    (path / "summary.json").write_text(json.dumps(summary))
+    return path
+
+
+@pytest.fixture
+def three(tmp_path):
+    rng = np.random.default_rng(0)
+    base = rng.uniform(0.55, 0.75, N)
+    best = _evaluation(tmp_path / "runA" / "eval", "maml", base + 0.15)
+    close = _evaluation(tmp_path / "c", "prototype", base + 0.15 + rng.normal(0, 0.03, N))
+    worst = _evaluation(tmp_path / "b", "scratch", base, kind=None)
+    return tmp_path, best, close, worst, base
+
+
+def test_compare_ranks_with_paired_differences_and_a_verdict(three):
+    tmp, best, close, worst, base = three
+    out = tmp / "cmp"
+    res = runner.invoke(app, ["compare", str(worst), str(tmp / "runA"), str(close), "-o", str(out)])
+    assert res.exit_code == 0, res.output
+    table = pd.read_csv(out / "comparison.csv")
+    order = list(table["name"])
+    a = base + 0.15
+    c = pd.read_csv(close / "episodes.csv").groupby("episode")["auc"].mean().to_numpy()
+    assert order[-1] == "scratch" and set(order[:2]) == {"maml", "prototype"}
+    assert table["mean"].is_monotonic_decreasing
+    top = order[0]
+    top_values = a if top == "maml" else c
+    scratch = table[table["name"] == "scratch"].iloc[0]
+    assert scratch["diff_vs_best"] == pytest.approx(np.mean(base - top_values))
+    assert scratch["p_value"] == pytest.approx(stats.ttest_rel(base, top_values).pvalue)
+    assert bool(scratch["significant"]) and scratch["diff_high"] < 0
+    runner_up = table.iloc[1]
+    assert runner_up["significant"] in (False, np.False_)  # ±0.03 noise around the same mean
+    assert res.stdout.index(top) < res.stdout.index("scratch")
+    verdict = [line for line in res.stdout.splitlines() if "ranks first" in line or "is best" in line]
+    assert verdict and "not significantly better" in verdict[0] and "over scratch (p < 0.001)" in verdict[0]
+    md = (out / "comparison.md").read_text()
+    assert "| 1 | " + top in md and "Verdict" in md and "abc123" in md
+    assert (out / "comparison.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert json.loads((out / "comparison.json").read_text())["rows"][0]["name"] == top
+
+    again = runner.invoke(app, ["compare", str(worst), str(best), "-o", str(out)])
+    assert again.exit_code == 1 and "--overwrite" in again.stderr
+    forced = runner.invoke(app, ["compare", str(worst), str(best), "-o", str(out), "--overwrite", "--json"])
+    assert forced.exit_code == 0, forced.output
+    data = json.loads(forced.stdout)
+    assert [r["name"] for r in data["rows"]] == ["maml", "scratch"]
+    assert data["verdict"].startswith("maml is best: AUC ")
+
+
+def test_compare_refuses_different_episode_lists_naming_them(three):
+    tmp, best, _, _, base = three
+    other = _evaluation(tmp / "other", "finetune-head", base, hash_="fff999")
+    res = runner.invoke(app, ["compare", str(best), str(other)])
+    assert res.exit_code == 1
+    line = res.stderr.strip()
+    assert "\n" not in line and "different episode lists" in line
+    assert str(best) in line and "abc123" in line and str(other) in line and "fff999" in line
+
+
+def test_compare_bad_inputs(three):
+    tmp, best, close, _worst, base = three
+    res = runner.invoke(app, ["compare", str(tmp / "missing")])
+    assert res.exit_code == 1 and "does not exist" in res.stderr
+    (tmp / "empty").mkdir()
+    res = runner.invoke(app, ["compare", str(tmp / "empty")])
+    assert res.exit_code == 1 and "holds no evaluation" in res.stderr and "cxr evaluate" in res.stderr
+    res = runner.invoke(app, ["compare", str(best), "--metric", "accuracy"])
+    assert res.exit_code == 1 and "Unknown metric" in res.stderr
+    res = runner.invoke(app, ["compare", str(best), str(best)])
+    assert res.exit_code == 1 and "twice" in res.stderr
+    t9 = _evaluation(tmp / "t9", "finetune-all", base, threshold=0.9)
+    res = runner.invoke(app, ["compare", str(best), str(t9), "--metric", "f1"])
+    assert res.exit_code == 1 and "threshold" in res.stderr
+    res = runner.invoke(app, ["compare", str(best), str(t9), "--metric", "auc"])  # threshold-free: fine
+    assert res.exit_code == 0, res.output
+    single = runner.invoke(app, ["compare", str(close)])
+    assert single.exit_code == 0 and "nothing to compare" in single.stdout
