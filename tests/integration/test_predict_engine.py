@@ -59,7 +59,10 @@ def test_mixed_folder_rows_in_order_with_errors(tmp_path, model_dir):
     assert np.allclose(got, _reference_probs(model_dir, good), atol=2e-6)
     assert all(by_path[p]["error"] == "" for p in good)
     assert progress.done("predict") == 7
-    assert dict(res.failures) == {folder["bad"][0]: by_path[folder["bad"][0]]["error"], folder["bad"][1]: by_path[folder["bad"][1]]["error"]}
+    assert dict(res.failures) == {
+        folder["bad"][0]: by_path[folder["bad"][0]]["error"],
+        folder["bad"][1]: by_path[folder["bad"][1]]["error"],
+    }
 
 
 def test_monochrome1_dicom_is_seen_like_its_inverse_png(tmp_path, model_dir):
@@ -136,7 +139,7 @@ def test_list_without_path_column_is_refused(tmp_path):
 def test_empty_folder_missing_input_and_existing_output(tmp_path, model_dir):
     (tmp_path / "empty").mkdir()
     (tmp_path / "empty" / "notes.txt").write_text("x")
-    with pytest.raises(InputError, match="No images found .*1 other file"):
+    with pytest.raises(InputError, match=r"No images found .*1 other file"):
         run_predict(PredictConfig(input=tmp_path / "empty", output=tmp_path / "p.csv", model=model_dir))
     with pytest.raises(InputError, match="does not exist"):
         run_predict(PredictConfig(input=tmp_path / "nope", output=tmp_path / "p.csv", model=model_dir))
