@@ -86,3 +86,19 @@ def test_dicom_variants_read_back_and_match_the_png_pixels(tmp_path):
         np.testing.assert_array_equal(_display(ds), expected)
     assert seen == {("MONOCHROME2", 8, 8), ("MONOCHROME1", 8, 8), ("MONOCHROME2", 16, 12), ("MONOCHROME1", 16, 16)}
     assert len(uids) == len(df)
+
+
+def test_output_does_not_depend_on_the_python_hash_seed(tmp_path):
+    """Separate interpreters (as on a cluster, or in the worker pool) must write the same bytes."""
+    import os
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; from pathlib import Path; from cxr_tools.data.synthetic import SyntheticConfig, generate; "
+        "generate(SyntheticConfig(dest=Path(sys.argv[1]), patients=25, size=32, seed=3, layout='chexpert'))"
+    )
+    for name, hash_seed in (("a", "1"), ("b", "2")):
+        env = {**os.environ, "PYTHONHASHSEED": hash_seed}
+        subprocess.run([sys.executable, "-c", code, str(tmp_path / name)], check=True, env=env)
+    assert tree(tmp_path / "a") == tree(tmp_path / "b")

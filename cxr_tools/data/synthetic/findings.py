@@ -42,6 +42,7 @@ class Scene:
     field_mask: np.ndarray | None = None  # both lung fields, heart and mediastinum excluded
     polys: list[np.ndarray] = field(default_factory=list)  # [right, left] lung outlines
     texture: np.ndarray = field(default_factory=lambda: np.zeros((1, 1), np.float32))
+    lung_term: np.ndarray = field(default_factory=lambda: np.zeros((1, 1), np.float32))  # density the lungs remove
     midline: int = 0  # pixel column between the lungs
     _arrays: dict[str, np.ndarray] = field(default_factory=dict)
 
@@ -179,7 +180,7 @@ def paint_atelectasis(scene: Scene, a: PatientAnatomy, p: Params) -> None:
 
 
 def s_cardiomegaly(rng: np.random.Generator, a: PatientAnatomy) -> Params:
-    return {"scale": rng.uniform(1.22, 1.45)}
+    return {"scale": rng.uniform(1.15, 1.4)}
 
 
 def shape_cardiomegaly(scene: Scene, p: Params) -> None:
@@ -189,7 +190,7 @@ def shape_cardiomegaly(scene: Scene, p: Params) -> None:
 def s_effusion(rng: np.random.Generator, a: PatientAnatomy) -> Params:
     r = rng.random()
     sides = [-1] if r < 0.45 else ([1] if r < 0.8 else [-1, 1])
-    return {"sides": sides, "level": [rng.uniform(0.08, 0.2) for _ in sides], "amp": rng.uniform(0.75, 1.0)}
+    return {"sides": sides, "level": [rng.uniform(0.04, 0.16) for _ in sides], "amp": rng.uniform(0.55, 0.95)}
 
 
 def paint_effusion(scene: Scene, a: PatientAnatomy, p: Params) -> None:
@@ -209,8 +210,8 @@ def paint_effusion(scene: Scene, a: PatientAnatomy, p: Params) -> None:
         surface = cp - h * (0.55 + 0.45 * lat**2)  # higher laterally: the meniscus
         fluid = np.clip((ys[:, None] - surface) / 0.012 + 0.5, 0.0, 1.0)
         sy = slice(y0, y1)
-        # fluid is about as dense as soft tissue: it cancels most of the lung's air
-        scene.add[sy, sx] += p["amp"] * 0.5 * fluid * scene.lung(i)[sy, sx]
+        # fluid is about as dense as soft tissue: it cancels most of the lung's air (and its markings)
+        scene.add[sy, sx] += p["amp"] * fluid * scene.lung_term[sy, sx]
 
 
 def s_infiltration(rng: np.random.Generator, a: PatientAnatomy) -> Params:
@@ -251,8 +252,8 @@ def _lesion_params(rng: np.random.Generator, a: PatientAnatomy, rlo: float, rhi:
 def s_nodule(rng: np.random.Generator, a: PatientAnatomy) -> Params:
     n = 1 if rng.random() < 0.8 else int(rng.integers(2, 4))
     return {
-        "lesions": _lesion_params(rng, a, 0.014, 0.026, n),
-        "amp": rng.uniform(0.16, 0.30),
+        "lesions": _lesion_params(rng, a, 0.016, 0.03, n),
+        "amp": rng.uniform(0.2, 0.35),
         "power": rng.uniform(4, 8),
     }
 
@@ -267,16 +268,17 @@ def s_mass(rng: np.random.Generator, a: PatientAnatomy) -> Params:
     lobes = [
         (rng.uniform(-0.6, 0.6), rng.uniform(-0.6, 0.6), rng.uniform(0.45, 0.7)) for _ in range(int(rng.integers(1, 4)))
     ]
-    return {"lesion": les, "lobes": lobes, "amp": rng.uniform(0.18, 0.30)}
+    return {"lesion": les, "lobes": lobes, "amp": rng.uniform(0.5, 0.85)}
 
 
 def paint_mass(scene: Scene, a: PatientAnatomy, p: Params) -> None:
-    x, y, r, ecc, ang, side = p["lesion"]
+    x, y, r, ecc, ang, _side = p["lesion"]
     tmp = np.zeros_like(scene.add)
     blob(tmp, x, y, r, r * ecc, 1.0, 4.0, ang)
     for dx, dy, f in p["lobes"]:
         blob(tmp, x + dx * r, y + dy * r, r * f, r * f, 1.0, 4.0)
-    scene.add += p["amp"] * np.minimum(tmp, 1.0) * (0.4 + 0.6 * scene.lung(side_index(side)))
+    # soft-tissue density: replaces a fraction of the lung's air, never brighter than the chest wall
+    scene.add += p["amp"] * np.minimum(tmp, 1.0) * (np.maximum(scene.lung_term, 0.0) + 0.03)
 
 
 def s_pneumonia(rng: np.random.Generator, a: PatientAnatomy) -> Params:
@@ -287,7 +289,7 @@ def s_pneumonia(rng: np.random.Generator, a: PatientAnatomy) -> Params:
         for _ in range(int(rng.integers(4, 8)))
     ]
     bronchi = [(cx + rng.normal(0, 0.02), cy + rng.normal(0, 0.02), rng.uniform(0, 2 * math.pi)) for _ in range(3)]
-    return {"side": side, "spots": spots, "bronchi": bronchi, "amp": rng.uniform(0.14, 0.24)}
+    return {"side": side, "spots": spots, "bronchi": bronchi, "amp": rng.uniform(0.4, 0.65)}
 
 
 def paint_pneumonia(scene: Scene, a: PatientAnatomy, p: Params) -> None:
@@ -302,7 +304,7 @@ def paint_pneumonia(scene: Scene, a: PatientAnatomy, p: Params) -> None:
         lines, [pts(s, scene.size) for s in segs], False, 255, max(1, round(0.006 * scene.size)), cv2.LINE_AA, 4
     )
     tmp *= 1.0 - 0.5 * lines.astype(np.float32) / 255.0
-    scene.add += p["amp"] * tmp * scene.lung(side_index(p["side"]))
+    scene.add += p["amp"] * tmp * np.maximum(scene.lung_term, 0.0) * (scene.lung(side_index(p["side"])) > 0)
 
 
 def s_consolidation(rng: np.random.Generator, a: PatientAnatomy) -> Params:
@@ -317,7 +319,7 @@ def s_consolidation(rng: np.random.Generator, a: PatientAnatomy) -> Params:
         "ry": rng.uniform(0.05, 0.08),
         "fissure": y + (1 if upper else -1) * rng.uniform(0.02, 0.05),
         "upper": upper,
-        "amp": rng.uniform(0.24, 0.36),
+        "amp": rng.uniform(0.6, 0.9),
     }
 
 
@@ -328,7 +330,8 @@ def paint_consolidation(scene: Scene, a: PatientAnatomy, p: Params) -> None:
     ys = (np.arange(scene.size, dtype=np.float32) + 0.5) / scene.size
     edge = np.clip((ys - p["fissure"]) / 0.006, -0.5, 0.5) + 0.5
     cut = (1.0 - edge) if p["upper"] else edge
-    scene.add += p["amp"] * np.minimum(tmp, 1.0) * cut[:, None] * scene.lung(side_index(p["side"]))
+    lung = np.maximum(scene.lung_term, 0.0) * (scene.lung(side_index(p["side"])) > 0)
+    scene.add += p["amp"] * np.minimum(tmp, 1.0) * cut[:, None] * lung
 
 
 def s_pneumothorax(rng: np.random.Generator, a: PatientAnatomy) -> Params:
@@ -366,7 +369,7 @@ def s_edema(rng: np.random.Generator, a: PatientAnatomy) -> Params:
         for _ in range(int(rng.integers(2, 6)))
     ]
     return {
-        "amp": rng.uniform(0.08, 0.15),
+        "amp": rng.uniform(0.05, 0.12),
         "rx": rng.uniform(0.08, 0.12),
         "ry": rng.uniform(0.10, 0.15),
         "kerley": kerley,
@@ -393,9 +396,9 @@ def s_emphysema(rng: np.random.Generator, a: PatientAnatomy) -> Params:
     bulla = rng.random() < 0.5
     bx, by = lung_point(a, _side(rng), rng.uniform(0.4, 0.8), rng.uniform(0.1, 0.3))
     return {
-        "drop": rng.uniform(0.03, 0.06),
-        "flat": rng.uniform(0.25, 0.5),
-        "air": rng.uniform(1.12, 1.25),
+        "drop": rng.uniform(0.015, 0.05),
+        "flat": rng.uniform(0.3, 0.7),
+        "air": rng.uniform(1.05, 1.2),
         "bulla": bulla,
         "bx": bx,
         "by": by,
@@ -457,8 +460,8 @@ def s_pleural_thickening(rng: np.random.Generator, a: PatientAnatomy) -> Params:
         "apical": apical,
         "t0": rng.uniform(0.05, 0.4),
         "span": rng.uniform(0.25, 0.5),
-        "thick": rng.uniform(0.012, 0.024),
-        "amp": rng.uniform(0.18, 0.3),
+        "thick": rng.uniform(0.014, 0.028),
+        "amp": rng.uniform(0.22, 0.36),
     }
 
 
@@ -480,9 +483,9 @@ def s_hernia(rng: np.random.Generator, a: PatientAnatomy) -> Params:
     return {
         "dx": rng.uniform(-0.01, 0.05),
         "dy": rng.uniform(0.0, 0.05),
-        "r": rng.uniform(0.03, 0.05),
+        "r": rng.uniform(0.035, 0.06),
         "level": rng.uniform(-0.2, 0.4),
-        "air": rng.uniform(0.14, 0.24),
+        "air": rng.uniform(0.18, 0.3),
     }
 
 

@@ -109,7 +109,7 @@ def _n_follow_ups(rng: np.random.Generator) -> int:
     return int(min(12, 1 + rng.geometric(0.3)))
 
 
-def _episode(rng: np.random.Generator) -> set[str]:
+def _episode(rng: np.random.Generator) -> list[str]:
     names = list(PRIMARY)
     w = np.array([PRIMARY[n] for n in names])
     first = names[int(rng.choice(len(names), p=w / w.sum()))]
@@ -117,7 +117,7 @@ def _episode(rng: np.random.Generator) -> set[str]:
     for other, p in CO_OCCUR.get(first, ()):
         if rng.random() < p:
             found.add(other)
-    return found
+    return [n for n in NIH_LABELS if n in found]  # a fixed order: set order varies with PYTHONHASHSEED
 
 
 def sample_findings(rng: np.random.Generator, n: int, hernia: bool = False) -> list[dict[str, int]]:

@@ -62,7 +62,7 @@ def render_frontal(
             shaper(scene, p)
     geo = geometry(a, layers, scene.shape_key(), 1.07 if view == "AP" else 1.0)  # AP films magnify the heart
     density = layers.base - geo.lung_term
-    scene.field_mask, scene.polys, scene.texture = geo.field, geo.polys, layers.texture
+    scene.field_mask, scene.polys, scene.texture, scene.lung_term = geo.field, geo.polys, layers.texture, geo.lung_term
     scene.midline = int(a.cx * size)
     if a.stomach:  # the normal gastric bubble under the left hemidiaphragm
         y = a.cp_y + a.left_drop + scene.cp_drop[1] + 0.02 - a.dome_h * scene.dome_scale[1] * 0.5
