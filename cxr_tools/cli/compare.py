@@ -59,17 +59,28 @@ def compare(
 
 
 def render(console: Console, result: Any) -> None:
-    """The ranked table, then the verdict and the files."""
+    """The ranked table (per-class columns when the console is wide enough), then the verdict and the files."""
+    from rich import box
+
     name = result.metric.upper() if result.metric in ("auc", "ap") else result.metric
-    table = Table(title=f"cxr compare: {result.episodes} shared episodes (list {result.episode_list_hash})")
-    table.add_column("rank", justify="right")
-    table.add_column("method")
-    table.add_column("kind")
-    table.add_column(f"{name} ± 95% CI", justify="right")
-    table.add_column("Δ vs best [95% CI]", justify="right")
-    table.add_column("p", justify="right")
-    for cls in result.classes:
-        table.add_column(cls, justify="right")
+    longest = max(len(row.name) for row in result.rows)
+    base = longest + 70
+    show_kind = console.width >= base + 12
+    classes = list(result.classes) if console.width >= base + 12 + 8 * len(result.classes) else []
+    table = Table(
+        title=f"cxr compare: {name}, mean ± 95% CI over {result.episodes} shared episodes",
+        caption=f"episode list {result.episode_list_hash}; Δ = method − best, paired over episodes",
+        box=box.SIMPLE_HEAD,
+    )
+    table.add_column("#", justify="right", no_wrap=True)
+    table.add_column("method", no_wrap=True)
+    if show_kind:
+        table.add_column("kind", no_wrap=True)
+    table.add_column(name, justify="right", no_wrap=True)
+    table.add_column("Δ vs best [95% CI]", justify="right", no_wrap=True)
+    table.add_column("p", justify="right", no_wrap=True)
+    for cls in classes:
+        table.add_column(cls, justify="right", no_wrap=True)
     for row in result.rows:
         if row.diff is None:
             diff, p = "—", "—"
@@ -78,10 +89,13 @@ def render(console: Console, result: Any) -> None:
             diff = f"{row.diff:+.3f} [{row.diff - ci:+.3f}, {row.diff + ci:+.3f}]"
             p = "n/a" if row.p_value != row.p_value else ("<0.001" if row.p_value < 0.001 else f"{row.p_value:.3f}")
             if not row.significant:
-                p += " (n.s.)"
-        per = [_mean(row.per_class.get(c)) for c in result.classes]
-        table.add_row(str(row.rank), row.name, row.kind or "-", f"{row.mean:.3f} ± {row.ci95:.3f}", diff, p, *per)
+                p += " n.s."
+        cells = [str(row.rank), row.name, *([row.kind or "-"] if show_kind else [])]
+        cells += [f"{row.mean:.3f} ± {row.ci95:.3f}", diff, p, *[_mean(row.per_class.get(c)) for c in classes]]
+        table.add_row(*cells)
     console.print(table)
+    if len(classes) < len(result.classes):
+        console.print("(per-class values: comparison.md / comparison.csv, or widen the terminal)")
     console.print(result.verdict)
     for path in result.files:
         console.print(f"wrote: {path}")

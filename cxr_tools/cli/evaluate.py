@@ -153,22 +153,33 @@ def evaluate(
 
 
 def render(console: Console, result: Any) -> None:
-    """Per-class mean ± 95% CI of every metric, then the overall row, pair metrics and where files went."""
+    """Per-class mean ± 95% CI of every metric, then the overall row, pair metrics and where files went.
+
+    On a console narrower than the full table, precision and recall are left to summary.json so that no cell is
+    cut.
+    """
+    from rich import box
+
+    metrics = list(result.overall)
+    longest = max([len("overall"), *(len(c) for c in result.per_class)])
+    if console.width < longest + 8 + 15 * len(metrics):
+        metrics = [m for m in metrics if m in ("auc", "ap", "f1")]
     title = (
         f"cxr evaluate: {result.name} — {result.episodes} episodes, {result.ways}-way {result.shots}-shot "
-        f"{result.queries}-query, threshold {result.threshold:g} (list {result.episode_list_hash})"
+        f"{result.queries}-query; mean ± 95% CI over episodes; threshold {result.threshold:g}"
     )
-    table = Table(title=title)
-    table.add_column("class")
-    table.add_column("episodes", justify="right")
-    metrics = list(result.overall)
+    table = Table(title=title, box=box.SIMPLE_HEAD, caption=f"episode list {result.episode_list_hash}")
+    table.add_column("class", no_wrap=True)
+    table.add_column("n", justify="right", no_wrap=True)
     for m in metrics:
-        table.add_column(f"{_METRIC_NAMES.get(m, m)} ± 95% CI", justify="right")
+        table.add_column(_METRIC_NAMES.get(m, m), justify="right", no_wrap=True)
     for cls, values in result.per_class.items():
         n = values[metrics[0]]["n"] if metrics else 0
         table.add_row(cls, str(n), *[_cell(values[m]) for m in metrics])
     table.add_row("overall", str(result.episodes), *[_cell(result.overall[m]) for m in metrics], style="bold")
     console.print(table)
+    if len(metrics) < len(result.overall):
+        console.print("(precision and recall: see summary.json, or widen the terminal)")
     if result.pairs:
         p = result.pairs
         console.print(

@@ -530,7 +530,7 @@ def _pair_metrics(
         "accuracy": acc.mean,
         "accuracy_ci95": acc.ci95,
         "threshold": threshold,
-        "threshold_source": "run (best validation accuracy)" if run_threshold is not None else "default 0.5",
+        "threshold_source": "the run's validation threshold" if run_threshold is not None else "default 0.5",
     }
 
 

@@ -166,10 +166,12 @@ def plot_confusion_matrices(
 ) -> Path:
     """A 2×2 confusion matrix per class (rows: true negative / positive, columns: predicted), counts written in."""
     n = max(1, len(matrices))
-    fig = new_figure(3.0 * n + 0.5, 3.4)
+    cols = min(n, 5)
+    rows = -(-n // cols)
+    fig = new_figure(3.3 * cols + 0.5, 3.3 * rows + 0.3)
     for k, (name, matrix) in enumerate(matrices.items()):
         cm = np.asarray(matrix, dtype=np.int64).reshape(2, 2)
-        ax = fig.add_subplot(1, n, k + 1)
+        ax = fig.add_subplot(rows, cols, k + 1)
         ax.imshow(cm, cmap="Blues", vmin=0, vmax=max(1, int(cm.max())))
         for i in range(2):
             for j in range(2):
@@ -179,6 +181,7 @@ def plot_confusion_matrices(
         ax.set_yticks([0, 1], ["true −", "true +"])
         ax.set_title(name, fontsize=9)
     fig.suptitle(title or f"Confusion matrices at threshold {threshold:g} (queries pooled)", fontsize=10)
+    fig.subplots_adjust(wspace=0.45, hspace=0.35)
     return save_figure(fig, path)
 
 

@@ -54,12 +54,18 @@ def write_table(path: str | Path, table: Any) -> Path:
     return path
 
 
-def pooled_curves(scores: Any) -> dict[str, Any]:
-    """Per class, the ROC curve ``(fpr, tpr, auc)`` of all its query scores pooled over episodes."""
+def _by_class(scores: Any, classes: Sequence[str] | None) -> list[tuple[str, Any]]:
+    groups = {str(c): rows for c, rows in scores.groupby("class", sort=False)}
+    order = [c for c in classes if c in groups] if classes is not None else list(groups)
+    return [(c, groups[c]) for c in order]
+
+
+def pooled_curves(scores: Any, classes: Sequence[str] | None = None) -> dict[str, Any]:
+    """Per class (in ``classes`` order), the ROC curve ``(fpr, tpr, auc)`` of its query scores pooled over episodes."""
     from sklearn.metrics import roc_auc_score, roc_curve
 
     out: dict[str, Any] = {}
-    for cls, rows in scores.groupby("class", sort=False):
+    for cls, rows in _by_class(scores, classes):
         y = rows["target"].to_numpy(dtype=int)
         s = rows["score"].to_numpy(dtype=float)
         if 0 < y.sum() < len(y):
@@ -68,10 +74,10 @@ def pooled_curves(scores: Any) -> dict[str, Any]:
     return out
 
 
-def pooled_confusion(scores: Any, threshold: float) -> dict[str, np.ndarray]:
+def pooled_confusion(scores: Any, threshold: float, classes: Sequence[str] | None = None) -> dict[str, np.ndarray]:
     """Per class, the 2×2 confusion matrix ``[[TN, FP], [FN, TP]]`` of pooled queries at ``threshold``."""
     out: dict[str, np.ndarray] = {}
-    for cls, rows in scores.groupby("class", sort=False):
+    for cls, rows in _by_class(scores, classes):
         y = rows["target"].to_numpy(dtype=int) == 1
         p = rows["score"].to_numpy(dtype=float) >= threshold
         out[str(cls)] = np.array([[(~y & ~p).sum(), (~y & p).sum()], [(y & ~p).sum(), (y & p).sum()]], dtype=np.int64)
@@ -94,7 +100,9 @@ def evaluation_plots(
     prefix = f"{title}: " if title else ""
     classes = list(per_class)
     files = [
-        plot_roc_curves(plot_dir / "roc.png", pooled_curves(scores), title=f"{prefix}ROC per class (pooled queries)"),
+        plot_roc_curves(
+            plot_dir / "roc.png", pooled_curves(scores, classes), title=f"{prefix}ROC per class (pooled queries)"
+        ),
         plot_metric_bars(
             plot_dir / "auc_per_class.png",
             classes,
@@ -105,13 +113,13 @@ def evaluation_plots(
         ),
         plot_confusion_matrices(
             plot_dir / "confusion.png",
-            pooled_confusion(scores, threshold),
+            pooled_confusion(scores, threshold, classes),
             threshold=threshold,
             title=f"{prefix}confusion matrices at threshold {threshold:g} (queries pooled)",
         ),
         plot_metric_bars(
             plot_dir / "overall.png",
-            [m.upper() if m in ("auc", "ap") else m for m in overall],
+            [m.upper() if m in ("auc", "ap", "f1") else m for m in overall],
             [_num(overall[m]["mean"]) for m in overall],
             [_num(overall[m]["ci95"]) for m in overall],
             metric="value",

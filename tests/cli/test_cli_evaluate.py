@@ -36,7 +36,7 @@ def test_evaluate_prints_the_per_class_table_and_writes_the_evaluation(env):
     res = runner.invoke(app, ["evaluate", str(maml), "--data", str(cache), *FAST])
     assert res.exit_code == 0, res.output
     summary = json.loads((maml / "eval" / "summary.json").read_text())
-    assert "overall" in res.stdout and "AUC ± 95% CI" in res.stdout
+    assert "overall" in res.stdout and "mean ± 95% CI" in res.stdout and "precision" in res.stdout
     for cls in summary["per_class"]:
         assert cls in res.stdout
     overall = summary["overall"]["auc"]
