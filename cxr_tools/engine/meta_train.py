@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import logging
 import math
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -136,7 +135,8 @@ class MetaTrainResult:
     """What a ``cxr meta-train`` session achieved.
 
     ``status`` is ``completed`` or ``interrupted`` (rerun the same command to resume). ``model_dir`` is set once
-    the run completed. ``tasks_per_second`` counts this session's training tasks over its training-loop time.
+    the run completed. ``tasks_per_second`` is this session's training tasks over the wall time of its training
+    loop (data, meta-steps, validation, checkpoints, logs; not start-up).
     """
 
     run_dir: Path
@@ -463,14 +463,13 @@ def _fit(
     my_tasks = shard_indices(config.meta_batch, dist.rank, dist.world_size)
     norm = str(getattr(model, "normalisation", "unit"))
     optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=config.meta_lr)
-    session = {"tasks": 0, "seconds": 0.0}
+    session = {"tasks": 0}
 
     def batches_fn(epoch: int, start: int = 0) -> range:
         first = epoch * config.val_every
         return range(first + start, min(first + config.val_every, total_steps))
 
     def step_fn(step: int) -> dict[str, float]:
-        began = time.perf_counter()
         values: dict[str, float] = {}
         if my_tasks:
             episodes = [train_sampler.sample(numpy_generator(config.seed, _TRAIN_KEY, step, t)) for t in my_tasks]
@@ -481,7 +480,6 @@ def _fit(
                 values["support_loss_before"] = float(np.mean([t.support_losses[0] for t in info.tasks]))
                 values["support_loss_last_step"] = float(np.mean([t.support_losses[-1] for t in info.tasks]))
         session["tasks"] += config.meta_batch
-        session["seconds"] += time.perf_counter() - began
         return values
 
     def sync(m: nn.Module) -> None:
@@ -540,7 +538,7 @@ def _fit(
         selected=selected,
         resumed=result.resumed,
         seconds=result.seconds,
-        tasks_per_second=session["tasks"] / session["seconds"] if session["seconds"] > 0 else 0.0,
+        tasks_per_second=session["tasks"] / result.seconds if result.seconds > 0 else 0.0,
         val_episodes_hash=episode_list_hash(val_list) if val_list else None,
         last_metrics=dict(result.last_metrics),
     )
