@@ -46,7 +46,10 @@ def predict(
     workers: Annotated[
         int | None,
         typer.Option(
-            "--workers", min=0, help="Decoding processes (0 = in this process).", show_default="cores, 64+ images"
+            "--workers",
+            min=0,
+            help="Decoding processes (0 = in this process).",
+            show_default="cores/4 on CPU, all cores on GPU",
         ),
     ] = None,
     threshold: Annotated[

@@ -42,7 +42,7 @@ import numpy as np
 
 from cxr_tools.data.imaging import ImageOps
 from cxr_tools.data.inputs import InputItem, list_inputs, read_support
-from cxr_tools.errors import ConfigError, DataError, InputError, ModelError, OutputExistsError
+from cxr_tools.errors import ConfigError, DataError, InputError, ModelError, OutputExistsError, ResourceError
 from cxr_tools.runtime.fs import atomic_write_text
 from cxr_tools.runtime.progress import Progress, null_progress
 
@@ -69,7 +69,8 @@ class PredictConfig:
         output: the predictions CSV to write.
         model: a run directory or model folder.
         batch_size: images per forward pass (scores do not depend on it).
-        workers: decoding processes; None = every available core for 64+ inputs, 0 = in this process.
+        workers: decoding processes; 0 = in this process; None = a quarter of the cores on a CPU device (the
+            forward's threads use the rest), every core with an accelerator (64+ inputs; see ``_workers``).
         device: ``auto``, ``cpu``, ``cuda``, ``cuda:N`` or ``mps``.
         amp: mixed precision on CUDA.
         threshold: ``0.5`` for every class, or ``Effusion=0.3,Mass=0.6`` per class; adds ``<label>_pred``.
@@ -170,8 +171,15 @@ def decode_stream(
 
     paths = [it.path for it in items]
     tasks = (ChunkTask(s, tuple(paths[s : s + chunk]), ops) for s in range(0, len(paths), chunk))
-    for res in ordered_map(process_chunk, tasks, workers, in_flight=in_flight):
-        yield res.start, res.images, list(res.rejected)
+    try:
+        for res in ordered_map(process_chunk, tasks, workers, in_flight=in_flight):
+            yield res.start, res.images, list(res.rejected)
+    except ResourceError as exc:
+        raise ResourceError(
+            "A decoding worker process died (killed for memory, a decoder crashing on a file, or, from Python, "
+            "a main script without an `if __name__ == '__main__':` guard).",
+            "Rerun with fewer --workers, or with --workers 0 to find the file in the traceback (CXR_DEBUG=1).",
+        ) from exc
 
 
 def parse_thresholds(text: str | None, labels: Sequence[str]) -> dict[str, float] | None:
@@ -285,12 +293,19 @@ def load_scorer(config: PredictConfig, progress: Progress) -> tuple[Scorer, dict
 # --- the command -----------------------------------------------------------------------------------------
 
 
-def _workers(config: PredictConfig, n: int) -> int:
+def _workers(config: PredictConfig, n: int, device: torch.device) -> int:
+    """Decoding processes by default: with an accelerator every core decodes while it computes; on a CPU device
+    the forward pass's threads already use every core, so a quarter of the cores decode (none on up to 3 cores,
+    where benchmarks/predict.py measured in-process decoding as fast as 2 workers). Fewer than 64 inputs never
+    pay for a pool start."""
     if config.workers is not None:
         return config.workers
     from cxr_tools.data.preprocess_pipeline import available_cores
 
-    return available_cores() if n >= 64 else 0
+    cores = available_cores()
+    if n < 64:
+        return 0
+    return cores if device.type != "cpu" else cores // 4
 
 
 def run_predict(config: PredictConfig, progress: Progress | None = None) -> PredictResult:
@@ -323,7 +338,7 @@ def run_predict(config: PredictConfig, progress: Progress | None = None) -> Pred
     n = len(inputs.items)
     probs = np.full((n, len(labels)), np.nan, dtype=np.float32)
     errors = [""] * n
-    workers = _workers(config, n)
+    workers = _workers(config, n, scorer.device)
     chunk = max(1, min(config.batch_size, 16))
     in_flight = max(2 * workers, math.ceil(config.batch_size / chunk) + workers)
     pending_pos: list[int] = []

@@ -67,7 +67,8 @@ def test_existing_output_needs_overwrite(tmp_path, model_dir):
     write_png(tmp_path / "imgs" / "a.png", phantom(np.random.default_rng(0)))
     out = tmp_path / "p.csv"
     out.write_text("old")
-    args = ["predict", str(tmp_path / "imgs"), "-o", str(out), "-m", str(model_dir)]
+    run_dir = model_dir.parent  # a run directory works as well as its model/ folder
+    args = ["predict", str(tmp_path / "imgs"), "-o", str(out), "-m", str(run_dir)]
     res = runner.invoke(app, args)
     assert res.exit_code == 1 and "--overwrite" in res.stderr and out.read_text() == "old"
     res = runner.invoke(app, [*args, "--overwrite"])
