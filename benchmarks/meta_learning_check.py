@@ -43,6 +43,8 @@ class CheckConfig:
     first_order: bool = False
     engine: str = "func"
     test_episodes: int = 100
+    val_every: int = 100
+    val_episodes: int = 0
     seed: int = 0
     threads: int = 1
 
@@ -124,7 +126,8 @@ def run_check(cfg: CheckConfig) -> CheckResult:
         first_order=cfg.first_order,
         backbone=cfg.backbone,
         engine=cfg.engine,
-        val_episodes=0,
+        val_every=cfg.val_every,
+        val_episodes=cfg.val_episodes,
         seed=cfg.seed,
         device="cpu",
         threads=cfg.threads,
@@ -170,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     defaults = CheckConfig(workdir=Path("."))
     for name in ("patients", "size", "episodes", "test_episodes", "meta_batch", "adapt_steps", "shots", "queries",
-                 "seed", "threads", "ways"):  # fmt: skip
+                 "seed", "threads", "ways", "val_every", "val_episodes"):  # fmt: skip
         parser.add_argument(f"--{name.replace('_', '-')}", type=int, default=getattr(defaults, name))
     for name in ("inner_lr", "meta_lr"):
         parser.add_argument(f"--{name.replace('_', '-')}", type=float, default=getattr(defaults, name))
