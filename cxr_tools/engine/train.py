@@ -469,24 +469,39 @@ def make_optimisation(
 
 
 def open_training_run(config: Any, kind: str, ctx: RuntimeContext) -> RunDir:
-    """Create or reopen the run directory (main rank writes; all ranks wait for it)."""
+    """Create or reopen the run directory (main rank writes; all ranks wait for it).
+
+    A refusal on the main rank (another command's run, a completed run, changed options) is raised on
+    every rank, so no rank waits forever for the others.
+    """
     import dataclasses
 
-    from cxr_tools.runtime.distributed import barrier
+    from cxr_tools.errors import CxrError
+    from cxr_tools.runtime.distributed import broadcast_object
     from cxr_tools.runtime.rundir import open_run
 
     resolved = dataclasses.replace(config, cache=Path(config.cache).resolve())
-    run = open_run(
-        config.output,
-        kind,
-        resolved,
-        resume=config.resume,
-        overwrite=config.overwrite,
-        is_main=ctx.dist.is_main,
-        device=ctx.device_name,
-        world_size=ctx.dist.world_size,
-    )
-    barrier(ctx.dist)
+    error: CxrError | None = None
+    try:
+        run = open_run(
+            config.output,
+            kind,
+            resolved,
+            resume=config.resume,
+            overwrite=config.overwrite,
+            is_main=ctx.dist.is_main,
+            device=ctx.device_name,
+            world_size=ctx.dist.world_size,
+        )
+    except CxrError as exc:
+        if not ctx.dist.distributed:
+            raise
+        error = exc
+    message = broadcast_object(str(error) if error is not None else None, ctx.dist)
+    if error is not None:
+        raise error
+    if message is not None:
+        raise ModelError(message)
     return run
 
 
@@ -666,10 +681,21 @@ def plan_batches(order: np.ndarray, batch_size: int, dist: DistInfo) -> list[np.
 
 
 def make_batch_loader(dataset: Any, keys: list[Any], workers: int, device: torch.device) -> Any:
-    """A DataLoader yielding ``dataset[key]`` for each key in order (``workers`` processes prefetch)."""
+    """A DataLoader yielding ``dataset[key]`` for each key in order (``workers`` processes prefetch).
+
+    With workers, OpenCV's own thread pool is shrunk to one thread in this process first: workers are
+    forked, and a child forked while the parent holds a pool of OpenCV threads (from augmenting in-process
+    earlier, e.g. validation or a previous run) deadlocks in its first ``cv2.warpAffine``. The images are
+    small; OpenCV threads gain nothing here.
+    """
     from torch.utils.data import DataLoader
 
     from cxr_tools.data.torch_data import seed_worker
+
+    if workers:
+        import cv2
+
+        cv2.setNumThreads(1)
 
     return DataLoader(
         dataset,
@@ -704,8 +730,8 @@ class CacheImages:
             self._pid = os.getpid()
         return self.cache
 
-    def load(self, rows: np.ndarray, epoch: int, keys: Sequence[Sequence[int]] | None) -> np.ndarray:
-        """Images of ``rows``; ``keys[k]`` seeds image k's augmentation (with seed and epoch)."""
+    def load(self, rows: np.ndarray, epoch: int, keys: np.ndarray | None) -> np.ndarray:
+        """Images of ``rows``; ``keys[k]`` (an int row) seeds image k's augmentation with seed and epoch."""
         raw = self._reader().read(rows)
         out = np.empty((len(rows), 1, *raw.shape[1:]), dtype=np.float32)
         if self.augment is None or keys is None:

@@ -117,6 +117,6 @@ def load_siamese(path: str | os.PathLike[str], map_location: str | torch.device 
             "Pass the run directory of `cxr train-siamese`.",
         )
     distance = str((meta.get("extra") or {}).get("distance", "cosine"))
-    net = SiameseNet(model, distance).to(map_location)
+    net = SiameseNet(model, distance).to(map_location)  # type: ignore[arg-type]
     net.eval()
     return net, meta

@@ -58,6 +58,10 @@ def test_train_under_torchrun_resumes_after_sigterm_to_the_identical_model(cache
     info = json.loads((tmp_path / "straight" / "run.json").read_text())
     assert info["world_size"] == 2 and info["status"] == "completed"
     assert load_model_dir(tmp_path / "straight")[1]["training"] == "supervised"
+    refused = subprocess.run(
+        _torchrun(*args, "-o", str(tmp_path / "straight")), capture_output=True, text=True, cwd=REPO, env=_env()
+    )
+    assert refused.returncode != 0 and "--overwrite" in refused.stderr  # every rank stops, none hangs
 
     run = tmp_path / "run"
     proc = subprocess.Popen(

@@ -63,6 +63,13 @@ def test_train_writes_run_dir_with_per_class_val_auc_and_a_loadable_model(cache,
     assert set(result.val_auc) == set(labels)
 
 
+def test_worker_processes_do_not_change_the_result(cache, tmp_path):
+    kw = dict(epochs=1, max_steps=4, batch_size=8, log_every_steps=0)
+    train(_cfg(cache, tmp_path / "w0", workers=0, **kw))
+    train(_cfg(cache, tmp_path / "w2", workers=2, **kw))
+    assert_same_weights(weights(tmp_path / "w0" / "model"), weights(tmp_path / "w2" / "model"))
+
+
 @pytest.mark.slow
 def test_sigkill_mid_run_then_rerun_ends_with_the_same_weights(cache, tmp_path):
     args = ["train", str(cache), "-m", "resnet-tiny", "--epochs", "2", "--batch-size", "8", "--balance", "sampler"]
