@@ -34,7 +34,12 @@ T = TypeVar("T")
 
 # Consoles are created lazily so tests (CliRunner swaps sys.stdout/err) and NO_COLOR are honoured per call.
 def stdout_console() -> Console:
-    return Console(file=sys.stdout, soft_wrap=True)
+    # Piped or redirected output (scripts, SLURM logs) gets a wide table rather than Rich's 80-column default,
+    # so cells are not cut with "…"; an explicit COLUMNS still wins.
+    console = Console(file=sys.stdout, soft_wrap=True)
+    if not console.is_terminal and not os.environ.get("COLUMNS"):
+        console = Console(file=sys.stdout, soft_wrap=True, width=160)
+    return console
 
 
 def stderr_console() -> Console:

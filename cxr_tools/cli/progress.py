@@ -63,6 +63,47 @@ class RichProgress:
             yield _T()
 
 
+class _PlainTask:
+    """State of one plain-progress task; writes a line at most every ``interval`` seconds."""
+
+    def __init__(self, reporter: PlainProgress, description: str, total: float | None) -> None:
+        self.reporter = reporter
+        self.description = description
+        self.total = total
+        self.done = 0.0
+        self.postfix = ""
+        self.start = time.monotonic()
+        self.last = self.start
+
+    def line(self, prefix: str) -> str:
+        elapsed = time.monotonic() - self.start
+        rate = self.done / elapsed if elapsed > 0 else 0.0
+        parts = [f"[{self.description}] {prefix}"]
+        if self.total:
+            parts.append(f"{self.done:g}/{self.total:g} ({100.0 * self.done / self.total:.0f}%)")
+        else:
+            parts.append(f"{self.done:g} done")
+        parts.append(f"{elapsed:.0f}s elapsed")
+        if self.total and rate > 0 and self.done < self.total:
+            parts.append(f"~{(self.total - self.done) / rate:.0f}s left")
+        if self.postfix:
+            parts.append(self.postfix)
+        return ", ".join(parts)
+
+    def advance(self, n: float = 1) -> None:
+        self.done += n
+        now = time.monotonic()
+        if now - self.last >= self.reporter.interval:
+            self.last = now
+            self.reporter._write(self.line("progress"))
+
+    def set_total(self, total: float | None) -> None:
+        self.total = total
+
+    def set_postfix(self, text: str) -> None:
+        self.postfix = text
+
+
 class PlainProgress:
     """Periodic plain log lines, for files and pipes."""
 
@@ -77,43 +118,14 @@ class PlainProgress:
 
     @contextlib.contextmanager
     def task(self, description: str, total: float | None = None) -> Iterator[Task]:
-        reporter = self
-        state = {"done": 0.0, "total": total, "postfix": "", "last": time.monotonic()}
-        start = time.monotonic()
-
-        def line(prefix: str) -> str:
-            done, tot = state["done"], state["total"]
-            elapsed = time.monotonic() - start
-            rate = done / elapsed if elapsed > 0 else 0.0
-            parts = [f"[{description}] {prefix}"]
-            if tot:
-                parts.append(f"{done:g}/{tot:g} ({100.0 * done / tot:.0f}%)")
-            else:
-                parts.append(f"{done:g} done")
-            parts.append(f"{elapsed:.0f}s elapsed")
-            if tot and rate > 0 and done < tot:
-                parts.append(f"~{(tot - done) / rate:.0f}s left")
-            if state["postfix"]:
-                parts.append(str(state["postfix"]))
-            return ", ".join(parts)
-
-        class _T:
-            def advance(self, n: float = 1) -> None:
-                state["done"] += n
-                now = time.monotonic()
-                if now - state["last"] >= reporter.interval:
-                    state["last"] = now
-                    reporter._write(line("progress"))
-
-            def set_total(self, total: float | None) -> None:
-                state["total"] = total
-
-            def set_postfix(self, text: str) -> None:
-                state["postfix"] = text
-
         self._write(f"[{description}] started" + (f", {total:g} to do" if total else ""))
-        yield _T()
-        self._write(line("finished"))
+        state = _PlainTask(self, description, total)
+        try:
+            yield state
+        except BaseException:
+            self._write(state.line("stopped"))
+            raise
+        self._write(state.line("finished"))
 
 
 def make_progress(console: Console, quiet: bool = False) -> ProgressProtocol:

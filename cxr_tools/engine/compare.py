@@ -117,10 +117,10 @@ def _load(eval_dir: Path) -> tuple[dict[str, Any], Any]:
 
 
 def _labels(summaries: Sequence[dict[str, Any]]) -> list[str]:
-    """Short unique display names: the method label when unique, else the full evaluation name."""
+    """Unique display names: the evaluation's name (``run:method``), which says both what was trained and how it
+    was adapted; duplicates get a ``#n`` suffix."""
     methods = [str(s.get("method_label") or s.get("method")) for s in summaries]
-    names = [str(s.get("name") or m) for s, m in zip(summaries, methods, strict=True)]
-    out = [m if methods.count(m) == 1 else n for m, n in zip(methods, names, strict=True)]
+    out = [str(s.get("name") or m) for s, m in zip(summaries, methods, strict=True)]
     seen: dict[str, int] = {}
     for i, label in enumerate(out):
         seen[label] = seen.get(label, 0) + 1

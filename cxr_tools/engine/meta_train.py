@@ -605,6 +605,7 @@ def _write_model(
         "cache_manifest_hash": cache.manifest_hash,
         "image_size": int(cache.image_shape[0]),
         "normalisation": str(getattr(model, "normalisation", "unit")),
+        "preprocessing": dict(cache.manifest.get("preprocessing") or {}),
         "extra": extra,
     }
     save_model_dir(model, meta, run.model_dir)

@@ -586,6 +586,7 @@ def model_meta(cache: CacheReader, model: Any, labels: Sequence[str], kind: str,
         "cache_manifest_hash": cache.manifest_hash,
         "image_size": int(min(cache.image_shape)),
         "normalisation": str(model.normalisation),
+        "preprocessing": dict(cache.manifest.get("preprocessing") or {}),
         "extra": extra,
     }
 

@@ -111,8 +111,8 @@ def save_model_dir(model: nn.Module, meta: Mapping[str, Any], path: str | os.Pat
     ``labels`` (names of the head's outputs, may be empty), ``training`` (one of :data:`TRAINING_KINDS`),
     ``cache_manifest_hash``, optional ``image_size`` / ``normalisation`` (what it was trained with; default
     the model's), ``preprocessing`` (the cache manifest's preprocessing parameters, so ``cxr predict`` can
-    apply the same operations to new images), and ``extra`` (a JSON-able dict for the trainer, e.g. the Siamese distance). Returns the
-    path of ``model.json``.
+    apply the same operations to new images), and ``extra`` (a JSON-able dict for the trainer, e.g. the
+    Siamese distance). Returns the path of ``model.json``.
     """
     name = getattr(model, "model_name", None)
     if name is None:

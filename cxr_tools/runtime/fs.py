@@ -29,6 +29,9 @@ def atomic_path(target: str | os.PathLike[str], suffix: str = "") -> Iterator[Pa
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=suffix + ".tmp", dir=target.parent)
+    # mkstemp creates 0600 files; give the result the permissions an ordinary open() would (umask), so
+    # colleagues sharing a cluster directory can read caches and runs.
+    os.fchmod(fd, 0o666 & ~_umask())
     os.close(fd)
     tmp = Path(tmp_name)
     try:
@@ -57,6 +60,12 @@ def atomic_write_text(target: str | os.PathLike[str], text: str) -> Path:
 def atomic_write_json(target: str | os.PathLike[str], obj: Any) -> Path:
     """Write ``obj`` as indented JSON atomically and return the path."""
     return atomic_write_text(target, json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def _fsync_dir(directory: Path) -> None:

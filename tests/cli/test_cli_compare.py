@@ -56,11 +56,11 @@ def test_compare_ranks_with_paired_differences_and_a_verdict(three):
     order = list(table["name"])
     a = base + 0.15
     c = pd.read_csv(close / "episodes.csv").groupby("episode")["auc"].mean().to_numpy()
-    assert order[-1] == "scratch" and set(order[:2]) == {"maml", "prototype"}
+    assert order[-1] == "run:scratch" and set(order[:2]) == {"run:maml", "run:prototype"}
     assert table["mean"].is_monotonic_decreasing
     top = order[0]
-    top_values = a if top == "maml" else c
-    scratch = table[table["name"] == "scratch"].iloc[0]
+    top_values = a if top == "run:maml" else c
+    scratch = table[table["name"] == "run:scratch"].iloc[0]
     assert scratch["diff_vs_best"] == pytest.approx(np.mean(base - top_values))
     assert scratch["p_value"] == pytest.approx(stats.ttest_rel(base, top_values).pvalue)
     assert bool(scratch["significant"]) and scratch["diff_high"] < 0
@@ -68,7 +68,7 @@ def test_compare_ranks_with_paired_differences_and_a_verdict(three):
     assert runner_up["significant"] in (False, np.False_)  # ±0.03 noise around the same mean
     assert res.stdout.index(top) < res.stdout.index("scratch")
     verdict = [line for line in res.stdout.splitlines() if "ranks first" in line or "is best" in line]
-    assert verdict and "not significantly better" in verdict[0] and "over scratch (p < 0.001)" in verdict[0]
+    assert verdict and "not significantly better" in verdict[0] and "over run:scratch (p < 0.001)" in verdict[0]
     md = (out / "comparison.md").read_text()
     assert "| 1 | " + top in md and "Verdict" in md and "abc123" in md
     assert (out / "comparison.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -79,8 +79,8 @@ def test_compare_ranks_with_paired_differences_and_a_verdict(three):
     forced = runner.invoke(app, ["compare", str(worst), str(best), "-o", str(out), "--overwrite", "--json"])
     assert forced.exit_code == 0, forced.output
     data = json.loads(forced.stdout)
-    assert [r["name"] for r in data["rows"]] == ["maml", "scratch"]
-    assert data["verdict"].startswith("maml is best: AUC ")
+    assert [r["name"] for r in data["rows"]] == ["run:maml", "run:scratch"]
+    assert data["verdict"].startswith("run:maml is best: AUC ")
 
 
 def test_compare_refuses_different_episode_lists_naming_them(three):

@@ -38,3 +38,14 @@ def test_roots_follow_environment(monkeypatch, tmp_path):
     assert paths.runs_root() == tmp_path / "r"
     assert paths.resolve("explicit", paths.runs_root(), "x").name == "explicit"
     assert paths.resolve(None, paths.cache_root(), "nih") == tmp_path / "h" / "cache" / "nih"
+
+
+def test_atomic_writes_follow_the_umask(tmp_path):
+    import os
+
+    old = os.umask(0o022)
+    try:
+        path = atomic_write_text(tmp_path / "shared.txt", "x")
+    finally:
+        os.umask(old)
+    assert path.stat().st_mode & 0o777 == 0o644

@@ -38,3 +38,13 @@ def test_recording_progress_counts():
         t.advance(2)
         t.advance()
     assert rec.done("a") == 3
+
+
+def test_plain_progress_reports_a_stopped_task():
+    import pytest
+
+    stream = io.StringIO()
+    with pytest.raises(RuntimeError), PlainProgress(stream=stream, interval=3600).task("fetch", total=10) as task:
+        task.advance(3)
+        raise RuntimeError("network down")
+    assert stream.getvalue().strip().splitlines()[-1].startswith("[fetch] stopped, 3/10 (30%)")

@@ -1,0 +1,29 @@
+"""`cxr demo --quick`: the whole pipeline runs and ends in a comparison of every method on the same episodes."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from cxr_tools.cli.app import app
+
+runner = CliRunner()
+
+
+@pytest.mark.slow
+def test_quick_demo_compares_all_methods(tmp_path):
+    work = tmp_path / "demo"
+    res = runner.invoke(app, ["demo", "--quick", "--workdir", str(work), "--episodes", "6", "--threads", "1"])
+    assert res.exit_code == 0, res.output
+    for name in ("supervised:finetune-head", "siamese:prototype", "maml:maml", "maml-siamese-init:maml", "scratch"):
+        assert name in res.stdout
+    assert "± " in res.stdout and ("is best" in res.stdout or "ranks first" in res.stdout)
+    comparison = json.loads((work / "compare" / "comparison.json").read_text())
+    assert len(comparison["rows"]) == 5
+    hashes = {json.loads(p.read_text())["episode_list_hash"] for p in work.rglob("summary.json")}
+    assert len(hashes) == 1  # every method on the same episodes
+    # a second run refuses to clobber the work directory
+    again = runner.invoke(app, ["demo", "--quick", "--workdir", str(work)])
+    assert again.exit_code == 1 and "--overwrite" in again.stderr
