@@ -109,7 +109,7 @@ def test_siamese_pairs_and_compare_ranks_the_four_methods(setup, tmp_path):
     result = compare(CompareConfig(inputs=inputs, output=tmp_path / "cmp"))
     means = [row.mean for row in result.rows]
     assert means == sorted(means, reverse=True)
-    by_label = {r.method_label: r for r in results.values()}
+    by_label = {r.name: r for r in results.values()}
     for row in result.rows:
         assert row.mean == pytest.approx(by_label[row.name].overall["auc"]["mean"])
     assert result.rows[0].diff is None and all(r.diff <= 0 for r in result.rows[1:])
