@@ -38,7 +38,7 @@ def stdout_console() -> Console:
     # so cells are not cut with "…"; an explicit COLUMNS still wins.
     console = Console(file=sys.stdout, soft_wrap=True)
     if not console.is_terminal and not os.environ.get("COLUMNS"):
-        console = Console(file=sys.stdout, soft_wrap=True, width=160)
+        console = Console(file=sys.stdout, soft_wrap=True, width=200)
     return console
 
 

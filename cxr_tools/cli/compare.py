@@ -64,9 +64,10 @@ def render(console: Console, result: Any) -> None:
 
     name = result.metric.upper() if result.metric in ("auc", "ap") else result.metric
     longest = max(len(row.name) for row in result.rows)
-    base = longest + 70
+    base = longest + 76
     show_kind = console.width >= base + 12
-    classes = list(result.classes) if console.width >= base + 12 + 8 * len(result.classes) else []
+    class_width = sum(max(len(c), 5) + 3 for c in result.classes)  # header or value, plus padding
+    classes = list(result.classes) if console.width >= base + 12 + class_width else []
     table = Table(
         title=f"cxr compare: {name}, mean ± 95% CI over {result.episodes} shared episodes",
         caption=f"episode list {result.episode_list_hash}; Δ = method − best, paired over episodes",
