@@ -100,6 +100,27 @@ def split_classes(text: str | None) -> tuple[str, ...]:
     return tuple(p.strip() for p in (text or "").split(",") if p.strip())
 
 
+# Options every training command shares, by config field name; the CLI names that differ are mapped below.
+SHARED_TRAINING_FIELDS = (
+    "weights", "norm", "meta_split", "epochs", "max_steps", "batch_size", "lr", "weight_decay", "optimizer",
+    "momentum", "schedule", "warmup_steps", "patience", "augment", "val_batch_size", "workers", "device", "amp",
+    "threads", "seed", "resume", "overwrite", "requeue",
+)  # fmt: skip
+_RENAMED_FIELDS = {
+    "checkpoint_every": "checkpoint_every_steps",
+    "checkpoint_minutes": "checkpoint_every_minutes",
+    "log_every": "log_every_steps",
+}
+
+
+def training_flags(params: dict[str, Any]) -> dict[str, Any]:
+    """The shared training options of a command's parameters, as config fields (one list for every trainer)."""
+    out = {name: params[name] for name in SHARED_TRAINING_FIELDS}
+    out.update({field: params[flag] for flag, field in _RENAMED_FIELDS.items()})
+    out["classes"] = split_classes(params["classes"])
+    return out
+
+
 def train(
     ctx: typer.Context,
     cache: CacheArg,
@@ -163,36 +184,10 @@ def train(
             cache=cache,
             output=output,
             model=model,
-            weights=weights,
-            norm=norm,
-            classes=split_classes(classes),
-            meta_split=meta_split,
             uncertainty=uncertainty,
             balance=balance,
             max_pos_weight=max_pos_weight,
-            epochs=epochs,
-            max_steps=max_steps,
-            batch_size=batch_size,
-            lr=lr,
-            weight_decay=weight_decay,
-            optimizer=optimizer,
-            momentum=momentum,
-            schedule=schedule,
-            warmup_steps=warmup_steps,
-            patience=patience,
-            augment=augment,
-            val_batch_size=val_batch_size,
-            workers=workers,
-            device=device,
-            amp=amp,
-            threads=threads,
-            seed=seed,
-            resume=resume,
-            overwrite=overwrite,
-            requeue=requeue,
-            checkpoint_every_steps=checkpoint_every,
-            checkpoint_every_minutes=checkpoint_minutes,
-            log_every_steps=log_every,
+            **training_flags(ctx.params),
         )
         result = train_engine(cfg, progress_for(quiet))
 

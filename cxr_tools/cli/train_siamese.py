@@ -50,7 +50,7 @@ from cxr_tools.cli.train import (
     WeightsOpt,
     fmt,
     render_status,
-    split_classes,
+    training_flags,
 )
 
 
@@ -138,33 +138,7 @@ def train_siamese(
             views=tuple(v.strip() for v in views.split(",")),
             pairs_per_epoch=pairs_per_epoch,
             val_pairs=val_pairs,
-            weights=weights,
-            norm=norm,
-            classes=split_classes(classes),
-            meta_split=meta_split,
-            epochs=epochs,
-            max_steps=max_steps,
-            batch_size=batch_size,
-            lr=lr,
-            weight_decay=weight_decay,
-            optimizer=optimizer,
-            momentum=momentum,
-            schedule=schedule,
-            warmup_steps=warmup_steps,
-            patience=patience,
-            augment=augment,
-            val_batch_size=val_batch_size,
-            workers=workers,
-            device=device,
-            amp=amp,
-            threads=threads,
-            seed=seed,
-            resume=resume,
-            overwrite=overwrite,
-            requeue=requeue,
-            checkpoint_every_steps=checkpoint_every,
-            checkpoint_every_minutes=checkpoint_minutes,
-            log_every_steps=log_every,
+            **training_flags(ctx.params),
         )
         result = engine(cfg, progress_for(quiet))
 
