@@ -6,7 +6,6 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
-import shutil
 import signal
 import stat
 import subprocess
@@ -16,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from slurm_cluster import require_slurm
 
 SCRIPT = Path(__file__).with_name("runtime_train_script.py")
 
@@ -118,8 +118,7 @@ def test_sigusr1_with_requeue_under_slurm_calls_scontrol_and_resumes(tmp_path, r
 @pytest.mark.slurm
 @pytest.mark.slow
 def test_sbatch_job_records_slurm_job_id(tmp_path):
-    if shutil.which("sbatch") is None:
-        pytest.skip("sbatch is not on PATH: needs a local SLURM cluster (see ENVIRONMENT.md), as in CI")
+    require_slurm()
     run = tmp_path / "run"
     cmd = f"cd {REPO} && {sys.executable} {SCRIPT} {run} --epochs 1"
     done = subprocess.run(
@@ -137,8 +136,7 @@ def test_sbatch_job_records_slurm_job_id(tmp_path):
 @pytest.mark.slurm
 @pytest.mark.slow
 def test_real_slurm_preemption_requeues_and_the_job_resumes(tmp_path, reference):
-    if shutil.which("sbatch") is None:
-        pytest.skip("sbatch is not on PATH: needs a local SLURM cluster (see ENVIRONMENT.md), as in CI")
+    require_slurm()
     run, ready = tmp_path / "run", tmp_path / "ready"
     cmd = (
         f"cd {REPO} && exec {sys.executable} {SCRIPT} {run} --epochs 2 --sleep 0.3 --ready {ready} "

@@ -1,0 +1,39 @@
+"""The local one-node SLURM cluster the ``slurm`` tests submit to (started by ``.ci/setup-slurm.sh``).
+
+A controller that is down is restarted once with that script (as root, as in CI); a cluster that still does
+not answer skips the test with the daemons' own diagnostics in the reason, so a CI log says why.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+SETUP = Path(__file__).resolve().parents[1] / ".ci" / "setup-slurm.sh"
+
+
+def _controller_up() -> bool:
+    try:
+        done = subprocess.run(["scontrol", "ping"], capture_output=True, text=True, timeout=20)
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return "is UP" in done.stdout
+
+
+def require_slurm() -> None:
+    """Skip unless sbatch is installed and its controller answers, restarting it once when we may."""
+    if shutil.which("sbatch") is None:
+        pytest.skip("sbatch is not on PATH: needs a local SLURM cluster (see ENVIRONMENT.md), as in CI")
+    if _controller_up():
+        return
+    output = "not restarted: needs root and .ci/setup-slurm.sh"
+    if os.geteuid() == 0 and SETUP.exists():
+        done = subprocess.run(["bash", str(SETUP)], capture_output=True, text=True, timeout=300)
+        output = (done.stdout + done.stderr)[-1500:]
+        if _controller_up():
+            return
+    pytest.skip(f"sbatch is installed but the SLURM controller does not answer; restart: {output}")
