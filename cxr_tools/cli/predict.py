@@ -85,6 +85,13 @@ def predict(
     amp: Annotated[bool, typer.Option("--amp", help="Mixed precision (CUDA only).")] = False,
     seed: SeedOpt = 0,
     overwrite: OverwriteOpt = False,
+    resume: Annotated[
+        bool,
+        typer.Option(
+            "--resume/--no-resume",
+            help="Continue the rows an interrupted run with the same settings left; --no-resume starts over.",
+        ),
+    ] = True,
     quiet: QuietOpt = False,
     config: ConfigOpt = None,
     json_output: JsonOpt = False,
@@ -92,7 +99,8 @@ def predict(
     """Score images with a trained run: one CSV row per input with a probability per class.
 
     A file that cannot be read gets a row with its error and the others are still scored (exit code 3).
-    The images are preprocessed exactly as the run's training cache was.
+    The images are preprocessed exactly as the run's training cache was. Rows are saved as they are scored:
+    after a kill or a time limit, the same command continues where it stopped.
     """
     with handle_errors():
         from cxr_tools.engine.predict import PredictConfig, run_predict
@@ -116,6 +124,7 @@ def predict(
             finetune=finetune,
             seed=seed,
             overwrite=overwrite,
+            resume=resume,
         )
         result = run_predict(cfg, progress_for(quiet))
 
@@ -123,8 +132,9 @@ def predict(
 
     def render(console: Console) -> None:
         adapted = f", adapted to {result.n_support} support images ({result.method})" if result.n_support else ""
+        resumed = f" ({result.n_resumed} from the interrupted run)" if result.n_resumed else ""
         console.print(
-            f"{result.n_ok} of {result.n_inputs} images scored for {len(result.labels)} classes{adapted} "
+            f"{result.n_ok} of {result.n_inputs} images scored{resumed} for {len(result.labels)} classes{adapted} "
             f"-> {escape(str(result.output))}",
             highlight=False,
         )

@@ -15,6 +15,9 @@ The pipeline, and why each step is shaped as it is:
 * **Batch-independent scores.** The model runs in eval mode under ``torch.inference_mode`` (BatchNorm uses its
   running statistics), so a row's scores depend on its own image only; float32 kernels may still round the last
   bit differently for different batch shapes (< 1e-6), below the 6 decimals written.
+* **Resumable.** Rows are appended to a hidden partial file as they are scored and renamed to the output at
+  the end (:mod:`cxr_tools.engine.predict_output`); a rerun after ``kill -9``, a SLURM time limit or Ctrl-C
+  continues after the last complete row when the settings are the same, and ends with the same file.
 * **Honest partial failure.** A file that cannot be read (missing, corrupt, not an image) gets a row with empty
   probabilities and the reason in ``error``; the run continues. The result counts them; the CLI exits 3.
 * **Few-shot use** (``support``): the run is first adapted to a labelled support set with the method its
@@ -23,13 +26,11 @@ The pipeline, and why each step is shaped as it is:
   support set's classes. MAML and Siamese runs have no fixed label head and need a support set.
 
 The CSV (DESIGN.md §3): ``path``, one probability column per class, ``<class>_pred`` columns (0/1) when
-thresholds are given, ``error``; one row per input in input order; written atomically.
+thresholds are given, ``error``; one row per input in input order; complete whenever it exists.
 """
 
 from __future__ import annotations
 
-import csv
-import io
 import logging
 import math
 import time
@@ -42,8 +43,14 @@ import numpy as np
 
 from cxr_tools.data.imaging import ImageOps
 from cxr_tools.data.inputs import InputItem, list_inputs, read_support
+from cxr_tools.engine.predict_output import (
+    PredictionsWriter,
+    fingerprint_inputs,
+    fingerprint_path,
+    format_row,
+    header,
+)
 from cxr_tools.errors import ConfigError, DataError, InputError, ModelError, OutputExistsError, ResourceError
-from cxr_tools.runtime.fs import atomic_write_text
 from cxr_tools.runtime.progress import Progress, null_progress
 
 if TYPE_CHECKING:
@@ -57,7 +64,6 @@ NEEDS_SUPPORT: tuple[str, ...] = ("maml", "siamese")
 _IMPLIED_OPS = {"grayscale": True, "interpolation": "area"}
 #: Failures listed in the result (all are in the CSV).
 MAX_LISTED_FAILURES = 200
-DECIMALS = 6
 
 
 @dataclass(frozen=True)
@@ -80,6 +86,7 @@ class PredictConfig:
         finetune: ``head`` or ``all`` when fine-tuning.
         seed: seed of the adaptation (a fresh head's initialisation).
         overwrite: replace an existing output CSV.
+        resume: continue an interrupted run's partial output (same settings); False starts over.
     """
 
     input: Path
@@ -96,6 +103,7 @@ class PredictConfig:
     finetune: str = "head"
     seed: int = 0
     overwrite: bool = False
+    resume: bool = True
 
     def __post_init__(self) -> None:
         if self.batch_size < 1:
@@ -108,7 +116,8 @@ class PredictConfig:
 
 @dataclass(frozen=True)
 class PredictResult:
-    """What ``cxr predict`` did. ``failures`` lists up to 200 ``(path, reason)`` pairs (all are in the CSV)."""
+    """What ``cxr predict`` did. ``failures`` lists up to 200 ``(path, reason)`` pairs (all are in the CSV);
+    ``n_resumed`` rows came from an interrupted earlier run and ``images_per_second`` counts this run's only."""
 
     output: Path
     model: str
@@ -119,6 +128,7 @@ class PredictResult:
     n_ok: int
     n_failed: int
     n_skipped: int
+    n_resumed: int
     method: str | None
     n_support: int
     seconds: float
@@ -336,47 +346,26 @@ def run_predict(config: PredictConfig, progress: Progress | None = None) -> Pred
     ops = model_ops(meta)
 
     n = len(inputs.items)
-    probs = np.full((n, len(labels)), np.nan, dtype=np.float32)
-    errors = [""] * n
-    workers = _workers(config, n, scorer.device)
-    chunk = max(1, min(config.batch_size, 16))
-    in_flight = max(2 * workers, math.ceil(config.batch_size / chunk) + workers)
-    pending_pos: list[int] = []
-    pending_img: list[np.ndarray] = []
-    loop_start = time.perf_counter()
+    writer = PredictionsWriter(
+        out,
+        header(labels, thresholds),
+        _settings(config, meta, labels, thresholds, inputs.items),
+        inputs.items,
+        resume=config.resume,
+    )
+    try:
+        done = len(writer.resumed_rows)
+        if done:
+            log.info("resuming %s after %d of %d rows", out, done, n)
+        todo = inputs.items[done:]
+        errors, loop_seconds = _score_into(writer, todo, scorer, ops, labels, thresholds, config, progress, done, n)
+        writer.finish()
+    finally:
+        writer.close()
 
-    def flush(task: Any, final: bool) -> None:
-        while pending_pos and (final or len(pending_pos) >= config.batch_size):
-            take = min(config.batch_size, len(pending_pos))
-            batch = np.stack(pending_img[:take])
-            rows = pending_pos[:take]
-            scores = scorer(batch)
-            if scores.shape != (take, len(labels)):
-                raise ModelError(f"Scores of shape {scores.shape} for {take} images and {len(labels)} classes.")
-            probs[rows] = scores
-            del pending_pos[:take], pending_img[:take]
-            task.advance(take)
-
-    with progress.task("predict", total=n) as task:
-        stream = decode_stream(inputs.items, ops, workers=workers, chunk=chunk, in_flight=in_flight)
-        for start, block, rejected in stream:
-            bad = dict(rejected)
-            count = min(chunk, n - start)
-            k = 0
-            for pos in range(start, start + count):
-                if pos in bad:
-                    errors[pos] = bad[pos]
-                    task.advance(1)
-                else:
-                    pending_pos.append(pos)
-                    pending_img.append(block[k])
-                    k += 1
-            flush(task, final=False)
-        flush(task, final=True)
-    loop_seconds = time.perf_counter() - loop_start
-
-    write_predictions(out, inputs.items, labels, probs, errors, thresholds)
-    failed = [(inputs.items[i].display, errors[i]) for i in range(n) if errors[i]]
+    failed = [(row[0], row[-1]) for row in writer.resumed_rows if row[-1]]
+    failed += [(todo[i].display, errors[i]) for i in range(len(todo)) if errors[i]]
+    n_new_ok = len(todo) - sum(1 for e in errors if e)
     return PredictResult(
         output=out,
         model=str(meta.get("path")),
@@ -387,41 +376,117 @@ def run_predict(config: PredictConfig, progress: Progress | None = None) -> Pred
         n_ok=n - len(failed),
         n_failed=len(failed),
         n_skipped=len(inputs.skipped),
+        n_resumed=done,
         method=None if n_support == 0 else _method_name(config, meta),
         n_support=n_support,
         seconds=round(time.perf_counter() - started, 3),
-        images_per_second=round((n - len(failed)) / loop_seconds, 2) if loop_seconds > 0 else 0.0,
+        images_per_second=round(n_new_ok / loop_seconds, 2) if loop_seconds > 0 else 0.0,
         failures=tuple(failed[:MAX_LISTED_FAILURES]),
     )
+
+
+def _score_into(
+    writer: PredictionsWriter,
+    todo: Sequence[InputItem],
+    scorer: Scorer,
+    ops: ImageOps,
+    labels: Sequence[str],
+    thresholds: Mapping[str, float] | None,
+    config: PredictConfig,
+    progress: Progress,
+    done: int,
+    total: int,
+) -> tuple[list[str], float]:
+    """Decode and score ``todo``, appending each row to ``writer`` as soon as it and those before it are known.
+
+    Returns the error of every input of ``todo`` ("" when scored) and the seconds the loop took.
+    """
+    m = len(todo)
+    probs = np.full((m, len(labels)), np.nan, dtype=np.float32)
+    errors = [""] * m
+    ready = np.zeros(m, dtype=bool)
+    next_row = 0
+    workers = _workers(config, m, scorer.device)
+    chunk = max(1, min(config.batch_size, 16))
+    in_flight = max(2 * workers, math.ceil(config.batch_size / chunk) + workers)
+    pending_pos: list[int] = []
+    pending_img: list[np.ndarray] = []
+    loop_start = time.perf_counter()
+
+    def flush(task: Any, final: bool) -> None:
+        while pending_pos and (final or len(pending_pos) >= config.batch_size):
+            take = min(config.batch_size, len(pending_pos))
+            rows = pending_pos[:take]
+            scores = scorer(np.stack(pending_img[:take]))
+            if scores.shape != (take, len(labels)):
+                raise ModelError(f"Scores of shape {scores.shape} for {take} images and {len(labels)} classes.")
+            probs[rows] = scores
+            ready[rows] = True
+            del pending_pos[:take], pending_img[:take]
+            task.advance(take)
+
+    def drain() -> None:
+        """Write the rows that are complete, in input order."""
+        nonlocal next_row
+        first = next_row
+        while next_row < m and ready[next_row]:
+            next_row += 1
+        writer.write(
+            [format_row(todo[i].display, probs[i], errors[i], labels, thresholds) for i in range(first, next_row)]
+        )
+
+    with progress.task("predict", total=total) as task:
+        task.advance(done)
+        for start, block, rejected in decode_stream(todo, ops, workers=workers, chunk=chunk, in_flight=in_flight):
+            bad = dict(rejected)
+            k = 0
+            for pos in range(start, min(start + chunk, m)):
+                if pos in bad:
+                    errors[pos] = bad[pos]
+                    ready[pos] = True
+                    task.advance(1)
+                else:
+                    pending_pos.append(pos)
+                    pending_img.append(block[k])
+                    k += 1
+            flush(task, final=False)
+            drain()
+        flush(task, final=True)
+        drain()
+    if next_row != m:
+        raise RuntimeError(f"{m - next_row} inputs were neither scored nor rejected.")
+    return errors, time.perf_counter() - loop_start
+
+
+def _settings(
+    config: PredictConfig,
+    meta: Mapping[str, Any],
+    labels: Sequence[str],
+    thresholds: Mapping[str, float] | None,
+    items: Sequence[InputItem],
+) -> dict[str, Any]:
+    """What the rows depend on: a partial output is resumed only when all of it is unchanged."""
+    from cxr_tools.models.checkpoints import WEIGHTS_FILE
+
+    folder = Path(str(meta.get("path")))
+    weights = meta.get("weights_sha256") or fingerprint_path(folder / str(meta.get("weights_file") or WEIGHTS_FILE))
+    return {
+        "model": str(folder.resolve()),
+        "weights": weights,
+        "labels": list(labels),
+        "thresholds": dict(thresholds) if thresholds else None,
+        "support": fingerprint_path(config.support),
+        "method": config.method,
+        "finetune": config.finetune,
+        "min_support": config.min_support,
+        "seed": config.seed,
+        "amp": config.amp,
+        "inputs": len(items),
+        "inputs_sha256": fingerprint_inputs(items),
+    }
 
 
 def _method_name(config: PredictConfig, meta: Mapping[str, Any]) -> str:
     from cxr_tools.methods.adapters import resolve_method
 
     return resolve_method(config.method, str(meta.get("training")))
-
-
-def write_predictions(
-    path: Path,
-    items: Sequence[InputItem],
-    labels: Sequence[str],
-    probs: np.ndarray,
-    errors: Sequence[str],
-    thresholds: Mapping[str, float] | None,
-) -> Path:
-    """The predictions CSV (DESIGN.md §3), atomically: failed rows have empty probabilities and their error."""
-    buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
-    pred_cols = [label for label in labels if thresholds and label in thresholds]
-    writer.writerow(["path", *labels, *(f"{label}_pred" for label in pred_cols), "error"])
-    index = {label: j for j, label in enumerate(labels)}
-    for i, item in enumerate(items):
-        if errors[i]:
-            writer.writerow([item.display, *([""] * (len(labels) + len(pred_cols))), errors[i]])
-            continue
-        # the decision uses the value as written, so a reader of the CSV can reproduce every _pred cell
-        row = [round(float(p), DECIMALS) for p in probs[i]]
-        cells = [f"{p:.{DECIMALS}f}" for p in row]
-        preds = [str(int(row[index[label]] >= thresholds[label])) for label in pred_cols] if thresholds else []
-        writer.writerow([item.display, *cells, *preds, ""])
-    return atomic_write_text(path, buf.getvalue())
