@@ -101,6 +101,13 @@ def evaluate(
         int | None, typer.Option("--threads", min=1, help="CPU threads (default: torch's).", show_default=False)
     ] = None,
     overwrite: OverwriteOpt = False,
+    resume: Annotated[
+        bool,
+        typer.Option(
+            "--resume/--no-resume",
+            help="Continue an interrupted evaluation in the output folder after its finished episodes.",
+        ),
+    ] = True,
     config: ConfigOpt = None,
     json_output: JsonOpt = False,
     quiet: QuietOpt = False,
@@ -144,6 +151,7 @@ def evaluate(
             device=device,
             threads=threads,
             overwrite=overwrite,
+            resume=resume,
         )
         if cfg.data is None:
             raise ConfigError("No cache given.", "Pass --data CACHE (a directory written by cxr preprocess).")

@@ -22,8 +22,9 @@ What an evaluation does, and why:
 
 Writes ``OUT/episodes.json``, ``episodes.csv`` (episode, class, counts, metrics), ``scores.csv`` (every query
 score), ``plots/*.png`` and, last, ``summary.json`` (its presence marks a complete evaluation; an existing one is
-replaced only with ``overwrite``). ``OUT`` defaults to ``RUN/eval`` for the run's own method and
-``RUN/eval-<method>`` for another.
+replaced only with ``overwrite``). Until then each finished episode is journalled, and a rerun of an interrupted
+evaluation continues after the last one (:mod:`cxr_tools.engine.evaluate_journal`). ``OUT`` defaults to
+``RUN/eval`` for the run's own method and ``RUN/eval-<method>`` for another.
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from cxr_tools import __version__
+from cxr_tools.engine.evaluate_journal import EpisodeJournal
 from cxr_tools.errors import ConfigError, DataError, ModelError, OutputExistsError
 from cxr_tools.eval.metrics import METRICS
 from cxr_tools.runtime.progress import Progress, null_progress
@@ -83,6 +85,7 @@ class EvaluateConfig:
         plots: write the PNG plots.
         device, threads: where to compute.
         overwrite: replace a complete evaluation in ``output``.
+        resume: continue an interrupted evaluation in ``output`` after its finished episodes (same settings).
     """
 
     data: Path
@@ -109,6 +112,7 @@ class EvaluateConfig:
     device: str = "auto"
     threads: int | None = None
     overwrite: bool = False
+    resume: bool = True
 
 
 @dataclass(frozen=True)
@@ -210,8 +214,9 @@ def default_output(run: Path | None, method_label: str, kind: str | None) -> Pat
     return base / ("eval" if method_label == own else f"eval-{method_label}")
 
 
-def prepare_eval_dir(path: Path, overwrite: bool) -> Path:
-    """Write-once: a complete evaluation (``summary.json``) needs ``overwrite``; an interrupted one is restarted."""
+def prepare_eval_dir(path: Path, overwrite: bool, resume: bool = False) -> Path:
+    """Write-once: a complete evaluation (``summary.json``) needs ``overwrite``; an interrupted one is kept for
+    ``resume`` (its journal decides what can be reused) and restarted otherwise."""
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise OutputExistsError(f"{path} exists and is not a directory.", "Choose another -o.")
@@ -227,6 +232,8 @@ def prepare_eval_dir(path: Path, overwrite: bool) -> Path:
             raise OutputExistsError(
                 f"{path} is not empty and holds no evaluation.", "Choose another -o, or pass --overwrite to replace it."
             )
+        if not complete and resume and not overwrite:
+            return path
         if not complete:
             log.info("Restarting the interrupted evaluation in %s.", path)
         shutil.rmtree(path)
@@ -296,7 +303,7 @@ def evaluate(config: EvaluateConfig, progress: Progress | None = None) -> Evalua
     device = resolve_device(config.device)
     adapter = build_adapter(model, meta, config.ways, adapt_cfg, backbone=backbone, device=device)
     out = prepare_eval_dir(Path(config.output) if config.output else default_output(config.run, label, kind),
-                           config.overwrite)  # fmt: skip
+                           config.overwrite, config.resume)  # fmt: skip
     save_episode_list(
         out / EPISODES_JSON,
         episodes,
@@ -310,7 +317,24 @@ def evaluate(config: EvaluateConfig, progress: Progress | None = None) -> Evalua
             "seed": config.seed,
         },
     )
-    records, scores = _run_episodes(adapter, cache, episodes, normalisation, device, config, progress)
+    journal = EpisodeJournal(
+        out,
+        {
+            "run": str(Path(config.run).resolve()) if config.run is not None else None,
+            "weights": (meta or {}).get("weights_sha256"),
+            "method": method,
+            "settings": {**describe(adapter), "finetune": config.finetune},
+            "backbone": backbone,
+            "cache_manifest_hash": cache.manifest_hash,
+            "episode_list_hash": ep_hash,
+            "threshold": config.threshold,
+        },
+        resume=config.resume,
+    )
+    try:
+        records, scores = _run_episodes(adapter, cache, episodes, normalisation, device, config, progress, journal)
+    finally:
+        journal.close()
     pairs = None
     if kind == "siamese" and config.pairs > 0 and model is not None and meta is not None:
         pairs = _pair_metrics(model, meta, cache, split, pool, normalisation, device, config, progress)
@@ -367,6 +391,7 @@ def evaluate(config: EvaluateConfig, progress: Progress | None = None) -> Evalua
     from cxr_tools.runtime.fs import atomic_write_json
 
     files.append(atomic_write_json(out / SUMMARY, _json_safe(summary)))
+    journal.remove()
     return EvaluateResult(
         output=out,
         name=name,
@@ -449,7 +474,10 @@ def _run_episodes(
     device: Any,
     config: EvaluateConfig,
     progress: Progress,
+    journal: EpisodeJournal,
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Adapt and score every episode (reusing the journal's finished ones): ``episodes.csv`` and ``scores.csv``
+    rows in episode order."""
     from cxr_tools.engine.meta_train import episode_tensors
     from cxr_tools.eval.metrics import episode_metrics
     from cxr_tools.runtime.seeding import make_generator
@@ -459,20 +487,32 @@ def _run_episodes(
     aucs: list[float] = []
     with progress.task("evaluate", total=len(episodes)) as task:
         for i, ep in enumerate(episodes):
+            if i in journal.done:
+                done_records, done_scores = journal.done[i]
+                records += done_records
+                scores += done_scores
+                aucs.append(float(np.nanmean([r["auc"] for r in done_records])))
+                task.advance()
+                continue
             sx, sy, qx, _ = episode_tensors(cache, ep, normalisation, device)
             scorer = adapter.fit(sx, sy, generator=make_generator(config.seed, i))
             probs = scorer.predict(qx).numpy().astype(np.float64)
             per_class = episode_metrics(ep.query_targets, probs, ep.classes, config.threshold)
+            ep_records: list[dict[str, Any]] = []
+            ep_scores: list[dict[str, Any]] = []
             for j, cls in enumerate(ep.classes):
                 y = ep.query_targets[:, j]
-                records.append(
+                ep_records.append(
                     {"episode": i, "class": cls, "positives": int(y.sum()), "negatives": int(len(y) - y.sum()),
                      **per_class[cls]}
                 )  # fmt: skip
-                scores += [
+                ep_scores += [
                     {"episode": i, "class": cls, "row": int(r), "target": int(t), "score": float(s)}
                     for r, t, s in zip(ep.query_rows, y, probs[:, j], strict=True)
                 ]
+            journal.add(i, ep_records, ep_scores)
+            records += ep_records
+            scores += ep_scores
             aucs.append(float(np.nanmean([m["auc"] for m in per_class.values()])))
             task.advance()
             if (i + 1) % 10 == 0 or i + 1 == len(episodes):

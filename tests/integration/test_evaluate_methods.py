@@ -8,6 +8,7 @@ import pandas as pd
 import pytest
 import torch
 from evaluate_factory import SPLIT, make_eval_cache, make_run
+from interrupting_progress import Interrupt
 
 from cxr_tools.data.cache import open_cache
 from cxr_tools.data.splits import meta_split_pools
@@ -177,3 +178,44 @@ def test_compare_refuses_different_episode_lists(setup, tmp_path):
                            plots=False, **COMMON)
         )  # fmt: skip
         compare(CompareConfig(inputs=(runs["maml"], t.output), metric="f1"))
+
+
+def test_an_interrupted_evaluation_resumes_to_the_same_results(setup, tmp_path, caplog):
+    _, cache, runs, results, _ = setup
+    out = tmp_path / "eval"
+    config = EvaluateConfig(data=cache, run=runs["maml"], output=out, plots=False, **COMMON)
+    with pytest.raises(KeyboardInterrupt):
+        evaluate(config, Interrupt("evaluate", after=4))
+    assert not (out / "summary.json").exists()
+    assert len((out / "progress.jsonl").read_text().splitlines()) == 4
+    with open(out / "progress.jsonl", "a") as fh:  # what kill -9 during a write can leave
+        fh.write('{"episode": 4, "reco')
+    progress = RecordingProgress()
+    with caplog.at_level("INFO", logger="cxr_tools"):
+        resumed = evaluate(config, progress)
+    assert "4 episode(s) already done" in caplog.text
+    assert progress.done("evaluate") == EPISODES
+    reference = results["maml"].output
+    for name in ("episodes.csv", "scores.csv"):
+        assert (out / name).read_bytes() == (reference / name).read_bytes(), name
+    assert resumed.overall == results["maml"].overall
+    assert not (out / "progress.jsonl").exists() and not (out / "progress.json").exists()
+
+
+def test_an_interrupted_evaluation_with_other_settings_starts_over(setup, tmp_path, caplog):
+    _, cache, runs, _, _ = setup
+    out = tmp_path / "eval"
+    with pytest.raises(KeyboardInterrupt):
+        evaluate(
+            EvaluateConfig(data=cache, run=runs["maml"], output=out, plots=False, **COMMON), Interrupt("evaluate", 3)
+        )
+    progress = RecordingProgress()
+    with caplog.at_level("WARNING", logger="cxr_tools"):
+        evaluate(EvaluateConfig(data=cache, run=runs["maml"], output=out, plots=False, threshold=0.3, **COMMON))
+    assert "threshold differ" in caplog.text
+    with pytest.raises(KeyboardInterrupt):
+        evaluate(EvaluateConfig(data=cache, run=runs["maml"], output=tmp_path / "e2", plots=False, **COMMON),
+                 Interrupt("evaluate", 3))  # fmt: skip
+    evaluate(EvaluateConfig(data=cache, run=runs["maml"], output=tmp_path / "e2", plots=False, resume=False, **COMMON),
+             progress)  # fmt: skip
+    assert progress.done("evaluate") == EPISODES

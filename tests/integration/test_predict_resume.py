@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from interrupting_progress import Interrupt
 from predict_fixtures import make_mixed_folder, make_model_dir, phantom, write_png
 
 from cxr_tools.engine.predict import PredictConfig, run_predict
@@ -20,38 +21,6 @@ from cxr_tools.errors import OutputExistsError
 from cxr_tools.runtime.progress import RecordingProgress
 
 torch.set_num_threads(1)
-
-
-class Interrupt(RecordingProgress):
-    """Raises KeyboardInterrupt (as Ctrl-C or a signal handler would) once ``after`` images are advanced."""
-
-    def __init__(self, after: int) -> None:
-        super().__init__()
-        self.after = after
-
-    def task(self, description, total=None):
-        cm = super().task(description, total)
-        outer = self
-
-        class _Wrap:
-            def __enter__(self):
-                inner = cm.__enter__()
-
-                class _T:
-                    def advance(self, n=1):
-                        inner.advance(n)
-                        if description == "predict" and outer.done("predict") >= outer.after:
-                            raise KeyboardInterrupt
-
-                    def __getattr__(self, name):
-                        return getattr(inner, name)
-
-                return _T()
-
-            def __exit__(self, *exc):
-                return cm.__exit__(*exc)
-
-        return _Wrap()
 
 
 @pytest.fixture
@@ -79,7 +48,7 @@ def test_interrupted_run_keeps_rows_and_a_rerun_resumes_to_the_same_file(setup):
     tmp_path, _, model, reference = setup
     out = tmp_path / "out.csv"
     with pytest.raises(KeyboardInterrupt):
-        run_predict(_config(tmp_path, model), Interrupt(after=12))
+        run_predict(_config(tmp_path, model), Interrupt("predict", after=12))
     assert not out.exists(), "an incomplete output must never sit at the output path"
     kept = _partial(out).read_text().splitlines()
     assert 1 + 8 <= len(kept) < 1 + 27, "the rows scored before the interruption are on disk"
@@ -99,7 +68,7 @@ def test_a_row_cut_mid_write_is_scored_again(setup):
     tmp_path, _, model, reference = setup
     out = tmp_path / "out.csv"
     with pytest.raises(KeyboardInterrupt):
-        run_predict(_config(tmp_path, model), Interrupt(after=8))
+        run_predict(_config(tmp_path, model), Interrupt("predict", after=8))
     with open(_partial(out), "a") as fh:  # what kill -9 during a write can leave
         fh.write("/some/half/written/pa")
     run_predict(_config(tmp_path, model))
@@ -110,7 +79,7 @@ def test_other_settings_refuse_to_resume_and_no_resume_starts_over(setup):
     tmp_path, _, model, _ = setup
     out = tmp_path / "out.csv"
     with pytest.raises(KeyboardInterrupt):
-        run_predict(_config(tmp_path, model), Interrupt(after=8))
+        run_predict(_config(tmp_path, model), Interrupt("predict", after=8))
     with pytest.raises(OutputExistsError, match=r"other settings \(thresholds differ\)") as info:
         run_predict(_config(tmp_path, model, threshold="0.3"))
     assert "--no-resume" in (info.value.hint or "")
@@ -127,7 +96,7 @@ def test_other_settings_refuse_to_resume_and_no_resume_starts_over(setup):
 def test_a_changed_input_list_is_refused_and_no_resume_starts_over(setup):
     tmp_path, _, model, _ = setup
     with pytest.raises(KeyboardInterrupt):
-        run_predict(_config(tmp_path, model), Interrupt(after=8))
+        run_predict(_config(tmp_path, model), Interrupt("predict", after=8))
     write_png(tmp_path / "imgs" / "0_new.png", phantom(np.random.default_rng(9)))
     with pytest.raises(OutputExistsError, match="inputs, inputs_sha256 differ"):
         run_predict(_config(tmp_path, model))
