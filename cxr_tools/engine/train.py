@@ -54,23 +54,19 @@ BALANCE_MODES = ("none", "sampler", "weights")
 OPTIMIZERS = ("adamw", "sgd")
 
 
-@dataclass(frozen=True)
-class TrainConfig:
-    """Options of ``cxr train`` (CLI defaults). Saved as ``RUN/config.yaml``.
+@dataclass(frozen=True, kw_only=True)
+class TrainingOptions:
+    """Options shared by ``cxr train`` and ``cxr train-siamese``: training length, optimiser, runtime.
+
+    Keyword-only, so each command's own fields (``cache``, ``output``, ...) come first in its constructor.
 
     Attributes:
-        cache, output: the cache to read and the run directory to write.
-        model, weights, norm: zoo model name, pretrained weight source, normalisation layer (None = default).
-        classes: label columns to train (empty = every label of the cache; ``("base",)`` = meta-train classes).
-        meta_split: meta-split for ``base`` (None = the cache's ``meta_split.json``, else MetaChest).
-        uncertainty: ``ignore``, ``zeros`` or ``ones``.
-        balance: ``none``, ``sampler`` (class-balanced draws) or ``weights`` (BCE ``pos_weight``).
-        max_pos_weight: cap on ``pos_weight`` with ``balance=weights``.
         epochs, max_steps: training length (max_steps, when set, stops earlier).
         batch_size: global batch size (split over ranks under torchrun).
         lr, weight_decay, optimizer, momentum: optimiser (``adamw`` or ``sgd``).
         schedule, warmup_steps: LR schedule (none, cosine, step, plateau, onecycle) and linear warmup.
-        patience: early stopping on mean val AUC after this many epochs without improvement (None = off).
+        patience: early stopping on the monitored validation metric after this many epochs without
+            improvement (None = off).
         augment: light anatomical augmentation of training images.
         val_batch_size: validation batch (None = 2 x batch_size).
         workers, device, amp, threads: data workers, ``--device``, mixed precision on CUDA, CPU threads.
@@ -80,16 +76,6 @@ class TrainConfig:
         log_every_steps: a ``step`` record in metrics.jsonl every N steps (0 = epochs only).
     """
 
-    cache: Path
-    output: Path
-    model: str = "resnet18"
-    weights: str | None = None
-    norm: str | None = None
-    classes: tuple[str, ...] = ()
-    meta_split: str | None = None
-    uncertainty: str = "ignore"
-    balance: str = "none"
-    max_pos_weight: float | None = None
     epochs: int = 10
     max_steps: int | None = None
     batch_size: int = 32
@@ -113,6 +99,33 @@ class TrainConfig:
     checkpoint_every_steps: int | None = None
     checkpoint_every_minutes: float | None = 10.0
     log_every_steps: int = 50
+
+
+@dataclass(frozen=True)
+class TrainConfig(TrainingOptions):
+    """Options of ``cxr train`` (CLI defaults). Saved as ``RUN/config.yaml``.
+
+    Attributes:
+        cache, output: the cache to read and the run directory to write.
+        model, weights, norm: zoo model name, pretrained weight source, normalisation layer (None = default).
+        classes: label columns to train (empty = every label of the cache; ``("base",)`` = meta-train classes).
+        meta_split: meta-split for ``base`` (None = the cache's ``meta_split.json``, else MetaChest).
+        uncertainty: ``ignore``, ``zeros`` or ``ones``.
+        balance: ``none``, ``sampler`` (class-balanced draws) or ``weights`` (BCE ``pos_weight``).
+        max_pos_weight: cap on ``pos_weight`` with ``balance=weights``.
+        Training length, optimiser, schedule and run handling: :class:`TrainingOptions`.
+    """
+
+    cache: Path
+    output: Path
+    model: str = "resnet18"
+    weights: str | None = None
+    norm: str | None = None
+    classes: tuple[str, ...] = ()
+    meta_split: str | None = None
+    uncertainty: str = "ignore"
+    balance: str = "none"
+    max_pos_weight: float | None = None
 
 
 @dataclass(frozen=True)

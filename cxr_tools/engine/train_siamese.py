@@ -28,6 +28,7 @@ import numpy as np
 
 from cxr_tools.engine.train import (
     CacheImages,
+    TrainingOptions,
     best_record,
     build_model,
     check_common,
@@ -56,7 +57,7 @@ VAL_PAIRS_KEY = 0x5A1  # seed key of the fixed validation pair set
 
 
 @dataclass(frozen=True)
-class SiameseConfig:
+class SiameseConfig(TrainingOptions):
     """Options of ``cxr train-siamese`` (CLI defaults). Saved as ``RUN/config.yaml``.
 
     Attributes:
@@ -70,7 +71,8 @@ class SiameseConfig:
         views: views allowed in pairs (default frontal: PA, AP, unknown).
         pairs_per_epoch: training pairs per epoch (None = number of usable training images).
         val_pairs: size of the fixed validation pair set (at most; fewer if the split is small).
-        Other options as in :class:`~cxr_tools.engine.train.TrainConfig`; ``batch_size`` counts pairs.
+        Training length, optimiser, schedule and run handling: :class:`~cxr_tools.engine.train.TrainingOptions`;
+        here ``batch_size`` counts pairs and ``patience`` watches the validation pair AUC.
     """
 
     cache: Path
@@ -88,29 +90,6 @@ class SiameseConfig:
     views: tuple[str, ...] = ("PA", "AP", "")
     pairs_per_epoch: int | None = None
     val_pairs: int = 1000
-    epochs: int = 10
-    max_steps: int | None = None
-    batch_size: int = 32
-    lr: float = 1e-3
-    weight_decay: float = 1e-4
-    optimizer: str = "adamw"
-    momentum: float = 0.9
-    schedule: str = "cosine"
-    warmup_steps: int = 0
-    patience: int | None = None
-    augment: bool = True
-    val_batch_size: int | None = None
-    workers: int = 0
-    device: str = "auto"
-    amp: bool = False
-    threads: int | None = None
-    seed: int = 0
-    resume: bool = True
-    overwrite: bool = False
-    requeue: bool = False
-    checkpoint_every_steps: int | None = None
-    checkpoint_every_minutes: float | None = 10.0
-    log_every_steps: int = 50
 
 
 @dataclass(frozen=True)
