@@ -517,7 +517,15 @@ def _fit(
         grad_sync_fn=sync if dist.distributed else None,
         log_every_steps=config.log_every,
     )
-    result = loop.fit()
+    from cxr_tools.runtime.devices import explain_out_of_memory
+
+    per_task = (config.ways + 1) * (config.shots + config.queries)
+    with explain_out_of_memory(
+        f"Out of memory meta-training {config.meta_batch} tasks of {per_task} images at "
+        f"{min(cache.image_shape)} px ({'first' if config.first_order else 'second'} order) on {device}.",
+        "Lower --meta-batch, --queries or --adapt-steps, use --first-order, or a cache at a smaller --size.",
+    ):
+        result = loop.fit()
     model_dir = None
     selected = "last"
     if result.status == "completed" and dist.is_main:

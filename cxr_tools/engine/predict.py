@@ -358,7 +358,13 @@ def run_predict(config: PredictConfig, progress: Progress | None = None) -> Pred
         if done:
             log.info("resuming %s after %d of %d rows", out, done, n)
         todo = inputs.items[done:]
-        errors, loop_seconds = _score_into(writer, todo, scorer, ops, labels, thresholds, config, progress, done, n)
+        from cxr_tools.runtime.devices import explain_out_of_memory
+
+        with explain_out_of_memory(
+            f"Out of memory scoring batches of {config.batch_size} images at {ops.size} px on {scorer.device}.",
+            f"Lower --batch-size; the rows scored so far are kept in {writer.partial.name} and a rerun resumes.",
+        ):
+            errors, loop_seconds = _score_into(writer, todo, scorer, ops, labels, thresholds, config, progress, done, n)
         writer.finish()
     finally:
         writer.close()

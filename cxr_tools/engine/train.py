@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from cxr_tools.errors import ConfigError, DataError, ModelError, ResourceError
+from cxr_tools.errors import ConfigError, DataError, ModelError
 from cxr_tools.runtime.progress import Progress
 
 if TYPE_CHECKING:
@@ -537,17 +537,14 @@ def run_fit(loop: Any, batch_size: int, cache: CacheReader, session_steps: dict[
     ``session_steps["n"]`` counts the steps this session ran (the step function increments it), for the
     training throughput (samples/s over the whole fit, validation and checkpoints included).
     """
-    try:
+    from cxr_tools.runtime.devices import explain_out_of_memory
+
+    side = min(cache.image_shape)
+    with explain_out_of_memory(
+        f"Out of memory training with batch size {batch_size} at {side} px on {loop.device}.",
+        "Lower --batch-size (or preprocess the cache at a smaller --size).",
+    ):
         result = loop.fit()
-    except RuntimeError as exc:
-        text = str(exc).lower()
-        if "out of memory" in text or "can't allocate memory" in text or "cannot allocate memory" in text:
-            side = min(cache.image_shape)
-            raise ResourceError(
-                f"Out of memory training with batch size {batch_size} at {side} px on {loop.device}.",
-                "Lower --batch-size (or preprocess the cache at a smaller --size).",
-            ) from exc
-        raise
     done = int(session_steps.get("n", 0))
     rate = done * batch_size / result.seconds if result.seconds > 0 else 0.0
     return FitSummary(

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -146,3 +147,30 @@ def set_threads(n: int | None) -> int:
         with contextlib.suppress(RuntimeError):  # only allowed before the first parallel region
             torch.set_num_interop_threads(max(1, min(n, 4)))
     return torch.get_num_threads()
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """Whether ``exc`` is an allocation failure: ``torch.cuda.OutOfMemoryError``, the CPU allocator's
+    ``RuntimeError`` ("can't allocate memory"), MPS's, or Python's ``MemoryError``."""
+    if isinstance(exc, MemoryError):
+        return True
+    if not isinstance(exc, RuntimeError):
+        return False
+    text = str(exc).lower()
+    return any(s in text for s in ("out of memory", "can't allocate memory", "cannot allocate memory"))
+
+
+@contextlib.contextmanager
+def explain_out_of_memory(message: str, hint: str) -> Iterator[None]:
+    """Turn an out-of-memory error inside the block into a :class:`ResourceError` that says what to lower.
+
+    A raw allocator error names bytes and a C++ file; a user needs the option to change (exit code 1, one line).
+    """
+    try:
+        yield
+    except (RuntimeError, MemoryError) as exc:
+        if not is_out_of_memory(exc):
+            raise
+        from cxr_tools.errors import ResourceError
+
+        raise ResourceError(message, hint) from exc

@@ -85,3 +85,28 @@ def test_set_threads_sets_and_reports():
         assert describe_device(torch.device("cpu")) == "cpu"
     finally:
         torch.set_num_threads(before)
+
+
+def test_a_real_allocator_failure_becomes_a_resource_error_naming_what_to_lower():
+    from cxr_tools.errors import ResourceError
+    from cxr_tools.runtime.devices import explain_out_of_memory
+
+    with (
+        pytest.raises(ResourceError, match="Lower --batch-size") as info,
+        explain_out_of_memory("Out of memory at batch size 4096.", "Lower --batch-size."),
+    ):
+        torch.empty(2 * 10**12, dtype=torch.uint8)  # 2 TB: the CPU allocator refuses at once
+    assert "can't allocate memory" in str(info.value.__cause__)
+    assert str(info.value) == "Out of memory at batch size 4096. Lower --batch-size."
+
+
+def test_other_errors_pass_through_and_memory_error_counts():
+    from cxr_tools.errors import ResourceError
+    from cxr_tools.runtime.devices import explain_out_of_memory, is_out_of_memory
+
+    with pytest.raises(RuntimeError, match="shape mismatch"), explain_out_of_memory("m", "h"):
+        raise RuntimeError("shape mismatch")
+    with pytest.raises(ResourceError), explain_out_of_memory("m", "h"):
+        raise MemoryError
+    assert is_out_of_memory(RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB"))
+    assert not is_out_of_memory(ValueError("out of memory"))
