@@ -381,6 +381,7 @@ def meta_train(config: MetaTrainConfig, progress: Progress | None = None) -> Met
     dist = init_distributed(device=device)
     if dist.distributed and device.type == "cuda":
         device = torch.device("cuda", dist.local_rank)
+    completed, model = False, None
     try:
         seed_everything(config.seed)
         image_size = int(cache.image_shape[0])
@@ -395,10 +396,13 @@ def meta_train(config: MetaTrainConfig, progress: Progress | None = None) -> Met
             save_meta_split(run.path, split)
             if val_list:
                 save_episode_list(run.path / VAL_EPISODES_FILE, val_list, {"split": "val", "spec": spec.__dict__})
-        return _fit(config, maml, run, dist, device, cache, model, origin, train_sampler, val_list, split, pool_sizes,
-                    progress)  # fmt: skip
+        result = _fit(config, maml, run, dist, device, cache, model, origin, train_sampler, val_list, split,
+                      pool_sizes, progress)  # fmt: skip
+        completed = True
+        return result
     finally:
-        cleanup()
+        del model
+        cleanup(dist if completed else None)
 
 
 def _val_seed(seed: int) -> int:

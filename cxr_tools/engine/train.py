@@ -159,6 +159,19 @@ class TrainRunResult:
 def train(config: TrainConfig, progress: Progress | None = None) -> TrainRunResult:
     """Train the supervised baseline described by ``config`` (module docstring); resumes an incomplete run."""
     _check_config(config)
+    ctx = setup(config.device, config.threads, config.seed)
+    completed = False
+    try:
+        result = _train(config, ctx, progress)
+        completed = True
+        return result
+    finally:
+        ctx.close(completed)
+
+
+def _train(config: TrainConfig, ctx: RuntimeContext, progress: Progress | None) -> TrainRunResult:
+    """The body of :func:`train` in its runtime context. Its objects (the DDP-wrapped model among them) are
+    released when it returns, before the process group is left: gloo aborts at exit otherwise."""
     import torch
 
     from cxr_tools.data.labels import apply_uncertainty
@@ -168,135 +181,131 @@ def train(config: TrainConfig, progress: Progress | None = None) -> TrainRunResu
     from cxr_tools.runtime.seeding import numpy_generator
     from cxr_tools.runtime.trainer import TrainLoop
 
-    ctx = setup(config.device, config.threads, config.seed)
-    try:
-        cache = open_training_cache(config.cache)
-        labels, pool = resolve_classes(cache, config.classes, config.meta_split)
-        train_rows = split_rows(cache, "train", pool)
-        val_rows = split_rows(cache, "val", pool, required=False)
-        train_t, train_m = apply_uncertainty(cache.raw_labels(labels)[train_rows], config.uncertainty)
-        val_t, val_m = apply_uncertainty(cache.raw_labels(labels)[val_rows], config.uncertainty)
-        n_train = len(train_rows)
-        global_batches = _batch_count(n_train, config.batch_size, ctx.dist.world_size)
-        if global_batches == 0:
-            raise DataError(
-                f"The train split has {n_train} images, too few for one batch of {config.batch_size}.",
-                "Lower --batch-size or use a larger cache.",
-            )
-
-        model = build_model(config.model, cache, num_classes=len(labels), norm=config.norm, weights=config.weights)
-        net, optimizer, schedule = make_optimisation(model, ctx, config, steps_per_epoch=global_batches)
-        sampler = BalancedSampler(train_t, seed=config.seed, mask=train_m) if config.balance == "sampler" else None
-        pos_weight = None
-        if config.balance == "weights":
-            weights = class_weights(train_t, train_m, max_weight=config.max_pos_weight)
-            pos_weight = torch.from_numpy(weights).to(ctx.device)
-        augment = default_augment() if config.augment else None
-        data = LabelledBatches(cache, train_rows, train_t, train_m, augment, config.seed)
-
-        def order(epoch: int) -> np.ndarray:
-            if sampler is not None:
-                return sampler.indices(epoch)
-            return numpy_generator(config.seed, epoch).permutation(n_train)
-
-        def batches_fn(epoch: int, start: int = 0) -> Any:
-            plan = plan_batches(order(epoch), config.batch_size, ctx.dist)[start:]
-            return make_batch_loader(data, [(epoch, p) for p in plan], config.workers, ctx.device)
-
-        norm_kind = str(model.normalisation)
-
-        counter = {"n": 0}
-
-        def step_fn(batch: Any) -> dict[str, Any]:
-            counter["n"] += 1
-            x, y, m = (t.to(ctx.device, non_blocking=True) for t in batch)
-            logits = net(normalise_input(x, norm_kind))
-            return {"loss": masked_bce(logits, y, m, pos_weight)}
-
-        val_batch = config.val_batch_size or 2 * config.batch_size
-        val_data = LabelledBatches(cache, val_rows, val_t, val_m, None, config.seed)
-
-        def validate_fn() -> dict[str, float]:
-            if not ctx.dist.is_main:
-                return {}  # rank 0 validates; the loop broadcasts its metrics
-            model.eval()
-            probs, losses = [], []
-            with torch.no_grad():
-                for start in range(0, len(val_rows), val_batch):
-                    x, y, m = val_data[(0, np.arange(start, min(start + val_batch, len(val_rows))))]
-                    with autocast_context(ctx.device, config.amp):
-                        logits = model(normalise_input(x.to(ctx.device), norm_kind)).float()
-                    losses.append(float(masked_bce(logits, y.to(ctx.device), m.to(ctx.device), None, "sum")))
-                    probs.append(torch.sigmoid(logits).cpu().numpy())
-            return validation_metrics(labels, val_t, val_m, np.concatenate(probs), sum(losses))
-
-        has_val = len(val_rows) > 0
-        if not has_val:
-            log.warning("The cache has no val split: no validation; the final weights become the model.")
-        monitor, mode = ("val_auc", "max") if has_val else ("train_loss", "min")
-        run = open_training_run(config, "train", ctx)
-        loop = TrainLoop(
-            run,
-            net,
-            optimizer,
-            schedule,
-            step_fn=step_fn,
-            batches_fn=batches_fn,
-            validate_fn=validate_fn if has_val else None,
-            max_epochs=config.epochs,
-            max_steps=config.max_steps,
-            monitor=monitor,
-            mode=mode,
-            early_stopping=EarlyStopping(config.patience, mode=mode) if config.patience else None,
-            checkpoint=CheckpointPolicy(config.checkpoint_every_steps, config.checkpoint_every_minutes),
-            progress=progress,
-            requeue=config.requeue,
-            device=ctx.device,
-            amp=config.amp,
-            dist=ctx.dist,
-            log_every_steps=config.log_every_steps,
+    cache = open_training_cache(config.cache)
+    labels, pool = resolve_classes(cache, config.classes, config.meta_split)
+    train_rows = split_rows(cache, "train", pool)
+    val_rows = split_rows(cache, "val", pool, required=False)
+    train_t, train_m = apply_uncertainty(cache.raw_labels(labels)[train_rows], config.uncertainty)
+    val_t, val_m = apply_uncertainty(cache.raw_labels(labels)[val_rows], config.uncertainty)
+    n_train = len(train_rows)
+    global_batches = _batch_count(n_train, config.batch_size, ctx.dist.world_size)
+    if global_batches == 0:
+        raise DataError(
+            f"The train split has {n_train} images, too few for one batch of {config.batch_size}.",
+            "Lower --batch-size or use a larger cache.",
         )
-        fit = run_fit(loop, config.batch_size, cache, counter)
-        model_dir = None
-        if fit.status == "completed" and ctx.dist.is_main:
-            load_best(run, model)
-            from cxr_tools.models.checkpoints import save_model_dir
 
-            extra = {
-                "uncertainty": config.uncertainty,
-                "balance": config.balance,
-                "classes_rule": "base" if tuple(config.classes) == ("base",) else "explicit",
-                "best_epoch": fit.best_epoch,
-                "monitor": monitor,
-                "best_metric": fit.best_metric,
-            }
-            save_model_dir(model, model_meta(cache, model, labels, "supervised", extra), run.model_dir)
-            model_dir = run.model_dir
-        best = best_record(run)
-        return TrainRunResult(
-            run_dir=run.path,
-            model_dir=model_dir,
-            status=fit.status,
-            model=config.model,
-            labels=tuple(labels),
-            epochs=fit.epochs,
-            steps=fit.steps,
-            monitor=monitor,
-            best_metric=fit.best_metric,
-            best_epoch=fit.best_epoch,
-            val_auc={lab: finite_or_none(best.get(f"val_auc/{lab}")) for lab in labels},
-            resumed=fit.resumed,
-            stopped_early=fit.stopped_early,
-            seconds=fit.seconds,
-            samples_per_second=fit.samples_per_second,
-            device=ctx.device_name,
-            world_size=ctx.dist.world_size,
-            train_images=n_train,
-            val_images=len(val_rows),
-            rank=ctx.dist.rank,
-        )
-    finally:
-        ctx.close()
+    model = build_model(config.model, cache, num_classes=len(labels), norm=config.norm, weights=config.weights)
+    net, optimizer, schedule = make_optimisation(model, ctx, config, steps_per_epoch=global_batches)
+    sampler = BalancedSampler(train_t, seed=config.seed, mask=train_m) if config.balance == "sampler" else None
+    pos_weight = None
+    if config.balance == "weights":
+        weights = class_weights(train_t, train_m, max_weight=config.max_pos_weight)
+        pos_weight = torch.from_numpy(weights).to(ctx.device)
+    augment = default_augment() if config.augment else None
+    data = LabelledBatches(cache, train_rows, train_t, train_m, augment, config.seed)
+
+    def order(epoch: int) -> np.ndarray:
+        if sampler is not None:
+            return sampler.indices(epoch)
+        return numpy_generator(config.seed, epoch).permutation(n_train)
+
+    def batches_fn(epoch: int, start: int = 0) -> Any:
+        plan = plan_batches(order(epoch), config.batch_size, ctx.dist)[start:]
+        return make_batch_loader(data, [(epoch, p) for p in plan], config.workers, ctx.device)
+
+    norm_kind = str(model.normalisation)
+
+    counter = {"n": 0}
+
+    def step_fn(batch: Any) -> dict[str, Any]:
+        counter["n"] += 1
+        x, y, m = (t.to(ctx.device, non_blocking=True) for t in batch)
+        logits = net(normalise_input(x, norm_kind))
+        return {"loss": masked_bce(logits, y, m, pos_weight)}
+
+    val_batch = config.val_batch_size or 2 * config.batch_size
+    val_data = LabelledBatches(cache, val_rows, val_t, val_m, None, config.seed)
+
+    def validate_fn() -> dict[str, float]:
+        if not ctx.dist.is_main:
+            return {}  # rank 0 validates; the loop broadcasts its metrics
+        model.eval()
+        probs, losses = [], []
+        with torch.no_grad():
+            for start in range(0, len(val_rows), val_batch):
+                x, y, m = val_data[(0, np.arange(start, min(start + val_batch, len(val_rows))))]
+                with autocast_context(ctx.device, config.amp):
+                    logits = model(normalise_input(x.to(ctx.device), norm_kind)).float()
+                losses.append(float(masked_bce(logits, y.to(ctx.device), m.to(ctx.device), None, "sum")))
+                probs.append(torch.sigmoid(logits).cpu().numpy())
+        return validation_metrics(labels, val_t, val_m, np.concatenate(probs), sum(losses))
+
+    has_val = len(val_rows) > 0
+    if not has_val:
+        log.warning("The cache has no val split: no validation; the final weights become the model.")
+    monitor, mode = ("val_auc", "max") if has_val else ("train_loss", "min")
+    run = open_training_run(config, "train", ctx)
+    loop = TrainLoop(
+        run,
+        net,
+        optimizer,
+        schedule,
+        step_fn=step_fn,
+        batches_fn=batches_fn,
+        validate_fn=validate_fn if has_val else None,
+        max_epochs=config.epochs,
+        max_steps=config.max_steps,
+        monitor=monitor,
+        mode=mode,
+        early_stopping=EarlyStopping(config.patience, mode=mode) if config.patience else None,
+        checkpoint=CheckpointPolicy(config.checkpoint_every_steps, config.checkpoint_every_minutes),
+        progress=progress,
+        requeue=config.requeue,
+        device=ctx.device,
+        amp=config.amp,
+        dist=ctx.dist,
+        log_every_steps=config.log_every_steps,
+    )
+    fit = run_fit(loop, config.batch_size, cache, counter)
+    model_dir = None
+    if fit.status == "completed" and ctx.dist.is_main:
+        load_best(run, model)
+        from cxr_tools.models.checkpoints import save_model_dir
+
+        extra = {
+            "uncertainty": config.uncertainty,
+            "balance": config.balance,
+            "classes_rule": "base" if tuple(config.classes) == ("base",) else "explicit",
+            "best_epoch": fit.best_epoch,
+            "monitor": monitor,
+            "best_metric": fit.best_metric,
+        }
+        save_model_dir(model, model_meta(cache, model, labels, "supervised", extra), run.model_dir)
+        model_dir = run.model_dir
+    best = best_record(run)
+    return TrainRunResult(
+        run_dir=run.path,
+        model_dir=model_dir,
+        status=fit.status,
+        model=config.model,
+        labels=tuple(labels),
+        epochs=fit.epochs,
+        steps=fit.steps,
+        monitor=monitor,
+        best_metric=fit.best_metric,
+        best_epoch=fit.best_epoch,
+        val_auc={lab: finite_or_none(best.get(f"val_auc/{lab}")) for lab in labels},
+        resumed=fit.resumed,
+        stopped_early=fit.stopped_early,
+        seconds=fit.seconds,
+        samples_per_second=fit.samples_per_second,
+        device=ctx.device_name,
+        world_size=ctx.dist.world_size,
+        train_images=n_train,
+        val_images=len(val_rows),
+        rank=ctx.dist.rank,
+    )
 
 
 def _check_config(config: TrainConfig) -> None:
@@ -350,11 +359,13 @@ class RuntimeContext:
     dist: DistInfo
     owns_group: bool
 
-    def close(self) -> None:
+    def close(self, completed: bool = False) -> None:
+        """Leave the process group: after a barrier when this rank completed (every rank then has finished its
+        collectives), at once after an error (a barrier could wait forever on a rank that died)."""
         if self.owns_group:
             from cxr_tools.runtime.distributed import cleanup
 
-            cleanup()
+            cleanup(self.dist if completed else None)
 
 
 def setup(device_spec: str, threads: int | None, seed: int) -> RuntimeContext:

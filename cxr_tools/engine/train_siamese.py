@@ -28,6 +28,7 @@ import numpy as np
 
 from cxr_tools.engine.train import (
     CacheImages,
+    RuntimeContext,
     TrainingOptions,
     best_record,
     build_model,
@@ -127,144 +128,152 @@ class SiameseResult:
 def train_siamese(config: SiameseConfig, progress: Progress | None = None) -> SiameseResult:
     """Train the Siamese network described by ``config`` (module docstring); resumes an incomplete run."""
     _check_config(config)
+    from cxr_tools.methods.contrastive import check_margin
 
+    check_margin(config.margin)
+    ctx = setup(config.device, config.threads, config.seed)
+    completed = False
+    try:
+        result = _train_siamese(config, ctx, progress)
+        completed = True
+        return result
+    finally:
+        ctx.close(completed)
+
+
+def _train_siamese(config: SiameseConfig, ctx: RuntimeContext, progress: Progress | None) -> SiameseResult:
+    """The body of :func:`train_siamese` in its runtime context. Its objects (the DDP-wrapped model among them) are
+    released when it returns, before the process group is left: gloo aborts at exit otherwise."""
     from cxr_tools.data.pairs import PairSampler
-    from cxr_tools.methods.contrastive import check_margin, contrastive_loss
+    from cxr_tools.methods.contrastive import contrastive_loss
     from cxr_tools.models.siamese import SiameseNet
     from cxr_tools.runtime.checkpointing import CheckpointPolicy, EarlyStopping
     from cxr_tools.runtime.trainer import TrainLoop
 
-    check_margin(config.margin)
-    ctx = setup(config.device, config.threads, config.seed)
-    try:
-        cache = open_training_cache(config.cache)
-        labels, pool = resolve_classes(cache, config.classes, config.meta_split)
-        train_rows = split_rows(cache, "train", pool)
-        val_rows = split_rows(cache, "val", pool, required=False)
-        views = tuple(config.views) if config.views and "all" not in config.views else None
-        train_pairs = PairSampler(cache.index, labels, rows=train_rows, rule=config.pair_rule, views=views)
-        if train_pairs.uncertain_dropped:
-            log.info(
-                "%d training image(s) with an uncertain label are left out of pairs.", train_pairs.uncertain_dropped
-            )
-        val_set = _validation_pairs(cache, labels, val_rows, config, views)
-        per_epoch = config.pairs_per_epoch or train_pairs.num_images
-        n_batches = per_epoch // config.batch_size
-        if n_batches == 0:
-            raise DataError(
-                f"{per_epoch} pairs per epoch make no batch of {config.batch_size} pairs.",
-                "Lower --batch-size or raise --pairs-per-epoch.",
-            )
-        per_epoch = n_batches * config.batch_size
-
-        backbone = _make_backbone(config, cache)
-        net_model = SiameseNet(backbone, config.distance)
-        has_val = val_set is not None
-        monitor, mode = ("val_pair_auc", "max") if has_val else ("train_loss", "min")
-        net, optimizer, schedule = make_optimisation(
-            net_model, ctx, config, steps_per_epoch=n_batches, monitor="val_pair_auc"
+    cache = open_training_cache(config.cache)
+    labels, pool = resolve_classes(cache, config.classes, config.meta_split)
+    train_rows = split_rows(cache, "train", pool)
+    val_rows = split_rows(cache, "val", pool, required=False)
+    views = tuple(config.views) if config.views and "all" not in config.views else None
+    train_pairs = PairSampler(cache.index, labels, rows=train_rows, rule=config.pair_rule, views=views)
+    if train_pairs.uncertain_dropped:
+        log.info("%d training image(s) with an uncertain label are left out of pairs.", train_pairs.uncertain_dropped)
+    val_set = _validation_pairs(cache, labels, val_rows, config, views)
+    per_epoch = config.pairs_per_epoch or train_pairs.num_images
+    n_batches = per_epoch // config.batch_size
+    if n_batches == 0:
+        raise DataError(
+            f"{per_epoch} pairs per epoch make no batch of {config.batch_size} pairs.",
+            "Lower --batch-size or raise --pairs-per-epoch.",
         )
-        images = CacheImages(cache, default_augment() if config.augment else None, config.seed)
-        data = _PairBatches(images, _EpochPairs(train_pairs, per_epoch, config.seed))
-        norm_kind = str(backbone.normalisation)
+    per_epoch = n_batches * config.batch_size
 
-        def batches_fn(epoch: int, start: int = 0) -> Any:
-            keys = []
-            for b in range(start, n_batches):
-                pos = np.arange(b * config.batch_size, (b + 1) * config.batch_size, dtype=np.int64)
-                keys.append((epoch, pos[ctx.dist.rank :: ctx.dist.world_size]))
-            return make_batch_loader(data, keys, config.workers, ctx.device)
+    backbone = _make_backbone(config, cache)
+    net_model = SiameseNet(backbone, config.distance)
+    has_val = val_set is not None
+    monitor, mode = ("val_pair_auc", "max") if has_val else ("train_loss", "min")
+    net, optimizer, schedule = make_optimisation(
+        net_model, ctx, config, steps_per_epoch=n_batches, monitor="val_pair_auc"
+    )
+    images = CacheImages(cache, default_augment() if config.augment else None, config.seed)
+    data = _PairBatches(images, _EpochPairs(train_pairs, per_epoch, config.seed))
+    norm_kind = str(backbone.normalisation)
 
-        counter = {"n": 0}
+    def batches_fn(epoch: int, start: int = 0) -> Any:
+        keys = []
+        for b in range(start, n_batches):
+            pos = np.arange(b * config.batch_size, (b + 1) * config.batch_size, dtype=np.int64)
+            keys.append((epoch, pos[ctx.dist.rank :: ctx.dist.world_size]))
+        return make_batch_loader(data, keys, config.workers, ctx.device)
 
-        def step_fn(batch: Any) -> dict[str, Any]:
-            counter["n"] += 1
-            xa, xb, y = (t.to(ctx.device, non_blocking=True) for t in batch)
-            za, zb = net(normalise_input(xa, norm_kind), normalise_input(xb, norm_kind))
-            loss = contrastive_loss(za, zb, y, margin=config.margin, distance=config.distance)
-            return {"loss": loss}
+    counter = {"n": 0}
 
-        val_batch = config.val_batch_size or 2 * config.batch_size
+    def step_fn(batch: Any) -> dict[str, Any]:
+        counter["n"] += 1
+        xa, xb, y = (t.to(ctx.device, non_blocking=True) for t in batch)
+        za, zb = net(normalise_input(xa, norm_kind), normalise_input(xb, norm_kind))
+        loss = contrastive_loss(za, zb, y, margin=config.margin, distance=config.distance)
+        return {"loss": loss}
 
-        def validate_fn() -> dict[str, float]:
-            if not ctx.dist.is_main or val_set is None:
-                return {}
-            return _validate(net_model, images, val_set, val_batch, ctx.device, norm_kind, config)
+    val_batch = config.val_batch_size or 2 * config.batch_size
 
-        run = open_training_run(config, "train-siamese", ctx)
-        loop = TrainLoop(
-            run,
-            net,
-            optimizer,
-            schedule,
-            step_fn=step_fn,
-            batches_fn=batches_fn,
-            validate_fn=validate_fn if has_val else None,
-            max_epochs=config.epochs,
-            max_steps=config.max_steps,
-            monitor=monitor,
-            mode=mode,
-            early_stopping=EarlyStopping(config.patience, mode=mode) if config.patience else None,
-            checkpoint=CheckpointPolicy(config.checkpoint_every_steps, config.checkpoint_every_minutes),
-            progress=progress,
-            requeue=config.requeue,
-            device=ctx.device,
-            amp=config.amp,
-            dist=ctx.dist,
-            log_every_steps=config.log_every_steps,
-        )
-        fit = run_fit(loop, config.batch_size, cache, counter)
-        best = best_record(run)
-        model_dir = None
-        if fit.status == "completed" and ctx.dist.is_main:
-            load_best(run, net_model)
-            from cxr_tools.models.checkpoints import save_model_dir
+    def validate_fn() -> dict[str, float]:
+        if not ctx.dist.is_main or val_set is None:
+            return {}
+        return _validate(net_model, images, val_set, val_batch, ctx.device, norm_kind, config)
 
-            extra = {
-                "embedding_dim": config.embedding_dim,
-                "distance": config.distance,
-                "margin": config.margin,
-                "l2_normalised": True,
-                "similarity": "1 - distance / 2",
-                "pair_rule": config.pair_rule,
-                "pair_labels": list(labels),
-                "threshold": best.get("val_threshold"),
-                "val_pair_auc": best.get("val_pair_auc"),
-                "val_pairs_hash": val_set.digest() if val_set is not None else None,
-                "backbone_from": str(config.backbone_from) if config.backbone_from else None,
-                "best_epoch": fit.best_epoch,
-            }
-            save_model_dir(backbone, model_meta(cache, backbone, [], "siamese", extra), run.model_dir)
-            model_dir = run.model_dir
-        return SiameseResult(
-            run_dir=run.path,
-            model_dir=model_dir,
-            status=fit.status,
-            backbone=str(backbone.model_name),
-            embedding_dim=config.embedding_dim,
-            distance=config.distance,
-            margin=config.margin,
-            pair_rule=config.pair_rule,
-            labels=tuple(labels),
-            epochs=fit.epochs,
-            steps=fit.steps,
-            best_epoch=fit.best_epoch,
-            val_pair_auc=finite_or_none(best.get("val_pair_auc")),
-            val_accuracy=finite_or_none(best.get("val_accuracy")),
-            val_threshold=finite_or_none(best.get("val_threshold")),
-            val_pairs=len(val_set) if val_set is not None else 0,
-            val_pairs_hash=val_set.digest() if val_set is not None else "",
-            resumed=fit.resumed,
-            stopped_early=fit.stopped_early,
-            seconds=fit.seconds,
-            samples_per_second=fit.samples_per_second,
-            device=ctx.device_name,
-            world_size=ctx.dist.world_size,
-            train_images=train_pairs.num_images,
-            rank=ctx.dist.rank,
-        )
-    finally:
-        ctx.close()
+    run = open_training_run(config, "train-siamese", ctx)
+    loop = TrainLoop(
+        run,
+        net,
+        optimizer,
+        schedule,
+        step_fn=step_fn,
+        batches_fn=batches_fn,
+        validate_fn=validate_fn if has_val else None,
+        max_epochs=config.epochs,
+        max_steps=config.max_steps,
+        monitor=monitor,
+        mode=mode,
+        early_stopping=EarlyStopping(config.patience, mode=mode) if config.patience else None,
+        checkpoint=CheckpointPolicy(config.checkpoint_every_steps, config.checkpoint_every_minutes),
+        progress=progress,
+        requeue=config.requeue,
+        device=ctx.device,
+        amp=config.amp,
+        dist=ctx.dist,
+        log_every_steps=config.log_every_steps,
+    )
+    fit = run_fit(loop, config.batch_size, cache, counter)
+    best = best_record(run)
+    model_dir = None
+    if fit.status == "completed" and ctx.dist.is_main:
+        load_best(run, net_model)
+        from cxr_tools.models.checkpoints import save_model_dir
+
+        extra = {
+            "embedding_dim": config.embedding_dim,
+            "distance": config.distance,
+            "margin": config.margin,
+            "l2_normalised": True,
+            "similarity": "1 - distance / 2",
+            "pair_rule": config.pair_rule,
+            "pair_labels": list(labels),
+            "threshold": best.get("val_threshold"),
+            "val_pair_auc": best.get("val_pair_auc"),
+            "val_pairs_hash": val_set.digest() if val_set is not None else None,
+            "backbone_from": str(config.backbone_from) if config.backbone_from else None,
+            "best_epoch": fit.best_epoch,
+        }
+        save_model_dir(backbone, model_meta(cache, backbone, [], "siamese", extra), run.model_dir)
+        model_dir = run.model_dir
+    return SiameseResult(
+        run_dir=run.path,
+        model_dir=model_dir,
+        status=fit.status,
+        backbone=str(backbone.model_name),
+        embedding_dim=config.embedding_dim,
+        distance=config.distance,
+        margin=config.margin,
+        pair_rule=config.pair_rule,
+        labels=tuple(labels),
+        epochs=fit.epochs,
+        steps=fit.steps,
+        best_epoch=fit.best_epoch,
+        val_pair_auc=finite_or_none(best.get("val_pair_auc")),
+        val_accuracy=finite_or_none(best.get("val_accuracy")),
+        val_threshold=finite_or_none(best.get("val_threshold")),
+        val_pairs=len(val_set) if val_set is not None else 0,
+        val_pairs_hash=val_set.digest() if val_set is not None else "",
+        resumed=fit.resumed,
+        stopped_early=fit.stopped_early,
+        seconds=fit.seconds,
+        samples_per_second=fit.samples_per_second,
+        device=ctx.device_name,
+        world_size=ctx.dist.world_size,
+        train_images=train_pairs.num_images,
+        rank=ctx.dist.rank,
+    )
 
 
 def _check_config(config: SiameseConfig) -> None:

@@ -145,11 +145,20 @@ def init_distributed(
     return DistInfo(launch["rank"], launch["world_size"], launch["local_rank"], backend)
 
 
-def cleanup() -> None:
-    """Leave the process group (safe to call when none exists)."""
+def cleanup(info: DistInfo | None = None) -> None:
+    """Leave the process group (safe to call when none exists).
+
+    With ``info`` (a rank that finished normally), wait for every rank first: destroying a gloo group while a
+    peer still talks to it can abort the process at exit ("terminate called without an active exception").
+    """
+    import gc
+
     import torch.distributed as dist
 
     if dist.is_available() and dist.is_initialized():
+        if info is not None:
+            barrier(info)
+        gc.collect()  # drop cycles that still hold the group (a DDP reducer) before it is destroyed
         dist.destroy_process_group()
 
 
