@@ -30,10 +30,10 @@ import copy
 import logging
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 
@@ -49,6 +49,7 @@ if TYPE_CHECKING:
     from cxr_tools.runtime.rundir import RunDir
 
 log = logging.getLogger(__name__)
+R = TypeVar("R")
 
 BALANCE_MODES = ("none", "sampler", "weights")
 OPTIMIZERS = ("adamw", "sgd")
@@ -159,19 +160,11 @@ class TrainRunResult:
 def train(config: TrainConfig, progress: Progress | None = None) -> TrainRunResult:
     """Train the supervised baseline described by ``config`` (module docstring); resumes an incomplete run."""
     _check_config(config)
-    ctx = setup(config.device, config.threads, config.seed)
-    completed = False
-    try:
-        result = _train(config, ctx, progress)
-        completed = True
-        return result
-    finally:
-        ctx.close(completed)
+    return run_in_context(config, _train, progress)
 
 
 def _train(config: TrainConfig, ctx: RuntimeContext, progress: Progress | None) -> TrainRunResult:
-    """The body of :func:`train` in its runtime context. Its objects (the DDP-wrapped model among them) are
-    released when it returns, before the process group is left: gloo aborts at exit otherwise."""
+    """The body of :func:`train`, run by :func:`run_in_context`."""
     import torch
 
     from cxr_tools.data.labels import apply_uncertainty
@@ -366,6 +359,22 @@ class RuntimeContext:
             from cxr_tools.runtime.distributed import cleanup
 
             cleanup(self.dist if completed else None)
+
+
+def run_in_context(config: Any, body: Callable[[Any, RuntimeContext, Any], R], progress: Any) -> R:
+    """``body(config, ctx, progress)`` inside the runtime of ``config`` (device, seeds, process group).
+
+    ``body`` is a function of its own so that its objects (the DDP-wrapped model among them) are released when
+    it returns, before the process group is left after a barrier: gloo can abort at exit otherwise.
+    """
+    ctx = setup(config.device, config.threads, config.seed)
+    completed = False
+    try:
+        result = body(config, ctx, progress)
+        completed = True
+        return result
+    finally:
+        ctx.close(completed)
 
 
 def setup(device_spec: str, threads: int | None, seed: int) -> RuntimeContext:

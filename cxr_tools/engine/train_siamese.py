@@ -46,7 +46,7 @@ from cxr_tools.engine.train import (
     resolve_classes,
     roc_auc,
     run_fit,
-    setup,
+    run_in_context,
     split_rows,
 )
 from cxr_tools.errors import ConfigError, DataError, ModelError
@@ -131,19 +131,11 @@ def train_siamese(config: SiameseConfig, progress: Progress | None = None) -> Si
     from cxr_tools.methods.contrastive import check_margin
 
     check_margin(config.margin)
-    ctx = setup(config.device, config.threads, config.seed)
-    completed = False
-    try:
-        result = _train_siamese(config, ctx, progress)
-        completed = True
-        return result
-    finally:
-        ctx.close(completed)
+    return run_in_context(config, _train_siamese, progress)
 
 
 def _train_siamese(config: SiameseConfig, ctx: RuntimeContext, progress: Progress | None) -> SiameseResult:
-    """The body of :func:`train_siamese` in its runtime context. Its objects (the DDP-wrapped model among them) are
-    released when it returns, before the process group is left: gloo aborts at exit otherwise."""
+    """The body of :func:`train_siamese`, run by :func:`run_in_context`."""
     from cxr_tools.data.pairs import PairSampler
     from cxr_tools.methods.contrastive import contrastive_loss
     from cxr_tools.models.siamese import SiameseNet
