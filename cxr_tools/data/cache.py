@@ -31,6 +31,7 @@ SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
 INDEX = "index.csv"
 REJECTED = "rejected.csv"
+JOURNAL = "preprocess.journal"  # an unfinished `cxr preprocess` (its progress; removed when the cache completes)
 STORE_FILES = {"hdf5": "images.h5", "memmap": "images.npy"}
 H5_DATASET = "images"
 INDEX_META_COLUMNS: tuple[str, ...] = (
@@ -51,6 +52,26 @@ _STRING_COLUMNS = ("image_id", "source_path", "patient_id", "study", "view", "se
 def is_complete(path: str | Path) -> bool:
     """True when ``path`` holds a finished cache (its manifest exists)."""
     return (Path(path) / MANIFEST).is_file()
+
+
+def require_complete(path: str | Path) -> Path:
+    """``path`` if it holds a finished cache; else a :class:`CacheError` that tells a missing folder, a folder
+    that is no cache at all (a raw dataset passed by mistake) and an interrupted ``cxr preprocess`` apart."""
+    path = Path(path)
+    if not path.is_dir():
+        raise CacheError(f"Cache {path} does not exist.", "Create it with `cxr preprocess SRC -o CACHE`.")
+    if is_complete(path):
+        return path
+    started = any((path / name).exists() for name in (INDEX, JOURNAL, *STORE_FILES.values()))
+    if not started:
+        raise CacheError(
+            f"{path} is not a cxr cache (no {MANIFEST}, no images.h5 / images.npy).",
+            f"Preprocess the dataset first: `cxr preprocess {path} -o CACHE`, then pass CACHE.",
+        )
+    raise CacheError(
+        f"Cache {path} is incomplete (no {MANIFEST}): an interrupted `cxr preprocess`?",
+        "Finish it with `cxr preprocess ... --resume`, or recreate it with --overwrite.",
+    )
 
 
 def write_manifest(path: str | Path, manifest: dict[str, Any]) -> Path:
@@ -328,14 +349,7 @@ class CacheReader:
     """
 
     def __init__(self, path: str | Path) -> None:
-        self.path = Path(path)
-        if not self.path.is_dir():
-            raise CacheError(f"Cache {self.path} does not exist.", "Create it with `cxr preprocess SRC -o CACHE`.")
-        if not is_complete(self.path):
-            raise CacheError(
-                f"Cache {self.path} is incomplete (no {MANIFEST}).",
-                "Finish it with `cxr preprocess ... --resume`, or recreate it with --overwrite.",
-            )
+        self.path = require_complete(path)
         with open(self.path / MANIFEST, encoding="utf-8") as fh:
             self.manifest: dict[str, Any] = json.load(fh)
         version = self.manifest.get("schema_version")

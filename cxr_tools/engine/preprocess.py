@@ -50,7 +50,7 @@ from cxr_tools.runtime.progress import Progress, null_progress
 
 log = logging.getLogger(__name__)
 
-JOURNAL = "preprocess.journal"
+JOURNAL = cache_mod.JOURNAL
 FORMATS: tuple[str, ...] = tuple(cache_mod.STORE_FILES)
 # Files a (partial) cache directory may hold; anything else means it is not ours to resume into.
 _CACHE_FILES = {

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from cxr_tools import config as cfg
-from cxr_tools.data.cache import INDEX, MANIFEST, SCHEMA_VERSION, is_complete, read_index
+from cxr_tools.data.cache import INDEX, MANIFEST, SCHEMA_VERSION, read_index, require_complete
 from cxr_tools.errors import CacheError, CxrError
 from cxr_tools.runtime.fs import atomic_write_text
 from cxr_tools.runtime.progress import Progress, null_progress
@@ -71,12 +71,7 @@ class StatsResult:
 
 
 def _load(cache: Path) -> tuple[dict[str, Any], Any]:
-    if not cache.is_dir():
-        raise CacheError(f"Cache {cache} does not exist.", "Create it with `cxr preprocess SRC -o CACHE`.")
-    if not is_complete(cache):
-        raise CacheError(
-            f"Cache {cache} is incomplete (no {MANIFEST}).", "Finish it with `cxr preprocess ... --resume`."
-        )
+    require_complete(cache)
     try:
         manifest = json.loads((cache / MANIFEST).read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:

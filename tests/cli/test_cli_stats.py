@@ -99,8 +99,9 @@ def test_missing_or_incomplete_cache_is_one_clear_error(tmp_path):
     res = runner.invoke(app, ["stats", str(tmp_path / "nope")])
     assert res.exit_code == 1 and "does not exist" in res.stderr and "cxr preprocess" in res.stderr
     (tmp_path / "half").mkdir()
+    (tmp_path / "half" / "index.csv").write_text("row\n")
     res = runner.invoke(app, ["stats", str(tmp_path / "half")])
-    assert res.exit_code == 1 and "incomplete" in res.stderr
+    assert res.exit_code == 1 and "incomplete" in res.stderr and "--resume" in res.stderr
 
 
 @pytest.mark.skipif(not NIH_SAMPLE.is_file(), reason="tests/fixtures NIH CSV excerpt not copied yet")

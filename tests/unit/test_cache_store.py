@@ -118,3 +118,11 @@ def test_truncate_keeps_the_first_rows(tmp_path):
             with h5py.File(d / "images.h5", "r") as fh:
                 arr = fh["images"][:]
         np.testing.assert_array_equal(arr, images[:3])
+
+
+def test_a_raw_dataset_folder_is_named_as_not_a_cache(tmp_path):
+    (tmp_path / "nih" / "images").mkdir(parents=True)
+    (tmp_path / "nih" / "Data_Entry_2017_v2020.csv").write_text("Image Index\n")
+    with pytest.raises(CacheError, match="is not a cxr cache") as info:
+        open_cache(tmp_path / "nih")
+    assert f"cxr preprocess {tmp_path / 'nih'} -o CACHE" in str(info.value)
