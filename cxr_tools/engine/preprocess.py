@@ -73,7 +73,7 @@ class PreprocessConfig:
         source: ``auto`` (detect from the layout) or ``nih``, ``chexpert``, ``folder``, ``dicom``, ``synthetic``.
         metadata: a metadata CSV overriding the one found in ``src``.
         views: views to keep (``frontal``, ``lateral``, ``all`` or codes such as ``PA``, ``AP``).
-        size, crop, clahe, clahe_clip, clahe_tile, brightness: the image operations
+        size, crop, clahe, clahe_clip, clahe_tile, brightness, jpeg_draft: the image operations
             (:class:`~cxr_tools.data.imaging.ImageOps`).
         format: ``hdf5`` or ``memmap``.
         seed, fractions: patient-disjoint split when no official split exists.
@@ -95,6 +95,7 @@ class PreprocessConfig:
     clahe: bool = True
     clahe_clip: float = 2.0
     clahe_tile: int = 8
+    jpeg_draft: bool = False
     brightness: float = 0.0
     format: str = "hdf5"
     seed: int = 0
@@ -156,6 +157,7 @@ def preprocess(config: PreprocessConfig, progress: Progress | None = None) -> Pr
         clahe=config.clahe,
         clahe_clip=config.clahe_clip,
         clahe_tile=config.clahe_tile,
+        jpeg_draft=config.jpeg_draft,
         brightness=config.brightness,
     )
     if config.format not in FORMATS:
