@@ -92,7 +92,9 @@ def test_bad_inputs_exit_1_with_one_line(env, tmp_path):
     _one_line_error(runner.invoke(app, ["evaluate", str(tmp_path / "nope"), "--data", str(cache)]), "does not exist")
     (tmp_path / "half").mkdir()
     _one_line_error(runner.invoke(app, ["evaluate", str(tmp_path / "half"), "--data", str(cache)]), "never finished")
-    _one_line_error(runner.invoke(app, ["evaluate", str(sup), "--data", str(tmp_path)]), "incomplete")
+    _one_line_error(
+        runner.invoke(app, ["evaluate", str(sup), "--data", str(tmp_path)]), "not a cxr cache", "cxr preprocess"
+    )
     _one_line_error(runner.invoke(app, ["evaluate", str(sup), "--data", str(cache), "--method", "knn"]), "knn")
     _one_line_error(
         runner.invoke(app, ["evaluate", str(sup), "--data", str(cache), "--shots", "50", "-o", str(tmp_path / "o")]),
