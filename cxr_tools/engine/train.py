@@ -169,10 +169,8 @@ def _train(config: TrainConfig, ctx: RuntimeContext, progress: Progress | None) 
 
     from cxr_tools.data.labels import apply_uncertainty
     from cxr_tools.data.sampling import BalancedSampler, class_weights
-    from cxr_tools.runtime.checkpointing import CheckpointPolicy, EarlyStopping
     from cxr_tools.runtime.devices import autocast_context
     from cxr_tools.runtime.seeding import numpy_generator
-    from cxr_tools.runtime.trainer import TrainLoop
 
     cache = open_training_cache(config.cache)
     labels, pool = resolve_classes(cache, config.classes, config.meta_split)
@@ -239,27 +237,10 @@ def _train(config: TrainConfig, ctx: RuntimeContext, progress: Progress | None) 
         log.warning("The cache has no val split: no validation; the final weights become the model.")
     monitor, mode = ("val_auc", "max") if has_val else ("train_loss", "min")
     run = open_training_run(config, "train", ctx)
-    loop = TrainLoop(
-        run,
-        net,
-        optimizer,
-        schedule,
-        step_fn=step_fn,
-        batches_fn=batches_fn,
-        validate_fn=validate_fn if has_val else None,
-        max_epochs=config.epochs,
-        max_steps=config.max_steps,
-        monitor=monitor,
-        mode=mode,
-        early_stopping=EarlyStopping(config.patience, mode=mode) if config.patience else None,
-        checkpoint=CheckpointPolicy(config.checkpoint_every_steps, config.checkpoint_every_minutes),
-        progress=progress,
-        requeue=config.requeue,
-        device=ctx.device,
-        amp=config.amp,
-        dist=ctx.dist,
-        log_every_steps=config.log_every_steps,
-    )
+    loop = make_train_loop(
+        config, ctx, run, net, optimizer, schedule, step_fn, batches_fn, validate_fn if has_val else None,
+        monitor, mode, progress,
+    )  # fmt: skip
     fit = run_fit(loop, config.batch_size, cache, counter)
     model_dir = None
     if fit.status == "completed" and ctx.dist.is_main:
@@ -359,6 +340,47 @@ class RuntimeContext:
             from cxr_tools.runtime.distributed import cleanup
 
             cleanup(self.dist if completed else None)
+
+
+def make_train_loop(
+    config: TrainingOptions,
+    ctx: RuntimeContext,
+    run: RunDir,
+    net: Any,
+    optimizer: Any,
+    schedule: Any,
+    step_fn: Any,
+    batches_fn: Any,
+    validate_fn: Any,
+    monitor: str,
+    mode: str,
+    progress: Progress | None,
+) -> Any:
+    """The shared :class:`~cxr_tools.runtime.trainer.TrainLoop` of both trainers, set from their common options."""
+    from cxr_tools.runtime.checkpointing import CheckpointPolicy, EarlyStopping
+    from cxr_tools.runtime.trainer import TrainLoop
+
+    return TrainLoop(
+        run,
+        net,
+        optimizer,
+        schedule,
+        step_fn=step_fn,
+        batches_fn=batches_fn,
+        validate_fn=validate_fn,
+        max_epochs=config.epochs,
+        max_steps=config.max_steps,
+        monitor=monitor,
+        mode=mode,
+        early_stopping=EarlyStopping(config.patience, mode=mode) if config.patience else None,
+        checkpoint=CheckpointPolicy(config.checkpoint_every_steps, config.checkpoint_every_minutes),
+        progress=progress,
+        requeue=config.requeue,
+        device=ctx.device,
+        amp=config.amp,
+        dist=ctx.dist,
+        log_every_steps=config.log_every_steps,
+    )
 
 
 def run_in_context(config: Any, body: Callable[[Any, RuntimeContext, Any], R], progress: Any) -> R:

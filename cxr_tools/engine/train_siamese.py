@@ -39,6 +39,7 @@ from cxr_tools.engine.train import (
     load_best,
     make_batch_loader,
     make_optimisation,
+    make_train_loop,
     model_meta,
     normalise_input,
     open_training_cache,
@@ -139,8 +140,6 @@ def _train_siamese(config: SiameseConfig, ctx: RuntimeContext, progress: Progres
     from cxr_tools.data.pairs import PairSampler
     from cxr_tools.methods.contrastive import contrastive_loss
     from cxr_tools.models.siamese import SiameseNet
-    from cxr_tools.runtime.checkpointing import CheckpointPolicy, EarlyStopping
-    from cxr_tools.runtime.trainer import TrainLoop
 
     cache = open_training_cache(config.cache)
     labels, pool = resolve_classes(cache, config.classes, config.meta_split)
@@ -195,27 +194,10 @@ def _train_siamese(config: SiameseConfig, ctx: RuntimeContext, progress: Progres
         return _validate(net_model, images, val_set, val_batch, ctx.device, norm_kind, config)
 
     run = open_training_run(config, "train-siamese", ctx)
-    loop = TrainLoop(
-        run,
-        net,
-        optimizer,
-        schedule,
-        step_fn=step_fn,
-        batches_fn=batches_fn,
-        validate_fn=validate_fn if has_val else None,
-        max_epochs=config.epochs,
-        max_steps=config.max_steps,
-        monitor=monitor,
-        mode=mode,
-        early_stopping=EarlyStopping(config.patience, mode=mode) if config.patience else None,
-        checkpoint=CheckpointPolicy(config.checkpoint_every_steps, config.checkpoint_every_minutes),
-        progress=progress,
-        requeue=config.requeue,
-        device=ctx.device,
-        amp=config.amp,
-        dist=ctx.dist,
-        log_every_steps=config.log_every_steps,
-    )
+    loop = make_train_loop(
+        config, ctx, run, net, optimizer, schedule, step_fn, batches_fn, validate_fn if has_val else None,
+        monitor, mode, progress,
+    )  # fmt: skip
     fit = run_fit(loop, config.batch_size, cache, counter)
     best = best_record(run)
     model_dir = None
