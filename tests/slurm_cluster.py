@@ -24,6 +24,9 @@ def _controller_up() -> bool:
     return "is UP" in done.stdout
 
 
+_failed_restart: list[str] = []  # a restart that did not help is not tried again by the next test
+
+
 def require_slurm() -> None:
     """Skip unless sbatch is installed and its controller answers, restarting it once when we may."""
     if shutil.which("sbatch") is None:
@@ -31,9 +34,15 @@ def require_slurm() -> None:
     if _controller_up():
         return
     output = "not restarted: needs root and .ci/setup-slurm.sh"
-    if os.geteuid() == 0 and SETUP.exists():
-        done = subprocess.run(["bash", str(SETUP)], capture_output=True, text=True, timeout=300)
-        output = (done.stdout + done.stderr)[-1500:]
+    if _failed_restart:
+        output = _failed_restart[0]
+    elif os.geteuid() == 0 and SETUP.exists():
+        try:
+            done = subprocess.run(["bash", str(SETUP)], capture_output=True, text=True, timeout=300)
+            output = (done.stdout + done.stderr)[-1500:]
+        except subprocess.TimeoutExpired:
+            output = f"{SETUP} did not finish in 300 s"
         if _controller_up():
             return
+        _failed_restart.append(output)
     pytest.skip(f"sbatch is installed but the SLURM controller does not answer; restart: {output}")
