@@ -112,3 +112,10 @@ def dump_yaml(obj: Any) -> str:
 def to_json(obj: Any) -> str:
     """Serialise a result dataclass as JSON (``--json`` output)."""
     return json.dumps(to_dict(obj), indent=2, default=str)
+
+
+def differing_keys(saved: Mapping[str, Any], current: Mapping[str, Any], ignore: Iterable[str] = ()) -> list[str]:
+    """Sorted keys whose values differ between a recorded settings mapping and the current one (a key missing on
+    one side differs): what a resume compares before it reuses earlier work."""
+    keys = (set(saved) | set(current)) - set(ignore)
+    return sorted(k for k in keys if saved.get(k) != current.get(k))

@@ -44,6 +44,11 @@ class EpisodeSpec:
             if getattr(self, name) < 1:
                 raise DataError(f"--{name} must be at least 1 (got {getattr(self, name)}).")
 
+    @property
+    def images(self) -> int:
+        """Support plus query images of one episode: K (then Q) per class plus as many negatives."""
+        return (self.ways + 1) * (self.shots + self.queries)
+
 
 @dataclass(frozen=True)
 class Episode:

@@ -333,10 +333,9 @@ def evaluate(config: EvaluateConfig, progress: Progress | None = None) -> Evalua
     )
     from cxr_tools.runtime.devices import explain_out_of_memory
 
-    per_episode = (config.ways + 1) * (config.shots + config.queries)
     try:
         with explain_out_of_memory(
-            f"Out of memory adapting to episodes of {per_episode} images at {min(cache.image_shape)} px on {device}.",
+            f"Out of memory adapting to episodes of {spec.images} images at {min(cache.image_shape)} px on {device}.",
             "Lower --queries or --shots, or evaluate on a cache at a smaller --size; finished episodes are kept and "
             "a rerun resumes.",
         ):

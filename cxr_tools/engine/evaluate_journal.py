@@ -17,7 +17,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from cxr_tools.runtime.fs import atomic_write_json
+from cxr_tools.config import differing_keys
+from cxr_tools.runtime.fs import atomic_write_json, complete_lines
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +54,7 @@ class EpisodeJournal:
             recorded = json.loads(self.settings_path.read_text(encoding="utf-8"))
         except (OSError, ValueError):
             return {}
-        differ = sorted(k for k in set(recorded) | set(self.settings) if recorded.get(k) != self.settings.get(k))
+        differ = differing_keys(recorded, self.settings)
         if differ:
             log.warning(
                 "The interrupted evaluation in %s used other settings (%s differ); starting over.",
@@ -61,15 +62,10 @@ class EpisodeJournal:
                 ", ".join(differ),
             )
             return {}
-        data = self.path.read_bytes()
-        complete = data[: data.rfind(b"\n") + 1]  # an episode cut mid-write by kill -9 runs again
         done: dict[int, EpisodeResult] = {}
-        for line in complete.decode("utf-8").splitlines():
+        for line in complete_lines(self.path).decode("utf-8").splitlines():  # a torn last episode runs again
             entry = json.loads(line)
             done[int(entry["episode"])] = (entry["records"], entry["scores"])
-        if len(complete) != len(data):
-            with open(self.path, "r+b") as fh:
-                fh.truncate(len(complete))
         if done:
             log.info("Resuming the evaluation in %s: %d episode(s) already done.", self.folder, len(done))
         return done

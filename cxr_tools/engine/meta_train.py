@@ -523,9 +523,8 @@ def _fit(
     )
     from cxr_tools.runtime.devices import explain_out_of_memory
 
-    per_task = (config.ways + 1) * (config.shots + config.queries)
     with explain_out_of_memory(
-        f"Out of memory meta-training {config.meta_batch} tasks of {per_task} images at "
+        f"Out of memory meta-training {config.meta_batch} tasks of {train_sampler.spec.images} images at "
         f"{min(cache.image_shape)} px ({'first' if config.first_order else 'second'} order) on {device}.",
         "Lower --meta-batch, --queries or --adapt-steps, use --first-order, or a cache at a smaller --size.",
     ):

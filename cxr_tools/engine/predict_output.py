@@ -22,9 +22,10 @@ from typing import Any
 
 import numpy as np
 
+from cxr_tools.config import differing_keys
 from cxr_tools.data.inputs import InputItem
 from cxr_tools.errors import OutputExistsError
-from cxr_tools.runtime.fs import atomic_write_json, fsync_dir
+from cxr_tools.runtime.fs import atomic_write_json, complete_lines, fsync_dir
 
 log = logging.getLogger(__name__)
 
@@ -126,14 +127,13 @@ class PredictionsWriter:
         except (OSError, ValueError):
             log.warning("%s is unreadable; starting the predictions over.", self.sidecar)
             return None
-        differ = sorted(k for k in set(recorded) | set(self.settings) if recorded.get(k) != self.settings.get(k))
+        differ = differing_keys(recorded, self.settings)
         if differ:
             raise OutputExistsError(
                 f"{self.output} has an interrupted run made with other settings ({', '.join(differ)} differ).",
                 "Rerun with the same settings to resume it, or pass --no-resume to start over.",
             )
-        data = self.partial.read_bytes()
-        complete = data[: data.rfind(b"\n") + 1]  # a row cut mid-write by kill -9 is scored again
+        complete = complete_lines(self.partial)  # a row cut mid-write by kill -9 is scored again
         rows = list(csv.reader(io.StringIO(complete.decode("utf-8", "surrogateescape"))))
         if not rows or rows[0] != self.columns:
             log.warning("%s does not start with the expected header; starting the predictions over.", self.partial)
@@ -142,9 +142,6 @@ class PredictionsWriter:
         if len(rows) > len(items) or any(r[0] != it.display for r, it in zip(rows, items, strict=False)):
             log.warning("%s lists other inputs than this run; starting the predictions over.", self.partial)
             return None
-        if len(complete) != len(data):
-            with open(self.partial, "r+b") as fh:
-                fh.truncate(len(complete))
         return rows
 
     def _start(self) -> None:

@@ -96,3 +96,14 @@ def prepare_output_dir(path: str | os.PathLike[str], *, overwrite: bool, what: s
         shutil.rmtree(path)
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+def complete_lines(path: str | os.PathLike[str]) -> bytes:
+    """The bytes of an append-only log up to its last newline; a last line cut mid-write (``kill -9``) is also
+    cut off the file, so the next append starts on a clean line."""
+    data = Path(path).read_bytes()
+    complete = data[: data.rfind(b"\n") + 1]
+    if len(complete) != len(data):
+        with open(path, "r+b") as fh:
+            fh.truncate(len(complete))
+    return complete

@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from cxr_tools import __version__
-from cxr_tools.config import dump_yaml, to_dict
+from cxr_tools.config import differing_keys, dump_yaml, to_dict
 from cxr_tools.errors import ConfigError, ModelError, OutputExistsError
 from cxr_tools.runtime.fs import atomic_write_json, atomic_write_text
 
@@ -375,8 +375,7 @@ def _check_same_config(path: Path, saved: Mapping[str, Any], new: Any, mutable: 
     if not isinstance(new, Mapping) or not saved:
         return
     new = json.loads(json.dumps(new, default=str))
-    keys = (set(saved) | set(new)) - mutable
-    changed = sorted(k for k in keys if saved.get(k) != new.get(k))
+    changed = differing_keys(saved, new, ignore=mutable)
     if changed:
         detail = ", ".join(f"{k}: {saved.get(k)!r} -> {new.get(k)!r}" for k in changed[:5])
         raise ConfigError(
