@@ -172,10 +172,7 @@ def _train(config: TrainConfig, ctx: RuntimeContext, progress: Progress | None) 
     from cxr_tools.runtime.devices import autocast_context
     from cxr_tools.runtime.seeding import numpy_generator
 
-    cache = open_training_cache(config.cache)
-    labels, pool = resolve_classes(cache, config.classes, config.meta_split)
-    train_rows = split_rows(cache, "train", pool)
-    val_rows = split_rows(cache, "val", pool, required=False)
+    cache, labels, train_rows, val_rows = open_training_data(config.cache, config.classes, config.meta_split)
     train_t, train_m = apply_uncertainty(cache.raw_labels(labels)[train_rows], config.uncertainty)
     val_t, val_m = apply_uncertainty(cache.raw_labels(labels)[val_rows], config.uncertainty)
     n_train = len(train_rows)
@@ -451,6 +448,15 @@ def resolve_classes(
     if len(set(names)) != len(names):
         raise ConfigError("--classes lists a class more than once.")
     return names, None
+
+
+def open_training_data(
+    cache_path: Path, classes: Sequence[str], meta_split: str | None
+) -> tuple[CacheReader, list[str], np.ndarray, np.ndarray]:
+    """The cache, the label columns to train (:func:`resolve_classes`) and the train and val rows of their pool."""
+    cache = open_training_cache(cache_path)
+    labels, pool = resolve_classes(cache, classes, meta_split)
+    return cache, labels, split_rows(cache, "train", pool), split_rows(cache, "val", pool, required=False)
 
 
 def split_rows(cache: CacheReader, split: str, pool: np.ndarray | None, *, required: bool = True) -> np.ndarray:

@@ -42,13 +42,11 @@ from cxr_tools.engine.train import (
     make_train_loop,
     model_meta,
     normalise_input,
-    open_training_cache,
+    open_training_data,
     open_training_run,
-    resolve_classes,
     roc_auc,
     run_fit,
     run_in_context,
-    split_rows,
 )
 from cxr_tools.errors import ConfigError, DataError, ModelError
 from cxr_tools.runtime.progress import Progress
@@ -141,10 +139,7 @@ def _train_siamese(config: SiameseConfig, ctx: RuntimeContext, progress: Progres
     from cxr_tools.methods.contrastive import contrastive_loss
     from cxr_tools.models.siamese import SiameseNet
 
-    cache = open_training_cache(config.cache)
-    labels, pool = resolve_classes(cache, config.classes, config.meta_split)
-    train_rows = split_rows(cache, "train", pool)
-    val_rows = split_rows(cache, "val", pool, required=False)
+    cache, labels, train_rows, val_rows = open_training_data(config.cache, config.classes, config.meta_split)
     views = tuple(config.views) if config.views and "all" not in config.views else None
     train_pairs = PairSampler(cache.index, labels, rows=train_rows, rule=config.pair_rule, views=views)
     if train_pairs.uncertain_dropped:
