@@ -544,7 +544,7 @@ def _pair_metrics(
 
     from cxr_tools.data.pairs import PairSampler
     from cxr_tools.eval.metrics import class_metrics, mean_ci
-    from cxr_tools.methods.adapters import to_model_input
+    from cxr_tools.models.inputs import to_model_input
     from cxr_tools.models.siamese import similarity
     from cxr_tools.runtime.seeding import numpy_generator
 

@@ -228,11 +228,10 @@ def episode_tensors(
     """``(support_x, support_y, query_x, query_y)`` of an episode: images [n, 1, H, W] in the model's range."""
     import torch
 
-    from cxr_tools.models import normalise
+    from cxr_tools.models.inputs import to_model_input
 
     rows = np.concatenate([episode.support_rows, episode.query_rows])
-    images = torch.from_numpy(cache.read(rows)).to(device=device, dtype=torch.float32).div_(255.0)
-    x = normalise(images.unsqueeze(1), normalisation)
+    x = to_model_input(cache.read(rows), normalisation, device)
     n = len(episode.support_rows)
     sy = torch.from_numpy(episode.support_targets).to(device)
     qy = torch.from_numpy(episode.query_targets).to(device)

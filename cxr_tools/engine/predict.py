@@ -5,7 +5,7 @@ The pipeline, and why each step is shaped as it is:
 * **The model's own preprocessing.** The operations come from ``model.json`` (``input.preprocessing``, the
   cache manifest's :class:`~cxr_tools.data.imaging.ImageOps`), and images are decoded by the very function
   ``cxr preprocess`` uses (:func:`~cxr_tools.data.preprocess_pipeline.process_chunk`), then scaled by
-  :func:`~cxr_tools.methods.adapters.to_model_input` as training and evaluation do. So a file seen through
+  :func:`~cxr_tools.models.inputs.to_model_input` as training and evaluation do. So a file seen through
   ``predict`` reaches the model as exactly the tensor it would be after ``preprocess`` + training's loader. A
   model card without preprocessing (an old or hand-made folder) falls back to default operations at the model's
   image size, with a warning.
@@ -235,7 +235,7 @@ class Scorer:
     def __call__(self, images: np.ndarray) -> np.ndarray:
         import torch
 
-        from cxr_tools.methods.adapters import to_model_input
+        from cxr_tools.models.inputs import to_model_input
         from cxr_tools.runtime.devices import autocast_context
 
         with torch.inference_mode():
@@ -286,7 +286,8 @@ def load_scorer(config: PredictConfig, progress: Progress) -> tuple[Scorer, dict
                 )
             images[start : start + len(block)] = block
             task.advance(len(block))
-    from cxr_tools.methods.adapters import AdaptConfig, build_adapter, to_model_input
+    from cxr_tools.methods.adapters import AdaptConfig, build_adapter
+    from cxr_tools.models.inputs import to_model_input
 
     adapt_cfg = AdaptConfig(method=config.method, finetune=config.finetune, batch_size=config.batch_size)
     adapter = build_adapter(model, meta, len(support.classes), adapt_cfg, device=device)

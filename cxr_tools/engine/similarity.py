@@ -62,9 +62,9 @@ def run_similarity(config: SimilarityConfig) -> SimilarityResult:
     import torch
 
     from cxr_tools.data.imaging import load_image
-    from cxr_tools.methods.adapters import to_model_input
     from cxr_tools.methods.prototypes import embedding_function
     from cxr_tools.models import load_model_dir
+    from cxr_tools.models.inputs import to_model_input
     from cxr_tools.models.siamese import check_distance, pair_distance, similarity
     from cxr_tools.runtime.devices import resolve_device
 

@@ -19,8 +19,8 @@ scratch    the same architecture randomly initialised (seeded per episode),  thi
 Conventions shared by every method:
 
 * ``support_x`` / ``x`` are image tensors ``[n, 1, H, W]`` already in the model's input range
-  (:func:`to_model_input` does that from cache ``uint8`` images) on the model's device; ``support_y`` is
-  ``[n, ways]`` multi-hot (NaN = unknown, ignored).
+  (:func:`~cxr_tools.models.inputs.to_model_input` does that from cache ``uint8`` images) on the model's device;
+  ``support_y`` is ``[n, ways]`` multi-hot (NaN = unknown, ignored).
 * ``Scorer.predict(x)`` returns float32 probabilities ``[n, ways]`` on the CPU, one independent sigmoid-like
   score per class (findings are not mutually exclusive). Scoring runs in eval mode with BatchNorm on its
   running statistics and without gradients, so **a query's score never depends on the other images in its
@@ -44,8 +44,6 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Protocol
-
-import numpy as np
 
 from cxr_tools.errors import ConfigError, ModelError
 
@@ -159,20 +157,6 @@ def finetune_settings(config: AdaptConfig) -> tuple[int, float]:
     """``(steps, lr)`` of fine-tuning: the flags, else :data:`FINETUNE_DEFAULTS` of the mode."""
     steps, lr = FINETUNE_DEFAULTS[config.finetune]
     return (config.steps if config.steps is not None else steps, config.lr if config.lr is not None else lr)
-
-
-def to_model_input(images: Any, meta_or_normalisation: Mapping[str, Any] | str, device: Any = "cpu") -> Tensor:
-    """Cache images (uint8 ``[n, H, W]`` array or tensor) as float ``[n, 1, H, W]`` in the model's input range."""
-    import torch
-
-    from cxr_tools.models.registry import normalise
-
-    if isinstance(meta_or_normalisation, str):
-        kind = meta_or_normalisation
-    else:
-        kind = str((meta_or_normalisation.get("input") or {}).get("normalisation") or "unit")
-    x = torch.as_tensor(np.asarray(images)).to(device=device, dtype=torch.float32).div_(255.0)
-    return normalise(x.unsqueeze(1), kind)
 
 
 def seed_from(generator: torch.Generator | None) -> int:

@@ -16,8 +16,8 @@ from cxr_tools.data.inputs import InputItem, list_inputs
 from cxr_tools.engine.predict import PredictConfig, decode_stream, model_ops, parse_thresholds, run_predict
 from cxr_tools.engine.preprocess import PreprocessConfig, preprocess
 from cxr_tools.errors import ConfigError, InputError, ModelError, OutputExistsError
-from cxr_tools.methods.adapters import to_model_input
 from cxr_tools.models import load_model_dir
+from cxr_tools.models.inputs import to_model_input
 from cxr_tools.runtime.progress import RecordingProgress
 
 torch.set_num_threads(1)

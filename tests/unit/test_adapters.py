@@ -17,10 +17,10 @@ from cxr_tools.methods.adapters import (
     describe,
     maml_settings,
     resolve_method,
-    to_model_input,
 )
 from cxr_tools.methods.prototypes import PrototypeAdapter, prototype_probabilities, prototypes
 from cxr_tools.models import create_model
+from cxr_tools.models.inputs import to_model_input
 
 torch.set_num_threads(1)
 WAYS = 2
