@@ -89,7 +89,10 @@ def meta_train(
     grad_clip: Annotated[
         float | None, typer.Option("--grad-clip", help="Clip the meta-gradient's norm.", show_default=False)
     ] = None,
-    log_every: Annotated[int, typer.Option("--log-every", min=0, help="Meta-steps between metrics records.")] = 10,
+    log_every_steps: Annotated[
+        int,
+        typer.Option("--log-every-steps", "--log-every", min=0, help="Meta-steps between metrics records (0 = none)."),
+    ] = 10,
     checkpoint_every_steps: Annotated[
         int | None,
         typer.Option("--checkpoint-every-steps", min=1, help="Write last.pt every N meta-steps.", show_default=False),
@@ -145,7 +148,7 @@ def meta_train(
             threads=threads,
             amp=amp,
             grad_clip=grad_clip,
-            log_every=log_every,
+            log_every_steps=log_every_steps,
             checkpoint_every_steps=checkpoint_every_steps,
             checkpoint_every_minutes=checkpoint_every_minutes,
             resume=resume,

@@ -194,8 +194,7 @@ def trained_classes(meta: Mapping[str, Any]) -> set[str]:
 
 def resolve_split(spec: str, meta: Mapping[str, Any] | None, cache: CacheReader) -> MetaSplit:
     """``auto``: the MAML run's meta-split, else the cache's saved one, else MetaChest; else parse ``spec``."""
-    from cxr_tools.data.splits import parse_meta_split
-    from cxr_tools.engine.meta_train import resolve_meta_split
+    from cxr_tools.data.splits import parse_meta_split, resolve_meta_split
 
     run_split = ((meta or {}).get("extra") or {}).get("meta_split")
     if (spec or "auto").strip().lower() == "auto" and isinstance(run_split, Mapping):
@@ -485,8 +484,8 @@ def _run_episodes(
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Adapt and score every episode (reusing the journal's finished ones): ``episodes.csv`` and ``scores.csv``
     rows in episode order."""
-    from cxr_tools.engine.meta_train import episode_tensors
     from cxr_tools.eval.metrics import episode_metrics
+    from cxr_tools.methods.episodes import episode_tensors
     from cxr_tools.runtime.seeding import make_generator
 
     records: list[dict[str, Any]] = []
