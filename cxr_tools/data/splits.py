@@ -526,3 +526,21 @@ def meta_split_sampler(
         if name == "val":
             hint += " (--val-episodes 0 skips validation.)"
         raise DataError(f"Meta-{name} classes/pool: {exc.message}", hint.strip() or None) from None
+
+
+def meta_samplers(
+    cache: Any, spec_text: str | None, pool_seed: int, spec: Any, *, validation: bool, **sampler_args: Any
+) -> tuple[MetaSplit, Any, Any, dict[str, int]]:
+    """The meta-split of ``cache`` and the episode samplers of its meta-train (and meta-val) classes and pools.
+
+    The pools (:func:`meta_split_pools` with ``pool_seed``) are checked for leaks (:func:`check_pools`); the
+    meta-test pool never reaches a sampler. Returns the split, the train sampler, the val sampler (None without
+    ``validation``) and the size of every pool.
+    """
+    split = resolve_meta_split(spec_text, Path(cache.path), cache.labels)
+    raw = cache.raw_labels()
+    pools = meta_split_pools(cache.index, cache.labels, split, seed=pool_seed)
+    check_pools(raw, cache.labels, split, pools)
+    train = meta_split_sampler(raw, cache.labels, split, pools, "train", spec, **sampler_args)
+    val = meta_split_sampler(raw, cache.labels, split, pools, "val", spec, **sampler_args) if validation else None
+    return split, train, val, {name: len(rows) for name, rows in pools.items()}

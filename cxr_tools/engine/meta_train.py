@@ -33,13 +33,10 @@ The run directory gets ``RUN/meta_split.json`` (readable with :func:`~cxr_tools.
 
 from __future__ import annotations
 
-import logging
 import math
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-
-import numpy as np
 
 from cxr_tools.errors import ConfigError
 from cxr_tools.methods.maml.config import ENGINES, MamlConfig
@@ -53,8 +50,6 @@ if TYPE_CHECKING:
     from cxr_tools.data.episodes import Episode, EpisodeSampler
     from cxr_tools.data.splits import MetaSplit
     from cxr_tools.runtime.lifecycle import RuntimeContext
-
-log = logging.getLogger(__name__)
 
 RUN_KIND = "meta-train"
 VAL_EPISODES_FILE = "val_episodes.json"
@@ -139,36 +134,15 @@ class MetaTrainResult:
     last_metrics: dict[str, float] = field(default_factory=dict)
 
 
-# --- the model ------------------------------------------------------------------------------------------------
-
-
 def build_model(config: MetaTrainConfig, image_size: int) -> tuple[nn.Module, dict[str, Any]]:
     """The model to meta-train, with ``ways`` outputs, and a description of where its weights came from.
 
     ``--init RUN`` takes every weight of the run's model except its head (for a Siamese run, the backbone inside
     the wrapper); the architecture and input contract (one channel, the cache's image size) must match.
     """
-    from cxr_tools.models import create_model
+    from cxr_tools.models.factory import initial_model
 
-    init = (config.init or "").strip()
-    if init.lower() in {"", "none", "random", "scratch"}:
-        name = config.backbone or "conv4"
-        return create_model(name, num_classes=config.ways), {"init": "random"}
-    if init.lower() == "imagenet":
-        name = config.backbone or "conv4"
-        return create_model(name, num_classes=config.ways, weights="imagenet"), {"init": "imagenet"}
-    return _model_from_run(Path(init), config, image_size)
-
-
-def _model_from_run(path: Path, config: MetaTrainConfig, image_size: int) -> tuple[nn.Module, dict[str, Any]]:
-    from cxr_tools.models.factory import features_from_run
-
-    model, meta = features_from_run(path, "--init", config.backbone, config.ways, image_size)
-    arch = str(meta.get("architecture"))
-    return model, {"init": str(path), "init_training": meta.get("training"), "init_architecture": arch}
-
-
-# --- the engine -----------------------------------------------------------------------------------------------
+    return initial_model(config.init, config.backbone, config.ways, image_size)
 
 
 def _validate_config(config: MetaTrainConfig) -> MamlConfig:
@@ -193,26 +167,22 @@ def meta_train(config: MetaTrainConfig, progress: Progress | None = None) -> Met
     """Meta-train a model with (first-order) MAML; see the module docstring for what is written where."""
     from cxr_tools.data.cache import open_cache
     from cxr_tools.data.episodes import EpisodeSpec
-    from cxr_tools.data.splits import check_pools, meta_split_pools, meta_split_sampler, resolve_meta_split
+    from cxr_tools.data.splits import meta_samplers
     from cxr_tools.methods.maml import resolve_engine
     from cxr_tools.runtime.lifecycle import run_in_context
+    from cxr_tools.runtime.seeding import derive_seed
 
     progress = null_progress(progress)
     maml = _validate_config(config)
     spec = EpisodeSpec(config.ways, config.shots, config.queries)
     cache = open_cache(config.cache)
-    labels = cache.labels
-    split = resolve_meta_split(config.meta_split, Path(config.cache), labels)
-    raw = cache.raw_labels()
-    pools = meta_split_pools(cache.index, labels, split, seed=config.pool_seed)
-    check_pools(raw, labels, split, pools)
-    # Only the meta-train and meta-val pools reach a sampler; the meta-test pool is dropped here.
-    train_sampler = meta_split_sampler(raw, labels, split, pools, "train", spec)
-    val_sampler = meta_split_sampler(raw, labels, split, pools, "val", spec) if config.val_episodes else None
-    pool_sizes = {name: len(rows) for name, rows in pools.items()}
-    del pools
+    # The pools are checked for leaks; only the meta-train and meta-val pools reach a sampler.
+    split, train_sampler, val_sampler, pool_sizes = meta_samplers(
+        cache, config.meta_split, config.pool_seed, spec, validation=config.val_episodes > 0
+    )
     maml = MamlConfig(maml.inner_lr, maml.adapt_steps, maml.first_order, resolve_engine(maml.engine))
-    val_list = val_sampler.fixed_list(config.val_episodes, seed=_val_seed(config.seed)) if val_sampler else []
+    val_seed = derive_seed(config.seed, _VAL_KEY)
+    val_list = val_sampler.fixed_list(config.val_episodes, seed=val_seed) if val_sampler else []
     data = _MetaData(cache, train_sampler, val_list, split, pool_sizes)
     return run_in_context(config, lambda ctx: _fit(config, maml, ctx, data, progress))
 
@@ -228,12 +198,6 @@ class _MetaData:
     pool_sizes: dict[str, int]
 
 
-def _val_seed(seed: int) -> int:
-    from cxr_tools.runtime.seeding import derive_seed
-
-    return derive_seed(seed, _VAL_KEY)
-
-
 def _fit(
     config: MetaTrainConfig, maml: MamlConfig, ctx: RuntimeContext, data: _MetaData, progress: Progress
 ) -> MetaTrainResult:
@@ -242,12 +206,11 @@ def _fit(
 
     from cxr_tools.data.episodes import episode_list_hash, save_episode_list
     from cxr_tools.data.splits import save_meta_split
-    from cxr_tools.eval.metrics import mean_ci
-    from cxr_tools.methods.episodes import episode_tensors, evaluate_episodes
-    from cxr_tools.methods.maml import check_batch_independent, meta_backward
+    from cxr_tools.methods.episodes import evaluate_episodes, meta_gradient, summarise_episodes
+    from cxr_tools.methods.maml import check_batch_independent
+    from cxr_tools.models import save_model_dir
     from cxr_tools.runtime import lifecycle
     from cxr_tools.runtime.distributed import average_gradients, gather_objects, shard_indices
-    from cxr_tools.runtime.seeding import numpy_generator
 
     dist, device, cache, val_list = ctx.dist, ctx.device, data.cache, data.val_list
     model, origin = build_model(config, int(cache.image_shape[0]))
@@ -257,12 +220,12 @@ def _fit(
     if dist.is_main:
         save_meta_split(run.path, data.split)
         if val_list:
-            spec = data.train_sampler.spec
-            save_episode_list(run.path / VAL_EPISODES_FILE, val_list, {"split": "val", "spec": spec.__dict__})
+            save_episode_list(
+                run.path / VAL_EPISODES_FILE, val_list, {"split": "val", "spec": vars(data.train_sampler.spec)}
+            )
     total_steps = -(-config.episodes // config.meta_batch)
     epochs = -(-total_steps // config.val_every)
     my_tasks = shard_indices(config.meta_batch, dist.rank, dist.world_size)
-    norm = str(getattr(model, "normalisation", "unit"))
     optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=config.meta_lr)
     session = {"tasks": 0}
 
@@ -271,17 +234,9 @@ def _fit(
         return range(first + start, min(first + config.val_every, total_steps))
 
     def step_fn(step: int) -> dict[str, float]:
-        values: dict[str, float] = {}
-        if my_tasks:
-            episodes = [data.train_sampler.sample(numpy_generator(config.seed, _TRAIN_KEY, step, t)) for t in my_tasks]
-            tasks = [episode_tensors(cache, ep, norm, device) for ep in episodes]
-            info = meta_backward(model, tasks, maml)
-            values["loss"] = info.loss
-            if maml.adapt_steps:
-                values["support_loss_before"] = float(np.mean([t.support_losses[0] for t in info.tasks]))
-                values["support_loss_last_step"] = float(np.mean([t.support_losses[-1] for t in info.tasks]))
         session["tasks"] += config.meta_batch
-        return values
+        keys = [(config.seed, _TRAIN_KEY, step, t) for t in my_tasks]
+        return meta_gradient(model, data.train_sampler, cache, keys, maml, device) if my_tasks else {}
 
     def sync(m: nn.Module) -> None:
         average_gradients(m, dist, weight=float(len(my_tasks)))
@@ -289,12 +244,7 @@ def _fit(
     def validate_fn() -> dict[str, float]:
         mine = [val_list[i] for i in shard_indices(len(val_list), dist.rank, dist.world_size)]
         parts = gather_objects(evaluate_episodes(model, cache, mine, maml, device), dist)
-        records = [r for part in parts for r in part]
-        auc = mean_ci([r["auc"] for r in records])
-        out = {"val_auc": auc.mean, "val_auc_ci95": auc.ci95}
-        for key in ("ap", "query_loss_before", "query_loss_after", "support_loss_before", "support_loss_after"):
-            out[f"val_{key}"] = float(np.nanmean([r[key] for r in records]))
-        return out
+        return summarise_episodes([r for part in parts for r in part], prefix="val_")
 
     loop = lifecycle.make_loop(
         config, ctx, run, model, optimizer, progress,
@@ -312,7 +262,22 @@ def _fit(
     selected = "last"
     if result.status == "completed" and dist.is_main:
         selected = lifecycle.load_selected(run, model)
-        model_dir = _write_model(config, maml, run, cache, model, origin, data, result, selected)
+        settings = {k: getattr(config, k) for k in ("ways", "shots", "queries", "meta_batch", "meta_lr")}
+        extra = {
+            "maml": {**asdict(maml), **settings},
+            "head": "episode slots: output j scores the episode's j-th class; adapt before scoring",
+            "meta_split": data.split.to_dict(),
+            "pool_seed": config.pool_seed,
+            "pool_sizes": data.pool_sizes,
+            "weights": "best meta-val AUC" if selected == "best" else "last meta-step",
+            "best_val_auc": result.best_metric,
+            "meta_steps": result.steps,
+            "val_episodes": len(val_list),
+            "val_episodes_hash": episode_list_hash(val_list) if val_list else None,
+            **origin,
+        }
+        save_model_dir(model, lifecycle.model_meta(cache, model, [], "maml", extra), run.model_dir)
+        model_dir = Path(run.model_dir)
     return MetaTrainResult(
         run_dir=Path(config.output),
         status=result.status,
@@ -332,48 +297,3 @@ def _fit(
         val_episodes_hash=episode_list_hash(val_list) if val_list else None,
         last_metrics=dict(result.last_metrics),
     )
-
-
-def _write_model(
-    config: MetaTrainConfig,
-    maml: MamlConfig,
-    run: Any,
-    cache: CacheReader,
-    model: nn.Module,
-    origin: dict[str, Any],
-    data: _MetaData,
-    result: Any,
-    selected: str,
-) -> Path:
-    from cxr_tools.data.episodes import episode_list_hash
-    from cxr_tools.models import save_model_dir
-    from cxr_tools.runtime.lifecycle import model_meta
-
-    val_list = data.val_list
-
-    extra = {
-        "maml": {
-            "inner_lr": maml.inner_lr,
-            "adapt_steps": maml.adapt_steps,
-            "first_order": maml.first_order,
-            "engine": maml.engine,
-            "ways": config.ways,
-            "shots": config.shots,
-            "queries": config.queries,
-            "meta_batch": config.meta_batch,
-            "meta_lr": config.meta_lr,
-        },
-        "head": "episode slots: output j scores the episode's j-th class; adapt before scoring",
-        "meta_split": data.split.to_dict(),
-        "pool_seed": config.pool_seed,
-        "pool_sizes": data.pool_sizes,
-        "weights": "best meta-val AUC" if selected == "best" else "last meta-step",
-        "best_val_auc": result.best_metric,
-        "meta_steps": result.steps,
-        "val_episodes": len(val_list),
-        "val_episodes_hash": episode_list_hash(val_list) if val_list else None,
-        **origin,
-    }
-    meta = model_meta(cache, model, [], "maml", extra)
-    save_model_dir(model, meta, run.model_dir)
-    return Path(run.model_dir)

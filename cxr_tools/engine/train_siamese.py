@@ -35,7 +35,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-VAL_PAIRS_KEY = 0x5A1  # seed key of the fixed validation pair set
+VAL_PAIRS_KEY = 0x5A1  # seed key of the fixed validation pair set (validation_pairs(seed, key))
 
 
 @dataclass(frozen=True)
@@ -122,17 +122,20 @@ def _train_siamese(config: SiameseConfig, ctx: RuntimeContext, progress: Progres
     from cxr_tools.data.selection import open_training_data
     from cxr_tools.data.torch_data import Augment, CacheImages, EpochPairs, PairBatches, make_batch_loader
     from cxr_tools.methods.contrastive import contrastive_loss
-    from cxr_tools.methods.pair_validation import validate_pairs
+    from cxr_tools.methods.pair_validation import validate_pairs, validation_pairs
     from cxr_tools.models.registry import normalise
     from cxr_tools.models.siamese import SiameseNet
     from cxr_tools.runtime import lifecycle
+    from cxr_tools.runtime.seeding import numpy_generator
 
     cache, labels, train_rows, val_rows = open_training_data(config.cache, config.classes, config.meta_split)
     views = tuple(config.views) if config.views and "all" not in config.views else None
     train_pairs = PairSampler(cache.index, labels, rows=train_rows, rule=config.pair_rule, views=views)
     if train_pairs.uncertain_dropped:
         log.info("%d training image(s) with an uncertain label are left out of pairs.", train_pairs.uncertain_dropped)
-    val_set = _validation_pairs(cache, labels, val_rows, config, views)
+    val_set = validation_pairs(
+        cache, labels, val_rows, config.pair_rule, views, config.val_pairs, numpy_generator(config.seed, VAL_PAIRS_KEY)
+    )
     per_epoch = config.pairs_per_epoch or train_pairs.num_images
     n_batches = per_epoch // config.batch_size
     if n_batches == 0:
@@ -255,23 +258,6 @@ def _check_config(config: SiameseConfig) -> None:
         raise ConfigError(f"--pairs-per-epoch must be at least 1 (got {config.pairs_per_epoch}).")
     check_training_options(config)
     check_model_name(config.backbone)
-
-
-def _validation_pairs(cache: Any, labels: list[str], rows: np.ndarray, config: SiameseConfig, views: Any) -> Any:
-    """The fixed validation pair set (None, with a warning, when the val split cannot make pairs)."""
-    from cxr_tools.data.pairs import PairSampler
-    from cxr_tools.runtime.seeding import numpy_generator
-
-    if len(rows) == 0:
-        log.warning("The cache has no val split: no validation; the final weights become the model.")
-        return None
-    try:
-        sampler = PairSampler(cache.index, labels, rows=rows, rule=config.pair_rule, views=views)
-    except DataError as exc:
-        log.warning("No validation pairs (%s); the final weights become the model.", exc)
-        return None
-    n = min(config.val_pairs, max(2, sampler.num_images * 4))
-    return sampler.sample(n, numpy_generator(config.seed, VAL_PAIRS_KEY))
 
 
 def _make_backbone(config: SiameseConfig, cache: Any) -> Any:

@@ -4,7 +4,7 @@ MAML adapt-then-score of a list of episodes that meta-validation uses."""
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -77,3 +77,42 @@ def evaluate_episodes(
             }
         )
     return out
+
+
+def summarise_episodes(records: Sequence[dict[str, float]], prefix: str = "") -> dict[str, float]:
+    """Means over episode records of :func:`evaluate_episodes`: ``auc`` with its 95% CI half-width (``auc_ci95``),
+    and ``ap`` and the losses (NaN-aware), each name prefixed with ``prefix``."""
+    from cxr_tools.eval.metrics import mean_ci
+
+    auc = mean_ci([r["auc"] for r in records])
+    out = {f"{prefix}auc": auc.mean, f"{prefix}auc_ci95": auc.ci95}
+    for key in ("ap", "query_loss_before", "query_loss_after", "support_loss_before", "support_loss_after"):
+        out[f"{prefix}{key}"] = float(np.nanmean([r[key] for r in records]))
+    return out
+
+
+def meta_gradient(
+    model: nn.Module,
+    sampler: Any,
+    cache: CacheReader,
+    keys: Sequence[Sequence[int]],
+    maml: MamlConfig,
+    device: torch.device,
+) -> dict[str, float]:
+    """One meta-gradient over the episodes ``sampler`` draws with ``numpy_generator(*key)``, one per key.
+
+    Fills the ``.grad`` of ``model`` (:func:`~cxr_tools.methods.maml.meta_backward`) and returns the meta-loss
+    and, with adaptation steps, the mean support loss before the first and after the last inner step. A task
+    depends on its key alone, so resuming and sharding tasks over ranks need no sampler state.
+    """
+    from cxr_tools.methods.maml import meta_backward
+    from cxr_tools.runtime.seeding import numpy_generator
+
+    norm = str(getattr(model, "normalisation", "unit"))
+    episodes = [sampler.sample(numpy_generator(*key)) for key in keys]
+    info = meta_backward(model, [episode_tensors(cache, ep, norm, device) for ep in episodes], maml)
+    values = {"loss": info.loss}
+    if maml.adapt_steps:
+        values["support_loss_before"] = float(np.mean([t.support_losses[0] for t in info.tasks]))
+        values["support_loss_last_step"] = float(np.mean([t.support_losses[-1] for t in info.tasks]))
+    return values

@@ -7,10 +7,17 @@ docs/science.md), which the model card stores for ``cxr evaluate`` / ``cxr simil
 
 from __future__ import annotations
 
+import logging
 from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from cxr_tools.errors import DataError
 
 if TYPE_CHECKING:
     from cxr_tools.data.torch_data import CacheImages
+
+log = logging.getLogger(__name__)
 
 
 def validate_pairs(
@@ -57,3 +64,24 @@ def validate_pairs(
         "val_threshold": threshold,
         "val_pairs": float(len(pairs)),
     }
+
+
+def validation_pairs(
+    cache: Any, labels: list[str], rows: Any, rule: str, views: Any, size: int, rng: np.random.Generator
+) -> Any:
+    """The fixed validation pair set of ``rows``: at most ``size`` pairs (and four per image) drawn with ``rng``.
+
+    None, with a warning, when the val split cannot make pairs (the final weights then become the model).
+    """
+    from cxr_tools.data.pairs import PairSampler
+
+    if len(rows) == 0:
+        log.warning("The cache has no val split: no validation; the final weights become the model.")
+        return None
+    try:
+        sampler = PairSampler(cache.index, labels, rows=rows, rule=rule, views=views)
+    except DataError as exc:
+        log.warning("No validation pairs (%s); the final weights become the model.", exc)
+        return None
+    n = min(size, max(2, sampler.num_images * 4))
+    return sampler.sample(n, rng)

@@ -66,3 +66,23 @@ def features_from_run(
     model.normalisation = meta["input"]["normalisation"]
     model.image_size = int(meta["input"].get("image_size") or image_size)
     return model, meta
+
+
+def initial_model(
+    init: str | None, backbone: str | None, num_classes: int, image_size: int, *, default: str = "conv4"
+) -> tuple[Any, dict[str, Any]]:
+    """The model a meta-learner starts from, and where its weights came from (for the model card).
+
+    ``init``: None / ``random`` (``backbone`` or ``default``, random weights), ``imagenet`` (pretrained weights),
+    or a run / model directory whose feature extractor is taken (:func:`features_from_run`, ``--init``).
+    """
+    from cxr_tools.models.registry import create_model
+
+    text = (init or "").strip()
+    if text.lower() in {"", "none", "random", "scratch"}:
+        return create_model(backbone or default, num_classes=num_classes), {"init": "random"}
+    if text.lower() == "imagenet":
+        return create_model(backbone or default, num_classes=num_classes, weights="imagenet"), {"init": "imagenet"}
+    model, meta = features_from_run(Path(text), "--init", backbone, num_classes, image_size)
+    arch = str(meta.get("architecture"))
+    return model, {"init": str(Path(text)), "init_training": meta.get("training"), "init_architecture": arch}
