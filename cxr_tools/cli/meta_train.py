@@ -22,6 +22,7 @@ from cxr_tools.cli.common import (
     make_config,
     progress_for,
 )
+from cxr_tools.cli.train import CkptMinutesOpt, CkptStepsOpt, LogEveryOpt
 
 
 def meta_train(
@@ -89,17 +90,9 @@ def meta_train(
     grad_clip: Annotated[
         float | None, typer.Option("--grad-clip", help="Clip the meta-gradient's norm.", show_default=False)
     ] = None,
-    log_every_steps: Annotated[
-        int,
-        typer.Option("--log-every-steps", "--log-every", min=0, help="Meta-steps between metrics records (0 = none)."),
-    ] = 10,
-    checkpoint_every_steps: Annotated[
-        int | None,
-        typer.Option("--checkpoint-every-steps", min=1, help="Write last.pt every N meta-steps.", show_default=False),
-    ] = None,
-    checkpoint_every_minutes: Annotated[
-        float, typer.Option("--checkpoint-every-minutes", help="Write last.pt every N minutes.")
-    ] = 10.0,
+    log_every_steps: LogEveryOpt = 10,
+    checkpoint_every_steps: CkptStepsOpt = None,
+    checkpoint_every_minutes: CkptMinutesOpt = 10.0,
     resume: Annotated[
         bool, typer.Option("--resume/--no-resume", help="Continue an incomplete run in RUN (default).")
     ] = True,

@@ -66,7 +66,7 @@ class BalancedSampler(Sampler[int]):
     so a resumed run continues with exactly the remaining draws.
 
     Args:
-        label_matrix: targets [N, L] of the split's rows (1 = positive), e.g. ``CacheDataset.targets``.
+        label_matrix: targets [N, L] of the split's rows (1 = positive), e.g. ``LabelledBatches.targets``.
         num_samples: draws per epoch (default N).
         seed: seed of the draws.
         epoch: starting epoch.

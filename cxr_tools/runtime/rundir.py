@@ -1,4 +1,4 @@
-"""The run directory every training command writes (DESIGN.md §3), and the rules for reusing one.
+"""The run directory every training command writes (docs/design.md, on-disk formats), and the rules for reusing one.
 
 Layout::
 
