@@ -11,9 +11,11 @@ import torch
 from predict_fixtures import SIZE, make_mixed_folder, make_model_dir, phantom, read_rows, write_png
 
 from cxr_tools.data.cache import open_cache
+from cxr_tools.data.decode import decode_stream, model_ops
 from cxr_tools.data.imaging import ImageOps
 from cxr_tools.data.inputs import InputItem, list_inputs
-from cxr_tools.engine.predict import PredictConfig, decode_stream, model_ops, parse_thresholds, run_predict
+from cxr_tools.data.predictions import parse_thresholds
+from cxr_tools.engine.predict import PredictConfig, run_predict
 from cxr_tools.engine.preprocess import PreprocessConfig, preprocess
 from cxr_tools.errors import ConfigError, InputError, ModelError, OutputExistsError
 from cxr_tools.models import load_model_dir
