@@ -1,6 +1,6 @@
 """The preprocessed image cache: manifest, index, image store, and one reader for both storage kinds.
 
-Layout (DESIGN.md §3, schema version :data:`SCHEMA_VERSION`)::
+Layout (docs/design.md, schema version :data:`SCHEMA_VERSION`)::
 
     CACHE/manifest.json   written last and atomically; a cache without it is incomplete
     CACHE/index.csv       one row per stored image, in storage order

@@ -77,3 +77,18 @@ def decode_stream(
             "a main script without an `if __name__ == '__main__':` guard).",
             "Rerun with fewer --workers, or with --workers 0 to find the file in the traceback (CXR_DEBUG=1).",
         ) from exc
+
+
+def decode_workers(requested: int | None, n: int, *, accelerator: bool) -> int:
+    """Decoding processes: ``requested`` when given; else none for fewer than 64 inputs (a pool start costs more),
+    every core when an accelerator computes, and a quarter of the cores on a CPU device, whose forward pass's
+    threads already use every core (none on up to 3 cores, where benchmarks/predict.py measured in-process
+    decoding as fast as 2 workers)."""
+    if requested is not None:
+        return requested
+    from cxr_tools.data.preprocess_pipeline import available_cores
+
+    if n < 64:
+        return 0
+    cores = available_cores()
+    return cores if accelerator else cores // 4

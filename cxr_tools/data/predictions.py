@@ -64,7 +64,7 @@ def parse_thresholds(text: str | None, labels: Sequence[str]) -> dict[str, float
 
 
 def header(labels: Sequence[str], thresholds: Mapping[str, float] | None) -> list[str]:
-    """``path``, one column per label, ``<label>_pred`` for the thresholded labels, ``error`` (DESIGN.md §3)."""
+    """``path``, one column per label, ``<label>_pred`` for the thresholded labels, ``error`` (docs/design.md)."""
     return ["path", *labels, *(f"{label}_pred" for label in pred_labels(labels, thresholds)), "error"]
 
 

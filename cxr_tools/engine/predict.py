@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from cxr_tools.data.decode import decode_stream, model_ops
+from cxr_tools.data.decode import decode_stream, decode_workers, model_ops
 from cxr_tools.data.imaging import ImageOps
 from cxr_tools.data.inputs import InputItem, list_inputs
 from cxr_tools.data.predictions import (
@@ -48,8 +48,6 @@ from cxr_tools.runtime.fs import output_plan
 from cxr_tools.runtime.progress import Progress, null_progress
 
 if TYPE_CHECKING:
-    import torch
-
     from cxr_tools.methods.scoring import RunScorer
 
 log = logging.getLogger(__name__)
@@ -128,21 +126,6 @@ class PredictResult:
     failures: tuple[tuple[str, str], ...]
 
 
-def _workers(config: PredictConfig, n: int, device: torch.device) -> int:
-    """Decoding processes by default: with an accelerator every core decodes while it computes; on a CPU device
-    the forward pass's threads already use every core, so a quarter of the cores decode (none on up to 3 cores,
-    where benchmarks/predict.py measured in-process decoding as fast as 2 workers). Fewer than 64 inputs never
-    pay for a pool start."""
-    if config.workers is not None:
-        return config.workers
-    from cxr_tools.data.preprocess_pipeline import available_cores
-
-    cores = available_cores()
-    if n < 64:
-        return 0
-    return cores if device.type != "cpu" else cores // 4
-
-
 def run_predict(config: PredictConfig, progress: Progress | None = None) -> PredictResult:
     """Score every input of ``config.input`` and write the predictions CSV (module docstring).
 
@@ -163,6 +146,7 @@ def run_predict(config: PredictConfig, progress: Progress | None = None) -> Pred
             f"No images found in {config.input}{extra}.",
             "Give a folder with PNG / JPEG / DICOM files, an image file, or a CSV list of paths.",
         )
+    from cxr_tools.methods.adapters import resolve_method
     from cxr_tools.methods.scoring import SupportOptions, load_scorer
     from cxr_tools.runtime.devices import resolve_device
 
@@ -215,7 +199,7 @@ def run_predict(config: PredictConfig, progress: Progress | None = None) -> Pred
         n_failed=len(failed),
         n_skipped=len(inputs.skipped),
         n_resumed=done,
-        method=None if n_support == 0 else _method_name(config, meta),
+        method=None if n_support == 0 else resolve_method(config.method, str(meta.get("training"))),
         n_support=n_support,
         seconds=round(time.perf_counter() - started, 3),
         images_per_second=round(n_new_ok / loop_seconds, 2) if loop_seconds > 0 else 0.0,
@@ -244,7 +228,7 @@ def _score_into(
     errors = [""] * m
     ready = np.zeros(m, dtype=bool)
     next_row = 0
-    workers = _workers(config, m, scorer.device)
+    workers = decode_workers(config.workers, m, accelerator=scorer.device.type != "cpu")
     chunk = max(1, min(config.batch_size, 16))
     in_flight = max(2 * workers, math.ceil(config.batch_size / chunk) + workers)
     pending_pos: list[int] = []
@@ -304,13 +288,11 @@ def _settings(
     items: Sequence[InputItem],
 ) -> dict[str, Any]:
     """What the rows depend on: a partial output is resumed only when all of it is unchanged."""
-    from cxr_tools.models.checkpoints import WEIGHTS_FILE
+    from cxr_tools.methods.scoring import weights_fingerprint
 
-    folder = Path(str(meta.get("path")))
-    weights = meta.get("weights_sha256") or fingerprint_path(folder / str(meta.get("weights_file") or WEIGHTS_FILE))
     return {
-        "model": str(folder.resolve()),
-        "weights": weights,
+        "model": str(Path(str(meta.get("path"))).resolve()),
+        "weights": weights_fingerprint(meta),
         "labels": list(labels),
         "thresholds": dict(thresholds) if thresholds else None,
         "support": fingerprint_path(config.support),
@@ -322,9 +304,3 @@ def _settings(
         "inputs": len(items),
         "inputs_sha256": fingerprint_inputs(items),
     }
-
-
-def _method_name(config: PredictConfig, meta: Mapping[str, Any]) -> str:
-    from cxr_tools.methods.adapters import resolve_method
-
-    return resolve_method(config.method, str(meta.get("training")))

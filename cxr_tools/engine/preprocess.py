@@ -1,4 +1,4 @@
-"""Engine of ``cxr preprocess``: decode a dataset once into an HDF5 or memory-mapped cache (DESIGN.md §3).
+"""Engine of ``cxr preprocess``: decode a dataset once into an HDF5 or memory-mapped cache (docs/design.md).
 
 Why a cache: the seed projects decoded every 1024² PNG in every epoch (~6 ms each, the whole cost of an
 epoch on a CPU) and opened every image just to build a label index. Here each image is decoded exactly once,

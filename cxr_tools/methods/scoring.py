@@ -74,6 +74,15 @@ class RunScorer:
             return torch.sigmoid(logits.float()).cpu().numpy()
 
 
+def weights_fingerprint(meta: Mapping[str, Any]) -> Any:
+    """What identifies a model folder's weights: the checksum its card records, else the file's size and time."""
+    from cxr_tools.data.predictions import fingerprint_path
+    from cxr_tools.models.checkpoints import WEIGHTS_FILE
+
+    folder = Path(str(meta.get("path")))
+    return meta.get("weights_sha256") or fingerprint_path(folder / str(meta.get("weights_file") or WEIGHTS_FILE))
+
+
 def load_scorer(
     model_path: Path, device: torch.device, *, amp: bool, support: SupportOptions | None, progress: Progress
 ) -> tuple[RunScorer, dict[str, Any], tuple[str, ...], int]:

@@ -1,4 +1,4 @@
-"""``generate``: write the synthetic phantom dataset in the NIH or CheXpert layout (SCIENCE.md §5).
+"""``generate``: write the synthetic phantom dataset in the NIH or CheXpert layout (docs/science.md).
 
 The dataset is written into a hidden temporary sibling of ``dest`` and renamed into place only when every
 file is there, so an interrupted or failed run never leaves anything that looks complete. Each image is
