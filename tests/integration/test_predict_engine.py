@@ -243,3 +243,14 @@ def test_predict_inputs_equal_the_cache_of_cxr_preprocess(tmp_path):
         expected = torch.sigmoid(model(to_model_input(cached, meta))).numpy()
     got = np.array([[float(r["Effusion"]), float(r["Mass"])] for r in rows])
     assert np.array_equal(got, np.round(expected.astype(np.float64), 6))
+
+
+def test_default_decoding_workers_follow_the_device_and_the_input_count(monkeypatch):
+    from cxr_tools.data import preprocess_pipeline
+    from cxr_tools.data.decode import decode_workers
+
+    monkeypatch.setattr(preprocess_pipeline, "available_cores", lambda: 16)
+    assert decode_workers(3, 10, accelerator=False) == 3  # asked for: always honoured
+    assert decode_workers(None, 63, accelerator=True) == 0  # a pool start costs more than it saves
+    assert decode_workers(None, 64, accelerator=True) == 16
+    assert decode_workers(None, 64, accelerator=False) == 4  # the forward pass's threads use the rest
