@@ -100,14 +100,17 @@ def cli_text(value: Any) -> str:
     """A YAML scalar as the text a user would type after its flag, so it is converted and checked as a flag is.
 
     A list becomes the comma-separated form every list-valued cxr option reads (``classes: [A, B]`` is
-    ``--classes A,B``); booleans become ``true`` / ``false``.
+    ``--classes A,B``); a mapping the ``KEY=VALUE`` form (``{Effusion: 0.3, Mass: 0.6}`` is
+    ``Effusion=0.3,Mass=0.6``), with ``;`` between entries whose values are lists (``{train: [A, B], val: [C]}``
+    is the meta-split ``train=A,B;val=C``); booleans become ``true`` / ``false``.
     """
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, (list, tuple)):
         return ",".join(cli_text(v) for v in value)
     if isinstance(value, Mapping):
-        raise ConfigError("a mapping is not one option value; write it as the flag's text.")
+        entries = [f"{cli_text(k)}={cli_text(v)}" for k, v in value.items()]
+        return (";" if any(isinstance(v, (list, tuple)) for v in value.values()) else ",").join(entries)
     return str(value)
 
 

@@ -99,6 +99,22 @@ def _check_parts(value: str | None) -> str | None:
     return value
 
 
+def _check_checksums(value: str | None) -> str | None:
+    if value is not None:
+        _checksums(value)
+    return value
+
+
+def _checksums(text: str | None) -> dict[str, str] | None:
+    """``images_001.tar.gz=MD5,...`` -> a mapping; in ``--config`` a YAML mapping is written the same way."""
+    if not text:
+        return None
+    pairs = [p.split("=", 1) for p in text.split(",") if p.strip()]
+    if any(len(p) != 2 or not p[0].strip() or not p[1].strip() for p in pairs):
+        raise typer.BadParameter(f"'{text}' is not NAME=MD5[,NAME=MD5...].")
+    return {name.strip(): md5.strip() for name, md5 in pairs}
+
+
 def _print_parts(console: Console, title: str, reports: Any) -> None:
     """A table of units, then each failure's full message on its own line (readable in narrow SLURM logs)."""
     from cxr_tools.data.download.state import human_bytes
@@ -165,6 +181,15 @@ def nih(
             help="Metadata CSV / split lists: 'kaggle', a URL, a file, a folder or a zip/tar of them (repeatable).",
         ),
     ] = None,
+    checksums: Annotated[
+        str | None,
+        typer.Option(
+            "--checksums",
+            callback=_check_checksums,
+            help="MD5s overriding the official ones: images_001.tar.gz=MD5,... (a mapping in --config).",
+            show_default=False,
+        ),
+    ] = None,
     keep_archives: KeepArchivesOpt = False,
     retries: RetriesOpt = 5,
     timeout: TimeoutOpt = 60.0,
@@ -189,6 +214,7 @@ def nih(
             parts=parts or (),
             base_url=base_url,
             metadata=tuple(metadata or ()),
+            checksums=_checksums(checksums),
             keep_archives=keep_archives,
             retries=retries,
             timeout=timeout,

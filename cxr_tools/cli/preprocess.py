@@ -103,6 +103,12 @@ def preprocess(
         bool, typer.Option("--merge", help="Join the shard caches given as SRC into one cache at -o.")
     ] = False,
     chunk_size: Annotated[int, typer.Option("--chunk-size", min=1, help="Images per work item.")] = 32,
+    commit_seconds: Annotated[
+        float,
+        typer.Option(
+            "--commit-seconds", min=0.0, help="Seconds between durable commits (at most this much is redone)."
+        ),
+    ] = 1.0,
     resume: ResumeOpt = False,
     overwrite: OverwriteOpt = False,
     config: ConfigOpt = None,
@@ -147,6 +153,7 @@ def preprocess(
                 workers=workers,
                 shard=shard,
                 chunk_size=chunk_size,
+                commit_seconds=commit_seconds,
                 resume=resume,
                 overwrite=overwrite,
             )
