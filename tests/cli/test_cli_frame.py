@@ -172,3 +172,13 @@ def test_json_output_is_parseable():
     assert _json(["run", "--size", "8"]) == {
         "size": 8, "name": "x", "path": "a", "lr": 0.1, "views": ["PA"], "plots": True
     }  # fmt: skip
+
+
+def test_yaml_values_become_the_flag_text():
+    """Lists, mappings and booleans are written as a user would type them after the flag."""
+    from cxr_tools.config import cli_text
+
+    assert cli_text(["PA", "AP"]) == "PA,AP"
+    assert cli_text({"Effusion": 0.3, "Mass": 0.6}) == "Effusion=0.3,Mass=0.6"
+    assert cli_text({"train": ["A", "B"], "val": ["C"], "test": "D"}) == "train=A,B;val=C;test=D"
+    assert (cli_text(True), cli_text(1e-3), cli_text("1e-3")) == ("true", "0.001", "1e-3")
