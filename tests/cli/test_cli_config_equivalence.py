@@ -163,3 +163,39 @@ def test_flags_and_yaml_give_the_same_config(path, tmp_path, monkeypatch):
     by_flags = _capture(monkeypatch, path, [*positional, *flags])
     by_yaml = _capture(monkeypatch, path, ["--config", str(config_file)])
     assert by_yaml == by_flags
+
+
+# Config fields that take the vocabulary's names on other branches (the trainers' checkpoint_every_steps, ...;
+# meta-train's and evaluate's --pool-seed): the lead deletes this set after merging.
+ROUND_TRIP_FAILS_UNTIL_MERGE = {"train", "train-siamese", "meta-train", "evaluate"}
+# Engine settings with no option, so no config key: tuning knobs the tests set on the dataclass directly.
+ENGINE_ONLY_FIELDS = {
+    "download nih": "backoff_max and retry_seed",
+    "download chexpert": "backoff_max and retry_seed; its source is --from",
+}
+
+
+def _round_trip_params() -> list[Any]:
+    out = []
+    for path in sorted(set(ENGINES) - set(ENGINE_ONLY_FIELDS)):
+        marks = [pytest.mark.xfail(strict=True, reason="until merge")] if path in ROUND_TRIP_FAILS_UNTIL_MERGE else []
+        out.append(pytest.param(path, marks=marks))
+    return out
+
+
+@pytest.mark.parametrize("path", _round_trip_params())
+def test_a_saved_config_is_a_valid_config_file(path, tmp_path, monkeypatch):
+    """A resolved config saved as YAML (RUN/config.yaml of a trainer) given back as --config gives the same config."""
+    from cxr_tools.config import dump_yaml
+
+    monkeypatch.chdir(tmp_path)
+    command = _commands()[path]
+    hints = typing.get_type_hints(command.callback, include_extras=True)
+    args: list[str] = []
+    for param in command.params:
+        if param.expose_value and not param.is_eager and param.name not in ("config", "json_output", "quiet"):
+            args.extend(_flag_args(param, _sample(path, param, hints[param.name])))
+    by_flags = _capture(monkeypatch, path, args)
+    saved = tmp_path / "config.yaml"
+    saved.write_text(dump_yaml(by_flags))
+    assert _capture(monkeypatch, path, ["--config", str(saved)]) == by_flags
