@@ -75,7 +75,7 @@ def synthetic(
 
 
 # --- real datasets ----------------------------------------------------------------------------------------
-DestOpt = Annotated[Path | None, output_option("Dataset directory (default: $CXR_DATA/<dataset>).", "--dest")]
+DatasetOutputOpt = Annotated[Path | None, output_option("Dataset directory (default: $CXR_DATA/<dataset>).", "--dest")]
 KeepArchivesOpt = Annotated[
     bool, typer.Option("--keep-archives", help="Keep the downloaded archives after extraction (to re-extract later).")
 ]
@@ -162,7 +162,7 @@ def _finish(failed: int, total: int, what: str) -> None:
 
 @app.command("nih")
 def nih(
-    output: DestOpt = None,
+    output: DatasetOutputOpt = None,
     parts: Annotated[
         str | None,
         typer.Option("--parts", callback=_check_parts, help="Archives to fetch, e.g. 1,3-5 (default: all 12)."),
@@ -235,7 +235,7 @@ def nih(
 
 @app.command("kaggle")
 def kaggle(
-    output: DestOpt = None,
+    output: DatasetOutputOpt = None,
     from_dir: Annotated[
         Path | None,
         typer.Option("--from", help="Use a mirror already downloaded (unpacked) here instead of kagglehub."),
@@ -280,7 +280,7 @@ def chexpert(
             "--from", help="The signed download URL Stanford sent you, or the archive file.", show_default=False
         ),
     ] = None,
-    output: DestOpt = None,
+    output: DatasetOutputOpt = None,
     md5: Annotated[str | None, typer.Option("--md5", help="Expected MD5 of the archive, if you have one.")] = None,
     keep_archives: KeepArchivesOpt = False,
     retries: RetriesOpt = 5,
