@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import importlib
+import types
 import typing
 from pathlib import Path
 from typing import Any
@@ -82,7 +83,7 @@ def _base_type(annotation: Any) -> Any:
     if typing.get_origin(annotation) is typing.Annotated:
         annotation = typing.get_args(annotation)[0]
     args = [a for a in typing.get_args(annotation) if a is not type(None)]
-    if typing.get_origin(annotation) in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
         return args[0]
     return annotation
 
