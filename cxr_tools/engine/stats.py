@@ -2,7 +2,7 @@
 
 Reads only ``manifest.json`` and ``index.csv``, never the images (the seed projects loaded every image to
 count labels). "Positive" means a stored value of 1; uncertain (-1) values are counted separately, so a
-CheXpert cache shows how much a choice of uncertainty policy matters. Outputs in ``--out`` (default
+CheXpert cache shows how much a choice of uncertainty policy matters. Outputs in ``--output`` (default
 ``CACHE/stats/``), each written atomically and replaced on every run (they are derived from the cache):
 ``label_counts.png``, ``cooccurrence.png`` and ``stats.json`` (the same content as ``--json``).
 """
@@ -84,5 +84,5 @@ def run_stats(config: StatsConfig, progress: Progress | None = None) -> StatsRes
             atomic_write_text(out / "stats.json", cfg.to_json(result) + "\n")
             task.advance()
     except PermissionError as exc:
-        raise CxrError(f"Cannot write statistics to {out}: {exc.strerror}.", "Pass --out DIR (writable).") from exc
+        raise CxrError(f"Cannot write statistics to {out}: {exc.strerror}.", "Pass --output DIR (writable).") from exc
     return result
