@@ -88,11 +88,12 @@ def compare(
 def render(console: Console, result: Any) -> None:
     """The ranked table (per-class columns when the console is wide enough), then the verdict and the files."""
     from rich import box
+    from rich.markup import escape
 
     from cxr_tools.engine.compare_output import LEAK_MARK, metric_name, p_cell
 
     name = metric_name(result.metric)
-    names = [f"{row.name} {LEAK_MARK}" if row.leak else row.name for row in result.rows]
+    names = [escape(f"{row.name} {LEAK_MARK}" if row.leak else row.name) for row in result.rows]
     budget_width = max([len("budget"), *(len(row.budget) for row in result.rows)])
     base = max(len(n) for n in names) + 76
     show_budget = console.width >= base + budget_width + 3
@@ -101,8 +102,8 @@ def render(console: Console, result: Any) -> None:
     classes = list(result.classes) if console.width >= base + extra + class_width else []
     table = Table(
         title=f"cxr compare: {name}, mean ± 95% CI over {result.episodes} shared episodes",
-        caption=f"episode list {result.episode_list_hash}; Δ = method − {result.reference}, paired over episodes; "
-        "p Holm-adjusted; * per class: significant",
+        caption=f"episode list {result.episode_list_hash}; Δ = method − {escape(result.reference)}, paired over "
+        "episodes; p Holm-adjusted; * per class: significant",
         box=box.SIMPLE_HEAD,
     )
     table.add_column("#", justify="right", no_wrap=True)
@@ -123,7 +124,7 @@ def render(console: Console, result: Any) -> None:
             p = p_cell(row.p_value, "identical" if row.note.startswith("identical") else "")
             if not row.significant:
                 p += " n.s."
-        cells = [str(row.rank), label, *([row.budget or "-"] if show_budget else [])]
+        cells = [str(row.rank), label, *([escape(row.budget or "-")] if show_budget else [])]
         cells += [f"{row.mean:.3f} ± {row.ci95:.3f}", diff, p, *[_mean(row.per_class.get(c)) for c in classes]]
         table.add_row(*cells, style="bold red" if row.leak else None)
     console.print(table)
@@ -131,10 +132,13 @@ def render(console: Console, result: Any) -> None:
         console.print("(per-class values and tests: comparison.md / comparison.csv, or widen the terminal)")
     for row in result.rows:
         if len(row.eval_dirs) > 1:
-            console.print(f"{row.name}: {len(row.eval_dirs)} seeds averaged; interval includes between-seed variance")
+            console.print(
+                f"{row.name}: {len(row.eval_dirs)} seeds averaged; interval includes between-seed variance",
+                markup=False,
+            )
         if row.leak:
-            console.print(f"{LEAK_MARK} {row.name}: {row.leak}")
-    console.print(result.verdict)
+            console.print(f"{LEAK_MARK} {row.name}: {row.leak}", markup=False)
+    console.print(result.verdict, markup=False)
     for path in result.files:
         console.print(f"wrote: {path}")
 
