@@ -42,7 +42,7 @@ def seed_group_estimate(matrix: np.ndarray, within_half: float | None = None) ->
     out: dict[str, Any] = {"mean": est.mean, "n": n_eps, "seeds": int(m.shape[0]), "episode_ci95": est.ci95}
     seeds = m.shape[0]
     if seeds < 2 or n_eps < 2 or not math.isfinite(within):
-        half, df, seed_sd, kind = within, n_eps - 1, math.nan, "episode"
+        half, df, seed_sd, kind = within, float(n_eps - 1), math.nan, "episode"
     else:
         from scipy import stats
 

@@ -39,7 +39,7 @@ def seeds(tmp_path):
 
 
 def test_runs_differing_only_in_seed_are_grouped_and_averaged(seeds):
-    tmp, runs, scratch = seeds
+    _tmp, runs, scratch = seeds
     result = compare(CompareConfig(inputs=(*[r.parent for r in runs], scratch)))
     assert [len(r.eval_dirs) for r in result.rows] == [3, 1]
     group = result.rows[0]
