@@ -57,27 +57,27 @@ def weighted_metrics(
     y = np.asarray(targets).astype(bool).ravel()
     s = np.asarray(scores, dtype=np.float64).ravel()
     w = np.atleast_2d(np.asarray(weights, dtype=np.float64))
-    levels, inverse = np.unique(s, return_inverse=True)  # ascending score levels (ties share a level)
-    onehot = np.zeros((len(s), len(levels)))
-    onehot[np.arange(len(s)), inverse] = 1.0
-    pos = (w * y) @ onehot  # [B, K] weighted positives per level
-    neg = (w * ~y) @ onehot
+    order = np.argsort(s, kind="stable")
+    s_sorted, y_sorted, w_sorted = s[order], y[order], w[:, order]
+    starts = np.flatnonzero(np.r_[True, s_sorted[1:] != s_sorted[:-1]])  # ascending score levels (ties share one)
+    pos = np.add.reduceat(np.where(y_sorted, w_sorted, 0.0), starts, axis=1)  # [B, K] weighted positives per level
+    neg = np.add.reduceat(np.where(y_sorted, 0.0, w_sorted), starts, axis=1)
     p_total, n_total = pos.sum(1), neg.sum(1)
     defined = (p_total > 0) & (n_total > 0)
     with np.errstate(invalid="ignore", divide="ignore"):
         below = np.cumsum(neg, axis=1) - neg  # negatives strictly below each level
         auc = (pos * (below + 0.5 * neg)).sum(1) / (p_total * n_total)
         tp = np.cumsum(pos[:, ::-1], axis=1)  # at each threshold (descending): weighted TP and FP with s >= t
-        fp = np.cumsum(neg[:, ::-1], axis=1)
-        precision_at = np.where(tp + fp > 0, tp / np.where(tp + fp > 0, tp + fp, 1.0), 0.0)
+        seen = tp + np.cumsum(neg[:, ::-1], axis=1)
+        precision_at = tp / np.where(seen > 0, seen, 1.0)
         recall_at = tp / p_total[:, None]
         ap = (np.diff(recall_at, axis=1, prepend=0.0) * precision_at).sum(1)
         pred = s >= threshold
-        tp_t = w @ (y & pred).astype(np.float64)
-        pp_t = w @ pred.astype(np.float64)
-        precision = np.where(pp_t > 0, tp_t / np.where(pp_t > 0, pp_t, 1.0), 0.0)
+        tp_t = w[:, y & pred].sum(1)
+        pp_t = w[:, pred].sum(1)
+        precision = tp_t / np.where(pp_t > 0, pp_t, 1.0)
         recall = tp_t / p_total
-        f1 = np.where(p_total + pp_t > 0, 2 * tp_t / (p_total + pp_t), 0.0)
+        f1 = 2 * tp_t / np.where(p_total + pp_t > 0, p_total + pp_t, 1.0)
     out = {"auc": auc, "ap": ap, "f1": f1, "precision": precision, "recall": recall}
     return {k: np.where(defined, v, np.nan) for k, v in out.items()}
 
