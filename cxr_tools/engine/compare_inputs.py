@@ -169,7 +169,11 @@ def make_entries(loaded: dict[Path, Any], explicit: list[tuple[str, list[Path]]]
         settings = [summary.get(k) for k in ("method_label", "settings", "kind", "architecture", "threshold")]
         bucket = json.dumps([settings, cfg], sort_keys=True, default=str) if cfg is not None else str(key)
         buckets.setdefault(bucket, []).append((key, seed))
+    split = []  # a bucket whose seeds repeat is not a seed group (same run evaluated twice, or a rerun)
     for members in buckets.values():
+        seeds = [str(s) for _, s in members]
+        split += [members] if len(set(seeds)) == len(seeds) else [[m] for m in members]
+    for members in split:
         group = [k for k, _ in members]
         summaries = [loaded[k][1] for k in group]
         name = str(summaries[0].get("name") or summaries[0].get("method_label") or summaries[0].get("method"))

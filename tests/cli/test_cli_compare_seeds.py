@@ -65,6 +65,9 @@ def test_other_settings_are_not_grouped_and_explicit_groups_are(seeds):
     other = _run(tmp, "maml-lr", 0, BASE + 0.1, lr=0.1)
     result = compare(CompareConfig(inputs=(*runs, other)))
     assert sorted(len(r.eval_dirs) for r in result.rows) == [1, 3]
+    rerun = _run(tmp, "maml-again", 0, BASE + 0.1)  # the same seed again: a rerun, not another seed
+    result = compare(CompareConfig(inputs=(runs[0], rerun)))
+    assert [len(r.eval_dirs) for r in result.rows] == [1, 1]
     res = runner.invoke(app, ["compare", str(scratch), "--group", f"mine={runs[0]},{other}", "--json"])
     assert res.exit_code == 0, res.output
     rows = json.loads(res.stdout)["rows"]
