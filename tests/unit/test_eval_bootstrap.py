@@ -73,3 +73,17 @@ def test_independent_patients_give_a_cluster_interval_close_to_the_episode_inter
     assert 0.7 < width / (2 * overall["auc"]["episode_ci95"]) < 1.6
     again = cluster_bootstrap(scores, ["D"], replicates=1000, rng=np.random.default_rng(1), metrics=("auc",))
     assert again.overall == boot.overall  # seeded
+
+
+def test_batches_of_episodes_equal_one_at_a_time():
+    from cxr_tools.eval.bootstrap import _batch_metrics
+
+    rng = np.random.default_rng(5)
+    y = rng.random((3, 12)) < 0.5
+    s = np.round(rng.random((3, 12)), 1)
+    w = rng.integers(0, 3, size=(3, 8, 12)).astype(float)
+    batch = _batch_metrics(y, s, w, 0.5)
+    for g in range(3):
+        one = weighted_metrics(y[g], s[g], w[g])
+        for m, v in one.items():
+            np.testing.assert_allclose(batch[m][g], v, equal_nan=True)
