@@ -108,6 +108,14 @@ def evaluate(
             help="Continue an interrupted evaluation in the output folder after its finished episodes.",
         ),
     ] = True,
+    allow_leak: Annotated[
+        bool,
+        typer.Option(
+            "--allow-leak",
+            help="Evaluate a run whose lineage trained on a meta-test class or patient (or has no lineage record): "
+            "exploration only, the summary and every table then carry the leak.",
+        ),
+    ] = False,
     config: ConfigOpt = None,
     json_output: JsonOpt = False,
     quiet: QuietOpt = False,
@@ -152,6 +160,7 @@ def evaluate(
             threads=threads,
             overwrite=overwrite,
             resume=resume,
+            allow_leak=allow_leak,
         )
         if cfg.data is None:
             raise ConfigError("No cache given.", "Pass --data CACHE (a directory written by cxr preprocess).")
@@ -185,6 +194,8 @@ def render(console: Console, result: Any) -> None:
         n = values[metrics[0]]["n"] if metrics else 0
         table.add_row(cls, str(n), *[_cell(values[m]) for m in metrics])
     table.add_row("overall", str(result.episodes), *[_cell(result.overall[m]) for m in metrics], style="bold")
+    if getattr(result, "leak", None):
+        console.print(f"LEAK (--allow-leak): {result.leak}; not a publishable number.", style="bold red", markup=False)
     console.print(table)
     if len(metrics) < len(result.overall):
         console.print("(precision and recall: see summary.json, or widen the terminal)")

@@ -54,6 +54,14 @@ MetaSplitOpt = Annotated[
         show_default="the cache's meta_split.json, else metachest",
     ),
 ]
+PoolSeedOpt = Annotated[
+    int,
+    typer.Option(
+        "--pool-seed",
+        help="Seed distributing negative patients over the meta-split pools, for --classes base: the meta-train "
+        "pool MAML draws from with the same seed (keep it equal across methods).",
+    ),
+]
 EpochsOpt = Annotated[int, typer.Option("--epochs", min=1, help="Training epochs.")]
 MaxStepsOpt = Annotated[
     int | None, typer.Option("--max-steps", min=1, help="Stop after this many optimizer steps.", show_default=False)
@@ -104,7 +112,7 @@ def split_classes(text: str | None) -> tuple[str, ...]:
 SHARED_TRAINING_FIELDS = (
     "weights", "norm", "meta_split", "epochs", "max_steps", "batch_size", "lr", "weight_decay", "optimizer",
     "momentum", "schedule", "warmup_steps", "patience", "augment", "val_batch_size", "workers", "device", "amp",
-    "threads", "seed", "resume", "overwrite", "requeue",
+    "threads", "seed", "resume", "overwrite", "requeue", "pool_seed",
 )  # fmt: skip
 _RENAMED_FIELDS = {
     "checkpoint_every": "checkpoint_every_steps",
@@ -130,6 +138,7 @@ def train(
     norm: NormOpt = None,
     classes: ClassesOpt = None,
     meta_split: MetaSplitOpt = None,
+    pool_seed: PoolSeedOpt = 0,
     uncertainty: Annotated[
         str, typer.Option("--uncertainty", help="Uncertain labels: ignore (masked out of the loss), zeros, ones.")
     ] = "ignore",

@@ -453,3 +453,12 @@ def meta_split_pools(
         tier[order] = groups
     image_tier = tier[inverse]
     return {name: np.sort(rows[image_tier == k]) for k, name in enumerate(SPLITS)}
+
+
+def patients_of(index: Any, *rows: np.ndarray, patient_column: str = "patient_id") -> list[str]:
+    """Sorted unique patient ids, as strings, of the cache rows in ``rows`` (what a model's lineage records and
+    the meta-test pool is compared with; strings, so ids compare across caches)."""
+    wanted = np.concatenate([np.asarray(r, dtype=np.int64).ravel() for r in rows]) if rows else np.empty(0, np.int64)
+    cache_rows = index["row"].to_numpy(dtype=np.int64) if "row" in index.columns else np.arange(len(index))
+    pids = index[patient_column].fillna("").astype(str).to_numpy(dtype=object)[np.isin(cache_rows, wanted)]
+    return sorted({str(p) for p in pids})

@@ -618,6 +618,16 @@ def _write_model(
         "preprocessing": dict(cache.manifest.get("preprocessing") or {}),
         "extra": extra,
     }
+    from cxr_tools.data.splits import patients_of
+    from cxr_tools.models.lineage import write_lineage
+
+    pools = meta_split_pools(cache.index, cache.labels, split, seed=config.pool_seed)  # the pools sampled above
+    used = [pools["train"], pools["val"]] if val_list else [pools["train"]]
+    meta["lineage"] = write_lineage(
+        run.model_dir, meta, run=run.path, patients=patients_of(cache.index, *used), meta_split=split.to_dict(),
+        pool="meta-train+meta-val" if val_list else "meta-train", pool_seed=config.pool_seed,
+        parents=[origin["init"]] if origin.get("init") not in ("random", "imagenet") else [],
+    )  # fmt: skip
     save_model_dir(model, meta, run.model_dir)
     return Path(run.model_dir)
 

@@ -9,7 +9,7 @@ split after each epoch, in eval mode; their mean (``val_auc``) picks ``best.pt``
 the best weights become ``RUN/model/``.
 
 ``--classes base`` trains the meta-split's meta-train classes only, on the meta-train image pool (images
-carrying no meta-val / meta-test finding, :func:`~cxr_tools.data.splits.meta_split_pools` with pool seed 0):
+carrying no meta-val / meta-test finding, :func:`~cxr_tools.data.splits.meta_split_pools` with ``--pool-seed``):
 the pre-training of the few-shot fine-tune baseline, whose held-out classes must never have been trained,
 neither as a head column nor through their images.
 
@@ -44,6 +44,7 @@ if TYPE_CHECKING:
     import torch
 
     from cxr_tools.data.cache import CacheReader
+    from cxr_tools.data.splits import MetaSplit
     from cxr_tools.data.torch_data import Augment
     from cxr_tools.runtime.distributed import DistInfo
     from cxr_tools.runtime.rundir import RunDir
@@ -75,6 +76,8 @@ class TrainingOptions:
         resume, overwrite, requeue: run-directory handling and SLURM requeue on preemption.
         checkpoint_every_steps, checkpoint_every_minutes: ``last.pt`` policy within epochs.
         log_every_steps: a ``step`` record in metrics.jsonl every N steps (0 = epochs only).
+        pool_seed: seed of the meta-split pools for ``classes=("base",)`` (the meta-train pool MAML uses with
+            the same seed; recorded in the model's lineage).
     """
 
     epochs: int = 10
@@ -100,6 +103,7 @@ class TrainingOptions:
     checkpoint_every_steps: int | None = None
     checkpoint_every_minutes: float | None = 10.0
     log_every_steps: int = 50
+    pool_seed: int = 0
 
 
 @dataclass(frozen=True)
@@ -172,7 +176,9 @@ def _train(config: TrainConfig, ctx: RuntimeContext, progress: Progress | None) 
     from cxr_tools.runtime.devices import autocast_context
     from cxr_tools.runtime.seeding import numpy_generator
 
-    cache, labels, train_rows, val_rows = open_training_data(config.cache, config.classes, config.meta_split)
+    cache, labels, train_rows, val_rows = open_training_data(
+        config.cache, config.classes, config.meta_split, config.pool_seed
+    )
     train_t, train_m = apply_uncertainty(cache.raw_labels(labels)[train_rows], config.uncertainty)
     val_t, val_m = apply_uncertainty(cache.raw_labels(labels)[val_rows], config.uncertainty)
     n_train = len(train_rows)
@@ -252,7 +258,15 @@ def _train(config: TrainConfig, ctx: RuntimeContext, progress: Progress | None) 
             "monitor": monitor,
             "best_metric": fit.best_metric,
         }
-        save_model_dir(model, model_meta(cache, model, labels, "supervised", extra), run.model_dir)
+        from cxr_tools.data.splits import patients_of
+        from cxr_tools.models.lineage import write_lineage
+
+        meta = model_meta(cache, model, labels, "supervised", extra)
+        meta["lineage"] = write_lineage(
+            run.model_dir, meta, run=run.path, patients=patients_of(cache.index, train_rows, val_rows),
+            **pool_record(cache, config),
+        )  # fmt: skip
+        save_model_dir(model, meta, run.model_dir)
         model_dir = run.model_dir
     best = best_record(run)
     return TrainRunResult(
@@ -422,19 +436,36 @@ def open_training_cache(path: Path) -> CacheReader:
     return open_cache(path)
 
 
+def base_split(cache: CacheReader, classes: Sequence[str], meta_split: str | None) -> MetaSplit | None:
+    """The meta-split of ``--classes base`` (``meta_split``, else the cache's, else MetaChest); None otherwise."""
+    from cxr_tools.data.splits import load_meta_split, parse_meta_split
+
+    if [c.strip().lower() for c in classes if c and c.strip()] != ["base"]:
+        return None
+    spec: Any = meta_split if meta_split is not None else load_meta_split(cache.path)
+    return parse_meta_split(spec, cache.labels)
+
+
+def pool_record(cache: CacheReader, config: Any) -> dict[str, Any]:
+    """The pool a trainer's ``config`` draws from, as keywords of :func:`~cxr_tools.models.lineage.write_lineage`."""
+    split = base_split(cache, config.classes, config.meta_split)
+    if split is None:
+        return {"pool": "all"}
+    return {"pool": "meta-train", "meta_split": split.to_dict(), "pool_seed": config.pool_seed}
+
+
 def resolve_classes(
-    cache: CacheReader, classes: Sequence[str], meta_split: str | None
+    cache: CacheReader, classes: Sequence[str], meta_split: str | None, pool_seed: int = 0
 ) -> tuple[list[str], np.ndarray | None]:
-    """The label columns to use and, for ``base``, the meta-train image pool (cache rows; else None)."""
-    from cxr_tools.data.splits import load_meta_split, meta_split_pools, parse_meta_split
+    """The label columns to use and, for ``base``, the meta-train image pool of ``pool_seed`` (cache rows)."""
+    from cxr_tools.data.splits import meta_split_pools
 
     names = [c.strip() for c in classes if c and c.strip()]
     if not names or [n.lower() for n in names] == ["all"]:
         return list(cache.labels), None
-    if [n.lower() for n in names] == ["base"]:
-        spec: Any = meta_split if meta_split is not None else load_meta_split(cache.path)
-        split = parse_meta_split(spec, cache.labels)
-        pool = meta_split_pools(cache.index, cache.labels, split, seed=0)["train"]
+    split = base_split(cache, names, meta_split)
+    if split is not None:
+        pool = meta_split_pools(cache.index, cache.labels, split, seed=pool_seed)["train"]
         log.info("Training the meta-train (base) classes %s on %d pool images.", ", ".join(split.train), len(pool))
         return list(split.train), pool
     if any(n.lower() in {"base", "all"} for n in names):
@@ -451,11 +482,11 @@ def resolve_classes(
 
 
 def open_training_data(
-    cache_path: Path, classes: Sequence[str], meta_split: str | None
+    cache_path: Path, classes: Sequence[str], meta_split: str | None, pool_seed: int = 0
 ) -> tuple[CacheReader, list[str], np.ndarray, np.ndarray]:
     """The cache, the label columns to train (:func:`resolve_classes`) and the train and val rows of their pool."""
     cache = open_training_cache(cache_path)
-    labels, pool = resolve_classes(cache, classes, meta_split)
+    labels, pool = resolve_classes(cache, classes, meta_split, pool_seed)
     return cache, labels, split_rows(cache, "train", pool), split_rows(cache, "val", pool, required=False)
 
 

@@ -44,6 +44,7 @@ from cxr_tools.engine.train import (
     normalise_input,
     open_training_data,
     open_training_run,
+    pool_record,
     roc_auc,
     run_fit,
     run_in_context,
@@ -139,7 +140,9 @@ def _train_siamese(config: SiameseConfig, ctx: RuntimeContext, progress: Progres
     from cxr_tools.methods.contrastive import contrastive_loss
     from cxr_tools.models.siamese import SiameseNet
 
-    cache, labels, train_rows, val_rows = open_training_data(config.cache, config.classes, config.meta_split)
+    cache, labels, train_rows, val_rows = open_training_data(
+        config.cache, config.classes, config.meta_split, config.pool_seed
+    )
     views = tuple(config.views) if config.views and "all" not in config.views else None
     train_pairs = PairSampler(cache.index, labels, rows=train_rows, rule=config.pair_rule, views=views)
     if train_pairs.uncertain_dropped:
@@ -214,7 +217,15 @@ def _train_siamese(config: SiameseConfig, ctx: RuntimeContext, progress: Progres
             "backbone_from": str(config.backbone_from) if config.backbone_from else None,
             "best_epoch": fit.best_epoch,
         }
-        save_model_dir(backbone, model_meta(cache, backbone, [], "siamese", extra), run.model_dir)
+        from cxr_tools.data.splits import patients_of
+        from cxr_tools.models.lineage import write_lineage
+
+        meta = model_meta(cache, backbone, [], "siamese", extra)
+        meta["lineage"] = write_lineage(
+            run.model_dir, meta, run=run.path, patients=patients_of(cache.index, train_rows, val_rows),
+            parents=[config.backbone_from] if config.backbone_from else [], **pool_record(cache, config),
+        )  # fmt: skip
+        save_model_dir(backbone, meta, run.model_dir)
         model_dir = run.model_dir
     return SiameseResult(
         run_dir=run.path,
