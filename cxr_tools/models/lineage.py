@@ -119,9 +119,8 @@ def read_lineage(model_dir: str | Path) -> tuple[dict[str, Any], dict[str, list[
     record = meta.get("lineage")
     if not isinstance(record, Mapping):
         run = folder.parent if folder.name == "model" else folder
-        stub = {"version": LINEAGE_VERSION, "run": run.name, "path": str(run.resolve()),
-                "training": meta.get("training"), "missing": True, "parents": []}  # fmt: skip
-        return stub, {}
+        stub: dict[str, Any] = {"version": LINEAGE_VERSION, "run": run.name, "path": str(run.resolve())}
+        return {**stub, "training": meta.get("training"), "missing": True, "parents": []}, {}
     return dict(record), load_patient_sets(folder)
 
 
