@@ -183,7 +183,7 @@ def render(console: Console, result: Any) -> None:
         metrics = [m for m in metrics if m in ("auc", "ap", "f1")]
     title = (
         f"cxr evaluate: {result.name} — {result.episodes} episodes, {result.ways}-way {result.shots}-shot "
-        f"{result.queries}-query; mean ± 95% CI over episodes; threshold {result.threshold:g}"
+        f"{result.queries}-query; mean ± 95% CI (the wider interval, below); threshold {result.threshold:g}"
     )
     table = Table(title=title, box=box.SIMPLE_HEAD, caption=f"episode list {result.episode_list_hash}")
     table.add_column("class", no_wrap=True)
@@ -199,6 +199,7 @@ def render(console: Console, result: Any) -> None:
     console.print(table)
     if len(metrics) < len(result.overall):
         console.print("(precision and recall: see summary.json, or widen the terminal)")
+    _print_intervals(console, result.overall, metrics)
     if result.pairs:
         p = result.pairs
         console.print(
@@ -207,6 +208,22 @@ def render(console: Console, result: Any) -> None:
             f"({p['threshold_source']})"
         )
     console.print(f"evaluation: {result.output} ({result.seconds:.1f} s)")
+
+
+def _print_intervals(console: Console, overall: dict[str, Any], metrics: list[str]) -> None:
+    """Both overall intervals: over episodes (Student t) and patient-cluster bootstrap; the table shows the wider."""
+    parts = []
+    for m in metrics:
+        est = overall[m]
+        if est.get("bootstrap_low") is None or est.get("mean") is None:
+            continue
+        ep = est.get("episode_ci95")
+        parts.append(
+            f"{_METRIC_NAMES.get(m, m)} episode-t ± {_num(ep)}, patient bootstrap "
+            f"[{_num(est['bootstrap_low'])}, {_num(est['bootstrap_high'])}] → {est.get('interval')}"
+        )
+    if parts:
+        console.print("95% intervals (the table shows the wider): " + "; ".join(parts))
 
 
 def _num(value: Any) -> str:

@@ -107,11 +107,6 @@ class BalancedSampler(Sampler[int]):
         self.epoch = int(epoch)
         self.position = 0
 
-    @property
-    def group_sizes(self) -> np.ndarray:
-        """Rows per non-empty group (classes in order, then the negatives)."""
-        return self._sizes.copy()
-
     def indices(self, epoch: int | None = None) -> np.ndarray:
         """All draws of ``epoch`` (default the current one) as int64 positions."""
         rng = np.random.default_rng([self.seed, self.epoch if epoch is None else int(epoch)])

@@ -107,7 +107,7 @@ def run_demo(config: DemoConfig, progress: Progress | None = None) -> DemoResult
     try:
         prepare_output_dir(work, overwrite=config.overwrite, what="demo work")
     except OutputExistsError as exc:
-        raise OutputExistsError(exc.message, "Pass --overwrite to rerun the demo there, or choose --workdir.") from None
+        raise OutputExistsError(exc.message, "Pass --overwrite to rerun the demo there, or another -o DIR.") from None
     stages: dict[str, float] = {}
 
     def stage(name: str, fn: Callable[[], T]) -> T:

@@ -65,6 +65,7 @@ PLOTS_DIR = "plots"
 SUMMARY_FORMAT = "cxr-eval"
 SUMMARY_VERSION = 1
 _PAIR_KEY = 104729  # seed key of the Siamese pair set, apart from the episodes' (seed, i)
+_BOOTSTRAP_KEY = 130363  # seed key of the patient-cluster bootstrap
 
 
 @dataclass(frozen=True)
@@ -85,6 +86,7 @@ class EvaluateConfig:
         steps, lr: fine-tuning budget (default per mode); inner_lr, adapt_steps: MAML / scratch budget
             (default the MAML run's, else 0.01 and 5); temperature: prototype softmax temperature.
         pairs: Siamese pair-set size (0 = none).
+        bootstrap: patient-cluster bootstrap replicates (0 = episode interval only).
         plots: write the PNG plots.
         device, threads: where to compute.
         overwrite: replace a complete evaluation in ``output``.
@@ -113,6 +115,7 @@ class EvaluateConfig:
     adapt_steps: int | None = None
     temperature: float = 0.1
     pairs: int = 1000
+    bootstrap: int = 1000
     plots: bool = True
     device: str = "auto"
     threads: int | None = None
@@ -352,7 +355,9 @@ def evaluate(config: EvaluateConfig, progress: Progress | None = None) -> Evalua
 
     table = pd.DataFrame.from_records(records)
     score_table = pd.DataFrame.from_records(scores)
-    per_class, overall = aggregate(table, list(split.test))
+    score_table["patient"] = cache.index["patient_id"].astype(str).to_numpy()[score_table["row"].to_numpy(int)]
+    boot = _bootstrap(score_table, list(split.test), config)
+    per_class, overall = aggregate(table, list(split.test), bootstrap=boot)
     files = [write_table(out / EPISODES_CSV, table), write_table(out / SCORES_CSV, score_table)]
     if config.plots:
         from cxr_tools.eval.report import evaluation_plots
@@ -388,6 +393,7 @@ def evaluate(config: EvaluateConfig, progress: Progress | None = None) -> Evalua
         "metrics": list(METRICS),
         "per_class": per_class,
         "overall": overall,
+        "bootstrap": _bootstrap_record(boot),
         "pairs": pairs,
         "leak": leak,
         "seconds": round(seconds, 3),
@@ -432,6 +438,26 @@ def _check_config(config: EvaluateConfig) -> None:
         raise ConfigError(f"--threshold must be a probability in [0, 1] (got {config.threshold}).")
     if config.pairs < 0:
         raise ConfigError(f"--pairs must be >= 0 (got {config.pairs}).")
+    if config.bootstrap < 0:
+        raise ConfigError(f"bootstrap must be >= 0 replicates (got {config.bootstrap}).", "Use 1000 or more, or 0.")
+
+
+def _bootstrap(score_table: Any, classes: Sequence[str], config: EvaluateConfig) -> Any:
+    """Patient-cluster bootstrap intervals (None when disabled), seeded from the evaluation seed."""
+    if config.bootstrap == 0 or not len(score_table):
+        return None
+    from cxr_tools.eval.bootstrap import cluster_bootstrap
+    from cxr_tools.runtime.seeding import numpy_generator
+
+    rng = numpy_generator(config.seed, _BOOTSTRAP_KEY)
+    return cluster_bootstrap(score_table, classes, replicates=config.bootstrap, rng=rng, threshold=config.threshold)
+
+
+def _bootstrap_record(boot: Any) -> dict[str, Any] | None:
+    """summary.json's ``bootstrap``: how the cluster intervals were drawn."""
+    if boot is None:
+        return None
+    return {"unit": "patient", "replicates": boot.replicates, "patients": boot.patients, "seed_key": _BOOTSTRAP_KEY}
 
 
 def _run_name(run: Path) -> str:

@@ -1,6 +1,6 @@
 """Model folders (``RUN/model/``) and training checkpoints (``RUN/checkpoints/*.pt``).
 
-A **model folder** is self-describing and loads without running pickled code (DESIGN.md §3)::
+A **model folder** is self-describing and loads without running pickled code (docs/design.md)::
 
     model.json          format + version, architecture name and create_model arguments, input contract
                         (channels, image size, normalisation), label space, embedding size, training kind,

@@ -92,7 +92,9 @@ def test_summary_numbers_match_episodes_csv(setup):
         episode_auc = table.groupby("episode")["auc"].mean().to_numpy()
         est = mean_ci(episode_auc)
         assert summary["overall"]["auc"]["mean"] == pytest.approx(est.mean)
-        assert summary["overall"]["auc"]["ci95"] == pytest.approx(est.ci95)
+        overall = summary["overall"]["auc"]
+        assert overall["episode_ci95"] == pytest.approx(est.ci95) and overall["ci95"] >= est.ci95 - 1e-12
+        assert overall["interval"] in ("episode", "bootstrap") and overall["low"] <= overall["mean"] <= overall["high"]
         # F1 at the threshold recomputed from the stored query scores
         scores = pd.read_csv(result.output / "scores.csv", dtype={"class": str})
         first = scores[(scores["episode"] == 0) & (scores["class"] == table.iloc[0]["class"])]
