@@ -15,6 +15,7 @@ from cxr_tools.cli.common import (
     DeviceOpt,
     JsonOpt,
     OverwriteOpt,
+    PoolSeedOpt,
     QuietOpt,
     SeedOpt,
     emit,
@@ -76,6 +77,7 @@ def meta_train(
             "'train=A,B;val=C;test=D,E'.",
         ),
     ] = "auto",
+    pool_seed: PoolSeedOpt = 0,
     val_every: Annotated[int, typer.Option("--val-every", min=1, help="Meta-steps between validations.")] = 100,
     val_episodes: Annotated[
         int, typer.Option("--val-episodes", min=0, help="Fixed meta-val episodes per validation (0 = none).")
@@ -138,6 +140,7 @@ def meta_train(
             init=init,
             engine=engine,
             meta_split=meta_split,
+            pool_seed=pool_seed,
             val_every=val_every,
             val_episodes=val_episodes,
             seed=seed,

@@ -18,6 +18,7 @@ from cxr_tools.cli.common import (
     DeviceOpt,
     JsonOpt,
     OverwriteOpt,
+    PoolSeedOpt,
     QuietOpt,
     SeedOpt,
     WorkersOpt,
@@ -52,14 +53,6 @@ MetaSplitOpt = Annotated[
         "--meta-split",
         help="Meta-split for --classes base: a YAML/JSON file, 'train=A,B;val=C;test=D' or 'metachest'.",
         show_default="the cache's meta_split.json, else metachest",
-    ),
-]
-PoolSeedOpt = Annotated[
-    int,
-    typer.Option(
-        "--pool-seed",
-        help="Seed distributing negative patients over the meta-split pools, for --classes base: the meta-train "
-        "pool MAML draws from with the same seed (keep it equal across methods).",
     ),
 ]
 EpochsOpt = Annotated[int, typer.Option("--epochs", min=1, help="Training epochs.")]
