@@ -108,6 +108,15 @@ def evaluate(
             help="Continue an interrupted evaluation in the output folder after its finished episodes.",
         ),
     ] = True,
+    pool_seed: Annotated[
+        int | None,
+        typer.Option(
+            "--pool-seed",
+            help="Seed of the meta-split pools (which patients form the meta-test pool); another seed than the "
+            "run trained with mixes its training patients into the meta-test pool, which evaluate refuses.",
+            show_default="the run's, else 0",
+        ),
+    ] = None,
     allow_leak: Annotated[
         bool,
         typer.Option(
@@ -160,6 +169,7 @@ def evaluate(
             threads=threads,
             overwrite=overwrite,
             resume=resume,
+            pool_seed=pool_seed,
             allow_leak=allow_leak,
         )
         if cfg.data is None:

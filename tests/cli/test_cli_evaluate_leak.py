@@ -58,3 +58,13 @@ def test_allow_leak_evaluates_and_prints_the_leak(env):
     assert "LEAK (--allow-leak)" in res.stdout and "'leaky'" in res.stdout
     summary = json.loads((leaky / "eval" / "summary.json").read_text())
     assert "meta-test class(es) D" in summary["leak"]
+
+
+def test_another_pool_seed_than_the_runs_mixes_its_patients_into_the_meta_test_pool(env, tmp_path):
+    tmp, cache, _, _ = env
+    clean = make_run(tmp, cache, "maml", name="clean")  # recorded: the pools of seed 0
+    args = ["evaluate", str(clean), "--data", str(cache), *FAST, "-o", str(tmp_path / "e")]
+    _one_line_error(runner.invoke(app, [*args, "--pool-seed", "1"]), "'clean'", "patient(s) of the meta-test pool")
+    res = runner.invoke(app, [*args, "--json"])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout)["leak"] is None
