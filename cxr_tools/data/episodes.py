@@ -44,6 +44,7 @@ from cxr_tools.runtime.fs import atomic_write_json
 #: ``images_per_patient`` images per patient, hash covering the cache fingerprint.
 EPISODE_LIST_VERSION = 2
 _MAX_CHECKED_COMBINATIONS = 64  # class combinations checked one by one when the sampler is built
+_ATTEMPTS = 20  # draws of an episode's patients before its classes are declared too short
 
 
 @dataclass(frozen=True)
@@ -273,27 +274,40 @@ class EpisodeSampler:
         used[self._patient[candidates[starts[sel[: last_query + 1]]]]] = True
         return seq[:s], seq[first_query : first_query + q]
 
+    def _fill(
+        self, slots: list[tuple[str, np.ndarray]], rng: np.random.Generator
+    ) -> tuple[list[np.ndarray], list[np.ndarray]] | str:
+        """Support and query pool indices of every slot, patients never shared; else what fell short."""
+        used = np.zeros(self._n_patients, dtype=bool)
+        support: list[np.ndarray] = []
+        query: list[np.ndarray] = []
+        for name, candidates in slots:
+            drawn = self._draw_slot(candidates, used, rng)
+            if drawn is None:
+                left, _ = self._capacity(candidates[~used[self._patient[candidates]]])
+                return f"{name} has {left} patients left"
+            support.append(drawn[0])
+            query.append(drawn[1])
+        return support, query
+
     def sample(self, rng: np.random.Generator, shuffle: bool = False) -> Episode:
         """Draw one episode; ``shuffle`` puts its classes in a random slot order (meta-training tasks)."""
         picked = rng.choice(len(self.classes), size=self.spec.ways, replace=False)
         if not shuffle:
             picked = np.sort(picked)
-        used = np.zeros(self._n_patients, dtype=bool)
-        support: list[np.ndarray] = []
-        query: list[np.ndarray] = []
         slots = [(f"class {self.classes[j]}", self._positives(j, picked)) for j in picked]
         slots.append(("the negatives", self._negatives(picked)))
-        for name, candidates in slots:
-            drawn = self._draw_slot(candidates, used, rng)
-            if drawn is None:
-                left, _ = self._capacity(candidates[~used[self._patient[candidates]]])
-                raise DataError(
-                    f"An episode of {' + '.join(self.classes[j] for j in picked)}: {name} has {left} patients left "
-                    f"once the other slots drew theirs ({self._need_text()}).",
-                    "Lower --shots/--queries or --ways, or allow more images per patient (--images-per-patient).",
-                )
-            support.append(drawn[0])
-            query.append(drawn[1])
+        for _ in range(_ATTEMPTS):  # slots compete for patients with several findings: a tight pool may need a redraw
+            drawn = self._fill(slots, rng)
+            if not isinstance(drawn, str):
+                break
+        else:
+            raise DataError(
+                f"An episode of {' + '.join(self.classes[j] for j in picked)}: {drawn} once the other slots drew "
+                f"theirs ({self._need_text()}; {_ATTEMPTS} draws tried).",
+                "Lower --shots/--queries or --ways, or allow more images per patient (--images-per-patient).",
+            )
+        support, query = drawn
         s_idx = np.concatenate(support)
         q_idx = np.concatenate(query)
         pos = self._positive[:, picked]

@@ -243,3 +243,18 @@ def test_old_format_lists_are_refused_with_a_way_out(tmp_path, version):
     with pytest.raises(DataError, match="made the old way") as err:
         load_episode_list(path, raw, NAMES)
     assert "--overwrite" in str(err.value.hint)
+
+
+def test_slots_competing_for_the_same_patients_fail_with_one_clear_line():
+    # D: patients 0-19, E: patients 5-24 (15 with both), 40 negatives; 15 patients per class cannot be disjoint.
+    raw = np.zeros((65, 2), dtype=np.float32)
+    raw[:20, 0] = 1
+    raw[5:25, 1] = 1
+    sampler = EpisodeSampler(raw, ["D", "E"], ["D", "E"], np.arange(65), EpisodeSpec(2, 5, 10), patients=ONE_EACH[:65])
+    with pytest.raises(DataError, match=r"An episode of D \+ E: class E has \d+ patients left") as err:
+        sampler.sample(np.random.default_rng(0))
+    assert "--shots/--queries" in str(err.value.hint)
+    # 10 per class can be drawn disjointly (a redraw finds a way when the first try is unlucky)
+    ok = EpisodeSampler(raw, ["D", "E"], ["D", "E"], np.arange(65), EpisodeSpec(2, 4, 6), patients=ONE_EACH[:65])
+    for ep in ok.fixed_list(20, seed=1):
+        assert len(set(ep.support_rows) | set(ep.query_rows)) == 3 * 10
