@@ -54,6 +54,14 @@ def evaluate(
     queries: Annotated[
         int, typer.Option("--queries", min=1, help="Query positives per class, plus as many negatives.")
     ] = 15,
+    images_per_patient: Annotated[
+        int,
+        typer.Option(
+            "--images-per-patient",
+            min=1,
+            help="Most images one patient contributes to an episode (support and query never share a patient).",
+        ),
+    ] = 1,
     seed: SeedOpt = 0,
     threshold: Annotated[
         float, typer.Option("--threshold", help="Probability threshold of F1 / precision / recall.")
@@ -131,8 +139,9 @@ def evaluate(
 ) -> None:
     """Few-shot evaluation of a run on the meta-test classes: per-class AUC, AP, F1/precision/recall, 95% CIs.
 
-    The episode list depends only on the cache, meta-split, --ways/--shots/--queries, --episodes and --seed, so
-    every method evaluated with the same options sees the same episodes (cxr compare checks the hash). Writes
+    The episode list depends only on the cache, meta-split, --ways/--shots/--queries/--images-per-patient, --episodes
+    and --seed, so every method evaluated with the same options sees the same episodes (cxr compare checks the
+    hash); support and query never share a patient. Writes
     summary.json, episodes.csv, scores.csv, episodes.json and plots/ to RUN/eval (or -o).
     """
     with handle_errors():
@@ -154,6 +163,7 @@ def evaluate(
             ways=ways,
             shots=shots,
             queries=queries,
+            images_per_patient=images_per_patient,
             seed=seed,
             threshold=threshold,
             meta_split=meta_split,

@@ -36,6 +36,14 @@ def meta_train(
     queries: Annotated[
         int, typer.Option("--queries", min=1, help="Query positives per class, plus as many negatives.")
     ] = 10,
+    images_per_patient: Annotated[
+        int,
+        typer.Option(
+            "--images-per-patient",
+            min=1,
+            help="Most images one patient contributes to an episode (support and query never share a patient).",
+        ),
+    ] = 1,
     inner_lr: Annotated[float, typer.Option("--inner-lr", help="Step size of the inner (adaptation) SGD steps.")] = (
         0.01
     ),
@@ -130,6 +138,7 @@ def meta_train(
             ways=ways,
             shots=shots,
             queries=queries,
+            images_per_patient=images_per_patient,
             inner_lr=inner_lr,
             meta_lr=meta_lr,
             adapt_steps=adapt_steps,

@@ -45,7 +45,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from cxr_tools import __version__
-from cxr_tools.engine.evaluate_journal import EpisodeJournal
+from cxr_tools.engine.evaluate_journal import EpisodeJournal, check_resumable
 from cxr_tools.errors import ConfigError, DataError, ModelError, OutputExistsError
 from cxr_tools.eval.metrics import METRICS
 from cxr_tools.runtime.progress import Progress, null_progress
@@ -79,6 +79,7 @@ class EvaluateConfig:
         method: ``auto`` (from the run's training kind), ``maml``, ``prototype``, ``finetune`` or ``scratch``.
         finetune: ``head`` or ``all`` (fine-tune method).
         episodes, ways, shots, queries, seed: the fixed episode list.
+        images_per_patient: the most images one patient contributes to an episode (recorded in the list).
         threshold: probability threshold of F1 / precision / recall and the confusion matrices.
         meta_split: ``auto``, ``metachest``, a YAML/JSON file or ``"train=A;val=B;test=C,D"``.
         pool_seed: seed of the meta-split pools (None = the run's, else 0: what training used).
@@ -104,6 +105,7 @@ class EvaluateConfig:
     ways: int = 2
     shots: int = 5
     queries: int = 15
+    images_per_patient: int = 1
     seed: int = 0
     threshold: float = 0.5
     meta_split: str = "auto"
@@ -250,7 +252,14 @@ def evaluate(config: EvaluateConfig, progress: Progress | None = None) -> Evalua
     import torch
 
     from cxr_tools.data.cache import open_cache
-    from cxr_tools.data.episodes import EpisodeSampler, EpisodeSpec, episode_list_hash, save_episode_list
+    from cxr_tools.data.episodes import (
+        EPISODE_LIST_VERSION,
+        EpisodeSampler,
+        EpisodeSpec,
+        episode_list_hash,
+        index_patients,
+        save_episode_list,
+    )
     from cxr_tools.data.splits import meta_split_pools
     from cxr_tools.methods.adapters import AdaptConfig, build_adapter, describe, resolve_method
     from cxr_tools.runtime.devices import describe_device, resolve_device, set_threads
@@ -267,7 +276,7 @@ def evaluate(config: EvaluateConfig, progress: Progress | None = None) -> Evalua
         adapt_steps=config.adapt_steps,
         temperature=config.temperature,
     )
-    spec = EpisodeSpec(config.ways, config.shots, config.queries)
+    spec = EpisodeSpec(config.ways, config.shots, config.queries, config.images_per_patient)
     cache = open_cache(config.data)
     model, meta = (None, None) if config.run is None else load_run(Path(config.run))
     kind = str(meta.get("training")) if meta is not None else None
@@ -295,23 +304,24 @@ def evaluate(config: EvaluateConfig, progress: Progress | None = None) -> Evalua
     leak = _check_no_leak(meta if method != "scratch" else None, cache, split, pool, config.allow_leak)
     raw = cache.raw_labels()
     try:
-        sampler = EpisodeSampler(raw, cache.labels, split.test, pool, spec)
+        sampler = EpisodeSampler(raw, cache.labels, split.test, pool, spec, patients=index_patients(cache.index))
     except DataError as exc:
         raise DataError(f"Meta-test classes/pool: {exc.message}", exc.hint) from None
     episodes = sampler.fixed_list(config.episodes, config.seed)
     _check_rows(episodes, pool, split.test)
-    ep_hash = episode_list_hash(episodes)
+    ep_hash = episode_list_hash(episodes, cache.manifest_hash)
 
     set_threads(config.threads)
     device = resolve_device(config.device)
     adapter = build_adapter(model, meta, config.ways, adapt_cfg, backbone=backbone, device=device)
     out = prepare_eval_dir(Path(config.output) if config.output else default_output(config.run, label, kind),
                            config.overwrite, config.resume)  # fmt: skip
+    if config.resume:
+        check_resumable(out)
     save_episode_list(
         out / EPISODES_JSON,
         episodes,
         {
-            "cache_manifest_hash": cache.manifest_hash,
             "meta_split": split.to_dict(),
             "pool_seed": pool_seed,
             "ways": config.ways,
@@ -319,6 +329,7 @@ def evaluate(config: EvaluateConfig, progress: Progress | None = None) -> Evalua
             "queries": config.queries,
             "seed": config.seed,
         },
+        fingerprint=cache.manifest_hash,
     )
     journal = EpisodeJournal(
         out,
@@ -330,6 +341,7 @@ def evaluate(config: EvaluateConfig, progress: Progress | None = None) -> Evalua
             "backbone": backbone,
             "cache_manifest_hash": cache.manifest_hash,
             "episode_list_hash": ep_hash,
+            "episode_list_version": EPISODE_LIST_VERSION,
             "threshold": config.threshold,
         },
         resume=config.resume,
@@ -383,6 +395,8 @@ def evaluate(config: EvaluateConfig, progress: Progress | None = None) -> Evalua
         "pool_seed": pool_seed,
         "pool_images": len(pool),
         "episode_list_hash": ep_hash,
+        "episode_list_version": EPISODE_LIST_VERSION,
+        "images_per_patient": config.images_per_patient,
         "episodes": len(episodes),
         "ways": config.ways,
         "shots": config.shots,

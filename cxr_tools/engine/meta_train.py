@@ -42,7 +42,14 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from cxr_tools.data.cache import CacheReader, open_cache
-from cxr_tools.data.episodes import Episode, EpisodeSampler, EpisodeSpec, episode_list_hash, save_episode_list
+from cxr_tools.data.episodes import (
+    Episode,
+    EpisodeSampler,
+    EpisodeSpec,
+    episode_list_hash,
+    index_patients,
+    save_episode_list,
+)
 from cxr_tools.data.splits import (
     METACHEST,
     SPLITS,
@@ -79,6 +86,7 @@ class MetaTrainConfig:
         cache: the cache directory (``cxr preprocess`` output).
         output: the run directory to write.
         ways, shots, queries: episode shape (N classes; K positives per class + K negatives; Q likewise).
+        images_per_patient: the most images one patient contributes to a task or meta-val episode.
         inner_lr, adapt_steps, first_order, engine: the MAML inner loop (:class:`MamlConfig`).
         meta_lr: Adam learning rate of the outer (meta) update.
         meta_batch: episodes per meta-step.
@@ -104,6 +112,7 @@ class MetaTrainConfig:
     ways: int = 2
     shots: int = 5
     queries: int = 10
+    images_per_patient: int = 1
     inner_lr: float = 0.01
     meta_lr: float = 0.001
     adapt_steps: int = 5
@@ -210,11 +219,18 @@ def check_pools(raw: np.ndarray, labels: Sequence[str], split: MetaSplit, pools:
 
 
 def make_sampler(
-    raw: np.ndarray, labels: Sequence[str], split: MetaSplit, pools: dict[str, np.ndarray], name: str, spec: EpisodeSpec
+    raw: np.ndarray,
+    labels: Sequence[str],
+    split: MetaSplit,
+    pools: dict[str, np.ndarray],
+    name: str,
+    spec: EpisodeSpec,
+    *,
+    patients: np.ndarray,
 ) -> EpisodeSampler:
     """The episode sampler of meta-split ``name`` (its classes, its pool); errors say which split is short."""
     try:
-        return EpisodeSampler(raw, labels, split.classes(name), pools[name], spec)
+        return EpisodeSampler(raw, labels, split.classes(name), pools[name], spec, patients=patients)
     except DataError as exc:
         hint = exc.hint or ""
         if name == "val":
@@ -360,7 +376,7 @@ def meta_train(config: MetaTrainConfig, progress: Progress | None = None) -> Met
 
     progress = null_progress(progress)
     maml = _validate_config(config)
-    spec = EpisodeSpec(config.ways, config.shots, config.queries)
+    spec = EpisodeSpec(config.ways, config.shots, config.queries, config.images_per_patient)
     cache = open_cache(config.cache)
     labels = cache.labels
     split = resolve_meta_split(config.meta_split, Path(config.cache), labels)
@@ -368,8 +384,9 @@ def meta_train(config: MetaTrainConfig, progress: Progress | None = None) -> Met
     pools = meta_split_pools(cache.index, labels, split, seed=config.pool_seed)
     check_pools(raw, labels, split, pools)
     # Only the meta-train and meta-val pools reach a sampler; the meta-test pool is dropped here.
-    train_sampler = make_sampler(raw, labels, split, pools, "train", spec)
-    val_sampler = make_sampler(raw, labels, split, pools, "val", spec) if config.val_episodes else None
+    pids = index_patients(cache.index)
+    train_sampler = make_sampler(raw, labels, split, pools, "train", spec, patients=pids)
+    val_sampler = make_sampler(raw, labels, split, pools, "val", spec, patients=pids) if config.val_episodes else None
     pool_sizes = {name: len(rows) for name, rows in pools.items()}
     del pools
     engine = resolve_engine(maml.engine)
@@ -394,7 +411,8 @@ def meta_train(config: MetaTrainConfig, progress: Progress | None = None) -> Met
         if dist.is_main:
             save_meta_split(run.path, split)
             if val_list:
-                save_episode_list(run.path / VAL_EPISODES_FILE, val_list, {"split": "val", "spec": spec.__dict__})
+                save_episode_list(run.path / VAL_EPISODES_FILE, val_list, {"split": "val", "spec": spec.__dict__},
+                                  fingerprint=cache.manifest_hash)  # fmt: skip
         result = _fit(config, maml, run, dist, device, cache, model, origin, train_sampler, val_list, split,
                       pool_sizes, progress)  # fmt: skip
         completed = True
@@ -475,7 +493,8 @@ def _fit(
     def step_fn(step: int) -> dict[str, float]:
         values: dict[str, float] = {}
         if my_tasks:
-            episodes = [train_sampler.sample(numpy_generator(config.seed, _TRAIN_KEY, step, t)) for t in my_tasks]
+            episodes = [train_sampler.sample(numpy_generator(config.seed, _TRAIN_KEY, step, t), shuffle=True)
+                        for t in my_tasks]  # fmt: skip
             tasks = [episode_tensors(cache, ep, norm, device) for ep in episodes]
             info = meta_backward(model, tasks, maml)
             values["loss"] = info.loss
@@ -549,7 +568,7 @@ def _fit(
         resumed=result.resumed,
         seconds=result.seconds,
         tasks_per_second=session["tasks"] / result.seconds if result.seconds > 0 else 0.0,
-        val_episodes_hash=episode_list_hash(val_list) if val_list else None,
+        val_episodes_hash=episode_list_hash(val_list, cache.manifest_hash) if val_list else None,
         last_metrics=dict(result.last_metrics),
     )
 
@@ -606,7 +625,7 @@ def _write_model(
         "best_val_auc": result.best_metric,
         "meta_steps": result.steps,
         "val_episodes": len(val_list),
-        "val_episodes_hash": episode_list_hash(val_list) if val_list else None,
+        "val_episodes_hash": episode_list_hash(val_list, cache.manifest_hash) if val_list else None,
         **origin,
     }
     meta = {
