@@ -390,6 +390,7 @@ def evaluate(config: EvaluateConfig, progress: Progress | None = None) -> Evalua
         "architecture": backbone,
         "cache": str(config.data),
         "cache_manifest_hash": cache.manifest_hash,
+        "cache_preprocessing": dict(cache.manifest.get("preprocessing") or {}),
         "model_cache_manifest_hash": (meta or {}).get("cache_manifest_hash"),
         "meta_split": split.to_dict(),
         "pool_seed": pool_seed,
