@@ -95,7 +95,7 @@ def run_check(cfg: CheckConfig) -> CheckResult:
     import torch
 
     from cxr_tools.data.cache import open_cache
-    from cxr_tools.data.episodes import EpisodeSpec, episode_list_hash
+    from cxr_tools.data.episodes import EpisodeSpec, episode_list_hash, index_patients
     from cxr_tools.data.splits import meta_split_pools, meta_split_sampler, resolve_meta_split
     from cxr_tools.engine.meta_train import MetaTrainConfig, meta_train
     from cxr_tools.eval.metrics import mean_ci, paired_difference
@@ -139,7 +139,7 @@ def run_check(cfg: CheckConfig) -> CheckResult:
     raw = cache.raw_labels()
     pools = meta_split_pools(cache.index, cache.labels, split, seed=0)
     spec = EpisodeSpec(cfg.ways, cfg.shots, cfg.queries)
-    sampler = meta_split_sampler(raw, cache.labels, split, pools, "test", spec)
+    sampler = meta_split_sampler(raw, cache.labels, split, pools, "test", spec, patients=index_patients(cache.index))
     episodes = sampler.fixed_list(cfg.test_episodes, seed=12345)
 
     seed_everything(cfg.seed + 1)
@@ -158,7 +158,7 @@ def run_check(cfg: CheckConfig) -> CheckResult:
         diff_ci95=d.ci95,
         p_value=d.p_value,
         n_episodes=ma.n,
-        test_episodes_hash=episode_list_hash(episodes),
+        test_episodes_hash=episode_list_hash(episodes, cache.manifest_hash),
         meta_train_seconds=seconds,
         tasks_per_second=trained.tasks_per_second,
         config={k: str(v) if isinstance(v, Path) else v for k, v in asdict(cfg).items()},

@@ -30,7 +30,7 @@ def compare(
         ),
     ] = None,
     metric: Annotated[str, typer.Option("--metric", help="Ranking metric: auc, ap, f1, precision or recall.")] = "auc",
-    group: Annotated[
+    groups: Annotated[
         list[str] | None,
         typer.Option(
             "--group",
@@ -76,7 +76,7 @@ def compare(
             output=output,
             metric=metric,
             overwrite=overwrite,
-            groups=tuple(group or ()),
+            groups=tuple(groups or ()),
             auto_group=auto_group,
             reference=reference,
         )

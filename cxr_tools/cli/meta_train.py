@@ -15,6 +15,7 @@ from cxr_tools.cli.common import (
     DeviceOpt,
     JsonOpt,
     OverwriteOpt,
+    PoolSeedOpt,
     QuietOpt,
     SeedOpt,
     emit,
@@ -36,6 +37,14 @@ def meta_train(
     queries: Annotated[
         int, typer.Option("--queries", min=1, help="Query positives per class, plus as many negatives.")
     ] = 10,
+    images_per_patient: Annotated[
+        int,
+        typer.Option(
+            "--images-per-patient",
+            min=1,
+            help="Most images one patient contributes to an episode (support and query never share a patient).",
+        ),
+    ] = 1,
     inner_lr: Annotated[float, typer.Option("--inner-lr", help="Step size of the inner (adaptation) SGD steps.")] = (
         0.01
     ),
@@ -77,6 +86,7 @@ def meta_train(
             "'train=A,B;val=C;test=D,E'.",
         ),
     ] = "auto",
+    pool_seed: PoolSeedOpt = 0,
     val_every: Annotated[int, typer.Option("--val-every", min=1, help="Meta-steps between validations.")] = 100,
     val_episodes: Annotated[
         int, typer.Option("--val-episodes", min=0, help="Fixed meta-val episodes per validation (0 = none).")
@@ -124,6 +134,7 @@ def meta_train(
             ways=ways,
             shots=shots,
             queries=queries,
+            images_per_patient=images_per_patient,
             inner_lr=inner_lr,
             meta_lr=meta_lr,
             adapt_steps=adapt_steps,
@@ -134,6 +145,7 @@ def meta_train(
             init=init,
             engine=engine,
             meta_split=meta_split,
+            pool_seed=pool_seed,
             val_every=val_every,
             val_episodes=val_episodes,
             seed=seed,

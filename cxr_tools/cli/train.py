@@ -18,6 +18,7 @@ from cxr_tools.cli.common import (
     DeviceOpt,
     JsonOpt,
     OverwriteOpt,
+    PoolSeedOpt,
     QuietOpt,
     SeedOpt,
     WorkersOpt,
@@ -121,8 +122,8 @@ def split_classes(text: str | None) -> tuple[str, ...]:
 SHARED_TRAINING_FIELDS = (
     "weights", "norm", "meta_split", "epochs", "max_steps", "batch_size", "lr", "weight_decay", "optimizer",
     "momentum", "schedule", "warmup_steps", "patience", "augment", "val_batch_size", "workers", "device", "amp",
-    "threads", "seed", "resume", "overwrite", "requeue", "checkpoint_every_steps", "checkpoint_every_minutes",
-    "log_every_steps",
+    "threads", "seed", "resume", "overwrite", "requeue", "pool_seed", "checkpoint_every_steps",
+    "checkpoint_every_minutes", "log_every_steps",
 )  # fmt: skip
 
 
@@ -142,6 +143,7 @@ def train(
     norm: NormOpt = None,
     classes: ClassesOpt = None,
     meta_split: MetaSplitOpt = None,
+    pool_seed: PoolSeedOpt = 0,
     uncertainty: Annotated[
         str, typer.Option("--uncertainty", help="Uncertain labels: ignore (masked out of the loss), zeros, ones.")
     ] = "ignore",

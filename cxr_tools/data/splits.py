@@ -455,6 +455,15 @@ def meta_split_pools(
     return {name: np.sort(rows[image_tier == k]) for k, name in enumerate(SPLITS)}
 
 
+def patients_of(index: Any, *rows: np.ndarray, patient_column: str = "patient_id") -> list[str]:
+    """Sorted unique patient ids, as strings, of the cache rows in ``rows`` (what a model's lineage records and
+    the meta-test pool is compared with; strings, so ids compare across caches)."""
+    wanted = np.concatenate([np.asarray(r, dtype=np.int64).ravel() for r in rows]) if rows else np.empty(0, np.int64)
+    cache_rows = index["row"].to_numpy(dtype=np.int64) if "row" in index.columns else np.arange(len(index))
+    pids = index[patient_column].fillna("").astype(str).to_numpy(dtype=object)[np.isin(cache_rows, wanted)]
+    return sorted({str(p) for p in pids})
+
+
 def resolve_meta_split(spec: str | None, cache_dir: Path, labels: Sequence[str]) -> MetaSplit:
     """The meta-split to use for a cache, resolved against its label space.
 
@@ -529,18 +538,21 @@ def meta_split_sampler(
 
 
 def meta_samplers(
-    cache: Any, spec_text: str | None, pool_seed: int, spec: Any, *, validation: bool, **sampler_args: Any
-) -> tuple[MetaSplit, Any, Any, dict[str, int]]:
+    cache: Any, spec_text: str | None, pool_seed: int, spec: Any, *, validation: bool
+) -> tuple[MetaSplit, Any, Any, dict[str, np.ndarray]]:
     """The meta-split of ``cache`` and the episode samplers of its meta-train (and meta-val) classes and pools.
 
     The pools (:func:`meta_split_pools` with ``pool_seed``) are checked for leaks (:func:`check_pools`); the
-    meta-test pool never reaches a sampler. Returns the split, the train sampler, the val sampler (None without
-    ``validation``) and the size of every pool.
+    meta-test pool never reaches a sampler, and no episode gives one patient more than ``spec`` allows. Returns
+    the split, the train sampler, the val sampler (None without ``validation``) and the pools' cache rows.
     """
+    from cxr_tools.data.episodes import index_patients
+
     split = resolve_meta_split(spec_text, Path(cache.path), cache.labels)
     raw = cache.raw_labels()
     pools = meta_split_pools(cache.index, cache.labels, split, seed=pool_seed)
     check_pools(raw, cache.labels, split, pools)
-    train = meta_split_sampler(raw, cache.labels, split, pools, "train", spec, **sampler_args)
-    val = meta_split_sampler(raw, cache.labels, split, pools, "val", spec, **sampler_args) if validation else None
-    return split, train, val, {name: len(rows) for name, rows in pools.items()}
+    pids = index_patients(cache.index)
+    train = meta_split_sampler(raw, cache.labels, split, pools, "train", spec, patients=pids)
+    val = meta_split_sampler(raw, cache.labels, split, pools, "val", spec, patients=pids) if validation else None
+    return split, train, val, pools

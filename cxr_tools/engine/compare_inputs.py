@@ -12,12 +12,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from cxr_tools.data.episodes import EPISODE_LIST_VERSION
 from cxr_tools.errors import ConfigError, DataError, InputError
 from cxr_tools.eval.metrics import METRICS
 
 THRESHOLD_METRICS = ("f1", "precision", "recall")
-#: Episode lists older than this were not patient-disjoint (cxr_tools.data.episodes.EPISODE_LIST_VERSION).
-MIN_EPISODE_LIST_VERSION = 2
+#: Episode lists older than this were image-disjoint only, not patient-disjoint.
+MIN_EPISODE_LIST_VERSION = EPISODE_LIST_VERSION
 #: Training-config keys that do not make two runs different methods (besides the seed).
 _BOOKKEEPING = frozenset({"seed", "output", "out", "run_dir", "resume", "overwrite", "device", "threads", "workers",
                           "num_workers", "requeue", "quiet", "progress", "amp", "log_every", "log_every_steps",

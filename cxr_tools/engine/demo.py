@@ -81,6 +81,7 @@ def make_plan(config: DemoConfig) -> DemoPlan:
             epochs=2,
             meta_episodes=80,
             eval_episodes=30,
+            queries=5,  # 400 patients: some classes have under 15 patients, and episodes are patient-disjoint
         )
     else:
         plan = DemoPlan(

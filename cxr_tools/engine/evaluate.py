@@ -3,7 +3,8 @@
 What an evaluation does, and why:
 
 * **Same episodes for every method.** The meta-split (``--meta-split``; ``auto`` = the MAML run's split, else
-  the cache's ``meta_split.json``, else MetaChest) and its disjoint image pools (pool seed: the run's, else 0)
+  the cache's ``meta_split.json``, else MetaChest) and its disjoint image pools (pool seed: the one the run
+  recorded, else 0)
   give the meta-test classes and pool; :meth:`~cxr_tools.data.episodes.EpisodeSampler.fixed_list` draws
   ``--episodes`` episodes from ``(seed, i)`` alone. The list depends on the cache, split, pool seed,
   ways/shots/queries and seed — never on the method or the run — and is saved with its hash as
@@ -18,7 +19,9 @@ What an evaluation does, and why:
 * **Siamese runs** also get the pair AUC and the similarity accuracy (at the run's validation threshold) on a
   fixed balanced pair set from the meta-test pool (:class:`~cxr_tools.data.pairs.PairSampler`).
 * **Refusals**: a run without a model folder (never finished), a cache whose image size, preprocessing or label
-  space does not fit the model, a run trained on this cache's meta-test classes (leak), too few positives.
+  space does not fit the model, too few positives, and a leak: a run whose lineage (it, or any run it was
+  initialised from, :mod:`cxr_tools.models.lineage`) trained on a meta-test class or on a patient of the
+  meta-test pool, or has no lineage record. ``--allow-leak`` evaluates it anyway and says so in ``leak``.
 
 Writes ``OUT/episodes.json``, ``episodes.csv`` (episode, class, counts, metrics), ``scores.csv`` (every query
 score), ``plots/*.png`` and, last, ``summary.json`` (its presence marks a complete evaluation; an existing one is
@@ -42,7 +45,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from cxr_tools import __version__
-from cxr_tools.engine.evaluate_journal import EpisodeJournal
+from cxr_tools.engine.evaluate_journal import EpisodeJournal, check_resumable
 from cxr_tools.errors import ConfigError, DataError, ModelError, OutputExistsError
 from cxr_tools.eval.metrics import METRICS
 from cxr_tools.runtime.progress import Progress, null_progress
@@ -76,6 +79,7 @@ class EvaluateConfig:
         method: ``auto`` (from the run's training kind), ``maml``, ``prototype``, ``finetune`` or ``scratch``.
         finetune: ``head`` or ``all`` (fine-tune method).
         episodes, ways, shots, queries, seed: the fixed episode list.
+        images_per_patient: the most images one patient contributes to an episode (recorded in the list).
         threshold: probability threshold of F1 / precision / recall and the confusion matrices.
         meta_split: ``auto``, ``metachest``, a YAML/JSON file or ``"train=A;val=B;test=C,D"``.
         pool_seed: seed of the meta-split pools (None = the run's, else 0: what training used).
@@ -88,6 +92,8 @@ class EvaluateConfig:
         device, threads: where to compute.
         overwrite: replace a complete evaluation in ``output``.
         resume: continue an interrupted evaluation in ``output`` after its finished episodes (same settings).
+        allow_leak: evaluate a run whose lineage touches the meta-test classes or patients (exploration only;
+            the result's ``leak`` says how).
     """
 
     data: Path
@@ -99,6 +105,7 @@ class EvaluateConfig:
     ways: int = 2
     shots: int = 5
     queries: int = 15
+    images_per_patient: int = 1
     seed: int = 0
     threshold: float = 0.5
     meta_split: str = "auto"
@@ -116,11 +123,13 @@ class EvaluateConfig:
     threads: int | None = None
     overwrite: bool = False
     resume: bool = True
+    allow_leak: bool = False
 
 
 @dataclass(frozen=True)
 class EvaluateResult:
-    """What an evaluation measured. ``per_class[c][metric]`` / ``overall[metric]`` are ``{mean, ci95, n}``."""
+    """What an evaluation measured. ``per_class[c][metric]`` / ``overall[metric]`` are ``{mean, ci95, n}``;
+    ``leak`` is None, or one line saying how the run's lineage touches the meta-test split (``--allow-leak``)."""
 
     output: Path
     name: str
@@ -142,6 +151,7 @@ class EvaluateResult:
     pairs: dict[str, Any] | None
     seconds: float
     files: tuple[Path, ...] = field(default_factory=tuple)
+    leak: str | None = None
 
 
 # --- inputs -----------------------------------------------------------------------------------------------------
@@ -183,16 +193,6 @@ def check_data_fits(meta: Mapping[str, Any], cache: CacheReader) -> None:
             f"Label space mismatch: the model's class(es) {', '.join(missing)} are not in cache {cache.path}.",
             f"The cache's labels: {', '.join(cache.labels)}; evaluate on a cache with the model's label space.",
         )
-
-
-def trained_classes(meta: Mapping[str, Any]) -> set[str]:
-    """Classes a run learned from: its head labels, Siamese pair labels, MAML meta-train / meta-val classes."""
-    extra = dict(meta.get("extra") or {})
-    out = {str(c) for c in meta.get("labels") or []} | {str(c) for c in extra.get("pair_labels") or []}
-    split = extra.get("meta_split")
-    if isinstance(split, Mapping):
-        out |= {str(c) for key in ("train", "val") for c in split.get(key) or []}
-    return out
 
 
 def resolve_split(spec: str, meta: Mapping[str, Any] | None, cache: CacheReader) -> MetaSplit:
@@ -251,7 +251,14 @@ def evaluate(config: EvaluateConfig, progress: Progress | None = None) -> Evalua
     import torch
 
     from cxr_tools.data.cache import open_cache
-    from cxr_tools.data.episodes import EpisodeSampler, EpisodeSpec, episode_list_hash, save_episode_list
+    from cxr_tools.data.episodes import (
+        EPISODE_LIST_VERSION,
+        EpisodeSampler,
+        EpisodeSpec,
+        episode_list_hash,
+        index_patients,
+        save_episode_list,
+    )
     from cxr_tools.data.splits import meta_split_pools
     from cxr_tools.methods.adapters import AdaptConfig, build_adapter, describe, resolve_method
     from cxr_tools.runtime.devices import describe_device, resolve_device, set_threads
@@ -268,7 +275,7 @@ def evaluate(config: EvaluateConfig, progress: Progress | None = None) -> Evalua
         adapt_steps=config.adapt_steps,
         temperature=config.temperature,
     )
-    spec = EpisodeSpec(config.ways, config.shots, config.queries)
+    spec = EpisodeSpec(config.ways, config.shots, config.queries, config.images_per_patient)
     cache = open_cache(config.data)
     model, meta = (None, None) if config.run is None else load_run(Path(config.run))
     kind = str(meta.get("training")) if meta is not None else None
@@ -287,30 +294,33 @@ def evaluate(config: EvaluateConfig, progress: Progress | None = None) -> Evalua
     normalisation = _normalisation(meta, backbone, cache)
 
     split = resolve_split(config.meta_split, meta, cache)
-    _check_no_leak(meta, cache, split)
     pool_seed = config.pool_seed
     if pool_seed is None:
-        pool_seed = int(((meta or {}).get("extra") or {}).get("pool_seed") or 0)
+        from cxr_tools.models.lineage import recorded_pool_seed
+
+        pool_seed = recorded_pool_seed(meta or {}) or 0
     pool = meta_split_pools(cache.index, cache.labels, split, seed=pool_seed)["test"]
+    leak = _check_no_leak(meta if method != "scratch" else None, cache, split, pool, config.allow_leak)
     raw = cache.raw_labels()
     try:
-        sampler = EpisodeSampler(raw, cache.labels, split.test, pool, spec)
+        sampler = EpisodeSampler(raw, cache.labels, split.test, pool, spec, patients=index_patients(cache.index))
     except DataError as exc:
         raise DataError(f"Meta-test classes/pool: {exc.message}", exc.hint) from None
     episodes = sampler.fixed_list(config.episodes, config.seed)
     _check_rows(episodes, pool, split.test)
-    ep_hash = episode_list_hash(episodes)
+    ep_hash = episode_list_hash(episodes, cache.manifest_hash)
 
     set_threads(config.threads)
     device = resolve_device(config.device)
     adapter = build_adapter(model, meta, config.ways, adapt_cfg, backbone=backbone, device=device)
     out = prepare_eval_dir(Path(config.output) if config.output else default_output(config.run, label, kind),
                            config.overwrite, config.resume)  # fmt: skip
+    if config.resume:
+        check_resumable(out)
     save_episode_list(
         out / EPISODES_JSON,
         episodes,
         {
-            "cache_manifest_hash": cache.manifest_hash,
             "meta_split": split.to_dict(),
             "pool_seed": pool_seed,
             "ways": config.ways,
@@ -318,6 +328,7 @@ def evaluate(config: EvaluateConfig, progress: Progress | None = None) -> Evalua
             "queries": config.queries,
             "seed": config.seed,
         },
+        fingerprint=cache.manifest_hash,
     )
     journal = EpisodeJournal(
         out,
@@ -329,6 +340,7 @@ def evaluate(config: EvaluateConfig, progress: Progress | None = None) -> Evalua
             "backbone": backbone,
             "cache_manifest_hash": cache.manifest_hash,
             "episode_list_hash": ep_hash,
+            "episode_list_version": EPISODE_LIST_VERSION,
             "threshold": config.threshold,
         },
         resume=config.resume,
@@ -377,11 +389,14 @@ def evaluate(config: EvaluateConfig, progress: Progress | None = None) -> Evalua
         "architecture": backbone,
         "cache": str(config.data),
         "cache_manifest_hash": cache.manifest_hash,
+        "cache_preprocessing": dict(cache.manifest.get("preprocessing") or {}),
         "model_cache_manifest_hash": (meta or {}).get("cache_manifest_hash"),
         "meta_split": split.to_dict(),
         "pool_seed": pool_seed,
         "pool_images": len(pool),
         "episode_list_hash": ep_hash,
+        "episode_list_version": EPISODE_LIST_VERSION,
+        "images_per_patient": config.images_per_patient,
         "episodes": len(episodes),
         "ways": config.ways,
         "shots": config.shots,
@@ -394,6 +409,7 @@ def evaluate(config: EvaluateConfig, progress: Progress | None = None) -> Evalua
         "overall": overall,
         "bootstrap": _bootstrap_record(boot),
         "pairs": pairs,
+        "leak": leak,
         "seconds": round(seconds, 3),
         "device": describe_device(device),
         "tool_version": __version__,
@@ -425,6 +441,7 @@ def evaluate(config: EvaluateConfig, progress: Progress | None = None) -> Evalua
         pairs=pairs,
         seconds=seconds,
         files=tuple([out / EPISODES_JSON, *files]),
+        leak=leak,
     )
 
 
@@ -476,18 +493,31 @@ def _normalisation(meta: Mapping[str, Any] | None, backbone: str, cache: CacheRe
     return card.normalisation
 
 
-def _check_no_leak(meta: Mapping[str, Any] | None, cache: CacheReader, split: MetaSplit) -> None:
-    """Refuse to evaluate a run on meta-test classes it was trained on, on the data it was trained on."""
-    if meta is None or meta.get("cache_manifest_hash") != cache.manifest_hash:
-        return
-    leaked = sorted(trained_classes(meta) & set(split.test))
-    if leaked:
-        raise DataError(
-            f"The run was trained on meta-test class(es) {', '.join(leaked)} of this cache, so its few-shot scores "
-            "on them would be leaked.",
-            "Train on the meta-train classes only (--classes base), or evaluate with a --meta-split whose test "
-            "classes the run never saw.",
+def _check_no_leak(
+    meta: Mapping[str, Any] | None, cache: CacheReader, split: MetaSplit, pool: np.ndarray, allow: bool
+) -> str | None:
+    """Refuse a run whose lineage trained on a meta-test class or patient (or cannot be checked); with ``allow``,
+    return that as one line instead (None: no leak; nothing to check without trained weights)."""
+    if meta is None:
+        return None
+    from cxr_tools.data.splits import patients_of
+    from cxr_tools.models.lineage import find_leak, load_patient_sets
+
+    sets = load_patient_sets(meta["path"]) if meta.get("path") else {}
+    leak = find_leak(meta, sets, split.test, patients_of(cache.index, pool))
+    if leak is None:
+        return None
+    if allow:
+        log.warning("Evaluating a leaking model (--allow-leak): %s.", leak)
+        return leak
+    if "cannot be checked" in leak or "missing or altered" in leak:
+        hint = "Retrain the run (and its parents) with this version of cxr-tools, or pass --allow-leak to explore."
+    else:
+        hint = (
+            "Train every run of the chain on the meta-train pool only (--classes base, the same --pool-seed as "
+            "meta-train), or pass --allow-leak to explore (the summary then records the leak)."
         )
+    raise DataError(f"Leak: {leak}, so its few-shot scores on the meta-test split would be inflated.", hint)
 
 
 def _check_rows(episodes: Sequence[Episode], pool: np.ndarray, classes: Sequence[str]) -> None:

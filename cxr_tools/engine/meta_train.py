@@ -44,6 +44,7 @@ from cxr_tools.runtime.options import RunOptions
 from cxr_tools.runtime.progress import Progress, null_progress
 
 if TYPE_CHECKING:
+    import numpy as np
     from torch import nn
 
     from cxr_tools.data.cache import CacheReader
@@ -53,9 +54,7 @@ if TYPE_CHECKING:
 
 RUN_KIND = "meta-train"
 VAL_EPISODES_FILE = "val_episodes.json"
-#: Seed key of the fixed validation episodes (kept apart from the training tasks' keys).
-_VAL_KEY = 7919
-_TRAIN_KEY = 1
+_VAL_KEY, _TRAIN_KEY = 7919, 1  # seed keys: fixed meta-val episodes, training tasks (kept apart)
 
 
 @dataclass(frozen=True)
@@ -66,6 +65,7 @@ class MetaTrainConfig(RunOptions):
         cache: the cache directory (``cxr preprocess`` output).
         output: the run directory to write.
         ways, shots, queries: episode shape (N classes; K positives per class + K negatives; Q likewise).
+        images_per_patient: the most images one patient contributes to a task or meta-val episode.
         inner_lr, adapt_steps, first_order, engine: the MAML inner loop (:class:`MamlConfig`).
         meta_lr: Adam learning rate of the outer (meta) update.
         meta_batch: episodes per meta-step.
@@ -89,6 +89,7 @@ class MetaTrainConfig(RunOptions):
     ways: int = 2
     shots: int = 5
     queries: int = 10
+    images_per_patient: int = 1
     inner_lr: float = 0.01
     meta_lr: float = 0.001
     adapt_steps: int = 5
@@ -134,17 +135,6 @@ class MetaTrainResult:
     last_metrics: dict[str, float] = field(default_factory=dict)
 
 
-def build_model(config: MetaTrainConfig, image_size: int) -> tuple[nn.Module, dict[str, Any]]:
-    """The model to meta-train, with ``ways`` outputs, and a description of where its weights came from.
-
-    ``--init RUN`` takes every weight of the run's model except its head (for a Siamese run, the backbone inside
-    the wrapper); the architecture and input contract (one channel, the cache's image size) must match.
-    """
-    from cxr_tools.models.factory import initial_model
-
-    return initial_model(config.init, config.backbone, config.ways, image_size)
-
-
 def _validate_config(config: MetaTrainConfig) -> MamlConfig:
     checks = (
         ("meta_batch", config.meta_batch, 1),
@@ -174,28 +164,29 @@ def meta_train(config: MetaTrainConfig, progress: Progress | None = None) -> Met
 
     progress = null_progress(progress)
     maml = _validate_config(config)
-    spec = EpisodeSpec(config.ways, config.shots, config.queries)
+    spec = EpisodeSpec(config.ways, config.shots, config.queries, config.images_per_patient)
     cache = open_cache(config.cache)
     # The pools are checked for leaks; only the meta-train and meta-val pools reach a sampler.
-    split, train_sampler, val_sampler, pool_sizes = meta_samplers(
+    split, train_sampler, val_sampler, pools = meta_samplers(
         cache, config.meta_split, config.pool_seed, spec, validation=config.val_episodes > 0
     )
     maml = MamlConfig(maml.inner_lr, maml.adapt_steps, maml.first_order, resolve_engine(maml.engine))
-    val_seed = derive_seed(config.seed, _VAL_KEY)
-    val_list = val_sampler.fixed_list(config.val_episodes, seed=val_seed) if val_sampler else []
-    data = _MetaData(cache, train_sampler, val_list, split, pool_sizes)
+    val_list = (
+        val_sampler.fixed_list(config.val_episodes, seed=derive_seed(config.seed, _VAL_KEY)) if val_sampler else []
+    )
+    data = _MetaData(cache, train_sampler, val_list, split, pools)
     return run_in_context(config, lambda ctx: _fit(config, maml, ctx, data, progress))
 
 
 @dataclass(frozen=True)
 class _MetaData:
-    """What meta-training reads: the cache, the meta-train sampler, the fixed meta-val list, the meta-split."""
+    """What meta-training reads: cache, meta-train sampler, fixed meta-val list, meta-split and its pools' rows."""
 
     cache: CacheReader
     train_sampler: EpisodeSampler
     val_list: list[Episode]
     split: MetaSplit
-    pool_sizes: dict[str, int]
+    pools: dict[str, np.ndarray]
 
 
 def _fit(
@@ -205,29 +196,32 @@ def _fit(
     import torch
 
     from cxr_tools.data.episodes import episode_list_hash, save_episode_list
-    from cxr_tools.data.splits import save_meta_split
+    from cxr_tools.data.splits import patients_of, save_meta_split
     from cxr_tools.methods.episodes import evaluate_episodes, meta_gradient, summarise_episodes
     from cxr_tools.methods.maml import check_batch_independent
     from cxr_tools.models import save_model_dir
+    from cxr_tools.models.factory import initial_model
+    from cxr_tools.models.lineage import write_lineage
     from cxr_tools.runtime import lifecycle
     from cxr_tools.runtime.distributed import average_gradients, gather_objects, shard_indices
 
     dist, device, cache, val_list = ctx.dist, ctx.device, data.cache, data.val_list
-    model, origin = build_model(config, int(cache.image_shape[0]))
+    model, origin = initial_model(config.init, config.backbone, config.ways, int(cache.image_shape[0]))
     check_batch_independent(model)
     model.to(device)
     run = lifecycle.open_run_dir(config, RUN_KIND, ctx)
     if dist.is_main:
         save_meta_split(run.path, data.split)
         if val_list:
-            save_episode_list(
-                run.path / VAL_EPISODES_FILE, val_list, {"split": "val", "spec": vars(data.train_sampler.spec)}
-            )
+            about = {"split": "val", "spec": vars(data.train_sampler.spec)}
+            save_episode_list(run.path / VAL_EPISODES_FILE, val_list, about, fingerprint=cache.manifest_hash)
     total_steps = -(-config.episodes // config.meta_batch)
     epochs = -(-total_steps // config.val_every)
     my_tasks = shard_indices(config.meta_batch, dist.rank, dist.world_size)
     optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=config.meta_lr)
     session = {"tasks": 0}
+    val_hash = episode_list_hash(val_list, cache.manifest_hash) if val_list else None
+    pool_sizes = {name: len(rows) for name, rows in data.pools.items()}
 
     def batches_fn(epoch: int, start: int = 0) -> range:
         first = epoch * config.val_every
@@ -268,15 +262,22 @@ def _fit(
             "head": "episode slots: output j scores the episode's j-th class; adapt before scoring",
             "meta_split": data.split.to_dict(),
             "pool_seed": config.pool_seed,
-            "pool_sizes": data.pool_sizes,
+            "pool_sizes": pool_sizes,
             "weights": "best meta-val AUC" if selected == "best" else "last meta-step",
             "best_val_auc": result.best_metric,
             "meta_steps": result.steps,
             "val_episodes": len(val_list),
-            "val_episodes_hash": episode_list_hash(val_list) if val_list else None,
+            "val_episodes_hash": val_hash,
             **origin,
         }
-        save_model_dir(model, lifecycle.model_meta(cache, model, [], "maml", extra), run.model_dir)
+        patients = patients_of(cache.index, data.pools["train"], *([data.pools["val"]] if val_list else []))
+        meta = lifecycle.model_meta(cache, model, [], "maml", extra)
+        meta["lineage"] = write_lineage(
+            run.model_dir, meta, run=run.path, patients=patients, meta_split=data.split.to_dict(),
+            pool="meta-train+meta-val" if val_list else "meta-train", pool_seed=config.pool_seed,
+            parents=[origin["init"]] if origin.get("init") not in ("random", "imagenet") else [],
+        )  # fmt: skip
+        save_model_dir(model, meta, run.model_dir)
         model_dir = Path(run.model_dir)
     return MetaTrainResult(
         run_dir=Path(config.output),
@@ -287,13 +288,13 @@ def _fit(
         total_meta_steps=total_steps,
         episodes_seen=result.steps * config.meta_batch,
         meta_split=data.split.to_dict(),
-        pool_sizes=data.pool_sizes,
+        pool_sizes=pool_sizes,
         best_val_auc=result.best_metric,
         best_step=lifecycle.best_step(run) if result.best_metric is not None else None,
         selected=selected,
         resumed=result.resumed,
         seconds=result.seconds,
         tasks_per_second=session["tasks"] / result.seconds if result.seconds > 0 else 0.0,
-        val_episodes_hash=episode_list_hash(val_list) if val_list else None,
+        val_episodes_hash=val_hash,
         last_metrics=dict(result.last_metrics),
     )

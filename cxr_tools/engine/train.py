@@ -9,7 +9,7 @@ split after each epoch, in eval mode; their mean (``val_auc``) picks ``best.pt``
 the best weights become ``RUN/model/``.
 
 ``--classes base`` trains the meta-split's meta-train classes only, on the meta-train image pool (images
-carrying no meta-val / meta-test finding, :func:`~cxr_tools.data.splits.meta_split_pools` with pool seed 0):
+carrying no meta-val / meta-test finding, :func:`~cxr_tools.data.splits.meta_split_pools` with ``--pool-seed``):
 the pre-training of the few-shot fine-tune baseline, whose held-out classes must never have been trained,
 neither as a head column nor through their images.
 
@@ -125,7 +125,9 @@ def _train(config: TrainConfig, ctx: RuntimeContext, progress: Progress | None) 
     from cxr_tools.runtime.devices import autocast_context
     from cxr_tools.runtime.seeding import numpy_generator
 
-    cache, labels, train_rows, val_rows = open_training_data(config.cache, config.classes, config.meta_split)
+    cache, labels, train_rows, val_rows = open_training_data(
+        config.cache, config.classes, config.meta_split, config.pool_seed
+    )
     train_t, train_m = apply_uncertainty(cache.raw_labels(labels)[train_rows], config.uncertainty)
     val_t, val_m = apply_uncertainty(cache.raw_labels(labels)[val_rows], config.uncertainty)
     n_train = len(train_rows)
@@ -200,7 +202,10 @@ def _train(config: TrainConfig, ctx: RuntimeContext, progress: Progress | None) 
     model_dir = None
     if fit.status == "completed" and ctx.dist.is_main:
         lifecycle.load_selected(run, model)
+        from cxr_tools.data.selection import pool_record
+        from cxr_tools.data.splits import patients_of
         from cxr_tools.models.checkpoints import save_model_dir
+        from cxr_tools.models.lineage import write_lineage
 
         extra = {
             "uncertainty": config.uncertainty,
@@ -210,7 +215,12 @@ def _train(config: TrainConfig, ctx: RuntimeContext, progress: Progress | None) 
             "monitor": monitor,
             "best_metric": fit.best_metric,
         }
-        save_model_dir(model, lifecycle.model_meta(cache, model, labels, "supervised", extra), run.model_dir)
+        meta = lifecycle.model_meta(cache, model, labels, "supervised", extra)
+        meta["lineage"] = write_lineage(
+            run.model_dir, meta, run=run.path, patients=patients_of(cache.index, train_rows, val_rows),
+            **pool_record(cache, config),
+        )  # fmt: skip
+        save_model_dir(model, meta, run.model_dir)
         model_dir = run.model_dir
     best = lifecycle.best_record(run)
     return TrainRunResult(

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from cxr_tools.errors import ConfigError, DataError, ModelError
+from cxr_tools.errors import ConfigError, DataError
 from cxr_tools.runtime.options import TrainingOptions, check_training_options
 from cxr_tools.runtime.progress import Progress
 
@@ -107,12 +107,9 @@ class SiameseResult:
 
 def train_siamese(config: SiameseConfig, progress: Progress | None = None) -> SiameseResult:
     """Train the Siamese network described by ``config`` (module docstring); resumes an incomplete run."""
-    _check_config(config)
-    from cxr_tools.methods.contrastive import check_margin
-
-    check_margin(config.margin)
     from cxr_tools.runtime.lifecycle import run_in_context
 
+    _check_config(config)
     return run_in_context(config, lambda ctx: _train_siamese(config, ctx, progress))
 
 
@@ -128,7 +125,9 @@ def _train_siamese(config: SiameseConfig, ctx: RuntimeContext, progress: Progres
     from cxr_tools.runtime import lifecycle
     from cxr_tools.runtime.seeding import numpy_generator
 
-    cache, labels, train_rows, val_rows = open_training_data(config.cache, config.classes, config.meta_split)
+    cache, labels, train_rows, val_rows = open_training_data(
+        config.cache, config.classes, config.meta_split, config.pool_seed
+    )
     views = tuple(config.views) if config.views and "all" not in config.views else None
     train_pairs = PairSampler(cache.index, labels, rows=train_rows, rule=config.pair_rule, views=views)
     if train_pairs.uncertain_dropped:
@@ -195,7 +194,10 @@ def _train_siamese(config: SiameseConfig, ctx: RuntimeContext, progress: Progres
     model_dir = None
     if fit.status == "completed" and ctx.dist.is_main:
         lifecycle.load_selected(run, net_model)
+        from cxr_tools.data.selection import pool_record
+        from cxr_tools.data.splits import patients_of
         from cxr_tools.models.checkpoints import save_model_dir
+        from cxr_tools.models.lineage import write_lineage
 
         extra = {
             "embedding_dim": config.embedding_dim,
@@ -211,7 +213,12 @@ def _train_siamese(config: SiameseConfig, ctx: RuntimeContext, progress: Progres
             "backbone_from": str(config.backbone_from) if config.backbone_from else None,
             "best_epoch": fit.best_epoch,
         }
-        save_model_dir(backbone, lifecycle.model_meta(cache, backbone, [], "siamese", extra), run.model_dir)
+        meta = lifecycle.model_meta(cache, backbone, [], "siamese", extra)
+        meta["lineage"] = write_lineage(
+            run.model_dir, meta, run=run.path, patients=patients_of(cache.index, train_rows, val_rows),
+            parents=[config.backbone_from] if config.backbone_from else [], **pool_record(cache, config),
+        )  # fmt: skip
+        save_model_dir(backbone, meta, run.model_dir)
         model_dir = run.model_dir
     return SiameseResult(
         run_dir=run.path,
@@ -244,6 +251,7 @@ def _train_siamese(config: SiameseConfig, ctx: RuntimeContext, progress: Progres
 
 def _check_config(config: SiameseConfig) -> None:
     from cxr_tools.data.pairs import PAIR_RULES
+    from cxr_tools.methods.contrastive import check_margin
     from cxr_tools.models.factory import check_model_name
     from cxr_tools.models.siamese import check_distance
 
@@ -258,42 +266,16 @@ def _check_config(config: SiameseConfig) -> None:
         raise ConfigError(f"--pairs-per-epoch must be at least 1 (got {config.pairs_per_epoch}).")
     check_training_options(config)
     check_model_name(config.backbone)
+    check_margin(config.margin)
 
 
 def _make_backbone(config: SiameseConfig, cache: Any) -> Any:
     """The twin backbone with its projection head; from ``--backbone-from`` when given."""
-    from cxr_tools.models.factory import create_for_images
+    from cxr_tools.models.factory import backbone_from_run, create_for_images
 
-    side = int(min(cache.image_shape))
-    where = f"cache {cache.path}"
+    side, where = int(min(cache.image_shape)), f"cache {cache.path}"
     if config.backbone_from is None:
         return create_for_images(
             config.backbone, side, where, num_classes=config.embedding_dim, norm=config.norm, weights=config.weights
         )
-    from cxr_tools.models.checkpoints import load_model_dir, load_state_strict
-
-    source, meta = load_model_dir(config.backbone_from)
-    arch = str(meta.get("architecture"))
-    if arch != config.backbone:
-        raise ModelError(
-            f"--backbone-from {config.backbone_from} holds a '{arch}' model, not '{config.backbone}'.",
-            f"Pass --backbone {arch}, or a run trained with {config.backbone}.",
-        )
-    args = {k: v for k, v in (meta.get("model_args") or {}).items() if k not in {"num_classes", "weights"}}
-    if config.norm is not None and args.get("norm", config.norm) != config.norm:
-        raise ModelError(
-            f"--backbone-from {config.backbone_from} was trained with norm={args.get('norm')}, not {config.norm}.",
-            "Leave --norm unset to use the run's setting.",
-        )
-    contract = meta.get("input") or {}
-    if contract.get("image_size") and int(contract["image_size"]) != side:
-        log.warning(
-            "The backbone was trained on %s px images, cache %s is %d px.", contract["image_size"], cache.path, side
-        )
-    model = create_for_images(config.backbone, side, where, num_classes=config.embedding_dim, **args)
-    features = {k: v for k, v in source.state_dict().items() if not k.startswith("head.")}
-    load_state_strict(model, features, source=str(config.backbone_from), skip_prefixes=("head.",))
-    model.normalisation = str(contract.get("normalisation") or model.normalisation)
-    model.pretrained = meta.get("pretrained")
-    log.info("Backbone initialised from %s (%s).", meta.get("path"), arch)
-    return model
+    return backbone_from_run(config.backbone_from, config.backbone, config.embedding_dim, side, where, config.norm)

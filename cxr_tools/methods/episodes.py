@@ -103,13 +103,14 @@ def meta_gradient(
 
     Fills the ``.grad`` of ``model`` (:func:`~cxr_tools.methods.maml.meta_backward`) and returns the meta-loss
     and, with adaptation steps, the mean support loss before the first and after the last inner step. A task
-    depends on its key alone, so resuming and sharding tasks over ranks need no sampler state.
+    depends on its key alone, so resuming and sharding tasks over ranks need no sampler state; its class slots
+    are shuffled (``shuffle=True``), so no head output is tied to one class.
     """
     from cxr_tools.methods.maml import meta_backward
     from cxr_tools.runtime.seeding import numpy_generator
 
     norm = str(getattr(model, "normalisation", "unit"))
-    episodes = [sampler.sample(numpy_generator(*key)) for key in keys]
+    episodes = [sampler.sample(numpy_generator(*key), shuffle=True) for key in keys]
     info = meta_backward(model, [episode_tensors(cache, ep, norm, device) for ep in episodes], maml)
     values = {"loss": info.loss}
     if maml.adapt_steps:

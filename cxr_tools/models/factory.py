@@ -1,12 +1,15 @@
 """A zoo model for given images: the registry's ``create_model`` with the size checked first, or started from the
-feature extractor of a trained run (``meta-train --init RUN``)."""
+feature extractor of a trained run (``train-siamese --backbone-from RUN``, ``meta-train --init RUN``)."""
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
 from cxr_tools.errors import ConfigError, ModelError
+
+log = logging.getLogger(__name__)
 
 
 def check_model_name(name: str) -> None:
@@ -86,3 +89,39 @@ def initial_model(
     model, meta = features_from_run(Path(text), "--init", backbone, num_classes, image_size)
     arch = str(meta.get("architecture"))
     return model, {"init": str(Path(text)), "init_training": meta.get("training"), "init_architecture": arch}
+
+
+def backbone_from_run(
+    path: Path, architecture: str, num_classes: int, image_side: int, where: str, norm: str | None
+) -> Any:
+    """A ``num_classes``-output ``architecture`` holding run ``path``'s feature extractor (a fresh head).
+
+    The run must hold that architecture, and ``norm`` (when given) must be its normalisation layer; the model
+    options and the input contract's normalisation are the run's. A different image size only warns: global
+    pooling accepts any size, and the features are fine-tuned on these images anyway.
+    """
+    from cxr_tools.models.checkpoints import load_model_dir, load_state_strict
+
+    source, meta = load_model_dir(path)
+    arch = str(meta.get("architecture"))
+    if arch != architecture:
+        raise ModelError(
+            f"--backbone-from {path} holds a '{arch}' model, not '{architecture}'.",
+            f"Pass --backbone {arch}, or a run trained with {architecture}.",
+        )
+    args = {k: v for k, v in (meta.get("model_args") or {}).items() if k not in {"num_classes", "weights"}}
+    if norm is not None and args.get("norm", norm) != norm:
+        raise ModelError(
+            f"--backbone-from {path} was trained with norm={args.get('norm')}, not {norm}.",
+            "Leave --norm unset to use the run's setting.",
+        )
+    contract = meta.get("input") or {}
+    if contract.get("image_size") and int(contract["image_size"]) != image_side:
+        log.warning("The backbone was trained on %s px images, %s is %d px.", contract["image_size"], where, image_side)
+    model = create_for_images(architecture, image_side, where, num_classes=num_classes, **args)
+    features = {k: v for k, v in source.state_dict().items() if not k.startswith("head.")}
+    load_state_strict(model, features, source=str(path), skip_prefixes=("head.",))
+    model.normalisation = str(contract.get("normalisation") or model.normalisation)
+    model.pretrained = meta.get("pretrained")
+    log.info("Backbone initialised from %s (%s).", meta.get("path"), arch)
+    return model

@@ -54,6 +54,8 @@ class TrainingOptions(RunOptions):
         augment: light anatomical augmentation of training images.
         val_batch_size: validation batch (None = 2 x batch_size).
         workers: data-loading processes.
+        pool_seed: seed of the meta-split pools for ``classes=("base",)`` (the meta-train pool MAML uses with
+            the same seed; recorded in the model's lineage).
         Device, seed, run directory and checkpoints: :class:`RunOptions`.
     """
 
@@ -70,6 +72,7 @@ class TrainingOptions(RunOptions):
     augment: bool = True
     val_batch_size: int | None = None
     workers: int = 0
+    pool_seed: int = 0
 
 
 def check_training_options(options: TrainingOptions) -> None:

@@ -106,8 +106,8 @@ def _one_error_line(result) -> str:
 def test_too_few_images_names_the_class_and_counts(tmp_path):
     cache = _cache(tmp_path, per_class=10)
     line = _one_error_line(_run(cache, tmp_path / "r", "--meta-split", SPLIT, "--shots", "7", "--queries", "5"))
-    assert "Meta-train" in line and "A: 10" in line and "B: 10" in line and "12 needed" in line
-    assert "fewer --shots" in line and not (tmp_path / "r").exists()
+    assert "Meta-train" in line and "A: 10 patients" in line and "B: 10 patients" in line and "12 patients" in line
+    assert "Lower --shots/--queries" in line and "--images-per-patient" in line and not (tmp_path / "r").exists()
 
 
 def test_classes_not_in_the_label_space(tmp_path):

@@ -156,10 +156,10 @@ def test_refusals(setup, tmp_path):
     leak = make_run(tmp_path, cache, "supervised", name="leak", labels=("A", "D"))
     with pytest.raises(DataError, match="meta-test class"):
         evaluate(EvaluateConfig(data=cache, run=leak))
-    with pytest.raises(DataError, match=r"Too few positive.*[DEF]: \d+"):
+    with pytest.raises(DataError, match=r"Too few patients.*[DEF]: \d+ patients"):
         evaluate(EvaluateConfig(data=cache, run=runs["maml"], shots=40, output=tmp_path / "y"))
     with pytest.raises(ModelError, match="--ways 2"):
-        evaluate(EvaluateConfig(data=cache, run=runs["maml"], ways=3, output=tmp_path / "z"))
+        evaluate(EvaluateConfig(data=cache, run=runs["maml"], ways=3, shots=2, queries=3, output=tmp_path / "z"))
     assert not (tmp_path / "y").exists() and not (tmp_path / "z").exists()
 
 

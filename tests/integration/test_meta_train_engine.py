@@ -30,8 +30,8 @@ class RecordingSampler(EpisodeSampler):
         self.drawn = []
         RecordingSampler.made.append(self)
 
-    def sample(self, rng):
-        episode = super().sample(rng)
+    def sample(self, rng, shuffle=False):
+        episode = super().sample(rng, shuffle=shuffle)
         self.drawn.append(episode)
         return episode
 
