@@ -103,6 +103,14 @@ def evaluate(
         float, typer.Option("--temperature", help="Prototype softmax temperature (calibration only).")
     ] = 0.1,
     pairs: Annotated[int, typer.Option("--pairs", min=0, help="Balanced meta-test pairs for Siamese runs.")] = 1000,
+    bootstrap: Annotated[
+        int,
+        typer.Option(
+            "--bootstrap",
+            min=0,
+            help="Patient-cluster bootstrap replicates of the second interval (0 = the episode interval only).",
+        ),
+    ] = 1000,
     plots: Annotated[bool, typer.Option("--plots/--no-plots", help="Write the PNG plots.")] = True,
     device: DeviceOpt = "auto",
     threads: Annotated[
@@ -174,6 +182,7 @@ def evaluate(
             adapt_steps=adapt_steps,
             temperature=temperature,
             pairs=pairs,
+            bootstrap=bootstrap,
             plots=plots,
             device=device,
             threads=threads,

@@ -30,9 +30,11 @@ def test_evaluate_keeps_both_intervals_and_headlines_the_wider(tmp_path):
     scores = pd.read_csv(out / "scores.csv", dtype={"patient": str})
     assert summary["bootstrap"]["patients"] == scores["patient"].nunique()
     for est in [summary["overall"]["auc"], *(v["auc"] for v in summary["per_class"].values())]:
-        episode_width = 2 * (est["episode_ci95"] or 0.0)
         boot_width = est["bootstrap_high"] - est["bootstrap_low"]
-        assert est["interval"] == ("bootstrap" if boot_width > episode_width else "episode")
+        if est["episode_ci95"] is None:  # one episode: only the bootstrap interval is defined
+            assert est["interval"] == "bootstrap"
+        else:
+            assert est["interval"] == ("bootstrap" if boot_width > 2 * est["episode_ci95"] else "episode")
         assert est["low"] <= est["mean"] <= est["high"] and est["ci95"] >= est["mean"] - est["low"] - 1e-12
     auc = summary["overall"]["auc"]
     assert f"patient bootstrap [{auc['bootstrap_low']:.3f}, {auc['bootstrap_high']:.3f}]" in res.stdout
