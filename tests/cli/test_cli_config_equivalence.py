@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 import yaml
-from cli_commands import leaf_commands
+from cli_helpers import leaf_commands
 from typer.testing import CliRunner
 
 from cxr_tools.cli.app import app

@@ -9,7 +9,7 @@ from collections import defaultdict
 from typing import Any
 
 import typer
-from cli_commands import leaf_commands
+from cli_helpers import leaf_commands
 
 # Concept -> (canonical primary flag, spellings that name it: parameter names or flags without dashes, - as _).
 CONCEPTS: dict[str, tuple[str, set[str]]] = {

@@ -1,4 +1,4 @@
-"""The app's leaf commands by full name, for the tests that check every command (vocabulary, --config)."""
+"""Helpers of the CLI tests: the app's leaf commands (for the checks of every command) and the one-line error check."""
 
 from __future__ import annotations
 
@@ -25,3 +25,12 @@ def leaf_commands() -> dict[str, Any]:
 
     walk(typer.main.get_command(app), "")
     return out
+
+
+def assert_one_line_error(res: Any, *needles: str, prefix: str = "Error: ") -> None:
+    """The CLI contract for a library error: exit 1 and one line on stderr, starting ``prefix``, naming each needle."""
+    assert res.exit_code == 1, res.output
+    lines = [line for line in res.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith(prefix), res.stderr
+    for needle in needles:
+        assert needle in lines[0], lines[0]
