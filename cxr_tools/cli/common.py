@@ -195,6 +195,18 @@ def build_config(cls: type[T], **values: Any) -> T:
         raise ConfigError(f"Invalid configuration for {cls.__name__}: {exc}") from exc
 
 
+def config_from_params(cls: type[T], params: dict[str, Any], **overrides: Any) -> T:
+    """The engine config from a command's parameters (``ctx.params``): each parameter named like a field of
+    ``cls`` sets it, so a command and its config cannot drift apart field by field; ``overrides`` set the fields
+    whose flag is spelled or typed otherwise (``dest=output``, a comma list as a tuple). Parameters that are no
+    field (``--config``, ``--json``, ``--quiet``) stay with the CLI."""
+    import dataclasses
+
+    fields = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    values = {name: value for name, value in params.items() if name in fields}
+    return build_config(cls, **{**values, **overrides})
+
+
 def make_config(
     ctx: typer.Context, cls: type[T], config_file: Path | None, command: str | None = None, **values: Any
 ) -> T:

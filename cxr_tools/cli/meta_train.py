@@ -18,9 +18,9 @@ from cxr_tools.cli.common import (
     PoolSeedOpt,
     QuietOpt,
     SeedOpt,
+    config_from_params,
     emit,
     handle_errors,
-    make_config,
     progress_for,
 )
 from cxr_tools.cli.train import CkptMinutesOpt, CkptStepsOpt, LogEveryOpt
@@ -124,42 +124,7 @@ def meta_train(
         from cxr_tools.engine.meta_train import MetaTrainConfig
         from cxr_tools.engine.meta_train import meta_train as run_meta_train
 
-        cfg = make_config(
-            ctx,
-            MetaTrainConfig,
-            config,
-            "meta-train",
-            cache=cache,
-            output=output,
-            ways=ways,
-            shots=shots,
-            queries=queries,
-            images_per_patient=images_per_patient,
-            inner_lr=inner_lr,
-            meta_lr=meta_lr,
-            adapt_steps=adapt_steps,
-            meta_batch=meta_batch,
-            episodes=episodes,
-            first_order=first_order,
-            backbone=backbone,
-            init=init,
-            engine=engine,
-            meta_split=meta_split,
-            pool_seed=pool_seed,
-            val_every=val_every,
-            val_episodes=val_episodes,
-            seed=seed,
-            device=device,
-            threads=threads,
-            amp=amp,
-            grad_clip=grad_clip,
-            log_every_steps=log_every_steps,
-            checkpoint_every_steps=checkpoint_every_steps,
-            checkpoint_every_minutes=checkpoint_every_minutes,
-            resume=resume,
-            overwrite=overwrite,
-            requeue=requeue,
-        )
+        cfg = config_from_params(MetaTrainConfig, ctx.params)
         result = run_meta_train(cfg, progress_for(quiet))
 
     emit(result, json_output, lambda console: _render(console, result))

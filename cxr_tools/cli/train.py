@@ -22,9 +22,9 @@ from cxr_tools.cli.common import (
     QuietOpt,
     SeedOpt,
     WorkersOpt,
+    config_from_params,
     emit,
     handle_errors,
-    make_config,
     progress_for,
 )
 
@@ -118,22 +118,6 @@ def split_classes(text: str | None) -> tuple[str, ...]:
     return tuple(p.strip() for p in (text or "").split(",") if p.strip())
 
 
-# Options every training command shares, by config field name (= the parameter names of the commands).
-SHARED_TRAINING_FIELDS = (
-    "weights", "norm", "meta_split", "epochs", "max_steps", "batch_size", "lr", "weight_decay", "optimizer",
-    "momentum", "schedule", "warmup_steps", "patience", "augment", "val_batch_size", "workers", "device", "amp",
-    "threads", "seed", "resume", "overwrite", "requeue", "pool_seed", "checkpoint_every_steps",
-    "checkpoint_every_minutes", "log_every_steps",
-)  # fmt: skip
-
-
-def training_flags(params: dict[str, Any]) -> dict[str, Any]:
-    """The shared training options of a command's parameters, as config fields (one list for every trainer)."""
-    out = {name: params[name] for name in SHARED_TRAINING_FIELDS}
-    out["classes"] = split_classes(params["classes"])
-    return out
-
-
 def train(
     ctx: typer.Context,
     cache: CacheArg,
@@ -190,19 +174,7 @@ def train(
         from cxr_tools.engine.train import TrainConfig
         from cxr_tools.engine.train import train as train_engine
 
-        cfg = make_config(
-            ctx,
-            TrainConfig,
-            config,
-            "train",
-            cache=cache,
-            output=output,
-            model=model,
-            uncertainty=uncertainty,
-            balance=balance,
-            max_pos_weight=max_pos_weight,
-            **training_flags(ctx.params),
-        )
+        cfg = config_from_params(TrainConfig, ctx.params, classes=split_classes(classes))
         result = train_engine(cfg, progress_for(quiet))
 
     if result.rank == 0:  # under torchrun every rank returns; one report

@@ -18,9 +18,9 @@ from cxr_tools.cli.common import (
     QuietOpt,
     SeedOpt,
     WorkersOpt,
+    config_from_params,
     emit,
     handle_errors,
-    make_config,
     progress_for,
 )
 from cxr_tools.cli.train import (
@@ -51,7 +51,7 @@ from cxr_tools.cli.train import (
     WeightsOpt,
     fmt,
     render_status,
-    training_flags,
+    split_classes,
 )
 
 
@@ -124,23 +124,11 @@ def train_siamese(
         from cxr_tools.engine.train_siamese import SiameseConfig
         from cxr_tools.engine.train_siamese import train_siamese as engine
 
-        cfg = make_config(
-            ctx,
+        cfg = config_from_params(
             SiameseConfig,
-            config,
-            "train-siamese",
-            cache=cache,
-            output=output,
-            backbone=backbone,
-            backbone_from=backbone_from,
-            embedding_dim=embedding_dim,
-            margin=margin,
-            distance=distance,
-            pair_rule=pair_rule,
+            ctx.params,
+            classes=split_classes(classes),
             views=tuple(v.strip() for v in views.split(",")),
-            pairs_per_epoch=pairs_per_epoch,
-            val_pairs=val_pairs,
-            **training_flags(ctx.params),
         )
         result = engine(cfg, progress_for(quiet))
 

@@ -15,8 +15,8 @@ SCRIPT = REPO / "benchmarks" / "meta_learning_check.py"
 def test_maml_beats_random_init_on_meta_test_classes(tmp_path):
     check = load_script(SCRIPT, "cxr_meta_learning_check")
     cfg = check.CheckConfig(
-        workdir=tmp_path, patients=600, size=64, backbone="conv4-tiny", inner_lr=0.1, meta_lr=0.005,
-        episodes=240, test_episodes=100, seed=0, threads=1,
+        workdir=tmp_path, patients=600, size=64, test_episodes=100, seed=0, threads=1,
+        meta={"backbone": "conv4-tiny", "inner_lr": 0.1, "meta_lr": 0.005, "episodes": 240},
     )  # fmt: skip
     result = check.run_check(cfg)
     report = "\n".join(result.lines())
