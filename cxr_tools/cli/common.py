@@ -154,6 +154,19 @@ MetaSplitOpt = Annotated[
         help="auto (a saved split, else MetaChest), metachest, a YAML/JSON file or 'train=A,B;val=C;test=D,E'.",
     ),
 ]
+# The episode shape (meta-train's tasks, evaluate's meta-test episodes).
+ShotsOpt = Annotated[
+    int, typer.Option("--shots", min=1, help="Support positives per class, plus as many negatives (K).")
+]
+QueriesOpt = Annotated[int, typer.Option("--queries", min=1, help="Query positives per class, plus as many negatives.")]
+ImagesPerPatientOpt = Annotated[
+    int,
+    typer.Option(
+        "--images-per-patient",
+        min=1,
+        help="Most images one patient contributes to an episode (support and query never share a patient).",
+    ),
+]
 CheckpointEveryStepsOpt = Annotated[
     int | None,
     typer.Option("--checkpoint-every-steps", min=1, help="Write last.pt every N steps.", show_default=False),

@@ -24,6 +24,7 @@ from cxr_tools.cli.common import (
     PoolSeedOpt,
     QuietOpt,
     SeedOpt,
+    ThreadsOpt,
     WorkersOpt,
     config_from_params,
     emit,
@@ -80,9 +81,6 @@ ValBatchOpt = Annotated[
     int | None, typer.Option("--val-batch-size", min=1, help="Validation batch size.", show_default="2 x batch")
 ]
 AmpOpt = Annotated[bool, typer.Option("--amp", help="Mixed precision (CUDA only; ignored on CPU).")]
-ThreadsOpt = Annotated[
-    int | None, typer.Option("--threads", min=1, help="CPU threads for torch.", show_default="torch's default")
-]
 TrainResumeOpt = Annotated[
     bool, typer.Option("--resume/--no-resume", help="Continue an existing incomplete run directory.")
 ]
