@@ -144,3 +144,9 @@ def differing_keys(saved: Mapping[str, Any], current: Mapping[str, Any], ignore:
     one side differs): what a resume compares before it reuses earlier work."""
     keys = (set(saved) | set(current)) - set(ignore)
     return sorted(k for k in keys if saved.get(k) != current.get(k))
+
+
+def check_at_least(flag: str, value: float | None, minimum: float = 1) -> None:
+    """Refuse a setting below ``minimum`` with a message naming its flag; None (not set) passes."""
+    if value is not None and value < minimum:
+        raise ConfigError(f"{flag} must be at least {minimum} (got {value}).")

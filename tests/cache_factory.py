@@ -161,3 +161,10 @@ def chexpert_sample_index(path: Path = CHEXPERT_SAMPLE) -> pd.DataFrame:
     out["sex"] = df["Sex"].astype(str).str[:1].to_numpy()
     out["age"] = df["Age"].to_numpy()
     return out
+
+
+def table_row(table: pd.DataFrame, image_id: str) -> pd.Series:
+    """The one row of an index or source table with this ``image_id`` (fails when there is not exactly one)."""
+    match = table[table["image_id"] == image_id]
+    assert len(match) == 1, image_id
+    return match.iloc[0]

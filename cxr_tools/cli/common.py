@@ -154,6 +154,19 @@ MetaSplitOpt = Annotated[
         help="auto (a saved split, else MetaChest), metachest, a YAML/JSON file or 'train=A,B;val=C;test=D,E'.",
     ),
 ]
+# The episode shape (meta-train's tasks, evaluate's meta-test episodes).
+ShotsOpt = Annotated[
+    int, typer.Option("--shots", min=1, help="Support positives per class, plus as many negatives (K).")
+]
+QueriesOpt = Annotated[int, typer.Option("--queries", min=1, help="Query positives per class, plus as many negatives.")]
+ImagesPerPatientOpt = Annotated[
+    int,
+    typer.Option(
+        "--images-per-patient",
+        min=1,
+        help="Most images one patient contributes to an episode (support and query never share a patient).",
+    ),
+]
 CheckpointEveryStepsOpt = Annotated[
     int | None,
     typer.Option("--checkpoint-every-steps", min=1, help="Write last.pt every N steps.", show_default=False),
@@ -193,6 +206,18 @@ def build_config(cls: type[T], **values: Any) -> T:
         return cls(**values)
     except TypeError as exc:
         raise ConfigError(f"Invalid configuration for {cls.__name__}: {exc}") from exc
+
+
+def config_from_params(cls: type[T], params: dict[str, Any], **overrides: Any) -> T:
+    """The engine config from a command's parameters (``ctx.params``): each parameter named like a field of
+    ``cls`` sets it, so a command and its config cannot drift apart field by field; ``overrides`` set the fields
+    whose flag is spelled or typed otherwise (``dest=output``, a comma list as a tuple). Parameters that are no
+    field (``--config``, ``--json``, ``--quiet``) stay with the CLI."""
+    import dataclasses
+
+    fields = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    values = {name: value for name, value in params.items() if name in fields}
+    return build_config(cls, **{**values, **overrides})
 
 
 def make_config(

@@ -17,7 +17,7 @@ from cxr_tools.cli.common import (
     OverwriteOpt,
     SeedOpt,
     WorkersOpt,
-    build_config,
+    config_from_params,
     emit,
     exit_partial,
     handle_errors,
@@ -33,6 +33,7 @@ app = typer.Typer(
 
 @app.command("synthetic")
 def synthetic(
+    ctx: typer.Context,
     output: Annotated[Path, output_option("Directory to write the dataset into.", "--dest")],
     patients: Annotated[int, typer.Option("--patients", min=1, help="Number of patients.")] = 200,
     size: Annotated[int, typer.Option("--size", min=32, max=4096, help="Image side in pixels.")] = 256,
@@ -49,17 +50,7 @@ def synthetic(
         from cxr_tools.data.synthetic import SyntheticConfig
         from cxr_tools.engine.download import download_synthetic
 
-        cfg = build_config(
-            SyntheticConfig,
-            dest=output,
-            patients=patients,
-            size=size,
-            seed=seed,
-            layout=layout,
-            format=format,
-            workers=workers,
-            overwrite=overwrite,
-        )
+        cfg = config_from_params(SyntheticConfig, ctx.params, dest=output)
         result = download_synthetic(cfg, progress_for())
 
     def render(console: Console) -> None:
@@ -162,6 +153,7 @@ def _finish(failed: int, total: int, what: str) -> None:
 
 @app.command("nih")
 def nih(
+    ctx: typer.Context,
     output: DatasetOutputOpt = None,
     parts: Annotated[
         str | None,
@@ -208,18 +200,13 @@ def nih(
         from cxr_tools.data.download.nih import NihConfig
         from cxr_tools.engine.download import download_nih
 
-        cfg = build_config(
+        cfg = config_from_params(
             NihConfig,
+            ctx.params,
             dest=output,
             parts=parts or (),
-            base_url=base_url,
             metadata=tuple(metadata or ()),
             checksums=_checksums(checksums),
-            keep_archives=keep_archives,
-            retries=retries,
-            timeout=timeout,
-            backoff=backoff,
-            overwrite=overwrite,
         )
         result = download_nih(cfg, progress_for())
 
@@ -235,6 +222,7 @@ def nih(
 
 @app.command("kaggle")
 def kaggle(
+    ctx: typer.Context,
     output: DatasetOutputOpt = None,
     from_dir: Annotated[
         Path | None,
@@ -253,14 +241,7 @@ def kaggle(
         from cxr_tools.data.download.kaggle import KaggleConfig
         from cxr_tools.engine.download import download_kaggle
 
-        cfg = build_config(
-            KaggleConfig,
-            dest=output,
-            from_dir=from_dir,
-            handle=handle,
-            link=link,
-            overwrite=overwrite,
-        )
+        cfg = config_from_params(KaggleConfig, ctx.params, dest=output)
         result = download_kaggle(cfg, progress_for())
 
     def render(console: Console) -> None:
@@ -274,6 +255,7 @@ def kaggle(
 
 @app.command("chexpert")
 def chexpert(
+    ctx: typer.Context,
     origin: Annotated[
         str | None,
         typer.Option(
@@ -295,17 +277,7 @@ def chexpert(
         from cxr_tools.data.download.chexpert import ChexpertConfig
         from cxr_tools.engine.download import download_chexpert
 
-        cfg = build_config(
-            ChexpertConfig,
-            source=origin or "",
-            dest=output,
-            md5=md5,
-            keep_archives=keep_archives,
-            retries=retries,
-            timeout=timeout,
-            backoff=backoff,
-            overwrite=overwrite,
-        )
+        cfg = config_from_params(ChexpertConfig, ctx.params, source=origin or "", dest=output)
         result = download_chexpert(cfg, progress_for())
 
     def render(console: Console) -> None:

@@ -13,38 +13,32 @@ from rich.table import Table
 from cxr_tools.cli.common import (
     ConfigOpt,
     DeviceOpt,
+    ImagesPerPatientOpt,
     JsonOpt,
+    MetaSplitOpt,
     OverwriteOpt,
     PoolSeedOpt,
+    QueriesOpt,
     QuietOpt,
     SeedOpt,
+    ShotsOpt,
+    ThreadsOpt,
+    config_from_params,
     emit,
     handle_errors,
-    make_config,
     progress_for,
 )
-from cxr_tools.cli.train import CkptMinutesOpt, CkptStepsOpt, LogEveryOpt
+from cxr_tools.cli.train import AmpOpt, CacheArg, CkptMinutesOpt, CkptStepsOpt, LogEveryOpt, RequeueOpt, TrainResumeOpt
 
 
 def meta_train(
     ctx: typer.Context,
-    cache: Annotated[Path, typer.Argument(help="Cache directory written by `cxr preprocess`.", show_default=False)],
+    cache: CacheArg,
     output: Annotated[Path, typer.Option("--output", "-o", help="Run directory to write.", show_default=False)],
     ways: Annotated[int, typer.Option("--ways", min=1, help="Classes per episode (N).")] = 2,
-    shots: Annotated[
-        int, typer.Option("--shots", min=1, help="Support positives per class, plus as many negatives (K).")
-    ] = 5,
-    queries: Annotated[
-        int, typer.Option("--queries", min=1, help="Query positives per class, plus as many negatives.")
-    ] = 10,
-    images_per_patient: Annotated[
-        int,
-        typer.Option(
-            "--images-per-patient",
-            min=1,
-            help="Most images one patient contributes to an episode (support and query never share a patient).",
-        ),
-    ] = 1,
+    shots: ShotsOpt = 5,
+    queries: QueriesOpt = 10,
+    images_per_patient: ImagesPerPatientOpt = 1,
     inner_lr: Annotated[float, typer.Option("--inner-lr", help="Step size of the inner (adaptation) SGD steps.")] = (
         0.01
     ),
@@ -78,14 +72,7 @@ def meta_train(
         str,
         typer.Option("--engine", help="auto (learn2learn when installed, else func), learn2learn, higher or func."),
     ] = "auto",
-    meta_split: Annotated[
-        str,
-        typer.Option(
-            "--meta-split",
-            help="auto (the cache's saved split, else MetaChest for NIH labels), metachest, a YAML/JSON file, or "
-            "'train=A,B;val=C;test=D,E'.",
-        ),
-    ] = "auto",
+    meta_split: MetaSplitOpt = "auto",
     pool_seed: PoolSeedOpt = 0,
     val_every: Annotated[int, typer.Option("--val-every", min=1, help="Meta-steps between validations.")] = 100,
     val_episodes: Annotated[
@@ -93,23 +80,17 @@ def meta_train(
     ] = 100,
     seed: SeedOpt = 0,
     device: DeviceOpt = "auto",
-    threads: Annotated[
-        int | None, typer.Option("--threads", min=1, help="CPU threads (default: torch's).", show_default=False)
-    ] = None,
-    amp: Annotated[bool, typer.Option("--amp", help="Mixed precision (CUDA only).")] = False,
+    threads: ThreadsOpt = None,
+    amp: AmpOpt = False,
     grad_clip: Annotated[
         float | None, typer.Option("--grad-clip", help="Clip the meta-gradient's norm.", show_default=False)
     ] = None,
     log_every_steps: LogEveryOpt = 10,
     checkpoint_every_steps: CkptStepsOpt = None,
     checkpoint_every_minutes: CkptMinutesOpt = 10.0,
-    resume: Annotated[
-        bool, typer.Option("--resume/--no-resume", help="Continue an incomplete run in RUN (default).")
-    ] = True,
+    resume: TrainResumeOpt = True,
     overwrite: OverwriteOpt = False,
-    requeue: Annotated[
-        bool, typer.Option("--requeue", help="On SIGTERM/SIGUSR1 under SLURM, requeue the job after checkpointing.")
-    ] = False,
+    requeue: RequeueOpt = False,
     config: ConfigOpt = None,
     json_output: JsonOpt = False,
     quiet: QuietOpt = False,
@@ -124,42 +105,7 @@ def meta_train(
         from cxr_tools.engine.meta_train import MetaTrainConfig
         from cxr_tools.engine.meta_train import meta_train as run_meta_train
 
-        cfg = make_config(
-            ctx,
-            MetaTrainConfig,
-            config,
-            "meta-train",
-            cache=cache,
-            output=output,
-            ways=ways,
-            shots=shots,
-            queries=queries,
-            images_per_patient=images_per_patient,
-            inner_lr=inner_lr,
-            meta_lr=meta_lr,
-            adapt_steps=adapt_steps,
-            meta_batch=meta_batch,
-            episodes=episodes,
-            first_order=first_order,
-            backbone=backbone,
-            init=init,
-            engine=engine,
-            meta_split=meta_split,
-            pool_seed=pool_seed,
-            val_every=val_every,
-            val_episodes=val_episodes,
-            seed=seed,
-            device=device,
-            threads=threads,
-            amp=amp,
-            grad_clip=grad_clip,
-            log_every_steps=log_every_steps,
-            checkpoint_every_steps=checkpoint_every_steps,
-            checkpoint_every_minutes=checkpoint_every_minutes,
-            resume=resume,
-            overwrite=overwrite,
-            requeue=requeue,
-        )
+        cfg = config_from_params(MetaTrainConfig, ctx.params)
         result = run_meta_train(cfg, progress_for(quiet))
 
     emit(result, json_output, lambda console: _render(console, result))

@@ -17,7 +17,7 @@ from cxr_tools.cli.common import (
     OverwriteOpt,
     QuietOpt,
     SeedOpt,
-    build_config,
+    config_from_params,
     emit,
     exit_partial,
     handle_errors,
@@ -28,6 +28,7 @@ from cxr_tools.cli.common import (
 
 
 def predict(
+    ctx: typer.Context,
     input: Annotated[
         Path,
         typer.Argument(
@@ -105,24 +106,7 @@ def predict(
     with handle_errors():
         from cxr_tools.engine.predict import PredictConfig, run_predict
 
-        cfg = build_config(
-            PredictConfig,
-            input=input,
-            output=output,
-            model=model,
-            batch_size=batch_size,
-            workers=workers,
-            device=device,
-            amp=amp,
-            threshold=threshold,
-            support=support,
-            min_support=min_support,
-            method=method,
-            finetune=finetune,
-            seed=seed,
-            overwrite=overwrite,
-            resume=resume,
-        )
+        cfg = config_from_params(PredictConfig, ctx.params)
         result = run_predict(cfg, progress_for(quiet))
 
     _report_failures(stderr_console(), result)

@@ -19,7 +19,7 @@ from cxr_tools.cli.common import (
     QuietOpt,
     ResumeOpt,
     SeedOpt,
-    build_config,
+    config_from_params,
     emit,
     exit_partial,
     handle_errors,
@@ -46,6 +46,7 @@ def _fractions(text: str) -> tuple[float, float, float]:
 
 
 def preprocess(
+    ctx: typer.Context,
     src: Annotated[
         list[Path],
         typer.Argument(
@@ -133,29 +134,8 @@ def preprocess(
                     f"preprocess takes one dataset directory, got {len(src)}.",
                     "Pass --merge to join shard caches.",
                 )
-            cfg = build_config(
-                PreprocessConfig,
-                src=src[0],
-                output=output,
-                source=source,
-                metadata=metadata,
-                views=_split_list(views),
-                size=size,
-                crop=crop,
-                clahe=clahe,
-                clahe_clip=clahe_clip,
-                clahe_tile=clahe_tile,
-                jpeg_draft=jpeg_draft,
-                brightness=brightness,
-                format=format,
-                seed=seed,
-                fractions=_fractions(fractions),
-                workers=workers,
-                shard=shard,
-                chunk_size=chunk_size,
-                commit_seconds=commit_seconds,
-                resume=resume,
-                overwrite=overwrite,
+            cfg = config_from_params(
+                PreprocessConfig, ctx.params, src=src[0], views=_split_list(views), fractions=_fractions(fractions)
             )
             result = preprocess_engine(cfg, progress_for(quiet))
 

@@ -5,7 +5,10 @@ The training options shared with ``cxr train-siamese`` are declared here once.
 
 from __future__ import annotations
 
+import inspect
 import math
+import typing
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -21,10 +24,11 @@ from cxr_tools.cli.common import (
     PoolSeedOpt,
     QuietOpt,
     SeedOpt,
+    ThreadsOpt,
     WorkersOpt,
+    config_from_params,
     emit,
     handle_errors,
-    make_config,
     progress_for,
 )
 
@@ -77,9 +81,6 @@ ValBatchOpt = Annotated[
     int | None, typer.Option("--val-batch-size", min=1, help="Validation batch size.", show_default="2 x batch")
 ]
 AmpOpt = Annotated[bool, typer.Option("--amp", help="Mixed precision (CUDA only; ignored on CPU).")]
-ThreadsOpt = Annotated[
-    int | None, typer.Option("--threads", min=1, help="CPU threads for torch.", show_default="torch's default")
-]
 TrainResumeOpt = Annotated[
     bool, typer.Option("--resume/--no-resume", help="Continue an existing incomplete run directory.")
 ]
@@ -118,42 +119,12 @@ def split_classes(text: str | None) -> tuple[str, ...]:
     return tuple(p.strip() for p in (text or "").split(",") if p.strip())
 
 
-# Options every training command shares, by config field name (= the parameter names of the commands).
-SHARED_TRAINING_FIELDS = (
-    "weights", "norm", "meta_split", "epochs", "max_steps", "batch_size", "lr", "weight_decay", "optimizer",
-    "momentum", "schedule", "warmup_steps", "patience", "augment", "val_batch_size", "workers", "device", "amp",
-    "threads", "seed", "resume", "overwrite", "requeue", "pool_seed", "checkpoint_every_steps",
-    "checkpoint_every_minutes", "log_every_steps",
-)  # fmt: skip
-
-
-def training_flags(params: dict[str, Any]) -> dict[str, Any]:
-    """The shared training options of a command's parameters, as config fields (one list for every trainer)."""
-    out = {name: params[name] for name in SHARED_TRAINING_FIELDS}
-    out["classes"] = split_classes(params["classes"])
-    return out
-
-
-def train(
-    ctx: typer.Context,
-    cache: CacheArg,
-    output: RunOpt,
-    model: Annotated[str, typer.Option("--model", "-m", help="Zoo model (`cxr models` lists them).")] = "resnet18",
+def _training_options(
     weights: WeightsOpt = None,
     norm: NormOpt = None,
     classes: ClassesOpt = None,
     meta_split: MetaSplitOpt = None,
     pool_seed: PoolSeedOpt = 0,
-    uncertainty: Annotated[
-        str, typer.Option("--uncertainty", help="Uncertain labels: ignore (masked out of the loss), zeros, ones.")
-    ] = "ignore",
-    balance: Annotated[
-        str,
-        typer.Option("--balance", help="sampler (class-balanced draws), weights (BCE pos_weight) or none."),
-    ] = "none",
-    max_pos_weight: Annotated[
-        float | None, typer.Option("--max-pos-weight", help="Cap on pos_weight with --balance weights.")
-    ] = None,
     epochs: EpochsOpt = 10,
     max_steps: MaxStepsOpt = None,
     batch_size: BatchOpt = 32,
@@ -177,9 +148,45 @@ def train(
     checkpoint_every_steps: CkptStepsOpt = None,
     checkpoint_every_minutes: CkptMinutesOpt = 10.0,
     log_every_steps: LogEveryOpt = 50,
+) -> None:
+    """The options every training command shares, declared once (:func:`training_command` adds them)."""
+
+
+def training_command(command: Callable[..., None]) -> Callable[..., None]:
+    """``command`` with the shared training options (:func:`_training_options`) before its ``--config``.
+
+    Typer reads a command's options from its signature, so the shared ones are spliced into it; the command
+    takes them as ``**options`` and builds its config from ``ctx.params`` (:func:`config_from_params`).
+    """
+    hints = typing.get_type_hints(_training_options, include_extras=True)
+    shared = [p.replace(annotation=hints[p.name]) for p in inspect.signature(_training_options).parameters.values()]
+    own = [p for p in inspect.signature(command, eval_str=True).parameters.values() if p.kind is not p.VAR_KEYWORD]
+    cut = [p.name for p in own].index("config")
+    command.__signature__ = inspect.Signature([*own[:cut], *shared, *own[cut:]], return_annotation=None)  # type: ignore[attr-defined]
+    command.__annotations__ = {**command.__annotations__, **{p.name: p.annotation for p in shared}}
+    return command
+
+
+@training_command
+def train(
+    ctx: typer.Context,
+    cache: CacheArg,
+    output: RunOpt,
+    model: Annotated[str, typer.Option("--model", "-m", help="Zoo model (`cxr models` lists them).")] = "resnet18",
+    uncertainty: Annotated[
+        str, typer.Option("--uncertainty", help="Uncertain labels: ignore (masked out of the loss), zeros, ones.")
+    ] = "ignore",
+    balance: Annotated[
+        str,
+        typer.Option("--balance", help="sampler (class-balanced draws), weights (BCE pos_weight) or none."),
+    ] = "none",
+    max_pos_weight: Annotated[
+        float | None, typer.Option("--max-pos-weight", help="Cap on pos_weight with --balance weights.")
+    ] = None,
     config: ConfigOpt = None,
     json_output: JsonOpt = False,
     quiet: QuietOpt = False,
+    **options: Any,
 ) -> None:
     """Train a multi-label classifier (one sigmoid per finding, BCE) with per-class validation AUC.
 
@@ -190,19 +197,7 @@ def train(
         from cxr_tools.engine.train import TrainConfig
         from cxr_tools.engine.train import train as train_engine
 
-        cfg = make_config(
-            ctx,
-            TrainConfig,
-            config,
-            "train",
-            cache=cache,
-            output=output,
-            model=model,
-            uncertainty=uncertainty,
-            balance=balance,
-            max_pos_weight=max_pos_weight,
-            **training_flags(ctx.params),
-        )
+        cfg = config_from_params(TrainConfig, ctx.params, classes=split_classes(options["classes"]))
         result = train_engine(cfg, progress_for(quiet))
 
     if result.rank == 0:  # under torchrun every rank returns; one report

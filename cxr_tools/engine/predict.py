@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from cxr_tools.config import check_at_least
 from cxr_tools.data.decode import decode_stream, decode_workers, model_ops
 from cxr_tools.data.imaging import ImageOps
 from cxr_tools.data.inputs import InputItem, list_inputs
@@ -96,12 +97,10 @@ class PredictConfig:
     resume: bool = True
 
     def __post_init__(self) -> None:
-        if self.batch_size < 1:
-            raise ConfigError(f"--batch-size must be at least 1 (got {self.batch_size}).")
+        check_at_least("--batch-size", self.batch_size)
         if self.workers is not None and self.workers < 0:
             raise ConfigError(f"--workers must be >= 0 (got {self.workers}).")
-        if self.min_support < 1:
-            raise ConfigError(f"--min-support must be at least 1 (got {self.min_support}).")
+        check_at_least("--min-support", self.min_support)
 
 
 @dataclass(frozen=True)

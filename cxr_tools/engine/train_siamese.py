@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from cxr_tools.config import check_at_least
 from cxr_tools.errors import ConfigError, DataError
 from cxr_tools.runtime.options import TrainingOptions, check_training_options
 from cxr_tools.runtime.progress import Progress
@@ -258,12 +259,9 @@ def _check_config(config: SiameseConfig) -> None:
     check_distance(config.distance)
     if config.pair_rule not in PAIR_RULES:
         raise ConfigError(f"Unknown --pair-rule '{config.pair_rule}'.", f"Use one of: {', '.join(PAIR_RULES)}.")
-    if config.embedding_dim < 1:
-        raise ConfigError(f"--embedding-dim must be at least 1 (got {config.embedding_dim}).")
-    if config.val_pairs < 2:
-        raise ConfigError(f"--val-pairs must be at least 2 (got {config.val_pairs}).")
-    if config.pairs_per_epoch is not None and config.pairs_per_epoch < 1:
-        raise ConfigError(f"--pairs-per-epoch must be at least 1 (got {config.pairs_per_epoch}).")
+    check_at_least("--embedding-dim", config.embedding_dim)
+    check_at_least("--val-pairs", config.val_pairs, 2)
+    check_at_least("--pairs-per-epoch", config.pairs_per_epoch)
     check_training_options(config)
     check_model_name(config.backbone)
     check_margin(config.margin)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from cxr_tools.config import check_at_least
 from cxr_tools.errors import ConfigError
 
 OPTIMIZERS = ("adamw", "sgd")
@@ -77,12 +78,9 @@ class TrainingOptions(RunOptions):
 
 def check_training_options(options: TrainingOptions) -> None:
     """Refuse impossible training options before any work (batch size, epochs, learning rate, optimiser)."""
-    if options.batch_size < 1:
-        raise ConfigError(f"--batch-size must be at least 1 (got {options.batch_size}).")
-    if options.epochs < 1:
-        raise ConfigError(f"--epochs must be at least 1 (got {options.epochs}).")
-    if options.max_steps is not None and options.max_steps < 1:
-        raise ConfigError(f"--max-steps must be at least 1 (got {options.max_steps}).")
+    check_at_least("--batch-size", options.batch_size)
+    check_at_least("--epochs", options.epochs)
+    check_at_least("--max-steps", options.max_steps)
     if not (options.lr > 0 and math.isfinite(options.lr)):
         raise ConfigError(f"--lr must be a positive number (got {options.lr}).")
     if options.weight_decay < 0:

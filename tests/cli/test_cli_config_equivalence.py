@@ -6,7 +6,6 @@ is covered without touching this file, and a new command fails here until it is 
 
 from __future__ import annotations
 
-import functools
 import importlib
 import types
 import typing
@@ -14,8 +13,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import typer
 import yaml
+from cli_helpers import leaf_commands
 from typer.testing import CliRunner
 
 from cxr_tools.cli.app import app
@@ -60,22 +59,6 @@ class _Captured(Exception):
     def __init__(self, config: Any) -> None:
         super().__init__("engine called")
         self.config = config
-
-
-@functools.cache
-def _commands() -> dict[str, Any]:
-    out: dict[str, Any] = {}
-
-    def walk(command: Any, path: str) -> None:
-        subcommands = getattr(command, "commands", None)
-        if subcommands:
-            for name, sub in subcommands.items():
-                walk(sub, f"{path} {name}".strip())
-        else:
-            out[path] = command
-
-    walk(typer.main.get_command(app), "")
-    return out
 
 
 def _base_type(annotation: Any) -> Any:
@@ -141,13 +124,13 @@ def _capture(monkeypatch: pytest.MonkeyPatch, path: str, args: list[str]) -> Any
 
 
 def test_every_command_is_covered():
-    assert set(_commands()) == set(ENGINES)
+    assert set(leaf_commands()) == set(ENGINES)
 
 
 @pytest.mark.parametrize("path", sorted(ENGINES))
 def test_flags_and_yaml_give_the_same_config(path, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    command = _commands()[path]
+    command = leaf_commands()[path]
     hints = typing.get_type_hints(command.callback, include_extras=True)
     flags: list[str] = []
     positional: list[str] = []
@@ -190,7 +173,7 @@ def test_a_saved_config_is_a_valid_config_file(path, tmp_path, monkeypatch):
     from cxr_tools.config import dump_yaml
 
     monkeypatch.chdir(tmp_path)
-    command = _commands()[path]
+    command = leaf_commands()[path]
     hints = typing.get_type_hints(command.callback, include_extras=True)
     args: list[str] = []
     for param in command.params:

@@ -6,6 +6,7 @@ import json
 
 import pytest
 import torch
+from cli_helpers import assert_one_line_error
 from evaluate_factory import make_eval_cache, make_run
 from typer.testing import CliRunner
 
@@ -23,14 +24,6 @@ def env(tmp_path_factory):
     return tmp, cache, make_run(tmp, cache, "maml"), make_run(tmp, cache, "supervised")
 
 
-def _one_line_error(res, *needles):
-    assert res.exit_code == 1, res.output
-    lines = [line for line in res.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("Error: "), res.stderr
-    for needle in needles:
-        assert needle in lines[0], lines[0]
-
-
 def test_evaluate_prints_the_per_class_table_and_writes_the_evaluation(env):
     _, cache, maml, _ = env
     res = runner.invoke(app, ["evaluate", str(maml), "--data", str(cache), *FAST])
@@ -45,7 +38,7 @@ def test_evaluate_prints_the_per_class_table_and_writes_the_evaluation(env):
     assert summary["settings"]["inner_lr"] == 0.1 and summary["settings"]["adapt_steps"] == 2  # the run's budget
 
     again = runner.invoke(app, ["evaluate", str(maml), "--data", str(cache), *FAST])
-    _one_line_error(again, "already holds an evaluation", "--overwrite")
+    assert_one_line_error(again, "already holds an evaluation", "--overwrite")
     forced = runner.invoke(app, ["evaluate", str(maml), "--data", str(cache), *FAST, "--overwrite", "--json"])
     assert forced.exit_code == 0, forced.output
     data = json.loads(forced.stdout)
@@ -84,25 +77,29 @@ def test_finetune_all_goes_to_its_own_folder(env):
 
 def test_bad_inputs_exit_1_with_one_line(env, tmp_path):
     _, cache, maml, sup = env
-    _one_line_error(runner.invoke(app, ["evaluate", str(maml)]), "--data")
-    _one_line_error(
+    assert_one_line_error(runner.invoke(app, ["evaluate", str(maml)]), "--data")
+    assert_one_line_error(
         runner.invoke(app, ["evaluate", "--method", "scratch", "--data", str(cache), "--shots", "2", "--queries", "3"]),
         "needs an output",
         "-o",
     )
-    _one_line_error(runner.invoke(app, ["evaluate", "--data", str(cache)]), "--method auto needs a run")
-    _one_line_error(runner.invoke(app, ["evaluate", str(tmp_path / "nope"), "--data", str(cache)]), "does not exist")
+    assert_one_line_error(runner.invoke(app, ["evaluate", "--data", str(cache)]), "--method auto needs a run")
+    assert_one_line_error(
+        runner.invoke(app, ["evaluate", str(tmp_path / "nope"), "--data", str(cache)]), "does not exist"
+    )
     (tmp_path / "half").mkdir()
-    _one_line_error(runner.invoke(app, ["evaluate", str(tmp_path / "half"), "--data", str(cache)]), "never finished")
-    _one_line_error(
+    assert_one_line_error(
+        runner.invoke(app, ["evaluate", str(tmp_path / "half"), "--data", str(cache)]), "never finished"
+    )
+    assert_one_line_error(
         runner.invoke(app, ["evaluate", str(sup), "--data", str(tmp_path)]), "not a cxr cache", "cxr preprocess"
     )
-    _one_line_error(runner.invoke(app, ["evaluate", str(sup), "--data", str(cache), "--method", "knn"]), "knn")
-    _one_line_error(
+    assert_one_line_error(runner.invoke(app, ["evaluate", str(sup), "--data", str(cache), "--method", "knn"]), "knn")
+    assert_one_line_error(
         runner.invoke(app, ["evaluate", str(sup), "--data", str(cache), "--shots", "50", "-o", str(tmp_path / "o")]),
         "Too few patients",
     )
-    _one_line_error(
+    assert_one_line_error(
         runner.invoke(app, ["evaluate", str(sup), "--data", str(cache), "--threshold", "2", "-o", str(tmp_path / "o")]),
         "--threshold",
     )

@@ -6,6 +6,7 @@ import json
 
 import pytest
 import torch
+from cli_helpers import assert_one_line_error
 from evaluate_factory import make_eval_cache, make_run
 from typer.testing import CliRunner
 
@@ -25,17 +26,13 @@ def env(tmp_path_factory):
     return tmp, cache, leaky, old
 
 
-def _one_line_error(res, *needles):
-    assert res.exit_code == 1, res.output
-    lines = [line for line in res.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("Error: Leak: "), res.stderr
-    for needle in needles:
-        assert needle in lines[0], lines[0]
+def _leak_error(res, *needles):
+    assert_one_line_error(res, *needles, prefix="Error: Leak: ")
 
 
 def test_a_leaking_run_is_refused_in_one_line_naming_run_and_class(env):
     _, cache, leaky, _ = env
-    _one_line_error(
+    _leak_error(
         runner.invoke(app, ["evaluate", str(leaky), "--data", str(cache), *FAST]), "'leaky'", "D", "--allow-leak"
     )
     assert not (leaky / "eval").exists()
@@ -43,7 +40,7 @@ def test_a_leaking_run_is_refused_in_one_line_naming_run_and_class(env):
 
 def test_a_run_without_lineage_is_refused_with_retrain_or_allow_leak(env):
     _, cache, _, old = env
-    _one_line_error(
+    _leak_error(
         runner.invoke(app, ["evaluate", str(old), "--data", str(cache), *FAST]),
         "no lineage record",
         "Retrain",
@@ -64,7 +61,7 @@ def test_another_pool_seed_than_the_runs_mixes_its_patients_into_the_meta_test_p
     tmp, cache, _, _ = env
     clean = make_run(tmp, cache, "maml", name="clean")  # recorded: the pools of seed 0
     args = ["evaluate", str(clean), "--data", str(cache), *FAST, "-o", str(tmp_path / "e")]
-    _one_line_error(runner.invoke(app, [*args, "--pool-seed", "1"]), "'clean'", "patient(s) of the meta-test pool")
+    _leak_error(runner.invoke(app, [*args, "--pool-seed", "1"]), "'clean'", "patient(s) of the meta-test pool")
     res = runner.invoke(app, [*args, "--json"])
     assert res.exit_code == 0, res.output
     assert json.loads(res.stdout)["leak"] is None

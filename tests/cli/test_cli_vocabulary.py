@@ -9,8 +9,7 @@ from collections import defaultdict
 from typing import Any
 
 import typer
-
-from cxr_tools.cli.app import app
+from cli_helpers import leaf_commands
 
 # Concept -> (canonical primary flag, spellings that name it: parameter names or flags without dashes, - as _).
 CONCEPTS: dict[str, tuple[str, set[str]]] = {
@@ -51,22 +50,6 @@ TRAINER_EXCEPTIONS_UNTIL_MERGE: set[tuple[str, str]] = {
 }
 
 
-def commands() -> dict[str, Any]:
-    """Every leaf command of the app by its full name (``download nih``)."""
-    out: dict[str, Any] = {}
-
-    def walk(command: Any, path: str) -> None:
-        subcommands = getattr(command, "commands", None)
-        if subcommands:
-            for name, sub in subcommands.items():
-                walk(sub, f"{path} {name}".strip())
-        else:
-            out[path] = command
-
-    walk(typer.main.get_command(app), "")
-    return out
-
-
 def _primary(param: Any) -> str | None:
     return next((o for o in param.opts if o.startswith("--")), None)
 
@@ -76,7 +59,7 @@ def _spellings(param: Any) -> set[str]:
 
 
 def _options():
-    for path, command in commands().items():
+    for path, command in leaf_commands().items():
         for param in command.params:
             if param.param_type_name == "option" and param.name != "help":
                 yield path, param

@@ -3,7 +3,6 @@ full batch, and a signal to one rank stops both and resumes identically."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import shutil
@@ -14,19 +13,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from script_modules import REPO, load_script
 
 SCRIPT = Path(__file__).with_name("runtime_ddp_script.py")
-REPO = Path(__file__).resolve().parents[2]
-
-
-def _load_script():
-    name = "cxr_runtime_ddp_script"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, SCRIPT)
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
 
 
 def _free_port() -> int:
@@ -37,7 +26,7 @@ def _free_port() -> int:
 
 def _reference() -> dict[str, torch.Tensor]:
     """Single-process training on the full global batches (no DDP, no process group)."""
-    ddp = _load_script()
+    ddp = load_script(SCRIPT, "cxr_runtime_ddp_script")
     torch.set_num_threads(1)
     x, y = ddp.data()
     model = ddp.make_model()
@@ -84,7 +73,7 @@ def test_ddp_ranks_agree_and_match_single_process_full_batch(ddp_run):
         for key, value in reference.items():
             assert torch.equal(ranks[0][phase][key], ranks[1][phase][key]), f"{phase}: ranks differ on {key}"
             assert torch.allclose(ranks[0][phase][key], value, atol=1e-6), f"{phase}: {key} != single process"
-    initial = _load_script().make_model().state_dict()
+    initial = load_script(SCRIPT, "cxr_runtime_ddp_script").make_model().state_dict()
     assert not torch.allclose(ranks[0]["ddp"]["0.weight"], initial["0.weight"])  # training really moved it
 
 

@@ -3,7 +3,6 @@ rerun resumes to the same weights as an uninterrupted run. ``--requeue`` calls `
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import signal
@@ -15,24 +14,14 @@ from pathlib import Path
 
 import pytest
 import torch
+from script_modules import REPO, load_script
 from slurm_cluster import require_slurm
 
 SCRIPT = Path(__file__).with_name("runtime_train_script.py")
 
 
-def _load_script():
-    name = "cxr_runtime_train_script"  # one module object shared by the runtime test files
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, SCRIPT)
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
-
-
-tiny = _load_script()
+tiny = load_script(SCRIPT, "cxr_runtime_train_script")  # one module object shared by the runtime test files
 _weights, _assert_identical = tiny.weights, tiny.assert_identical
-REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")

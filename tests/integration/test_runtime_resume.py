@@ -2,32 +2,21 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import signal
-import sys
 from pathlib import Path
 
 import pytest
 import torch
+from script_modules import load_script
 
 from cxr_tools.errors import OutputExistsError
 
 _SCRIPT = Path(__file__).with_name("runtime_train_script.py")
 
 
-def _load_script():
-    name = "cxr_runtime_train_script"  # one module object shared by the runtime test files
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, _SCRIPT)
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
-
-
-tiny = _load_script()
+tiny = load_script(_SCRIPT, "cxr_runtime_train_script")  # one module object shared by the runtime test files
 _weights, _assert_identical = tiny.weights, tiny.assert_identical
 
 

@@ -23,22 +23,7 @@ from cxr_tools.methods.maml import (
     resolve_engine,
 )
 
-ENGINES = ["learn2learn", "higher", "func"]
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(params=ENGINES)
-def engine(request):
-    if request.param == "learn2learn":
-        pytest.importorskip("learn2learn", reason="learn2learn not installed (make setup installs it)")
-    return request.param
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def gn_model(seed: int = 0) -> nn.Module:

@@ -17,22 +17,7 @@ from cxr_tools.methods.maml import MamlConfig, adapt, meta_backward, meta_loss, 
 from cxr_tools.methods.maml.engines import higher_task
 from cxr_tools.methods.maml.losses import multilabel_bce
 
-ENGINES = ["learn2learn", "higher", "func"]
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(params=ENGINES)
-def engine(request):
-    if request.param == "learn2learn":
-        pytest.importorskip("learn2learn", reason="learn2learn not installed (make setup installs it)")
-    return request.param
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny_model(seed: int = 0, n_out: int = 2) -> nn.Module:
@@ -69,7 +54,7 @@ def test_engines_give_the_same_meta_gradient(first_order):
     pytest.importorskip("learn2learn", reason="learn2learn not installed (make setup installs it)")
     model = tiny_model()
     tasks = [episode(1), episode(2)]
-    grads = {e: meta_grad(model, tasks, MamlConfig(0.3, 3, first_order, e)) for e in ENGINES}
+    grads = {e: meta_grad(model, tasks, MamlConfig(0.3, 3, first_order, e)) for e in ("learn2learn", "higher", "func")}
     assert grads["func"].norm() > 1e-3
     for e in ("learn2learn", "higher"):
         torch.testing.assert_close(grads[e], grads["func"], rtol=1e-6, atol=1e-12, msg=f"{e} vs func")

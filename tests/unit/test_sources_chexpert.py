@@ -9,6 +9,7 @@ import cv2
 import numpy as np
 import pandas as pd
 import pytest
+from cache_factory import table_row
 
 from cxr_tools.data.labels import CHEXPERT_LABELS
 from cxr_tools.data.sources import BASE_COLUMNS, load_source
@@ -41,25 +42,19 @@ def make_chexpert(parent: Path, *, real_images: bool = False, skip: tuple[str, .
     return parent
 
 
-def row(src, image_id: str) -> pd.Series:
-    match = src.table[src.table["image_id"] == image_id]
-    assert len(match) == 1, image_id
-    return match.iloc[0]
-
-
 def test_reads_real_header_and_keeps_uncertain_cells(tmp_path):
     src = load_source(make_chexpert(tmp_path / "data", real_images=True))
     assert src.kind == "chexpert"
     assert list(src.table.columns) == [*BASE_COLUMNS, *CHEXPERT_LABELS]
     assert src.labels == CHEXPERT_LABELS
-    r = row(src, "CheXpert-v1.0-small/train/patient00002/study2/view1_frontal.jpg")
+    r = table_row(src.table, "CheXpert-v1.0-small/train/patient00002/study2/view1_frontal.jpg")
     # Female,87,Frontal,AP,,,-1.0,1.0,,-1.0,-1.0,,-1.0,,-1.0,,1.0,
     assert (r["patient_id"], r["study"], r["view"], r["sex"], r["age"]) == ("patient00002", "study2", "AP", "F", 87.0)
     assert np.isnan(r["No Finding"]) and np.isnan(r["Enlarged Cardiomediastinum"])
     assert r["Cardiomegaly"] == -1 and r["Lung Opacity"] == 1 and r["Edema"] == -1 and r["Consolidation"] == -1
     assert r["Atelectasis"] == -1 and r["Pleural Effusion"] == -1 and r["Fracture"] == 1
     assert np.isnan(r["Support Devices"])
-    first = row(src, "CheXpert-v1.0-small/train/patient00001/study1/view1_frontal.jpg")
+    first = table_row(src.table, "CheXpert-v1.0-small/train/patient00001/study1/view1_frontal.jpg")
     assert first["No Finding"] == 1 and first["Pneumothorax"] == 0 and first["Support Devices"] == 1
     assert Path(first["source_path"]).is_file()
     raw = pd.read_csv(FIXTURE)
@@ -104,7 +99,7 @@ def test_patients_and_studies(tmp_path):
     for image_id, pid, study in zip(src.table["image_id"], src.table["patient_id"], src.table["study"], strict=True):
         parts = image_id.split("/")
         assert pid == parts[2] and study == parts[3]
-    assert row(src, VALID_ROWS[0].split(",")[0])["split"] == "val"
+    assert table_row(src.table, VALID_ROWS[0].split(",")[0])["split"] == "val"
 
 
 def test_missing_images_are_problems(tmp_path):

@@ -10,6 +10,7 @@ import cv2
 import numpy as np
 import pandas as pd
 import pytest
+from cache_factory import table_row
 
 from cxr_tools.data.labels import NIH_LABELS
 from cxr_tools.data.sources import BASE_COLUMNS, load_source
@@ -37,12 +38,6 @@ def make_nih(root: Path, *, layout: str = "flat", real_images: bool = False, ski
     return root
 
 
-def row(src, image_id: str) -> pd.Series:
-    match = src.table[src.table["image_id"] == image_id]
-    assert len(match) == 1, image_id
-    return match.iloc[0]
-
-
 def test_reads_the_real_v2020_header(tmp_path):
     root = make_nih(tmp_path / "nih", real_images=True)
     src = load_source(root)
@@ -51,11 +46,11 @@ def test_reads_the_real_v2020_header(tmp_path):
     assert list(src.table.columns) == [*BASE_COLUMNS, *NIH_LABELS]
     assert src.labels == NIH_LABELS
     assert src.problems == []
-    r = row(src, "00000001_001.png")
+    r = table_row(src.table, "00000001_001.png")
     assert (r["patient_id"], r["study"], r["view"], r["sex"], r["age"]) == ("00000001", "001", "PA", "M", 58.0)
     assert r["Cardiomegaly"] == 1 and r["Emphysema"] == 1
     assert sum(r[lab] for lab in NIH_LABELS) == 2
-    no_finding = row(src, "00000002_000.png")
+    no_finding = table_row(src.table, "00000002_000.png")
     assert all(no_finding[lab] == 0 for lab in NIH_LABELS)
     assert Path(r["source_path"]).is_absolute() and Path(r["source_path"]).is_file()
     assert src.metadata_file == (root / CSV).resolve()

@@ -2,30 +2,18 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
+from script_modules import REPO, load_script
 
 from cxr_tools.data.labels import NIH_LABELS
 
-_PATH = Path(__file__).resolve().parents[2] / "benchmarks" / "synthetic_learnability.py"
-
-
-def _module():
-    spec = importlib.util.spec_from_file_location("synthetic_learnability", _PATH)
-    assert spec is not None and spec.loader is not None
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod  # dataclasses look their module up there
-    spec.loader.exec_module(mod)
-    return mod
+_PATH = REPO / "benchmarks" / "synthetic_learnability.py"
 
 
 @pytest.mark.slow
 def test_each_finding_is_learnable_but_not_by_brightness():
-    mod = _module()
+    mod = load_script(_PATH, "synthetic_learnability")
     scores = mod.run(patients=400, size=64, px=32, seed=0)
     print("\n" + mod.table(scores))
     assert [s.finding for s in scores] == list(NIH_LABELS)  # every finding has enough examples to score
