@@ -149,9 +149,6 @@ def test_flags_and_yaml_give_the_same_config(path, tmp_path, monkeypatch):
     assert by_yaml == by_flags
 
 
-# Config fields that take the vocabulary's names on other branches (the trainers' checkpoint_every_steps, ...;
-# meta-train's and evaluate's --pool-seed): the lead deletes this set after merging.
-ROUND_TRIP_FAILS_UNTIL_MERGE = {"evaluate"}
 # Engine settings with no option, so no config key: tuning knobs the tests set on the dataclass directly.
 ENGINE_ONLY_FIELDS = {
     "download nih": "backoff_max and retry_seed",
@@ -159,15 +156,7 @@ ENGINE_ONLY_FIELDS = {
 }
 
 
-def _round_trip_params() -> list[Any]:
-    out = []
-    for path in sorted(set(ENGINES) - set(ENGINE_ONLY_FIELDS)):
-        marks = [pytest.mark.xfail(strict=True, reason="until merge")] if path in ROUND_TRIP_FAILS_UNTIL_MERGE else []
-        out.append(pytest.param(path, marks=marks))
-    return out
-
-
-@pytest.mark.parametrize("path", _round_trip_params())
+@pytest.mark.parametrize("path", sorted(set(ENGINES) - set(ENGINE_ONLY_FIELDS)))
 def test_a_saved_config_is_a_valid_config_file(path, tmp_path, monkeypatch):
     """A resolved config saved as YAML (RUN/config.yaml of a trainer) given back as --config gives the same config."""
     from cxr_tools.config import dump_yaml

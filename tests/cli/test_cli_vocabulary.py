@@ -37,18 +37,6 @@ CONCEPTS: dict[str, tuple[str, set[str]]] = {
     "images per patient": ("--images-per-patient", {"images_per_patient"}),
 }
 
-# Renamed on the trainer branch (train, train-siamese, meta-train take the vocabulary there): the lead deletes
-# this set after merging, and the test must then pass without it.
-TRAINER_EXCEPTIONS_UNTIL_MERGE: set[tuple[str, str]] = {
-    ("train", "checkpoint_every"),
-    ("train", "checkpoint_minutes"),
-    ("train", "log_every"),
-    ("train-siamese", "checkpoint_every"),
-    ("train-siamese", "checkpoint_minutes"),
-    ("train-siamese", "log_every"),
-    ("meta-train", "log_every"),
-}
-
 
 def _primary(param: Any) -> str | None:
     return next((o for o in param.opts if o.startswith("--")), None)
@@ -68,8 +56,6 @@ def _options():
 def test_every_concept_has_its_canonical_flag_in_every_command():
     wrong = []
     for path, param in _options():
-        if (path, param.name) in TRAINER_EXCEPTIONS_UNTIL_MERGE:
-            continue
         for concept, (flag, spellings) in CONCEPTS.items():
             if _spellings(param) & spellings and _primary(param) != flag:
                 wrong.append(f"cxr {path} {_primary(param)} ({concept}: use {flag})")
@@ -80,8 +66,6 @@ def test_one_parameter_name_has_one_flag_across_commands():
     flags: dict[str, set[str]] = defaultdict(set)
     where: dict[str, list[str]] = defaultdict(list)
     for path, param in _options():
-        if (path, param.name) in TRAINER_EXCEPTIONS_UNTIL_MERGE:
-            continue
         flags[param.name].add(str(_primary(param)))
         where[param.name].append(f"cxr {path} {_primary(param)}")
     clashes = {name: where[name] for name, found in flags.items() if len(found) > 1}
