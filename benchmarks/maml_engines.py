@@ -1,6 +1,6 @@
 """Tasks per second of the three MAML engines side by side, second and first order.
 
-Setting (issue 5 / ENVIRONMENT.md): a conv4 backbone (4 × [conv3×3 64, GroupNorm(8), ReLU, maxpool 2]) on
+Setting: a conv4 backbone (4 × [conv3×3 64, GroupNorm(8), ReLU, maxpool 2]) on
 84×84 one-channel images, 2-way 7-shot episodes (+7 negatives: 21 support images) with 15 queries per class
 (+15 negatives: 45 query images), 5 inner SGD steps, meta-batch 4, Adam outer step, float32, 2 CPU threads.
 Each engine first runs a one-task, one-step meta-step (imports, allocator), then ``--repeats`` full meta-steps in

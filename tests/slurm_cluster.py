@@ -30,7 +30,7 @@ _failed_restart: list[str] = []  # a restart that did not help is not tried agai
 def require_slurm() -> None:
     """Skip unless sbatch is installed and its controller answers, restarting it once when we may."""
     if shutil.which("sbatch") is None:
-        pytest.skip("sbatch is not on PATH: needs a local SLURM cluster (see ENVIRONMENT.md), as in CI")
+        pytest.skip("sbatch is not on PATH: needs a local SLURM cluster (.ci/setup-slurm.sh starts one), as in CI")
     if _controller_up():
         return
     output = "not restarted: needs root and .ci/setup-slurm.sh"

@@ -1,6 +1,6 @@
 """Patient-disjoint train/val/test splits and class-disjoint meta-splits with disjoint image pools.
 
-Two kinds of split live in a cache (SCIENCE.md §2):
+Two kinds of split live in a cache (docs/science.md, "What is disjoint from what"):
 
 * **Patient split** (``index.csv`` column ``split``): every patient's images are in exactly one of
   train / val / test. :func:`assign_splits` honours an official split (NIH's ``train_val_list.txt`` /
@@ -229,7 +229,7 @@ def check_patient_disjoint(index: Any, *, split_column: str = "split", patient_c
 
 @dataclass(frozen=True)
 class MetaSplit:
-    """Class-disjoint meta-train / meta-val / meta-test class sets (SCIENCE.md §2)."""
+    """Class-disjoint meta-train / meta-val / meta-test class sets (docs/science.md)."""
 
     train: tuple[str, ...]
     val: tuple[str, ...]

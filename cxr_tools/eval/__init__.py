@@ -1,1 +1,1 @@
-"""eval layer (see DESIGN.md §2)."""
+"""eval layer: metrics, intervals, statistics and plots as pure functions (see docs/design.md, "1. Layers")."""

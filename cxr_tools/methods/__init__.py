@@ -1,1 +1,1 @@
-"""methods layer (see DESIGN.md §2)."""
+"""methods layer: few-shot algorithms as small modules (see docs/design.md, "1. Layers")."""

@@ -12,7 +12,7 @@ no-op on unit vectors), so both distances lie in [0, 2] (see :mod:`cxr_tools.mod
 in (0, 2] is meaningful: with ``m = 1`` and the cosine distance, dissimilar pairs are pushed to orthogonal.
 
 A similarity score needs a threshold to become a decision. The seeds used a fixed 0.5 on a set of 90%
-positive pairs (SCIENCE.md §3); :func:`best_threshold` instead picks the threshold that maximises accuracy
+positive pairs (docs/science.md); :func:`best_threshold` instead picks the threshold that maximises accuracy
 on the validation pairs and reports it, next to the threshold-free pair AUC.
 """
 

@@ -2,7 +2,7 @@
 
 A prototypical network classifies a query by the softmax over negative distances to class prototypes, each
 prototype the mean embedding of that class's support examples. Chest X-ray findings are not mutually exclusive,
-so a softmax *across findings* would be wrong (SCIENCE.md §3). Instead every episode class ``c`` is its own
+so a softmax *across findings* would be wrong (docs/science.md). Instead every episode class ``c`` is its own
 binary problem with two prototypes:
 
 * ``p⁺_c`` = mean embedding of the support images positive for ``c``;

@@ -1,4 +1,4 @@
-"""Architecture rules of DESIGN.md §2, checked on the source so a violation fails CI."""
+"""Architecture rules of docs/design.md (section 1, "Layers"), checked on the source so a violation fails CI."""
 
 from __future__ import annotations
 

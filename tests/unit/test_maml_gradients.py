@@ -1,6 +1,6 @@
 """MAML meta-gradients are right: the three engines agree, every meta-parameter learns, finite differences match.
 
-These are the proofs SCIENCE.md §3 asks for; the seed project's ``copy_initial_weights=True`` fails them.
+These are the proofs docs/science.md relies on; the seed project's ``copy_initial_weights=True`` fails them.
 """
 
 from __future__ import annotations
