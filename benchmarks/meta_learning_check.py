@@ -1,6 +1,6 @@
 """Does meta-training learn? MAML vs a randomly initialised model on the same meta-test episodes.
 
-Does meta-learning learn? On the synthetic phantoms: write a dataset, preprocess it, meta-train with
+On the synthetic phantoms: write a dataset, preprocess it, meta-train with
 ``cxr meta-train``'s engine on the meta-train (base) classes, then adapt both the meta-trained model and a randomly
 initialised model of the same architecture with the *same* inner loop (lr, steps) on the *same* fixed, seeded
 episodes of the meta-test classes (drawn from the meta-test pool, which meta-training never read), and report the
