@@ -57,13 +57,15 @@ class LogisticScorer:
     def predict(self, x: Tensor) -> Tensor:
         """Probabilities float32 ``[n, ways]`` (CPU), one column per episode class."""
         import torch
+        from threadpoolctl import threadpool_limits
 
         feats = self.features(x)
         if len(feats) == 0:
             raise ModelError("Nothing to score: the image batch is empty.")
-        if self.scaler is not None:
-            feats = self.scaler.transform(feats)
-        columns = [clf.predict_proba(feats)[:, list(clf.classes_).index(1)] for clf in self.classifiers]
+        with threadpool_limits(1):
+            if self.scaler is not None:
+                feats = self.scaler.transform(feats)
+            columns = [clf.predict_proba(feats)[:, list(clf.classes_).index(1)] for clf in self.classifiers]
         return torch.from_numpy(np.stack(columns, axis=1).astype(np.float32))
 
 
@@ -113,30 +115,33 @@ class LogisticAdapter:
 
     def fit(self, support_x: Tensor, support_y: Tensor, *, generator: torch.Generator | None = None) -> LogisticScorer:
         from sklearn.exceptions import ConvergenceWarning
-        from sklearn.linear_model import LogisticRegression
         from sklearn.preprocessing import StandardScaler
+        from threadpoolctl import threadpool_limits
 
         check_support(support_y, self.ways)
         feats = self.features(support_x)
         targets = support_y.detach().float().cpu().numpy()
-        scaler = StandardScaler().fit(feats) if self.standardise else None
-        if scaler is not None:
-            feats = scaler.transform(feats)
-        classifiers = []
-        for j in range(self.ways):
-            known = ~np.isnan(targets[:, j])
-            y = (targets[known, j] > 0.5).astype(np.int64)
-            if y.min(initial=1) == 1 or y.max(initial=0) == 0:
-                raise ModelError(
-                    f"Class column {j} lacks a positive or a negative support image.",
-                    "Give positives and negatives of every class in the support set.",
-                )
-            clf = LogisticRegression(C=self.c, solver="lbfgs", max_iter=MAX_ITER)
-            with warnings.catch_warnings():  # a few hundred iterations short changes nothing the metrics see
-                warnings.simplefilter("ignore", ConvergenceWarning)
-                clf.fit(feats[known], y)
-            classifiers.append(clf)
+        # one BLAS thread: on a busy machine, threads on a 20 x 2304 problem made each fit 10x slower
+        with threadpool_limits(1), warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)  # a few iterations short changes no metric
+            scaler = StandardScaler().fit(feats) if self.standardise else None
+            if scaler is not None:
+                feats = scaler.transform(feats)
+            classifiers = [self._fit_class(feats, targets[:, j], j) for j in range(self.ways)]
         return LogisticScorer(self.features, scaler, classifiers)
+
+    def _fit_class(self, feats: np.ndarray, target: np.ndarray, j: int) -> Any:
+        """The binary logistic regression of class column ``j`` (NaN targets left out)."""
+        from sklearn.linear_model import LogisticRegression
+
+        known = ~np.isnan(target)
+        y = (target[known] > 0.5).astype(np.int64)
+        if y.min(initial=1) == 1 or y.max(initial=0) == 0:
+            raise ModelError(
+                f"Class column {j} lacks a positive or a negative support image.",
+                "Give positives and negatives of every class in the support set.",
+            )
+        return LogisticRegression(C=self.c, solver="lbfgs", max_iter=MAX_ITER).fit(feats[known], y)
 
 
 def pixel_features(x: Tensor) -> np.ndarray:
