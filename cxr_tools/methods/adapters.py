@@ -365,7 +365,7 @@ def _scratch_adapter(
     run = None
     if model is not None and meta is not None:
         arch, args = str(meta.get("architecture")), dict(meta.get("model_args") or {})
-        run = (_run_dir(str(meta.get("path") or "")), meta)
+        run = (_run_dir(str(meta["path"])) if meta.get("path") else "the evaluated run", meta)
     elif match is not None and backbone in (None, match[1].get("architecture")):
         arch, args = str(match[1].get("architecture")), dict(match[1].get("model_args") or {})
     else:

@@ -77,7 +77,7 @@ def test_baselines_record_what_they_fitted(setup):
         assert 0.5 < result.overall["auc"]["mean"] <= 1.0  # the blobs of the tiny cache are learnable
 
 
-def test_scratch_without_a_budget_is_refused(setup, tmp_path):
+def test_scratch_without_a_budget_is_refused_and_a_run_gives_its_own(setup, tmp_path):
     _tmp, cache, runs, _, _ = setup
     with pytest.raises(ConfigError, match=r"--adapt-steps and --inner-lr not given.*--match RUN"):
         evaluate(EvaluateConfig(data=cache, method="scratch", output=tmp_path / "s", backbone="conv4-tiny", **COMMON))
@@ -86,6 +86,11 @@ def test_scratch_without_a_budget_is_refused(setup, tmp_path):
     with pytest.raises(ConfigError, match="--match applies to --method scratch"):
         evaluate(EvaluateConfig(data=cache, run=runs["maml"], match=runs["maml"], output=tmp_path / "s", **COMMON))
     assert not (tmp_path / "s").exists()
+    # scratch on a run without --match: that run's budget, recorded with its path
+    own = evaluate(EvaluateConfig(data=cache, run=runs["maml"], method="scratch", plots=False, **COMMON))
+    settings = json.loads((own.output / "summary.json").read_text())["settings"]
+    assert (settings["adapt_steps"], settings["matched_run"]) == (2, str(runs["maml"]))
+    assert own.output == runs["maml"] / "eval-scratch"
 
 
 def test_same_episode_list_for_every_method(setup):
