@@ -95,16 +95,11 @@ def run_check(cfg: CheckConfig) -> CheckResult:
     import torch
 
     from cxr_tools.data.cache import open_cache
-    from cxr_tools.data.episodes import EpisodeSpec, episode_list_hash
-    from cxr_tools.data.splits import meta_split_pools
-    from cxr_tools.engine.meta_train import (
-        MetaTrainConfig,
-        evaluate_episodes,
-        make_sampler,
-        meta_train,
-        resolve_meta_split,
-    )
+    from cxr_tools.data.episodes import EpisodeSpec, episode_list_hash, index_patients
+    from cxr_tools.data.splits import meta_split_pools, meta_split_sampler, resolve_meta_split
+    from cxr_tools.engine.meta_train import MetaTrainConfig, meta_train
     from cxr_tools.eval.metrics import mean_ci, paired_difference
+    from cxr_tools.methods.episodes import evaluate_episodes
     from cxr_tools.methods.maml import MamlConfig
     from cxr_tools.models import create_model, load_model_dir
     from cxr_tools.runtime.seeding import seed_everything
@@ -131,7 +126,7 @@ def run_check(cfg: CheckConfig) -> CheckResult:
         seed=cfg.seed,
         device="cpu",
         threads=cfg.threads,
-        log_every=5,
+        log_every_steps=5,
         overwrite=True,
     )
     started = time.perf_counter()
@@ -144,7 +139,8 @@ def run_check(cfg: CheckConfig) -> CheckResult:
     raw = cache.raw_labels()
     pools = meta_split_pools(cache.index, cache.labels, split, seed=0)
     spec = EpisodeSpec(cfg.ways, cfg.shots, cfg.queries)
-    episodes = make_sampler(raw, cache.labels, split, pools, "test", spec).fixed_list(cfg.test_episodes, seed=12345)
+    sampler = meta_split_sampler(raw, cache.labels, split, pools, "test", spec, patients=index_patients(cache.index))
+    episodes = sampler.fixed_list(cfg.test_episodes, seed=12345)
 
     seed_everything(cfg.seed + 1)
     scratch = create_model(cfg.backbone, num_classes=cfg.ways)
@@ -162,7 +158,7 @@ def run_check(cfg: CheckConfig) -> CheckResult:
         diff_ci95=d.ci95,
         p_value=d.p_value,
         n_episodes=ma.n,
-        test_episodes_hash=episode_list_hash(episodes),
+        test_episodes_hash=episode_list_hash(episodes, cache.manifest_hash),
         meta_train_seconds=seconds,
         tasks_per_second=trained.tasks_per_second,
         config={k: str(v) if isinstance(v, Path) else v for k, v in asdict(cfg).items()},

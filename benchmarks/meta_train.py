@@ -90,7 +90,7 @@ def cxr_engine(cache: Path, out: Path, tasks: int, first_order: bool, engine: st
     cfg = MetaTrainConfig(
         cache=cache, output=out, ways=WAYS, shots=SHOTS, queries=QUERIES, inner_lr=INNER_LR, adapt_steps=STEPS,
         meta_batch=META_BATCH, episodes=tasks, first_order=first_order, backbone="conv4", engine=engine,
-        meta_split="metachest", val_episodes=0, device=device, threads=threads, log_every=10, overwrite=True,
+        meta_split="metachest", val_episodes=0, device=device, threads=threads, log_every_steps=10, overwrite=True,
     )  # fmt: skip
     result = meta_train(cfg)
     if result.status != "completed":

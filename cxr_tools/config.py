@@ -1,9 +1,11 @@
-"""Configuration: frozen dataclasses per stage, and the layering defaults < YAML < flags given.
+"""Configuration: frozen dataclasses per stage, config files, and their serialised forms.
 
-Each engine takes one frozen dataclass. The CLI builds it from three layers: the dataclass defaults (which
-are the CLI defaults), a ``--config file.yaml``, and the flags the user actually typed. A YAML file may
-hold the keys at top level or under a section named after the command (``preprocess:``), so one file can
-configure a whole pipeline. Unknown keys are an error that names them, never silently ignored.
+Each engine takes one frozen dataclass, built by the CLI from the command's parameters. Values come in three
+layers: the option defaults, a ``--config file.yaml``, and the flags the user actually typed. The CLI hands
+the file's values to the option parser as defaults (see ``cxr_tools.cli.common``), so a YAML value is
+converted and checked exactly as the same flag would be. This module reads the file and picks the keys for one
+command: at top level or under a section named after the command (``preprocess:``), so one file can
+configure a whole pipeline. Unknown keys are an error that names the closest valid key, never silently ignored.
 """
 
 from __future__ import annotations
@@ -13,11 +15,9 @@ import json
 import os
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 from cxr_tools.errors import ConfigError
-
-T = TypeVar("T")
 
 
 def load_yaml(path: str | os.PathLike[str]) -> dict[str, Any]:
@@ -35,58 +35,83 @@ def load_yaml(path: str | os.PathLike[str]) -> dict[str, Any]:
         return {}
     if not isinstance(data, dict):
         raise ConfigError(f"Config file {path} must hold a mapping of option names to values.")
-    return {str(k).replace("-", "_"): v for k, v in data.items()}
+    return {str(k): v for k, v in data.items()}
 
 
-def section(data: Mapping[str, Any], name: str, known: Iterable[str]) -> dict[str, Any]:
-    """Pick the keys for command ``name``: its own section wins over top-level keys it knows."""
-    known = set(known)
-    out = {k: v for k, v in data.items() if k in known}
-    sub = data.get(name.replace("-", "_")) or data.get(name)
-    if isinstance(sub, dict):
-        sub = {str(k).replace("-", "_"): v for k, v in sub.items()}
-        unknown = sorted(set(sub) - known)
-        if unknown:
-            raise ConfigError(
-                f"Unknown option(s) in the '{name}' section of the config: {', '.join(unknown)}.",
-                f"Known options: {', '.join(sorted(known))}.",
-            )
-        out.update(sub)
+def select(
+    data: Mapping[str, Any], command: str, options: Mapping[str, Mapping[str, str]], source: str = "config"
+) -> dict[str, Any]:
+    """The values of a config file for ``command``, by parameter name; its own section wins over top-level keys.
+
+    ``options`` maps every command name to its accepted keys (``-`` written as ``_``) and the parameter each
+    names. A file may configure a whole pipeline, so a top-level key is accepted when any command knows it and
+    applies to the commands that do; a section is a top-level key named after a command. A key no command
+    (or, inside a section, not that command) knows is refused with the closest valid key, since a typo
+    silently ignored would run with a value the user did not intend.
+    """
+    every = {key for keys in options.values() for key in keys}
+    sections = {name.replace("-", "_"): name for name in options}
+    top: dict[str, Any] = {}
+    own: dict[str, Any] = {}
+    for raw_key, value in data.items():
+        key = _key(raw_key)
+        if key in sections and (isinstance(value, Mapping) or key not in every):
+            name = sections[key]
+            if not isinstance(value, Mapping):
+                raise ConfigError(f"Section '{raw_key}' in {source} must be a mapping of option names to values.")
+            picked = _pick(value, options[name], f"the '{raw_key}' section of {source}")
+            if name == command:
+                own = picked
+        elif key in every:
+            if key in options.get(command, {}):
+                top.update(_pick({raw_key: value}, options[command], source))
+        else:
+            raise ConfigError(f"Unknown key '{raw_key}' in {source}.", _suggest(key, every | set(sections)))
+    return {**top, **own}
+
+
+def _key(raw: object) -> str:
+    return str(raw).strip().replace("-", "_")
+
+
+def _pick(values: Mapping[Any, Any], known: Mapping[str, str], where: str) -> dict[str, Any]:
+    """Keys of one mapping as parameter names; unknown keys and two keys for one parameter are refused."""
+    out: dict[str, Any] = {}
+    spelled: dict[str, str] = {}
+    for raw_key, value in values.items():
+        key = _key(raw_key)
+        if key not in known:
+            raise ConfigError(f"Unknown key '{raw_key}' in {where}.", _suggest(key, set(known)))
+        name = known[key]
+        if name in out:
+            raise ConfigError(f"Keys '{spelled[name]}' and '{raw_key}' in {where} set the same option.", "Keep one.")
+        out[name], spelled[name] = value, str(raw_key)
     return out
 
 
-def build(
-    cls: type[T],
-    defaults_from_flags: Mapping[str, Any],
-    given: Iterable[str],
-    yaml_values: Mapping[str, Any] | None = None,
-) -> T:
-    """Build dataclass ``cls``: flag values, overridden by YAML unless the flag was given explicitly.
+def _suggest(key: str, valid: set[str]) -> str:
+    import difflib
 
-    ``defaults_from_flags`` holds every flag's value (typed or defaulted by the CLI); ``given`` names the
-    flags the user actually typed, which win over ``yaml_values``.
+    close = difflib.get_close_matches(key, sorted(valid), n=1, cutoff=0.6)
+    return f"Did you mean '{close[0]}'?" if close else f"Valid keys: {', '.join(sorted(valid))}."
+
+
+def cli_text(value: Any) -> str:
+    """A YAML scalar as the text a user would type after its flag, so it is converted and checked as a flag is.
+
+    A list becomes the comma-separated form every list-valued cxr option reads (``classes: [A, B]`` is
+    ``--classes A,B``); a mapping the ``KEY=VALUE`` form (``{Effusion: 0.3, Mass: 0.6}`` is
+    ``Effusion=0.3,Mass=0.6``), with ``;`` between entries whose values are lists (``{train: [A, B], val: [C]}``
+    is the meta-split ``train=A,B;val=C``); booleans become ``true`` / ``false``.
     """
-    if not dataclasses.is_dataclass(cls):
-        raise TypeError(f"{cls} is not a dataclass")
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    values = {k: v for k, v in defaults_from_flags.items() if k in fields}
-    given = set(given)
-    for key, value in (yaml_values or {}).items():
-        if key in fields and key not in given:
-            values[key] = _coerce(value, values.get(key))
-    try:
-        return cls(**values)
-    except TypeError as exc:
-        raise ConfigError(f"Invalid configuration for {cls.__name__}: {exc}") from exc
-
-
-def _coerce(value: Any, like: Any) -> Any:
-    """Convert YAML scalars to the type of the CLI default where that is unambiguous (paths, tuples)."""
-    if isinstance(like, Path) and isinstance(value, str):
-        return Path(value)
-    if isinstance(like, tuple) and isinstance(value, list):
-        return tuple(value)
-    return value
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (list, tuple)):
+        return ",".join(cli_text(v) for v in value)
+    if isinstance(value, Mapping):
+        entries = [f"{cli_text(k)}={cli_text(v)}" for k, v in value.items()]
+        return (";" if any(isinstance(v, (list, tuple)) for v in value.values()) else ",").join(entries)
+    return str(value)
 
 
 def to_dict(obj: Any) -> Any:

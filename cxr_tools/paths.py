@@ -19,7 +19,7 @@ def cxr_home() -> Path:
 
 
 def data_root() -> Path:
-    """Where ``cxr download`` puts datasets when no ``--dest`` is given."""
+    """Where ``cxr download`` puts datasets when no ``--output`` is given."""
     env = os.environ.get("CXR_DATA")
     return Path(env).expanduser() if env else cxr_home() / "data"
 

@@ -15,8 +15,9 @@ import torch
 from cache_factory import make_cache, make_index
 
 from cxr_tools.data.cache import open_cache
-from cxr_tools.data.splits import MetaSplit, save_meta_split
+from cxr_tools.data.splits import MetaSplit, meta_split_pools, patients_of, save_meta_split
 from cxr_tools.models import create_model, save_model_dir
+from cxr_tools.models.lineage import write_lineage
 
 LABELS = ("A", "B", "C", "D", "E", "F")
 SPLIT = MetaSplit(train=("A", "B"), val=("C",), test=("D", "E", "F"), name="test-split")
@@ -53,8 +54,13 @@ def make_run(
     extra: dict[str, Any] | None = None,
     image_size: int = 32,
     preprocessing: dict[str, Any] | None = None,
+    lineage: bool = True,
 ) -> Path:
-    """A finished run directory ``tmp_path/name`` with ``model/`` of training ``kind`` (maml/siamese/supervised)."""
+    """A finished run directory ``tmp_path/name`` with ``model/`` of training ``kind`` (maml/siamese/supervised).
+
+    With ``lineage`` the model records, as a trainer would, its classes and the patients of the meta-train pool
+    (pool seed 0; MAML: meta-train and meta-val pools), so evaluate accepts it unless its classes leak.
+    """
     run = Path(tmp_path) / (name or kind)
     reader = open_cache(cache)
     torch.manual_seed(0)
@@ -83,5 +89,12 @@ def make_run(
         "preprocessing": reader.manifest.get("preprocessing") if preprocessing is None else preprocessing,
         "extra": {**base, **(extra or {})},
     }
+    if lineage:
+        pools = meta_split_pools(reader.index, reader.labels, SPLIT, seed=0)
+        used = [pools["train"], pools["val"]] if kind == "maml" else [pools["train"]]
+        meta["lineage"] = write_lineage(
+            run / "model", meta, run=run, patients=patients_of(reader.index, *used), pool="meta-train",
+            meta_split=SPLIT.to_dict(), pool_seed=0,
+        )  # fmt: skip
     save_model_dir(model, meta, run / "model")
     return run

@@ -10,11 +10,13 @@ from cxr_tools.runtime.progress import RecordingProgress
 
 
 class Interrupt(RecordingProgress):
-    """Raises KeyboardInterrupt once ``after`` units were advanced on the task called ``task``."""
+    """Raises KeyboardInterrupt once ``after`` units were advanced on the task called ``task`` (with
+    ``calls=True``: once ``advance`` was called ``after`` times, e.g. after that many chunks)."""
 
-    def __init__(self, task: str, after: int) -> None:
+    def __init__(self, task: str, after: int, *, calls: bool = False) -> None:
         super().__init__()
-        self.name, self.after = task, after
+        self.name, self.after, self.calls = task, after, calls
+        self.n_calls = 0
 
     @contextlib.contextmanager
     def task(self, description: str, total: float | None = None) -> Iterator[Any]:
@@ -24,7 +26,10 @@ class Interrupt(RecordingProgress):
             class _T:
                 def advance(self, n: float = 1) -> None:
                     inner.advance(n)
-                    if description == outer.name and outer.done(description) >= outer.after:
+                    if description != outer.name:
+                        return
+                    outer.n_calls += 1
+                    if (outer.n_calls if outer.calls else outer.done(description)) >= outer.after:
                         raise KeyboardInterrupt
 
                 def __getattr__(self, name: str) -> Any:

@@ -10,8 +10,7 @@ from typing import Any
 import cv2
 import numpy as np
 import torch
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
+from dicom_fixtures import dx_dataset, set_pixels
 
 from cxr_tools.data.imaging import ImageOps
 from cxr_tools.models import create_model, save_model_dir
@@ -57,23 +56,8 @@ def phantom(rng: np.random.Generator, h: int = 48, w: int = 40) -> np.ndarray:
 
 def write_dicom(path: Path, arr: np.ndarray, *, photometric: str = "MONOCHROME2") -> Path:
     """An uncompressed DX DICOM file of ``arr`` (uint8 or uint16)."""
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID = meta.MediaStorageSOPClassUID
-    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
-    ds.Modality = "DX"
-    ds.Rows, ds.Columns = arr.shape
-    ds.SamplesPerPixel = 1
-    ds.PhotometricInterpretation = photometric
-    ds.BitsAllocated = arr.dtype.itemsize * 8
-    ds.BitsStored = ds.BitsAllocated
-    ds.HighBit = ds.BitsStored - 1
-    ds.PixelRepresentation = 0
-    ds.PixelData = np.ascontiguousarray(arr).tobytes()
+    ds = dx_dataset()
+    set_pixels(ds, arr, photometric=photometric)
     ds.save_as(path, enforce_file_format=True)
     return path
 

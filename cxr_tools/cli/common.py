@@ -1,8 +1,8 @@
 """What every command shares: consoles, options, config resolution, error handling, output.
 
-Conventions (DESIGN.md §4): results on stdout, progress and logs on stderr; a :class:`CxrError` becomes one
-line on stderr and exit 1 (``CXR_DEBUG=1`` adds the traceback); usage errors exit 2 (Typer); partial success
-exits 3; Ctrl-C exits 130.
+Conventions (the CLI contract in docs/design.md): results on stdout, progress and logs on stderr; a
+:class:`CxrError` becomes one line on stderr and exit 1 (``CXR_DEBUG=1`` adds the traceback); usage errors,
+including a bad ``--config`` file, exit 2 (Typer); partial success exits 3; Ctrl-C exits 130.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import typer
 from rich.console import Console
 
 from cxr_tools import config as cfg
-from cxr_tools.errors import CxrError
+from cxr_tools.errors import ConfigError, CxrError
 from cxr_tools.runtime.progress import Progress
 
 EXIT_OK = 0
@@ -46,27 +46,134 @@ def stderr_console() -> Console:
     return Console(file=sys.stderr, soft_wrap=True)
 
 
-# --- shared options -------------------------------------------------------------------------------------
+# --- --config: YAML values become the command's defaults ------------------------------------------------
+def _load_config(ctx: typer.Context, param: typer.CallbackParam, value: Path | None) -> Path | None:
+    """Eager ``--config`` callback: the file's values for this command become its ``default_map``.
+
+    Click then parses each value exactly as the flag's text (types, ``min=``/``max=``, choices, callbacks),
+    and a flag typed on the command line still wins. Positional arguments may be set too (``cache: PATH``),
+    so a saved ``RUN/config.yaml`` names everything a rerun needs. Every value is checked here, so a bad file
+    fails before anything runs, as a usage error (exit 2) naming the key and the file.
+    """
+    if value is None or ctx.resilient_parsing:
+        return value
+    params = {p.name: p for p in ctx.command.params if p.name is not None and _configurable(p)}
+    defaults: dict[str, Any] = {}
+    try:
+        options = _app_options(ctx)
+        values = cfg.select(cfg.load_yaml(value), ctx.info_name or "", options, str(value))
+        for name, raw in values.items():
+            if raw is None:  # YAML null: the option's own default
+                continue
+            try:
+                defaults[name] = _as_flag_text(ctx, params[name], raw)
+            except (ConfigError, typer.BadParameter) as exc:
+                detail = exc.message if isinstance(exc, typer.BadParameter) else str(exc)
+                raise ConfigError(f"Invalid value for '{name}' in {value}: {detail}") from None
+    except ConfigError as exc:
+        ctx.fail(str(exc))
+    ctx.default_map = {**(ctx.default_map or {}), **defaults}
+    return value
+
+
+def _as_flag_text(ctx: typer.Context, param: Any, raw: Any) -> Any:
+    """A YAML value as the flag's text (a list of texts for a repeatable one), checked as the flag would be."""
+    if param.multiple or param.nargs == -1:
+        text: Any = [cfg.cli_text(v) for v in (raw if isinstance(raw, (list, tuple)) else [raw])]
+    else:
+        text = cfg.cli_text(raw)
+    param.process_value(ctx, text)
+    return text
+
+
+def _configurable(param: Any) -> bool:
+    return bool(param.expose_value) and not param.is_eager and param.name != "config"
+
+
+def _keys(params: Any) -> dict[str, str]:
+    """A command's config keys: each parameter's name and its long flags without dashes, ``-`` as ``_``."""
+    keys: dict[str, str] = {}
+    for p in params:
+        if p.name is None or not _configurable(p):
+            continue
+        keys[p.name] = p.name
+        for flag in p.opts:
+            if flag.startswith("--"):
+                keys[flag[2:].replace("-", "_")] = p.name
+    return keys
+
+
+def _app_options(ctx: typer.Context) -> dict[str, dict[str, str]]:
+    """Config keys of every command of the app, by command name (what a pipeline-wide file may hold)."""
+    options: dict[str, dict[str, str]] = {}
+
+    def walk(command: Any, name: str) -> None:
+        subcommands = getattr(command, "commands", None)
+        if subcommands:
+            for sub_name, sub in subcommands.items():
+                walk(sub, sub_name)
+        else:
+            options.setdefault(name, {}).update(_keys(command.params))
+
+    walk(ctx.find_root().command, ctx.find_root().info_name or "")
+    options[ctx.info_name or ""] = _keys(ctx.command.params)
+    return options
+
+
+# --- shared options: one spelling per concept in every command ----------------------------------------
 ConfigOpt = Annotated[
     Path | None,
     typer.Option(
         "--config",
-        help="YAML file of option values; flags given on the command line win.",
+        help="YAML file of option values (top level or under a section named after the command); flags given "
+        "on the command line win.",
         show_default=False,
+        is_eager=True,
+        callback=_load_config,
+        exists=True,
+        dir_okay=False,
     ),
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print the result as JSON on stdout.")]
 OverwriteOpt = Annotated[bool, typer.Option("--overwrite", help="Replace a complete existing output.")]
 ResumeOpt = Annotated[bool, typer.Option("--resume/--no-resume", help="Continue an incomplete output.")]
 SeedOpt = Annotated[int, typer.Option("--seed", help="Seed for every random choice (same seed, same result).")]
+PoolSeedOpt = Annotated[
+    int, typer.Option("--pool-seed", help="Seed distributing the negative patients over the meta-split pools.")
+]
 WorkersOpt = Annotated[int, typer.Option("--workers", min=0, help="Worker processes (0 = in this process).")]
 DeviceOpt = Annotated[str, typer.Option("--device", help="auto, cpu, cuda, cuda:N or mps.")]
+ThreadsOpt = Annotated[
+    int | None, typer.Option("--threads", min=1, help="CPU threads for torch.", show_default="torch's default")
+]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")]
+MetaSplitOpt = Annotated[
+    str,
+    typer.Option(
+        "--meta-split",
+        help="auto (a saved split, else MetaChest), metachest, a YAML/JSON file or 'train=A,B;val=C;test=D,E'.",
+    ),
+]
+CheckpointEveryStepsOpt = Annotated[
+    int | None,
+    typer.Option("--checkpoint-every-steps", min=1, help="Write last.pt every N steps.", show_default=False),
+]
+CheckpointEveryMinutesOpt = Annotated[
+    float | None, typer.Option("--checkpoint-every-minutes", min=0.01, help="Write last.pt every M minutes.")
+]
+LogEveryStepsOpt = Annotated[
+    int, typer.Option("--log-every-steps", min=0, help="A metrics.jsonl record every N steps (0 = none).")
+]
+
+
+def output_option(help: str, *old_names: str, show_default: bool | str = False) -> Any:
+    """``--output/-o`` with a command's own help; ``old_names`` keep a former spelling working."""
+    return typer.Option("--output", *old_names, "-o", help=help, show_default=show_default)
 
 
 @contextlib.contextmanager
 def handle_errors() -> Iterator[None]:
-    """Turn library errors into the exit codes of DESIGN.md §4."""
+    """Turn library errors into the exit codes of the CLI contract (docs/design.md)."""
     try:
         yield
     except CxrError as exc:
@@ -80,27 +187,20 @@ def handle_errors() -> Iterator[None]:
         raise typer.Exit(EXIT_INTERRUPTED) from None
 
 
-def given_flags(ctx: typer.Context) -> set[str]:
-    """Names of the parameters the user typed (or set through an environment variable)."""
-    given: set[str] = set()
-    for name in ctx.params:
-        source = ctx.get_parameter_source(name)
-        if source is not None and source.name in {"COMMANDLINE", "ENVIRONMENT"}:
-            given.add(name)
-    return given
+def build_config(cls: type[T], **values: Any) -> T:
+    """The engine config from the command's parameters (already layered: defaults < ``--config`` < flags)."""
+    try:
+        return cls(**values)
+    except TypeError as exc:
+        raise ConfigError(f"Invalid configuration for {cls.__name__}: {exc}") from exc
 
 
 def make_config(
     ctx: typer.Context, cls: type[T], config_file: Path | None, command: str | None = None, **values: Any
 ) -> T:
-    """Build the engine config: dataclass defaults < ``--config`` YAML < flags actually given."""
-    import dataclasses
-
-    yaml_values: dict[str, Any] = {}
-    if config_file is not None:
-        known = [f.name for f in dataclasses.fields(cls)]  # type: ignore[arg-type]
-        yaml_values = cfg.section(cfg.load_yaml(config_file), command or ctx.info_name or "", known)
-    return cfg.build(cls, values, given_flags(ctx), yaml_values)
+    """Former name of :func:`build_config`, kept for the commands that still call it; ``ctx``, ``config_file``
+    and ``command`` are no longer read, because the ``--config`` callback has already applied the file."""
+    return build_config(cls, **values)
 
 
 def progress_for(quiet: bool = False) -> Progress:

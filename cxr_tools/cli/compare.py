@@ -1,4 +1,4 @@
-"""``cxr compare RUN_OR_EVAL_DIR...``: ranked table, paired differences against the best, a one-line verdict."""
+"""``cxr compare RUN_OR_EVAL_DIR...``: ranked table, Holm-adjusted paired differences, a one-line verdict."""
 
 from __future__ import annotations
 
@@ -30,14 +30,38 @@ def compare(
         ),
     ] = None,
     metric: Annotated[str, typer.Option("--metric", help="Ranking metric: auc, ap, f1, precision or recall.")] = "auc",
+    groups: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--group",
+            help="NAME=RUN,RUN,...: runs of one method that differ only in seed (repeatable; added to the inputs).",
+            show_default=False,
+        ),
+    ] = None,
+    auto_group: Annotated[
+        bool,
+        typer.Option(
+            "--auto-group/--no-auto-group",
+            help="Group evaluations of runs whose configs differ only in the seed.",
+        ),
+    ] = True,
+    reference: Annotated[
+        str | None,
+        typer.Option(
+            "--reference",
+            help="Test every method against this one (its name or path) instead of all pairs.",
+            show_default=False,
+        ),
+    ] = None,
     overwrite: OverwriteOpt = False,
     config: ConfigOpt = None,
     json_output: JsonOpt = False,
 ) -> None:
-    """Rank evaluations made on the same episodes; paired differences (95% CI, p) against the best method.
+    """Rank evaluations made on the same episodes; paired differences (95% CI, Holm-adjusted p) for all pairs.
 
-    Refuses evaluations of different episode lists (it names each one and its hash): their numbers are not
-    comparable episode by episode.
+    Runs that differ only in the training seed are grouped (or --group): their scores are averaged over seeds and
+    their interval includes the between-seed variance. Refuses evaluations of different episode lists, caches or
+    old (not patient-disjoint) episode lists, naming what differs.
     """
     with handle_errors():
         from cxr_tools.engine.compare import CompareConfig
@@ -52,6 +76,9 @@ def compare(
             output=output,
             metric=metric,
             overwrite=overwrite,
+            groups=tuple(groups or ()),
+            auto_group=auto_group,
+            reference=reference,
         )
         result = run_compare(cfg)
 
@@ -61,43 +88,57 @@ def compare(
 def render(console: Console, result: Any) -> None:
     """The ranked table (per-class columns when the console is wide enough), then the verdict and the files."""
     from rich import box
+    from rich.markup import escape
 
-    name = result.metric.upper() if result.metric in ("auc", "ap") else result.metric
-    longest = max(len(row.name) for row in result.rows)
-    base = longest + 76
-    show_kind = console.width >= base + 12
+    from cxr_tools.engine.compare_output import LEAK_MARK, metric_name, p_cell
+
+    name = metric_name(result.metric)
+    names = [escape(f"{row.name} {LEAK_MARK}" if row.leak else row.name) for row in result.rows]
+    budget_width = max([len("budget"), *(len(row.budget) for row in result.rows)])
+    base = max(len(n) for n in names) + 76
+    show_budget = console.width >= base + budget_width + 3
     class_width = sum(max(len(c), 5) + 3 for c in result.classes)  # header or value, plus padding
-    classes = list(result.classes) if console.width >= base + 12 + class_width else []
+    extra = budget_width + 3 if show_budget else 0
+    classes = list(result.classes) if console.width >= base + extra + class_width else []
     table = Table(
         title=f"cxr compare: {name}, mean ± 95% CI over {result.episodes} shared episodes",
-        caption=f"episode list {result.episode_list_hash}; Δ = method − best, paired over episodes",
+        caption=f"episode list {result.episode_list_hash}; Δ = method − {escape(result.reference)}, paired over "
+        "episodes; p Holm-adjusted; * per class: significant",
         box=box.SIMPLE_HEAD,
     )
     table.add_column("#", justify="right", no_wrap=True)
     table.add_column("method", no_wrap=True)
-    if show_kind:
-        table.add_column("kind", no_wrap=True)
+    if show_budget:
+        table.add_column("budget", no_wrap=True)
     table.add_column(name, justify="right", no_wrap=True)
-    table.add_column("Δ vs best [95% CI]", justify="right", no_wrap=True)
+    table.add_column("Δ [95% CI]", justify="right", no_wrap=True)
     table.add_column("p", justify="right", no_wrap=True)
     for cls in classes:
         table.add_column(cls, justify="right", no_wrap=True)
-    for row in result.rows:
+    for row, label in zip(result.rows, names, strict=True):
         if row.diff is None:
             diff, p = "—", "—"
         else:
             ci = row.diff_ci95 if row.diff_ci95 is not None else float("nan")
             diff = f"{row.diff:+.3f} [{row.diff - ci:+.3f}, {row.diff + ci:+.3f}]"
-            p = "n/a" if row.p_value != row.p_value else ("<0.001" if row.p_value < 0.001 else f"{row.p_value:.3f}")
+            p = p_cell(row.p_value, "identical" if row.note.startswith("identical") else "")
             if not row.significant:
                 p += " n.s."
-        cells = [str(row.rank), row.name, *([row.kind or "-"] if show_kind else [])]
+        cells = [str(row.rank), label, *([escape(row.budget or "-")] if show_budget else [])]
         cells += [f"{row.mean:.3f} ± {row.ci95:.3f}", diff, p, *[_mean(row.per_class.get(c)) for c in classes]]
-        table.add_row(*cells)
+        table.add_row(*cells, style="bold red" if row.leak else None)
     console.print(table)
     if len(classes) < len(result.classes):
-        console.print("(per-class values: comparison.md / comparison.csv, or widen the terminal)")
-    console.print(result.verdict)
+        console.print("(per-class values and tests: comparison.md / comparison.csv, or widen the terminal)")
+    for row in result.rows:
+        if len(row.eval_dirs) > 1:
+            console.print(
+                f"{row.name}: {len(row.eval_dirs)} seeds averaged; interval includes between-seed variance",
+                markup=False,
+            )
+        if row.leak:
+            console.print(f"{LEAK_MARK} {row.name}: {row.leak}", markup=False)
+    console.print(result.verdict, markup=False)
     for path in result.files:
         console.print(f"wrote: {path}")
 
@@ -105,4 +146,5 @@ def render(console: Console, result: Any) -> None:
 def _mean(value: Any) -> str:
     if not value or value.get("mean") != value.get("mean"):
         return "n/a"
-    return f"{value['mean']:.3f}"
+    star = "*" if value.get("significant") else ""
+    return f"{value['mean']:.3f}{star}"

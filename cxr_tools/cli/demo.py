@@ -14,16 +14,17 @@ from cxr_tools.cli.common import (
     JsonOpt,
     OverwriteOpt,
     SeedOpt,
+    ThreadsOpt,
+    build_config,
     emit,
     handle_errors,
-    make_config,
+    output_option,
     progress_for,
 )
 
 
 def demo(
-    ctx: typer.Context,
-    workdir: Annotated[Path, typer.Option("--workdir", "-o", help="Where the demo writes everything.")] = Path(
+    output: Annotated[Path, output_option("Where the demo writes everything.", "--workdir", show_default=True)] = Path(
         "cxr-demo"
     ),
     patients: Annotated[int, typer.Option("--patients", min=50, help="Synthetic patients to generate.")] = 600,
@@ -32,7 +33,7 @@ def demo(
     episodes: Annotated[
         int | None, typer.Option("--episodes", min=2, help="Evaluation episodes (default 100; 30 with --quick).")
     ] = None,
-    threads: Annotated[int | None, typer.Option("--threads", min=1, help="Torch threads (default: torch's).")] = None,
+    threads: ThreadsOpt = None,
     seed: SeedOpt = 0,
     overwrite: OverwriteOpt = False,
     config: ConfigOpt = None,
@@ -47,12 +48,9 @@ def demo(
     with handle_errors():
         from cxr_tools.engine.demo import DemoConfig, run_demo
 
-        cfg = make_config(
-            ctx,
+        cfg = build_config(
             DemoConfig,
-            config,
-            "demo",
-            workdir=workdir,
+            workdir=output,
             patients=patients,
             size=size,
             quick=quick,

@@ -16,10 +16,12 @@ from cxr_tools.cli.common import (
     JsonOpt,
     OverwriteOpt,
     SeedOpt,
+    WorkersOpt,
+    build_config,
     emit,
     exit_partial,
     handle_errors,
-    make_config,
+    output_option,
     progress_for,
 )
 
@@ -31,14 +33,13 @@ app = typer.Typer(
 
 @app.command("synthetic")
 def synthetic(
-    ctx: typer.Context,
-    dest: Annotated[Path, typer.Option("--dest", "-o", help="Directory to write the dataset into.")],
+    output: Annotated[Path, output_option("Directory to write the dataset into.", "--dest")],
     patients: Annotated[int, typer.Option("--patients", min=1, help="Number of patients.")] = 200,
     size: Annotated[int, typer.Option("--size", min=32, max=4096, help="Image side in pixels.")] = 256,
     seed: SeedOpt = 0,
     layout: Annotated[str, typer.Option("--layout", help="nih or chexpert directory layout.")] = "nih",
     format: Annotated[str, typer.Option("--format", help="png or dicom image files.")] = "png",
-    workers: Annotated[int, typer.Option("--workers", min=0, help="Worker processes (0 = in this process).")] = 0,
+    workers: WorkersOpt = 0,
     overwrite: OverwriteOpt = False,
     config: ConfigOpt = None,
     json_output: JsonOpt = False,
@@ -48,12 +49,9 @@ def synthetic(
         from cxr_tools.data.synthetic import SyntheticConfig
         from cxr_tools.engine.download import download_synthetic
 
-        cfg = make_config(
-            ctx,
+        cfg = build_config(
             SyntheticConfig,
-            config,
-            "synthetic",
-            dest=dest,
+            dest=output,
             patients=patients,
             size=size,
             seed=seed,
@@ -77,10 +75,7 @@ def synthetic(
 
 
 # --- real datasets ----------------------------------------------------------------------------------------
-DestOpt = Annotated[
-    Path | None,
-    typer.Option("--dest", "-o", help="Dataset directory (default: $CXR_DATA/<dataset>).", show_default=False),
-]
+DatasetOutputOpt = Annotated[Path | None, output_option("Dataset directory (default: $CXR_DATA/<dataset>).", "--dest")]
 KeepArchivesOpt = Annotated[
     bool, typer.Option("--keep-archives", help="Keep the downloaded archives after extraction (to re-extract later).")
 ]
@@ -102,6 +97,22 @@ def _check_parts(value: str | None) -> str | None:
     except ConfigError as exc:
         raise typer.BadParameter(str(exc)) from None
     return value
+
+
+def _check_checksums(value: str | None) -> str | None:
+    if value is not None:
+        _checksums(value)
+    return value
+
+
+def _checksums(text: str | None) -> dict[str, str] | None:
+    """``images_001.tar.gz=MD5,...`` -> a mapping; in ``--config`` a YAML mapping is written the same way."""
+    if not text:
+        return None
+    pairs = [p.split("=", 1) for p in text.split(",") if p.strip()]
+    if any(len(p) != 2 or not p[0].strip() or not p[1].strip() for p in pairs):
+        raise typer.BadParameter(f"'{text}' is not NAME=MD5[,NAME=MD5...].")
+    return {name.strip(): md5.strip() for name, md5 in pairs}
 
 
 def _print_parts(console: Console, title: str, reports: Any) -> None:
@@ -151,8 +162,7 @@ def _finish(failed: int, total: int, what: str) -> None:
 
 @app.command("nih")
 def nih(
-    ctx: typer.Context,
-    dest: DestOpt = None,
+    output: DatasetOutputOpt = None,
     parts: Annotated[
         str | None,
         typer.Option("--parts", callback=_check_parts, help="Archives to fetch, e.g. 1,3-5 (default: all 12)."),
@@ -169,6 +179,15 @@ def nih(
         typer.Option(
             "--metadata",
             help="Metadata CSV / split lists: 'kaggle', a URL, a file, a folder or a zip/tar of them (repeatable).",
+        ),
+    ] = None,
+    checksums: Annotated[
+        str | None,
+        typer.Option(
+            "--checksums",
+            callback=_check_checksums,
+            help="MD5s overriding the official ones: images_001.tar.gz=MD5,... (a mapping in --config).",
+            show_default=False,
         ),
     ] = None,
     keep_archives: KeepArchivesOpt = False,
@@ -189,15 +208,13 @@ def nih(
         from cxr_tools.data.download.nih import NihConfig
         from cxr_tools.engine.download import download_nih
 
-        cfg = make_config(
-            ctx,
+        cfg = build_config(
             NihConfig,
-            config,
-            "nih",
-            dest=dest,
+            dest=output,
             parts=parts or (),
             base_url=base_url,
             metadata=tuple(metadata or ()),
+            checksums=_checksums(checksums),
             keep_archives=keep_archives,
             retries=retries,
             timeout=timeout,
@@ -218,8 +235,7 @@ def nih(
 
 @app.command("kaggle")
 def kaggle(
-    ctx: typer.Context,
-    dest: DestOpt = None,
+    output: DatasetOutputOpt = None,
     from_dir: Annotated[
         Path | None,
         typer.Option("--from", help="Use a mirror already downloaded (unpacked) here instead of kagglehub."),
@@ -237,12 +253,9 @@ def kaggle(
         from cxr_tools.data.download.kaggle import KaggleConfig
         from cxr_tools.engine.download import download_kaggle
 
-        cfg = make_config(
-            ctx,
+        cfg = build_config(
             KaggleConfig,
-            config,
-            "kaggle",
-            dest=dest,
+            dest=output,
             from_dir=from_dir,
             handle=handle,
             link=link,
@@ -261,14 +274,13 @@ def kaggle(
 
 @app.command("chexpert")
 def chexpert(
-    ctx: typer.Context,
-    source: Annotated[
+    origin: Annotated[
         str | None,
         typer.Option(
             "--from", help="The signed download URL Stanford sent you, or the archive file.", show_default=False
         ),
     ] = None,
-    dest: DestOpt = None,
+    output: DatasetOutputOpt = None,
     md5: Annotated[str | None, typer.Option("--md5", help="Expected MD5 of the archive, if you have one.")] = None,
     keep_archives: KeepArchivesOpt = False,
     retries: RetriesOpt = 5,
@@ -283,13 +295,10 @@ def chexpert(
         from cxr_tools.data.download.chexpert import ChexpertConfig
         from cxr_tools.engine.download import download_chexpert
 
-        cfg = make_config(
-            ctx,
+        cfg = build_config(
             ChexpertConfig,
-            config,
-            "chexpert",
-            source=source or "",
-            dest=dest,
+            source=origin or "",
+            dest=output,
             md5=md5,
             keep_archives=keep_archives,
             retries=retries,

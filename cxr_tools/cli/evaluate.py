@@ -56,6 +56,14 @@ def evaluate(
     queries: Annotated[
         int, typer.Option("--queries", min=1, help="Query positives per class, plus as many negatives.")
     ] = 15,
+    images_per_patient: Annotated[
+        int,
+        typer.Option(
+            "--images-per-patient",
+            min=1,
+            help="Most images one patient contributes to an episode (support and query never share a patient).",
+        ),
+    ] = 1,
     seed: SeedOpt = 0,
     threshold: Annotated[
         float, typer.Option("--threshold", help="Probability threshold of F1 / precision / recall.")
@@ -119,14 +127,32 @@ def evaluate(
             help="Continue an interrupted evaluation in the output folder after its finished episodes.",
         ),
     ] = True,
+    pool_seed: Annotated[
+        int | None,
+        typer.Option(
+            "--pool-seed",
+            help="Seed of the meta-split pools (which patients form the meta-test pool); another seed than the "
+            "run trained with mixes its training patients into the meta-test pool, which evaluate refuses.",
+            show_default="the run's, else 0",
+        ),
+    ] = None,
+    allow_leak: Annotated[
+        bool,
+        typer.Option(
+            "--allow-leak",
+            help="Evaluate a run whose lineage trained on a meta-test class or patient (or has no lineage record): "
+            "exploration only, the summary and every table then carry the leak.",
+        ),
+    ] = False,
     config: ConfigOpt = None,
     json_output: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
     """Few-shot evaluation of a run on the meta-test classes: per-class AUC, AP, F1/precision/recall, 95% CIs.
 
-    The episode list depends only on the cache, meta-split, --ways/--shots/--queries, --episodes and --seed, so
-    every method evaluated with the same options sees the same episodes (cxr compare checks the hash). Writes
+    The episode list depends only on the cache, meta-split, --ways/--shots/--queries/--images-per-patient, --episodes
+    and --seed, so every method evaluated with the same options sees the same episodes (cxr compare checks the
+    hash); support and query never share a patient. Writes
     summary.json, episodes.csv, scores.csv, episodes.json and plots/ to RUN/eval (or -o).
     """
     with handle_errors():
@@ -148,6 +174,7 @@ def evaluate(
             ways=ways,
             shots=shots,
             queries=queries,
+            images_per_patient=images_per_patient,
             seed=seed,
             threshold=threshold,
             meta_split=meta_split,
@@ -164,6 +191,8 @@ def evaluate(
             threads=threads,
             overwrite=overwrite,
             resume=resume,
+            pool_seed=pool_seed,
+            allow_leak=allow_leak,
         )
         if cfg.data is None:
             raise ConfigError("No cache given.", "Pass --data CACHE (a directory written by cxr preprocess).")
@@ -186,7 +215,7 @@ def render(console: Console, result: Any) -> None:
         metrics = [m for m in metrics if m in ("auc", "ap", "f1")]
     title = (
         f"cxr evaluate: {result.name} — {result.episodes} episodes, {result.ways}-way {result.shots}-shot "
-        f"{result.queries}-query; mean ± 95% CI over episodes; threshold {result.threshold:g}"
+        f"{result.queries}-query; mean ± 95% CI (the wider interval, below); threshold {result.threshold:g}"
     )
     table = Table(title=title, box=box.SIMPLE_HEAD, caption=f"episode list {result.episode_list_hash}")
     table.add_column("class", no_wrap=True)
@@ -197,9 +226,12 @@ def render(console: Console, result: Any) -> None:
         n = values[metrics[0]]["n"] if metrics else 0
         table.add_row(cls, str(n), *[_cell(values[m]) for m in metrics])
     table.add_row("overall", str(result.episodes), *[_cell(result.overall[m]) for m in metrics], style="bold")
+    if getattr(result, "leak", None):
+        console.print(f"LEAK (--allow-leak): {result.leak}; not a publishable number.", style="bold red", markup=False)
     console.print(table)
     if len(metrics) < len(result.overall):
         console.print("(precision and recall: see summary.json, or widen the terminal)")
+    _print_intervals(console, result.overall, metrics)
     if result.pairs:
         p = result.pairs
         console.print(
@@ -208,6 +240,22 @@ def render(console: Console, result: Any) -> None:
             f"({p['threshold_source']})"
         )
     console.print(f"evaluation: {result.output} ({result.seconds:.1f} s)")
+
+
+def _print_intervals(console: Console, overall: dict[str, Any], metrics: list[str]) -> None:
+    """Both overall intervals: over episodes (Student t) and patient-cluster bootstrap; the table shows the wider."""
+    parts = []
+    for m in metrics:
+        est = overall[m]
+        if est.get("bootstrap_low") is None or est.get("mean") is None:
+            continue
+        ep = est.get("episode_ci95")
+        parts.append(
+            f"{_METRIC_NAMES.get(m, m)} episode-t ± {_num(ep)}, patient bootstrap "
+            f"[{_num(est['bootstrap_low'])}, {_num(est['bootstrap_high'])}] → {est.get('interval')}"
+        )
+    if parts:
+        console.print("95% intervals (the table shows the wider): " + "; ".join(parts))
 
 
 def _num(value: Any) -> str:

@@ -15,6 +15,7 @@ from cxr_tools.cli.common import (
     DeviceOpt,
     JsonOpt,
     OverwriteOpt,
+    PoolSeedOpt,
     QuietOpt,
     SeedOpt,
     emit,
@@ -22,6 +23,7 @@ from cxr_tools.cli.common import (
     make_config,
     progress_for,
 )
+from cxr_tools.cli.train import CkptMinutesOpt, CkptStepsOpt, LogEveryOpt
 
 
 def meta_train(
@@ -35,6 +37,14 @@ def meta_train(
     queries: Annotated[
         int, typer.Option("--queries", min=1, help="Query positives per class, plus as many negatives.")
     ] = 10,
+    images_per_patient: Annotated[
+        int,
+        typer.Option(
+            "--images-per-patient",
+            min=1,
+            help="Most images one patient contributes to an episode (support and query never share a patient).",
+        ),
+    ] = 1,
     inner_lr: Annotated[float, typer.Option("--inner-lr", help="Step size of the inner (adaptation) SGD steps.")] = (
         0.01
     ),
@@ -76,6 +86,7 @@ def meta_train(
             "'train=A,B;val=C;test=D,E'.",
         ),
     ] = "auto",
+    pool_seed: PoolSeedOpt = 0,
     val_every: Annotated[int, typer.Option("--val-every", min=1, help="Meta-steps between validations.")] = 100,
     val_episodes: Annotated[
         int, typer.Option("--val-episodes", min=0, help="Fixed meta-val episodes per validation (0 = none).")
@@ -89,14 +100,9 @@ def meta_train(
     grad_clip: Annotated[
         float | None, typer.Option("--grad-clip", help="Clip the meta-gradient's norm.", show_default=False)
     ] = None,
-    log_every: Annotated[int, typer.Option("--log-every", min=0, help="Meta-steps between metrics records.")] = 10,
-    checkpoint_every_steps: Annotated[
-        int | None,
-        typer.Option("--checkpoint-every-steps", min=1, help="Write last.pt every N meta-steps.", show_default=False),
-    ] = None,
-    checkpoint_every_minutes: Annotated[
-        float, typer.Option("--checkpoint-every-minutes", help="Write last.pt every N minutes.")
-    ] = 10.0,
+    log_every_steps: LogEveryOpt = 10,
+    checkpoint_every_steps: CkptStepsOpt = None,
+    checkpoint_every_minutes: CkptMinutesOpt = 10.0,
     resume: Annotated[
         bool, typer.Option("--resume/--no-resume", help="Continue an incomplete run in RUN (default).")
     ] = True,
@@ -128,6 +134,7 @@ def meta_train(
             ways=ways,
             shots=shots,
             queries=queries,
+            images_per_patient=images_per_patient,
             inner_lr=inner_lr,
             meta_lr=meta_lr,
             adapt_steps=adapt_steps,
@@ -138,6 +145,7 @@ def meta_train(
             init=init,
             engine=engine,
             meta_split=meta_split,
+            pool_seed=pool_seed,
             val_every=val_every,
             val_episodes=val_episodes,
             seed=seed,
@@ -145,7 +153,7 @@ def meta_train(
             threads=threads,
             amp=amp,
             grad_clip=grad_clip,
-            log_every=log_every,
+            log_every_steps=log_every_steps,
             checkpoint_every_steps=checkpoint_every_steps,
             checkpoint_every_minutes=checkpoint_every_minutes,
             resume=resume,

@@ -8,7 +8,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from cxr_tools.cli.common import ConfigOpt, JsonOpt, emit, handle_errors, make_config
+from cxr_tools.cli.common import ConfigOpt, JsonOpt, build_config, emit, handle_errors
 
 
 def _params(n: int) -> str:
@@ -16,7 +16,6 @@ def _params(n: int) -> str:
 
 
 def models(
-    ctx: typer.Context,
     pattern: Annotated[
         str | None,
         typer.Argument(help="A model name (shows its card), a wildcard like 'resnet*', or a substring."),
@@ -29,7 +28,7 @@ def models(
         from cxr_tools.engine.models import ModelsConfig, list_zoo
         from cxr_tools.models.registry import NORMALISATION_HELP
 
-        cfg = make_config(ctx, ModelsConfig, config, "models", pattern=pattern)
+        cfg = build_config(ModelsConfig, pattern=pattern)
         result = list_zoo(cfg)
 
     def render_table(console: Console) -> None:

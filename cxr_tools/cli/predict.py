@@ -17,17 +17,17 @@ from cxr_tools.cli.common import (
     OverwriteOpt,
     QuietOpt,
     SeedOpt,
+    build_config,
     emit,
     exit_partial,
     handle_errors,
-    make_config,
+    output_option,
     progress_for,
     stderr_console,
 )
 
 
 def predict(
-    ctx: typer.Context,
     input: Annotated[
         Path,
         typer.Argument(
@@ -36,7 +36,7 @@ def predict(
             show_default=False,
         ),
     ],
-    output: Annotated[Path, typer.Option("--output", "-o", help="The predictions CSV to write.", show_default=False)],
+    output: Annotated[Path, output_option("The predictions CSV to write.")],
     model: Annotated[
         Path, typer.Option("--model", "-m", help="Run directory or model folder to predict with.", show_default=False)
     ],
@@ -105,11 +105,8 @@ def predict(
     with handle_errors():
         from cxr_tools.engine.predict import PredictConfig, run_predict
 
-        cfg = make_config(
-            ctx,
+        cfg = build_config(
             PredictConfig,
-            config,
-            "predict",
             input=input,
             output=output,
             model=model,

@@ -19,10 +19,11 @@ from cxr_tools.cli.common import (
     QuietOpt,
     ResumeOpt,
     SeedOpt,
+    build_config,
     emit,
     exit_partial,
     handle_errors,
-    make_config,
+    output_option,
     progress_for,
 )
 from cxr_tools.errors import ConfigError
@@ -45,7 +46,6 @@ def _fractions(text: str) -> tuple[float, float, float]:
 
 
 def preprocess(
-    ctx: typer.Context,
     src: Annotated[
         list[Path],
         typer.Argument(
@@ -54,7 +54,7 @@ def preprocess(
             show_default=False,
         ),
     ],
-    output: Annotated[Path, typer.Option("--output", "-o", help="Cache directory to write.", show_default=False)],
+    output: Annotated[Path, output_option("Cache directory to write.")],
     source: Annotated[str, typer.Option("--source", help=f"Dataset kind: {_SOURCES}.")] = "auto",
     metadata: Annotated[
         Path | None,
@@ -103,6 +103,12 @@ def preprocess(
         bool, typer.Option("--merge", help="Join the shard caches given as SRC into one cache at -o.")
     ] = False,
     chunk_size: Annotated[int, typer.Option("--chunk-size", min=1, help="Images per work item.")] = 32,
+    commit_seconds: Annotated[
+        float,
+        typer.Option(
+            "--commit-seconds", min=0.0, help="Seconds between durable commits (at most this much is redone)."
+        ),
+    ] = 1.0,
     resume: ResumeOpt = False,
     overwrite: OverwriteOpt = False,
     config: ConfigOpt = None,
@@ -127,11 +133,8 @@ def preprocess(
                     f"preprocess takes one dataset directory, got {len(src)}.",
                     "Pass --merge to join shard caches.",
                 )
-            cfg = make_config(
-                ctx,
+            cfg = build_config(
                 PreprocessConfig,
-                config,
-                "preprocess",
                 src=src[0],
                 output=output,
                 source=source,
@@ -150,6 +153,7 @@ def preprocess(
                 workers=workers,
                 shard=shard,
                 chunk_size=chunk_size,
+                commit_seconds=commit_seconds,
                 resume=resume,
                 overwrite=overwrite,
             )

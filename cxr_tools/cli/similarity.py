@@ -9,11 +9,10 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from cxr_tools.cli.common import ConfigOpt, DeviceOpt, JsonOpt, emit, handle_errors, make_config
+from cxr_tools.cli.common import ConfigOpt, DeviceOpt, JsonOpt, build_config, emit, handle_errors
 
 
 def similarity(
-    ctx: typer.Context,
     a: Annotated[Path, typer.Argument(help="First image (PNG, JPEG, DICOM...).", show_default=False)],
     b: Annotated[Path, typer.Argument(help="Second image.", show_default=False)],
     model: Annotated[Path, typer.Option("--model", "-m", help="Run directory or model folder.", show_default=False)],
@@ -33,7 +32,7 @@ def similarity(
     with handle_errors():
         from cxr_tools.engine.similarity import SimilarityConfig, run_similarity
 
-        cfg = make_config(ctx, SimilarityConfig, config, "similarity", a=a, b=b, model=model, device=device, plot=plot)
+        cfg = build_config(SimilarityConfig, a=a, b=b, model=model, device=device, plot=plot)
         result = run_similarity(cfg)
 
     def render(console: Console) -> None:

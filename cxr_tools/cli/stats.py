@@ -9,19 +9,15 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from cxr_tools.cli.common import ConfigOpt, JsonOpt, emit, handle_errors, make_config, progress_for
+from cxr_tools.cli.common import ConfigOpt, JsonOpt, build_config, emit, handle_errors, output_option, progress_for
 
 
 def stats(
-    ctx: typer.Context,
     cache: Annotated[Path, typer.Argument(help="Cache directory written by `cxr preprocess`.", show_default=False)],
-    out: Annotated[
+    output: Annotated[
         Path | None,
-        typer.Option(
-            "--out",
-            "-o",
-            help="Directory for label_counts.png, cooccurrence.png and stats.json.",
-            show_default="CACHE/stats",
+        output_option(
+            "Directory for label_counts.png, cooccurrence.png and stats.json.", "--out", show_default="CACHE/stats"
         ),
     ] = None,
     plots: Annotated[bool, typer.Option("--plots/--no-plots", help="Write the PNG plots.")] = True,
@@ -36,7 +32,7 @@ def stats(
     with handle_errors():
         from cxr_tools.engine.stats import StatsConfig, run_stats
 
-        cfg = make_config(ctx, StatsConfig, config, "stats", cache=cache, out=out, plots=plots)
+        cfg = build_config(StatsConfig, cache=cache, out=output, plots=plots)
         result = run_stats(cfg, progress_for())
 
     def render(console: Console) -> None:

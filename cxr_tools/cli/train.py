@@ -18,6 +18,7 @@ from cxr_tools.cli.common import (
     DeviceOpt,
     JsonOpt,
     OverwriteOpt,
+    PoolSeedOpt,
     QuietOpt,
     SeedOpt,
     WorkersOpt,
@@ -87,12 +88,29 @@ RequeueOpt = Annotated[
 ]
 CkptStepsOpt = Annotated[
     int | None,
-    typer.Option("--checkpoint-every", min=1, help="Write last.pt every N steps.", show_default="epoch ends"),
+    typer.Option(
+        "--checkpoint-every-steps",
+        "--checkpoint-every",
+        min=1,
+        help="Write last.pt every N steps (--checkpoint-every: old name).",
+        show_default="epoch ends",
+    ),
 ]
 CkptMinutesOpt = Annotated[
-    float | None, typer.Option("--checkpoint-minutes", min=0.01, help="Write last.pt every M minutes.")
+    float | None,
+    typer.Option(
+        "--checkpoint-every-minutes",
+        "--checkpoint-minutes",
+        min=0.01,
+        help="Write last.pt every M minutes (--checkpoint-minutes: old name).",
+    ),
 ]
-LogEveryOpt = Annotated[int, typer.Option("--log-every", min=0, help="Step records in metrics.jsonl every N steps.")]
+LogEveryOpt = Annotated[
+    int,
+    typer.Option(
+        "--log-every-steps", "--log-every", min=0, help="Step records in metrics.jsonl every N steps (0 = epochs only)."
+    ),
+]
 
 
 def split_classes(text: str | None) -> tuple[str, ...]:
@@ -100,23 +118,18 @@ def split_classes(text: str | None) -> tuple[str, ...]:
     return tuple(p.strip() for p in (text or "").split(",") if p.strip())
 
 
-# Options every training command shares, by config field name; the CLI names that differ are mapped below.
+# Options every training command shares, by config field name (= the parameter names of the commands).
 SHARED_TRAINING_FIELDS = (
     "weights", "norm", "meta_split", "epochs", "max_steps", "batch_size", "lr", "weight_decay", "optimizer",
     "momentum", "schedule", "warmup_steps", "patience", "augment", "val_batch_size", "workers", "device", "amp",
-    "threads", "seed", "resume", "overwrite", "requeue",
+    "threads", "seed", "resume", "overwrite", "requeue", "pool_seed", "checkpoint_every_steps",
+    "checkpoint_every_minutes", "log_every_steps",
 )  # fmt: skip
-_RENAMED_FIELDS = {
-    "checkpoint_every": "checkpoint_every_steps",
-    "checkpoint_minutes": "checkpoint_every_minutes",
-    "log_every": "log_every_steps",
-}
 
 
 def training_flags(params: dict[str, Any]) -> dict[str, Any]:
     """The shared training options of a command's parameters, as config fields (one list for every trainer)."""
     out = {name: params[name] for name in SHARED_TRAINING_FIELDS}
-    out.update({field: params[flag] for flag, field in _RENAMED_FIELDS.items()})
     out["classes"] = split_classes(params["classes"])
     return out
 
@@ -130,6 +143,7 @@ def train(
     norm: NormOpt = None,
     classes: ClassesOpt = None,
     meta_split: MetaSplitOpt = None,
+    pool_seed: PoolSeedOpt = 0,
     uncertainty: Annotated[
         str, typer.Option("--uncertainty", help="Uncertain labels: ignore (masked out of the loss), zeros, ones.")
     ] = "ignore",
@@ -160,9 +174,9 @@ def train(
     resume: TrainResumeOpt = True,
     overwrite: OverwriteOpt = False,
     requeue: RequeueOpt = False,
-    checkpoint_every: CkptStepsOpt = None,
-    checkpoint_minutes: CkptMinutesOpt = 10.0,
-    log_every: LogEveryOpt = 50,
+    checkpoint_every_steps: CkptStepsOpt = None,
+    checkpoint_every_minutes: CkptMinutesOpt = 10.0,
+    log_every_steps: LogEveryOpt = 50,
     config: ConfigOpt = None,
     json_output: JsonOpt = False,
     quiet: QuietOpt = False,

@@ -1,6 +1,6 @@
 """The preprocessed image cache: manifest, index, image store, and one reader for both storage kinds.
 
-Layout (DESIGN.md §3, schema version :data:`SCHEMA_VERSION`)::
+Layout (docs/design.md, schema version :data:`SCHEMA_VERSION`)::
 
     CACHE/manifest.json   written last and atomically; a cache without it is incomplete
     CACHE/index.csv       one row per stored image, in storage order
@@ -341,6 +341,29 @@ def _pad_header(header: dict[str, Any], length: int) -> bytes:
     return raw[:8] + len(body).to_bytes(2, "little") + body
 
 
+def read_tables(path: str | Path) -> tuple[dict[str, Any], Any]:
+    """The manifest and the index of a complete cache, checked (schema version, index columns), without
+    touching the image store: what label statistics and the reader both start from."""
+    path = require_complete(path)
+    try:
+        manifest: dict[str, Any] = json.loads((path / MANIFEST).read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise CacheError(f"{path / MANIFEST} is not valid JSON.", "Recreate the cache.") from exc
+    version = manifest.get("schema_version")
+    if version != SCHEMA_VERSION:
+        raise CacheError(
+            f"Cache {path} has schema version {version}; this cxr-tools reads version {SCHEMA_VERSION}.",
+            "Recreate the cache with this version of `cxr preprocess`.",
+        )
+    if not (path / INDEX).is_file():
+        raise CacheError(f"Cache {path} lacks {INDEX}.", "Recreate the cache.")
+    index = read_index(path / INDEX)
+    missing = [c for c in (*INDEX_META_COLUMNS, *manifest.get("labels", [])) if c not in index.columns]
+    if missing:
+        raise CacheError(f"{path / INDEX} lacks column(s) {', '.join(missing)}.", "Recreate the cache.")
+    return manifest, index
+
+
 class CacheReader:
     """Random access to a complete cache; identical arrays whatever the storage kind.
 
@@ -350,20 +373,9 @@ class CacheReader:
 
     def __init__(self, path: str | Path) -> None:
         self.path = require_complete(path)
-        with open(self.path / MANIFEST, encoding="utf-8") as fh:
-            self.manifest: dict[str, Any] = json.load(fh)
-        version = self.manifest.get("schema_version")
-        if version != SCHEMA_VERSION:
-            raise CacheError(
-                f"Cache {self.path} has schema version {version}; this cxr-tools reads version {SCHEMA_VERSION}.",
-                "Recreate the cache with this version of `cxr preprocess`.",
-            )
+        self.manifest, self.index = read_tables(self.path)
         self.storage: str = self.manifest["storage"]
         self.labels: tuple[str, ...] = tuple(self.manifest["labels"])
-        self.index = read_index(self.path / INDEX)
-        missing = [c for c in (*INDEX_META_COLUMNS, *self.labels) if c not in self.index.columns]
-        if missing:
-            raise CacheError(f"{self.path / INDEX} lacks column(s) {', '.join(missing)}.", "Recreate the cache.")
         self._arr: Any = None
         self._h5: Any = None
         shape = self._store().shape

@@ -112,7 +112,7 @@ def parse_nih_findings(cell: str, *, source: str = "Finding Labels") -> list[str
     return out
 
 
-# MetaChest (Montalvo-Lezama et al.) class-disjoint meta-split of the NIH findings; SCIENCE.md §2.
+# MetaChest (Montalvo-Lezama et al.) class-disjoint meta-split of the NIH findings; docs/science.md.
 METACHEST_SPLIT: dict[str, tuple[str, ...]] = {
     "train": ("Effusion", "Infiltration", "Atelectasis", "Nodule", "Mass", "Pleural_Thickening"),
     "val": ("Emphysema", "Fibrosis", "Hernia"),

@@ -25,7 +25,7 @@ partners uniformly among the anchor's possible partners (by rejection, falling b
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -176,18 +176,14 @@ class PairSampler:
     # --- drawing --------------------------------------------------------------------------------------------
     def _positives(self, n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
         anchors = self._anchors_pos[rng.integers(0, len(self._anchors_pos), size=n)]
-        partners = np.full(n, -1, dtype=np.int64)
-        todo = np.arange(n)
-        for _ in range(_ROUNDS):
-            if len(todo) == 0:
-                break
-            a = anchors[todo]
+
+        def propose(a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
             groups = self._pick_group(a, rng)
             offset = np.floor(rng.random(len(groups)) * self._sizes[groups]).astype(np.int64)
             cand = self._members[self._starts[groups] + np.minimum(offset, self._sizes[groups] - 1)]
-            ok = self.patients[cand] != self.patients[a]
-            partners[todo[ok]] = cand[ok]
-            todo = todo[~ok]
+            return cand, self.patients[cand] != self.patients[a]
+
+        partners, todo = _rejection_rounds(anchors, propose)
         for k in todo:  # exact: every image of another patient that is a positive partner
             a = anchors[k]
             options = np.flatnonzero((self._membership & self._membership[a]).any(axis=1))
@@ -206,16 +202,12 @@ class PairSampler:
     def _negatives(self, n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
         m = len(self.rows)
         anchors = rng.integers(0, m, size=n)
-        partners = np.full(n, -1, dtype=np.int64)
-        todo = np.arange(n)
-        for _ in range(_ROUNDS):
-            if len(todo) == 0:
-                break
-            a = anchors[todo]
-            cand = rng.integers(0, m, size=len(todo))
-            ok = (self.patients[cand] != self.patients[a]) & ~self.is_positive(a, cand)
-            partners[todo[ok]] = cand[ok]
-            todo = todo[~ok]
+
+        def propose(a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+            cand = rng.integers(0, m, size=len(a))
+            return cand, (self.patients[cand] != self.patients[a]) & ~self.is_positive(a, cand)
+
+        partners, todo = _rejection_rounds(anchors, propose)
         for k in todo:  # exact search; an anchor without any negative partner is replaced by another
             for _ in range(100):
                 a = anchors[k]
@@ -231,3 +223,19 @@ class PairSampler:
                     "Use more --classes or a cache with more varied findings.",
                 )
         return anchors, partners
+
+
+def _rejection_rounds(
+    anchors: np.ndarray, propose: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
+) -> tuple[np.ndarray, np.ndarray]:
+    """Up to ``_ROUNDS`` vectorised rounds of ``propose(anchors still open) -> (candidates, acceptable)``: the
+    partner of every anchor, -1 where none was accepted, and the positions still open (searched exactly)."""
+    partners = np.full(len(anchors), -1, dtype=np.int64)
+    todo = np.arange(len(anchors))
+    for _ in range(_ROUNDS):
+        if len(todo) == 0:
+            break
+        cand, ok = propose(anchors[todo])
+        partners[todo[ok]] = cand[ok]
+        todo = todo[~ok]
+    return partners, todo

@@ -66,7 +66,7 @@ class BalancedSampler(Sampler[int]):
     so a resumed run continues with exactly the remaining draws.
 
     Args:
-        label_matrix: targets [N, L] of the split's rows (1 = positive), e.g. ``CacheDataset.targets``.
+        label_matrix: targets [N, L] of the split's rows (1 = positive), e.g. ``LabelledBatches.targets``.
         num_samples: draws per epoch (default N).
         seed: seed of the draws.
         epoch: starting epoch.
@@ -106,11 +106,6 @@ class BalancedSampler(Sampler[int]):
         self.seed = int(seed)
         self.epoch = int(epoch)
         self.position = 0
-
-    @property
-    def group_sizes(self) -> np.ndarray:
-        """Rows per non-empty group (classes in order, then the negatives)."""
-        return self._sizes.copy()
 
     def indices(self, epoch: int | None = None) -> np.ndarray:
         """All draws of ``epoch`` (default the current one) as int64 positions."""

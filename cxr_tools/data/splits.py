@@ -453,3 +453,106 @@ def meta_split_pools(
         tier[order] = groups
     image_tier = tier[inverse]
     return {name: np.sort(rows[image_tier == k]) for k, name in enumerate(SPLITS)}
+
+
+def patients_of(index: Any, *rows: np.ndarray, patient_column: str = "patient_id") -> list[str]:
+    """Sorted unique patient ids, as strings, of the cache rows in ``rows`` (what a model's lineage records and
+    the meta-test pool is compared with; strings, so ids compare across caches)."""
+    wanted = np.concatenate([np.asarray(r, dtype=np.int64).ravel() for r in rows]) if rows else np.empty(0, np.int64)
+    cache_rows = index["row"].to_numpy(dtype=np.int64) if "row" in index.columns else np.arange(len(index))
+    pids = index[patient_column].fillna("").astype(str).to_numpy(dtype=object)[np.isin(cache_rows, wanted)]
+    return sorted({str(p) for p in pids})
+
+
+def resolve_meta_split(spec: str | None, cache_dir: Path, labels: Sequence[str]) -> MetaSplit:
+    """The meta-split to use for a cache, resolved against its label space.
+
+    ``auto`` (or empty) takes ``CACHE/meta_split.json`` when the cache has one, else MetaChest when the labels are
+    NIH's; any other label space needs an explicit ``--meta-split``.
+    """
+    text = (spec or "").strip()
+    if text.lower() in {"", "auto"}:
+        saved = load_meta_split(cache_dir)
+        if saved is not None:
+            return saved.resolve(labels)
+        try:
+            return METACHEST.resolve(labels)
+        except ConfigError:
+            raise ConfigError(
+                f"The cache's labels ({', '.join(labels)}) are not NIH's, so the default MetaChest meta-split "
+                "does not apply.",
+                "Pass --meta-split 'train=A,B;val=C;test=D,E' or a YAML/JSON file with train/val/test class lists.",
+            ) from None
+    return parse_meta_split(text, labels)
+
+
+def check_pools(raw: np.ndarray, labels: Sequence[str], split: MetaSplit, pools: Mapping[str, np.ndarray]) -> None:
+    """Refuse pools that would leak: shared images, or a meta-train / meta-val image carrying a later split's class.
+
+    "Carrying" is a positive or uncertain value. :func:`meta_split_pools` guarantees this; the check makes the
+    guarantee part of every meta-training run rather than a property of one function.
+    """
+    names = list(labels)
+    seen: set[int] = set()
+    for name in SPLITS:
+        rows = set(int(r) for r in pools[name])
+        if rows & seen:
+            raise DataError(f"The meta-{name} image pool shares images with another pool.", "Report this as a bug.")
+        seen |= rows
+    for i, name in enumerate(("train", "val")):
+        later = [c for s in SPLITS[i + 1 :] for c in split.classes(s)]
+        cols = [names.index(c) for c in later]
+        values = raw[np.asarray(pools[name], dtype=np.int64)][:, cols]
+        carried = ((values == 1) | (values == -1)).any(axis=0)
+        if carried.any():
+            leaked = [c for c, hit in zip(later, carried, strict=True) if hit]
+            raise DataError(
+                f"The meta-{name} pool holds images labelled {', '.join(leaked)} (a later split's classes).",
+                "Report this as a bug.",
+            )
+
+
+def meta_split_sampler(
+    raw: np.ndarray,
+    labels: Sequence[str],
+    split: MetaSplit,
+    pools: Mapping[str, np.ndarray],
+    name: str,
+    spec: Any,
+    **sampler_args: Any,
+) -> Any:
+    """The :class:`~cxr_tools.data.episodes.EpisodeSampler` of meta-split ``name`` (its classes, its pool).
+
+    ``spec`` is an :class:`~cxr_tools.data.episodes.EpisodeSpec`; ``sampler_args`` go to the sampler. Errors say
+    which split is short of images.
+    """
+    from cxr_tools.data.episodes import EpisodeSampler
+
+    try:
+        return EpisodeSampler(raw, labels, split.classes(name), pools[name], spec, **sampler_args)
+    except DataError as exc:
+        hint = exc.hint or ""
+        if name == "val":
+            hint += " (--val-episodes 0 skips validation.)"
+        raise DataError(f"Meta-{name} classes/pool: {exc.message}", hint.strip() or None) from None
+
+
+def meta_samplers(
+    cache: Any, spec_text: str | None, pool_seed: int, spec: Any, *, validation: bool
+) -> tuple[MetaSplit, Any, Any, dict[str, np.ndarray]]:
+    """The meta-split of ``cache`` and the episode samplers of its meta-train (and meta-val) classes and pools.
+
+    The pools (:func:`meta_split_pools` with ``pool_seed``) are checked for leaks (:func:`check_pools`); the
+    meta-test pool never reaches a sampler, and no episode gives one patient more than ``spec`` allows. Returns
+    the split, the train sampler, the val sampler (None without ``validation``) and the pools' cache rows.
+    """
+    from cxr_tools.data.episodes import index_patients
+
+    split = resolve_meta_split(spec_text, Path(cache.path), cache.labels)
+    raw = cache.raw_labels()
+    pools = meta_split_pools(cache.index, cache.labels, split, seed=pool_seed)
+    check_pools(raw, cache.labels, split, pools)
+    pids = index_patients(cache.index)
+    train = meta_split_sampler(raw, cache.labels, split, pools, "train", spec, patients=pids)
+    val = meta_split_sampler(raw, cache.labels, split, pools, "val", spec, patients=pids) if validation else None
+    return split, train, val, pools

@@ -1,22 +1,19 @@
-"""A torch Dataset over a preprocessed cache, light anatomical augmentation, and a seeded DataLoader.
+"""The one batch loader of the trainers: cache rows -> ``[B, 1, H, W]`` float32 images in [0, 1], augmented.
 
-Each item is a tuple ``(image, targets, mask)``:
-
-* ``image``: float32 ``[1, H, W]``, normalised to ``[0, 1]`` (``normalize="unit"``) or TorchXRayVision's
-  ``[-1024, 1024]`` (``normalize="xrv"``, i.e. ``(2 * x / 255 - 1) * 1024``);
-* ``targets``: float32 ``[L]`` in {0, 1} after the uncertainty policy (SCIENCE.md §1);
-* ``mask``: bool ``[L]``, False where the loss must ignore an entry (uncertain under ``policy="ignore"``).
-
-A plain tuple collates with PyTorch's default collate into ``[B, 1, H, W]``, ``[B, L]``, ``[B, L]``.
+:class:`CacheImages` reads a batch of cache rows in one call and augments each image with a generator seeded by
+``(seed, epoch, *key)``, so a batch is the same whichever process or DataLoader worker builds it and whenever
+(bit-identical resume). :class:`LabelledBatches` (``cxr train``) and :class:`PairBatches` (``cxr train-siamese``)
+are map-style datasets keyed by ``(epoch, positions)``; :func:`plan_batches` splits each global batch over the
+DDP ranks and :func:`make_batch_loader` prefetches the keys in order with worker processes. The [0, 1] images
+are mapped to the model's input range by the model contract's one function
+(:func:`cxr_tools.models.registry.normalise`, also used by :func:`cxr_tools.models.inputs.to_model_input`).
 
 Augmentation is deliberately mild and anatomically plausible: small rotation (±7° by default, at most 15°),
 small translation and scale, brightness / contrast jitter. There is no vertical flip and no 90° turn (a
 chest upside down is not a chest X-ray), and horizontal flips are **off by default**: mirroring moves the
 heart to the right (dextrocardia, ~1 in 10,000 people), breaks findings defined by side such as
 Cardiomegaly's left-sided silhouette, and mirrors the laterality markers. Enable them with ``hflip=True``
-only if you accept that. Randomness per item comes from ``numpy.random.default_rng([seed, epoch, i])``, so a
-run is reproducible and resumable whatever the number of workers; the same position drawn twice in one
-epoch gets the same augmentation.
+only if you accept that.
 """
 
 from __future__ import annotations
@@ -24,33 +21,22 @@ from __future__ import annotations
 import copy
 import os
 import random
-from collections.abc import Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
-from torch.utils.data import DataLoader, Dataset, Sampler
 
-from cxr_tools.data.cache import CacheReader, open_cache
-from cxr_tools.data.labels import apply_uncertainty
-from cxr_tools.errors import ConfigError, DataError
+from cxr_tools.errors import ConfigError
 
-NORMALIZATIONS: tuple[str, ...] = ("unit", "xrv")
-XRV_RANGE = 1024.0
+if TYPE_CHECKING:
+    import torch
+
+    from cxr_tools.data.cache import CacheReader
+    from cxr_tools.runtime.distributed import DistInfo
 
 _LIMITS = {"rotate_deg": 15.0, "translate": 0.2, "scale": 0.3, "brightness": 0.5, "contrast": 0.5}
-
-
-def normalize_image(image: np.ndarray, kind: str = "unit") -> np.ndarray:
-    """Map 8-bit intensities (uint8 or float in [0, 255]) to the model's input range, as float32."""
-    x = np.asarray(image, dtype=np.float32) / 255.0
-    if kind == "unit":
-        return x
-    if kind == "xrv":
-        return (2.0 * x - 1.0) * XRV_RANGE
-    raise ConfigError(f"Unknown normalisation '{kind}'.", f"Use one of: {', '.join(NORMALIZATIONS)}.")
+_UNIT = np.float32(1 / 255.0)
 
 
 @dataclass(frozen=True)
@@ -106,107 +92,10 @@ class Augment:
         return np.clip(out, 0.0, 255.0)
 
 
-def resolve_rows(cache: CacheReader, rows: str | Sequence[int] | np.ndarray | None) -> np.ndarray:
-    """Cache rows selected by ``rows``: None / ``"all"`` = every row, a split name, or explicit rows."""
-    n = len(cache)
-    if rows is None or (isinstance(rows, str) and rows == "all"):
-        return np.arange(n, dtype=np.int64)
-    if isinstance(rows, str):
-        split = cache.index["split"].astype(str).str.strip().str.lower().to_numpy()
-        selected = np.flatnonzero(split == rows.lower()).astype(np.int64)
-        if len(selected) == 0:
-            present = sorted({s for s in split if s})
-            raise DataError(
-                f"Cache {cache.path} has no images in split '{rows}'.",
-                f"Its splits: {', '.join(present) or 'none'}; choose one of those or recreate the split.",
-            )
-        return selected
-    out = np.asarray(rows, dtype=np.int64).reshape(-1)
-    if len(out) and (out.min() < 0 or out.max() >= n):
-        raise DataError(f"Row numbers must be within 0..{n - 1} for cache {cache.path}.")
-    return out
-
-
-class CacheDataset(Dataset):  # type: ignore[type-arg]
-    """Items ``(image [1,H,W] float32, targets [L] float32, mask [L] bool)`` from a cache (module docstring).
-
-    Args:
-        cache: a :class:`CacheReader` or the cache directory.
-        rows: None (all), a split name (``train``/``val``/``test``) or explicit cache rows.
-        labels: label columns, in target order (default: the cache's label space).
-        policy: uncertainty policy (``ignore``, ``zeros``, ``ones``), applied at load time.
-        normalize: ``unit`` ([0, 1]) or ``xrv`` ([-1024, 1024]).
-        augment: an :class:`Augment`, or None for none (evaluation).
-        seed: seed of the per-item augmentation generators.
-
-    Picklable for DataLoader workers: the image store is (re)opened lazily in each process.
-    """
-
-    def __init__(
-        self,
-        cache: CacheReader | str | Path,
-        rows: str | Sequence[int] | np.ndarray | None = None,
-        labels: Sequence[str] | None = None,
-        policy: str = "ignore",
-        normalize: str = "unit",
-        augment: Augment | None = None,
-        seed: int = 0,
-    ) -> None:
-        self.cache = cache if isinstance(cache, CacheReader) else open_cache(cache)
-        if normalize not in NORMALIZATIONS:
-            raise ConfigError(f"Unknown normalisation '{normalize}'.", f"Use one of: {', '.join(NORMALIZATIONS)}.")
-        self.labels: tuple[str, ...] = tuple(labels) if labels is not None else tuple(self.cache.labels)
-        self.rows = resolve_rows(self.cache, rows)
-        raw = self.cache.raw_labels(self.labels)[self.rows]
-        self.targets, self.mask = apply_uncertainty(raw, policy)
-        self.policy = policy
-        self.normalize = normalize
-        self.augment = augment
-        self.seed = int(seed)
-        self.epoch = 0
-        self._pid = os.getpid()
-        self._inherited: list[CacheReader] = []
-
-    def set_epoch(self, epoch: int) -> None:
-        """Select the augmentation draws of ``epoch`` (call before creating the epoch's iterator)."""
-        self.epoch = int(epoch)
-
-    def __len__(self) -> int:
-        return len(self.rows)
-
-    def _reader(self) -> CacheReader:
-        if os.getpid() != self._pid:
-            # A forked worker must not use the parent's open HDF5 handle: take a fresh, lazily opened copy
-            # (copy.copy goes through CacheReader.__getstate__) and keep the inherited one alive, untouched.
-            self._inherited.append(self.cache)
-            self.cache = copy.copy(self.cache)
-            self._pid = os.getpid()
-        return self.cache
-
-    def image(self, i: int) -> np.ndarray:
-        """Item ``i``'s image as float32 [H, W] after augmentation and normalisation."""
-        raw = self._reader()[int(self.rows[i])]
-        if self.augment is not None:
-            rng = np.random.default_rng([self.seed, self.epoch, int(i)])
-            raw = self.augment(raw, rng)
-        return normalize_image(raw, self.normalize)
-
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        i = int(i)
-        if not -len(self) <= i < len(self):
-            raise IndexError(f"item {i} out of range for a dataset of {len(self)}")
-        i %= len(self)
-        image = torch.from_numpy(np.ascontiguousarray(self.image(i))[None])
-        return image, torch.from_numpy(self.targets[i].copy()), torch.from_numpy(self.mask[i].copy())
-
-    def __getstate__(self) -> dict[str, Any]:
-        state = self.__dict__.copy()
-        state["_inherited"] = []
-        return state
-
-
 def seed_worker(worker_id: int) -> None:
     """DataLoader ``worker_init_fn``: seed Python and NumPy from torch's per-worker seed; one cv2 thread."""
+    import torch
+
     seed = torch.initial_seed() % 2**32
     np.random.seed(seed)
     random.seed(seed)
@@ -218,36 +107,168 @@ def seed_worker(worker_id: int) -> None:
         pass
 
 
-def make_loader(
-    dataset: Dataset,  # type: ignore[type-arg]
-    batch_size: int,
-    sampler: Sampler | None = None,  # type: ignore[type-arg]
-    workers: int = 0,
-    seed: int = 0,
-    *,
-    shuffle: bool = False,
-    drop_last: bool = False,
-    pin_memory: bool = False,
-) -> DataLoader:  # type: ignore[type-arg]
-    """A DataLoader whose order and worker seeds follow ``seed`` (and the sampler's own seed, if any).
+def batch_count(n: int, batch_size: int, world_size: int) -> int:
+    """Global batches of an epoch of ``n`` images: full batches, plus the rest when it gives two images a rank."""
+    full, rest = divmod(n, batch_size)
+    return full + (1 if rest >= 2 * world_size else 0)
 
-    Workers are not persistent, so ``dataset.set_epoch(e)`` before each epoch reaches them.
+
+def plan_batches(order: np.ndarray, batch_size: int, dist: DistInfo) -> list[np.ndarray]:
+    """This rank's share of every global batch of ``order``.
+
+    A last batch smaller than two images per rank is dropped: BatchNorm cannot normalise one image whose
+    feature map is 1 x 1, and a rank without images would hang the gradient all-reduce.
     """
-    if batch_size < 1:
-        raise ConfigError(f"Batch size must be at least 1 (got {batch_size}).")
-    if workers < 0:
-        raise ConfigError(f"--workers must be >= 0 (got {workers}).")
-    generator = torch.Generator()
-    generator.manual_seed(int(seed))
+    count = batch_count(len(order), batch_size, dist.world_size)
+    out = []
+    for b in range(count):
+        batch = np.asarray(order[b * batch_size : (b + 1) * batch_size], dtype=np.int64)
+        out.append(batch[dist.rank :: dist.world_size])
+    return out
+
+
+def make_batch_loader(dataset: Any, keys: list[Any], workers: int, device: torch.device) -> Any:
+    """A DataLoader yielding ``dataset[key]`` for each key in order (``workers`` processes prefetch).
+
+    With workers, OpenCV's own thread pool is shrunk to one thread in this process first: workers are
+    forked, and a child forked while the parent holds a pool of OpenCV threads (from augmenting in-process
+    earlier, e.g. validation or a previous run) deadlocks in its first ``cv2.warpAffine``. The images are
+    small; OpenCV threads gain nothing here.
+    """
+    from torch.utils.data import DataLoader
+
+    if workers:
+        import cv2
+
+        cv2.setNumThreads(1)
+
     return DataLoader(
         dataset,
-        batch_size=batch_size,
-        sampler=sampler,
-        shuffle=shuffle if sampler is None else False,
+        sampler=keys,
+        batch_size=None,
         num_workers=workers,
-        generator=generator,
-        worker_init_fn=seed_worker,
-        drop_last=drop_last,
-        pin_memory=pin_memory,
+        worker_init_fn=seed_worker if workers else None,
+        pin_memory=device.type == "cuda",
         persistent_workers=False,
     )
+
+
+class CacheImages:
+    """Reads batches of cache rows as float32 ``[B, 1, H, W]`` in [0, 1], augmented per key.
+
+    The augmentation of an image depends only on ``(seed, epoch, *key)``. Safe in forked DataLoader workers:
+    each process opens its own handle on the image store.
+    """
+
+    def __init__(self, cache: CacheReader, augment: Augment | None, seed: int) -> None:
+        self.cache = cache
+        self.augment = augment
+        self.seed = int(seed)
+        self._pid = os.getpid()
+        self._inherited: list[Any] = []
+
+    def _reader(self) -> CacheReader:
+        if os.getpid() != self._pid:
+            # A forked worker must not use the parent's open HDF5 handle: take a fresh, lazily opened copy
+            # (copy.copy goes through CacheReader.__getstate__) and keep the inherited one alive, untouched.
+            self._inherited.append(self.cache)
+            self.cache = copy.copy(self.cache)
+            self._pid = os.getpid()
+        return self.cache
+
+    def load(self, rows: np.ndarray, epoch: int, keys: np.ndarray | None) -> np.ndarray:
+        """Images of ``rows``; ``keys[k]`` (a row of ints) seeds image k's augmentation with seed and epoch.
+
+        Without an augmentation or keys the images are only scaled to [0, 1] (validation).
+        """
+        raw = self._reader().read(rows)
+        out = np.empty((len(rows), 1, *raw.shape[1:]), dtype=np.float32)
+        if self.augment is None or keys is None:
+            np.multiply(raw, _UNIT, out=out[:, 0], casting="unsafe")
+            return out
+        for k in range(len(rows)):
+            rng = np.random.default_rng([self.seed, int(epoch), *(int(v) for v in keys[k])])
+            out[k, 0] = self.augment(raw[k], rng) * _UNIT
+        return out
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["_inherited"] = []
+        return state
+
+
+class LabelledBatches:
+    """Map-style dataset: ``(epoch, positions)`` -> ``(images, targets, mask)`` of those positions of ``rows``.
+
+    ``targets`` and ``mask`` are aligned with ``rows`` (after the uncertainty policy,
+    :func:`~cxr_tools.data.labels.apply_uncertainty`); image k is augmented from ``(seed, epoch, position)``.
+    """
+
+    def __init__(
+        self,
+        cache: CacheReader,
+        rows: np.ndarray,
+        targets: np.ndarray,
+        mask: np.ndarray,
+        augment: Augment | None,
+        seed: int,
+    ) -> None:
+        self.images = CacheImages(cache, augment, seed)
+        self.rows = np.asarray(rows, dtype=np.int64)
+        self.targets = np.asarray(targets, dtype=np.float32)
+        self.mask = np.asarray(mask, dtype=bool)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, key: tuple[int, np.ndarray]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        import torch
+
+        epoch, positions = key
+        positions = np.asarray(positions, dtype=np.int64)
+        x = self.images.load(self.rows[positions], epoch, positions[:, None])
+        return torch.from_numpy(x), torch.from_numpy(self.targets[positions]), torch.from_numpy(self.mask[positions])
+
+
+class EpochPairs:
+    """The training pairs of an epoch: ``per_epoch`` pairs drawn by ``sampler`` from ``numpy_generator(seed,
+    epoch)`` (a picklable ``pairs_fn`` of :class:`PairBatches`)."""
+
+    def __init__(self, sampler: Any, per_epoch: int, seed: int) -> None:
+        self.sampler, self.per_epoch, self.seed = sampler, int(per_epoch), int(seed)
+
+    def __call__(self, epoch: int) -> Any:
+        from cxr_tools.runtime.seeding import numpy_generator
+
+        return self.sampler.sample(self.per_epoch, numpy_generator(self.seed, epoch))
+
+
+class PairBatches:
+    """Map-style dataset: ``(epoch, pair positions)`` -> ``(left images, right images, targets)``.
+
+    ``pairs_fn(epoch)`` returns the epoch's pairs (a :class:`~cxr_tools.data.pairs.PairSet`); it is called on
+    first use in each process and cached, one epoch at a time. Side ``s`` of pair ``p`` is augmented from
+    ``(seed, epoch, p, s)``.
+    """
+
+    def __init__(self, images: CacheImages, pairs_fn: Callable[[int], Any]) -> None:
+        self.images = images
+        self.pairs_fn = pairs_fn
+        self._epoch: int | None = None
+        self._pairs: Any = None
+
+    def pairs(self, epoch: int) -> Any:
+        if self._epoch != epoch:
+            self._pairs, self._epoch = self.pairs_fn(epoch), epoch
+        return self._pairs
+
+    def __getitem__(self, key: tuple[int, np.ndarray]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        import torch
+
+        epoch, positions = key
+        positions = np.asarray(positions, dtype=np.int64)
+        pairs = self.pairs(epoch).take(positions)
+        side = np.ones((len(positions), 1), dtype=np.int64)
+        xa = self.images.load(pairs.left, epoch, np.concatenate([positions[:, None], 0 * side], axis=1))
+        xb = self.images.load(pairs.right, epoch, np.concatenate([positions[:, None], side], axis=1))
+        return torch.from_numpy(xa), torch.from_numpy(xb), torch.from_numpy(pairs.target)

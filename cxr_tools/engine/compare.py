@@ -1,34 +1,48 @@
-"""Engine of ``cxr compare RUN_OR_EVAL_DIR...``: rank evaluated methods on the *same* episodes, with paired CIs.
+"""Engine of ``cxr compare RUN_OR_EVAL_DIR...``: rank evaluated methods on the *same* episodes, honestly.
 
-Each input is an evaluation directory (holding ``summary.json`` and ``episodes.csv`` from ``cxr evaluate``) or a
-run directory whose ``eval/`` holds one. Evaluations on different episode lists (different cache, split,
-ways/shots/queries, episode count or seed: a different ``episode_list_hash``) are refused, naming each input and
-its hash, because their numbers are not comparable episode by episode. For threshold-dependent metrics (F1,
-precision, recall) the thresholds must agree too.
+Each input is an evaluation directory (``summary.json`` + ``episodes.csv`` from ``cxr evaluate``) or a run whose
+``eval/`` holds one. Refused, with what to do: evaluations made with episode lists older than
+:data:`MIN_EPISODE_LIST_VERSION` (not patient-disjoint; re-evaluate), evaluations on different caches (naming
+the preprocessing that differs), on different episode lists (naming each hash), and, for F1 / precision /
+recall, at different thresholds.
 
-Everything is recomputed from ``episodes.csv`` with :mod:`cxr_tools.eval.report` (so it equals the summaries):
-overall mean ± 95% CI over episodes of the episode mean; per-class means ± CI; for every method but the best,
-the paired difference to the best over the same episodes (:func:`~cxr_tools.eval.metrics.paired_difference`:
-mean ± CI and the paired t-test p-value). A difference counts as significant when p < 0.05 (its 95% CI then
-excludes 0). Written to ``OUT/comparison.csv``, ``comparison.md``, ``comparison.png`` and ``comparison.json``
-when an output directory is given.
+**Seeds.** Evaluations of runs whose training configs (``RUN/config.yaml``) are identical except for the seed
+and bookkeeping (output, resume, device, threads, workers, checkpoint/log cadence), evaluated with identical
+settings, form one *group* (or ``--group NAME=RUN,RUN``): its per-episode scores are the mean over the seeds,
+and its interval adds the between-seed variance (:func:`~cxr_tools.eval.comparison.seed_group_estimate`). A
+single evaluation keeps the wider of its episode-t and patient-bootstrap intervals.
+
+**Tests.** Paired differences on (seed-averaged) episode scores for all pairs, or all against ``--reference``;
+Holm-adjusted as one family for the overall metric and one family per class; a difference is significant when
+its adjusted p < 0.05. Every output shows a summary's ``leak`` and the adaptation budget. Written to
+``OUT/comparison.{csv,md,png,json}`` when an output directory is given (:mod:`cxr_tools.engine.compare_output`).
 """
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cxr_tools.errors import ConfigError, DataError, InputError, OutputExistsError
+from cxr_tools.engine.compare_inputs import (
+    MIN_EPISODE_LIST_VERSION,
+    Entry,
+    check_same_cache,
+    check_same_episodes,
+    check_versions,
+    find_evaluation,
+    load_evaluation,
+    make_entries,
+    parse_group,
+)
+from cxr_tools.engine.compare_output import verdict, write_comparison
+from cxr_tools.errors import ConfigError, DataError
 from cxr_tools.eval.metrics import METRICS
 
 COMPARISON_FILES: tuple[str, ...] = ("comparison.csv", "comparison.md", "comparison.png", "comparison.json")
-THRESHOLD_METRICS = ("f1", "precision", "recall")
-ALPHA = 0.05
+__all__ = ["MIN_EPISODE_LIST_VERSION", "CompareConfig", "CompareResult", "CompareRow", "compare", "find_evaluation"]
 
 
 @dataclass(frozen=True)
@@ -40,165 +54,197 @@ class CompareConfig:
         output: directory for comparison.{csv,md,png,json} (None = print only).
         metric: the ranking metric (auc, ap, f1, precision, recall).
         overwrite: replace an existing comparison in ``output``.
+        groups: explicit seed groups ``NAME=PATH,PATH,...`` (paths as for ``inputs``; added to them).
+        auto_group: group evaluations that differ only in the training seed.
+        reference: test every method against this one (a name or a path) instead of all pairs.
     """
 
     inputs: tuple[Path, ...]
     output: Path | None = None
     metric: str = "auc"
     overwrite: bool = False
+    groups: tuple[str, ...] = ()
+    auto_group: bool = True
+    reference: str | None = None
 
 
 @dataclass(frozen=True)
 class CompareRow:
-    """One evaluated method in the ranking; ``diff_*`` compare it with the best (``self - best``)."""
+    """One method (an evaluation or a seed group) in the ranking; ``diff_*`` compare it with the reference
+    (``self - reference``; the best when there is none), ``p_value`` Holm-adjusted."""
 
     rank: int
     name: str
     method: str
     kind: str | None
     eval_dir: Path
+    eval_dirs: tuple[Path, ...]
+    seeds: tuple[Any, ...]
     mean: float
     ci95: float
+    low: float
+    high: float
+    interval: str
     n_episodes: int
     diff: float | None
     diff_ci95: float | None
     p_value: float | None
+    p_raw: float | None
     significant: bool | None
+    note: str
+    leak: str | None
+    budget: str
     others: dict[str, float]
-    per_class: dict[str, dict[str, float]]
+    per_class: dict[str, dict[str, Any]]
 
 
 @dataclass(frozen=True)
 class CompareResult:
-    """The ranking (best first), the verdict line, and the files written."""
+    """The ranking (best first), every paired test, the verdict line, and the files written."""
 
     metric: str
     episode_list_hash: str
     episodes: int
     classes: tuple[str, ...]
     rows: tuple[CompareRow, ...]
+    tests: tuple[Any, ...]
+    reference: str
     verdict: str
     output: Path | None
     files: tuple[Path, ...] = field(default_factory=tuple)
 
 
-def find_evaluation(path: Path) -> Path:
-    """The evaluation directory of ``path`` (itself, or ``path/eval``); a clear error when there is none."""
-    path = Path(path)
-    if (path / "summary.json").is_file():
-        return path
-    if (path / "eval" / "summary.json").is_file():
-        return path / "eval"
-    if not path.exists():
-        raise InputError(
-            f"{path} does not exist.", "Pass evaluation directories or runs evaluated with `cxr evaluate`."
-        )
-    raise InputError(
-        f"{path} holds no evaluation (no summary.json, nor eval/summary.json).",
-        f"Run `cxr evaluate {path} --data CACHE` first, or pass the evaluation directory (-o of cxr evaluate).",
-    )
-
-
-def _load(eval_dir: Path) -> tuple[dict[str, Any], Any]:
-    import pandas as pd
-
-    try:
-        summary = json.loads((eval_dir / "summary.json").read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
-        raise InputError(f"Cannot read {eval_dir / 'summary.json'}: {exc}.", "Re-run cxr evaluate.") from exc
-    csv = eval_dir / "episodes.csv"
-    if not csv.is_file():
-        raise InputError(f"{eval_dir} lacks episodes.csv.", "Re-run cxr evaluate with --overwrite.")
-    table = pd.read_csv(csv, dtype={"class": str})
-    missing = [c for c in ("episode", "class", *METRICS) if c not in table.columns]
-    if missing or "episode_list_hash" not in summary:
-        raise InputError(f"{eval_dir} is not a cxr evaluation (missing {', '.join(missing) or 'the hash'}).")
-    return summary, table
-
-
-def _labels(summaries: Sequence[dict[str, Any]]) -> list[str]:
-    """Unique display names: the evaluation's name (``run:method``), which says both what was trained and how it
-    was adapted; duplicates get a ``#n`` suffix."""
-    methods = [str(s.get("method_label") or s.get("method")) for s in summaries]
-    out = [str(s.get("name") or m) for s, m in zip(summaries, methods, strict=True)]
-    seen: dict[str, int] = {}
-    for i, label in enumerate(out):
-        seen[label] = seen.get(label, 0) + 1
-        if seen[label] > 1:
-            out[i] = f"{label} #{seen[label]}"
-    return out
-
-
 def compare(config: CompareConfig) -> CompareResult:
-    """Rank the evaluations of ``config.inputs``; see the module docstring."""
-    import numpy as np
-
-    from cxr_tools.eval.metrics import paired_difference
-    from cxr_tools.eval.report import aggregate, episode_means
-
+    """Rank the evaluations of ``config.inputs`` (and ``config.groups``); see the module docstring."""
     if config.metric not in METRICS:
         raise ConfigError(f"Unknown metric '{config.metric}'.", f"Use one of: {', '.join(METRICS)}.")
-    if not config.inputs:
+    explicit = [parse_group(g) for g in config.groups]
+    if not config.inputs and not explicit:
         raise ConfigError("Nothing to compare.", "Pass one or more evaluated runs or evaluation directories.")
     dirs = [find_evaluation(Path(p)) for p in config.inputs]
     resolved = [d.resolve() for d in dirs]
-    dup = sorted({str(d) for d in dirs if resolved.count(d.resolve()) > 1})
+    dup = sorted({str(d) for d, r in zip(dirs, resolved, strict=True) if resolved.count(r) > 1})
     if dup:
         raise ConfigError(f"The same evaluation is given twice: {', '.join(dup)}.", "Pass each evaluation once.")
-    loaded = [_load(d) for d in dirs]
-    summaries = [s for s, _ in loaded]
-    _check_same_episodes(dirs, summaries, config.metric)
-    labels = _labels(summaries)
-    classes = tuple(summaries[0].get("classes") or [])
+    for _, members in explicit:  # a group member may also be listed as an input: count it once
+        for member in members:
+            d = find_evaluation(member)
+            if d.resolve() not in [x.resolve() for x in dirs]:
+                dirs.append(d)
+    loaded = {d.resolve(): (d, *load_evaluation(d)) for d in dirs}
+    summaries = [s for _, s, _ in loaded.values()]
+    check_versions(dirs, summaries)
+    check_same_cache(dirs, summaries)
+    check_same_episodes(dirs, summaries, config.metric)
+    entries = make_entries(loaded, explicit, config.auto_group)
+    return _rank(entries, summaries[0], config)
 
-    series = []
-    for (summary, table), label, d in zip(loaded, labels, dirs, strict=True):
-        values = episode_means(table, config.metric)
-        per_class, overall = aggregate(table, classes)
-        series.append((label, summary, d, values, per_class, overall))
-    n_eps = {len(v) for _, _, _, v, _, _ in series}
+
+# --- ranking and tests ------------------------------------------------------------------------------------------
+
+
+def _matrix(entry: Entry, metric: str, cls: str | None, episodes: Any) -> Any:
+    """Scores ``[seeds, episodes]`` of ``metric`` (episode means, or ``cls``'s rows; NaN where absent)."""
+    import numpy as np
+
+    from cxr_tools.eval.report import episode_means
+
+    rows = []
+    for table in entry.tables:
+        if cls is None:
+            series = episode_means(table, metric)
+        else:
+            sub = table[table["class"] == cls]
+            series = sub.groupby("episode", sort=True)[metric].mean()
+        rows.append(series.reindex(episodes).to_numpy(dtype=float))
+    return np.vstack(rows)
+
+
+def _estimate(entry: Entry, metric: str, cls: str | None, episodes: Any) -> tuple[dict[str, Any], Any]:
+    """The entry's estimate of ``metric`` (overall or ``cls``) and its seed-averaged episode scores."""
+    import numpy as np
+
+    from cxr_tools.eval.comparison import quiet_nan, seed_group_estimate
+
+    matrix = _matrix(entry, metric, cls, episodes)
+    halves = []
+    for s in entry.summaries:
+        est = (
+            (s.get("overall") or {}).get(metric)
+            if cls is None
+            else ((s.get("per_class") or {}).get(cls) or {}).get(metric)
+        )
+        if est and est.get("bootstrap_low") is not None and est.get("mean") is not None:
+            halves.append(max(est["mean"] - est["bootstrap_low"], est["bootstrap_high"] - est["mean"]))
+    within = float(np.mean(halves)) if len(halves) == len(entry.summaries) else None
+    estimate = seed_group_estimate(matrix, within)
+    if len(entry.summaries) == 1 and within is not None:
+        estimate["interval"] = "bootstrap" if within > estimate["episode_ci95"] else "episode"
+    with quiet_nan():
+        return estimate, np.nanmean(matrix, axis=0)
+
+
+def _rank(entries: list[Entry], first: dict[str, Any], config: CompareConfig) -> CompareResult:
+
+    from cxr_tools.eval.comparison import budget_text, pair_tests
+
+    metric = config.metric
+    episodes = sorted({int(e) for en in entries for t in en.tables for e in t["episode"].unique()})
+    n_eps = {t["episode"].nunique() for en in entries for t in en.tables}
     if len(n_eps) != 1:
         raise DataError("The evaluations hold different numbers of episodes despite one episode list.", "Re-run them.")
-
-    def key(item: Any) -> float:
-        mean = item[5][config.metric]["mean"]
-        return -mean if mean is not None and math.isfinite(mean) else math.inf
-
-    series.sort(key=key)
-    best_values = series[0][3]
+    classes = tuple(first.get("classes") or [])
+    stats = {e.name: _estimate(e, metric, None, episodes) for e in entries}
+    others = {e.name: {m: _estimate(e, m, None, episodes)[0]["mean"] for m in METRICS} for e in entries}
+    present = {c for e in entries for t in e.tables for c in t["class"].unique()}
+    cls_stats = {c: {e.name: _estimate(e, metric, c, episodes) for e in entries} for c in classes if c in present}
+    entries.sort(key=lambda e: -stats[e.name][0]["mean"] if math.isfinite(stats[e.name][0]["mean"]) else math.inf)
+    names = [e.name for e in entries]
+    reference = _reference(config.reference, entries) or names[0]
+    if config.reference:
+        pairs = [(n, reference) for n in names if n != reference]
+    else:
+        pairs = [(names[j], names[i]) for i in range(len(names)) for j in range(i + 1, len(names))]
+    tests = pair_tests("overall", {n: stats[n][1] for n in names}, pairs)
+    class_tests = {c: pair_tests(c, {n: v[1] for n, v in by.items()}, pairs) for c, by in cls_stats.items()}
+    vs_ref = {t.a: t for t in tests if t.b == reference}
+    vs_ref_cls = {c: {t.a: t for t in ts if t.b == reference} for c, ts in class_tests.items()}
     rows = []
-    for rank, (label, summary, d, values, per_class, overall) in enumerate(series, start=1):
-        if rank == 1:
-            diff = None
-        else:
-            aligned = values.reindex(best_values.index)
-            diff = paired_difference(aligned.to_numpy(dtype=float), best_values.to_numpy(dtype=float))
-        est = overall[config.metric]
+    for rank, e in enumerate(entries, start=1):
+        est, t = stats[e.name][0], vs_ref.get(e.name)
+        per_class = {}
+        for c in cls_stats:
+            ce, ct = cls_stats[c][e.name][0], vs_ref_cls[c].get(e.name)
+            per_class[c] = {k: ce[k] for k in ("mean", "ci95", "low", "high", "interval")} | {
+                "diff": None if ct is None else ct.diff,
+                "p_value": None if ct is None else ct.p_value,
+                "significant": None if ct is None else ct.significant,
+            }
+        leaks = sorted({str(s["leak"]) for s in e.summaries if s.get("leak")})
+        budgets = list(dict.fromkeys(budget_text(s.get("settings")) for s in e.summaries))
         rows.append(
             CompareRow(
-                rank=rank,
-                name=label,
-                method=str(summary.get("method")),
-                kind=summary.get("kind"),
-                eval_dir=d,
-                mean=_f(est["mean"]),
-                ci95=_f(est["ci95"]),
+                rank=rank, name=e.name, method=str(e.summaries[0].get("method")), kind=e.summaries[0].get("kind"),
+                eval_dir=e.dirs[0], eval_dirs=tuple(e.dirs), seeds=tuple(e.seeds),
+                mean=est["mean"], ci95=est["ci95"], low=est["low"], high=est["high"], interval=est["interval"],
                 n_episodes=int(est["n"]),
-                diff=None if diff is None else diff.mean,
-                diff_ci95=None if diff is None else diff.ci95,
-                p_value=None if diff is None else diff.p_value,
-                significant=None if diff is None else bool(np.isfinite(diff.p_value) and diff.p_value < ALPHA),
-                others={m: _f(overall[m]["mean"]) for m in METRICS},
-                per_class={c: _mean_ci(v[config.metric]) for c, v in per_class.items()},
+                diff=None if t is None else t.diff, diff_ci95=None if t is None else t.ci95,
+                p_value=None if t is None else t.p_value, p_raw=None if t is None else t.p_raw,
+                significant=None if t is None else t.significant, note="" if t is None else t.note,
+                leak="; ".join(leaks) or None, budget=" | ".join(b for b in budgets if b),
+                others=others[e.name], per_class=per_class,
             )
-        )
+        )  # fmt: skip
+    all_tests = tuple([*tests, *(t for ts in class_tests.values() for t in ts)])
     result = CompareResult(
-        metric=config.metric,
-        episode_list_hash=str(summaries[0]["episode_list_hash"]),
-        episodes=next(iter(n_eps)),
+        metric=metric,
+        episode_list_hash=str(first["episode_list_hash"]),
+        episodes=len(episodes),
         classes=classes,
         rows=tuple(rows),
-        verdict=verdict(rows, config.metric),
+        tests=all_tests,
+        reference=reference,
+        verdict=verdict(rows, metric, reference, bool(config.reference)),
         output=Path(config.output) if config.output is not None else None,
     )
     if config.output is None:
@@ -207,160 +253,11 @@ def compare(config: CompareConfig) -> CompareResult:
     return CompareResult(**{**result.__dict__, "files": tuple(files)})
 
 
-def _check_same_episodes(dirs: Sequence[Path], summaries: Sequence[dict[str, Any]], metric: str) -> None:
-    hashes = {str(s["episode_list_hash"]) for s in summaries}
-    if len(hashes) > 1:
-        detail = "; ".join(
-            f"{d} ({s.get('method_label') or s.get('method')}): {s['episode_list_hash']}"
-            for d, s in zip(dirs, summaries, strict=True)
-        )
-        raise DataError(
-            f"These evaluations used different episode lists, so they cannot be compared: {detail}.",
-            "Re-run cxr evaluate with the same --data, --meta-split, --ways/--shots/--queries, --episodes and --seed.",
-        )
-    if metric in THRESHOLD_METRICS:
-        thresholds = {float(s.get("threshold", math.nan)) for s in summaries}
-        if len(thresholds) > 1:
-            raise DataError(
-                f"{metric} depends on the threshold, and these evaluations used different ones "
-                f"({', '.join(f'{t:g}' for t in sorted(thresholds))}).",
-                "Re-run cxr evaluate with the same --threshold, or compare on --metric auc.",
-            )
-
-
-def _mean_ci(estimate: dict[str, Any]) -> dict[str, float]:
-    return {"mean": _f(estimate["mean"]), "ci95": _f(estimate["ci95"])}
-
-
-def _f(value: Any) -> float:
-    return math.nan if value is None else float(value)
-
-
-def _p(p: float | None) -> str:
-    if p is None or not math.isfinite(p):
-        return "p n/a"
-    return "p < 0.001" if p < 0.001 else f"p = {p:.3f}"
-
-
-def verdict(rows: Sequence[CompareRow], metric: str) -> str:
-    """One line: who is best, by how much over each other method (paired CI, p), and what is not significant."""
-    name = metric.upper() if metric in ("auc", "ap") else metric
-    best = rows[0]
-    head = f"{best.name} is best: {name} {best.mean:.3f} ± {best.ci95:.3f}"
-    if len(rows) == 1:
-        return f"{head} over {best.n_episodes} episodes (nothing to compare it with)."
-    parts = []
-    for row in rows[1:]:
-        d, ci = -(row.diff or 0.0), row.diff_ci95 if row.diff_ci95 is not None else math.nan
-        sig = "" if row.significant else ", not significant"
-        parts.append(f"{d:+.3f} [{d - ci:+.3f}, {d + ci:+.3f}] over {row.name} ({_p(row.p_value)}{sig})")
-    runner = rows[1]
-    if not runner.significant:
-        head = (
-            f"{best.name} ranks first ({name} {best.mean:.3f} ± {best.ci95:.3f}) but is not significantly better "
-            f"than {runner.name}"
-        )
-    return f"{head}: " + "; ".join(parts) + "."
-
-
-# --- files ------------------------------------------------------------------------------------------------------
-
-
-def _fmt(value: float | None, digits: int = 3) -> str:
-    return "" if value is None or not math.isfinite(value) else f"{value:.{digits}f}"
-
-
-def comparison_table(result: CompareResult) -> Any:
-    """The ranking as a DataFrame (the rows of ``comparison.csv``)."""
-    import pandas as pd
-
-    records = []
-    for row in result.rows:
-        ci = row.diff_ci95
-        records.append(
-            {
-                "rank": row.rank,
-                "name": row.name,
-                "method": row.method,
-                "kind": row.kind or "",
-                "eval_dir": str(row.eval_dir),
-                "metric": result.metric,
-                "mean": row.mean,
-                "ci95": row.ci95,
-                "low": row.mean - row.ci95,
-                "high": row.mean + row.ci95,
-                "episodes": row.n_episodes,
-                "diff_vs_best": row.diff,
-                "diff_ci95": ci,
-                "diff_low": None if row.diff is None or ci is None else row.diff - ci,
-                "diff_high": None if row.diff is None or ci is None else row.diff + ci,
-                "p_value": row.p_value,
-                "significant": row.significant,
-                **{f"{m}_mean": v for m, v in row.others.items()},
-                **{f"{c}_{result.metric}": v["mean"] for c, v in row.per_class.items()},
-            }
-        )
-    return pd.DataFrame.from_records(records)
-
-
-def comparison_markdown(result: CompareResult) -> str:
-    """``comparison.md``: the ranked table, per-class means and the verdict."""
-    name = result.metric.upper() if result.metric in ("auc", "ap") else result.metric
-    lines = [
-        f"# Comparison on {result.episodes} episodes (episode list {result.episode_list_hash})",
-        "",
-        f"| rank | method | {name} (mean ± 95% CI) | Δ vs best [95% CI] | p | " + " | ".join(result.classes) + " |",
-        "|---:|---|---:|---:|---:|" + "---:|" * len(result.classes),
-    ]
-    for row in result.rows:
-        if row.diff is None:
-            diff, p = "—", "—"
-        else:
-            ci = row.diff_ci95 if row.diff_ci95 is not None else math.nan
-            diff = f"{row.diff:+.3f} [{row.diff - ci:+.3f}, {row.diff + ci:+.3f}]"
-            p = _p(row.p_value).removeprefix("p = ").removeprefix("p ")
-        per = [
-            f"{_fmt(row.per_class[c]['mean'])} ± {_fmt(row.per_class[c]['ci95'])}" if c in row.per_class else ""
-            for c in result.classes
-        ]
-        lines.append(
-            f"| {row.rank} | {row.name} | {_fmt(row.mean)} ± {_fmt(row.ci95)} | {diff} | {p} | "
-            + " | ".join(per)
-            + " |"
-        )
-    lines += ["", f"**Verdict:** {result.verdict}", ""]
-    return "\n".join(lines)
-
-
-def write_comparison(result: CompareResult, out: Path, *, overwrite: bool) -> list[Path]:
-    """Write comparison.{csv,md,png,json} into ``out``; an existing comparison needs ``overwrite``."""
-    from cxr_tools.config import to_json
-    from cxr_tools.eval.plots import plot_grouped_bars
-    from cxr_tools.eval.report import write_table
-    from cxr_tools.runtime.fs import atomic_write_text
-
-    if out.exists() and not out.is_dir():
-        raise OutputExistsError(f"{out} exists and is not a directory.", "Choose another -o.")
-    if (out / COMPARISON_FILES[0]).exists() and not overwrite:
-        raise OutputExistsError(f"{out} already holds a comparison.", "Pass --overwrite, or choose another -o.")
-    out.mkdir(parents=True, exist_ok=True)
-    name = result.metric.upper() if result.metric in ("auc", "ap") else result.metric
-    groups = [*result.classes, "overall"]
-    series = {}
-    for row in result.rows:
-        means = [row.per_class.get(c, {}).get("mean", math.nan) for c in result.classes] + [row.mean]
-        cis = [row.per_class.get(c, {}).get("ci95", math.nan) for c in result.classes] + [row.ci95]
-        series[row.name] = (means, cis)
-    return [
-        write_table(out / "comparison.csv", comparison_table(result)),
-        atomic_write_text(out / "comparison.md", comparison_markdown(result)),
-        plot_grouped_bars(
-            out / "comparison.png",
-            groups,
-            series,
-            metric=name,
-            chance=0.5 if result.metric == "auc" else None,
-            title=f"{name} per class, {result.episodes} shared episodes ({result.episode_list_hash})",
-        ),
-        atomic_write_text(out / "comparison.json", to_json(result) + "\n"),
-    ]
+def _reference(spec: str | None, entries: Sequence[Entry]) -> str | None:
+    if not spec:
+        return None
+    for e in entries:
+        if spec == e.name or any(Path(spec).resolve() in (d.resolve(), d.parent.resolve()) for d in e.dirs):
+            return e.name
+    raise ConfigError(f"--reference {spec} is none of the compared methods.",
+                      f"Use one of: {', '.join(e.name for e in entries)} (or one of their paths).")  # fmt: skip

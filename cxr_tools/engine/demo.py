@@ -83,6 +83,7 @@ def make_plan(config: DemoConfig) -> DemoPlan:
             epochs=2,
             meta_episodes=80,
             eval_episodes=30,
+            queries=5,  # 400 patients: some classes have under 15 patients, and episodes are patient-disjoint
         )
     else:
         plan = DemoPlan(
@@ -109,7 +110,7 @@ def run_demo(config: DemoConfig, progress: Progress | None = None) -> DemoResult
     try:
         prepare_output_dir(work, overwrite=config.overwrite, what="demo work")
     except OutputExistsError as exc:
-        raise OutputExistsError(exc.message, "Pass --overwrite to rerun the demo there, or choose --workdir.") from None
+        raise OutputExistsError(exc.message, "Pass --overwrite to rerun the demo there, or another -o DIR.") from None
     stages: dict[str, float] = {}
 
     def stage(name: str, fn: Callable[[], T]) -> T:

@@ -3,7 +3,8 @@
 What an evaluation does, and why:
 
 * **Same episodes for every method.** The meta-split (``--meta-split``; ``auto`` = the MAML run's split, else
-  the cache's ``meta_split.json``, else MetaChest) and its disjoint image pools (pool seed: the run's, else 0)
+  the cache's ``meta_split.json``, else MetaChest) and its disjoint image pools (pool seed: the one the run
+  recorded, else 0)
   give the meta-test classes and pool; :meth:`~cxr_tools.data.episodes.EpisodeSampler.fixed_list` draws
   ``--episodes`` episodes from ``(seed, i)`` alone. The list depends on the cache, split, pool seed,
   ways/shots/queries and seed — never on the method or the run — and is saved with its hash as
@@ -18,7 +19,9 @@ What an evaluation does, and why:
 * **Siamese runs** also get the pair AUC and the similarity accuracy (at the run's validation threshold) on a
   fixed balanced pair set from the meta-test pool (:class:`~cxr_tools.data.pairs.PairSampler`).
 * **Refusals**: a run without a model folder (never finished), a cache whose image size, preprocessing or label
-  space does not fit the model, a run trained on this cache's meta-test classes (leak), too few positives.
+  space does not fit the model, too few positives, and a leak: a run whose lineage (it, or any run it was
+  initialised from, :mod:`cxr_tools.models.lineage`) trained on a meta-test class or on a patient of the
+  meta-test pool, or has no lineage record. ``--allow-leak`` evaluates it anyway and says so in ``leak``.
 
 Writes ``OUT/episodes.json``, ``episodes.csv`` (episode, class, counts, metrics), ``scores.csv`` (every query
 score), ``plots/*.png`` and, last, ``summary.json`` (its presence marks a complete evaluation; an existing one is
@@ -42,7 +45,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from cxr_tools import __version__
-from cxr_tools.engine.evaluate_journal import EpisodeJournal
+from cxr_tools.engine.evaluate_journal import EpisodeJournal, check_resumable
 from cxr_tools.errors import ConfigError, DataError, ModelError, OutputExistsError
 from cxr_tools.eval.metrics import METRICS
 from cxr_tools.runtime.progress import Progress, null_progress
@@ -62,6 +65,7 @@ PLOTS_DIR = "plots"
 SUMMARY_FORMAT = "cxr-eval"
 SUMMARY_VERSION = 1
 _PAIR_KEY = 104729  # seed key of the Siamese pair set, apart from the episodes' (seed, i)
+_BOOTSTRAP_KEY = 130363  # seed key of the patient-cluster bootstrap
 
 
 @dataclass(frozen=True)
@@ -76,6 +80,7 @@ class EvaluateConfig:
             ``pixels`` or ``linear-probe``.
         finetune: ``head`` or ``all`` (fine-tune method).
         episodes, ways, shots, queries, seed: the fixed episode list.
+        images_per_patient: the most images one patient contributes to an episode (recorded in the list).
         threshold: probability threshold of F1 / precision / recall and the confusion matrices.
         meta_split: ``auto``, ``metachest``, a YAML/JSON file or ``"train=A;val=B;test=C,D"``.
         pool_seed: seed of the meta-split pools (None = the run's, else 0: what training used).
@@ -85,10 +90,13 @@ class EvaluateConfig:
             temperature: prototype softmax temperature.
         match: a run whose adaptation budget (steps, lr, optimiser) ``scratch`` copies.
         pairs: Siamese pair-set size (0 = none).
+        bootstrap: patient-cluster bootstrap replicates (0 = episode interval only).
         plots: write the PNG plots.
         device, threads: where to compute.
         overwrite: replace a complete evaluation in ``output``.
         resume: continue an interrupted evaluation in ``output`` after its finished episodes (same settings).
+        allow_leak: evaluate a run whose lineage touches the meta-test classes or patients (exploration only;
+            the result's ``leak`` says how).
     """
 
     data: Path
@@ -100,6 +108,7 @@ class EvaluateConfig:
     ways: int = 2
     shots: int = 5
     queries: int = 15
+    images_per_patient: int = 1
     seed: int = 0
     threshold: float = 0.5
     meta_split: str = "auto"
@@ -112,16 +121,19 @@ class EvaluateConfig:
     temperature: float = 0.1
     match: Path | None = None
     pairs: int = 1000
+    bootstrap: int = 1000
     plots: bool = True
     device: str = "auto"
     threads: int | None = None
     overwrite: bool = False
     resume: bool = True
+    allow_leak: bool = False
 
 
 @dataclass(frozen=True)
 class EvaluateResult:
-    """What an evaluation measured. ``per_class[c][metric]`` / ``overall[metric]`` are ``{mean, ci95, n}``."""
+    """What an evaluation measured. ``per_class[c][metric]`` / ``overall[metric]`` are ``{mean, ci95, n}``;
+    ``leak`` is None, or one line saying how the run's lineage touches the meta-test split (``--allow-leak``)."""
 
     output: Path
     name: str
@@ -143,6 +155,7 @@ class EvaluateResult:
     pairs: dict[str, Any] | None
     seconds: float
     files: tuple[Path, ...] = field(default_factory=tuple)
+    leak: str | None = None
 
 
 # --- inputs -----------------------------------------------------------------------------------------------------
@@ -186,20 +199,9 @@ def check_data_fits(meta: Mapping[str, Any], cache: CacheReader) -> None:
         )
 
 
-def trained_classes(meta: Mapping[str, Any]) -> set[str]:
-    """Classes a run learned from: its head labels, Siamese pair labels, MAML meta-train / meta-val classes."""
-    extra = dict(meta.get("extra") or {})
-    out = {str(c) for c in meta.get("labels") or []} | {str(c) for c in extra.get("pair_labels") or []}
-    split = extra.get("meta_split")
-    if isinstance(split, Mapping):
-        out |= {str(c) for key in ("train", "val") for c in split.get(key) or []}
-    return out
-
-
 def resolve_split(spec: str, meta: Mapping[str, Any] | None, cache: CacheReader) -> MetaSplit:
     """``auto``: the MAML run's meta-split, else the cache's saved one, else MetaChest; else parse ``spec``."""
-    from cxr_tools.data.splits import parse_meta_split
-    from cxr_tools.engine.meta_train import resolve_meta_split
+    from cxr_tools.data.splits import parse_meta_split, resolve_meta_split
 
     run_split = ((meta or {}).get("extra") or {}).get("meta_split")
     if (spec or "auto").strip().lower() == "auto" and isinstance(run_split, Mapping):
@@ -253,7 +255,14 @@ def evaluate(config: EvaluateConfig, progress: Progress | None = None) -> Evalua
     import torch
 
     from cxr_tools.data.cache import open_cache
-    from cxr_tools.data.episodes import EpisodeSampler, EpisodeSpec, episode_list_hash, save_episode_list
+    from cxr_tools.data.episodes import (
+        EPISODE_LIST_VERSION,
+        EpisodeSampler,
+        EpisodeSpec,
+        episode_list_hash,
+        index_patients,
+        save_episode_list,
+    )
     from cxr_tools.data.splits import meta_split_pools
     from cxr_tools.methods.adapters import RUNLESS_METHODS, AdaptConfig, build_adapter, describe, resolve_method
     from cxr_tools.runtime.devices import describe_device, resolve_device, set_threads
@@ -270,7 +279,7 @@ def evaluate(config: EvaluateConfig, progress: Progress | None = None) -> Evalua
         adapt_steps=config.adapt_steps,
         temperature=config.temperature,
     )
-    spec = EpisodeSpec(config.ways, config.shots, config.queries)
+    spec = EpisodeSpec(config.ways, config.shots, config.queries, config.images_per_patient)
     cache = open_cache(config.data)
     model, meta = (None, None) if config.run is None else load_run(Path(config.run))
     kind = str(meta.get("training")) if meta is not None else None
@@ -294,30 +303,33 @@ def evaluate(config: EvaluateConfig, progress: Progress | None = None) -> Evalua
         normalisation = _normalisation(meta, str(backbone), cache)
 
     split = resolve_split(config.meta_split, meta, cache)
-    _check_no_leak(meta, cache, split)
     pool_seed = config.pool_seed
     if pool_seed is None:
-        pool_seed = int(((meta or {}).get("extra") or {}).get("pool_seed") or 0)
+        from cxr_tools.models.lineage import recorded_pool_seed
+
+        pool_seed = recorded_pool_seed(meta or {}) or 0
     pool = meta_split_pools(cache.index, cache.labels, split, seed=pool_seed)["test"]
+    leak = _check_no_leak(meta if method != "scratch" else None, cache, split, pool, config.allow_leak)
     raw = cache.raw_labels()
     try:
-        sampler = EpisodeSampler(raw, cache.labels, split.test, pool, spec)
+        sampler = EpisodeSampler(raw, cache.labels, split.test, pool, spec, patients=index_patients(cache.index))
     except DataError as exc:
         raise DataError(f"Meta-test classes/pool: {exc.message}", exc.hint) from None
     episodes = sampler.fixed_list(config.episodes, config.seed)
     _check_rows(episodes, pool, split.test)
-    ep_hash = episode_list_hash(episodes)
+    ep_hash = episode_list_hash(episodes, cache.manifest_hash)
 
     set_threads(config.threads)
     device = resolve_device(config.device)
     adapter = build_adapter(model, meta, config.ways, adapt_cfg, backbone=backbone, device=device, match=matched)
     out = prepare_eval_dir(Path(config.output) if config.output else default_output(config.run, label, kind),
                            config.overwrite, config.resume)  # fmt: skip
+    if config.resume:
+        check_resumable(out)
     save_episode_list(
         out / EPISODES_JSON,
         episodes,
         {
-            "cache_manifest_hash": cache.manifest_hash,
             "meta_split": split.to_dict(),
             "pool_seed": pool_seed,
             "ways": config.ways,
@@ -325,6 +337,7 @@ def evaluate(config: EvaluateConfig, progress: Progress | None = None) -> Evalua
             "queries": config.queries,
             "seed": config.seed,
         },
+        fingerprint=cache.manifest_hash,
     )
     journal = EpisodeJournal(
         out,
@@ -336,6 +349,7 @@ def evaluate(config: EvaluateConfig, progress: Progress | None = None) -> Evalua
             "backbone": backbone,
             "cache_manifest_hash": cache.manifest_hash,
             "episode_list_hash": ep_hash,
+            "episode_list_version": EPISODE_LIST_VERSION,
             "threshold": config.threshold,
         },
         resume=config.resume,
@@ -361,7 +375,9 @@ def evaluate(config: EvaluateConfig, progress: Progress | None = None) -> Evalua
 
     table = pd.DataFrame.from_records(records)
     score_table = pd.DataFrame.from_records(scores)
-    per_class, overall = aggregate(table, list(split.test))
+    score_table["patient"] = cache.index["patient_id"].astype(str).to_numpy()[score_table["row"].to_numpy(int)]
+    boot = _bootstrap(score_table, list(split.test), config)
+    per_class, overall = aggregate(table, list(split.test), bootstrap=boot)
     files = [write_table(out / EPISODES_CSV, table), write_table(out / SCORES_CSV, score_table)]
     if config.plots:
         from cxr_tools.eval.report import evaluation_plots
@@ -382,11 +398,14 @@ def evaluate(config: EvaluateConfig, progress: Progress | None = None) -> Evalua
         "architecture": backbone,
         "cache": str(config.data),
         "cache_manifest_hash": cache.manifest_hash,
+        "cache_preprocessing": dict(cache.manifest.get("preprocessing") or {}),
         "model_cache_manifest_hash": (meta or {}).get("cache_manifest_hash"),
         "meta_split": split.to_dict(),
         "pool_seed": pool_seed,
         "pool_images": len(pool),
         "episode_list_hash": ep_hash,
+        "episode_list_version": EPISODE_LIST_VERSION,
+        "images_per_patient": config.images_per_patient,
         "episodes": len(episodes),
         "ways": config.ways,
         "shots": config.shots,
@@ -397,7 +416,9 @@ def evaluate(config: EvaluateConfig, progress: Progress | None = None) -> Evalua
         "metrics": list(METRICS),
         "per_class": per_class,
         "overall": overall,
+        "bootstrap": _bootstrap_record(boot),
         "pairs": pairs,
+        "leak": leak,
         "seconds": round(seconds, 3),
         "device": describe_device(device),
         "tool_version": __version__,
@@ -429,6 +450,7 @@ def evaluate(config: EvaluateConfig, progress: Progress | None = None) -> Evalua
         pairs=pairs,
         seconds=seconds,
         files=tuple([out / EPISODES_JSON, *files]),
+        leak=leak,
     )
 
 
@@ -439,6 +461,26 @@ def _check_config(config: EvaluateConfig) -> None:
         raise ConfigError(f"--threshold must be a probability in [0, 1] (got {config.threshold}).")
     if config.pairs < 0:
         raise ConfigError(f"--pairs must be >= 0 (got {config.pairs}).")
+    if config.bootstrap < 0:
+        raise ConfigError(f"bootstrap must be >= 0 replicates (got {config.bootstrap}).", "Use 1000 or more, or 0.")
+
+
+def _bootstrap(score_table: Any, classes: Sequence[str], config: EvaluateConfig) -> Any:
+    """Patient-cluster bootstrap intervals (None when disabled), seeded from the evaluation seed."""
+    if config.bootstrap == 0 or not len(score_table):
+        return None
+    from cxr_tools.eval.bootstrap import cluster_bootstrap
+    from cxr_tools.runtime.seeding import numpy_generator
+
+    rng = numpy_generator(config.seed, _BOOTSTRAP_KEY)
+    return cluster_bootstrap(score_table, classes, replicates=config.bootstrap, rng=rng, threshold=config.threshold)
+
+
+def _bootstrap_record(boot: Any) -> dict[str, Any] | None:
+    """summary.json's ``bootstrap``: how the cluster intervals were drawn."""
+    if boot is None:
+        return None
+    return {"unit": "patient", "replicates": boot.replicates, "patients": boot.patients, "seed_key": _BOOTSTRAP_KEY}
 
 
 def _matched_run(match: Path | None, method: str) -> tuple[str, dict[str, Any]] | None:
@@ -473,18 +515,31 @@ def _normalisation(meta: Mapping[str, Any] | None, backbone: str, cache: CacheRe
     return card.normalisation
 
 
-def _check_no_leak(meta: Mapping[str, Any] | None, cache: CacheReader, split: MetaSplit) -> None:
-    """Refuse to evaluate a run on meta-test classes it was trained on, on the data it was trained on."""
-    if meta is None or meta.get("cache_manifest_hash") != cache.manifest_hash:
-        return
-    leaked = sorted(trained_classes(meta) & set(split.test))
-    if leaked:
-        raise DataError(
-            f"The run was trained on meta-test class(es) {', '.join(leaked)} of this cache, so its few-shot scores "
-            "on them would be leaked.",
-            "Train on the meta-train classes only (--classes base), or evaluate with a --meta-split whose test "
-            "classes the run never saw.",
+def _check_no_leak(
+    meta: Mapping[str, Any] | None, cache: CacheReader, split: MetaSplit, pool: np.ndarray, allow: bool
+) -> str | None:
+    """Refuse a run whose lineage trained on a meta-test class or patient (or cannot be checked); with ``allow``,
+    return that as one line instead (None: no leak; nothing to check without trained weights)."""
+    if meta is None:
+        return None
+    from cxr_tools.data.splits import patients_of
+    from cxr_tools.models.lineage import find_leak, load_patient_sets
+
+    sets = load_patient_sets(meta["path"]) if meta.get("path") else {}
+    leak = find_leak(meta, sets, split.test, patients_of(cache.index, pool))
+    if leak is None:
+        return None
+    if allow:
+        log.warning("Evaluating a leaking model (--allow-leak): %s.", leak)
+        return leak
+    if "cannot be checked" in leak or "missing or altered" in leak:
+        hint = "Retrain the run (and its parents) with this version of cxr-tools, or pass --allow-leak to explore."
+    else:
+        hint = (
+            "Train every run of the chain on the meta-train pool only (--classes base, the same --pool-seed as "
+            "meta-train), or pass --allow-leak to explore (the summary then records the leak)."
         )
+    raise DataError(f"Leak: {leak}, so its few-shot scores on the meta-test split would be inflated.", hint)
 
 
 def _check_rows(episodes: Sequence[Episode], pool: np.ndarray, classes: Sequence[str]) -> None:
@@ -507,8 +562,8 @@ def _run_episodes(
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Adapt and score every episode (reusing the journal's finished ones): ``episodes.csv`` and ``scores.csv``
     rows in episode order."""
-    from cxr_tools.engine.meta_train import episode_tensors
     from cxr_tools.eval.metrics import episode_metrics
+    from cxr_tools.methods.episodes import episode_tensors
     from cxr_tools.runtime.seeding import make_generator
 
     records: list[dict[str, Any]] = []

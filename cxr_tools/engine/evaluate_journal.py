@@ -6,7 +6,8 @@ Ctrl-C loses at most the episode in flight. ``OUT/progress.json`` records what t
 weights, method and its settings, episode list hash, threshold, ...). A rerun with the same settings reuses the
 finished episodes; episode ``i`` draws its randomness from ``(seed, i)`` alone, so the resumed evaluation equals
 an uninterrupted one. Other settings start the evaluation over, with a warning naming what differs. Both files
-are removed once ``summary.json`` is written.
+are removed once ``summary.json`` is written. Finished episodes drawn the old way (episode-list format version 1,
+image- rather than patient-disjoint) are never mixed with new ones: :func:`check_resumable` refuses them.
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from cxr_tools.config import differing_keys
+from cxr_tools.data.episodes import EPISODE_LIST_VERSION
+from cxr_tools.errors import DataError
 from cxr_tools.runtime.fs import atomic_write_json, complete_lines
 
 log = logging.getLogger(__name__)
@@ -27,6 +30,26 @@ SETTINGS = "progress.json"
 
 #: One finished episode: its ``episodes.csv`` records and ``scores.csv`` rows.
 EpisodeResult = tuple[list[dict[str, Any]], list[dict[str, Any]]]
+
+
+def check_resumable(folder: Path) -> None:
+    """Refuse to resume an interrupted evaluation in ``folder`` whose finished episodes were drawn the old way."""
+    folder = Path(folder)
+    path, settings_path = folder / JOURNAL, folder / SETTINGS
+    if not (path.is_file() and settings_path.is_file() and complete_lines(path).strip()):
+        return  # no finished episode: nothing could be mixed
+    try:
+        recorded = json.loads(settings_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return  # unreadable settings never match: the evaluation starts over
+    version = recorded.get("episode_list_version", 1) if isinstance(recorded, dict) else 1
+    if version != EPISODE_LIST_VERSION:
+        raise DataError(
+            f"The interrupted evaluation in {folder} ran on episodes of format version {version} (image-disjoint: "
+            f"a patient could be in support and query); its episodes cannot be resumed as version "
+            f"{EPISODE_LIST_VERSION} (patient-disjoint) ones.",
+            "Re-evaluate from the start: rerun with --overwrite (or --no-resume).",
+        )
 
 
 class EpisodeJournal:
@@ -50,6 +73,7 @@ class EpisodeJournal:
     def _read(self) -> dict[int, EpisodeResult]:
         if not (self.path.is_file() and self.settings_path.is_file()):
             return {}
+        check_resumable(self.folder)
         try:
             recorded = json.loads(self.settings_path.read_text(encoding="utf-8"))
         except (OSError, ValueError):

@@ -1,32 +1,23 @@
 """Engine of ``cxr predict``: per-image class probabilities for a folder, a file or a list of images.
 
-The pipeline, and why each step is shaped as it is:
+Orchestration only; the parts live where they belong:
 
-* **The model's own preprocessing.** The operations come from ``model.json`` (``input.preprocessing``, the
-  cache manifest's :class:`~cxr_tools.data.imaging.ImageOps`), and images are decoded by the very function
-  ``cxr preprocess`` uses (:func:`~cxr_tools.data.preprocess_pipeline.process_chunk`), then scaled by
-  :func:`~cxr_tools.models.inputs.to_model_input` as training and evaluation do. So a file seen through
-  ``predict`` reaches the model as exactly the tensor it would be after ``preprocess`` + training's loader. A
-  model card without preprocessing (an old or hand-made folder) falls back to default operations at the model's
-  image size, with a warning.
+* **The model's own preprocessing** (:mod:`cxr_tools.data.decode`): the operations recorded in ``model.json``,
+  decoded by ``cxr preprocess``'s own function and scaled by :func:`~cxr_tools.models.inputs.to_model_input`,
+  so a file reaches the model as exactly the tensor it would have been after ``preprocess`` + training.
 * **Streaming.** Inputs are decoded in chunks on worker processes (``workers``; results in input order with a
   bounded number of chunks in flight) while the parent runs the model on full batches, so memory stays flat and
   decoding overlaps inference.
-* **Batch-independent scores.** The model runs in eval mode under ``torch.inference_mode`` (BatchNorm uses its
-  running statistics), so a row's scores depend on its own image only; float32 kernels may still round the last
-  bit differently for different batch shapes (< 1e-6), below the 6 decimals written.
-* **Resumable.** Rows are appended to a hidden partial file as they are scored and renamed to the output at
-  the end (:mod:`cxr_tools.engine.predict_output`); a rerun after ``kill -9``, a SLURM time limit or Ctrl-C
-  continues after the last complete row when the settings are the same, and ends with the same file.
+* **Scores** (:mod:`cxr_tools.methods.scoring`): eval mode, no batch effects; with ``support`` the run is first
+  adapted to a labelled support set and the output columns are the support set's classes.
+* **Resumable** (:mod:`cxr_tools.data.predictions`): rows are appended to a hidden partial file and renamed to
+  the output at the end; a rerun after ``kill -9``, a SLURM time limit or Ctrl-C continues after the last
+  complete row when the settings are the same, and ends with the same file.
 * **Honest partial failure.** A file that cannot be read (missing, corrupt, not an image) gets a row with empty
   probabilities and the reason in ``error``; the run continues. The result counts them; the CLI exits 3.
-* **Few-shot use** (``support``): the run is first adapted to a labelled support set with the method its
-  training kind calls for (:func:`~cxr_tools.methods.adapters.build_adapter`: MAML adaptation for a MAML run,
-  nearest prototypes for a Siamese run, a fine-tuned head for a supervised one); the output columns are then the
-  support set's classes. MAML and Siamese runs have no fixed label head and need a support set.
 
-The CSV (DESIGN.md §3): ``path``, one probability column per class, ``<class>_pred`` columns (0/1) when
-thresholds are given, ``error``; one row per input in input order; complete whenever it exists.
+The CSV (docs/design.md, "Predictions CSV"): ``path``, one probability column per class, ``<class>_pred``
+columns (0/1) when thresholds are given, ``error``; one row per input in input order; complete whenever it exists.
 """
 
 from __future__ import annotations
@@ -34,34 +25,33 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from cxr_tools.data.decode import decode_stream, decode_workers, model_ops
 from cxr_tools.data.imaging import ImageOps
-from cxr_tools.data.inputs import InputItem, list_inputs, read_support
-from cxr_tools.engine.predict_output import (
+from cxr_tools.data.inputs import InputItem, list_inputs
+from cxr_tools.data.predictions import (
     PredictionsWriter,
     fingerprint_inputs,
     fingerprint_path,
     format_row,
     header,
+    parse_thresholds,
 )
-from cxr_tools.errors import ConfigError, DataError, InputError, ModelError, OutputExistsError, ResourceError
+from cxr_tools.errors import ConfigError, InputError, ModelError
+from cxr_tools.runtime.fs import output_plan
 from cxr_tools.runtime.progress import Progress, null_progress
 
 if TYPE_CHECKING:
-    import torch
+    from cxr_tools.methods.scoring import RunScorer
 
 log = logging.getLogger(__name__)
 
-#: Training kinds whose head does not name findings: they score only after adapting to a support set.
-NEEDS_SUPPORT: tuple[str, ...] = ("maml", "siamese")
-#: ``preprocessing`` keys of a cache manifest that describe what :func:`load_image` always does.
-_IMPLIED_OPS = {"grayscale": True, "interpolation": "area"}
 #: Failures listed in the result (all are in the CSV).
 MAX_LISTED_FAILURES = 200
 
@@ -136,189 +126,6 @@ class PredictResult:
     failures: tuple[tuple[str, str], ...]
 
 
-# --- pieces other engines and benchmarks reuse ---------------------------------------------------------------
-
-
-def model_ops(meta: Mapping[str, Any]) -> ImageOps:
-    """The :class:`ImageOps` a model was trained with (``model.json`` ``input.preprocessing``).
-
-    Falls back to default operations at the model's image size, with a warning, when the card has none.
-    """
-    contract = meta.get("input") or {}
-    recorded = dict(contract.get("preprocessing") or {})
-    size = int(contract.get("image_size") or 0)
-    if not recorded:
-        fallback = ImageOps(size=size) if size else ImageOps()
-        log.warning(
-            "%s records no preprocessing; using default operations at %d px (%s). Predictions may differ from "
-            "what the model saw in training.",
-            meta.get("path", "the model"),
-            fallback.size,
-            ", ".join(f"{k}={v}" for k, v in fallback.to_dict().items()),
-        )
-        return fallback
-    for key, value in _IMPLIED_OPS.items():
-        if key in recorded and recorded.pop(key) != value:
-            raise ModelError(
-                f"{meta.get('path', 'The model')} was trained with {key}={value!r}, which predict cannot reproduce.",
-                "Retrain on a cache made by this version of `cxr preprocess`.",
-            )
-    ops = ImageOps.from_dict(recorded)
-    if size and ops.size != size:
-        raise ModelError(f"{meta.get('path')} records {ops.size} px preprocessing for a {size} px input.")
-    return ops
-
-
-def decode_stream(
-    items: Sequence[InputItem], ops: ImageOps, *, workers: int, chunk: int = 16, in_flight: int | None = None
-) -> Iterator[tuple[int, np.ndarray, list[tuple[int, str]]]]:
-    """Decode ``items`` with ``ops`` in input order: yields ``(start, images, rejected)`` per chunk.
-
-    ``images`` holds the readable inputs of the chunk (uint8 ``[k, size, size]``) in order; ``rejected`` the
-    ``(position, reason)`` of the others. The decoding is ``cxr preprocess``'s own.
-    """
-    from cxr_tools.data.preprocess_pipeline import ChunkTask, ordered_map, process_chunk
-
-    paths = [it.path for it in items]
-    tasks = (ChunkTask(s, tuple(paths[s : s + chunk]), ops) for s in range(0, len(paths), chunk))
-    try:
-        for res in ordered_map(process_chunk, tasks, workers, in_flight=in_flight):
-            yield res.start, res.images, list(res.rejected)
-    except ResourceError as exc:
-        raise ResourceError(
-            "A decoding worker process died (killed for memory, a decoder crashing on a file, or, from Python, "
-            "a main script without an `if __name__ == '__main__':` guard).",
-            "Rerun with fewer --workers, or with --workers 0 to find the file in the traceback (CXR_DEBUG=1).",
-        ) from exc
-
-
-def parse_thresholds(text: str | None, labels: Sequence[str]) -> dict[str, float] | None:
-    """``"0.5"`` -> every label at 0.5; ``"A=0.3,B=0.6"`` -> those labels (others get no ``_pred`` column)."""
-    if text is None or not str(text).strip():
-        return None
-    text = str(text).strip()
-
-    def number(value: str, what: str) -> float:
-        try:
-            t = float(value)
-        except ValueError:
-            raise ConfigError(f"--threshold {what}: {value!r} is not a number.") from None
-        if not (math.isfinite(t) and 0.0 <= t <= 1.0):
-            raise ConfigError(f"--threshold {what} must be a probability in [0, 1] (got {value}).")
-        return t
-
-    if "=" not in text:
-        t = number(text, "")
-        return {label: t for label in labels}
-    out: dict[str, float] = {}
-    for part in filter(None, (p.strip() for p in text.split(","))):
-        name, sep, value = part.rpartition("=")
-        name = name.strip()
-        if not sep or not name:
-            raise ConfigError(f"--threshold part {part!r} is not LABEL=VALUE.", "Example: Effusion=0.3,Mass=0.6.")
-        if name not in labels:
-            raise ConfigError(f"--threshold names '{name}', which is not predicted.", f"Labels: {', '.join(labels)}.")
-        out[name] = number(value.strip(), name)
-    return {label: out[label] for label in labels if label in out}
-
-
-class Scorer:
-    """Probabilities ``[n, C]`` (float32, CPU) from uint8 images ``[n, H, W]``, in eval mode, without gradients."""
-
-    def __init__(self, model: Any, meta: Mapping[str, Any], device: torch.device, amp: bool, adapted: Any) -> None:
-        self.model = model
-        self.meta = meta
-        self.device = device
-        self.amp = amp
-        self.adapted = adapted
-
-    def __call__(self, images: np.ndarray) -> np.ndarray:
-        import torch
-
-        from cxr_tools.models.inputs import to_model_input
-        from cxr_tools.runtime.devices import autocast_context
-
-        with torch.inference_mode():
-            x = to_model_input(images, self.meta, self.device)
-            if self.adapted is not None:
-                return self.adapted.predict(x).float().numpy()
-            with autocast_context(self.device, self.amp):
-                logits = self.model(x)
-            return torch.sigmoid(logits.float()).cpu().numpy()
-
-
-def load_scorer(config: PredictConfig, progress: Progress) -> tuple[Scorer, dict[str, Any], tuple[str, ...], int]:
-    """Load the run, adapt it to the support set when given: ``(scorer, meta, labels, n_support)``."""
-    import torch
-
-    from cxr_tools.models import load_model_dir
-    from cxr_tools.runtime.devices import resolve_device
-
-    device = resolve_device(config.device)
-    model, meta = load_model_dir(config.model, map_location=device)
-    model.eval()
-    training = str(meta.get("training"))
-    if config.support is None:
-        if training in NEEDS_SUPPORT:
-            raise ModelError(
-                f"{meta.get('path')} is a {training} run: it has no fixed label head and scores findings only "
-                "relative to labelled examples.",
-                "Pass --support DIR|CSV with a few labelled images per class (see `cxr predict --help`).",
-            )
-        labels = tuple(str(x) for x in meta.get("labels") or ())
-        n_out = int(meta.get("num_classes") or 0)
-        if n_out < 1:
-            raise ModelError(f"{meta.get('path')} has no classification head.", "Pass --support to adapt it.")
-        if len(labels) != n_out:
-            labels = tuple(f"class_{j}" for j in range(n_out))
-        return Scorer(model, meta, device, config.amp, None), meta, labels, 0
-
-    support = read_support(config.support, min_support=config.min_support)
-    ops = model_ops(meta)
-    images = np.empty((len(support.items), ops.size, ops.size), dtype=np.uint8)
-    with progress.task("decode support", total=len(support.items)) as task:
-        for start, block, rejected in decode_stream(support.items, ops, workers=0):
-            if rejected:
-                pos, reason = rejected[0]
-                raise DataError(
-                    f"Support image {support.items[pos].display} cannot be read: {reason}.",
-                    "Fix or remove it from the support set.",
-                )
-            images[start : start + len(block)] = block
-            task.advance(len(block))
-    from cxr_tools.methods.adapters import AdaptConfig, build_adapter
-    from cxr_tools.models.inputs import to_model_input
-
-    adapt_cfg = AdaptConfig(method=config.method, finetune=config.finetune, batch_size=config.batch_size)
-    adapter = build_adapter(model, meta, len(support.classes), adapt_cfg, device=device)
-    generator = torch.Generator().manual_seed(int(config.seed))
-    with progress.task(f"adapt ({adapter.method})", total=1) as task:
-        scorer = adapter.fit(
-            to_model_input(images, meta, device), torch.from_numpy(support.targets).to(device), generator=generator
-        )
-        task.advance()
-    log.info("adapted to %d support images of %d classes with %s", len(images), len(support.classes), adapter.method)
-    return Scorer(model, meta, device, config.amp, scorer), meta, support.classes, len(images)
-
-
-# --- the command -----------------------------------------------------------------------------------------
-
-
-def _workers(config: PredictConfig, n: int, device: torch.device) -> int:
-    """Decoding processes by default: with an accelerator every core decodes while it computes; on a CPU device
-    the forward pass's threads already use every core, so a quarter of the cores decode (none on up to 3 cores,
-    where benchmarks/predict.py measured in-process decoding as fast as 2 workers). Fewer than 64 inputs never
-    pay for a pool start."""
-    if config.workers is not None:
-        return config.workers
-    from cxr_tools.data.preprocess_pipeline import available_cores
-
-    cores = available_cores()
-    if n < 64:
-        return 0
-    return cores if device.type != "cpu" else cores // 4
-
-
 def run_predict(config: PredictConfig, progress: Progress | None = None) -> PredictResult:
     """Score every input of ``config.input`` and write the predictions CSV (module docstring).
 
@@ -331,10 +138,7 @@ def run_predict(config: PredictConfig, progress: Progress | None = None) -> Pred
     progress = null_progress(progress)
     started = time.perf_counter()
     out = Path(config.output)
-    if out.is_dir():
-        raise OutputExistsError(f"Output {out} is a directory.", "Pass a CSV file name with -o.")
-    if out.exists() and not config.overwrite:
-        raise OutputExistsError(f"Output {out} already exists.", "Pass --overwrite to replace it, or another -o.")
+    output_plan(out, overwrite=config.overwrite, file=True)  # an existing CSV is replaced at the final rename
     inputs = list_inputs(config.input)
     if not inputs.items:
         extra = f" ({len(inputs.skipped)} other file(s) skipped)" if inputs.skipped else ""
@@ -342,7 +146,18 @@ def run_predict(config: PredictConfig, progress: Progress | None = None) -> Pred
             f"No images found in {config.input}{extra}.",
             "Give a folder with PNG / JPEG / DICOM files, an image file, or a CSV list of paths.",
         )
-    scorer, meta, labels, n_support = load_scorer(config, progress)
+    from cxr_tools.methods.adapters import resolve_method
+    from cxr_tools.methods.scoring import SupportOptions, load_scorer
+    from cxr_tools.runtime.devices import resolve_device
+
+    support = None
+    if config.support is not None:
+        support = SupportOptions(
+            Path(config.support), config.min_support, config.method, config.finetune, config.batch_size, config.seed
+        )
+    scorer, meta, labels, n_support = load_scorer(
+        config.model, resolve_device(config.device), amp=config.amp, support=support, progress=progress
+    )
     thresholds = parse_thresholds(config.threshold, labels)
     ops = model_ops(meta)
 
@@ -384,7 +199,7 @@ def run_predict(config: PredictConfig, progress: Progress | None = None) -> Pred
         n_failed=len(failed),
         n_skipped=len(inputs.skipped),
         n_resumed=done,
-        method=None if n_support == 0 else _method_name(config, meta),
+        method=None if n_support == 0 else resolve_method(config.method, str(meta.get("training"))),
         n_support=n_support,
         seconds=round(time.perf_counter() - started, 3),
         images_per_second=round(n_new_ok / loop_seconds, 2) if loop_seconds > 0 else 0.0,
@@ -395,7 +210,7 @@ def run_predict(config: PredictConfig, progress: Progress | None = None) -> Pred
 def _score_into(
     writer: PredictionsWriter,
     todo: Sequence[InputItem],
-    scorer: Scorer,
+    scorer: RunScorer,
     ops: ImageOps,
     labels: Sequence[str],
     thresholds: Mapping[str, float] | None,
@@ -413,7 +228,7 @@ def _score_into(
     errors = [""] * m
     ready = np.zeros(m, dtype=bool)
     next_row = 0
-    workers = _workers(config, m, scorer.device)
+    workers = decode_workers(config.workers, m, accelerator=scorer.device.type != "cpu")
     chunk = max(1, min(config.batch_size, 16))
     in_flight = max(2 * workers, math.ceil(config.batch_size / chunk) + workers)
     pending_pos: list[int] = []
@@ -473,13 +288,11 @@ def _settings(
     items: Sequence[InputItem],
 ) -> dict[str, Any]:
     """What the rows depend on: a partial output is resumed only when all of it is unchanged."""
-    from cxr_tools.models.checkpoints import WEIGHTS_FILE
+    from cxr_tools.methods.scoring import weights_fingerprint
 
-    folder = Path(str(meta.get("path")))
-    weights = meta.get("weights_sha256") or fingerprint_path(folder / str(meta.get("weights_file") or WEIGHTS_FILE))
     return {
-        "model": str(folder.resolve()),
-        "weights": weights,
+        "model": str(Path(str(meta.get("path"))).resolve()),
+        "weights": weights_fingerprint(meta),
         "labels": list(labels),
         "thresholds": dict(thresholds) if thresholds else None,
         "support": fingerprint_path(config.support),
@@ -491,9 +304,3 @@ def _settings(
         "inputs": len(items),
         "inputs_sha256": fingerprint_inputs(items),
     }
-
-
-def _method_name(config: PredictConfig, meta: Mapping[str, Any]) -> str:
-    from cxr_tools.methods.adapters import resolve_method
-
-    return resolve_method(config.method, str(meta.get("training")))

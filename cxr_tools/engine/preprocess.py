@@ -1,4 +1,4 @@
-"""Engine of ``cxr preprocess``: decode a dataset once into an HDF5 or memory-mapped cache (DESIGN.md §3).
+"""Engine of ``cxr preprocess``: decode a dataset once into an HDF5 or memory-mapped cache (docs/design.md).
 
 Why a cache: the seed projects decoded every 1024² PNG in every epoch (~6 ms each, the whole cost of an
 epoch on a CPU) and opened every image just to build a label index. Here each image is decoded exactly once,
@@ -24,7 +24,6 @@ How the run is shaped so that it scales and survives clusters:
 from __future__ import annotations
 
 import logging
-import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,35 +31,18 @@ from typing import Any
 
 import numpy as np
 
-from cxr_tools import __version__
 from cxr_tools.data import cache as cache_mod
-from cxr_tools.data.preprocess_pipeline import (
-    ChunkTask,
-    Journal,
-    JournalState,
-    available_cores,
-    fingerprint,
-    ordered_map,
-    process_chunk,
-)
+from cxr_tools.data.cache_build import CACHE_FILES, assign_split_column, build_manifest, fill_store
+from cxr_tools.data.preprocess_pipeline import Journal, JournalState, available_cores, fingerprint
 from cxr_tools.data.shards import merge_shards, parse_shard, shard_range
-from cxr_tools.errors import CacheError, ConfigError, DataError, OutputExistsError
-from cxr_tools.runtime.fs import prepare_output_dir
+from cxr_tools.errors import CacheError, ConfigError, DataError
+from cxr_tools.runtime.fs import apply_output_plan, only_files, output_plan
 from cxr_tools.runtime.progress import Progress, null_progress
 
 log = logging.getLogger(__name__)
 
 JOURNAL = cache_mod.JOURNAL
 FORMATS: tuple[str, ...] = tuple(cache_mod.STORE_FILES)
-# Files a (partial) cache directory may hold; anything else means it is not ours to resume into.
-_CACHE_FILES = {
-    cache_mod.MANIFEST,
-    cache_mod.INDEX,
-    cache_mod.REJECTED,
-    JOURNAL,
-    "meta_split.json",
-    *cache_mod.STORE_FILES.values(),
-}
 
 
 @dataclass(frozen=True)
@@ -169,15 +151,23 @@ def preprocess(config: PreprocessConfig, progress: Progress | None = None) -> Pr
     shard = parse_shard(config.shard)
     workers = available_cores() if config.workers is None else config.workers
     out = Path(config.output)
-    plan = _output_plan(out, overwrite=config.overwrite, resume=config.resume)  # refuse before any work
-
+    # --overwrite replaces a complete or incomplete cache; --resume continues an incomplete one (and starts a
+    # missing or empty one, so a requeued SLURM job can always pass it); with both, an incomplete cache is
+    # resumed and a complete one replaced. Decided before any work, carried out only once the source has
+    # loaded: a typo in SRC must not cost the old cache.
+    plan = output_plan(
+        out,
+        overwrite=config.overwrite,
+        resume=config.resume,
+        complete=cache_mod.is_complete,
+        owned=only_files(CACHE_FILES) if config.resume else None,
+        what="cache",
+    )
     src = _load_source(config)
-    if plan == "replace":  # only once the source has loaded: a typo in SRC must not cost the old cache
-        prepare_output_dir(out, overwrite=True, what="cache")
-    out.mkdir(parents=True, exist_ok=True)
+    apply_output_plan(out, plan)
     resuming = plan == "resume"
     table = src.table.reset_index(drop=True)
-    split_info = _assign_splits(table, src.labels, config)
+    split_info = assign_split_column(table, src.labels, seed=config.seed, fractions=config.fractions)
     start, end = shard_range(len(table), shard)
     part = table.iloc[start:end].reset_index(drop=True)
     problems = list(src.problems) if shard is None or shard[0] == 0 else []
@@ -209,7 +199,7 @@ def preprocess(config: PreprocessConfig, progress: Progress | None = None) -> Pr
         except CacheError:
             if not config.overwrite:
                 raise
-            prepare_output_dir(out, overwrite=True, what="cache")
+            apply_output_plan(out, "replace")
             resuming = False
     store_path = out / cache_mod.STORE_FILES[config.format]
     if state.done and not store_path.is_file():
@@ -217,7 +207,19 @@ def preprocess(config: PreprocessConfig, progress: Progress | None = None) -> Pr
     if resuming and state.done:
         log.info("Resuming %s: %d of %d inputs already done", out, state.done, len(paths))
 
-    stored, rejected = _run(out, config, ops, paths, workers, journal, state, run_fp, progress)
+    stored, rejected = fill_store(
+        out,
+        config.format,
+        ops,
+        paths,
+        workers=workers,
+        chunk_size=config.chunk_size,
+        commit_seconds=config.commit_seconds,
+        journal=journal,
+        state=state,
+        run_fp=run_fp,
+        progress=progress,
+    )
 
     # Finish: rejected.csv, index.csv, then manifest.json last (the completion marker).
     rejected_rows = problems + [(paths[i], reason) for i, reason in sorted(rejected)]
@@ -235,31 +237,18 @@ def preprocess(config: PreprocessConfig, progress: Progress | None = None) -> Pr
     index.insert(0, "row", np.arange(len(index), dtype=np.int64))
     cache_mod.write_index(out, index, src.labels)
     counts = cache_mod.count_index(index, rejected=len(rejected_rows), inputs=len(paths) + len(problems))
-    manifest = {
-        "tool": "cxr-tools",
-        "tool_version": __version__,
-        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "source": {
-            "kind": src.kind,
-            "root": str(Path(src.root).resolve()),
-            "metadata_file": src.metadata_file.name if src.metadata_file is not None else None,
-            "metadata_sha256": src.metadata_sha256,
-            "metadata_files": {Path(k).name: v for k, v in sorted(src.metadata_files.items())},
-            "views": list(config.views),
-        },
-        "inputs_sha256": inputs_sha,
-        "labels": list(src.labels),
-        "image_size": [ops.size, ops.size],
-        "dtype": "uint8",
-        "preprocessing": {"grayscale": True, "interpolation": "area", **ops.to_dict()},
-        "storage": config.format,
-        "store_file": cache_mod.STORE_FILES[config.format],
-        "splits": split_info,
-        "counts": counts,
-        "shard": None
+    manifest = build_manifest(
+        src,
+        views=config.views,
+        inputs_sha256=inputs_sha,
+        ops=ops,
+        storage=config.format,
+        splits=split_info,
+        counts=counts,
+        shard=None
         if shard is None
         else {"index": shard[0], "count": shard[1], "start": start, "end": end, "total": len(table)},
-    }
+    )
     cache_mod.write_manifest(out, manifest)
     journal.remove()
     seconds = time.perf_counter() - started
@@ -274,54 +263,6 @@ def preprocess(config: PreprocessConfig, progress: Progress | None = None) -> Pr
     )
 
 
-def _run(
-    out: Path,
-    config: PreprocessConfig,
-    ops: Any,
-    paths: tuple[str, ...],
-    workers: int,
-    journal: Journal,
-    state: JournalState,
-    run_fp: str,
-    progress: Progress,
-) -> tuple[int, list[tuple[int, str]]]:
-    """Decode ``paths[state.done:]`` into the store, committing progress to the journal; (rows stored, rejected)."""
-    size = int(ops.size)
-    rows = len(paths)
-    if state.done == len(paths) and cache_mod.ImageStoreWriter.existing_rows(out, config.format) == state.stored:
-        rows = state.stored  # interrupted after the store was shrunk, before the manifest
-    store = cache_mod.ImageStoreWriter(out, config.format, rows, size, size, resume=state.done > 0)
-    journal.open(run_fp, state)
-    done, stored, rejected = state.done, state.stored, list(state.rejected)
-    try:
-        with progress.task("preprocess", total=len(paths)) as task:
-            if done:
-                task.advance(done)
-            cs = config.chunk_size
-            tasks = (ChunkTask(i, paths[i : i + cs], ops) for i in range(done, len(paths), cs))
-            pending: list[tuple[int, str]] = []
-            last_commit = time.monotonic()
-            for res in ordered_map(process_chunk, tasks, workers):
-                store.write_block(stored, res.images)
-                stored += len(res.images)
-                done = res.start + res.count
-                pending.extend(res.rejected)
-                rejected.extend(res.rejected)
-                task.advance(res.count)
-                if time.monotonic() - last_commit >= config.commit_seconds:
-                    store.flush(durable=True)
-                    journal.commit(done, stored, pending)
-                    pending, last_commit = [], time.monotonic()
-            if done > state.done or pending:
-                store.flush(durable=True)
-                journal.commit(done, stored, pending)
-        store.truncate(stored)
-    finally:
-        store.close()
-        journal.close()
-    return stored, rejected
-
-
 def merge(config: MergeConfig, progress: Progress | None = None) -> PreprocessResult:
     """Merge the shard caches of one ``--shard i/n`` run into one cache, identical to an unsharded run."""
     started = time.perf_counter()
@@ -330,12 +271,10 @@ def merge(config: MergeConfig, progress: Progress | None = None) -> PreprocessRe
     out = Path(config.output)
     if any(Path(s).resolve() == out.resolve() for s in config.shards):
         raise ConfigError(f"The merge output {out} is one of the shards.", "Choose a new -o directory.")
-    if out.is_dir() and any(out.iterdir()):
-        if not config.overwrite:
-            state = "a complete cache" if cache_mod.is_complete(out) else "not empty"
-            raise OutputExistsError(f"{out} is {state}.", "Pass --overwrite to replace it, or choose another -o.")
-        shutil.rmtree(out)
-    out.mkdir(parents=True, exist_ok=True)
+    plan = output_plan(
+        out, overwrite=config.overwrite, complete=cache_mod.is_complete, owned=lambda _: False, what="cache"
+    )
+    apply_output_plan(out, plan)
     manifest = merge_shards(config.shards, out, progress)
     seconds = time.perf_counter() - started
     return _result(out, manifest, seconds=seconds, rate=manifest["counts"]["images"] / seconds if seconds else 0.0)
@@ -364,55 +303,7 @@ def _result(
     )
 
 
-def _output_plan(out: Path, *, overwrite: bool, resume: bool) -> str:
-    """Decide, without touching anything, what to do with ``out``: ``new``, ``replace`` or ``resume``.
-
-    ``--overwrite`` replaces a complete or incomplete cache; ``--resume`` continues an incomplete one (and
-    starts a missing or empty one, so a requeued SLURM job can always pass it); with both, an incomplete cache
-    is resumed and a complete one replaced. Anything else that exists is refused with a hint.
-    """
-    if out.exists() and not out.is_dir():
-        raise OutputExistsError(f"{out} exists and is not a directory.", "Choose another -o path.")
-    if not out.exists() or not any(out.iterdir()):
-        return "new"
-    if cache_mod.is_complete(out):
-        if overwrite:
-            return "replace"
-        raise OutputExistsError(
-            f"Cache {out} is already complete.", "Pass --overwrite to rebuild it, or choose another -o directory."
-        )
-    if resume:
-        foreign = sorted(p.name for p in out.iterdir() if p.name not in _CACHE_FILES and not p.name.startswith("."))
-        if not foreign:
-            return "resume"
-        if not overwrite:
-            raise OutputExistsError(
-                f"{out} is not an interrupted cache (it holds {', '.join(foreign[:5])}).",
-                "Choose another -o directory, or pass --overwrite to replace its contents.",
-            )
-    if overwrite:
-        return "replace"
-    raise OutputExistsError(
-        f"Cache {out} is incomplete (an interrupted run?).",
-        "Pass --resume to continue it, or --overwrite to start again.",
-    )
-
-
 def _load_source(config: PreprocessConfig) -> Any:
     from cxr_tools.data.sources import load_source
 
     return load_source(Path(config.src), config.source, views=tuple(config.views), metadata=config.metadata)
-
-
-def _assign_splits(table: Any, labels: tuple[str, ...], config: PreprocessConfig) -> dict[str, Any]:
-    """Fill ``table["split"]`` (patient-disjoint, official lists honoured) on the *whole* input list."""
-    from cxr_tools.data.splits import assign_splits
-
-    official = bool((table["split"].fillna("").astype(str).str.strip() != "").any())
-    table["split"] = assign_splits(table, seed=config.seed, fractions=config.fractions, labels=labels).astype(str)
-    return {
-        "method": "official+patient" if official else "patient",
-        "seed": config.seed,
-        "fractions": [float(f) for f in config.fractions],
-        "stratified": True,
-    }

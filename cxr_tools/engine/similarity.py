@@ -1,12 +1,12 @@
 """Engine of ``cxr similarity A B``: how alike two images are under a run's embedding.
 
-The embedding is the one the run's few-shot method compares images with
-(:func:`~cxr_tools.methods.prototypes.embedding_function`): a Siamese run's L2-normalised projection, compared
-with the distance it was trained with (``extra.distance`` in ``model.json``: cosine or euclidean); any other run
-(MAML, supervised) the L2-normalised pooled backbone features, compared by cosine. The score is
-:func:`~cxr_tools.models.siamese.similarity`, ``1 - d / 2`` in [0, 1] (1 = same direction), for both distances,
-so it is symmetric and an image is maximally similar to itself. Both images are preprocessed with the run's
-recorded operations (:func:`~cxr_tools.engine.predict.model_ops`) and embedded one at a time in eval mode.
+The embedding is the run's one embedding (:func:`~cxr_tools.models.siamese.embedder`): a Siamese run's
+L2-normalised projection, compared with the distance it was trained with (``extra.distance`` in ``model.json``:
+cosine or euclidean); any other run (MAML, supervised) the L2-normalised pooled backbone features, compared by
+cosine. The score is :func:`~cxr_tools.models.siamese.similarity`, ``1 - d / 2`` in [0, 1] (1 = same
+direction), for both distances, so it is symmetric and an image is maximally similar to itself. Both images are
+preprocessed with the run's recorded operations (:func:`~cxr_tools.data.decode.model_ops`) and embedded one at
+a time in eval mode.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cxr_tools.engine.predict import model_ops
+from cxr_tools.data.decode import model_ops
 
 
 @dataclass(frozen=True)
@@ -62,10 +62,9 @@ def run_similarity(config: SimilarityConfig) -> SimilarityResult:
     import torch
 
     from cxr_tools.data.imaging import load_image
-    from cxr_tools.methods.prototypes import embedding_function
     from cxr_tools.models import load_model_dir
     from cxr_tools.models.inputs import to_model_input
-    from cxr_tools.models.siamese import check_distance, pair_distance, similarity
+    from cxr_tools.models.siamese import embedder, pair_distance, similarity, trained_distance
     from cxr_tools.runtime.devices import resolve_device
 
     device = resolve_device(config.device)
@@ -73,9 +72,9 @@ def run_similarity(config: SimilarityConfig) -> SimilarityResult:
     model.eval()
     ops = model_ops(meta)
     images = np.stack([load_image(config.a, ops), load_image(config.b, ops)])
-    embed, _ = embedding_function(model, meta)
-    siamese = meta.get("training") == "siamese"
-    kind = check_distance(str((meta.get("extra") or {}).get("distance", "cosine"))) if siamese else "cosine"
+    embed = embedder(model, meta)
+    siamese = trained_distance(meta)
+    kind = siamese or "cosine"
     with torch.inference_mode():
         x = to_model_input(images, meta, device)
         za, zb = embed(x[:1]).float(), embed(x[1:]).float()  # one at a time: no batch effects at all

@@ -9,7 +9,7 @@ Each epoch draws ``pairs_per_epoch`` training pairs from ``numpy_generator(seed,
 exact) and augments each side from ``(seed, epoch, pair, side)``. Validation uses one fixed pair set drawn
 once from the seed on the val split: pair AUC of the similarity (threshold-free, monitored for ``best.pt``
 and early stopping), the contrastive loss, and the accuracy at the threshold that maximises it on these
-pairs - reported, never a fixed 0.5 (SCIENCE.md §3). The best epoch's threshold is stored in the model
+pairs - reported, never a fixed 0.5 (docs/science.md). The best epoch's threshold is stored in the model
 card (``extra.threshold``) for ``cxr evaluate`` / ``cxr similarity``.
 
 ``--backbone-from RUN`` starts from the backbone of a finished ``cxr train`` or ``cxr train-siamese`` run
@@ -20,40 +20,22 @@ card (``extra.threshold``) for ``cxr evaluate`` / ``cxr similarity``.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from cxr_tools.engine.train import (
-    CacheImages,
-    RuntimeContext,
-    TrainingOptions,
-    best_record,
-    build_model,
-    check_common,
-    check_model_name,
-    default_augment,
-    finite_or_none,
-    load_best,
-    make_batch_loader,
-    make_optimisation,
-    make_train_loop,
-    model_meta,
-    normalise_input,
-    open_training_data,
-    open_training_run,
-    roc_auc,
-    run_fit,
-    run_in_context,
-)
-from cxr_tools.errors import ConfigError, DataError, ModelError
+from cxr_tools.errors import ConfigError, DataError
+from cxr_tools.runtime.options import TrainingOptions, check_training_options
 from cxr_tools.runtime.progress import Progress
+
+if TYPE_CHECKING:
+    from cxr_tools.runtime.lifecycle import RuntimeContext
 
 log = logging.getLogger(__name__)
 
-VAL_PAIRS_KEY = 0x5A1  # seed key of the fixed validation pair set
+VAL_PAIRS_KEY = 0x5A1  # seed key of the fixed validation pair set (validation_pairs(seed, key))
 
 
 @dataclass(frozen=True)
@@ -71,7 +53,7 @@ class SiameseConfig(TrainingOptions):
         views: views allowed in pairs (default frontal: PA, AP, unknown).
         pairs_per_epoch: training pairs per epoch (None = number of usable training images).
         val_pairs: size of the fixed validation pair set (at most; fewer if the split is small).
-        Training length, optimiser, schedule and run handling: :class:`~cxr_tools.engine.train.TrainingOptions`;
+        Training length, optimiser, schedule and run handling: :class:`~cxr_tools.runtime.options.TrainingOptions`;
         here ``batch_size`` counts pairs and ``patience`` watches the validation pair AUC.
     """
 
@@ -121,30 +103,38 @@ class SiameseResult:
     world_size: int
     train_images: int
     rank: int = 0
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def train_siamese(config: SiameseConfig, progress: Progress | None = None) -> SiameseResult:
     """Train the Siamese network described by ``config`` (module docstring); resumes an incomplete run."""
-    _check_config(config)
-    from cxr_tools.methods.contrastive import check_margin
+    from cxr_tools.runtime.lifecycle import run_in_context
 
-    check_margin(config.margin)
-    return run_in_context(config, _train_siamese, progress)
+    _check_config(config)
+    return run_in_context(config, lambda ctx: _train_siamese(config, ctx, progress))
 
 
 def _train_siamese(config: SiameseConfig, ctx: RuntimeContext, progress: Progress | None) -> SiameseResult:
-    """The body of :func:`train_siamese`, run by :func:`run_in_context`."""
+    """The body of :func:`train_siamese`, run by :func:`~cxr_tools.runtime.lifecycle.run_in_context`."""
     from cxr_tools.data.pairs import PairSampler
+    from cxr_tools.data.selection import open_training_data
+    from cxr_tools.data.torch_data import Augment, CacheImages, EpochPairs, PairBatches, make_batch_loader
     from cxr_tools.methods.contrastive import contrastive_loss
+    from cxr_tools.methods.pair_validation import validate_pairs, validation_pairs
+    from cxr_tools.models.registry import normalise
     from cxr_tools.models.siamese import SiameseNet
+    from cxr_tools.runtime import lifecycle
+    from cxr_tools.runtime.seeding import numpy_generator
 
-    cache, labels, train_rows, val_rows = open_training_data(config.cache, config.classes, config.meta_split)
+    cache, labels, train_rows, val_rows = open_training_data(
+        config.cache, config.classes, config.meta_split, config.pool_seed
+    )
     views = tuple(config.views) if config.views and "all" not in config.views else None
     train_pairs = PairSampler(cache.index, labels, rows=train_rows, rule=config.pair_rule, views=views)
     if train_pairs.uncertain_dropped:
         log.info("%d training image(s) with an uncertain label are left out of pairs.", train_pairs.uncertain_dropped)
-    val_set = _validation_pairs(cache, labels, val_rows, config, views)
+    val_set = validation_pairs(
+        cache, labels, val_rows, config.pair_rule, views, config.val_pairs, numpy_generator(config.seed, VAL_PAIRS_KEY)
+    )
     per_epoch = config.pairs_per_epoch or train_pairs.num_images
     n_batches = per_epoch // config.batch_size
     if n_batches == 0:
@@ -158,11 +148,11 @@ def _train_siamese(config: SiameseConfig, ctx: RuntimeContext, progress: Progres
     net_model = SiameseNet(backbone, config.distance)
     has_val = val_set is not None
     monitor, mode = ("val_pair_auc", "max") if has_val else ("train_loss", "min")
-    net, optimizer, schedule = make_optimisation(
+    net, optimizer, schedule = lifecycle.make_optimisation(
         net_model, ctx, config, steps_per_epoch=n_batches, monitor="val_pair_auc"
     )
-    images = CacheImages(cache, default_augment() if config.augment else None, config.seed)
-    data = _PairBatches(images, _EpochPairs(train_pairs, per_epoch, config.seed))
+    images = CacheImages(cache, Augment() if config.augment else None, config.seed)
+    data = PairBatches(images, EpochPairs(train_pairs, per_epoch, config.seed))
     norm_kind = str(backbone.normalisation)
 
     def batches_fn(epoch: int, start: int = 0) -> Any:
@@ -172,12 +162,12 @@ def _train_siamese(config: SiameseConfig, ctx: RuntimeContext, progress: Progres
             keys.append((epoch, pos[ctx.dist.rank :: ctx.dist.world_size]))
         return make_batch_loader(data, keys, config.workers, ctx.device)
 
-    counter = {"n": 0}
+    session_steps = [0]
 
     def step_fn(batch: Any) -> dict[str, Any]:
-        counter["n"] += 1
+        session_steps[0] += 1
         xa, xb, y = (t.to(ctx.device, non_blocking=True) for t in batch)
-        za, zb = net(normalise_input(xa, norm_kind), normalise_input(xb, norm_kind))
+        za, zb = net(normalise(xa, norm_kind), normalise(xb, norm_kind))
         loss = contrastive_loss(za, zb, y, margin=config.margin, distance=config.distance)
         return {"loss": loss}
 
@@ -186,19 +176,28 @@ def _train_siamese(config: SiameseConfig, ctx: RuntimeContext, progress: Progres
     def validate_fn() -> dict[str, float]:
         if not ctx.dist.is_main or val_set is None:
             return {}
-        return _validate(net_model, images, val_set, val_batch, ctx.device, norm_kind, config)
+        return validate_pairs(
+            net_model, images, val_set, val_batch, ctx.device, norm_kind, config.margin, config.distance, config.amp
+        )
 
-    run = open_training_run(config, "train-siamese", ctx)
-    loop = make_train_loop(
-        config, ctx, run, net, optimizer, schedule, step_fn, batches_fn, validate_fn if has_val else None,
-        monitor, mode, progress,
+    run = lifecycle.open_run_dir(replace(config, cache=Path(config.cache).resolve()), "train-siamese", ctx)
+    loop = lifecycle.epoch_loop(
+        config, ctx, run, net, optimizer, schedule, progress, monitor=monitor, mode=mode,
+        step_fn=step_fn, batches_fn=batches_fn, validate_fn=validate_fn if has_val else None,
     )  # fmt: skip
-    fit = run_fit(loop, config.batch_size, cache, counter)
-    best = best_record(run)
+    fit = lifecycle.fit(
+        loop,
+        f"Out of memory training with batch size {config.batch_size} at {min(cache.image_shape)} px on {ctx.device}.",
+        "Lower --batch-size (or preprocess the cache at a smaller --size).",
+    )
+    best = lifecycle.best_record(run)
     model_dir = None
     if fit.status == "completed" and ctx.dist.is_main:
-        load_best(run, net_model)
+        lifecycle.load_selected(run, net_model)
+        from cxr_tools.data.selection import pool_record
+        from cxr_tools.data.splits import patients_of
         from cxr_tools.models.checkpoints import save_model_dir
+        from cxr_tools.models.lineage import write_lineage
 
         extra = {
             "embedding_dim": config.embedding_dim,
@@ -214,7 +213,12 @@ def _train_siamese(config: SiameseConfig, ctx: RuntimeContext, progress: Progres
             "backbone_from": str(config.backbone_from) if config.backbone_from else None,
             "best_epoch": fit.best_epoch,
         }
-        save_model_dir(backbone, model_meta(cache, backbone, [], "siamese", extra), run.model_dir)
+        meta = lifecycle.model_meta(cache, backbone, [], "siamese", extra)
+        meta["lineage"] = write_lineage(
+            run.model_dir, meta, run=run.path, patients=patients_of(cache.index, train_rows, val_rows),
+            parents=[config.backbone_from] if config.backbone_from else [], **pool_record(cache, config),
+        )  # fmt: skip
+        save_model_dir(backbone, meta, run.model_dir)
         model_dir = run.model_dir
     return SiameseResult(
         run_dir=run.path,
@@ -229,15 +233,15 @@ def _train_siamese(config: SiameseConfig, ctx: RuntimeContext, progress: Progres
         epochs=fit.epochs,
         steps=fit.steps,
         best_epoch=fit.best_epoch,
-        val_pair_auc=finite_or_none(best.get("val_pair_auc")),
-        val_accuracy=finite_or_none(best.get("val_accuracy")),
-        val_threshold=finite_or_none(best.get("val_threshold")),
+        val_pair_auc=lifecycle.finite_or_none(best.get("val_pair_auc")),
+        val_accuracy=lifecycle.finite_or_none(best.get("val_accuracy")),
+        val_threshold=lifecycle.finite_or_none(best.get("val_threshold")),
         val_pairs=len(val_set) if val_set is not None else 0,
         val_pairs_hash=val_set.digest() if val_set is not None else "",
         resumed=fit.resumed,
         stopped_early=fit.stopped_early,
         seconds=fit.seconds,
-        samples_per_second=fit.samples_per_second,
+        samples_per_second=session_steps[0] * config.batch_size / fit.seconds if fit.seconds > 0 else 0.0,
         device=ctx.device_name,
         world_size=ctx.dist.world_size,
         train_images=train_pairs.num_images,
@@ -247,6 +251,8 @@ def _train_siamese(config: SiameseConfig, ctx: RuntimeContext, progress: Progres
 
 def _check_config(config: SiameseConfig) -> None:
     from cxr_tools.data.pairs import PAIR_RULES
+    from cxr_tools.methods.contrastive import check_margin
+    from cxr_tools.models.factory import check_model_name
     from cxr_tools.models.siamese import check_distance
 
     check_distance(config.distance)
@@ -258,135 +264,18 @@ def _check_config(config: SiameseConfig) -> None:
         raise ConfigError(f"--val-pairs must be at least 2 (got {config.val_pairs}).")
     if config.pairs_per_epoch is not None and config.pairs_per_epoch < 1:
         raise ConfigError(f"--pairs-per-epoch must be at least 1 (got {config.pairs_per_epoch}).")
-    check_common(config)
+    check_training_options(config)
     check_model_name(config.backbone)
-
-
-def _validation_pairs(cache: Any, labels: list[str], rows: np.ndarray, config: SiameseConfig, views: Any) -> Any:
-    """The fixed validation pair set (None, with a warning, when the val split cannot make pairs)."""
-    from cxr_tools.data.pairs import PairSampler
-    from cxr_tools.runtime.seeding import numpy_generator
-
-    if len(rows) == 0:
-        log.warning("The cache has no val split: no validation; the final weights become the model.")
-        return None
-    try:
-        sampler = PairSampler(cache.index, labels, rows=rows, rule=config.pair_rule, views=views)
-    except DataError as exc:
-        log.warning("No validation pairs (%s); the final weights become the model.", exc)
-        return None
-    n = min(config.val_pairs, max(2, sampler.num_images * 4))
-    return sampler.sample(n, numpy_generator(config.seed, VAL_PAIRS_KEY))
+    check_margin(config.margin)
 
 
 def _make_backbone(config: SiameseConfig, cache: Any) -> Any:
     """The twin backbone with its projection head; from ``--backbone-from`` when given."""
+    from cxr_tools.models.factory import backbone_from_run, create_for_images
+
+    side, where = int(min(cache.image_shape)), f"cache {cache.path}"
     if config.backbone_from is None:
-        return build_model(
-            config.backbone, cache, num_classes=config.embedding_dim, norm=config.norm, weights=config.weights
+        return create_for_images(
+            config.backbone, side, where, num_classes=config.embedding_dim, norm=config.norm, weights=config.weights
         )
-    from cxr_tools.models.checkpoints import load_model_dir, load_state_strict
-
-    source, meta = load_model_dir(config.backbone_from)
-    arch = str(meta.get("architecture"))
-    if arch != config.backbone:
-        raise ModelError(
-            f"--backbone-from {config.backbone_from} holds a '{arch}' model, not '{config.backbone}'.",
-            f"Pass --backbone {arch}, or a run trained with {config.backbone}.",
-        )
-    args = {k: v for k, v in (meta.get("model_args") or {}).items() if k not in {"num_classes", "weights"}}
-    if config.norm is not None and args.get("norm", config.norm) != config.norm:
-        raise ModelError(
-            f"--backbone-from {config.backbone_from} was trained with norm={args.get('norm')}, not {config.norm}.",
-            "Leave --norm unset to use the run's setting.",
-        )
-    contract = meta.get("input") or {}
-    side = int(min(cache.image_shape))
-    if contract.get("image_size") and int(contract["image_size"]) != side:
-        log.warning(
-            "The backbone was trained on %s px images, cache %s is %d px.", contract["image_size"], cache.path, side
-        )
-    model = build_model(config.backbone, cache, num_classes=config.embedding_dim, **args)
-    features = {k: v for k, v in source.state_dict().items() if not k.startswith("head.")}
-    load_state_strict(model, features, source=str(config.backbone_from), skip_prefixes=("head.",))
-    model.normalisation = str(contract.get("normalisation") or model.normalisation)
-    model.pretrained = meta.get("pretrained")
-    log.info("Backbone initialised from %s (%s).", meta.get("path"), arch)
-    return model
-
-
-class _EpochPairs:
-    """The training pairs of an epoch: ``per_epoch`` pairs drawn from ``numpy_generator(seed, epoch)``."""
-
-    def __init__(self, sampler: Any, per_epoch: int, seed: int) -> None:
-        self.sampler, self.per_epoch, self.seed = sampler, int(per_epoch), int(seed)
-
-    def __call__(self, epoch: int) -> Any:
-        from cxr_tools.runtime.seeding import numpy_generator
-
-        return self.sampler.sample(self.per_epoch, numpy_generator(self.seed, epoch))
-
-
-class _PairBatches:
-    """Map-style dataset: ``(epoch, pair positions)`` -> ``(left images, right images, targets)``.
-
-    The epoch's pair list is drawn on first use in each process and cached (one epoch at a time).
-    """
-
-    def __init__(self, images: CacheImages, train_pairs_fn: Any) -> None:
-        self.images = images
-        self.pairs_fn = train_pairs_fn
-        self._epoch: int | None = None
-        self._pairs: Any = None
-
-    def pairs(self, epoch: int) -> Any:
-        if self._epoch != epoch:
-            self._pairs, self._epoch = self.pairs_fn(epoch), epoch
-        return self._pairs
-
-    def __getitem__(self, key: tuple[int, np.ndarray]) -> Any:
-        import torch
-
-        epoch, positions = key
-        positions = np.asarray(positions, dtype=np.int64)
-        pairs = self.pairs(epoch).take(positions)
-        side = np.ones((len(positions), 1), dtype=np.int64)
-        xa = self.images.load(pairs.left, epoch, np.concatenate([positions[:, None], 0 * side], axis=1))
-        xb = self.images.load(pairs.right, epoch, np.concatenate([positions[:, None], side], axis=1))
-        return torch.from_numpy(xa), torch.from_numpy(xb), torch.from_numpy(pairs.target)
-
-
-def _validate(
-    net: Any, images: CacheImages, pairs: Any, batch: int, device: Any, norm_kind: str, config: SiameseConfig
-) -> dict[str, float]:
-    """Embed every image of the validation pairs once (eval mode); pair AUC, loss, accuracy, threshold."""
-    import torch
-
-    from cxr_tools.methods.contrastive import best_threshold, contrastive_loss
-    from cxr_tools.models.siamese import similarity
-    from cxr_tools.runtime.devices import autocast_context
-
-    rows = pairs.rows()
-    net.eval()
-    chunks = []
-    with torch.no_grad():
-        for start in range(0, len(rows), batch):
-            x = torch.from_numpy(images.load(rows[start : start + batch], 0, None)).to(device)
-            with autocast_context(device, config.amp):
-                chunks.append(net.embed(normalise_input(x, norm_kind)).float().cpu())
-    emb = torch.cat(chunks)
-    where = {int(r): k for k, r in enumerate(rows)}
-    za = emb[[where[int(r)] for r in pairs.left]]
-    zb = emb[[where[int(r)] for r in pairs.right]]
-    target = torch.from_numpy(pairs.target)
-    sims = similarity(za, zb, config.distance).numpy()
-    loss = float(contrastive_loss(za, zb, target, margin=config.margin, distance=config.distance))
-    auc = roc_auc(pairs.target, sims)
-    threshold, accuracy = best_threshold(pairs.target, sims)
-    return {
-        "val_loss": loss,
-        "val_pair_auc": auc,
-        "val_accuracy": accuracy,
-        "val_threshold": threshold,
-        "val_pairs": float(len(pairs)),
-    }
+    return backbone_from_run(config.backbone_from, config.backbone, config.embedding_dim, side, where, config.norm)

@@ -1,9 +1,9 @@
 """Few-shot evaluation metrics: pure functions over targets and scores (no torch, no files).
 
 Per episode and class: ROC AUC (threshold-free, the primary metric), average precision, and F1 / precision /
-recall at a stated threshold; over episodes: mean ± 95% confidence interval (Student t), and paired
-differences between methods evaluated on the *same* episodes (SCIENCE.md §2: "every reported number with a
-confidence interval and a baseline on the same episodes").
+recall at a stated threshold; over episodes: mean ± 95% confidence interval (Student t), paired differences
+between methods evaluated on the *same* episodes, and Holm-Bonferroni adjustment of a family of p-values
+(docs/science.md). The patient-cluster bootstrap lives in :mod:`cxr_tools.eval.bootstrap`.
 """
 
 from __future__ import annotations
@@ -87,16 +87,25 @@ def mean_ci(values: Sequence[float] | np.ndarray, confidence: float = 0.95) -> E
 
 @dataclass(frozen=True)
 class PairedDifference:
-    """``a - b`` over the same episodes: mean ± CI and the paired t-test p-value."""
+    """``a - b`` over the same episodes: mean ± CI, the paired p-value and, when the t-test cannot be used, why."""
 
     mean: float
     ci95: float
     n: int
     p_value: float
+    note: str = ""
+
+
+IDENTICAL_NOTE = "identical on every episode"
+CONSTANT_NOTE = "the same difference on every episode (exact sign test)"
 
 
 def paired_difference(a: Sequence[float] | np.ndarray, b: Sequence[float] | np.ndarray) -> PairedDifference:
-    """Compare two methods episode by episode (the arrays must be aligned on the same episodes)."""
+    """Compare two methods episode by episode (the arrays must be aligned on the same episodes).
+
+    The paired t-test needs a spread of differences: identical scores give p = 1 (and a note); a constant
+    non-zero difference gives the exact two-sided sign-test p = 2^(1-n) — never a p of 0.
+    """
     from scipy import stats
 
     x = np.asarray(a, dtype=np.float64)
@@ -106,8 +115,35 @@ def paired_difference(a: Sequence[float] | np.ndarray, b: Sequence[float] | np.n
     keep = ~(np.isnan(x) | np.isnan(y))
     d = x[keep] - y[keep]
     est = mean_ci(d)
-    if len(d) < 2 or np.allclose(d, d[0]):
-        p = math.nan if len(d) < 2 else (1.0 if d[0] == 0 else 0.0)
+    note = ""
+    if len(d) < 2:
+        p = math.nan
+    elif np.allclose(d, 0.0, rtol=0.0, atol=1e-12):
+        p, note = 1.0, IDENTICAL_NOTE
+    elif np.allclose(d, d[0], rtol=0.0, atol=1e-12):
+        p, note = max(2.0 ** (1 - len(d)), np.finfo(float).tiny), CONSTANT_NOTE
     else:
         p = float(stats.ttest_rel(x[keep], y[keep]).pvalue)
-    return PairedDifference(est.mean, est.ci95, est.n, p)
+    return PairedDifference(est.mean, est.ci95, est.n, p, note)
+
+
+def holm(p_values: Sequence[float]) -> list[float]:
+    """Holm-Bonferroni adjusted p-values (step-down, monotone, capped at 1); NaN stays NaN and is not counted."""
+    p = np.asarray(p_values, dtype=np.float64)
+    out = np.full(len(p), math.nan)
+    finite = np.flatnonzero(~np.isnan(p))
+    m = len(finite)
+    running = 0.0
+    for rank, i in enumerate(finite[np.argsort(p[finite], kind="stable")]):
+        running = max(running, min(1.0, (m - rank) * p[i]))
+        out[i] = running
+    return [float(v) for v in out]
+
+
+def format_p(p: float | None) -> str:
+    """``p = 0.042``, ``p < 0.001`` or ``p n/a`` — never ``p = 0.0``."""
+    if p is None or not math.isfinite(p):
+        return "p n/a"
+    if p < 0.001:
+        return "p < 0.001"
+    return f"p = {p:.3f}" if p < 0.9995 else "p = 1"

@@ -152,12 +152,7 @@ def plot_metric_bars(
     x = np.arange(len(names))
     bars = ax.bar(x, np.nan_to_num(m), yerr=_ci_errors(ci95), capsize=4, color="tab:blue", alpha=0.85)
     ax.bar_label(bars, labels=[f"{v:.3f}" if np.isfinite(v) else "n/a" for v in m], padding=3, fontsize=8)
-    if chance is not None:
-        ax.axhline(chance, ls="--", lw=0.8, color="grey")
-    ax.set_xticks(x, list(names), rotation=30 if len(names) > 4 else 0, ha="right" if len(names) > 4 else "center")
-    ax.set_ylim(0, 1.1)
-    ax.set_ylabel(f"{metric} (mean ± 95% CI)")
-    ax.set_title(title or f"{metric} per class")
+    _score_axes(ax, names, metric=metric, chance=chance, title=title or f"{metric} per class")
     return save_figure(fig, path)
 
 
@@ -203,12 +198,7 @@ def plot_grouped_bars(
     for i, (name, (means, ci95)) in enumerate(series.items()):
         offset = (i - (k - 1) / 2) * width
         ax.bar(x + offset, np.nan_to_num(np.asarray(means, float)), width, yerr=_ci_errors(ci95), capsize=3, label=name)
-    if chance is not None:
-        ax.axhline(chance, ls="--", lw=0.8, color="grey")
-    ax.set_xticks(x, list(groups), rotation=30 if len(groups) > 4 else 0, ha="right" if len(groups) > 4 else "center")
-    ax.set_ylim(0, 1.1)
-    ax.set_ylabel(f"{metric} (mean ± 95% CI)")
-    ax.set_title(title or f"{metric} per class and method")
+    _score_axes(ax, groups, metric=metric, chance=chance, title=title or f"{metric} per class and method")
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     return save_figure(fig, path)
 
@@ -234,3 +224,14 @@ def plot_image_pair(
     if title:
         fig.suptitle(title, fontsize=10)
     return save_figure(fig, path)
+
+
+def _score_axes(ax: Any, names: Sequence[str], *, metric: str, chance: float | None, title: str) -> None:
+    """The frame every bar plot of scores in [0, 1] shares: chance line, class names, limits, labels."""
+    if chance is not None:
+        ax.axhline(chance, ls="--", lw=0.8, color="grey")
+    tilt = len(names) > 4
+    ax.set_xticks(np.arange(len(names)), list(names), rotation=30 if tilt else 0, ha="right" if tilt else "center")
+    ax.set_ylim(0, 1.1)
+    ax.set_ylabel(f"{metric} (mean ± 95% CI)")
+    ax.set_title(title)

@@ -5,26 +5,40 @@ equals the evaluation's ``summary.json``:
 
 * per class: mean ± 95% CI over the episodes that contain the class;
 * overall: mean ± 95% CI over episodes of the *episode mean* (the mean of the metric over the episode's
-  classes, NaN-ignoring) — the unit on which two methods evaluated on the same episodes are paired.
+  classes, NaN-ignoring) — the unit on which two methods evaluated on the same episodes are paired;
+* with a patient-cluster bootstrap (:mod:`cxr_tools.eval.bootstrap`) both intervals are kept and the headline
+  (``mean ± ci95``, ``low``/``high``) uses the wider one: ``interval`` says which.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from cxr_tools.eval.metrics import METRICS, Estimate, mean_ci
 from cxr_tools.runtime.fs import atomic_path
 
+if TYPE_CHECKING:
+    from cxr_tools.eval.bootstrap import BootstrapIntervals
+
 EPISODE_COLUMNS: tuple[str, ...] = ("episode", "class", "positives", "negatives", *METRICS)
 
 
-def estimate_dict(est: Estimate) -> dict[str, Any]:
-    """``{mean, ci95, n}`` of an :class:`Estimate`."""
-    return {"mean": est.mean, "ci95": est.ci95, "n": est.n}
+def estimate_dict(est: Estimate, bootstrap: tuple[float, float] | None = None) -> dict[str, Any]:
+    """``{mean, ci95, low, high, n}`` of an :class:`Estimate`, plus, with a bootstrap interval, the episode and
+    bootstrap intervals and which one the headline uses (the wider; ``ci95`` then covers ``[low, high]``)."""
+    out: dict[str, Any] = {"mean": est.mean, "ci95": est.ci95, "low": est.low, "high": est.high, "n": est.n}
+    if bootstrap is None:
+        return out
+    b_low, b_high = bootstrap
+    out.update(episode_ci95=est.ci95, bootstrap_low=b_low, bootstrap_high=b_high, interval="episode")
+    wider = np.isfinite(b_low) and np.isfinite(b_high) and not (b_high - b_low <= 2 * est.ci95)
+    if wider:
+        out.update(ci95=max(est.mean - b_low, b_high - est.mean), low=b_low, high=b_high, interval="bootstrap")
+    return out
 
 
 def episode_means(table: Any, metric: str) -> Any:
@@ -34,15 +48,29 @@ def episode_means(table: Any, metric: str) -> Any:
 
 
 def aggregate(
-    table: Any, classes: Sequence[str], metrics: Sequence[str] = METRICS
+    table: Any,
+    classes: Sequence[str],
+    metrics: Sequence[str] = METRICS,
+    bootstrap: BootstrapIntervals | None = None,
 ) -> tuple[dict[str, dict[str, dict[str, Any]]], dict[str, dict[str, Any]]]:
-    """``(per_class, overall)`` from an ``episodes.csv`` table (module docstring); classes never drawn are left out."""
+    """``(per_class, overall)`` from an ``episodes.csv`` table (module docstring); classes never drawn are left out.
+
+    ``bootstrap`` adds the patient-cluster intervals (and makes the headline the wider interval).
+    """
+
+    def boot(cls: str | None, m: str) -> tuple[float, float] | None:
+        if bootstrap is None:
+            return None
+        if cls is None:
+            return bootstrap.overall.get(m)
+        return bootstrap.per_class.get(cls, {}).get(m, (float("nan"), float("nan")))
+
     per_class: dict[str, dict[str, dict[str, Any]]] = {}
     for cls in classes:
         rows = table[table["class"] == cls]
         if len(rows):
-            per_class[cls] = {m: estimate_dict(mean_ci(rows[m].to_numpy(dtype=float))) for m in metrics}
-    overall = {m: estimate_dict(mean_ci(episode_means(table, m).to_numpy())) for m in metrics}
+            per_class[cls] = {m: estimate_dict(mean_ci(rows[m].to_numpy(dtype=float)), boot(cls, m)) for m in metrics}
+    overall = {m: estimate_dict(mean_ci(episode_means(table, m).to_numpy()), boot(None, m)) for m in metrics}
     return per_class, overall
 
 

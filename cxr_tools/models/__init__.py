@@ -1,4 +1,4 @@
-"""models layer (see DESIGN.md §2): the zoo, backbones, pretrained weights, model folders and checkpoints.
+"""models layer (see docs/design.md): the zoo, backbones, pretrained weights, model folders and checkpoints.
 
 Public API (imported lazily so that ``import cxr_tools.models`` does not import torch)::
 

@@ -6,7 +6,7 @@ so ``forward`` returns features, and ``reset_head(n)`` swaps in a fresh head (fi
 episode). Inputs are one grey channel; global average pooling makes any image size work (the seeds'
 DenseNet head was sized for one input size only).
 
-Normalisation layers and batch independence (SCIENCE.md §2). A query image's score must not depend on the
+Normalisation layers and batch independence (docs/science.md). A query image's score must not depend on the
 other images in its batch. BatchNorm uses batch statistics in train mode, so:
 
 * ``conv4`` defaults to GroupNorm: MAML adapts in train mode on tiny support sets and evaluates queries

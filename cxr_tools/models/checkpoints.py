@@ -1,6 +1,6 @@
 """Model folders (``RUN/model/``) and training checkpoints (``RUN/checkpoints/*.pt``).
 
-A **model folder** is self-describing and loads without running pickled code (DESIGN.md §3)::
+A **model folder** is self-describing and loads without running pickled code (docs/design.md)::
 
     model.json          format + version, architecture name and create_model arguments, input contract
                         (channels, image size, normalisation), label space, embedding size, training kind,
@@ -149,6 +149,7 @@ def save_model_dir(model: nn.Module, meta: Mapping[str, Any], path: str | os.Pat
         "training": training,
         "cache_manifest_hash": meta.get("cache_manifest_hash"),
         "extra": dict(meta.get("extra") or {}),
+        "lineage": meta.get("lineage"),  # what this run and its parents trained on: cxr_tools/models/lineage.py
         "weights_file": WEIGHTS_FILE,
         "weights_sha256": _sha256(out / WEIGHTS_FILE),
         "tool_version": __version__,

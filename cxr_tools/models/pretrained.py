@@ -62,11 +62,6 @@ XRV_DENSENET121 = WeightSource(
 )
 # torchvision enum holding each architecture's ImageNet weights (the DEFAULT member is used).
 _TV_ENUMS = {"resnet18": "ResNet18_Weights", "resnet50": "ResNet50_Weights", "densenet121": "DenseNet121_Weights"}
-XRV_LABELS = (
-    "Atelectasis", "Consolidation", "Infiltration", "Pneumothorax", "Edema", "Emphysema", "Fibrosis", "Effusion",
-    "Pneumonia", "Pleural_Thickening", "Cardiomegaly", "Nodule", "Mass", "Hernia", "Lung Lesion", "Fracture",
-    "Lung Opacity", "Enlarged Cardiomediastinum",
-)  # fmt: skip
 
 
 def offline() -> bool:

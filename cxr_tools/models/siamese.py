@@ -1,11 +1,14 @@
 """Siamese network: a zoo backbone, a linear projection to the embedding size, L2 normalisation.
 
-Design choice: the projection *is* the zoo model's linear head. ``create_siamese("resnet18", 256)`` builds
-``create_model("resnet18", num_classes=256)``, whose ``forward_features`` is the backbone and whose ``head``
-is the ``Linear(num_features, 256)`` projection; :class:`SiameseNet` only adds the L2 normalisation. So the
-weights a Siamese run saves are an ordinary zoo model folder (:func:`save_model_dir` / :func:`load_model_dir`
-work unchanged, training kind ``siamese``), and a MAML or fine-tune run can start from the backbone with
-``reset_head``. :func:`load_siamese` turns such a folder back into a :class:`SiameseNet`.
+Design choice: the projection *is* the zoo model's linear head. A Siamese network on ``resnet18`` with 256
+dimensions wraps ``create_model("resnet18", num_classes=256)``, whose ``forward_features`` is the backbone and
+whose ``head`` is the ``Linear(num_features, 256)`` projection; :class:`SiameseNet` only adds the L2
+normalisation. So the weights a Siamese run saves are an ordinary zoo model folder (:func:`save_model_dir` /
+:func:`load_model_dir` work unchanged, training kind ``siamese``), and a MAML or fine-tune run can start from the
+backbone with ``reset_head``.
+
+:func:`embedder` is the one embedding every consumer of a saved run uses (similarity, prototypes, pair metrics):
+a Siamese run's L2-normalised projection, any other run's L2-normalised pooled backbone features.
 
 Distances on the unit sphere (embeddings are L2-normalised, so both lie in [0, 2]):
 
@@ -18,7 +21,7 @@ distance's reversed order, which pair AUC and thresholds use.
 
 from __future__ import annotations
 
-import os
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -31,6 +34,7 @@ if TYPE_CHECKING:
     from cxr_tools.models.backbones import Classifier
 
 DISTANCES: tuple[str, ...] = ("cosine", "euclidean")
+EmbedFn = Callable[[torch.Tensor], torch.Tensor]
 #: Squared distances below this are clamped before the square root (finite gradients for identical embeddings).
 _EPS = 1e-12
 
@@ -81,7 +85,7 @@ class SiameseNet(nn.Module):
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         """L2-normalised embeddings ``[B, embedding_dim]`` of images ``[B, 1, H, W]``."""
-        return F.normalize(self.backbone(x).float(), dim=1)
+        return l2_embed(self.backbone, x)
 
     def forward(self, a: torch.Tensor, b: torch.Tensor | None = None) -> Any:
         """``embed(a)``, or the pair ``(embed(a), embed(b))`` computed in one batch."""
@@ -96,27 +100,35 @@ class SiameseNet(nn.Module):
         return similarity(za, zb, self.distance)
 
 
-def create_siamese(backbone: str, embedding_dim: int = 256, distance: str = "cosine", **overrides: Any) -> SiameseNet:
-    """A :class:`SiameseNet` on zoo model ``backbone`` (``overrides`` go to :func:`create_model`)."""
-    from cxr_tools.models.registry import create_model
-
-    if embedding_dim < 1:
-        raise ConfigError(f"--embedding-dim must be at least 1 (got {embedding_dim}).")
-    overrides.pop("num_classes", None)
-    return SiameseNet(create_model(backbone, num_classes=int(embedding_dim), **overrides), distance)
+def l2_embed(module: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+    """``module(x)`` as float32 rows of unit length: the embedding every distance here assumes."""
+    return F.normalize(module(x).float(), dim=1)
 
 
-def load_siamese(path: str | os.PathLike[str], map_location: str | torch.device = "cpu") -> tuple[SiameseNet, dict]:
-    """Load the model folder of a ``cxr train-siamese`` run (or its run directory) as a :class:`SiameseNet`."""
-    from cxr_tools.models.checkpoints import load_model_dir
+def is_siamese(meta: Mapping[str, Any] | None) -> bool:
+    """Whether a model card (``model.json``) belongs to a ``cxr train-siamese`` run."""
+    return meta is not None and meta.get("training") == "siamese"
 
-    model, meta = load_model_dir(path, map_location)
-    if meta.get("training") != "siamese":
-        raise ModelError(
-            f"{meta.get('path', path)} holds a '{meta.get('training')}' model, not a Siamese one.",
-            "Pass the run directory of `cxr train-siamese`.",
-        )
-    distance = str((meta.get("extra") or {}).get("distance", "cosine"))
-    net = SiameseNet(model, distance).to(map_location)  # type: ignore[arg-type]
-    net.eval()
-    return net, meta
+
+def trained_distance(meta: Mapping[str, Any] | None) -> str | None:
+    """The distance a Siamese run was trained with (``extra.distance``, checked), None for other runs."""
+    if not is_siamese(meta):
+        return None
+    return check_distance(str(((meta or {}).get("extra") or {}).get("distance") or "cosine"))
+
+
+def embedder(model: nn.Module, meta: Mapping[str, Any] | None) -> EmbedFn:
+    """The L2-normalised embedding a run compares images with (module docstring).
+
+    A Siamese run embeds with its projection head (``model(x)``, what its contrastive loss shaped); every other
+    run with ``forward_features`` (its head is task-specific).
+
+    Raises:
+        ModelError: the model has no ``forward_features`` (not a zoo model).
+    """
+    if not hasattr(model, "forward_features"):
+        raise ModelError(f"{type(model).__name__} has no forward_features(); embeddings need a zoo model.")
+    if is_siamese(meta):
+        return lambda x: l2_embed(model, x)
+    features: Any = model.forward_features
+    return lambda x: l2_embed(features, x)

@@ -1,8 +1,13 @@
-"""Atomic writes and output-directory policy.
+"""Atomic writes and the one output policy of every command that writes.
 
 A reader must never see a half-written file under its final name: every write goes to a temporary name in
 the same directory, is fsynced, then renamed over the target (rename is atomic on POSIX within one file
 system).
+
+Output policy (:func:`output_plan`, docs/design.md "Overwrite and resume"): a complete output is replaced only
+with ``--overwrite``; a non-empty directory that is not this command's output is refused unless
+``--overwrite``; an incomplete output of this command is resumed with ``--resume``, else restarted where the
+command allows it (``restart=True``) or with ``--overwrite``, else refused with a hint naming both flags.
 """
 
 from __future__ import annotations
@@ -12,9 +17,9 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from cxr_tools.errors import OutputExistsError
 
@@ -78,24 +83,92 @@ def fsync_dir(directory: Path) -> None:
             os.close(fd)
 
 
-def prepare_output_dir(path: str | os.PathLike[str], *, overwrite: bool, what: str = "output") -> Path:
-    """Make sure ``path`` is a usable, empty output directory.
+OutputPlan = Literal["new", "replace", "resume"]
 
-    An existing non-empty directory is refused unless ``overwrite`` is set, in which case it is removed
-    first. Commands that can resume check for their own completion marker before calling this.
+
+def output_plan(
+    path: str | os.PathLike[str],
+    *,
+    overwrite: bool,
+    resume: bool = False,
+    complete: Callable[[Path], bool] | None = None,
+    owned: Callable[[Path], bool] | None = None,
+    restart: bool = False,
+    what: str = "output",
+    file: bool = False,
+) -> OutputPlan:
+    """Decide, without touching anything, what a command does with its output ``path`` (module docstring).
+
+    Args:
+        complete: whether an existing directory is a finished output (a file output is complete when it exists,
+            because it only ever appears by an atomic rename).
+        owned: whether a non-empty, incomplete directory is this command's own interrupted output (default: yes).
+        restart: an incomplete output not resumed is started again without ``--overwrite``.
+        what: the output's name in messages (``cache``, ``evaluation``...).
+        file: ``path`` is a file, not a directory.
+
+    Returns:
+        ``new`` (missing or empty), ``replace`` (remove it first: :func:`apply_output_plan`) or ``resume``.
+
+    Raises:
+        OutputExistsError: the output must not be touched without another flag; the hint names it.
     """
     path = Path(path)
+    if file:
+        if path.is_dir():
+            raise OutputExistsError(f"Output {path} is a directory.", "Pass a file name with -o.")
+        if not path.exists():
+            return "new"
+        if overwrite:
+            return "replace"
+        raise OutputExistsError(f"Output {path} already exists.", "Pass --overwrite to replace it, or another -o.")
     if path.exists() and not path.is_dir():
-        raise OutputExistsError(f"{what} path {path} exists and is not a directory.", "Choose another path.")
-    if path.is_dir() and any(path.iterdir()):
-        if not overwrite:
-            raise OutputExistsError(
-                f"{what} directory {path} already exists and is not empty.",
-                "Pass --overwrite to replace it, or choose another path.",
-            )
+        raise OutputExistsError(f"{path} exists and is not a directory.", "Choose another -o path.")
+    if not path.exists() or not any(path.iterdir()):
+        return "new"
+    if complete is not None and complete(path):
+        if overwrite:
+            return "replace"
+        raise OutputExistsError(
+            f"{what.capitalize()} {path} is already complete.",
+            "Pass --overwrite to replace it, or choose another -o directory.",
+        )
+    if owned is not None and not owned(path):
+        if overwrite:
+            return "replace"
+        held = ", ".join(sorted(p.name for p in path.iterdir() if not p.name.startswith("."))[:5])
+        raise OutputExistsError(
+            f"{path} is not an interrupted {what} (it holds {held or 'hidden files'}).",
+            "Choose another -o directory, or pass --overwrite to replace its contents.",
+        )
+    if resume:
+        return "resume"
+    if overwrite or restart:
+        return "replace"
+    raise OutputExistsError(
+        f"{what.capitalize()} {path} is incomplete (an interrupted run?).",
+        "Pass --resume to continue it, or --overwrite to start again.",
+    )
+
+
+def apply_output_plan(path: str | os.PathLike[str], plan: OutputPlan) -> Path:
+    """Carry out :func:`output_plan`'s decision for a directory: remove it on ``replace``; make sure it exists."""
+    path = Path(path)
+    if plan == "replace" and path.exists():
         shutil.rmtree(path)
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+def prepare_output_dir(path: str | os.PathLike[str], *, overwrite: bool, what: str = "output") -> Path:
+    """An empty output directory for a command that cannot resume: anything already there needs ``overwrite``."""
+    return apply_output_plan(path, output_plan(path, overwrite=overwrite, owned=lambda _: False, what=what))
+
+
+def only_files(names: Iterable[str]) -> Callable[[Path], bool]:
+    """An ``owned`` test for :func:`output_plan`: the directory holds only ``names`` (and hidden files)."""
+    allowed = set(names)
+    return lambda path: all(p.name in allowed or p.name.startswith(".") for p in path.iterdir())
 
 
 def complete_lines(path: str | os.PathLike[str]) -> bytes:

@@ -1,4 +1,4 @@
-"""The run directory every training command writes (DESIGN.md §3), and the rules for reusing one.
+"""The run directory every training command writes (docs/design.md, on-disk formats), and the rules for reusing one.
 
 Layout::
 
@@ -56,6 +56,8 @@ RESUME_MUTABLE_KEYS = frozenset(
         "progress",
         "checkpoint_every_steps",
         "checkpoint_every_minutes",
+        "log_every_steps",
+        "log_every",  # meta-train's name before log_every_steps: runs started then still resume
         "output",
         "out",
         "run_dir",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pandas as pd
@@ -18,7 +19,7 @@ N = 40
 CLASSES = ("D", "E")
 
 
-def _evaluation(path, method, episode_auc, *, hash_="abc123", threshold=0.5, kind="maml"):
+def _evaluation(path, method, episode_auc, *, hash_="abc123", threshold=0.5, kind="maml", **fields):
     """A real evaluation directory: episodes.csv (two classes per episode) and summary.json as cxr evaluate writes."""
     rows = []
     for i, auc in enumerate(episode_auc):
@@ -32,7 +33,9 @@ def _evaluation(path, method, episode_auc, *, hash_="abc123", threshold=0.5, kin
     per_class, overall = aggregate(table, CLASSES)
     summary = {"name": f"run:{method}", "method": method, "method_label": method, "kind": kind,
                "episode_list_hash": hash_, "episodes": len(episode_auc), "threshold": threshold,
-               "classes": list(CLASSES), "per_class": per_class, "overall": overall}  # fmt: skip
+               "classes": list(CLASSES), "per_class": per_class, "overall": overall, "episode_list_version": 2,
+               "cache_manifest_hash": "cafe", "cache_preprocessing": {"size": 32, "clahe": False},
+               "settings": {"method": method, "steps": 5, "lr": 0.01}, **fields}  # fmt: skip
     (path / "summary.json").write_text(json.dumps(summary))
     return path
 
@@ -61,14 +64,16 @@ def test_compare_ranks_with_paired_differences_and_a_verdict(three):
     top = order[0]
     top_values = a if top == "run:maml" else c
     scratch = table[table["name"] == "run:scratch"].iloc[0]
-    assert scratch["diff_vs_best"] == pytest.approx(np.mean(base - top_values))
-    assert scratch["p_value"] == pytest.approx(stats.ttest_rel(base, top_values).pvalue)
+    assert scratch["diff_vs_reference"] == pytest.approx(np.mean(base - top_values))
+    assert scratch["p_raw"] == pytest.approx(stats.ttest_rel(base, top_values).pvalue)
+    assert scratch["p_value"] >= scratch["p_raw"] and scratch["budget"] == "steps=5 lr=0.01"
     assert bool(scratch["significant"]) and scratch["diff_high"] < 0
     runner_up = table.iloc[1]
     assert runner_up["significant"] in (False, np.False_)  # ±0.03 noise around the same mean
     assert res.stdout.index(top) < res.stdout.index("scratch")
     verdict = [line for line in res.stdout.splitlines() if "ranks first" in line or "is best" in line]
-    assert verdict and "not significantly better" in verdict[0] and "over run:scratch (p < 0.001)" in verdict[0]
+    assert verdict and "not significantly better" in verdict[0] and "(p < 0.001 Holm)" in verdict[0]
+    assert not re.search(r"p = 0\.?0*(?![\d.])", res.stdout)  # never "p = 0.0"
     md = (out / "comparison.md").read_text()
     assert "| 1 | " + top in md and "Verdict" in md and "abc123" in md
     assert (out / "comparison.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -110,4 +115,4 @@ def test_compare_bad_inputs(three):
     res = runner.invoke(app, ["compare", str(best), str(t9), "--metric", "auc"])  # threshold-free: fine
     assert res.exit_code == 0, res.output
     single = runner.invoke(app, ["compare", str(close)])
-    assert single.exit_code == 0 and "nothing to compare" in single.stdout
+    assert single.exit_code == 0 and "only method" in single.stdout

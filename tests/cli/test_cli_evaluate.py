@@ -88,7 +88,9 @@ def test_bad_inputs_exit_1_with_one_line(env, tmp_path):
     _, cache, maml, sup = env
     _one_line_error(runner.invoke(app, ["evaluate", str(maml)]), "--data")
     _one_line_error(
-        runner.invoke(app, ["evaluate", "--method", "pixels", "--data", str(cache)]), "needs an output", "-o"
+        runner.invoke(app, ["evaluate", "--method", "pixels", "--data", str(cache), "--shots", "2", "--queries", "3"]),
+        "needs an output",
+        "-o",
     )
     _one_line_error(runner.invoke(app, ["evaluate", "--data", str(cache)]), "--method auto needs a run")
     _one_line_error(runner.invoke(app, ["evaluate", str(tmp_path / "nope"), "--data", str(cache)]), "does not exist")
@@ -100,7 +102,7 @@ def test_bad_inputs_exit_1_with_one_line(env, tmp_path):
     _one_line_error(runner.invoke(app, ["evaluate", str(sup), "--data", str(cache), "--method", "knn"]), "knn")
     _one_line_error(
         runner.invoke(app, ["evaluate", str(sup), "--data", str(cache), "--shots", "50", "-o", str(tmp_path / "o")]),
-        "Too few positive",
+        "Too few patients",
     )
     _one_line_error(
         runner.invoke(app, ["evaluate", str(sup), "--data", str(cache), "--threshold", "2", "-o", str(tmp_path / "o")]),

@@ -106,8 +106,8 @@ def _one_error_line(result) -> str:
 def test_too_few_images_names_the_class_and_counts(tmp_path):
     cache = _cache(tmp_path, per_class=10)
     line = _one_error_line(_run(cache, tmp_path / "r", "--meta-split", SPLIT, "--shots", "7", "--queries", "5"))
-    assert "Meta-train" in line and "A: 10" in line and "B: 10" in line and "12 needed" in line
-    assert "fewer --shots" in line and not (tmp_path / "r").exists()
+    assert "Meta-train" in line and "A: 10 patients" in line and "B: 10 patients" in line and "12 patients" in line
+    assert "Lower --shots/--queries" in line and "--images-per-patient" in line and not (tmp_path / "r").exists()
 
 
 def test_classes_not_in_the_label_space(tmp_path):
@@ -158,3 +158,18 @@ def test_shots_7_end_to_end_json(tmp_path):
     again = _run(cache, tmp_path / "r", *extra, "--episodes", "1", "--val-episodes", "1")
     line = _one_error_line(again)
     assert "completed" in line and "--overwrite" in line
+
+
+@pytest.mark.parametrize(
+    ("flags", "expected"),
+    [
+        (["--checkpoint-every-steps", "5", "--checkpoint-every-minutes", "2.5", "--log-every-steps", "3"], (5, 2.5, 3)),
+        (["--log-every", "4"], (None, 10.0, 4)),  # the old spelling stays a second name of the same option
+    ],
+)
+def test_checkpoint_and_log_flags_share_the_trainers_vocabulary(captured, tmp_path, flags, expected):
+    args = ["meta-train", str(tmp_path / "c"), "-o", str(tmp_path / "r"), "--meta-split", SPLIT, *flags, "--json"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    cfg = captured["cfg"]
+    assert (cfg.checkpoint_every_steps, cfg.checkpoint_every_minutes, cfg.log_every_steps) == expected

@@ -95,3 +95,29 @@ def test_an_incomplete_run_resumes_only_with_its_own_options(cache, tmp_path):
     assert res.exit_code == 0, res.output  # workers may change between sessions
     assert json.loads(res.stdout)["status"] == "completed"
     assert json.loads((run / "run.json").read_text())["resumed"] == 1
+
+
+@pytest.mark.parametrize("command", ["train", "train-siamese"])
+@pytest.mark.parametrize(
+    "flags",
+    [
+        ["--checkpoint-every-steps", "5", "--checkpoint-every-minutes", "2.5", "--log-every-steps", "3"],
+        ["--checkpoint-every", "5", "--checkpoint-minutes", "2.5", "--log-every", "3"],  # old spellings, same options
+    ],
+)
+def test_checkpoint_and_log_flags_share_the_trainers_vocabulary(monkeypatch, tmp_path, command, flags):
+    import cxr_tools.engine.train as train_mod
+    import cxr_tools.engine.train_siamese as siamese_mod
+
+    seen = {}
+
+    def fake(cfg, progress=None):
+        seen["cfg"] = cfg
+        raise SystemExit(0)
+
+    monkeypatch.setattr(train_mod, "train", fake)
+    monkeypatch.setattr(siamese_mod, "train_siamese", fake)
+    res = runner.invoke(app, [command, str(tmp_path / "c"), "-o", str(tmp_path / "r"), *flags])
+    assert res.exit_code == 0, res.output
+    cfg = seen["cfg"]
+    assert (cfg.checkpoint_every_steps, cfg.checkpoint_every_minutes, cfg.log_every_steps) == (5, 2.5, 3)

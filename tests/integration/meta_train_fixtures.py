@@ -63,7 +63,7 @@ def tiny_config(cache: Path, output: Path, **overrides: Any) -> MetaTrainConfig:
         "seed": 3,
         "device": "cpu",
         "threads": 1,
-        "log_every": 1,
+        "log_every_steps": 1,
     }
     values.update(overrides)
     return MetaTrainConfig(**values)

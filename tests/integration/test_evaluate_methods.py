@@ -129,7 +129,9 @@ def test_summary_numbers_match_episodes_csv(setup):
         episode_auc = table.groupby("episode")["auc"].mean().to_numpy()
         est = mean_ci(episode_auc)
         assert summary["overall"]["auc"]["mean"] == pytest.approx(est.mean)
-        assert summary["overall"]["auc"]["ci95"] == pytest.approx(est.ci95)
+        overall = summary["overall"]["auc"]
+        assert overall["episode_ci95"] == pytest.approx(est.ci95) and overall["ci95"] >= est.ci95 - 1e-12
+        assert overall["interval"] in ("episode", "bootstrap") and overall["low"] <= overall["mean"] <= overall["high"]
         # F1 at the threshold recomputed from the stored query scores
         scores = pd.read_csv(result.output / "scores.csv", dtype={"class": str})
         first = scores[(scores["episode"] == 0) & (scores["class"] == table.iloc[0]["class"])]
@@ -192,10 +194,10 @@ def test_refusals(setup, tmp_path):
     leak = make_run(tmp_path, cache, "supervised", name="leak", labels=("A", "D"))
     with pytest.raises(DataError, match="meta-test class"):
         evaluate(EvaluateConfig(data=cache, run=leak))
-    with pytest.raises(DataError, match=r"Too few positive.*[DEF]: \d+"):
+    with pytest.raises(DataError, match=r"Too few patients.*[DEF]: \d+ patients"):
         evaluate(EvaluateConfig(data=cache, run=runs["maml"], shots=40, output=tmp_path / "y"))
     with pytest.raises(ModelError, match="--ways 2"):
-        evaluate(EvaluateConfig(data=cache, run=runs["maml"], ways=3, output=tmp_path / "z"))
+        evaluate(EvaluateConfig(data=cache, run=runs["maml"], ways=3, shots=2, queries=3, output=tmp_path / "z"))
     assert not (tmp_path / "y").exists() and not (tmp_path / "z").exists()
 
 

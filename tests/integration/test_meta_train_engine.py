@@ -11,7 +11,7 @@ import pytest
 import torch
 from meta_train_fixtures import SPLIT, tiny_cache, tiny_config, weights
 
-import cxr_tools.engine.meta_train as engine_mod
+import cxr_tools.data.episodes as episodes_mod
 from cxr_tools.data.cache import open_cache
 from cxr_tools.data.episodes import EpisodeSampler
 from cxr_tools.data.splits import load_meta_split, meta_split_pools, parse_meta_split
@@ -30,8 +30,8 @@ class RecordingSampler(EpisodeSampler):
         self.drawn = []
         RecordingSampler.made.append(self)
 
-    def sample(self, rng):
-        episode = super().sample(rng)
+    def sample(self, rng, shuffle=False):
+        episode = super().sample(rng, shuffle=shuffle)
         self.drawn.append(episode)
         return episode
 
@@ -42,7 +42,7 @@ def trained(tmp_path_factory):
     cache = tiny_cache(tmp)
     RecordingSampler.made = []
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(engine_mod, "EpisodeSampler", RecordingSampler)
+        mp.setattr(episodes_mod, "EpisodeSampler", RecordingSampler)  # what meta_split_sampler builds
         result = meta_train(tiny_config(cache, tmp / "run"))
     return cache, tmp / "run", result, list(RecordingSampler.made)
 
@@ -128,7 +128,7 @@ def test_every_engine_trains_to_the_same_weights_as_func(tmp_path, engine, first
     if engine == "learn2learn":
         pytest.importorskip("learn2learn", reason="learn2learn not installed (make setup installs it)")
     cache = tiny_cache(tmp_path)
-    common = {"episodes": 2, "val_episodes": 0, "first_order": first_order, "log_every": 0}
+    common = {"episodes": 2, "val_episodes": 0, "first_order": first_order, "log_every_steps": 0}
     result = meta_train(tiny_config(cache, tmp_path / "run", engine=engine, **common))
     reference = meta_train(tiny_config(cache, tmp_path / "ref", engine="func", **common))
     assert result.status == "completed" and result.engine == engine and result.selected == "last"

@@ -8,9 +8,10 @@ import pytest
 import torch
 from meta_train_fixtures import tiny_cache, tiny_config
 
-from cxr_tools.engine.meta_train import build_model, meta_train
+from cxr_tools.engine.meta_train import meta_train
 from cxr_tools.errors import ModelError
 from cxr_tools.models import create_model, load_model_dir, read_model_meta, save_model_dir
+from cxr_tools.models.factory import initial_model
 
 
 @pytest.fixture(scope="module")
@@ -39,6 +40,11 @@ def supervised_run(cache, tmp_path_factory) -> Path:
     )  # fmt: skip
     assert train(cfg).status == "completed"
     return run
+
+
+def build_model(cfg, image_size):
+    """The model ``cxr meta-train`` starts from for ``cfg`` (its --init, --backbone and --ways)."""
+    return initial_model(cfg.init, cfg.backbone, cfg.ways, image_size)
 
 
 def test_init_from_a_supervised_run_takes_its_backbone_and_trains(cache, supervised_run, tmp_path):

@@ -28,7 +28,7 @@ def _check_module():
 def test_maml_beats_random_init_on_meta_test_classes(tmp_path):
     check = _check_module()
     cfg = check.CheckConfig(
-        workdir=tmp_path, patients=400, size=64, backbone="conv4-tiny", inner_lr=0.1, meta_lr=0.005,
+        workdir=tmp_path, patients=600, size=64, backbone="conv4-tiny", inner_lr=0.1, meta_lr=0.005,
         episodes=240, test_episodes=100, seed=0, threads=1,
     )  # fmt: skip
     result = check.run_check(cfg)

@@ -24,7 +24,7 @@ OPTIONS = {"episodes": 16, "val_every": 4, "val_episodes": 2}
 
 
 def _config_file(cfg, path: Path) -> Path:
-    values = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in {"cache", "output"}}
+    values = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in {"cache", "output", "pool_seed"}}
     path.write_text(yaml.safe_dump(values))
     return path
 

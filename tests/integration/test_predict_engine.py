@@ -11,9 +11,11 @@ import torch
 from predict_fixtures import SIZE, make_mixed_folder, make_model_dir, phantom, read_rows, write_png
 
 from cxr_tools.data.cache import open_cache
+from cxr_tools.data.decode import decode_stream, model_ops
 from cxr_tools.data.imaging import ImageOps
 from cxr_tools.data.inputs import InputItem, list_inputs
-from cxr_tools.engine.predict import PredictConfig, decode_stream, model_ops, parse_thresholds, run_predict
+from cxr_tools.data.predictions import parse_thresholds
+from cxr_tools.engine.predict import PredictConfig, run_predict
 from cxr_tools.engine.preprocess import PreprocessConfig, preprocess
 from cxr_tools.errors import ConfigError, InputError, ModelError, OutputExistsError
 from cxr_tools.models import load_model_dir
@@ -241,3 +243,14 @@ def test_predict_inputs_equal_the_cache_of_cxr_preprocess(tmp_path):
         expected = torch.sigmoid(model(to_model_input(cached, meta))).numpy()
     got = np.array([[float(r["Effusion"]), float(r["Mass"])] for r in rows])
     assert np.array_equal(got, np.round(expected.astype(np.float64), 6))
+
+
+def test_default_decoding_workers_follow_the_device_and_the_input_count(monkeypatch):
+    from cxr_tools.data import preprocess_pipeline
+    from cxr_tools.data.decode import decode_workers
+
+    monkeypatch.setattr(preprocess_pipeline, "available_cores", lambda: 16)
+    assert decode_workers(3, 10, accelerator=False) == 3  # asked for: always honoured
+    assert decode_workers(None, 63, accelerator=True) == 0  # a pool start costs more than it saves
+    assert decode_workers(None, 64, accelerator=True) == 16
+    assert decode_workers(None, 64, accelerator=False) == 4  # the forward pass's threads use the rest

@@ -135,11 +135,11 @@ def test_kill_9_then_the_same_command_completes_the_file(setup):
 
 def test_out_of_memory_names_the_batch_size_and_keeps_the_rows(setup, monkeypatch):
     """The scorer's allocation fails for real (a 2 TB request) after the first batches: a clear error, rows kept."""
-    from cxr_tools.engine import predict as engine
     from cxr_tools.errors import ResourceError
+    from cxr_tools.methods import scoring
 
     tmp_path, _, model, reference = setup
-    real_call, calls = engine.Scorer.__call__, {"n": 0}
+    real_call, calls = scoring.RunScorer.__call__, {"n": 0}
 
     def failing(self, images):
         calls["n"] += 1
@@ -147,10 +147,10 @@ def test_out_of_memory_names_the_batch_size_and_keeps_the_rows(setup, monkeypatc
             torch.empty(2 * 10**12, dtype=torch.uint8)
         return real_call(self, images)
 
-    monkeypatch.setattr(engine.Scorer, "__call__", failing)
+    monkeypatch.setattr(scoring.RunScorer, "__call__", failing)
     with pytest.raises(ResourceError, match=r"batches of 4 images .* Lower --batch-size"):
         run_predict(_config(tmp_path, model))
-    monkeypatch.setattr(engine.Scorer, "__call__", real_call)
+    monkeypatch.setattr(scoring.RunScorer, "__call__", real_call)
     res = run_predict(_config(tmp_path, model))
     assert res.n_resumed >= 8
     assert (tmp_path / "out.csv").read_bytes() == reference.read_bytes()

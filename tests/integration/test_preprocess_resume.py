@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import signal
@@ -13,6 +12,7 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
+from interrupting_progress import Interrupt
 from preprocess_fixtures import add_bad_inputs, assert_same_cache, make_nih
 
 from cxr_tools.data.cache import is_complete
@@ -68,39 +68,12 @@ def test_kill_9_then_resume_is_identical(tmp_path, storage):
     assert_same_cache(out, clean)
 
 
-class _Interrupt:
-    """A progress reporter that raises KeyboardInterrupt (as Ctrl-C would) after ``after`` chunks."""
-
-    def __init__(self, after: int) -> None:
-        self.after = after
-
-    @contextlib.contextmanager
-    def task(self, description, total=None):
-        outer = self
-
-        class _T:
-            calls = 0
-
-            def advance(self, n=1):
-                self.calls += 1
-                if self.calls > outer.after:
-                    raise KeyboardInterrupt
-
-            def set_total(self, total):
-                pass
-
-            def set_postfix(self, text):
-                pass
-
-        yield _T()
-
-
 def test_torn_journal_line_and_unjournaled_rows_are_redone(tmp_path):
     src = make_nih(tmp_path / "nih", patients=8, per_patient=3)
     out, clean = tmp_path / "c", tmp_path / "clean"
     cfg = PreprocessConfig(src=src, output=out, size=32, workers=0, chunk_size=5, commit_seconds=0, format="memmap")
     with pytest.raises(KeyboardInterrupt):
-        preprocess(cfg, _Interrupt(after=2))
+        preprocess(cfg, Interrupt("preprocess", 3, calls=True))
     assert not is_complete(out)
     lines = (out / JOURNAL).read_text().splitlines()
     assert len(lines) == 3 and json.loads(lines[-1])["done"] == 10  # header + 2 commits; chunk 3 unjournaled
@@ -145,7 +118,7 @@ def test_resume_with_other_settings_is_refused(tmp_path):
     with pytest.raises(KeyboardInterrupt):
         preprocess(
             PreprocessConfig(src=src, output=out, size=32, workers=0, chunk_size=2, commit_seconds=0),
-            _Interrupt(after=1),
+            Interrupt("preprocess", 2, calls=True),
         )
     with pytest.raises(CacheError, match="other inputs or settings"):
         preprocess(PreprocessConfig(src=src, output=out, size=48, workers=0, resume=True))

@@ -22,7 +22,6 @@ from train_fixtures import (
 )
 
 from cxr_tools.models import load_model_dir
-from cxr_tools.models.siamese import load_siamese
 
 pytestmark = [pytest.mark.distributed, pytest.mark.slow]
 
@@ -94,5 +93,5 @@ def test_train_siamese_under_torchrun(cache, tmp_path):
     args += ["--batch-size", "8", "--threads", "1", "--json", "-o", str(tmp_path / "run")]
     report = json.loads(_run(_torchrun(*args)).stdout)
     assert report["world_size"] == 2 and report["status"] == "completed" and report["val_pairs"] > 0
-    net, meta = load_siamese(tmp_path / "run")
-    assert meta["extra"]["threshold"] == report["val_threshold"] and net.embedding_dim == 8
+    model, meta = load_model_dir(tmp_path / "run")
+    assert meta["extra"]["threshold"] == report["val_threshold"] and model.num_classes == 8

@@ -19,7 +19,7 @@ from cxr_tools.engine.train import TrainConfig, train
 from cxr_tools.engine.train_siamese import VAL_PAIRS_KEY, SiameseConfig, _make_backbone, train_siamese
 from cxr_tools.errors import ModelError
 from cxr_tools.models import load_model_dir
-from cxr_tools.models.siamese import load_siamese
+from cxr_tools.models.siamese import embedder
 from cxr_tools.runtime.seeding import numpy_generator
 
 runner = CliRunner()
@@ -51,16 +51,16 @@ def test_siamese_run_reports_pair_auc_and_chosen_threshold_and_saves_the_model(c
     sampler = PairSampler(reader.index, reader.labels, rows=val_rows, rule="shares-finding")
     expected = sampler.sample(min(1000, 4 * sampler.num_images), numpy_generator(0, VAL_PAIRS_KEY))
     assert result.val_pairs_hash == expected.digest() and result.val_pairs == len(expected)
-    net, meta = load_siamese(run)
+    model, meta = load_model_dir(run)
     assert meta["training"] == "siamese" and meta["extra"]["embedding_dim"] == 16
     assert meta["extra"]["distance"] == "cosine" and meta["extra"]["margin"] == 1.0
     best = [r for r in epochs if r.get("best")][-1]
     assert meta["extra"]["threshold"] == best["val_threshold"] == result.val_threshold
     x = torch.from_numpy(reader.read(val_rows[:4]).astype(np.float32) / 255)[:, None]
-    z = net(x)
+    z = embedder(model.eval(), meta)(x)
     assert z.shape == (4, 16) and torch.allclose(z.norm(dim=1), torch.ones(4), atol=1e-5)
     state = torch.load(run / "checkpoints" / "best.pt", weights_only=True)["model"]
-    assert torch.equal(net.backbone.head.weight, state["backbone.head.weight"])
+    assert torch.equal(model.head.weight, state["backbone.head.weight"])
 
 
 @pytest.mark.slow
@@ -93,7 +93,7 @@ def test_backbone_from_reuses_the_trained_features_and_refuses_another_architect
     assert backbone.head.out_features == 16 and trained.head.out_features == 14
     result = train_siamese(cfg)
     assert result.status == "completed"
-    assert load_siamese(tmp_path / "siam")[1]["extra"]["backbone_from"] == str(source)
+    assert load_model_dir(tmp_path / "siam")[1]["extra"]["backbone_from"] == str(source)
     # a Siamese run can seed another one too
     again = _make_backbone(
         _cfg(cache, tmp_path / "x", backbone_from=tmp_path / "siam", embedding_dim=4), open_cache(cache)

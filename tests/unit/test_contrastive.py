@@ -1,5 +1,5 @@
 """Contrastive loss values by hand, distances and similarity on the unit sphere, the validation threshold,
-and the Siamese wrapper (unit-norm embeddings, one batch for both sides, model folder round trip)."""
+the Siamese wrapper (unit-norm embeddings, one batch for both sides) and the one embedding of a saved run."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ import torch
 
 from cxr_tools.errors import ConfigError, ModelError
 from cxr_tools.methods.contrastive import best_threshold, check_margin, contrastive_loss
-from cxr_tools.models import save_model_dir
-from cxr_tools.models.siamese import SiameseNet, create_siamese, load_siamese, pair_distance, similarity
+from cxr_tools.models import create_model, load_model_dir, save_model_dir
+from cxr_tools.models.siamese import SiameseNet, embedder, pair_distance, similarity, trained_distance
 
 E1 = torch.tensor([[1.0, 0.0]])
 E2 = torch.tensor([[0.0, 1.0]])
@@ -84,7 +84,7 @@ def test_threshold_is_chosen_on_validation_not_fixed_at_one_half():
 
 def test_siamese_embeddings_are_unit_norm_and_pairs_share_one_batch():
     torch.manual_seed(0)
-    net = create_siamese("conv4-tiny", embedding_dim=12, distance="euclidean").eval()
+    net = SiameseNet(create_model("conv4-tiny", num_classes=12), distance="euclidean").eval()
     a, b = torch.rand(3, 1, 32, 32), torch.rand(3, 1, 32, 32)
     za, zb = net(a, b)
     assert za.shape == (3, 12) and torch.allclose(za.norm(dim=1), torch.ones(3))
@@ -93,17 +93,22 @@ def test_siamese_embeddings_are_unit_norm_and_pairs_share_one_batch():
     assert torch.allclose(sims, net.similarity(b, a), atol=1e-6) and ((sims >= 0) & (sims <= 1)).all()
     assert torch.allclose(net.similarity(a, a), torch.ones(3), atol=1e-5)
     with pytest.raises(ModelError, match="projection head"):
-        SiameseNet(create_siamese("conv4-tiny", 4).backbone.__class__((8, 8), num_classes=0))
+        SiameseNet(create_model("conv4-tiny", num_classes=0))
 
 
-def test_siamese_model_folder_round_trip(tmp_path):
+def test_a_saved_run_embeds_like_the_network_that_trained_it(tmp_path):
     torch.manual_seed(1)
-    net = create_siamese("conv4-tiny", embedding_dim=6, distance="cosine").eval()
-    save_model_dir(net.backbone, {"training": "siamese", "extra": {"distance": "cosine"}}, tmp_path / "m")
-    loaded, meta = load_siamese(tmp_path / "m")
+    net = SiameseNet(create_model("conv4-tiny", num_classes=6), distance="euclidean").eval()
+    save_model_dir(net.backbone, {"training": "siamese", "extra": {"distance": "euclidean"}}, tmp_path / "m")
+    model, meta = load_model_dir(tmp_path / "m")
     x = torch.rand(2, 1, 32, 32)
-    assert meta["training"] == "siamese" and loaded.embedding_dim == 6
-    assert torch.allclose(loaded(x), net(x), atol=1e-6)
+    assert trained_distance(meta) == "euclidean"
+    assert torch.allclose(embedder(model.eval(), meta)(x), net(x), atol=1e-6)
+    # any other run embeds with its pooled backbone features, unit length, whatever its head
     save_model_dir(net.backbone, {"training": "supervised"}, tmp_path / "s")
-    with pytest.raises(ModelError, match="not a Siamese"):
-        load_siamese(tmp_path / "s")
+    model, meta = load_model_dir(tmp_path / "s")
+    z = embedder(model.eval(), meta)(x)
+    assert trained_distance(meta) is None and z.shape == (2, model.num_features)
+    assert torch.allclose(z.norm(dim=1), torch.ones(2), atol=1e-5)
+    with pytest.raises(ModelError, match="forward_features"):
+        embedder(torch.nn.Linear(2, 2), meta)

@@ -7,7 +7,15 @@ import math
 import numpy as np
 import pytest
 
-from cxr_tools.eval.metrics import class_metrics, episode_metrics, mean_ci, paired_difference
+from cxr_tools.eval.metrics import (
+    IDENTICAL_NOTE,
+    class_metrics,
+    episode_metrics,
+    format_p,
+    holm,
+    mean_ci,
+    paired_difference,
+)
 
 
 def test_class_metrics_by_hand():
@@ -52,3 +60,25 @@ def test_paired_difference_detects_consistent_gain():
     assert diff.p_value < 1e-6 and diff.ci95 < 0.01
     with pytest.raises(ValueError):
         paired_difference([1, 2], [1])
+
+
+def test_paired_difference_never_gives_p_zero():
+    same = paired_difference([0.6, 0.7, 0.8], [0.6, 0.7, 0.8])
+    assert same.p_value == 1.0 and same.note == IDENTICAL_NOTE and same.mean == 0.0
+    shifted = paired_difference(np.full(10, 0.7), np.full(10, 0.6))
+    assert shifted.p_value == pytest.approx(2.0**-9) and "sign test" in shifted.note
+    assert paired_difference(np.arange(600) + 1.0, np.arange(600.0)).p_value > 0.0
+
+
+def test_holm_by_hand():
+    # sorted 0.005, 0.01, 0.03, 0.04 -> x4, x3, x2, x1 = 0.02, 0.03, 0.06, 0.04 -> monotone 0.02, 0.03, 0.06, 0.06
+    assert holm([0.01, 0.04, 0.03, 0.005]) == pytest.approx([0.03, 0.06, 0.06, 0.02])
+    out = holm([0.5, float("nan"), 0.4])  # NaN is kept and not counted in the family
+    assert out[0] == pytest.approx(0.8) and math.isnan(out[1]) and out[2] == pytest.approx(0.8)
+    assert holm([0.6, 0.9]) == [1.0, 1.0]  # capped at 1
+    assert holm([]) == []
+
+
+def test_format_p_never_prints_zero():
+    assert format_p(0.0) == "p < 0.001" and format_p(1e-300) == "p < 0.001"
+    assert format_p(0.0421) == "p = 0.042" and format_p(1.0) == "p = 1" and format_p(float("nan")) == "p n/a"

@@ -49,3 +49,48 @@ def test_atomic_writes_follow_the_umask(tmp_path):
     finally:
         os.umask(old)
     assert path.stat().st_mode & 0o777 == 0o644
+
+
+def test_output_plan_is_the_one_overwrite_and_resume_policy(tmp_path):
+    from cxr_tools.runtime.fs import apply_output_plan, only_files, output_plan
+
+    out = tmp_path / "out"
+
+    def plan(**kw):
+        return output_plan(out, complete=lambda p: (p / "done").exists(), owned=only_files({"part", "done"}), **kw)
+
+    assert plan(overwrite=False) == "new"
+    out.mkdir()
+    assert plan(overwrite=False) == "new"  # an empty directory is as good as none
+    (out / "part").write_text("x")
+    with pytest.raises(OutputExistsError, match=r"incomplete.*--resume.*--overwrite"):
+        plan(overwrite=False)
+    assert plan(overwrite=False, resume=True) == "resume"
+    assert plan(overwrite=True, resume=True) == "resume"
+    assert plan(overwrite=True) == "replace"
+    assert plan(overwrite=False, restart=True) == "replace"
+    (out / "done").write_text("x")
+    with pytest.raises(OutputExistsError, match=r"already complete.*--overwrite"):
+        plan(overwrite=False, resume=True)
+    assert plan(overwrite=True, resume=True) == "replace"
+    (out / "done").unlink()
+    (out / "thesis.tex").write_text("precious")
+    with pytest.raises(OutputExistsError, match=r"not an interrupted output \(it holds part, thesis.tex\)"):
+        plan(overwrite=False, resume=True)
+    assert plan(overwrite=True, resume=True) == "replace"
+    assert (out / "thesis.tex").read_text() == "precious"  # deciding never touches anything
+    apply_output_plan(out, "replace")
+    assert out.is_dir() and list(out.iterdir()) == []
+
+
+def test_output_plan_for_a_file(tmp_path):
+    from cxr_tools.runtime.fs import output_plan
+
+    csv = tmp_path / "p.csv"
+    assert output_plan(csv, overwrite=False, file=True) == "new"
+    csv.write_text("path,error\n")
+    with pytest.raises(OutputExistsError, match=r"already exists.*--overwrite"):
+        output_plan(csv, overwrite=False, file=True)
+    assert output_plan(csv, overwrite=True, file=True) == "replace"
+    with pytest.raises(OutputExistsError, match="is a directory"):
+        output_plan(tmp_path, overwrite=True, file=True)

@@ -9,8 +9,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
+from dicom_fixtures import dx_dataset, set_pixels
+from pydicom.dataset import Dataset
 
 from cxr_tools.data.imaging import ImageDecodeError, ImageOps, decode_image, load_image, to_uint8
 from cxr_tools.errors import CxrError, InputError
@@ -35,22 +35,8 @@ def write_dicom(
     preamble: bool = True,
     **tags: object,
 ) -> Path:
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID = meta.MediaStorageSOPClassUID
-    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
-    ds.Modality = "DX"
-    ds.Rows, ds.Columns = arr.shape[-2:]
-    ds.SamplesPerPixel = 1
-    ds.PhotometricInterpretation = photometric
-    ds.BitsAllocated = arr.dtype.itemsize * 8
-    ds.BitsStored = bits_stored or ds.BitsAllocated
-    ds.HighBit = ds.BitsStored - 1
-    ds.PixelRepresentation = 0
+    ds = dx_dataset()
+    set_pixels(ds, arr, photometric=photometric, bits_stored=bits_stored)
     if frames > 1:
         ds.NumberOfFrames = frames
     if slope is not None:
@@ -61,7 +47,6 @@ def write_dicom(
         ds.WindowWidth = width
     for key, value in tags.items():
         setattr(ds, key, value)
-    ds.PixelData = arr.tobytes()
     ds.save_as(path, enforce_file_format=preamble)
     return path
 

@@ -105,3 +105,12 @@ def test_metrics_append_flush_and_truncate(tmp_path):
 def test_slurm_info_outside_slurm_is_none():
     assert slurm_info({}) is None
     assert slurm_info({"SLURM_JOB_ID": "5", "SLURM_RESTART_COUNT": "1"}) == {"job_id": "5", "restart_count": "1"}
+
+
+def test_a_run_started_with_the_old_log_every_name_resumes(tmp_path):
+    """meta-train's ``log_every`` became ``log_every_steps``: logging cadence never blocks a resume."""
+    open_run(tmp_path / "run", "meta-train", {"log_every": 10, "episodes": 4})
+    again = open_run(tmp_path / "run", "meta-train", {"log_every_steps": 1, "episodes": 4})
+    assert again.read_config()["log_every"] == 10  # the saved config stays as it was
+    with pytest.raises(ConfigError):
+        open_run(tmp_path / "run", "meta-train", {"log_every_steps": 1, "episodes": 8})

@@ -4,11 +4,16 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 from cache_factory import make_cache
 
+from cxr_tools.data.cache import open_cache
+from cxr_tools.data.labels import apply_uncertainty
 from cxr_tools.data.sampling import BalancedSampler, class_weights
-from cxr_tools.data.torch_data import CacheDataset, make_loader
+from cxr_tools.data.selection import split_rows
+from cxr_tools.data.torch_data import LabelledBatches, make_batch_loader, plan_batches
 from cxr_tools.errors import DataError
+from cxr_tools.runtime.distributed import SINGLE
 
 
 def _imbalanced(n: int = 1000) -> np.ndarray:
@@ -73,12 +78,16 @@ def test_sampler_over_a_split_only_returns_that_split(tmp_path):
     n = 60
     splits = ["train"] * 30 + ["val"] * 10 + ["test"] * 20
     path = make_cache(tmp_path, n, ("A", "B"), splits=splits, patients=[f"p{i}" for i in range(n)], size=16)
-    ds = CacheDataset(path, rows="test")
-    sampler = BalancedSampler(ds.targets, num_samples=64, seed=1, mask=ds.mask)
-    positions = list(sampler)
+    cache = open_cache(path)
+    rows = split_rows(cache, "test", None)
+    targets, mask = apply_uncertainty(cache.raw_labels()[rows], "ignore")
+    ds = LabelledBatches(cache, rows, targets, mask, None, 0)
+    sampler = BalancedSampler(targets, num_samples=64, seed=1, mask=mask)
+    positions = sampler.indices(0)
     assert max(positions) < len(ds)
-    assert set(ds.cache.index["split"].to_numpy()[ds.rows[positions]]) == {"test"}
-    loader = make_loader(ds, 16, sampler=sampler, seed=1)
+    assert set(cache.index["split"].to_numpy()[ds.rows[positions]]) == {"test"}
+    plan = plan_batches(positions, 16, SINGLE)
+    loader = make_batch_loader(ds, [(0, p) for p in plan], 0, torch.device("cpu"))
     assert sum(len(b[0]) for b in loader) == 64
 
 

@@ -7,8 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
+from dicom_fixtures import dx_dataset, set_pixels
 
 from cxr_tools.data.sources import BASE_COLUMNS, SYNTHETIC_MARKERS, detect_source, load_source
 from cxr_tools.errors import ConfigError, DataError, InputError
@@ -71,21 +70,9 @@ def test_class_folders_without_split_and_stray_images(tmp_path):
 
 
 def write_dicom(path: Path, *, pixels: bool = True, **tags: object) -> Path:
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID = meta.MediaStorageSOPClassUID
-    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
-    ds.Modality = "DX"
-    for key, value in tags.items():
-        setattr(ds, key, value)
+    ds = dx_dataset(**tags)
     if pixels:
-        ds.Rows, ds.Columns, ds.SamplesPerPixel, ds.PhotometricInterpretation = 4, 4, 1, "MONOCHROME2"
-        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
-        ds.PixelData = np.zeros((4, 4), np.uint8).tobytes()
+        set_pixels(ds, np.zeros((4, 4), np.uint8))
     path.parent.mkdir(parents=True, exist_ok=True)
     ds.save_as(path, enforce_file_format=True)
     return path

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import contextlib
 from pathlib import Path
 
 import pytest
+from interrupting_progress import Interrupt
 
 from cxr_tools.data.synthetic import SyntheticConfig, generate
 from cxr_tools.errors import ConfigError, OutputExistsError
@@ -49,35 +49,10 @@ def test_empty_existing_directory_is_used(tmp_path):
     assert (result.dest / "images").is_dir()
 
 
-class _InterruptAfter:
-    """A progress reporter whose task raises KeyboardInterrupt after ``n`` advances (a user's Ctrl-C)."""
-
-    def __init__(self, n: int) -> None:
-        self.n = n
-
-    @contextlib.contextmanager
-    def task(self, description, total=None):
-        outer = self
-
-        class _T:
-            def advance(self, k=1):
-                outer.n -= 1
-                if outer.n <= 0:
-                    raise KeyboardInterrupt
-
-            def set_total(self, total):
-                pass
-
-            def set_postfix(self, text):
-                pass
-
-        yield _T()
-
-
 def test_interrupted_run_leaves_nothing_that_looks_complete(tmp_path):
     dest = tmp_path / "ds"
     with pytest.raises(KeyboardInterrupt):
-        generate(SyntheticConfig(dest=dest, patients=6, size=32), _InterruptAfter(3))
+        generate(SyntheticConfig(dest=dest, patients=6, size=32), Interrupt("synthetic images", 3, calls=True))
     assert not dest.exists()
     assert list(tmp_path.iterdir()) == []
 
@@ -87,7 +62,10 @@ def test_interrupted_overwrite_keeps_the_old_dataset(tmp_path):
     generate(SyntheticConfig(dest=dest, patients=2, size=32, seed=0))
     before = sorted(p.name for p in (dest / "images").iterdir())
     with pytest.raises(KeyboardInterrupt):
-        generate(SyntheticConfig(dest=dest, patients=6, size=32, seed=5, overwrite=True), _InterruptAfter(2))
+        generate(
+            SyntheticConfig(dest=dest, patients=6, size=32, seed=5, overwrite=True),
+            Interrupt("synthetic images", 2, calls=True),
+        )
     assert sorted(p.name for p in (dest / "images").iterdir()) == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ds"]
 

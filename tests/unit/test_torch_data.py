@@ -1,4 +1,8 @@
-"""CacheDataset: uncertainty policies, normalisation ranges, plausible augmentation, determinism, workers."""
+"""The trainers' batch loader (data/torch_data.py): what `cxr train` and `cxr train-siamese` read, batch by batch.
+
+Images in [0, 1] with the plausible augmentation keyed by (seed, epoch, position), identical in worker processes,
+every global batch split over ranks, labels and masks aligned with their rows.
+"""
 
 from __future__ import annotations
 
@@ -10,10 +14,21 @@ import torch
 from cache_factory import make_cache
 
 from cxr_tools.data.cache import open_cache
-from cxr_tools.data.torch_data import Augment, CacheDataset, make_loader, normalize_image
-from cxr_tools.errors import ConfigError, DataError
+from cxr_tools.data.labels import apply_uncertainty
+from cxr_tools.data.torch_data import (
+    Augment,
+    CacheImages,
+    LabelledBatches,
+    PairBatches,
+    batch_count,
+    make_batch_loader,
+    plan_batches,
+)
+from cxr_tools.errors import ConfigError
+from cxr_tools.runtime.distributed import DistInfo
 
 torch.set_num_threads(1)
+CPU = torch.device("cpu")
 
 
 def _top_bright(n: int, size: int = 32) -> np.ndarray:
@@ -22,94 +37,67 @@ def _top_bright(n: int, size: int = 32) -> np.ndarray:
     return imgs
 
 
-@pytest.fixture
-def cache(tmp_path):
-    values = np.array([[1, 0], [-1, 1], [np.nan, -1], [0, 0], [1, 1], [0, np.nan]], dtype=np.float32)
-    splits = ["train", "train", "val", "val", "test", "test"]
-    return make_cache(tmp_path, 6, ("A", "B"), values=values, splits=splits, patients=list("aabbcc"))
+def _labelled(path, augment=None, seed=0, policy="ignore"):
+    cache = open_cache(path)
+    rows = np.arange(len(cache))
+    targets, mask = apply_uncertainty(cache.raw_labels()[rows], policy)
+    return LabelledBatches(cache, rows, targets, mask, augment, seed)
 
 
-@pytest.mark.parametrize(
-    ("policy", "targets", "mask"),
-    [
-        ("ignore", [[1, 0], [0, 1]], [[True, True], [False, True]]),
-        ("zeros", [[1, 0], [0, 1]], [[True, True], [True, True]]),
-        ("ones", [[1, 0], [1, 1]], [[True, True], [True, True]]),
-    ],
-)
-def test_uncertainty_policies_through_the_dataset(cache, policy, targets, mask):
-    ds = CacheDataset(cache, rows="train", policy=policy)
-    assert len(ds) == 2
-    got_t = torch.stack([ds[i][1] for i in range(2)])
-    got_m = torch.stack([ds[i][2] for i in range(2)])
-    assert got_t.dtype == torch.float32 and got_m.dtype == torch.bool
-    assert got_t.tolist() == targets and got_m.tolist() == mask
-    val = CacheDataset(cache, rows="val", policy=policy)
-    assert val[0][1][0].item() == 0.0  # "not mentioned" is a negative under every policy
-
-
-def test_items_and_normalisation_ranges(tmp_path):
-    imgs = np.zeros((3, 32, 32), dtype=np.uint8)
+def test_labelled_batches_align_images_targets_and_masks(tmp_path):
+    imgs = np.zeros((4, 32, 32), dtype=np.uint8)
     imgs[1] = 255
-    imgs[2, :, :16] = 255
-    path = make_cache(tmp_path, 3, ("A",), images=imgs)
-    unit = CacheDataset(path, normalize="unit")
-    x, t, m = unit[2]
-    assert x.shape == (1, 32, 32) and x.dtype == torch.float32 and t.shape == (1,) and m.shape == (1,)
-    assert unit[0][0].min().item() == 0.0 and unit[1][0].max().item() == 1.0
-    xrv = CacheDataset(path, normalize="xrv")
-    assert xrv[0][0].min().item() == -1024.0 and xrv[1][0].max().item() == 1024.0
-    assert xrv[2][0].mean().item() == pytest.approx(0.0)
-    with pytest.raises(ConfigError, match="normalisation"):
-        CacheDataset(path, normalize="imagenet")
-    np.testing.assert_allclose(normalize_image(np.array([0, 255], np.uint8), "xrv"), [-1024, 1024])
+    imgs[3, :, :16] = 255
+    values = np.array([[1, 0], [-1, 1], [np.nan, -1], [0, 1]], dtype=np.float32)
+    path = make_cache(tmp_path, 4, ("A", "B"), values=values, images=imgs)
+    x, t, m = _labelled(path)[(0, np.array([3, 1, 0]))]
+    assert x.shape == (3, 1, 32, 32) and x.dtype == torch.float32
+    assert x[2].max().item() == 0.0 and x[1].min().item() == 1.0 and x[0].mean().item() == pytest.approx(0.5)
+    assert t.tolist() == [[0, 1], [0, 1], [1, 0]]
+    assert m.tolist() == [[True, True], [False, True], [True, True]]  # uncertain A of row 1 is masked out
+    _, t_ones, m_ones = _labelled(path, policy="ones")[(0, np.array([1]))]
+    assert t_ones.tolist() == [[1, 1]] and m_ones.all()
 
 
-def test_rows_selection_and_errors(cache):
-    reader = open_cache(cache)
-    assert CacheDataset(reader, rows="test").rows.tolist() == [4, 5]
-    assert CacheDataset(reader, rows=[5, 0]).rows.tolist() == [5, 0]
-    assert len(CacheDataset(reader)) == 6
-    assert CacheDataset(reader, labels=["B"]).targets.shape == (6, 1)
-    with pytest.raises(DataError, match="no images in split 'holdout'"):
-        CacheDataset(reader, rows="holdout")
-    with pytest.raises(DataError, match="within"):
-        CacheDataset(reader, rows=[6])
-    with pytest.raises(DataError, match="not in cache"):
-        CacheDataset(reader, labels=["C"])
-    with pytest.raises(IndexError):
-        CacheDataset(reader)[6]
+def test_plan_batches_split_every_global_batch_over_ranks():
+    order = np.arange(10)[::-1]
+    single = plan_batches(order, 4, DistInfo(rank=0, world_size=1, local_rank=0))
+    assert [b.tolist() for b in single] == [[9, 8, 7, 6], [5, 4, 3, 2], [1, 0]]  # 2 left: one more batch
+    assert batch_count(10, 4, 1) == 3 and batch_count(10, 4, 2) == 2 and batch_count(9, 4, 1) == 2
+    ranks = [plan_batches(order, 4, DistInfo(rank=r, world_size=2, local_rank=r)) for r in range(2)]
+    assert [len(r) for r in ranks] == [2, 2]  # the last 2 images give one image per rank: dropped
+    merged = sorted(ranks[0][0].tolist() + ranks[1][0].tolist())
+    assert merged == sorted(single[0].tolist())  # two ranks see the same global batch as one process
 
 
-@pytest.mark.parametrize("seed", range(8))
+@pytest.mark.parametrize("seed", range(4))
 def test_augmentation_never_flips_vertically_or_turns(tmp_path, seed):
     path = make_cache(tmp_path, 4, ("A",), images=_top_bright(4))
     aug = Augment(rotate_deg=15, translate=0.2, scale=0.3, brightness=0.3, contrast=0.3, hflip=True)
-    ds = CacheDataset(path, augment=aug, seed=seed)
+    images = CacheImages(open_cache(path), aug, seed)
     for epoch in range(3):
-        ds.set_epoch(epoch)
-        for i in range(len(ds)):
-            x = ds[i][0][0].numpy()
+        batch = images.load(np.arange(4), epoch, np.arange(4)[:, None])
+        for x in batch[:, 0]:
             bright = x > (x.max() + x.min()) / 2
             rows, cols = np.nonzero(bright)
             # the bright band stays on top (no vertical flip) and spans the width (no 90° turn)
-            assert rows.mean() < 0.45 * x.shape[0], (epoch, i)
-            assert abs(cols.mean() - (x.shape[1] - 1) / 2) < 0.25 * x.shape[1], (epoch, i)
-            assert cols.max() - cols.min() > 0.5 * x.shape[1], (epoch, i)
+            assert rows.mean() < 0.45 * x.shape[0], epoch
+            assert abs(cols.mean() - (x.shape[1] - 1) / 2) < 0.25 * x.shape[1], epoch
+            assert cols.max() - cols.min() > 0.5 * x.shape[1], epoch
 
 
-def test_augmentation_changes_images_deterministically(tmp_path):
+def test_augmentation_depends_only_on_seed_epoch_and_key(tmp_path):
     path = make_cache(tmp_path, 4, ("A",))
-    a = CacheDataset(path, augment=Augment(), seed=3)
-    b = CacheDataset(path, augment=Augment(), seed=3)
-    plain = CacheDataset(path)
-    assert torch.equal(a[1][0], b[1][0])  # same seed, epoch, item -> same image
-    assert not torch.equal(a[1][0], plain[1][0])
-    first = a[1][0].clone()
-    a.set_epoch(1)
-    assert not torch.equal(a[1][0], first)  # a new epoch draws new augmentations
-    assert not torch.equal(CacheDataset(path, augment=Augment(), seed=4)[1][0], first)
-    assert float(a[1][0].min()) >= 0.0 and float(a[1][0].max()) <= 1.0
+    a, b = (CacheImages(open_cache(path), Augment(), 3) for _ in range(2))
+    keys = np.arange(4)[:, None]
+    first = a.load(np.arange(4), 0, keys)
+    np.testing.assert_array_equal(first, b.load(np.arange(4), 0, keys))
+    np.testing.assert_array_equal(first[2:], a.load(np.arange(2, 4), 0, keys[2:]))  # batch-mates do not matter
+    assert not np.array_equal(first, a.load(np.arange(4), 1, keys))  # a new epoch draws new augmentations
+    assert not np.array_equal(first, CacheImages(open_cache(path), Augment(), 4).load(np.arange(4), 0, keys))
+    plain = a.load(np.arange(4), 0, None)  # no keys (validation): only scaled to [0, 1]
+    np.testing.assert_array_equal(plain[:, 0], open_cache(path).read(np.arange(4)) * np.float32(1 / 255.0))
+    assert first.min() >= 0.0 and first.max() <= 1.0
 
 
 def test_horizontal_flip_is_off_by_default_and_on_when_asked(tmp_path):
@@ -118,15 +106,10 @@ def test_horizontal_flip_is_off_by_default_and_on_when_asked(tmp_path):
     path = make_cache(tmp_path, 1, ("A",), images=imgs)
     still = Augment(rotate_deg=0, translate=0, scale=0, brightness=0, contrast=0)
     assert not still.hflip
-    ds = CacheDataset(path, augment=still)
-    for epoch in range(5):
-        ds.set_epoch(epoch)
-        assert ds[0][0][0, :, :10].mean() > 0.8  # the bright side stays left
-    flips = []
-    flip_ds = CacheDataset(path, augment=Augment(0, 0, 0, 0, 0, hflip=True))
-    for epoch in range(20):
-        flip_ds.set_epoch(epoch)
-        flips.append(bool(flip_ds[0][0][0, :, -10:].mean() > 0.8))
+    keep = CacheImages(open_cache(path), still, 0)
+    assert all(keep.load(np.array([0]), e, np.array([[0]]))[0, 0, :, :10].mean() > 0.8 for e in range(5))
+    flip = CacheImages(open_cache(path), Augment(0, 0, 0, 0, 0, hflip=True), 0)
+    flips = [bool(flip.load(np.array([0]), e, np.array([[0]]))[0, 0, :, -10:].mean() > 0.8) for e in range(20)]
     assert 3 < sum(flips) < 17
 
 
@@ -140,17 +123,38 @@ def test_augment_limits_are_enforced():
 @pytest.mark.parametrize("storage", ["hdf5", "memmap"])
 def test_picklable_and_identical_batches_with_workers(tmp_path, storage):
     path = make_cache(tmp_path, 8, ("A", "B"), storage=storage)
-    ds = CacheDataset(path, augment=Augment(), seed=5)
-    ds[0]  # open the store in this process before forking / pickling
-    clone = pickle.loads(pickle.dumps(ds))
-    assert torch.equal(clone[3][0], ds[3][0])
-    serial = [b[0] for b in make_loader(ds, 4, workers=0, seed=1, shuffle=True)]
-    parallel = [b[0] for b in make_loader(ds, 4, workers=2, seed=1, shuffle=True)]
-    assert len(serial) == 2 and all(torch.equal(s, p) for s, p in zip(serial, parallel, strict=True))
-    ds.set_epoch(1)  # reaches the workers: they are forked anew for every epoch
-    serial1 = [b[0] for b in make_loader(ds, 4, workers=0, seed=1, shuffle=True)]
-    parallel1 = [b[0] for b in make_loader(ds, 4, workers=1, seed=1, shuffle=True)]
-    assert all(torch.equal(s, p) for s, p in zip(serial1, parallel1, strict=True))
-    assert not torch.equal(serial1[0], serial[0])
-    batch = next(iter(make_loader(ds, 4)))
-    assert batch[0].shape == (4, 1, 32, 32) and batch[1].shape == (4, 2) and batch[2].dtype == torch.bool
+    data = _labelled(path, Augment(), seed=5)
+    keys = [(e, p) for e in range(2) for p in plan_batches(np.arange(8)[::-1], 4, DistInfo(0, 1, 0))]
+    data[keys[0]]  # open the store in this process before forking / pickling
+    clone = pickle.loads(pickle.dumps(data))
+    assert torch.equal(clone[keys[1]][0], data[keys[1]][0])
+    serial = [b[0] for b in make_batch_loader(data, keys, 0, CPU)]
+    parallel = [b[0] for b in make_batch_loader(data, keys, 2, CPU)]
+    assert len(serial) == 4 and all(torch.equal(s, p) for s, p in zip(serial, parallel, strict=True))
+    assert not torch.equal(serial[0], serial[2])  # epoch 1 augments the same rows differently
+
+
+class _Pairs:
+    def __init__(self, left, right, target):
+        self.left, self.right, self.target = left, right, target
+
+    def take(self, positions):
+        return _Pairs(self.left[positions], self.right[positions], self.target[positions])
+
+
+def test_pair_batches_read_both_sides_with_their_own_augmentation(tmp_path):
+    path = make_cache(tmp_path, 6, ("A",))
+    images = CacheImages(open_cache(path), Augment(), 1)
+    drawn = []
+
+    def pairs_fn(epoch):
+        drawn.append(epoch)
+        return _Pairs(np.array([0, 1, 2]), np.array([0, 4, 5]), np.array([1, 0, 1], dtype=np.float32))
+
+    data = PairBatches(images, pairs_fn)
+    xa, xb, y = data[(0, np.array([0, 2]))]
+    assert xa.shape == xb.shape == (2, 1, 32, 32) and y.tolist() == [1.0, 1.0]
+    assert not torch.equal(xa[0], xb[0])  # the same image on both sides gets two augmentations
+    data[(0, np.array([1]))]
+    data[(1, np.array([1]))]
+    assert drawn == [0, 1]  # the epoch's pairs are drawn once per epoch

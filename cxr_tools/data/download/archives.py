@@ -160,10 +160,7 @@ def _extract_tar(archive: Path, tmp: Path, task: Task) -> tuple[tuple[str, ...],
                     total += _write_member(src, tmp, rel, archive, member.name)
                     files.append(rel.as_posix())
     except (tarfile.TarError, EOFError, OSError) as exc:
-        raise DownloadError(
-            f"{archive.name} is damaged or truncated ({exc}).",
-            "Delete it and download again (rerun with --overwrite).",
-        ) from None
+        raise _damaged(archive, exc) from None
     return tuple(files), total
 
 
@@ -192,10 +189,7 @@ def _extract_zip(archive: Path, tmp: Path, task: Task) -> tuple[tuple[str, ...],
                 counted += info.compress_size
             task.advance(archive.stat().st_size - counted)  # headers and central directory
     except (zipfile.BadZipFile, EOFError, OSError) as exc:
-        raise DownloadError(
-            f"{archive.name} is damaged or truncated ({exc}).",
-            "Delete it and download again (rerun with --overwrite).",
-        ) from None
+        raise _damaged(archive, exc) from None
     return tuple(files), total
 
 
@@ -228,3 +222,9 @@ def iter_missing(dest: Path, files: tuple[str, ...] | list[str]) -> Iterator[str
     for rel in files:
         if not (dest / rel).is_file():
             yield rel
+
+
+def _damaged(archive: Path, exc: BaseException) -> DownloadError:
+    return DownloadError(
+        f"{archive.name} is damaged or truncated ({exc}).", "Delete it and download again (rerun with --overwrite)."
+    )

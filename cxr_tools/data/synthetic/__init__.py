@@ -1,4 +1,4 @@
-"""The built-in synthetic chest X-ray phantom dataset (SCIENCE.md §5).
+"""The built-in synthetic chest X-ray phantom dataset (docs/science.md).
 
 A learnable, offline stand-in for NIH ChestX-ray14 and CheXpert, written in their real on-disk layouts:
 per-patient anatomy (thorax, lungs, heart and mediastinum, ribs, diaphragm, clavicles) shared by a patient's

@@ -1,4 +1,4 @@
-"""``generate``: write the synthetic phantom dataset in the NIH or CheXpert layout (SCIENCE.md §5).
+"""``generate``: write the synthetic phantom dataset in the NIH or CheXpert layout (docs/science.md).
 
 The dataset is written into a hidden temporary sibling of ``dest`` and renamed into place only when every
 file is there, so an interrupted or failed run never leaves anything that looks complete. Each image is
@@ -20,7 +20,8 @@ from dataclasses import dataclass
 from multiprocessing import get_context
 from pathlib import Path
 
-from cxr_tools.errors import ConfigError, OutputExistsError
+from cxr_tools.errors import ConfigError
+from cxr_tools.runtime.fs import output_plan
 from cxr_tools.runtime.progress import Progress, null_progress
 
 LAYOUTS = ("nih", "chexpert")
@@ -76,16 +77,6 @@ def validate(config: SyntheticConfig) -> None:
         raise ConfigError(f"--workers must be 0 (in this process) or a positive number, got {config.workers!r}.")
 
 
-def _check_dest(dest: Path, overwrite: bool) -> None:
-    if dest.exists() and not dest.is_dir():
-        raise OutputExistsError(f"Output path {dest} exists and is not a directory.", "Choose another --dest.")
-    if dest.is_dir() and any(dest.iterdir()) and not overwrite:
-        raise OutputExistsError(
-            f"Output directory {dest} already exists and is not empty.",
-            "Pass --overwrite to replace it, or choose another --dest.",
-        )
-
-
 def generate(config: SyntheticConfig, progress: Progress | None = None) -> SyntheticResult:
     """Write the phantom dataset described by ``config`` and return what was written."""
     from cxr_tools.data.synthetic.plan import plan_patient, split_patients
@@ -94,7 +85,8 @@ def generate(config: SyntheticConfig, progress: Progress | None = None) -> Synth
     validate(config)
     progress = null_progress(progress)
     dest = Path(config.dest).expanduser()
-    _check_dest(dest, config.overwrite)
+    # refuse before any work; the old dataset is replaced only when the new one is complete (_swap_into_place)
+    output_plan(dest, overwrite=config.overwrite, owned=lambda _: False, what="dataset")
     t0 = time.perf_counter()
     ext = "dcm" if config.format == "dicom" else "png"
     plans = [plan_patient(config.seed, p, config.layout, ext) for p in range(1, config.patients + 1)]

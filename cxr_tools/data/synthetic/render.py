@@ -155,16 +155,3 @@ def render_image(seed: int, spec: ImageSpec, a: PatientAnatomy, layers: PatientL
     else:
         density = render_frontal(a, layers, findings, rng, spec.view)
     return expose(density, a, rng)
-
-
-def contact_sheet(images: list[np.ndarray], cols: int = 4, captions: list[str] | None = None) -> np.ndarray:
-    """Tile equally sized images into one uint8 sheet (for looking at the phantom)."""
-    size = images[0].shape[0]
-    rows = math.ceil(len(images) / cols)
-    sheet = np.zeros((rows * size, cols * size), np.uint8)
-    for k, img in enumerate(images):
-        r, c = divmod(k, cols)
-        sheet[r * size : (r + 1) * size, c * size : (c + 1) * size] = img
-        if captions:
-            cv2.putText(sheet, captions[k][:40], (c * size + 3, r * size + 12), cv2.FONT_HERSHEY_SIMPLEX, 0.35, 255, 1)
-    return sheet

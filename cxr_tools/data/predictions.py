@@ -15,6 +15,7 @@ import hashlib
 import io
 import json
 import logging
+import math
 import os
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -24,7 +25,7 @@ import numpy as np
 
 from cxr_tools.config import differing_keys
 from cxr_tools.data.inputs import InputItem
-from cxr_tools.errors import OutputExistsError
+from cxr_tools.errors import ConfigError, OutputExistsError
 from cxr_tools.runtime.fs import atomic_write_json, complete_lines, fsync_dir
 
 log = logging.getLogger(__name__)
@@ -32,8 +33,38 @@ log = logging.getLogger(__name__)
 DECIMALS = 6
 
 
+def parse_thresholds(text: str | None, labels: Sequence[str]) -> dict[str, float] | None:
+    """``"0.5"`` -> every label at 0.5; ``"A=0.3,B=0.6"`` -> those labels (others get no ``_pred`` column)."""
+    if text is None or not str(text).strip():
+        return None
+    text = str(text).strip()
+
+    def number(value: str, what: str) -> float:
+        try:
+            t = float(value)
+        except ValueError:
+            raise ConfigError(f"--threshold {what}: {value!r} is not a number.") from None
+        if not (math.isfinite(t) and 0.0 <= t <= 1.0):
+            raise ConfigError(f"--threshold {what} must be a probability in [0, 1] (got {value}).")
+        return t
+
+    if "=" not in text:
+        t = number(text, "")
+        return {label: t for label in labels}
+    out: dict[str, float] = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        name, sep, value = part.rpartition("=")
+        name = name.strip()
+        if not sep or not name:
+            raise ConfigError(f"--threshold part {part!r} is not LABEL=VALUE.", "Example: Effusion=0.3,Mass=0.6.")
+        if name not in labels:
+            raise ConfigError(f"--threshold names '{name}', which is not predicted.", f"Labels: {', '.join(labels)}.")
+        out[name] = number(value.strip(), name)
+    return {label: out[label] for label in labels if label in out}
+
+
 def header(labels: Sequence[str], thresholds: Mapping[str, float] | None) -> list[str]:
-    """``path``, one column per label, ``<label>_pred`` for the thresholded labels, ``error`` (DESIGN.md §3)."""
+    """``path``, one column per label, ``<label>_pred`` for the thresholded labels, ``error`` (docs/design.md)."""
     return ["path", *labels, *(f"{label}_pred" for label in pred_labels(labels, thresholds)), "error"]
 
 

@@ -1,0 +1,190 @@
+"""Inputs of ``cxr compare``: find and load evaluations, refuse what cannot be compared, form seed groups.
+
+See :mod:`cxr_tools.engine.compare` for what is refused and how runs are grouped.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from cxr_tools.data.episodes import EPISODE_LIST_VERSION
+from cxr_tools.errors import ConfigError, DataError, InputError
+from cxr_tools.eval.metrics import METRICS
+
+THRESHOLD_METRICS = ("f1", "precision", "recall")
+#: Episode lists older than this were image-disjoint only, not patient-disjoint.
+MIN_EPISODE_LIST_VERSION = EPISODE_LIST_VERSION
+#: Training-config keys that do not make two runs different methods (besides the seed).
+_BOOKKEEPING = frozenset({"seed", "output", "out", "run_dir", "resume", "overwrite", "device", "threads", "workers",
+                          "num_workers", "requeue", "quiet", "progress", "amp", "log_every", "log_every_steps",
+                          "checkpoint_every_steps", "checkpoint_every_minutes"})  # fmt: skip
+
+
+@dataclass
+class Entry:
+    """One compared method: an evaluation, or the evaluations of a seed group."""
+
+    name: str
+    dirs: list[Path]
+    summaries: list[dict[str, Any]]
+    tables: list[Any]
+    seeds: list[Any]
+
+
+def find_evaluation(path: Path) -> Path:
+    """The evaluation directory of ``path`` (itself, or ``path/eval``); a clear error when there is none."""
+    path = Path(path)
+    if (path / "summary.json").is_file():
+        return path
+    if (path / "eval" / "summary.json").is_file():
+        return path / "eval"
+    if not path.exists():
+        raise InputError(
+            f"{path} does not exist.", "Pass evaluation directories or runs evaluated with `cxr evaluate`."
+        )
+    raise InputError(
+        f"{path} holds no evaluation (no summary.json, nor eval/summary.json).",
+        f"Run `cxr evaluate {path} --data CACHE` first, or pass the evaluation directory (-o of cxr evaluate).",
+    )
+
+
+def load_evaluation(eval_dir: Path) -> tuple[dict[str, Any], Any]:
+    import pandas as pd
+
+    try:
+        summary = json.loads((eval_dir / "summary.json").read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise InputError(f"Cannot read {eval_dir / 'summary.json'}: {exc}.", "Re-run cxr evaluate.") from exc
+    csv = eval_dir / "episodes.csv"
+    if not csv.is_file():
+        raise InputError(f"{eval_dir} lacks episodes.csv.", "Re-run cxr evaluate with --overwrite.")
+    table = pd.read_csv(csv, dtype={"class": str})
+    missing = [c for c in ("episode", "class", *METRICS) if c not in table.columns]
+    if missing or "episode_list_hash" not in summary:
+        raise InputError(f"{eval_dir} is not a cxr evaluation (missing {', '.join(missing) or 'the hash'}).")
+    return summary, table
+
+
+def parse_group(spec: str) -> tuple[str, list[Path]]:
+    name, sep, members = spec.partition("=")
+    paths = [Path(m.strip()) for m in members.split(",") if m.strip()]
+    if not sep or not name.strip() or len(paths) < 2:
+        raise ConfigError(f"--group {spec!r} is not NAME=RUN,RUN,...", "Name the group and give two or more runs.")
+    return name.strip(), paths
+
+
+def check_versions(dirs: Sequence[Path], summaries: Sequence[dict[str, Any]]) -> None:
+    old = [str(d) for d, s in zip(dirs, summaries, strict=True)
+           if int(s.get("episode_list_version") or 0) < MIN_EPISODE_LIST_VERSION]  # fmt: skip
+    if old:
+        raise DataError(
+            f"{', '.join(old)} used the old episode lists (before version {MIN_EPISODE_LIST_VERSION}), whose "
+            "support and query sets could share patients.",
+            "Re-evaluate with this version of cxr evaluate (--overwrite), then compare again.",
+        )
+
+
+def check_same_cache(dirs: Sequence[Path], summaries: Sequence[dict[str, Any]]) -> None:
+    known = [(d, s) for d, s in zip(dirs, summaries, strict=True) if s.get("cache_manifest_hash")]
+    if len({s["cache_manifest_hash"] for _, s in known}) <= 1:
+        return
+    (d0, s0) = known[0]
+    (d1, s1) = next((d, s) for d, s in known if s["cache_manifest_hash"] != s0["cache_manifest_hash"])
+    p0, p1 = dict(s0.get("cache_preprocessing") or {}), dict(s1.get("cache_preprocessing") or {})
+    keys = sorted(k for k in set(p0) | set(p1) if p0.get(k) != p1.get(k))
+    what = "; ".join(f"{k}: {p0.get(k)} vs {p1.get(k)}" for k in keys) or (
+        f"cache manifest {s0['cache_manifest_hash']} vs {s1['cache_manifest_hash']}"
+    )
+    raise DataError(
+        f"{d0} and {d1} were evaluated on different caches ({what}), so they cannot be compared.",
+        "Evaluate every method on the same cache (cxr evaluate --data CACHE).",
+    )
+
+
+def check_same_episodes(dirs: Sequence[Path], summaries: Sequence[dict[str, Any]], metric: str) -> None:
+    hashes = {str(s["episode_list_hash"]) for s in summaries}
+    if len(hashes) > 1:
+        detail = "; ".join(
+            f"{d} ({s.get('method_label') or s.get('method')}): {s['episode_list_hash']}"
+            for d, s in zip(dirs, summaries, strict=True)
+        )
+        raise DataError(
+            f"These evaluations used different episode lists, so they cannot be compared: {detail}.",
+            "Re-run cxr evaluate with the same --data, --meta-split, --ways/--shots/--queries, --episodes and --seed.",
+        )
+    if metric in THRESHOLD_METRICS:
+        thresholds = {float(s.get("threshold", math.nan)) for s in summaries}
+        if len(thresholds) > 1:
+            raise DataError(
+                f"{metric} depends on the threshold, and these evaluations used different ones "
+                f"({', '.join(f'{t:g}' for t in sorted(thresholds))}).",
+                "Re-run cxr evaluate with the same --threshold, or compare on --metric auc.",
+            )
+
+
+# --- seed groups ------------------------------------------------------------------------------------------------
+
+
+def run_config(summary: dict[str, Any], eval_dir: Path) -> tuple[dict[str, Any] | None, Any]:
+    """``(training config without bookkeeping keys, seed)`` of an evaluation's run (None without a config)."""
+    import yaml
+
+    candidates = []
+    if summary.get("run"):
+        run = Path(summary["run"])
+        candidates.append(run.parent if run.name == "model" else run)
+    candidates.append(eval_dir.parent)
+    for run in candidates:
+        path = run / "config.yaml"
+        if path.is_file():
+            try:
+                cfg = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+            except (OSError, yaml.YAMLError):
+                return None, None
+            return {k: v for k, v in cfg.items() if k not in _BOOKKEEPING}, cfg.get("seed")
+    return None, None
+
+
+def make_entries(loaded: dict[Path, Any], explicit: list[tuple[str, list[Path]]], auto: bool) -> list[Entry]:
+    """Explicit groups, then automatic seed groups, then single evaluations (each evaluation in one entry)."""
+    used: set[Path] = set()
+    entries: list[Entry] = []
+    for name, paths in explicit:
+        keys = [find_evaluation(m).resolve() for m in paths]
+        if any(k in used for k in keys) or len(set(keys)) < len(keys):
+            raise ConfigError(f"An evaluation is in two groups (group {name}).", "Put each run in one group.")
+        used |= set(keys)
+        seeds = [run_config(loaded[k][1], loaded[k][0])[1] for k in keys]
+        dirs, tables = [loaded[k][0] for k in keys], [loaded[k][2] for k in keys]
+        entries.append(Entry(name, dirs, [loaded[k][1] for k in keys], tables, seeds))
+    buckets: dict[str, list[tuple[Path, Any]]] = {}
+    for key, (d, summary, _) in loaded.items():
+        if key in used:
+            continue
+        cfg, seed = run_config(summary, d) if auto else (None, None)
+        settings = [summary.get(k) for k in ("method_label", "settings", "kind", "architecture", "threshold")]
+        bucket = json.dumps([settings, cfg], sort_keys=True, default=str) if cfg is not None else str(key)
+        buckets.setdefault(bucket, []).append((key, seed))
+    split = []  # a bucket whose seeds repeat is not a seed group (same run evaluated twice, or a rerun)
+    for members in buckets.values():
+        seeds = [str(s) for _, s in members]
+        split += [members] if len(set(seeds)) == len(seeds) else [[m] for m in members]
+    for members in split:
+        group = [k for k, _ in members]
+        summaries = [loaded[k][1] for k in group]
+        name = str(summaries[0].get("name") or summaries[0].get("method_label") or summaries[0].get("method"))
+        if len(group) > 1:
+            name = f"{name} [seeds {', '.join(str(s) for _, s in members)}]"
+        dirs, tables = [loaded[k][0] for k in group], [loaded[k][2] for k in group]
+        entries.append(Entry(name, dirs, summaries, tables, [s for _, s in members]))
+    seen: dict[str, int] = {}
+    for e in entries:  # unique display names
+        seen[e.name] = seen.get(e.name, 0) + 1
+        if seen[e.name] > 1:
+            e.name = f"{e.name} #{seen[e.name]}"
+    return entries

@@ -1,0 +1,182 @@
+"""What ``cxr compare`` says and writes: the verdict line, comparison.csv / .md / .png / .json.
+
+Every p-value shown is Holm-adjusted and printed by :func:`~cxr_tools.eval.metrics.format_p` (never "p = 0.0");
+a leaking model (an evaluation made with ``--allow-leak``) is marked in every output, and the adaptation budget
+is a column of each.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from cxr_tools.errors import OutputExistsError
+from cxr_tools.eval.metrics import format_p
+
+LEAK_MARK = "⚠ LEAK"
+
+
+def metric_name(metric: str) -> str:
+    return metric.upper() if metric in ("auc", "ap") else metric
+
+
+def p_cell(p: float | None, note: str = "") -> str:
+    """``0.042``, ``< 0.001``, ``1 (identical on every episode)``, ``n/a``."""
+    text = format_p(p).removeprefix("p = ").removeprefix("p ")
+    return f"{text} ({note})" if note else text
+
+
+def verdict(rows: Sequence[Any], metric: str, reference: str, explicit_reference: bool) -> str:
+    """One line: who ranks first, each difference against the reference (paired CI, Holm-adjusted p), and
+    whether it is significant."""
+    name = metric_name(metric)
+    best = rows[0]
+    if len(rows) == 1:
+        return (
+            f"{best.name} is the only method: {name} {best.mean:.3f} ± {best.ci95:.3f} over {best.n_episodes} episodes."
+        )
+    others = [r for r in rows if r.name != reference]
+    parts = []
+    for row in others:
+        d = row.diff if row.diff is not None else math.nan
+        ci = row.diff_ci95 if row.diff_ci95 is not None else math.nan
+        sig = "" if row.significant else ", not significant"
+        note = f", {row.note}" if row.note else ""
+        parts.append(f"{row.name} {d:+.3f} [{d - ci:+.3f}, {d + ci:+.3f}] ({format_p(row.p_value)} Holm{sig}{note})")
+    ref = next(r for r in rows if r.name == reference)
+    if explicit_reference:
+        head = f"Against {reference} ({name} {ref.mean:.3f} ± {ref.ci95:.3f})"
+    elif not rows[1].significant:
+        head = (
+            f"{best.name} ranks first ({name} {best.mean:.3f} ± {best.ci95:.3f}) but is not significantly better "
+            f"than {rows[1].name}"
+        )
+    else:
+        head = f"{best.name} is best: {name} {best.mean:.3f} ± {best.ci95:.3f}; against it"
+    leaks = [r.name for r in rows if r.leak]
+    tail = f" LEAK: {', '.join(leaks)} trained on meta-test classes or patients." if leaks else ""
+    return f"{head}: " + "; ".join(parts) + "." + tail
+
+
+def _fmt(value: float | None, digits: int = 3) -> str:
+    return "" if value is None or not math.isfinite(value) else f"{value:.{digits}f}"
+
+
+def comparison_table(result: Any) -> Any:
+    """The ranking as a DataFrame (the rows of ``comparison.csv``)."""
+    import pandas as pd
+
+    records = []
+    for row in result.rows:
+        ci = row.diff_ci95
+        records.append(
+            {
+                "rank": row.rank,
+                "name": row.name,
+                "method": row.method,
+                "kind": row.kind or "",
+                "eval_dir": ";".join(str(d) for d in row.eval_dirs),
+                "seeds": len(row.eval_dirs),
+                "metric": result.metric,
+                "mean": row.mean,
+                "ci95": row.ci95,
+                "low": row.low,
+                "high": row.high,
+                "interval": row.interval,
+                "episodes": row.n_episodes,
+                "reference": result.reference,
+                "diff_vs_reference": row.diff,
+                "diff_ci95": ci,
+                "diff_low": None if row.diff is None or ci is None else row.diff - ci,
+                "diff_high": None if row.diff is None or ci is None else row.diff + ci,
+                "p_value": row.p_value,
+                "p_raw": row.p_raw,
+                "significant": row.significant,
+                "note": row.note,
+                "leak": row.leak or "",
+                "budget": row.budget,
+                **{f"{m}_mean": v for m, v in row.others.items()},
+                **{f"{c}_{result.metric}": v["mean"] for c, v in row.per_class.items()},
+                **{f"{c}_p_value": v["p_value"] for c, v in row.per_class.items()},
+            }
+        )
+    return pd.DataFrame.from_records(records)
+
+
+def comparison_markdown(result: Any) -> str:
+    """``comparison.md``: the ranked table, per-class means (with Holm-adjusted per-class p), tests, verdict."""
+    name = metric_name(result.metric)
+    lines = [
+        f"# Comparison on {result.episodes} episodes (episode list {result.episode_list_hash})",
+        "",
+        f"Δ = method − {result.reference}, paired over episodes (seed-averaged); p Holm-adjusted. "
+        "Intervals: the wider of episode-t and patient bootstrap; seed groups add the between-seed variance.",
+        "",
+        f"| rank | method | seeds | budget | {name} (mean ± 95% CI) | Δ [95% CI] | p | leak | "
+        + " | ".join(result.classes)
+        + " |",
+        "|---:|---|---:|---|---:|---:|---:|---|" + "---:|" * len(result.classes),
+    ]
+    for row in result.rows:
+        if row.diff is None:
+            diff, p = "—", "—"
+        else:
+            ci = row.diff_ci95 if row.diff_ci95 is not None else math.nan
+            diff = f"{row.diff:+.3f} [{row.diff - ci:+.3f}, {row.diff + ci:+.3f}]"
+            p = p_cell(row.p_value, row.note)
+        per = []
+        for c in result.classes:
+            v = row.per_class.get(c)
+            cell = f"{_fmt(v['mean'])} ± {_fmt(v['ci95'])}" if v else ""
+            if v and v.get("p_value") is not None:
+                cell += f" (p {p_cell(v['p_value'])})"
+            per.append(cell)
+        lines.append(
+            f"| {row.rank} | {row.name} | {len(row.eval_dirs)} | {row.budget} | {_fmt(row.mean)} ± {_fmt(row.ci95)} "
+            f"| {diff} | {p} | {LEAK_MARK + ': ' + row.leak if row.leak else ''} | " + " | ".join(per) + " |"
+        )
+    lines += ["", "## All paired tests (Holm within each family)", "", "| family | a − b | Δ | p (raw) | p (Holm) |"]
+    lines.append("|---|---|---:|---:|---:|")
+    for t in result.tests:
+        lines.append(
+            f"| {t.scope} | {t.a} − {t.b} | {t.diff:+.3f} ± {_fmt(t.ci95)} | {p_cell(t.p_raw)} | "
+            f"{p_cell(t.p_value, t.note)} |"
+        )
+    lines += ["", f"**Verdict:** {result.verdict}", ""]
+    return "\n".join(lines)
+
+
+def write_comparison(result: Any, out: Path, *, overwrite: bool) -> list[Path]:
+    """Write comparison.{csv,md,png,json} into ``out``; an existing comparison needs ``overwrite``."""
+    from cxr_tools.config import to_json
+    from cxr_tools.eval.plots import plot_grouped_bars
+    from cxr_tools.eval.report import write_table
+    from cxr_tools.runtime.fs import atomic_write_text
+
+    if out.exists() and not out.is_dir():
+        raise OutputExistsError(f"{out} exists and is not a directory.", "Choose another -o.")
+    if (out / "comparison.csv").exists() and not overwrite:
+        raise OutputExistsError(f"{out} already holds a comparison.", "Pass --overwrite, or choose another -o.")
+    out.mkdir(parents=True, exist_ok=True)
+    name = metric_name(result.metric)
+    groups = [*result.classes, "overall"]
+    series = {}
+    for row in result.rows:
+        means = [row.per_class.get(c, {}).get("mean", math.nan) for c in result.classes] + [row.mean]
+        cis = [row.per_class.get(c, {}).get("ci95", math.nan) for c in result.classes] + [row.ci95]
+        series[f"{row.name} ({LEAK_MARK})" if row.leak else row.name] = (means, cis)
+    return [
+        write_table(out / "comparison.csv", comparison_table(result)),
+        atomic_write_text(out / "comparison.md", comparison_markdown(result)),
+        plot_grouped_bars(
+            out / "comparison.png",
+            groups,
+            series,
+            metric=name,
+            chance=0.5 if result.metric == "auc" else None,
+            title=f"{name} per class, {result.episodes} shared episodes ({result.episode_list_hash})",
+        ),
+        atomic_write_text(out / "comparison.json", to_json(result) + "\n"),
+    ]

@@ -1,0 +1,304 @@
+"""The run lifecycle every trainer shares: one place for what ``cxr train``, ``train-siamese`` and ``meta-train``
+do around their own step, batches and validation.
+
+1. :func:`run_in_context`: threads, device, the torchrun/srun process group, seeds; afterwards a barrier and
+   leaving the group (only when this process created it), with the trainer's objects released first.
+2. :func:`open_run_dir`: create or resume the run directory on rank 0; a refusal is raised on every rank with
+   the same error class and message, so no rank waits forever for the others.
+3. :func:`make_loop` and :func:`fit`: the :class:`~cxr_tools.runtime.trainer.TrainLoop` (checkpoint policy,
+   signals and requeue, AMP, DDP, metrics) built from :class:`~cxr_tools.runtime.options.RunOptions`, and its
+   fit with out-of-memory errors turned into an actionable message.
+4. :func:`load_selected` and :func:`model_meta`: the weights that become ``RUN/model/`` (``best.pt`` when there
+   is one) and the one builder of the model card's ``meta``. Writing the directory itself is
+   :func:`cxr_tools.models.checkpoints.save_model_dir`, called by the engine: this layer does not import models
+   (docs/design.md, layers), so the card is described here by duck typing (a cache reader and a model).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, TypeVar, cast
+
+from cxr_tools import errors
+from cxr_tools.errors import CxrError, ModelError
+
+if TYPE_CHECKING:
+    import torch
+
+    from cxr_tools.runtime.distributed import DistInfo
+    from cxr_tools.runtime.options import RunOptions, TrainingOptions
+    from cxr_tools.runtime.progress import Progress
+    from cxr_tools.runtime.rundir import RunDir
+    from cxr_tools.runtime.trainer import TrainLoop, TrainResult
+
+log = logging.getLogger(__name__)
+R = TypeVar("R")
+
+
+@dataclass
+class RuntimeContext:
+    """Device, distributed position and clean-up of one training command."""
+
+    device: torch.device
+    device_name: str
+    dist: DistInfo
+    owns_group: bool
+
+    def close(self, completed: bool = False) -> None:
+        """Leave the process group: after a barrier when this rank completed (every rank then has finished its
+        collectives), at once after an error (a barrier could wait forever on a rank that died)."""
+        if self.owns_group:
+            from cxr_tools.runtime.distributed import cleanup
+
+            cleanup(self.dist if completed else None)
+
+
+def setup(device_spec: str, threads: int | None, seed: int) -> RuntimeContext:
+    """Resolve the device, join a torchrun/srun process group if launched so, seed everything."""
+    import torch
+    import torch.distributed as tdist
+
+    from cxr_tools.runtime.devices import describe_device, resolve_device, set_threads
+    from cxr_tools.runtime.distributed import init_distributed
+    from cxr_tools.runtime.seeding import seed_everything
+
+    set_threads(threads)
+    device = resolve_device(device_spec)
+    already = tdist.is_available() and tdist.is_initialized()
+    dist = init_distributed(backend="auto", device=device)
+    if dist.distributed and device.type == "cuda":
+        device = torch.device("cuda", dist.local_rank)
+    seed_everything(seed)
+    return RuntimeContext(device, describe_device(device), dist, owns_group=dist.distributed and not already)
+
+
+def run_in_context(options: RunOptions, body: Callable[[RuntimeContext], R]) -> R:
+    """``body(ctx)`` inside the runtime of ``options`` (device, seeds, process group).
+
+    ``body`` is a function of its own so that its objects (the DDP-wrapped model among them) are released when
+    it returns, before the process group is left after a barrier: gloo can abort at exit otherwise.
+    """
+    ctx = setup(options.device, options.threads, options.seed)
+    completed = False
+    try:
+        result = body(ctx)
+        completed = True
+        return result
+    finally:
+        ctx.close(completed)
+
+
+def open_run_dir(config: Any, kind: str, ctx: RuntimeContext) -> RunDir:
+    """Create or reopen the run directory ``config.output`` (rank 0 writes; every rank learns the outcome).
+
+    ``config`` is saved as ``config.yaml`` (resolve paths in it first). A refusal on rank 0 (another command's
+    run, a completed run, changed options) is raised on every rank as the same :class:`CxrError` class.
+    """
+    from cxr_tools.runtime.distributed import broadcast_object
+    from cxr_tools.runtime.rundir import open_run
+
+    error: CxrError | None = None
+    run: RunDir | None = None
+    try:
+        run = open_run(
+            config.output,
+            kind,
+            config,
+            resume=config.resume,
+            overwrite=config.overwrite,
+            is_main=ctx.dist.is_main,
+            device=ctx.device_name,
+            world_size=ctx.dist.world_size,
+        )
+    except CxrError as exc:
+        if not ctx.dist.distributed:
+            raise
+        error = exc
+    shared = broadcast_object(None if error is None else (type(error).__name__, error.message, error.hint), ctx.dist)
+    if error is not None:
+        raise error
+    if shared is not None:
+        name, message, hint = shared
+        cls = getattr(errors, name, CxrError)
+        raise (cls if isinstance(cls, type) and issubclass(cls, CxrError) else CxrError)(message, hint)
+    return cast("RunDir", run)  # open_run returned on this rank: no error, a run
+
+
+def make_loop(
+    options: RunOptions,
+    ctx: RuntimeContext,
+    run: RunDir,
+    model: Any,
+    optimizer: Any,
+    progress: Progress | None,
+    **loop_args: Any,
+) -> TrainLoop:
+    """The :class:`~cxr_tools.runtime.trainer.TrainLoop` of a trainer with the run options applied.
+
+    ``loop_args`` are the trainer's own parts (``step_fn``, ``batches_fn``, ``validate_fn``, ``max_epochs``,
+    ``monitor``, ...); checkpoint policy, requeue, device, AMP, process group and logging come from ``options``.
+    """
+    from cxr_tools.runtime.checkpointing import CheckpointPolicy
+    from cxr_tools.runtime.trainer import TrainLoop
+
+    return TrainLoop(
+        run,
+        model,
+        optimizer,
+        checkpoint=CheckpointPolicy(options.checkpoint_every_steps, options.checkpoint_every_minutes),
+        progress=progress,
+        requeue=options.requeue,
+        device=ctx.device,
+        amp=options.amp,
+        dist=ctx.dist,
+        log_every_steps=options.log_every_steps,
+        **loop_args,
+    )
+
+
+def fit(loop: TrainLoop, oom_message: str, oom_hint: str) -> TrainResult:
+    """``loop.fit()``, an out-of-memory error turned into a :class:`ResourceError` with this message and hint."""
+    from cxr_tools.runtime.devices import explain_out_of_memory
+
+    with explain_out_of_memory(oom_message, oom_hint):
+        return loop.fit()
+
+
+def load_selected(run: RunDir, model: Any) -> str:
+    """Load ``best.pt`` into ``model`` when there is one; return which weights the model now holds.
+
+    Returns ``"best"`` (the best monitored epoch) or ``"last"`` (no ``best.pt``: no validation, or the metric
+    never improved; the final weights are kept).
+    """
+    from cxr_tools.runtime.checkpointing import load_checkpoint
+
+    if not run.best_checkpoint.is_file():
+        log.info("No best.pt; the final weights become the model.")
+        return "last"
+    state = load_checkpoint(run.best_checkpoint)
+    try:
+        model.load_state_dict(state["model"])
+    except (RuntimeError, KeyError) as exc:
+        raise ModelError(f"{run.best_checkpoint} does not fit the model ({exc}).", "Rerun with --overwrite.") from exc
+    return "best"
+
+
+def best_step(run: RunDir) -> int | None:
+    """The step at which ``best.pt`` was written (None without one)."""
+    from cxr_tools.runtime.checkpointing import load_checkpoint
+
+    if not run.best_checkpoint.is_file():
+        return None
+    return int(load_checkpoint(run.best_checkpoint)["step"])
+
+
+def best_record(run: RunDir) -> dict[str, Any]:
+    """The metrics record of the best epoch (the last one flagged ``best``, else the last epoch record)."""
+    epochs = [r for r in run.read_metrics() if r.get("kind") == "epoch"]
+    flagged = [r for r in epochs if r.get("best")]
+    return (flagged or epochs or [{}])[-1]
+
+
+def finite_or_none(value: Any) -> float | None:
+    """``value`` as a float, or None when missing or NaN (valid JSON in ``--json`` output)."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return None
+    return float(value)
+
+
+def model_meta(cache: Any, model: Any, labels: Sequence[str], kind: str, extra: dict[str, Any]) -> dict[str, Any]:
+    """The ``meta`` of ``save_model_dir`` for a model trained on ``cache``: the one model-card builder.
+
+    Args:
+        cache: the :class:`~cxr_tools.data.cache.CacheReader` trained on (manifest hash, image size,
+            preprocessing: what a later ``cxr evaluate`` / ``cxr predict`` checks its inputs against).
+        model: the trained model (its ``normalisation`` is the input contract).
+        labels: the label space of the outputs (empty for embeddings and episode-slot heads).
+        kind: the training kind (``supervised``, ``siamese``, ``maml``).
+        extra: the trainer's own settings and results.
+    """
+    return {
+        "labels": list(labels),
+        "training": kind,
+        "cache_manifest_hash": cache.manifest_hash,
+        "image_size": int(min(cache.image_shape)),
+        "normalisation": str(getattr(model, "normalisation", "unit")),
+        "preprocessing": dict(cache.manifest.get("preprocessing") or {}),
+        "extra": extra,
+    }
+
+
+def make_optimisation(
+    model: Any, ctx: RuntimeContext, options: TrainingOptions, *, steps_per_epoch: int, monitor: str = "val_auc"
+) -> tuple[Any, Any, Any]:
+    """Move ``model`` to the device, wrap it for DDP, and build the optimiser and LR schedule of ``options``.
+
+    ``monitor`` is the validation metric (to maximise) that the ``plateau`` schedule follows.
+    """
+    import torch
+
+    from cxr_tools.runtime.distributed import wrap_ddp
+    from cxr_tools.runtime.schedules import make_scheduler
+    from cxr_tools.runtime.seeding import derive_seed
+
+    model.to(ctx.device)
+    if ctx.dist.distributed:
+        torch.manual_seed(derive_seed(options.seed, 1, ctx.dist.rank))  # per-rank dropout masks
+    net = wrap_ddp(model, ctx.dist, ctx.device)
+    params = [p for p in net.parameters() if p.requires_grad]
+    if options.optimizer == "sgd":
+        optimizer: Any = torch.optim.SGD(
+            params, lr=options.lr, momentum=options.momentum, weight_decay=options.weight_decay
+        )
+    else:
+        optimizer = torch.optim.AdamW(params, lr=options.lr, weight_decay=options.weight_decay)
+    total = steps_per_epoch * options.epochs
+    if options.max_steps is not None:
+        total = min(total, options.max_steps)
+    schedule = make_scheduler(
+        options.schedule,
+        optimizer,
+        total_steps=max(total, options.warmup_steps + 1),
+        warmup_steps=options.warmup_steps,
+        step_size=max(1, total // 3),
+        monitor=monitor,
+        mode="max",
+    )
+    return net, optimizer, schedule
+
+
+def epoch_loop(
+    options: TrainingOptions,
+    ctx: RuntimeContext,
+    run: RunDir,
+    net: Any,
+    optimizer: Any,
+    schedule: Any,
+    progress: Progress | None,
+    *,
+    monitor: str,
+    mode: str,
+    **loop_args: Any,
+) -> TrainLoop:
+    """:func:`make_loop` for the epoch-based trainers: epochs, max steps, schedule and early stopping of
+    ``options``; ``loop_args`` are the trainer's ``step_fn``, ``batches_fn`` and ``validate_fn``."""
+    from cxr_tools.runtime.checkpointing import EarlyStopping
+
+    return make_loop(
+        options,
+        ctx,
+        run,
+        net,
+        optimizer,
+        progress,
+        scheduler=schedule,
+        max_epochs=options.epochs,
+        max_steps=options.max_steps,
+        monitor=monitor,
+        mode=mode,
+        early_stopping=EarlyStopping(options.patience, mode=mode) if options.patience else None,
+        **loop_args,
+    )
