@@ -42,7 +42,8 @@ def demo(
     """Run the whole pipeline on synthetic data and print the comparison of all methods.
 
     Synthetic phantoms → preprocess → supervised base training → Siamese → MAML (plain and Siamese-initialised)
-    → evaluate all plus the random-init baseline on the same meta-test episodes → compare.
+    → evaluate all plus the baselines (random init with the MAML budget, logistic regression on pixels and on
+    the supervised features) on the same meta-test episodes → compare.
     """
     with handle_errors():
         from cxr_tools.engine.demo import DemoConfig, run_demo

@@ -29,7 +29,7 @@ def evaluate(
     ctx: typer.Context,
     run: Annotated[
         Path | None,
-        typer.Argument(help="Finished run directory (not needed for --method scratch).", show_default=False),
+        typer.Argument(help="Finished run directory (not needed for --method scratch or pixels).", show_default=False),
     ] = None,
     data: Annotated[
         Path | None,
@@ -39,8 +39,10 @@ def evaluate(
         str,
         typer.Option(
             "--method",
-            help="auto (maml run -> maml, siamese -> prototype, supervised -> finetune), maml, prototype, finetune "
-            "or scratch (random init, the MAML budget; needs no run).",
+            help="auto (maml run -> maml, siamese -> prototype, supervised -> finetune), maml, prototype, finetune, "
+            "scratch (random init with the budget of --match RUN, or of --adapt-steps and --inner-lr; needs no run), "
+            "pixels (logistic regression on the support pixels; needs no run) or linear-probe (logistic regression "
+            "on the run's frozen features).",
         ),
     ] = "auto",
     finetune: Annotated[
@@ -93,11 +95,20 @@ def evaluate(
     ] = None,
     adapt_steps: Annotated[
         int | None,
-        typer.Option("--adapt-steps", min=0, help="MAML / scratch inner steps.", show_default="the run's, else 5"),
+        typer.Option("--adapt-steps", min=0, help="MAML / scratch inner steps.", show_default="the run's"),
     ] = None,
     inner_lr: Annotated[
         float | None,
-        typer.Option("--inner-lr", help="MAML / scratch inner learning rate.", show_default="the run's, else 0.01"),
+        typer.Option("--inner-lr", help="MAML / scratch inner learning rate.", show_default="the run's"),
+    ] = None,
+    match: Annotated[
+        Path | None,
+        typer.Option(
+            "--match",
+            help="Run whose adaptation budget (steps, learning rate, optimiser) --method scratch copies, so the "
+            "comparison with it is fair; recorded in summary.json settings.",
+            show_default=False,
+        ),
     ] = None,
     temperature: Annotated[
         float, typer.Option("--temperature", help="Prototype softmax temperature (calibration only).")
@@ -181,6 +192,7 @@ def evaluate(
             inner_lr=inner_lr,
             adapt_steps=adapt_steps,
             temperature=temperature,
+            match=match,
             pairs=pairs,
             bootstrap=bootstrap,
             plots=plots,

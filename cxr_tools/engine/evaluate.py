@@ -74,9 +74,10 @@ class EvaluateConfig:
 
     Attributes:
         data: the cache to evaluate on.
-        run: a finished run directory (or its ``model/`` folder); None only for ``method=scratch``.
+        run: a finished run directory (or its ``model/`` folder); None only for ``method=scratch`` / ``pixels``.
         output: evaluation directory (default ``RUN/eval`` or ``RUN/eval-<method>``; required without a run).
-        method: ``auto`` (from the run's training kind), ``maml``, ``prototype``, ``finetune`` or ``scratch``.
+        method: ``auto`` (from the run's training kind), ``maml``, ``prototype``, ``finetune``, ``scratch``,
+            ``pixels`` or ``linear-probe``.
         finetune: ``head`` or ``all`` (fine-tune method).
         episodes, ways, shots, queries, seed: the fixed episode list.
         images_per_patient: the most images one patient contributes to an episode (recorded in the list).
@@ -85,7 +86,9 @@ class EvaluateConfig:
         pool_seed: seed of the meta-split pools (None = the run's, else 0: what training used).
         backbone: architecture of ``scratch`` without a run (default conv4).
         steps, lr: fine-tuning budget (default per mode); inner_lr, adapt_steps: MAML / scratch budget
-            (default the MAML run's, else 0.01 and 5); temperature: prototype softmax temperature.
+            (default the MAML run's, else 0.01 and 5 for MAML; scratch has no default without a run);
+            temperature: prototype softmax temperature.
+        match: a run whose adaptation budget (steps, lr, optimiser) ``scratch`` copies.
         pairs: Siamese pair-set size (0 = none).
         bootstrap: patient-cluster bootstrap replicates (0 = episode interval only).
         plots: write the PNG plots.
@@ -116,6 +119,7 @@ class EvaluateConfig:
     inner_lr: float | None = None
     adapt_steps: int | None = None
     temperature: float = 0.1
+    match: Path | None = None
     pairs: int = 1000
     bootstrap: int = 1000
     plots: bool = True
@@ -210,7 +214,7 @@ def default_output(run: Path | None, method_label: str, kind: str | None) -> Pat
     from cxr_tools.methods.adapters import AUTO_METHOD
 
     if run is None:
-        raise ConfigError("Evaluating without a run (--method scratch) needs an output: -o OUT.")
+        raise ConfigError(f"Evaluating without a run (--method {method_label}) needs an output: -o OUT.")
     base = Path(run).parent if (Path(run) / "model.json").is_file() else Path(run)
     own = {"finetune": "finetune-head"}.get(AUTO_METHOD.get(kind or "", ""), AUTO_METHOD.get(kind or "", ""))
     return base / ("eval" if method_label == own else f"eval-{method_label}")
@@ -260,7 +264,7 @@ def evaluate(config: EvaluateConfig, progress: Progress | None = None) -> Evalua
         save_episode_list,
     )
     from cxr_tools.data.splits import meta_split_pools
-    from cxr_tools.methods.adapters import AdaptConfig, build_adapter, describe, resolve_method
+    from cxr_tools.methods.adapters import RUNLESS_METHODS, AdaptConfig, build_adapter, describe, resolve_method
     from cxr_tools.runtime.devices import describe_device, resolve_device, set_threads
 
     progress = null_progress(progress)
@@ -280,8 +284,8 @@ def evaluate(config: EvaluateConfig, progress: Progress | None = None) -> Evalua
     model, meta = (None, None) if config.run is None else load_run(Path(config.run))
     kind = str(meta.get("training")) if meta is not None else None
     method = resolve_method(config.method, kind)
-    if method != "scratch" and meta is None:
-        raise ConfigError(f"--method {method} needs a run to evaluate.", "Pass RUN, or use --method scratch.")
+    if method not in RUNLESS_METHODS and meta is None:
+        raise ConfigError(f"--method {method} needs a run to evaluate.", "Pass RUN, or use --method scratch|pixels.")
     label = f"finetune-{config.finetune}" if method == "finetune" else method
     if meta is not None:
         check_data_fits(meta, cache)
@@ -290,8 +294,13 @@ def evaluate(config: EvaluateConfig, progress: Progress | None = None) -> Evalua
                 f"--backbone {config.backbone} differs from the run's architecture {meta.get('architecture')}.",
                 "Drop --backbone (scratch follows the run) or drop RUN.",
             )
-    backbone = config.backbone or (str(meta["architecture"]) if meta is not None else "conv4")
-    normalisation = _normalisation(meta, backbone, cache)
+    matched = _matched_run(config.match, method)
+    arch_source = meta if meta is not None else matched[1] if matched is not None else {}
+    backbone: str | None = config.backbone or str(arch_source.get("architecture") or "conv4")
+    if method == "pixels":  # no network: the pixels in [0, 1]
+        backbone, normalisation = None, "unit"
+    else:
+        normalisation = _normalisation(meta, str(backbone), cache)
 
     split = resolve_split(config.meta_split, meta, cache)
     pool_seed = config.pool_seed
@@ -312,7 +321,7 @@ def evaluate(config: EvaluateConfig, progress: Progress | None = None) -> Evalua
 
     set_threads(config.threads)
     device = resolve_device(config.device)
-    adapter = build_adapter(model, meta, config.ways, adapt_cfg, backbone=backbone, device=device)
+    adapter = build_adapter(model, meta, config.ways, adapt_cfg, backbone=backbone, device=device, match=matched)
     out = prepare_eval_dir(Path(config.output) if config.output else default_output(config.run, label, kind),
                            config.overwrite, config.resume)  # fmt: skip
     if config.resume:
@@ -376,7 +385,7 @@ def evaluate(config: EvaluateConfig, progress: Progress | None = None) -> Evalua
         files += evaluation_plots(out / PLOTS_DIR, score_table, per_class, overall, config.threshold, title=label)
     seconds = time.perf_counter() - began
     run_path = Path(config.run) if config.run is not None else None
-    name = f"{_run_name(run_path)}:{label}" if run_path is not None else f"{label}:{backbone}"
+    name = f"{_run_name(run_path)}:{label}" if run_path is not None else f"{label}:{backbone}" if backbone else label
     summary = {
         "format": SUMMARY_FORMAT,
         "version": SUMMARY_VERSION,
@@ -472,6 +481,19 @@ def _bootstrap_record(boot: Any) -> dict[str, Any] | None:
     if boot is None:
         return None
     return {"unit": "patient", "replicates": boot.replicates, "patients": boot.patients, "seed_key": _BOOTSTRAP_KEY}
+
+
+def _matched_run(match: Path | None, method: str) -> tuple[str, dict[str, Any]] | None:
+    """``(path, model.json)`` of ``--match`` (scratch copies that run's adaptation budget)."""
+    if match is None:
+        return None
+    if method != "scratch":
+        raise ConfigError(f"--match applies to --method scratch, not {method}.", "Drop --match.")
+    from cxr_tools.models.checkpoints import read_model_meta
+
+    if not Path(match).exists():
+        raise ModelError(f"--match run {match} does not exist.", "Pass the directory a training command wrote.")
+    return str(match), read_model_meta(match)
 
 
 def _run_name(run: Path) -> str:

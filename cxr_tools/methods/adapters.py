@@ -12,8 +12,13 @@ prototype  per class, a positive and a negative prototype of the support     :mo
            embeddings; softmax over negative distances (Snell et al. 2017)
 finetune   a fresh ``ways``-output head (``head``) or the whole network      :mod:`.finetune`
            (``all``) trained on the support set with BCE-with-logits
-scratch    the same architecture randomly initialised (seeded per episode),  this module
-           adapted with the MAML budget (same steps, same lr)
+scratch    the same architecture randomly initialised (seeded per episode),  :mod:`.scratch`
+           adapted with the budget of the run it is compared with
+           (``--match RUN``: same steps, lr and optimiser)
+pixels     per class, a logistic regression on the support set's pixels     :mod:`.logistic`
+           (standardised with support statistics); no run needed
+linear-    the same logistic regression on a run's frozen features          :mod:`.logistic`
+probe      (Siamese embedding, else the backbone before the head)
 ========== ================================================================ ================================
 
 Conventions shared by every method:
@@ -24,7 +29,7 @@ Conventions shared by every method:
 * ``Scorer.predict(x)`` returns float32 probabilities ``[n, ways]`` on the CPU, one independent sigmoid-like
   score per class (findings are not mutually exclusive). Scoring runs in eval mode with BatchNorm on its
   running statistics and without gradients, so **a query's score never depends on the other images in its
-  batch** (SCIENCE.md §2; tested for every method).
+  batch** (docs/science.md; tested for every method).
 * Randomness (a fresh head, a scratch initialisation) comes only from the ``torch.Generator`` given to ``fit``;
   ``None`` means a fixed seed 0, so ``fit`` is deterministic either way. The model passed to an adapter is never
   modified.
@@ -42,7 +47,7 @@ from __future__ import annotations
 import copy
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 from cxr_tools.errors import ConfigError, ModelError
@@ -54,7 +59,9 @@ if TYPE_CHECKING:
     from cxr_tools.methods.maml.config import MamlConfig
 
 #: The adaptation methods, in the order tables list them.
-METHODS: tuple[str, ...] = ("maml", "prototype", "finetune", "scratch")
+METHODS: tuple[str, ...] = ("maml", "prototype", "finetune", "scratch", "pixels", "linear-probe")
+#: Methods that need no trained run (``scratch`` builds its network, ``pixels`` has none).
+RUNLESS_METHODS: tuple[str, ...] = ("scratch", "pixels")
 #: The method ``auto`` picks for each training kind of ``model.json``.
 AUTO_METHOD: dict[str, str] = {
     "maml": "maml",
@@ -68,7 +75,7 @@ FINETUNE_MODES: tuple[str, ...] = ("head", "all")
 #: hundred full-batch steps at 1e-2; the whole network needs a smaller step so a 10-image support set does not
 #: wreck the pre-trained features.
 FINETUNE_DEFAULTS: dict[str, tuple[int, float]] = {"head": (100, 1e-2), "all": (50, 1e-3)}
-#: Default MAML budget when neither the run nor the user gives one (the meta-train defaults).
+#: Default MAML budget of ``--method maml`` on a run that records none (the meta-train defaults).
 DEFAULT_INNER_LR = 0.01
 DEFAULT_ADAPT_STEPS = 5
 
@@ -97,7 +104,8 @@ class AdaptConfig:
         method: ``auto`` (from the run's training kind, :data:`AUTO_METHOD`) or one of :data:`METHODS`.
         finetune: ``head`` (train a fresh head on fixed features) or ``all`` (the whole network).
         steps, lr: fine-tuning steps and Adam learning rate (default :data:`FINETUNE_DEFAULTS`).
-        inner_lr, adapt_steps: MAML / scratch inner-loop SGD (default: the MAML run's, else 0.01 and 5).
+        inner_lr, adapt_steps: MAML inner-loop SGD (default: the MAML run's, else 0.01 and 5); scratch's budget
+            (default: the run's, see :func:`~cxr_tools.methods.scratch.resolve_budget`; no default without one).
         temperature: prototype softmax temperature (calibration only: AUC and decisions at 0.5 do not change).
         batch_size: images per forward pass when scoring (results do not depend on it).
     """
@@ -137,14 +145,14 @@ def resolve_method(method: str, training: str | None) -> str:
             raise ConfigError(f"Unknown method '{method}'.", f"Use auto or one of: {', '.join(METHODS)}.")
         return method
     if training is None:
-        raise ConfigError("--method auto needs a run to follow.", "Pass a run directory, or --method scratch.")
+        raise ConfigError("--method auto needs a run to follow.", "Pass a run directory, or --method scratch|pixels.")
     if training not in AUTO_METHOD:
         raise ConfigError(f"No default method for training kind '{training}'.", f"Pass --method {'|'.join(METHODS)}.")
     return AUTO_METHOD[training]
 
 
 def maml_settings(meta: Mapping[str, Any] | None, config: AdaptConfig) -> MamlConfig:
-    """The inner loop for ``maml`` / ``scratch``: flags > the MAML run's ``extra.maml`` > defaults."""
+    """The inner loop for ``maml``: flags > the MAML run's ``extra.maml`` > defaults."""
     from cxr_tools.methods.maml.config import MamlConfig
 
     run = dict(((meta or {}).get("extra") or {}).get("maml") or {})
@@ -200,7 +208,7 @@ def with_fresh_head(model: nn.Module, ways: int, generator: torch.Generator | No
     return clone.eval()
 
 
-class _ModuleScorer:
+class ModuleScorer:
     """Scores with ``sigmoid(fn(x))`` in eval mode, in chunks, without gradients."""
 
     def __init__(self, fn: Any, module: nn.Module, batch_size: int) -> None:
@@ -216,13 +224,21 @@ def predict_in_chunks(logits_fn: Any, module: nn.Module, x: Tensor, batch_size: 
     """``sigmoid(logits_fn(x))`` as float32 on the CPU, ``batch_size`` images at a time, in eval mode."""
     import torch
 
+    return outputs_in_chunks(lambda chunk: torch.sigmoid(logits_fn(chunk).float()), module, x, batch_size)
+
+
+def outputs_in_chunks(fn: Any, module: nn.Module, x: Tensor, batch_size: int) -> Tensor:
+    """``fn(x)`` (scores, embeddings) as float32 on the CPU, ``batch_size`` images at a time, with ``module`` in
+    eval mode, BatchNorm on its running statistics and no gradients: each row depends on its own image only."""
+    import torch
+
     from cxr_tools.methods.maml.norm import frozen_batchnorm
 
     was_training = module.training
     module.eval()
     try:
         with torch.no_grad(), frozen_batchnorm(module):
-            parts = [torch.sigmoid(logits_fn(x[i : i + batch_size]).float()) for i in range(0, len(x), batch_size)]
+            parts = [fn(x[i : i + batch_size]).float() for i in range(0, len(x), batch_size)]
     finally:
         module.train(was_training)
     if not parts:
@@ -253,54 +269,7 @@ class MamlAdapter:
         check_support(support_y, self.ways)
         model = with_fresh_head(self.model, self.ways, generator) if self._needs_head else self.model
         adapted = adapt(model, support_x, support_y.to(support_x.dtype), self.maml)
-        return _ModuleScorer(adapted, model, self.batch_size)
-
-
-class ScratchAdapter:
-    """The random-initialisation baseline: per ``fit``, ``create_model(architecture, num_classes=ways)`` seeded
-    from the generator, then the MAML inner loop with the same budget (steps, lr) as the MAML it is compared to.
-    """
-
-    method = "scratch"
-
-    def __init__(
-        self,
-        architecture: str,
-        model_args: Mapping[str, Any],
-        ways: int,
-        maml: MamlConfig,
-        *,
-        device: Any = "cpu",
-        batch_size: int = 256,
-    ) -> None:
-        from cxr_tools.models.registry import model_card
-
-        model_card(architecture)  # unknown names fail here, before any episode
-        self.architecture = architecture
-        self.model_args = {k: v for k, v in dict(model_args).items() if k not in {"num_classes", "weights"}}
-        self.ways = ways
-        self.maml = maml
-        self.device = device
-        self.batch_size = batch_size
-
-    def init_model(self, generator: torch.Generator | None = None) -> nn.Module:
-        """The random initialisation this generator gives (global RNG state is restored afterwards)."""
-        import torch
-
-        from cxr_tools.models.registry import create_model
-
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed_from(generator))
-            model = create_model(self.architecture, num_classes=self.ways, **self.model_args)
-        return model.to(self.device).eval()
-
-    def fit(self, support_x: Tensor, support_y: Tensor, *, generator: torch.Generator | None = None) -> Scorer:
-        from cxr_tools.methods.maml import adapt
-
-        check_support(support_y, self.ways)
-        model = self.init_model(generator)
-        adapted = adapt(model, support_x, support_y.to(support_x.dtype), self.maml)
-        return _ModuleScorer(adapted, model, self.batch_size)
+        return ModuleScorer(adapted, model, self.batch_size)
 
 
 def check_support(support_y: Tensor, ways: int) -> None:
@@ -326,18 +295,21 @@ def build_adapter(
     *,
     backbone: str | None = None,
     device: Any = None,
+    match: tuple[str, Mapping[str, Any]] | None = None,
 ) -> Adapter:
     """The adapter for ``config.method`` on ``model`` (loaded with :func:`~cxr_tools.models.load_model_dir`).
 
     Args:
-        model: the run's model, or None for ``scratch`` without a run (then ``backbone`` names the architecture).
+        model: the run's model, or None for ``scratch`` / ``pixels`` without a run.
         meta: the run's ``model.json`` (training kind, MAML settings, Siamese distance), or None.
         ways: number of classes the support sets have.
         config: method and its settings (default: ``auto``).
-        backbone: architecture for ``scratch`` without a run (default ``conv4``).
+        backbone: architecture for ``scratch`` without a run (default: the matched run's, else ``conv4``).
         device: where to adapt (default: the model's device, else CPU).
+        match: ``(path, model.json)`` of the run whose adaptation budget ``scratch`` copies (``--match``).
     """
     from cxr_tools.methods.finetune import FinetuneAdapter
+    from cxr_tools.methods.logistic import linear_probe_adapter, pixels_adapter
     from cxr_tools.methods.prototypes import PrototypeAdapter, embedding_function
 
     config = config or AdaptConfig()
@@ -345,17 +317,18 @@ def build_adapter(
         raise ConfigError(f"ways must be at least 1 (got {ways}).")
     training = str(meta.get("training")) if meta is not None else None
     method = resolve_method(config.method, training)
+    if match is not None and method != "scratch":
+        raise ConfigError(f"--match applies to --method scratch, not {method}.", "Drop --match.")
     if device is None:
         device = model_device(model) if model is not None else "cpu"
     if method == "scratch":
-        if model is not None and meta is not None:
-            arch, args = str(meta.get("architecture")), dict(meta.get("model_args") or {})
-        else:
-            arch, args = backbone or "conv4", {}
-        maml = maml_settings(meta, config)
-        return ScratchAdapter(arch, args, ways, maml, device=device, batch_size=config.batch_size)
+        return _scratch_adapter(model, meta, ways, config, backbone, device, match)
+    if method == "pixels":
+        return pixels_adapter(ways)
     if model is None or meta is None:
-        raise ConfigError(f"--method {method} needs a trained run.", "Pass a run directory, or use --method scratch.")
+        raise ConfigError(
+            f"--method {method} needs a trained run.", "Pass a run directory, or use --method scratch or pixels."
+        )
     model = model.to(device).eval()
     if method == "maml":
         if training == "maml":
@@ -371,22 +344,56 @@ def build_adapter(
         return PrototypeAdapter(
             embed, model, ways, distance=distance, temperature=config.temperature, batch_size=config.batch_size
         )
+    if method == "linear-probe":
+        return linear_probe_adapter(model, meta, ways, batch_size=config.batch_size)
     steps, lr = finetune_settings(config)
     return FinetuneAdapter(model, ways, mode=config.finetune, steps=steps, lr=lr, batch_size=config.batch_size)
 
 
+def _scratch_adapter(
+    model: nn.Module | None,
+    meta: Mapping[str, Any] | None,
+    ways: int,
+    config: AdaptConfig,
+    backbone: str | None,
+    device: Any,
+    match: tuple[str, Mapping[str, Any]] | None,
+) -> Adapter:
+    """Scratch on the run's architecture (else the matched run's, else ``backbone``) with its resolved budget."""
+    from cxr_tools.methods.scratch import ScratchAdapter, resolve_budget
+
+    run = None
+    if model is not None and meta is not None:
+        arch, args = str(meta.get("architecture")), dict(meta.get("model_args") or {})
+        run = (_run_dir(str(meta["path"])) if meta.get("path") else "the evaluated run", meta)
+    elif match is not None and backbone in (None, match[1].get("architecture")):
+        arch, args = str(match[1].get("architecture")), dict(match[1].get("model_args") or {})
+    else:
+        arch, args = backbone or "conv4", {}
+    budget = resolve_budget(config.adapt_steps, config.inner_lr, run=run, match=match)
+    return ScratchAdapter(arch, args, ways, budget, device=device, batch_size=config.batch_size)
+
+
+def _run_dir(model_folder: str) -> str:
+    """The run directory of a model folder (``RUN/model`` -> ``RUN``)."""
+    from pathlib import Path
+
+    path = Path(model_folder)
+    return str(path.parent if path.name == "model" else path)
+
+
 def describe(adapter: Adapter) -> dict[str, Any]:
-    """The settings of an adapter as a JSON-able dict (recorded in ``summary.json``)."""
+    """The settings of an adapter as a JSON-able dict (recorded in ``summary.json``): method, budget, options."""
     out: dict[str, Any] = {"method": adapter.method}
     maml = getattr(adapter, "maml", None)
     if maml is not None:
-        out.update(inner_lr=maml.inner_lr, adapt_steps=maml.adapt_steps)
+        out.update(inner_lr=maml.inner_lr, adapt_steps=maml.adapt_steps, optimiser="sgd")
     for key in ("architecture", "mode", "steps", "lr", "distance", "temperature"):
         if hasattr(adapter, key):
             out[key] = getattr(adapter, key)
+    if adapter.method == "finetune":
+        out["optimiser"] = "adam"
+    settings = getattr(adapter, "settings", None)
+    if callable(settings):
+        out.update(settings())
     return out
-
-
-def with_method(config: AdaptConfig, method: str) -> AdaptConfig:
-    """``config`` with ``method`` replaced (handy for running every method on the same episodes)."""
-    return replace(config, method=method)

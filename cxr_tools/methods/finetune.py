@@ -81,7 +81,7 @@ class FinetuneAdapter:
                 ]
             )
         head = fresh_linear(feats.shape[1], self.ways, generator, feats.device)
-        _train(head, head.parameters(), lambda: head(feats), support_y, self.steps, self.lr)
+        train_full_batch(head, head.parameters(), lambda: head(feats), support_y, self.steps, self.lr)
         return _HeadScorer(model, head.eval(), self.batch_size)
 
     def _fit_all(self, support_x: Tensor, support_y: Tensor, generator: torch.Generator | None) -> Any:
@@ -93,12 +93,15 @@ class FinetuneAdapter:
         for p in net.parameters():
             p.requires_grad_(True)
         with frozen_batchnorm(net):
-            _train(net, net.parameters(), lambda: net(support_x), support_y, self.steps, self.lr)
+            train_full_batch(net, net.parameters(), lambda: net(support_x), support_y, self.steps, self.lr)
         return _NetScorer(net, self.batch_size)
 
 
-def _train(module: nn.Module, params: Any, logits_fn: Any, targets: Tensor, steps: int, lr: float) -> None:
-    """``steps`` full-batch Adam steps on the masked BCE-with-logits of ``logits_fn()`` against ``targets``."""
+def train_full_batch(module: nn.Module, params: Any, logits_fn: Any, targets: Tensor, steps: int, lr: float) -> None:
+    """``steps`` full-batch Adam steps on the masked BCE-with-logits of ``logits_fn()`` against ``targets``.
+
+    The loop of fine-tuning and of an Adam-budget ``scratch`` (:mod:`cxr_tools.methods.scratch`).
+    """
     import torch
 
     from cxr_tools.methods.maml.losses import multilabel_bce

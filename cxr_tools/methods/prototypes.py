@@ -28,7 +28,7 @@ from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from cxr_tools.errors import ConfigError, ModelError
-from cxr_tools.methods.adapters import check_support
+from cxr_tools.methods.adapters import check_support, outputs_in_chunks
 
 if TYPE_CHECKING:
     import torch
@@ -151,20 +151,7 @@ class PrototypeAdapter:
 
     def embeddings(self, x: Tensor) -> Tensor:
         """Embeddings of ``x`` in eval mode, ``batch_size`` at a time (CPU float32)."""
-        import torch
-
-        from cxr_tools.methods.maml.norm import frozen_batchnorm
-
-        was = self.module.training
-        self.module.eval()
-        try:
-            with torch.no_grad(), frozen_batchnorm(self.module):
-                parts = [self.embed(x[i : i + self.batch_size]).float() for i in range(0, len(x), self.batch_size)]
-        finally:
-            self.module.train(was)
-        if not parts:
-            raise ModelError("Nothing to embed: the image batch is empty.")
-        return torch.cat(parts).cpu()
+        return outputs_in_chunks(self.embed, self.module, x, self.batch_size)
 
     def fit(self, support_x: Tensor, support_y: Tensor, *, generator: torch.Generator | None = None) -> Any:
         check_support(support_y, self.ways)

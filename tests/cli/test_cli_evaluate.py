@@ -48,7 +48,7 @@ def test_evaluate_prints_the_per_class_table_and_writes_the_evaluation(env):
 def test_scratch_needs_no_run_and_flags_override_the_config_file(env, tmp_path):
     _, cache, _, _ = env
     cfg = tmp_path / "eval.yaml"
-    cfg.write_text("evaluate:\n  episodes: 2\n  adapt_steps: 1\n  backbone: conv4-tiny\n")
+    cfg.write_text("evaluate:\n  episodes: 2\n  adapt_steps: 1\n  inner_lr: 0.01\n  backbone: conv4-tiny\n")
     out = tmp_path / "scratch"
     args = ["evaluate", "--method", "scratch", "--data", str(cache), "-o", str(out), "--config", str(cfg)]
     res = runner.invoke(app, [*args, "--shots", "2", "--queries", "3", "--device", "cpu", "--no-plots", "--json"])
@@ -60,6 +60,8 @@ def test_scratch_needs_no_run_and_flags_override_the_config_file(env, tmp_path):
         "method": "scratch",
         "inner_lr": 0.01,
         "adapt_steps": 1,
+        "optimiser": "sgd",
+        "matched_run": None,
         "architecture": "conv4-tiny",
     }
     res = runner.invoke(app, [*args, "--episodes", "1", "--overwrite", "--shots", "2", "--queries", "3", "--no-plots"])
@@ -79,7 +81,7 @@ def test_bad_inputs_exit_1_with_one_line(env, tmp_path):
     _, cache, maml, sup = env
     assert_one_line_error(runner.invoke(app, ["evaluate", str(maml)]), "--data")
     assert_one_line_error(
-        runner.invoke(app, ["evaluate", "--method", "scratch", "--data", str(cache), "--shots", "2", "--queries", "3"]),
+        runner.invoke(app, ["evaluate", "--method", "pixels", "--data", str(cache), "--shots", "2", "--queries", "3"]),
         "needs an output",
         "-o",
     )

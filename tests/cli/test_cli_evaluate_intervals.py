@@ -22,7 +22,7 @@ def test_evaluate_keeps_both_intervals_and_headlines_the_wider(tmp_path):
     cfg.write_text("evaluate:\n  bootstrap: 300\n")
     args = ["evaluate", "--method", "scratch", "--backbone", "conv4-tiny", "--data", str(cache), "-o", str(out),
             "--episodes", "4", "--shots", "2", "--queries", "3", "--device", "cpu", "--no-plots", "--steps", "2",
-            "--config", str(cfg)]  # fmt: skip
+            "--adapt-steps", "1", "--inner-lr", "0.01", "--config", str(cfg)]  # fmt: skip
     res = runner.invoke(app, args, terminal_width=200)
     assert res.exit_code == 0, res.output
     summary = json.loads((out / "summary.json").read_text())

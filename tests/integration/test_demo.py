@@ -17,13 +17,19 @@ def test_quick_demo_compares_all_methods(tmp_path):
     work = tmp_path / "demo"
     res = runner.invoke(app, ["demo", "--quick", "--workdir", str(work), "--episodes", "6", "--threads", "1"])
     assert res.exit_code == 0, res.output
-    for name in ("supervised:finetune-head", "siamese:prototype", "maml:maml", "maml-siamese-init:maml", "scratch"):
+    names = ("supervised:finetune-head", "siamese:prototype", "maml:maml", "maml-siamese-init:maml", "scratch",
+             "pixels", "supervised:linear-probe")  # fmt: skip
+    for name in names:
         assert name in res.stdout
     assert "± " in res.stdout and ("is best" in res.stdout or "ranks first" in res.stdout)
     comparison = json.loads((work / "compare" / "comparison.json").read_text())
-    assert len(comparison["rows"]) == 5
+    assert len(comparison["rows"]) == 7
     hashes = {json.loads(p.read_text())["episode_list_hash"] for p in work.rglob("summary.json")}
     assert len(hashes) == 1  # every method on the same episodes
+    scratch = json.loads((work / "eval-scratch" / "summary.json").read_text())["settings"]
+    maml = json.loads((work / "runs" / "maml" / "model" / "model.json").read_text())["extra"]["maml"]
+    assert (scratch["adapt_steps"], scratch["inner_lr"]) == (maml["adapt_steps"], maml["inner_lr"])
+    assert scratch["matched_run"] == str(work / "runs" / "maml")
     # a second run refuses to clobber the work directory
     again = runner.invoke(app, ["demo", "--quick", "--workdir", str(work)])
     assert again.exit_code == 1 and "--overwrite" in again.stderr

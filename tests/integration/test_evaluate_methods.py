@@ -1,4 +1,5 @@
-"""cxr evaluate end to end on a real tiny cache: every method, same episodes, files, consistency, refusals."""
+"""cxr evaluate end to end on a real tiny cache: every method (the pixel and linear-probe baselines and scratch with
+a matched budget included), same episodes, files, consistency, refusals."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from cxr_tools.data.cache import open_cache
 from cxr_tools.data.splits import meta_split_pools
 from cxr_tools.engine.compare import CompareConfig, compare
 from cxr_tools.engine.evaluate import EvaluateConfig, evaluate
-from cxr_tools.errors import DataError, ModelError, OutputExistsError
+from cxr_tools.errors import ConfigError, DataError, ModelError, OutputExistsError
 from cxr_tools.eval.metrics import mean_ci
 from cxr_tools.runtime.progress import RecordingProgress
 
@@ -31,18 +32,22 @@ def setup(tmp_path_factory):
     results = {kind: evaluate(EvaluateConfig(data=cache, run=run, **COMMON)) for kind, run in runs.items()}
     progress = RecordingProgress()
     results["scratch"] = evaluate(
-        EvaluateConfig(data=cache, method="scratch", output=tmp / "scratch", backbone="conv4-tiny", **COMMON),
-        progress,
+        EvaluateConfig(data=cache, method="scratch", output=tmp / "scratch", match=runs["maml"], **COMMON), progress
     )
+    results["pixels"] = evaluate(EvaluateConfig(data=cache, method="pixels", output=tmp / "pixels", **COMMON))
+    results["linear-probe"] = evaluate(EvaluateConfig(data=cache, run=runs["supervised"], method="linear-probe",
+                                                      **COMMON))  # fmt: skip
     return tmp, cache, runs, results, progress
 
 
 def test_every_method_writes_its_evaluation(setup):
     _tmp, cache, runs, results, progress = setup
-    assert {r.method_label for r in results.values()} == {"maml", "prototype", "finetune-head", "scratch"}
+    assert {r.method_label for r in results.values()} == {
+        "maml", "prototype", "finetune-head", "scratch", "pixels", "linear-probe"
+    }  # fmt: skip
     for kind, result in results.items():
         out = result.output
-        if kind != "scratch":
+        if kind in runs:
             assert out == runs[kind] / "eval"
         for name in ("summary.json", "episodes.csv", "scores.csv", "episodes.json"):
             assert (out / name).is_file(), (kind, name)
@@ -54,6 +59,38 @@ def test_every_method_writes_its_evaluation(setup):
         assert set(summary["overall"]) == {"auc", "ap", "f1", "precision", "recall"}
         assert summary["seconds"] > 0
     assert progress.done("evaluate") == EPISODES
+    assert results["linear-probe"].output == runs["supervised"] / "eval-linear-probe"
+
+
+def test_baselines_record_what_they_fitted(setup):
+    _tmp, _, runs, results, _ = setup
+    pixels = json.loads((results["pixels"].output / "summary.json").read_text())
+    assert pixels["name"] == "pixels" and pixels["run"] is None and pixels["architecture"] is None
+    assert pixels["settings"]["features"] == "pixels" and pixels["settings"]["classifier"] == "logistic-regression"
+    probe = json.loads((results["linear-probe"].output / "summary.json").read_text())
+    assert probe["name"] == "supervised:linear-probe" and probe["settings"]["features"] == "backbone"
+    scratch = json.loads((results["scratch"].output / "summary.json").read_text())["settings"]
+    # the MAML run's budget (make_run: inner_lr 0.1, 2 steps), copied with the run's path, on its architecture
+    assert (scratch["adapt_steps"], scratch["inner_lr"], scratch["optimiser"]) == (2, 0.1, "sgd")
+    assert scratch["matched_run"] == str(runs["maml"]) and scratch["architecture"] == "conv4-tiny"
+    for result in (results["pixels"], results["linear-probe"]):
+        assert 0.5 < result.overall["auc"]["mean"] <= 1.0  # the blobs of the tiny cache are learnable
+
+
+def test_scratch_without_a_budget_is_refused_and_a_run_gives_its_own(setup, tmp_path):
+    _tmp, cache, runs, _, _ = setup
+    with pytest.raises(ConfigError, match=r"--adapt-steps and --inner-lr not given.*--match RUN"):
+        evaluate(EvaluateConfig(data=cache, method="scratch", output=tmp_path / "s", backbone="conv4-tiny", **COMMON))
+    with pytest.raises(ConfigError, match="siamese run adapts without training"):
+        evaluate(EvaluateConfig(data=cache, method="scratch", output=tmp_path / "s", match=runs["siamese"], **COMMON))
+    with pytest.raises(ConfigError, match="--match applies to --method scratch"):
+        evaluate(EvaluateConfig(data=cache, run=runs["maml"], match=runs["maml"], output=tmp_path / "s", **COMMON))
+    assert not (tmp_path / "s").exists()
+    # scratch on a run without --match: that run's budget, recorded with its path
+    own = evaluate(EvaluateConfig(data=cache, run=runs["maml"], method="scratch", plots=False, **COMMON))
+    settings = json.loads((own.output / "summary.json").read_text())["settings"]
+    assert (settings["adapt_steps"], settings["matched_run"]) == (2, str(runs["maml"]))
+    assert own.output == runs["maml"] / "eval-scratch"
 
 
 def test_same_episode_list_for_every_method(setup):
@@ -108,7 +145,8 @@ def test_siamese_pairs_and_compare_ranks_the_four_methods(setup, tmp_path):
     _tmp, _, runs, results, _ = setup
     pairs = results["siamese"].pairs
     assert 0.0 <= pairs["pair_auc"] <= 1.0 and pairs["threshold"] == 0.6
-    inputs = (runs["maml"], runs["siamese"], runs["supervised"] / "eval", results["scratch"].output)
+    inputs = (runs["maml"], runs["siamese"], runs["supervised"] / "eval", results["scratch"].output,
+              results["pixels"].output, results["linear-probe"].output)  # fmt: skip
     result = compare(CompareConfig(inputs=inputs, output=tmp_path / "cmp"))
     means = [row.mean for row in result.rows]
     assert means == sorted(means, reverse=True)
@@ -167,7 +205,7 @@ def test_compare_refuses_different_episode_lists(setup, tmp_path):
     _, cache, runs, results, _ = setup
     other = evaluate(
         EvaluateConfig(
-            data=cache, method="scratch", backbone="conv4-tiny", output=tmp_path / "seed1", seed=1, plots=False,
+            data=cache, method="pixels", output=tmp_path / "seed1", seed=1, plots=False,
             **{**COMMON, "episodes": 2},
         )
     )  # fmt: skip
@@ -176,8 +214,7 @@ def test_compare_refuses_different_episode_lists(setup, tmp_path):
         compare(CompareConfig(inputs=(runs["maml"], tmp_path / "seed1")))
     with pytest.raises(DataError, match="threshold"):
         t = evaluate(
-            EvaluateConfig(data=cache, method="scratch", backbone="conv4-tiny", output=tmp_path / "t9", threshold=0.9,
-                           plots=False, **COMMON)
+            EvaluateConfig(data=cache, method="pixels", output=tmp_path / "t9", threshold=0.9, plots=False, **COMMON)
         )  # fmt: skip
         compare(CompareConfig(inputs=(runs["maml"], t.output), metric="f1"))
 

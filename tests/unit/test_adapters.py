@@ -1,4 +1,5 @@
-"""Few-shot adapters: one interface, deterministic fits, batch-independent scores, the prototype formula."""
+"""Few-shot adapters: one interface, deterministic fits, batch-independent scores, the prototype formula, the
+logistic-regression baselines and scratch's budget."""
 
 from __future__ import annotations
 
@@ -18,7 +19,9 @@ from cxr_tools.methods.adapters import (
     maml_settings,
     resolve_method,
 )
+from cxr_tools.methods.logistic import pixels_adapter
 from cxr_tools.methods.prototypes import PrototypeAdapter, prototype_probabilities, prototypes
+from cxr_tools.methods.scratch import resolve_budget
 from cxr_tools.models import create_model
 from cxr_tools.models.inputs import to_model_input
 
@@ -73,9 +76,16 @@ def _all_adapters(norm: str = "group"):
     out.append(("finetune-all", build_adapter(sup, sup_meta, WAYS, AdaptConfig(finetune="all", steps=5))))
     out.append(("prototype-backbone", build_adapter(sup, sup_meta, WAYS, AdaptConfig(method="prototype"))))
     out.append(("maml-on-supervised", build_adapter(sup, sup_meta, WAYS, AdaptConfig(method="maml", adapt_steps=2))))
-    out.append(("scratch-norun", build_adapter(None, None, WAYS, AdaptConfig(method="scratch"), backbone="conv4-tiny")))
-    maml_meta = _meta("maml", models["maml"])
+    flags = AdaptConfig(method="scratch", adapt_steps=2, inner_lr=0.05)
+    out.append(("scratch-norun", build_adapter(None, None, WAYS, flags, backbone="conv4-tiny")))
+    maml_meta = _meta("maml", models["maml"], maml={"inner_lr": 0.05, "adapt_steps": 2})
     out.append(("scratch-run", build_adapter(models["maml"], maml_meta, WAYS, AdaptConfig("scratch"))))
+    adam = AdaptConfig("scratch", adapt_steps=3)  # Adam: the supervised run's fine-tune budget, 3 steps
+    out.append(("scratch-adam", build_adapter(None, None, WAYS, adam, match=("runs/sup", sup_meta))))
+    out.append(("pixels", build_adapter(None, None, WAYS, AdaptConfig(method="pixels"))))
+    for kind, model in models.items():
+        probe = AdaptConfig(method="linear-probe")
+        out.append((f"linear-probe-{kind}", build_adapter(model, _meta(kind, model), WAYS, probe)))
     return out
 
 
@@ -107,7 +117,8 @@ def test_fit_is_deterministic_and_leaves_the_model_unchanged():
 
 
 def test_scratch_initialisation_is_seeded_per_generator_and_keeps_global_rng():
-    adapter = build_adapter(None, None, WAYS, AdaptConfig(method="scratch"), backbone="conv4-tiny")
+    cfg = AdaptConfig(method="scratch", adapt_steps=1, inner_lr=0.1)
+    adapter = build_adapter(None, None, WAYS, cfg, backbone="conv4-tiny")
     state = torch.get_rng_state()
     w1 = adapter.init_model(torch.Generator().manual_seed(1)).head.weight
     w1b = adapter.init_model(torch.Generator().manual_seed(1)).head.weight
@@ -193,8 +204,16 @@ def test_method_resolution_and_settings():
     assert (maml_settings(run, AdaptConfig()).inner_lr, maml_settings(run, AdaptConfig()).adapt_steps) == (0.2, 7)
     assert maml_settings(run, AdaptConfig(adapt_steps=1)).adapt_steps == 1
     assert maml_settings(None, AdaptConfig()).adapt_steps == 5
-    scratch = build_adapter(None, None, WAYS, AdaptConfig(method="scratch", inner_lr=0.3), backbone="conv4-tiny")
-    assert describe(scratch) == {"method": "scratch", "inner_lr": 0.3, "adapt_steps": 5, "architecture": "conv4-tiny"}
+    cfg = AdaptConfig(method="scratch", inner_lr=0.3, adapt_steps=5)
+    scratch = build_adapter(None, None, WAYS, cfg, backbone="conv4-tiny")
+    assert describe(scratch) == {
+        "method": "scratch",
+        "inner_lr": 0.3,
+        "adapt_steps": 5,
+        "optimiser": "sgd",
+        "matched_run": None,
+        "architecture": "conv4-tiny",
+    }
 
 
 def test_bad_inputs_are_refused():
@@ -222,3 +241,74 @@ def test_to_model_input_applies_the_normalisation():
     assert x.shape == (1, 1, 1, 2) and float(x.max()) == 1.0
     y = to_model_input(images, "imagenet")
     assert float(y[0, 0, 0, 0]) == pytest.approx(-0.449 / 0.226, rel=1e-5)
+
+
+def test_scratch_budget_comes_from_flags_match_or_run_never_a_silent_default():
+    maml_run = {
+        "training": "maml",
+        "architecture": "conv4-tiny",
+        "extra": {"maml": {"inner_lr": 0.2, "adapt_steps": 7}},
+    }
+    siamese_run = {"training": "siamese", "extra": {"distance": "cosine"}}
+    supervised_run = {"training": "supervised", "extra": {}}
+    with pytest.raises(ConfigError, match=r"--adapt-steps and --inner-lr not given.*--match RUN"):
+        resolve_budget(None, None)
+    with pytest.raises(ConfigError, match=r"--inner-lr not given"):
+        build_adapter(None, None, WAYS, AdaptConfig(method="scratch", adapt_steps=3), backbone="conv4-tiny")
+    matched = resolve_budget(None, None, match=("runs/maml", maml_run))
+    assert (matched.steps, matched.lr, matched.optimiser, matched.matched_run) == (7, 0.2, "sgd", "runs/maml")
+    assert resolve_budget(2, None, match=("runs/maml", maml_run)).steps == 2  # a flag overrides one value
+    assert resolve_budget(None, None, run=("runs/sup", supervised_run)).optimiser == "adam"
+    # --match wins over the evaluated run
+    assert resolve_budget(None, None, run=("runs/sup", supervised_run), match=("runs/maml", maml_run)).lr == 0.2
+    with pytest.raises(ConfigError, match="siamese run adapts without training"):
+        resolve_budget(None, None, match=("runs/siam", siamese_run))
+    with pytest.raises(ConfigError, match="the siamese run runs/siam has none"):
+        resolve_budget(None, None, run=("runs/siam", siamese_run))
+    # scratch on the matched run's architecture, the budget recorded with the run's path
+    adapter = build_adapter(None, None, WAYS, AdaptConfig(method="scratch"), match=("runs/maml", maml_run))
+    settings = describe(adapter)
+    assert settings["architecture"] == "conv4-tiny"
+    assert {k: settings[k] for k in ("adapt_steps", "inner_lr", "optimiser", "matched_run")} == {
+        "adapt_steps": 7, "inner_lr": 0.2, "optimiser": "sgd", "matched_run": "runs/maml"
+    }  # fmt: skip
+    with pytest.raises(ConfigError, match="--match applies to --method scratch"):
+        build_adapter(None, None, WAYS, AdaptConfig(method="pixels"), match=("runs/maml", maml_run))
+
+
+def test_pixel_logistic_regression_separates_a_trivially_separable_task():
+    from sklearn.metrics import roc_auc_score
+
+    sx, sy, qx, qy = _episode(n_support=12, n_query=30)
+    for standardise in (True, False):
+        probs = pixels_adapter(WAYS, standardise=standardise).fit(sx, sy).predict(qx)
+        assert probs.shape == (30, WAYS) and probs.dtype == torch.float32
+        for j in range(WAYS):
+            assert roc_auc_score(qy[:, j].numpy(), probs[:, j].numpy()) == 1.0, (standardise, j)
+    settings = describe(build_adapter(None, None, WAYS, AdaptConfig(method="pixels")))
+    assert settings["method"] == "pixels" and settings["C"] == 1.0 and settings["standardise"] is True
+    # standardised with support statistics: an affine input normalisation changes no score
+    adapter = pixels_adapter(WAYS)
+    torch.testing.assert_close(adapter.fit(sx, sy).predict(qx), adapter.fit(sx * 2 - 1, sy).predict(qx * 2 - 1))
+
+
+def test_linear_probe_uses_the_frozen_features_of_the_run():
+    models = _models()
+    x = torch.rand(4, 1, 32, 32)
+    siamese = build_adapter(models["siamese"], _meta("siamese", models["siamese"]), WAYS, AdaptConfig("linear-probe"))
+    assert describe(siamese)["features"] == "embedding"
+    emb = torch.from_numpy(siamese.features(x))
+    assert emb.shape == (4, 16)
+    torch.testing.assert_close(emb.norm(dim=1), torch.ones(4, dtype=emb.dtype))
+    for kind in ("maml", "supervised"):
+        model = models[kind]
+        probe = build_adapter(model, _meta(kind, model), WAYS, AdaptConfig("linear-probe"))
+        assert describe(probe)["features"] == "backbone"
+        with torch.no_grad():
+            expected = model.forward_features(x).double()
+        torch.testing.assert_close(torch.from_numpy(probe.features(x)), expected, rtol=1e-5, atol=1e-6)
+    sx, sy, _, _ = _episode()
+    with pytest.raises(ModelError, match="lacks a positive or a negative"):
+        siamese.fit(sx, torch.ones_like(sy))
+    with pytest.raises(ConfigError, match="needs a trained run"):
+        build_adapter(None, None, WAYS, AdaptConfig(method="linear-probe"))
