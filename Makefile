@@ -32,7 +32,7 @@ $(STAMP): pyproject.toml Makefile | $(BIN)/python
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/cxr demo --workdir $(DEMO_DIR) --overwrite
+	$(BIN)/cxr demo --output $(DEMO_DIR) --overwrite
 
 test: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
