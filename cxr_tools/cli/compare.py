@@ -90,7 +90,7 @@ def render(console: Console, result: Any) -> None:
     from rich import box
     from rich.markup import escape
 
-    from cxr_tools.engine.compare_output import LEAK_MARK, metric_name, p_cell
+    from cxr_tools.eval.compare_output import LEAK_MARK, metric_name, p_cell
 
     name = metric_name(result.metric)
     names = [escape(f"{row.name} {LEAK_MARK}" if row.leak else row.name) for row in result.rows]
