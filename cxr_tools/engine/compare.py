@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from cxr_tools.errors import ConfigError, DataError
 from cxr_tools.eval.compare_inputs import (
     MIN_EPISODE_LIST_VERSION,
     Entry,
@@ -38,10 +39,8 @@ from cxr_tools.eval.compare_inputs import (
     parse_group,
 )
 from cxr_tools.eval.compare_output import verdict, write_comparison
-from cxr_tools.errors import ConfigError, DataError
 from cxr_tools.eval.metrics import METRICS
 
-COMPARISON_FILES: tuple[str, ...] = ("comparison.csv", "comparison.md", "comparison.png", "comparison.json")
 __all__ = ["MIN_EPISODE_LIST_VERSION", "CompareConfig", "CompareResult", "CompareRow", "compare", "find_evaluation"]
 
 

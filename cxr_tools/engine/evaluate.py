@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from cxr_tools.config import fields_from
 from cxr_tools.errors import ConfigError
 from cxr_tools.eval.episode_runs import (
     bootstrap_record,
@@ -159,15 +160,7 @@ def evaluate(config: EvaluateConfig, progress: Progress | None = None) -> Evalua
     progress = null_progress(progress)
     began = time.perf_counter()
     check_options(config.episodes, config.threshold, config.pairs, config.bootstrap)
-    adapt_cfg = AdaptConfig(
-        method=config.method,
-        finetune=config.finetune,
-        steps=config.steps,
-        lr=config.lr,
-        inner_lr=config.inner_lr,
-        adapt_steps=config.adapt_steps,
-        temperature=config.temperature,
-    )
+    adapt_cfg = fields_from(AdaptConfig, config)
     spec = EpisodeSpec(config.ways, config.shots, config.queries, config.images_per_patient)
     cache = open_cache(config.data)
     model, meta = (None, None) if config.run is None else load_run(Path(config.run))

@@ -31,6 +31,7 @@ from typing import Any
 
 import numpy as np
 
+from cxr_tools.config import fields_from
 from cxr_tools.data import cache as cache_mod
 from cxr_tools.data.cache_build import CACHE_FILES, assign_split_column, build_manifest, fill_store
 from cxr_tools.data.preprocess_pipeline import Journal, JournalState, available_cores, run_fingerprints
@@ -133,15 +134,7 @@ def preprocess(config: PreprocessConfig, progress: Progress | None = None) -> Pr
 
     started = time.perf_counter()
     progress = null_progress(progress)
-    ops = ImageOps(
-        size=config.size,
-        crop=config.crop,
-        clahe=config.clahe,
-        clahe_clip=config.clahe_clip,
-        clahe_tile=config.clahe_tile,
-        jpeg_draft=config.jpeg_draft,
-        brightness=config.brightness,
-    )
+    ops = fields_from(ImageOps, config)
     if config.format not in FORMATS:
         raise ConfigError(f"Unknown cache format '{config.format}'.", f"Use one of: {', '.join(FORMATS)}.")
     if config.chunk_size < 1:

@@ -15,7 +15,7 @@ from typing import Any
 from cxr_tools.eval.metrics import format_p
 
 LEAK_MARK = "⚠ LEAK"
-COMPARISON_FILES = ("comparison.csv", "comparison.md", "comparison.png", "comparison.json")
+COMPARISON_FILES: tuple[str, ...] = ("comparison.csv", "comparison.md", "comparison.png", "comparison.json")
 
 
 def metric_name(metric: str) -> str:
