@@ -15,9 +15,11 @@ import json
 import os
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from cxr_tools.errors import ConfigError
+
+T = TypeVar("T")
 
 
 def load_yaml(path: str | os.PathLike[str]) -> dict[str, Any]:
@@ -150,3 +152,10 @@ def check_at_least(flag: str, value: float | None, minimum: float = 1) -> None:
     """Refuse a setting below ``minimum`` with a message naming its flag; None (not set) passes."""
     if value is not None and value < minimum:
         raise ConfigError(f"{flag} must be at least {minimum} (got {value}).")
+
+
+def fields_from(cls: type[T], source: Any) -> T:
+    """A ``cls`` dataclass whose every field ``source`` has an attribute of the same name takes that value (the
+    others keep their defaults): a stage's part of a larger config, with no field copied by hand to drift."""
+    names = [f.name for f in dataclasses.fields(cls)]  # type: ignore[arg-type]
+    return cls(**{n: getattr(source, n) for n in names if hasattr(source, n)})

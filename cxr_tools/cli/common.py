@@ -220,14 +220,6 @@ def config_from_params(cls: type[T], params: dict[str, Any], **overrides: Any) -
     return build_config(cls, **{**values, **overrides})
 
 
-def make_config(
-    ctx: typer.Context, cls: type[T], config_file: Path | None, command: str | None = None, **values: Any
-) -> T:
-    """Former name of :func:`build_config`, kept for the commands that still call it; ``ctx``, ``config_file``
-    and ``command`` are no longer read, because the ``--config`` callback has already applied the file."""
-    return build_config(cls, **values)
-
-
 def progress_for(quiet: bool = False) -> Progress:
     """The progress reporter for this invocation (Rich on a terminal, plain lines otherwise)."""
     from cxr_tools.cli.progress import make_progress

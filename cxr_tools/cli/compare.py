@@ -9,7 +9,15 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from cxr_tools.cli.common import ConfigOpt, JsonOpt, OverwriteOpt, emit, handle_errors, make_config
+from cxr_tools.cli.common import (
+    ConfigOpt,
+    JsonOpt,
+    OverwriteOpt,
+    config_from_params,
+    emit,
+    handle_errors,
+    output_option,
+)
 
 
 def compare(
@@ -21,13 +29,7 @@ def compare(
         ),
     ],
     output: Annotated[
-        Path | None,
-        typer.Option(
-            "--output",
-            "-o",
-            help="Write comparison.csv, comparison.md, comparison.png and comparison.json here.",
-            show_default=False,
-        ),
+        Path | None, output_option("Write comparison.csv, comparison.md, comparison.png and comparison.json here.")
     ] = None,
     metric: Annotated[str, typer.Option("--metric", help="Ranking metric: auc, ap, f1, precision or recall.")] = "auc",
     groups: Annotated[
@@ -67,19 +69,7 @@ def compare(
         from cxr_tools.engine.compare import CompareConfig
         from cxr_tools.engine.compare import compare as run_compare
 
-        cfg = make_config(
-            ctx,
-            CompareConfig,
-            config,
-            "compare",
-            inputs=tuple(inputs),
-            output=output,
-            metric=metric,
-            overwrite=overwrite,
-            groups=tuple(groups or ()),
-            auto_group=auto_group,
-            reference=reference,
-        )
+        cfg = config_from_params(CompareConfig, ctx.params, inputs=tuple(inputs), groups=tuple(groups or ()))
         result = run_compare(cfg)
 
     emit(result, json_output, lambda console: render(console, result))
@@ -90,7 +80,7 @@ def render(console: Console, result: Any) -> None:
     from rich import box
     from rich.markup import escape
 
-    from cxr_tools.engine.compare_output import LEAK_MARK, metric_name, p_cell
+    from cxr_tools.eval.compare_output import LEAK_MARK, metric_name, p_cell
 
     name = metric_name(result.metric)
     names = [escape(f"{row.name} {LEAK_MARK}" if row.leak else row.name) for row in result.rows]

@@ -12,13 +12,18 @@ from rich.table import Table
 from cxr_tools.cli.common import (
     ConfigOpt,
     DeviceOpt,
+    ImagesPerPatientOpt,
     JsonOpt,
     OverwriteOpt,
+    QueriesOpt,
     QuietOpt,
     SeedOpt,
+    ShotsOpt,
+    ThreadsOpt,
+    config_from_params,
     emit,
     handle_errors,
-    make_config,
+    output_option,
     progress_for,
 )
 
@@ -50,20 +55,9 @@ def evaluate(
     ] = "head",
     episodes: Annotated[int, typer.Option("--episodes", min=1, help="Number of fixed, seeded episodes.")] = 600,
     ways: Annotated[int, typer.Option("--ways", min=1, help="Meta-test classes per episode (N).")] = 2,
-    shots: Annotated[
-        int, typer.Option("--shots", min=1, help="Support positives per class, plus as many negatives (K).")
-    ] = 5,
-    queries: Annotated[
-        int, typer.Option("--queries", min=1, help="Query positives per class, plus as many negatives.")
-    ] = 15,
-    images_per_patient: Annotated[
-        int,
-        typer.Option(
-            "--images-per-patient",
-            min=1,
-            help="Most images one patient contributes to an episode (support and query never share a patient).",
-        ),
-    ] = 1,
+    shots: ShotsOpt = 5,
+    queries: QueriesOpt = 15,
+    images_per_patient: ImagesPerPatientOpt = 1,
     seed: SeedOpt = 0,
     threshold: Annotated[
         float, typer.Option("--threshold", help="Probability threshold of F1 / precision / recall.")
@@ -78,9 +72,7 @@ def evaluate(
     ] = "auto",
     output: Annotated[
         Path | None,
-        typer.Option(
-            "--output", "-o", help="Evaluation directory.", show_default="RUN/eval (RUN/eval-METHOD for another method)"
-        ),
+        output_option("Evaluation directory.", show_default="RUN/eval (RUN/eval-METHOD for another method)"),
     ] = None,
     backbone: Annotated[
         str | None,
@@ -124,9 +116,7 @@ def evaluate(
     ] = 1000,
     plots: Annotated[bool, typer.Option("--plots/--no-plots", help="Write the PNG plots.")] = True,
     device: DeviceOpt = "auto",
-    threads: Annotated[
-        int | None, typer.Option("--threads", min=1, help="CPU threads (default: torch's).", show_default=False)
-    ] = None,
+    threads: ThreadsOpt = None,
     overwrite: OverwriteOpt = False,
     resume: Annotated[
         bool,
@@ -168,41 +158,7 @@ def evaluate(
         from cxr_tools.engine.evaluate import evaluate as run_evaluate
         from cxr_tools.errors import ConfigError
 
-        cfg = make_config(
-            ctx,
-            EvaluateConfig,
-            config,
-            "evaluate",
-            data=data,
-            run=run,
-            output=output,
-            method=method,
-            finetune=finetune,
-            episodes=episodes,
-            ways=ways,
-            shots=shots,
-            queries=queries,
-            images_per_patient=images_per_patient,
-            seed=seed,
-            threshold=threshold,
-            meta_split=meta_split,
-            backbone=backbone,
-            steps=steps,
-            lr=lr,
-            inner_lr=inner_lr,
-            adapt_steps=adapt_steps,
-            temperature=temperature,
-            match=match,
-            pairs=pairs,
-            bootstrap=bootstrap,
-            plots=plots,
-            device=device,
-            threads=threads,
-            overwrite=overwrite,
-            resume=resume,
-            pool_seed=pool_seed,
-            allow_leak=allow_leak,
-        )
+        cfg = config_from_params(EvaluateConfig, ctx.params)
         if cfg.data is None:
             raise ConfigError("No cache given.", "Pass --data CACHE (a directory written by cxr preprocess).")
         result = run_evaluate(cfg, progress_for(quiet))

@@ -174,6 +174,17 @@ def fingerprint(payload: Any) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
+def run_fingerprints(
+    table: Any, metadata_sha256: Any, ops: Any, storage: str, shard: Any, seed: int, fractions: Sequence[float]
+) -> tuple[str, str]:
+    """``(inputs_sha256, run fingerprint)`` of a preprocess run: a resume must match both (same inputs, metadata,
+    image operations, storage format, shard, split seed and fractions)."""
+    inputs_sha = fingerprint({"ids": list(table["image_id"]), "paths": list(table["source_path"])})
+    run = {"inputs": inputs_sha, "metadata": metadata_sha256, "ops": ops.to_dict(), "format": storage,
+           "shard": shard, "seed": seed, "fractions": list(fractions)}  # fmt: skip
+    return inputs_sha, fingerprint(run)
+
+
 @dataclass
 class JournalState:
     """Committed progress: the first ``done`` inputs are processed, into the first ``stored`` rows."""

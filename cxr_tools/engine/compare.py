@@ -15,7 +15,7 @@ single evaluation keeps the wider of its episode-t and patient-bootstrap interva
 **Tests.** Paired differences on (seed-averaged) episode scores for all pairs, or all against ``--reference``;
 Holm-adjusted as one family for the overall metric and one family per class; a difference is significant when
 its adjusted p < 0.05. Every output shows a summary's ``leak`` and the adaptation budget. Written to
-``OUT/comparison.{csv,md,png,json}`` when an output directory is given (:mod:`cxr_tools.engine.compare_output`).
+``OUT/comparison.{csv,md,png,json}`` when an output directory is given (:mod:`cxr_tools.eval.compare_output`).
 """
 
 from __future__ import annotations
@@ -26,7 +26,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cxr_tools.engine.compare_inputs import (
+from cxr_tools.errors import ConfigError, DataError
+from cxr_tools.eval.compare_inputs import (
     MIN_EPISODE_LIST_VERSION,
     Entry,
     check_same_cache,
@@ -37,11 +38,9 @@ from cxr_tools.engine.compare_inputs import (
     make_entries,
     parse_group,
 )
-from cxr_tools.engine.compare_output import verdict, write_comparison
-from cxr_tools.errors import ConfigError, DataError
+from cxr_tools.eval.compare_output import verdict, write_comparison
 from cxr_tools.eval.metrics import METRICS
 
-COMPARISON_FILES: tuple[str, ...] = ("comparison.csv", "comparison.md", "comparison.png", "comparison.json")
 __all__ = ["MIN_EPISODE_LIST_VERSION", "CompareConfig", "CompareResult", "CompareRow", "compare", "find_evaluation"]
 
 

@@ -140,38 +140,17 @@ def run_demo(config: DemoConfig, progress: Progress | None = None) -> DemoResult
         "maml": runs_dir / "maml",
         "maml-siamese-init": runs_dir / "maml-siamese-init",
     }
+    # Both base trainings share the cache, the base classes and the budget; only the network differs.
+    base: dict[str, Any] = {"cache": cache_dir, "classes": ("base",), "epochs": plan.epochs, "batch_size": 32,
+                            "lr": 2e-3, **common}  # fmt: skip
     stage(
         "supervised base training",
-        lambda: train(
-            TrainConfig(
-                cache=cache_dir,
-                output=runs["supervised"],
-                model=plan.backbone,
-                classes=("base",),
-                epochs=plan.epochs,
-                batch_size=32,
-                lr=2e-3,
-                balance="sampler",
-                **common,
-            ),
-            progress,
-        ),
+        lambda: train(TrainConfig(output=runs["supervised"], model=plan.backbone, balance="sampler", **base), progress),
     )
     stage(
         "siamese training",
         lambda: train_siamese(
-            SiameseConfig(
-                cache=cache_dir,
-                output=runs["siamese"],
-                backbone=plan.backbone,
-                classes=("base",),
-                embedding_dim=64,
-                epochs=plan.epochs,
-                batch_size=32,
-                lr=2e-3,
-                val_pairs=400,
-                **common,
-            ),
+            SiameseConfig(output=runs["siamese"], backbone=plan.backbone, embedding_dim=64, val_pairs=400, **base),
             progress,
         ),
     )

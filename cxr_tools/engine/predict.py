@@ -5,9 +5,8 @@ Orchestration only; the parts live where they belong:
 * **The model's own preprocessing** (:mod:`cxr_tools.data.decode`): the operations recorded in ``model.json``,
   decoded by ``cxr preprocess``'s own function and scaled by :func:`~cxr_tools.models.inputs.to_model_input`,
   so a file reaches the model as exactly the tensor it would have been after ``preprocess`` + training.
-* **Streaming.** Inputs are decoded in chunks on worker processes (``workers``; results in input order with a
-  bounded number of chunks in flight) while the parent runs the model on full batches, so memory stays flat and
-  decoding overlaps inference.
+* **Streaming** (:mod:`cxr_tools.methods.score_stream`): inputs are decoded on worker processes (``workers``)
+  while the parent runs the model on full batches, so memory stays flat and decoding overlaps inference.
 * **Scores** (:mod:`cxr_tools.methods.scoring`): eval mode, no batch effects; with ``support`` the run is first
   adapted to a labelled support set and the output columns are the support set's classes.
 * **Resumable** (:mod:`cxr_tools.data.predictions`): rows are appended to a hidden partial file and renamed to
@@ -23,33 +22,29 @@ columns (0/1) when thresholds are given, ``error``; one row per input in input o
 from __future__ import annotations
 
 import logging
-import math
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
-
 from cxr_tools.config import check_at_least
-from cxr_tools.data.decode import decode_stream, decode_workers, model_ops
-from cxr_tools.data.imaging import ImageOps
+from cxr_tools.data.decode import model_ops
 from cxr_tools.data.inputs import InputItem, list_inputs
 from cxr_tools.data.predictions import (
     PredictionsWriter,
     fingerprint_inputs,
     fingerprint_path,
-    format_row,
     header,
     parse_thresholds,
 )
-from cxr_tools.errors import ConfigError, InputError, ModelError
+from cxr_tools.errors import ConfigError, InputError
+from cxr_tools.methods.score_stream import score_into
 from cxr_tools.runtime.fs import output_plan
 from cxr_tools.runtime.progress import Progress, null_progress
 
 if TYPE_CHECKING:
-    from cxr_tools.methods.scoring import RunScorer
+    pass
 
 log = logging.getLogger(__name__)
 
@@ -179,7 +174,9 @@ def run_predict(config: PredictConfig, progress: Progress | None = None) -> Pred
             f"Out of memory scoring batches of {config.batch_size} images at {ops.size} px on {scorer.device}.",
             f"Lower --batch-size; the rows scored so far are kept in {writer.partial.name} and a rerun resumes.",
         ):
-            errors, loop_seconds = _score_into(writer, todo, scorer, ops, labels, thresholds, config, progress, done, n)
+            errors, loop_seconds = score_into(
+                writer, todo, scorer, ops, labels, thresholds, config.workers, config.batch_size, progress, done, n
+            )
         writer.finish()
     finally:
         writer.close()
@@ -204,79 +201,6 @@ def run_predict(config: PredictConfig, progress: Progress | None = None) -> Pred
         images_per_second=round(n_new_ok / loop_seconds, 2) if loop_seconds > 0 else 0.0,
         failures=tuple(failed[:MAX_LISTED_FAILURES]),
     )
-
-
-def _score_into(
-    writer: PredictionsWriter,
-    todo: Sequence[InputItem],
-    scorer: RunScorer,
-    ops: ImageOps,
-    labels: Sequence[str],
-    thresholds: Mapping[str, float] | None,
-    config: PredictConfig,
-    progress: Progress,
-    done: int,
-    total: int,
-) -> tuple[list[str], float]:
-    """Decode and score ``todo``, appending each row to ``writer`` as soon as it and those before it are known.
-
-    Returns the error of every input of ``todo`` ("" when scored) and the seconds the loop took.
-    """
-    m = len(todo)
-    probs = np.full((m, len(labels)), np.nan, dtype=np.float32)
-    errors = [""] * m
-    ready = np.zeros(m, dtype=bool)
-    next_row = 0
-    workers = decode_workers(config.workers, m, accelerator=scorer.device.type != "cpu")
-    chunk = max(1, min(config.batch_size, 16))
-    in_flight = max(2 * workers, math.ceil(config.batch_size / chunk) + workers)
-    pending_pos: list[int] = []
-    pending_img: list[np.ndarray] = []
-    loop_start = time.perf_counter()
-
-    def flush(task: Any, final: bool) -> None:
-        while pending_pos and (final or len(pending_pos) >= config.batch_size):
-            take = min(config.batch_size, len(pending_pos))
-            rows = pending_pos[:take]
-            scores = scorer(np.stack(pending_img[:take]))
-            if scores.shape != (take, len(labels)):
-                raise ModelError(f"Scores of shape {scores.shape} for {take} images and {len(labels)} classes.")
-            probs[rows] = scores
-            ready[rows] = True
-            del pending_pos[:take], pending_img[:take]
-            task.advance(take)
-
-    def drain() -> None:
-        """Write the rows that are complete, in input order."""
-        nonlocal next_row
-        first = next_row
-        while next_row < m and ready[next_row]:
-            next_row += 1
-        writer.write(
-            [format_row(todo[i].display, probs[i], errors[i], labels, thresholds) for i in range(first, next_row)]
-        )
-
-    with progress.task("predict", total=total) as task:
-        task.advance(done)
-        for start, block, rejected in decode_stream(todo, ops, workers=workers, chunk=chunk, in_flight=in_flight):
-            bad = dict(rejected)
-            k = 0
-            for pos in range(start, min(start + chunk, m)):
-                if pos in bad:
-                    errors[pos] = bad[pos]
-                    ready[pos] = True
-                    task.advance(1)
-                else:
-                    pending_pos.append(pos)
-                    pending_img.append(block[k])
-                    k += 1
-            flush(task, final=False)
-            drain()
-        flush(task, final=True)
-        drain()
-    if next_row != m:
-        raise RuntimeError(f"{m - next_row} inputs were neither scored nor rejected.")
-    return errors, time.perf_counter() - loop_start
 
 
 def _settings(

@@ -31,9 +31,10 @@ from typing import Any
 
 import numpy as np
 
+from cxr_tools.config import fields_from
 from cxr_tools.data import cache as cache_mod
 from cxr_tools.data.cache_build import CACHE_FILES, assign_split_column, build_manifest, fill_store
-from cxr_tools.data.preprocess_pipeline import Journal, JournalState, available_cores, fingerprint
+from cxr_tools.data.preprocess_pipeline import Journal, JournalState, available_cores, run_fingerprints
 from cxr_tools.data.shards import merge_shards, parse_shard, shard_range
 from cxr_tools.errors import CacheError, ConfigError, DataError
 from cxr_tools.runtime.fs import apply_output_plan, only_files, output_plan
@@ -133,15 +134,7 @@ def preprocess(config: PreprocessConfig, progress: Progress | None = None) -> Pr
 
     started = time.perf_counter()
     progress = null_progress(progress)
-    ops = ImageOps(
-        size=config.size,
-        crop=config.crop,
-        clahe=config.clahe,
-        clahe_clip=config.clahe_clip,
-        clahe_tile=config.clahe_tile,
-        jpeg_draft=config.jpeg_draft,
-        brightness=config.brightness,
-    )
+    ops = fields_from(ImageOps, config)
     if config.format not in FORMATS:
         raise ConfigError(f"Unknown cache format '{config.format}'.", f"Use one of: {', '.join(FORMATS)}.")
     if config.chunk_size < 1:
@@ -179,17 +172,8 @@ def preprocess(config: PreprocessConfig, progress: Progress | None = None) -> Pr
             f"Check the source path, --source and --views; see {out / cache_mod.REJECTED}.",
         )
 
-    inputs_sha = fingerprint({"ids": list(table["image_id"]), "paths": list(table["source_path"])})
-    run_fp = fingerprint(
-        {
-            "inputs": inputs_sha,
-            "metadata": src.metadata_sha256,
-            "ops": ops.to_dict(),
-            "format": config.format,
-            "shard": shard,
-            "seed": config.seed,
-            "fractions": list(config.fractions),
-        }
+    inputs_sha, run_fp = run_fingerprints(
+        table, src.metadata_sha256, ops, config.format, shard, config.seed, config.fractions
     )
     journal = Journal(out / JOURNAL)
     state = JournalState()

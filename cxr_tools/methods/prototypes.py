@@ -40,32 +40,11 @@ EmbedFn = Callable[["Tensor"], "Tensor"]
 
 
 def embedding_function(model: nn.Module, meta: Mapping[str, Any] | None) -> tuple[EmbedFn, str]:
-    """``(embed, distance)`` for a run's model: L2-normalised embeddings and the distance to compare them with.
+    """``(embed, distance)`` for a run's model: its L2-normalised embedding (:func:`~cxr_tools.models.siamese.embedder`)
+    and the prototype distance: cosine for a Siamese run trained with it, else the squared Euclidean distance."""
+    from cxr_tools.models.siamese import embedder, trained_distance
 
-    A Siamese run (training kind ``siamese``) embeds with its projection head (``model(x)``) and uses its own
-    distance (``extra.distance``: cosine -> cosine, euclidean -> squared Euclidean); every other run embeds with
-    ``forward_features`` (the head is task-specific) and uses the squared Euclidean distance.
-    """
-    import torch.nn.functional as F
-
-    if not hasattr(model, "forward_features"):
-        raise ModelError(f"{type(model).__name__} has no forward_features(); prototypes need a zoo model.")
-    siamese = meta is not None and meta.get("training") == "siamese"
-    if siamese:
-        trained = str(((meta or {}).get("extra") or {}).get("distance", "cosine"))
-        distance = "cosine" if trained == "cosine" else "euclidean"
-
-        def embed(x: Tensor) -> Tensor:
-            return F.normalize(model(x).float(), dim=1)
-
-        return embed, distance
-
-    backbone: Any = model
-
-    def features(x: Tensor) -> Tensor:
-        return F.normalize(backbone.forward_features(x).float(), dim=1)
-
-    return features, "euclidean"
+    return embedder(model, meta), "cosine" if trained_distance(meta) == "cosine" else "euclidean"
 
 
 def prototypes(embeddings: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:

@@ -38,7 +38,7 @@ def test_evaluate_prints_the_per_class_table_and_writes_the_evaluation(env):
     assert summary["settings"]["inner_lr"] == 0.1 and summary["settings"]["adapt_steps"] == 2  # the run's budget
 
     again = runner.invoke(app, ["evaluate", str(maml), "--data", str(cache), *FAST])
-    assert_one_line_error(again, "already holds an evaluation", "--overwrite")
+    assert_one_line_error(again, "already complete", "--overwrite")
     forced = runner.invoke(app, ["evaluate", str(maml), "--data", str(cache), *FAST, "--overwrite", "--json"])
     assert forced.exit_code == 0, forced.output
     data = json.loads(forced.stdout)

@@ -168,6 +168,12 @@ def test_write_once_and_restart_of_an_interrupted_evaluation(setup):
     (again.output / "summary.json").unlink()  # an interrupted evaluation is restarted without --overwrite
     third = evaluate(EvaluateConfig(data=cache, run=runs["maml"], plots=False, **COMMON))
     assert third.episode_list_hash == again.episode_list_hash
+    foreign = runs["maml"].parent / "not-an-evaluation"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("mine")
+    with pytest.raises(OutputExistsError, match="--overwrite"):
+        evaluate(EvaluateConfig(data=cache, run=runs["maml"], output=foreign, **COMMON))
+    assert (foreign / "notes.txt").read_text() == "mine"
 
 
 def test_other_methods_on_one_run_go_to_their_own_folder(setup):

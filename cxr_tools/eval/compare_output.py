@@ -12,10 +12,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from cxr_tools.errors import OutputExistsError
 from cxr_tools.eval.metrics import format_p
 
 LEAK_MARK = "⚠ LEAK"
+COMPARISON_FILES: tuple[str, ...] = ("comparison.csv", "comparison.md", "comparison.png", "comparison.json")
 
 
 def metric_name(metric: str) -> str:
@@ -149,17 +149,17 @@ def comparison_markdown(result: Any) -> str:
 
 
 def write_comparison(result: Any, out: Path, *, overwrite: bool) -> list[Path]:
-    """Write comparison.{csv,md,png,json} into ``out``; an existing comparison needs ``overwrite``."""
+    """Write comparison.{csv,md,png,json} into ``out`` under the one output policy
+    (:func:`~cxr_tools.runtime.fs.output_plan`): an existing comparison, or a folder holding anything else, needs
+    ``overwrite``."""
     from cxr_tools.config import to_json
     from cxr_tools.eval.plots import plot_grouped_bars
     from cxr_tools.eval.report import write_table
-    from cxr_tools.runtime.fs import atomic_write_text
+    from cxr_tools.runtime.fs import apply_output_plan, atomic_write_text, only_files, output_plan
 
-    if out.exists() and not out.is_dir():
-        raise OutputExistsError(f"{out} exists and is not a directory.", "Choose another -o.")
-    if (out / "comparison.csv").exists() and not overwrite:
-        raise OutputExistsError(f"{out} already holds a comparison.", "Pass --overwrite, or choose another -o.")
-    out.mkdir(parents=True, exist_ok=True)
+    plan = output_plan(out, overwrite=overwrite, complete=lambda p: (p / "comparison.csv").exists(),
+                       owned=only_files(COMPARISON_FILES), restart=True, what="comparison")  # fmt: skip
+    apply_output_plan(out, plan)
     name = metric_name(result.metric)
     groups = [*result.classes, "overall"]
     series = {}

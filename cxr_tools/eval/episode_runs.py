@@ -1,0 +1,222 @@
+"""The measuring loops of ``cxr evaluate`` (docs/science.md) and the files they write.
+
+* **Per episode**, the method (:mod:`cxr_tools.methods.adapters`) adapts to the support set (its randomness,
+  e.g. a fresh head, from the generator ``(seed, i)``) and scores the queries in eval mode, batch-independently.
+  Per episode class: AUC and AP (threshold-free), F1 / precision / recall at the threshold
+  (:func:`~cxr_tools.eval.metrics.episode_metrics`).
+* **Aggregates**: per class, mean ± 95% CI over the episodes containing it; overall, mean ± 95% CI over
+  episodes of the episode's mean over its classes, and a patient-cluster bootstrap interval.
+* **Siamese runs** also get the pair AUC and the similarity accuracy (at the run's validation threshold) on a
+  fixed balanced pair set from the meta-test pool (:class:`~cxr_tools.data.pairs.PairSampler`), embedded with
+  :func:`~cxr_tools.models.siamese.embedder`.
+
+Episode ``i`` draws its randomness from ``(seed, i)`` alone and the pair set and bootstrap from their own seed
+keys, so results do not depend on an interruption (:mod:`cxr_tools.eval.journal`).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from cxr_tools.runtime.progress import Progress
+
+if TYPE_CHECKING:
+    from cxr_tools.data.cache import CacheReader
+    from cxr_tools.data.episodes import Episode
+    from cxr_tools.data.splits import MetaSplit
+    from cxr_tools.eval.journal import EpisodeJournal
+
+PAIR_KEY = 104729  # seed key of the Siamese pair set, apart from the episodes' (seed, i)
+BOOTSTRAP_KEY = 130363  # seed key of the patient-cluster bootstrap
+EPISODES_CSV = "episodes.csv"
+SCORES_CSV = "scores.csv"
+PLOTS_DIR = "plots"
+
+
+def bootstrap(score_table: Any, classes: Sequence[str], replicates: int, seed: int, threshold: float) -> Any:
+    """Patient-cluster bootstrap intervals (None when disabled), seeded from the evaluation seed."""
+    if replicates == 0 or not len(score_table):
+        return None
+    from cxr_tools.eval.bootstrap import cluster_bootstrap
+    from cxr_tools.runtime.seeding import numpy_generator
+
+    rng = numpy_generator(seed, BOOTSTRAP_KEY)
+    return cluster_bootstrap(score_table, classes, replicates=replicates, rng=rng, threshold=threshold)
+
+
+def bootstrap_record(boot: Any) -> dict[str, Any] | None:
+    """summary.json's ``bootstrap``: how the cluster intervals were drawn."""
+    if boot is None:
+        return None
+    return {"unit": "patient", "replicates": boot.replicates, "patients": boot.patients, "seed_key": BOOTSTRAP_KEY}
+
+
+def run_episodes(
+    adapter: Any,
+    cache: CacheReader,
+    episodes: Sequence[Episode],
+    normalisation: str,
+    device: Any,
+    seed: int,
+    threshold: float,
+    progress: Progress,
+    journal: EpisodeJournal,
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Adapt and score every episode (reusing the journal's finished ones): ``episodes.csv`` and ``scores.csv``
+    rows in episode order."""
+    from cxr_tools.eval.metrics import episode_metrics
+    from cxr_tools.methods.episodes import episode_tensors
+    from cxr_tools.runtime.seeding import make_generator
+
+    records: list[dict[str, Any]] = []
+    scores: list[dict[str, Any]] = []
+    aucs: list[float] = []
+    with progress.task("evaluate", total=len(episodes)) as task:
+        for i, ep in enumerate(episodes):
+            if i in journal.done:
+                done_records, done_scores = journal.done[i]
+                records += done_records
+                scores += done_scores
+                aucs.append(float(np.nanmean([r["auc"] for r in done_records])))
+                task.advance()
+                continue
+            sx, sy, qx, _ = episode_tensors(cache, ep, normalisation, device)
+            scorer = adapter.fit(sx, sy, generator=make_generator(seed, i))
+            probs = scorer.predict(qx).numpy().astype(np.float64)
+            per_class = episode_metrics(ep.query_targets, probs, ep.classes, threshold)
+            ep_records: list[dict[str, Any]] = []
+            ep_scores: list[dict[str, Any]] = []
+            for j, cls in enumerate(ep.classes):
+                y = ep.query_targets[:, j]
+                ep_records.append(
+                    {"episode": i, "class": cls, "positives": int(y.sum()), "negatives": int(len(y) - y.sum()),
+                     **per_class[cls]}
+                )  # fmt: skip
+                ep_scores += [
+                    {"episode": i, "class": cls, "row": int(r), "target": int(t), "score": float(s)}
+                    for r, t, s in zip(ep.query_rows, y, probs[:, j], strict=True)
+                ]
+            journal.add(i, ep_records, ep_scores)
+            records += ep_records
+            scores += ep_scores
+            aucs.append(float(np.nanmean([m["auc"] for m in per_class.values()])))
+            task.advance()
+            if (i + 1) % 10 == 0 or i + 1 == len(episodes):
+                task.set_postfix(f"auc={np.nanmean(aucs):.3f}")
+    return records, scores
+
+
+def pair_metrics(
+    model: Any,
+    meta: Mapping[str, Any],
+    cache: CacheReader,
+    split: MetaSplit,
+    pool: np.ndarray,
+    normalisation: str,
+    device: Any,
+    count: int,
+    seed: int,
+    progress: Progress,
+) -> dict[str, Any]:
+    """Pair AUC and similarity accuracy of a Siamese run on a fixed balanced pair set from the meta-test pool."""
+    import torch
+
+    from cxr_tools.data.pairs import PairSampler
+    from cxr_tools.eval.metrics import class_metrics, mean_ci
+    from cxr_tools.models.inputs import to_model_input
+    from cxr_tools.models.siamese import embedder, similarity, trained_distance
+    from cxr_tools.runtime.seeding import numpy_generator
+
+    extra = dict(meta.get("extra") or {})
+    rule = str(extra.get("pair_rule") or "same-set")
+    sampler = PairSampler(cache.index, list(split.test), rows=pool, rule=rule)
+    pairs = sampler.sample(count, numpy_generator(seed, PAIR_KEY))
+    rows = pairs.rows()
+    model.eval()
+    embed = embedder(model, meta)
+    chunks = []
+    with progress.task("pairs", total=len(rows)) as task, torch.no_grad():
+        for start in range(0, len(rows), 256):
+            x = to_model_input(cache.read(rows[start : start + 256]), normalisation, device)
+            chunks.append(embed(x).cpu())
+            task.advance(min(256, len(rows) - start))
+    emb = torch.cat(chunks)
+    where = np.searchsorted(rows, pairs.left), np.searchsorted(rows, pairs.right)
+    distance = trained_distance(meta) or "cosine"
+    sims = similarity(emb[where[0]], emb[where[1]], distance).numpy().astype(np.float64)
+    run_threshold = extra.get("threshold")
+    threshold = float(run_threshold) if run_threshold is not None else 0.5
+    correct = ((sims >= threshold) == (pairs.target > 0.5)).astype(np.float64)
+    acc = mean_ci(correct)
+    return {
+        "pairs": len(pairs),
+        "positives": int(pairs.target.sum()),
+        "pair_rule": rule,
+        "pairs_hash": pairs.digest(),
+        "pair_auc": class_metrics(pairs.target, sims)["auc"],
+        "accuracy": acc.mean,
+        "accuracy_ci95": acc.ci95,
+        "threshold": threshold,
+        "threshold_source": "the run's validation threshold" if run_threshold is not None else "default 0.5",
+    }
+
+
+def json_safe(obj: Any) -> Any:
+    """NaN / inf as None (JSON has no NaN), recursively."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, Mapping):
+        return {k: json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(v) for v in obj]
+    return obj
+
+
+def write_results(
+    out: Path,
+    records: list[dict[str, Any]],
+    scores: list[dict[str, Any]],
+    cache: CacheReader,
+    classes: Sequence[str],
+    replicates: int,
+    seed: int,
+    threshold: float,
+    title: str | None,
+) -> tuple[dict[str, Any], dict[str, Any], Any, list[Path]]:
+    """Write ``episodes.csv``, ``scores.csv`` (with each query's patient) and, with a ``title``, the plots; return
+    ``(per_class, overall, bootstrap, files)``, the aggregates summary.json records."""
+    import pandas as pd
+
+    from cxr_tools.eval.report import aggregate, evaluation_plots, write_table
+
+    table = pd.DataFrame.from_records(records)
+    score_table = pd.DataFrame.from_records(scores)
+    score_table["patient"] = cache.index["patient_id"].astype(str).to_numpy()[score_table["row"].to_numpy(int)]
+    boot = bootstrap(score_table, list(classes), replicates, seed, threshold)
+    per_class, overall = aggregate(table, list(classes), bootstrap=boot)
+    files = [write_table(out / EPISODES_CSV, table), write_table(out / SCORES_CSV, score_table)]
+    if title is not None:
+        files += evaluation_plots(out / PLOTS_DIR, score_table, per_class, overall, threshold, title=title)
+    return per_class, overall, boot, files
+
+
+def provenance(seconds: float, device: str) -> dict[str, Any]:
+    """What summary.json records about how and when it was computed."""
+    import datetime as dt
+
+    import torch
+
+    from cxr_tools import __version__
+
+    return {
+        "seconds": round(seconds, 3),
+        "device": device,
+        "tool_version": __version__,
+        "torch_version": torch.__version__.split("+")[0],
+        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+    }

@@ -1,0 +1,218 @@
+"""What ``cxr evaluate`` checks and resolves before it draws an episode (docs/science.md): the run, whether the
+cache fits it, the meta-split and pool, the architecture and input normalisation, the default output folder, and
+the fixed, seeded episode list.
+
+Refusals, each a :class:`~cxr_tools.errors.CxrError` with a hint, raised before any episode is adapted: a run
+without a model folder (never finished), a cache whose image size, preprocessing or label space does not fit the
+model, too few positives, and a leak: a run whose lineage (it, or any run it was initialised from,
+:mod:`cxr_tools.models.lineage`) trained on a meta-test class or on a patient of the meta-test pool, or has no
+lineage record. ``--allow-leak`` evaluates it anyway and says so in ``leak``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from cxr_tools.errors import ConfigError, DataError, ModelError
+
+if TYPE_CHECKING:
+    from cxr_tools.data.cache import CacheReader
+    from cxr_tools.data.episodes import Episode, EpisodeSpec
+    from cxr_tools.data.splits import MetaSplit
+
+log = logging.getLogger(__name__)
+
+
+def load_run(run: Path) -> tuple[Any, dict[str, Any]]:
+    """``(model, meta)`` of a finished run; a clear :class:`ModelError` for a run that never finished."""
+    from cxr_tools.models import load_model_dir
+
+    run = Path(run)
+    if not run.exists():
+        raise ModelError(f"Run {run} does not exist.", "Pass the directory a training command wrote (-o RUN).")
+    if not (run / "model.json").is_file() and not (run / "model" / "model.json").is_file():
+        raise ModelError(
+            f"{run} has no model folder (model/model.json): the run never finished training, or is not a run.",
+            "Rerun its training command to resume it, or pass a finished run directory.",
+        )
+    return load_model_dir(run)
+
+
+def check_data_fits(meta: Mapping[str, Any], cache: CacheReader) -> None:
+    """Refuse a cache whose image size, preprocessing or label space differs from what the model was trained on."""
+    from cxr_tools.models import check_compatible
+
+    check_compatible(meta, image_size=int(cache.image_shape[0]), channels=1)
+    mine = dict((meta.get("input") or {}).get("preprocessing") or {})
+    theirs = dict(cache.manifest.get("preprocessing") or {})
+    if mine and theirs:
+        differ = sorted(k for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k))
+        if differ:
+            detail = "; ".join(f"{k}: model {mine.get(k)!r} vs cache {theirs.get(k)!r}" for k in differ[:5])
+            raise ModelError(
+                f"Cache {cache.path} was preprocessed differently from the model's training data ({detail}).",
+                "Preprocess the data with the model's settings (see its model.json 'input.preprocessing').",
+            )
+    missing = [c for c in meta.get("labels") or [] if c not in cache.labels]
+    if missing:
+        raise ModelError(
+            f"Label space mismatch: the model's class(es) {', '.join(missing)} are not in cache {cache.path}.",
+            f"The cache's labels: {', '.join(cache.labels)}; evaluate on a cache with the model's label space.",
+        )
+
+
+def resolve_split(spec: str, meta: Mapping[str, Any] | None, cache: CacheReader) -> MetaSplit:
+    """``auto``: the MAML run's meta-split, else the cache's saved one, else MetaChest; else parse ``spec``."""
+    from cxr_tools.data.splits import parse_meta_split, resolve_meta_split
+
+    run_split = ((meta or {}).get("extra") or {}).get("meta_split")
+    if (spec or "auto").strip().lower() == "auto" and isinstance(run_split, Mapping):
+        return parse_meta_split(dict(run_split), cache.labels)
+    return resolve_meta_split(spec, cache.path, cache.labels)
+
+
+def default_output(run: Path | None, method_label: str, kind: str | None) -> Path:
+    """``RUN/eval`` for the run's own method, ``RUN/eval-<method>`` for another (a run dir, not ``RUN/model``)."""
+    from cxr_tools.methods.adapters import AUTO_METHOD
+
+    if run is None:
+        raise ConfigError(f"Evaluating without a run (--method {method_label}) needs an output: -o OUT.")
+    base = Path(run).parent if (Path(run) / "model.json").is_file() else Path(run)
+    own = {"finetune": "finetune-head"}.get(AUTO_METHOD.get(kind or "", ""), AUTO_METHOD.get(kind or "", ""))
+    return base / ("eval" if method_label == own else f"eval-{method_label}")
+
+
+def matched_run(match: Path | None, method: str) -> tuple[str, dict[str, Any]] | None:
+    """``(path, model.json)`` of ``--match`` (scratch copies that run's adaptation budget)."""
+    if match is None:
+        return None
+    if method != "scratch":
+        raise ConfigError(f"--match applies to --method scratch, not {method}.", "Drop --match.")
+    from cxr_tools.models.checkpoints import read_model_meta
+
+    if not Path(match).exists():
+        raise ModelError(f"--match run {match} does not exist.", "Pass the directory a training command wrote.")
+    return str(match), read_model_meta(match)
+
+
+def run_name(run: Path) -> str:
+    """The run's folder name, also when ``run`` points at its ``model/`` folder."""
+    return run.parent.name if run.name == "model" else run.name
+
+
+def normalisation_for(meta: Mapping[str, Any] | None, backbone: str, cache: CacheReader) -> str:
+    """The input normalisation a run was trained with, else the architecture's (refusing too small images)."""
+    from cxr_tools.models.registry import model_card
+
+    if meta is not None:
+        return str((meta.get("input") or {}).get("normalisation") or "unit")
+    card = model_card(backbone)
+    if min(cache.image_shape) < card.min_image_size:
+        raise ModelError(
+            f"{backbone} needs images of at least {card.min_image_size} px; cache {cache.path} has "
+            f"{min(cache.image_shape)} px.",
+            "Use a larger --size in cxr preprocess, or another --backbone.",
+        )
+    return card.normalisation
+
+
+def check_no_leak(
+    meta: Mapping[str, Any] | None, cache: CacheReader, split: MetaSplit, pool: np.ndarray, allow: bool
+) -> str | None:
+    """Refuse a run whose lineage trained on a meta-test class or patient (or cannot be checked); with ``allow``,
+    return that as one line instead (None: no leak; nothing to check without trained weights)."""
+    if meta is None:
+        return None
+    from cxr_tools.data.splits import patients_of
+    from cxr_tools.models.lineage import find_leak, load_patient_sets
+
+    sets = load_patient_sets(meta["path"]) if meta.get("path") else {}
+    leak = find_leak(meta, sets, split.test, patients_of(cache.index, pool))
+    if leak is None:
+        return None
+    if allow:
+        log.warning("Evaluating a leaking model (--allow-leak): %s.", leak)
+        return leak
+    if "cannot be checked" in leak or "missing or altered" in leak:
+        hint = "Retrain the run (and its parents) with this version of cxr-tools, or pass --allow-leak to explore."
+    else:
+        hint = (
+            "Train every run of the chain on the meta-train pool only (--classes base, the same --pool-seed as "
+            "meta-train), or pass --allow-leak to explore (the summary then records the leak)."
+        )
+    raise DataError(f"Leak: {leak}, so its few-shot scores on the meta-test split would be inflated.", hint)
+
+
+def check_rows(episodes: Sequence[Episode], pool: np.ndarray, classes: Sequence[str]) -> None:
+    """Every image an episode reads lies in the meta-test pool, every class is a meta-test class."""
+    for ep in episodes:
+        rows = np.concatenate([ep.support_rows, ep.query_rows])
+        if not np.isin(rows, pool).all() or not set(ep.classes) <= set(classes):
+            raise DataError("An episode left the meta-test classes or pool.", "Report this as a bug.")
+
+
+def meta_test_episodes(
+    cache: CacheReader, split: MetaSplit, pool: np.ndarray, spec: EpisodeSpec, count: int, seed: int
+) -> tuple[list[Episode], str]:
+    """The fixed, seeded episode list on the meta-test classes and pool, checked, and its hash."""
+    from cxr_tools.data.episodes import EpisodeSampler, episode_list_hash, index_patients
+
+    try:
+        sampler = EpisodeSampler(
+            cache.raw_labels(), cache.labels, split.test, pool, spec, patients=index_patients(cache.index)
+        )
+    except DataError as exc:
+        raise DataError(f"Meta-test classes/pool: {exc.message}", exc.hint) from None
+    episodes = sampler.fixed_list(count, seed)
+    check_rows(episodes, pool, split.test)
+    return episodes, episode_list_hash(episodes, cache.manifest_hash)
+
+
+def check_options(episodes: int, threshold: float, pairs: int, bootstrap: int) -> None:
+    """Refuse evaluation options out of range before anything is read."""
+    if episodes < 1:
+        raise ConfigError(f"--episodes must be at least 1 (got {episodes}).")
+    if not (0.0 <= threshold <= 1.0):
+        raise ConfigError(f"--threshold must be a probability in [0, 1] (got {threshold}).")
+    if pairs < 0:
+        raise ConfigError(f"--pairs must be >= 0 (got {pairs}).")
+    if bootstrap < 0:
+        raise ConfigError(f"bootstrap must be >= 0 replicates (got {bootstrap}).", "Use 1000 or more, or 0.")
+
+
+def architecture_for(
+    method: str,
+    backbone: str | None,
+    meta: Mapping[str, Any] | None,
+    matched: tuple[str, Mapping[str, Any]] | None,
+    cache: CacheReader,
+) -> tuple[str | None, str]:
+    """``(architecture, normalisation)`` the method reads images with: the run's, else ``--backbone``, else the
+    ``--match`` run's, else conv4; ``pixels`` has no network and reads the pixels in [0, 1]."""
+    if meta is not None and backbone and method == "scratch" and backbone != meta.get("architecture"):
+        raise ConfigError(
+            f"--backbone {backbone} differs from the run's architecture {meta.get('architecture')}.",
+            "Drop --backbone (scratch follows the run) or drop RUN.",
+        )
+    source = meta if meta is not None else matched[1] if matched is not None else {}
+    arch = backbone or str(source.get("architecture") or "conv4")
+    if method == "pixels":
+        return None, "unit"
+    return arch, normalisation_for(meta, arch, cache)
+
+
+def meta_test_pool(
+    cache: CacheReader, split: MetaSplit, pool_seed: int | None, meta: Mapping[str, Any] | None
+) -> tuple[int, np.ndarray]:
+    """``(pool_seed, rows)`` of the meta-test pool; the pool seed defaults to the one the run recorded, else 0."""
+    from cxr_tools.data.splits import meta_split_pools
+    from cxr_tools.models.lineage import recorded_pool_seed
+
+    if pool_seed is None:
+        pool_seed = recorded_pool_seed(meta or {}) or 0
+    return pool_seed, meta_split_pools(cache.index, cache.labels, split, seed=pool_seed)["test"]
