@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from cxr_tools.errors import OutputExistsError
 from cxr_tools.eval.metrics import format_p
 
 LEAK_MARK = "⚠ LEAK"
@@ -150,16 +151,22 @@ def comparison_markdown(result: Any) -> str:
 
 def write_comparison(result: Any, out: Path, *, overwrite: bool) -> list[Path]:
     """Write comparison.{csv,md,png,json} into ``out`` under the one output policy
-    (:func:`~cxr_tools.runtime.fs.output_plan`): an existing comparison, or a folder holding anything else, needs
-    ``overwrite``."""
+    (:func:`~cxr_tools.runtime.fs.output_plan`): an existing comparison needs ``overwrite``, which replaces only
+    the comparison's own files; a folder holding anything else is refused (nothing there is deleted)."""
     from cxr_tools.config import to_json
     from cxr_tools.eval.plots import plot_grouped_bars
     from cxr_tools.eval.report import write_table
     from cxr_tools.runtime.fs import apply_output_plan, atomic_write_text, only_files, output_plan
 
-    plan = output_plan(out, overwrite=overwrite, complete=lambda p: (p / "comparison.csv").exists(),
-                       owned=only_files(COMPARISON_FILES), restart=True, what="comparison")  # fmt: skip
-    apply_output_plan(out, plan)
+    own = only_files(COMPARISON_FILES)
+    if out.is_dir() and any(out.iterdir()) and not own(out):
+        raise OutputExistsError(
+            f"{out} holds files that are not a comparison.",
+            "Choose another -o directory (--overwrite replaces only a comparison's own files).",
+        )
+    output_plan(out, overwrite=overwrite, complete=lambda p: (p / "comparison.csv").exists(), owned=own,
+                restart=True, what="comparison")  # fmt: skip
+    apply_output_plan(out, "resume")  # the files are replaced one by one, atomically; nothing else is touched
     name = metric_name(result.metric)
     groups = [*result.classes, "overall"]
     series = {}

@@ -55,6 +55,8 @@ def test_a_comparison_follows_the_one_output_policy(tmp_path):
     (foreign / "mine.txt").write_text("keep")
     with pytest.raises(OutputExistsError, match="--overwrite"):
         write_comparison(None, foreign, overwrite=False)  # refused before the result is read
+    with pytest.raises(OutputExistsError):
+        write_comparison(None, foreign, overwrite=True)  # --overwrite never deletes what cxr did not write
     assert (foreign / "mine.txt").read_text() == "keep"
     done = tmp_path / "done"
     done.mkdir()
