@@ -147,6 +147,17 @@ def run_demo(config: DemoConfig, progress: Progress | None = None) -> DemoResult
         "supervised base training",
         lambda: train(TrainConfig(output=runs["supervised"], model=plan.backbone, balance="sampler", **base), progress),
     )
+    # The cheapest baseline trained with a second seed too: compare groups the two runs, so that row's interval
+    # includes the between-seed variance (docs/science.md, "Training seeds").
+    runs["supervised-seed1"] = runs_dir / "supervised-seed1"
+    stage(
+        "supervised, second seed",
+        lambda: train(
+            TrainConfig(output=runs["supervised-seed1"], model=plan.backbone, balance="sampler",
+                        **{**base, "seed": config.seed + 1}),
+            progress,
+        ),
+    )  # fmt: skip
     stage(
         "siamese training",
         lambda: train_siamese(

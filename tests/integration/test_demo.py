@@ -23,7 +23,9 @@ def test_quick_demo_compares_all_methods(tmp_path):
         assert name in res.stdout
     assert "± " in res.stdout and ("is best" in res.stdout or "ranks first" in res.stdout)
     comparison = json.loads((work / "compare" / "comparison.json").read_text())
-    assert len(comparison["rows"]) == 7
+    assert len(comparison["rows"]) == 7  # the supervised runs of two seeds form one row
+    grouped = next(r for r in comparison["rows"] if r["name"].startswith("supervised:finetune-head"))
+    assert grouped["seeds"] == [0, 1]
     hashes = {json.loads(p.read_text())["episode_list_hash"] for p in work.rglob("summary.json")}
     assert len(hashes) == 1  # every method on the same episodes
     scratch = json.loads((work / "eval-scratch" / "summary.json").read_text())["settings"]
