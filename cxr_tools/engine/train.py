@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from cxr_tools.errors import ConfigError, DataError
+from cxr_tools.runtime.lifecycle import FitReport
 from cxr_tools.runtime.options import TrainingOptions, check_training_options
 from cxr_tools.runtime.progress import Progress
 
@@ -75,31 +76,17 @@ class TrainConfig(TrainingOptions):
     max_pos_weight: float | None = None
 
 
-@dataclass(frozen=True)
-class TrainRunResult:
+@dataclass(frozen=True, kw_only=True)
+class TrainRunResult(FitReport):
     """What ``cxr train`` did. ``val_auc`` holds the per-class AUCs of the best epoch (None: undefined, the
-    val split has one class only). Under torchrun every rank returns one; ``rank`` says which (0 prints)."""
+    val split has one class only)."""
 
-    run_dir: Path
-    model_dir: Path | None
-    status: str
     model: str
     labels: tuple[str, ...]
-    epochs: int
-    steps: int
     monitor: str
     best_metric: float | None
-    best_epoch: int | None
     val_auc: dict[str, float | None]
-    resumed: bool
-    stopped_early: bool
-    seconds: float
-    samples_per_second: float
-    device: str
-    world_size: int
-    train_images: int
     val_images: int
-    rank: int = 0
 
 
 def train(config: TrainConfig, progress: Progress | None = None) -> TrainRunResult:
@@ -224,27 +211,15 @@ def _train(config: TrainConfig, ctx: RuntimeContext, progress: Progress | None) 
         model_dir = run.model_dir
     best = lifecycle.best_record(run)
     return TrainRunResult(
-        run_dir=run.path,
-        model_dir=model_dir,
-        status=fit.status,
+        **lifecycle.fit_report(run, model_dir, fit, ctx, samples=session_steps[0] * config.batch_size,
+                               train_images=n_train),
         model=config.model,
         labels=tuple(labels),
-        epochs=fit.epochs,
-        steps=fit.steps,
         monitor=monitor,
         best_metric=fit.best_metric,
-        best_epoch=fit.best_epoch,
         val_auc={lab: lifecycle.finite_or_none(best.get(f"val_auc/{lab}")) for lab in labels},
-        resumed=fit.resumed,
-        stopped_early=fit.stopped_early,
-        seconds=fit.seconds,
-        samples_per_second=session_steps[0] * config.batch_size / fit.seconds if fit.seconds > 0 else 0.0,
-        device=ctx.device_name,
-        world_size=ctx.dist.world_size,
-        train_images=n_train,
         val_images=len(val_rows),
-        rank=ctx.dist.rank,
-    )
+    )  # fmt: skip
 
 
 def _check_config(config: TrainConfig) -> None:

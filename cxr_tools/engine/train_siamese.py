@@ -28,6 +28,7 @@ import numpy as np
 
 from cxr_tools.config import check_at_least
 from cxr_tools.errors import ConfigError, DataError
+from cxr_tools.runtime.lifecycle import FitReport
 from cxr_tools.runtime.options import TrainingOptions, check_training_options
 from cxr_tools.runtime.progress import Progress
 
@@ -75,35 +76,21 @@ class SiameseConfig(TrainingOptions):
     val_pairs: int = 1000
 
 
-@dataclass(frozen=True)
-class SiameseResult:
+@dataclass(frozen=True, kw_only=True)
+class SiameseResult(FitReport):
     """What ``cxr train-siamese`` did; the validation figures are those of the best epoch."""
 
-    run_dir: Path
-    model_dir: Path | None
-    status: str
     backbone: str
     embedding_dim: int
     distance: str
     margin: float
     pair_rule: str
     labels: tuple[str, ...]
-    epochs: int
-    steps: int
-    best_epoch: int | None
     val_pair_auc: float | None
     val_accuracy: float | None
     val_threshold: float | None
     val_pairs: int
     val_pairs_hash: str
-    resumed: bool
-    stopped_early: bool
-    seconds: float
-    samples_per_second: float
-    device: str
-    world_size: int
-    train_images: int
-    rank: int = 0
 
 
 def train_siamese(config: SiameseConfig, progress: Progress | None = None) -> SiameseResult:
@@ -222,32 +209,20 @@ def _train_siamese(config: SiameseConfig, ctx: RuntimeContext, progress: Progres
         save_model_dir(backbone, meta, run.model_dir)
         model_dir = run.model_dir
     return SiameseResult(
-        run_dir=run.path,
-        model_dir=model_dir,
-        status=fit.status,
+        **lifecycle.fit_report(run, model_dir, fit, ctx, samples=session_steps[0] * config.batch_size,
+                               train_images=train_pairs.num_images),
         backbone=str(backbone.model_name),
         embedding_dim=config.embedding_dim,
         distance=config.distance,
         margin=config.margin,
         pair_rule=config.pair_rule,
         labels=tuple(labels),
-        epochs=fit.epochs,
-        steps=fit.steps,
-        best_epoch=fit.best_epoch,
         val_pair_auc=lifecycle.finite_or_none(best.get("val_pair_auc")),
         val_accuracy=lifecycle.finite_or_none(best.get("val_accuracy")),
         val_threshold=lifecycle.finite_or_none(best.get("val_threshold")),
         val_pairs=len(val_set) if val_set is not None else 0,
         val_pairs_hash=val_set.digest() if val_set is not None else "",
-        resumed=fit.resumed,
-        stopped_early=fit.stopped_early,
-        seconds=fit.seconds,
-        samples_per_second=session_steps[0] * config.batch_size / fit.seconds if fit.seconds > 0 else 0.0,
-        device=ctx.device_name,
-        world_size=ctx.dist.world_size,
-        train_images=train_pairs.num_images,
-        rank=ctx.dist.rank,
-    )
+    )  # fmt: skip
 
 
 def _check_config(config: SiameseConfig) -> None:

@@ -20,6 +20,7 @@ import logging
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from cxr_tools import errors
@@ -54,6 +55,49 @@ class RuntimeContext:
             from cxr_tools.runtime.distributed import cleanup
 
             cleanup(self.dist if completed else None)
+
+
+@dataclass(frozen=True, kw_only=True)
+class FitReport:
+    """What a trainer's session reports about its run, whichever trainer: where the run and its model are, how
+    far it got, how fast. Under torchrun every rank returns one; ``rank`` says which (rank 0 prints)."""
+
+    run_dir: Path
+    model_dir: Path | None
+    status: str
+    epochs: int
+    steps: int
+    best_epoch: int | None
+    resumed: bool
+    stopped_early: bool
+    seconds: float
+    samples_per_second: float
+    device: str
+    world_size: int
+    train_images: int
+    rank: int = 0
+
+
+def fit_report(
+    run: RunDir, model_dir: Path | None, result: TrainResult, ctx: RuntimeContext, *, samples: int, train_images: int
+) -> dict[str, Any]:
+    """The :class:`FitReport` fields of a finished :func:`fit` (``samples``: images this session trained on)."""
+    return {
+        "run_dir": run.path,
+        "model_dir": model_dir,
+        "status": result.status,
+        "epochs": result.epochs,
+        "steps": result.steps,
+        "best_epoch": result.best_epoch,
+        "resumed": result.resumed,
+        "stopped_early": result.stopped_early,
+        "seconds": result.seconds,
+        "samples_per_second": samples / result.seconds if result.seconds > 0 else 0.0,
+        "device": ctx.device_name,
+        "world_size": ctx.dist.world_size,
+        "train_images": train_images,
+        "rank": ctx.dist.rank,
+    }
 
 
 def setup(device_spec: str, threads: int | None, seed: int) -> RuntimeContext:
