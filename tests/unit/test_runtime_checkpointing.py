@@ -9,15 +9,6 @@ import torch
 
 from cxr_tools.errors import ConfigError, ModelError
 from cxr_tools.runtime import checkpointing as ckpt
-from cxr_tools.runtime.checkpointing import (
-    BestTracker,
-    CheckpointPolicy,
-    EarlyStopping,
-    load_training_state,
-    restore_training_state,
-    save_model_state,
-    save_training_state,
-)
 from cxr_tools.runtime.schedules import SCHEDULES, make_scheduler
 
 
@@ -40,7 +31,7 @@ def _train(model, opt, sched, steps: int) -> None:
 def test_state_loads_with_weights_only_and_resumes_exactly(tmp_path):
     model, opt, sched = _setup()
     _train(model, opt, sched, 3)
-    path = save_training_state(
+    path = ckpt.save_training_state(
         tmp_path / "last.pt",
         model,
         opt,
@@ -56,7 +47,7 @@ def test_state_loads_with_weights_only_and_resumes_exactly(tmp_path):
     expected = {k: v.clone() for k, v in model.state_dict().items()}
 
     model2, opt2, sched2 = _setup(lr=0.5)  # different LR: the checkpoint must win
-    restore_training_state(load_training_state(path), model2, opt2, sched2)
+    ckpt.restore_training_state(ckpt.load_training_state(path), model2, opt2, sched2)
     _train(model2, opt2, sched2, 2)
     for key, value in expected.items():
         assert torch.equal(model2.state_dict()[key], value), key
@@ -64,7 +55,7 @@ def test_state_loads_with_weights_only_and_resumes_exactly(tmp_path):
 
 def test_crash_while_saving_leaves_previous_checkpoint_intact(tmp_path, monkeypatch):
     model, opt, sched = _setup()
-    path = save_training_state(tmp_path / "last.pt", model, opt, sched, None, step=1, epoch=0)
+    path = ckpt.save_training_state(tmp_path / "last.pt", model, opt, sched, None, step=1, epoch=0)
     before = path.read_bytes()
 
     def dying_save(obj, f, *args, **kwargs):
@@ -74,31 +65,31 @@ def test_crash_while_saving_leaves_previous_checkpoint_intact(tmp_path, monkeypa
 
     monkeypatch.setattr(torch, "save", dying_save)
     with pytest.raises(OSError, match="No space"):
-        save_training_state(path, model, opt, sched, None, step=2, epoch=0)
+        ckpt.save_training_state(path, model, opt, sched, None, step=2, epoch=0)
     assert path.read_bytes() == before
-    assert load_training_state(path)["step"] == 1
+    assert ckpt.load_training_state(path)["step"] == 1
     assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pt"]  # no temporary left behind
 
 
 def test_unreadable_or_foreign_checkpoints_are_model_errors(tmp_path):
     (tmp_path / "bad.pt").write_bytes(b"not a checkpoint")
     with pytest.raises(ModelError, match="unreadable"):
-        load_training_state(tmp_path / "bad.pt")
+        ckpt.load_training_state(tmp_path / "bad.pt")
     with pytest.raises(ModelError, match="does not exist"):
-        load_training_state(tmp_path / "none.pt")
+        ckpt.load_training_state(tmp_path / "none.pt")
     model, _, _ = _setup()
-    save_model_state(tmp_path / "best.pt", model, step=1, epoch=1, extra={"value": 0.5})
+    ckpt.save_model_state(tmp_path / "best.pt", model, step=1, epoch=1, extra={"value": 0.5})
     with pytest.raises(ModelError, match="not a cxr training checkpoint"):
-        load_training_state(tmp_path / "best.pt")
+        ckpt.load_training_state(tmp_path / "best.pt")
     other = torch.nn.Linear(3, 1)
     state = {"model": other.state_dict()}
     with pytest.raises(ModelError, match="does not fit"):
-        restore_training_state(state, model)
+        ckpt.restore_training_state(state, model)
 
 
 def test_policy_by_steps_and_minutes():
     now = [0.0]
-    policy = CheckpointPolicy(every_steps=3, every_minutes=2, clock=lambda: now[0])
+    policy = ckpt.CheckpointPolicy(every_steps=3, every_minutes=2, clock=lambda: now[0])
     assert [s for s in range(1, 10) if policy.should_save(s)] == [3, 6, 9]
     now[0] = 119.0
     assert not policy.should_save(4)
@@ -107,22 +98,22 @@ def test_policy_by_steps_and_minutes():
     policy.mark_saved(4)
     assert not policy.should_save(5)
     with pytest.raises(ConfigError):
-        CheckpointPolicy(every_steps=0)
+        ckpt.CheckpointPolicy(every_steps=0)
 
 
 def test_best_tracker_and_early_stopping_state_round_trip():
-    best = BestTracker("val_auc", "max", min_delta=0.01)
+    best = ckpt.BestTracker("val_auc", "max", min_delta=0.01)
     assert best.update(0.5, epoch=1, step=10) and not best.update(0.505, epoch=2, step=20)
     assert best.update(0.7, epoch=3, step=30) and (best.best, best.best_epoch) == (0.7, 3)
     assert not best.update(math.nan, epoch=4, step=40)
-    es = EarlyStopping(patience=2, mode="min")
+    es = ckpt.EarlyStopping(patience=2, mode="min")
     assert [es.step(v) for v in (1.0, 0.9, 0.95)] == [False, False, False]
     saved = es.state_dict()
-    restored = EarlyStopping(patience=2, mode="min")
+    restored = ckpt.EarlyStopping(patience=2, mode="min")
     restored.load_state_dict(saved)
     assert restored.step(0.91) is True and restored.stopped
     with pytest.raises(ConfigError, match=r"max.*min"):
-        EarlyStopping(patience=1, mode="up")
+        ckpt.EarlyStopping(patience=1, mode="up")
 
 
 @pytest.mark.parametrize("name", SCHEDULES)
@@ -134,10 +125,10 @@ def test_every_schedule_checkpoints_weights_only(name, tmp_path):
         opt.step()
         sched.step_batch()
     sched.step_epoch({"val_loss": 1.0})
-    save_training_state(tmp_path / "s.pt", model, opt, sched, None, step=6, epoch=0)
+    ckpt.save_training_state(tmp_path / "s.pt", model, opt, sched, None, step=6, epoch=0)
     opt2 = torch.optim.SGD(model.parameters(), lr=1.0, momentum=0.9)
     sched2 = make_scheduler(name, opt2, total_steps=20, step_size=5, monitor="val_loss", patience=0)
-    restore_training_state(load_training_state(tmp_path / "s.pt"), model, opt2, sched2)
+    ckpt.restore_training_state(ckpt.load_training_state(tmp_path / "s.pt"), model, opt2, sched2)
     assert opt2.param_groups[0]["lr"] == opt.param_groups[0]["lr"]
 
 
