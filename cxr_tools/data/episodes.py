@@ -67,6 +67,30 @@ class EpisodeSpec:
         return (self.ways + 1) * (self.shots + self.queries)
 
 
+@dataclass(frozen=True, kw_only=True)
+class EpisodeOptions:
+    """The episode options ``cxr meta-train`` and ``cxr evaluate`` share, declared once (docs/science.md).
+
+    Attributes:
+        ways, shots, queries: N classes; K support positives per class plus K negatives; Q query positives per
+            class plus Q negatives.
+        images_per_patient: the most images one patient contributes to an episode (recorded in episode lists).
+        meta_split: ``auto`` (a MAML run's split, else the cache's, else MetaChest), ``metachest``, a YAML/JSON
+            file or ``"train=A,B;val=C;test=D,E"``.
+    """
+
+    ways: int = 2
+    shots: int = 5
+    queries: int = 15
+    images_per_patient: int = 1
+    meta_split: str = "auto"
+
+    @property
+    def episode_spec(self) -> EpisodeSpec:
+        """The :class:`EpisodeSpec` these options describe (checked on creation)."""
+        return EpisodeSpec(self.ways, self.shots, self.queries, self.images_per_patient)
+
+
 @dataclass(frozen=True)
 class Episode:
     """One episode: cache rows and targets for support and query sets.

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from cxr_tools.config import fields_from
+from cxr_tools.data.episodes import EpisodeOptions
 from cxr_tools.errors import ConfigError
 from cxr_tools.eval.episode_runs import (
     bootstrap_record,
@@ -61,7 +62,7 @@ SUMMARY_VERSION = 1
 
 
 @dataclass(frozen=True)
-class EvaluateConfig:
+class EvaluateConfig(EpisodeOptions):
     """Options of ``cxr evaluate`` (CLI defaults).
 
     Attributes:
@@ -71,10 +72,9 @@ class EvaluateConfig:
         method: ``auto`` (from the run's training kind), ``maml``, ``prototype``, ``finetune``, ``scratch``,
             ``pixels`` or ``linear-probe``.
         finetune: ``head`` or ``all`` (fine-tune method).
-        episodes, ways, shots, queries, seed: the fixed episode list.
-        images_per_patient: the most images one patient contributes to an episode (recorded in the list).
+        episodes, seed: the fixed episode list (with ways, shots, queries, images_per_patient and meta_split:
+            :class:`~cxr_tools.data.episodes.EpisodeOptions`).
         threshold: probability threshold of F1 / precision / recall and the confusion matrices.
-        meta_split: ``auto``, ``metachest``, a YAML/JSON file or ``"train=A;val=B;test=C,D"``.
         pool_seed: seed of the meta-split pools (None = the run's, else 0: what training used).
         backbone: architecture of ``scratch`` without a run (default conv4).
         steps, lr: fine-tuning budget (default per mode); inner_lr, adapt_steps: MAML / scratch budget
@@ -97,13 +97,8 @@ class EvaluateConfig:
     method: str = "auto"
     finetune: str = "head"
     episodes: int = 600
-    ways: int = 2
-    shots: int = 5
-    queries: int = 15
-    images_per_patient: int = 1
     seed: int = 0
     threshold: float = 0.5
-    meta_split: str = "auto"
     pool_seed: int | None = None
     backbone: str | None = None
     steps: int | None = None
@@ -153,7 +148,7 @@ class EvaluateResult:
 def evaluate(config: EvaluateConfig, progress: Progress | None = None) -> EvaluateResult:
     """Evaluate one method on the fixed meta-test episodes; see the module docstring."""
     from cxr_tools.data.cache import open_cache
-    from cxr_tools.data.episodes import EPISODE_LIST_VERSION, EpisodeSpec, save_episode_list
+    from cxr_tools.data.episodes import EPISODE_LIST_VERSION, save_episode_list
     from cxr_tools.methods.adapters import RUNLESS_METHODS, AdaptConfig, build_adapter, describe, resolve_method
     from cxr_tools.runtime.devices import describe_device, explain_out_of_memory, resolve_device, set_threads
 
@@ -161,7 +156,7 @@ def evaluate(config: EvaluateConfig, progress: Progress | None = None) -> Evalua
     began = time.perf_counter()
     check_options(config.episodes, config.threshold, config.pairs, config.bootstrap)
     adapt_cfg = fields_from(AdaptConfig, config)
-    spec = EpisodeSpec(config.ways, config.shots, config.queries, config.images_per_patient)
+    spec = config.episode_spec
     cache = open_cache(config.data)
     model, meta = (None, None) if config.run is None else load_run(Path(config.run))
     kind = str(meta.get("training")) if meta is not None else None

@@ -38,6 +38,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from cxr_tools.data.episodes import EpisodeOptions
 from cxr_tools.errors import ConfigError
 from cxr_tools.methods.maml.config import ENGINES, MamlConfig
 from cxr_tools.runtime.options import RunOptions
@@ -58,22 +59,20 @@ _VAL_KEY, _TRAIN_KEY = 7919, 1  # seed keys: fixed meta-val episodes, training t
 
 
 @dataclass(frozen=True)
-class MetaTrainConfig(RunOptions):
+class MetaTrainConfig(RunOptions, EpisodeOptions):
     """Settings of ``cxr meta-train`` (the CLI defaults).
 
     Attributes:
         cache: the cache directory (``cxr preprocess`` output).
         output: the run directory to write.
-        ways, shots, queries: episode shape (N classes; K positives per class + K negatives; Q likewise).
-        images_per_patient: the most images one patient contributes to a task or meta-val episode.
+        ways, shots, queries (default 10 here), images_per_patient, meta_split: the episodes of meta-training and
+            meta-validation (:class:`~cxr_tools.data.episodes.EpisodeOptions`).
         inner_lr, adapt_steps, first_order, engine: the MAML inner loop (:class:`MamlConfig`).
         meta_lr: Adam learning rate of the outer (meta) update.
         meta_batch: episodes per meta-step.
         episodes: meta-training budget in episodes; ``ceil(episodes / meta_batch)`` meta-steps are made.
         backbone: zoo model name; None = ``conv4``, or the ``--init`` run's architecture.
         init: None (random initialisation), ``imagenet``, or a run / model directory whose backbone starts MAML.
-        meta_split: ``auto`` (the cache's saved split, else MetaChest for NIH labels), ``metachest``, a YAML/JSON
-            file or ``"train=A,B;val=C;test=D,E"``.
         pool_seed: seed distributing negative patients over the meta-split pools; keep it fixed so every method
             is evaluated on the same meta-test pool.
         val_every: meta-steps between validations (an "epoch" of the training loop).
@@ -86,10 +85,7 @@ class MetaTrainConfig(RunOptions):
 
     cache: Path
     output: Path
-    ways: int = 2
-    shots: int = 5
-    queries: int = 10
-    images_per_patient: int = 1
+    queries: int = field(default=10, kw_only=True)
     inner_lr: float = 0.01
     meta_lr: float = 0.001
     adapt_steps: int = 5
@@ -99,7 +95,6 @@ class MetaTrainConfig(RunOptions):
     backbone: str | None = None
     init: str | None = None
     engine: str = "auto"
-    meta_split: str = "auto"
     pool_seed: int = 0
     val_every: int = 100
     val_episodes: int = 100
@@ -156,7 +151,6 @@ def _validate_config(config: MetaTrainConfig) -> MamlConfig:
 def meta_train(config: MetaTrainConfig, progress: Progress | None = None) -> MetaTrainResult:
     """Meta-train a model with (first-order) MAML; see the module docstring for what is written where."""
     from cxr_tools.data.cache import open_cache
-    from cxr_tools.data.episodes import EpisodeSpec
     from cxr_tools.data.splits import meta_samplers
     from cxr_tools.methods.maml import resolve_engine
     from cxr_tools.runtime.lifecycle import run_in_context
@@ -164,7 +158,7 @@ def meta_train(config: MetaTrainConfig, progress: Progress | None = None) -> Met
 
     progress = null_progress(progress)
     maml = _validate_config(config)
-    spec = EpisodeSpec(config.ways, config.shots, config.queries, config.images_per_patient)
+    spec = config.episode_spec
     cache = open_cache(config.cache)
     # The pools are checked for leaks; only the meta-train and meta-val pools reach a sampler.
     split, train_sampler, val_sampler, pools = meta_samplers(
