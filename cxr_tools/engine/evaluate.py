@@ -177,6 +177,7 @@ def evaluate(config: EvaluateConfig, progress: Progress | None = None) -> Evalua
     set_threads(config.threads)
     device = resolve_device(config.device)
     adapter = build_adapter(model, meta, config.ways, adapt_cfg, backbone=backbone, device=device, match=matched)
+    settings = describe(adapter)
     out = Path(config.output) if config.output else default_output(config.run, label, kind)
     plan = output_plan(out, overwrite=config.overwrite, resume=config.resume and not config.overwrite,
                        complete=lambda p: (p / SUMMARY).is_file(), owned=lambda p: (p / EPISODES_JSON).is_file(),
@@ -205,7 +206,7 @@ def evaluate(config: EvaluateConfig, progress: Progress | None = None) -> Evalua
             "run": str(Path(config.run).resolve()) if config.run is not None else None,
             "weights": (meta or {}).get("weights_sha256"),
             "method": method,
-            "settings": {**describe(adapter), "finetune": config.finetune},
+            "settings": {**settings, "finetune": config.finetune},
             "backbone": backbone,
             "cache_manifest_hash": cache.manifest_hash,
             "episode_list_hash": ep_hash,
@@ -244,7 +245,7 @@ def evaluate(config: EvaluateConfig, progress: Progress | None = None) -> Evalua
         "name": name,
         "method": method,
         "method_label": label,
-        "settings": {**describe(adapter), **({"finetune": config.finetune} if method == "finetune" else {})},
+        "settings": {**settings, **({"finetune": config.finetune} if method == "finetune" else {})},
         "run": str(run_path) if run_path is not None else None,
         "kind": kind,
         "architecture": backbone,

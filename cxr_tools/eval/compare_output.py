@@ -12,7 +12,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from cxr_tools.errors import OutputExistsError
 from cxr_tools.eval.metrics import format_p
 
 LEAK_MARK = "⚠ LEAK"
@@ -158,14 +157,8 @@ def write_comparison(result: Any, out: Path, *, overwrite: bool) -> list[Path]:
     from cxr_tools.eval.report import write_table
     from cxr_tools.runtime.fs import apply_output_plan, atomic_write_text, only_files, output_plan
 
-    own = only_files(COMPARISON_FILES)
-    if out.is_dir() and any(out.iterdir()) and not own(out):
-        raise OutputExistsError(
-            f"{out} holds files that are not a comparison.",
-            "Choose another -o directory (--overwrite replaces only a comparison's own files).",
-        )
-    output_plan(out, overwrite=overwrite, complete=lambda p: (p / "comparison.csv").exists(), owned=own,
-                restart=True, what="comparison")  # fmt: skip
+    output_plan(out, overwrite=overwrite, complete=lambda p: (p / "comparison.csv").exists(),
+                owned=only_files(COMPARISON_FILES), restart=True, what="comparison", keep_foreign=True)  # fmt: skip
     apply_output_plan(out, "resume")  # the files are replaced one by one, atomically; nothing else is touched
     name = metric_name(result.metric)
     groups = [*result.classes, "overall"]

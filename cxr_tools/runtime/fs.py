@@ -96,6 +96,7 @@ def output_plan(
     restart: bool = False,
     what: str = "output",
     file: bool = False,
+    keep_foreign: bool = False,
 ) -> OutputPlan:
     """Decide, without touching anything, what a command does with its output ``path`` (module docstring).
 
@@ -106,6 +107,8 @@ def output_plan(
         restart: an incomplete output not resumed is started again without ``--overwrite``.
         what: the output's name in messages (``cache``, ``evaluation``...).
         file: ``path`` is a file, not a directory.
+        keep_foreign: a directory holding anything ``owned`` does not recognise is refused even with
+            ``overwrite`` (nothing the command did not write is deleted; its own files are replaced one by one).
 
     Returns:
         ``new`` (missing or empty), ``replace`` (remove it first: :func:`apply_output_plan`) or ``resume``.
@@ -126,6 +129,11 @@ def output_plan(
         raise OutputExistsError(f"{path} exists and is not a directory.", "Choose another -o path.")
     if not path.exists() or not any(path.iterdir()):
         return "new"
+    if keep_foreign and owned is not None and not owned(path):
+        raise OutputExistsError(
+            f"{path} holds files that are not a {what}.",
+            f"Choose another -o directory (--overwrite replaces only a {what}'s own files).",
+        )
     if complete is not None and complete(path):
         if overwrite:
             return "replace"
