@@ -27,6 +27,7 @@ from cxr_tools.cli import (
     stats,
     train,
     train_siamese,
+    webapp,
 )
 
 app = typer.Typer(
@@ -86,6 +87,7 @@ app.command("train")(train.train)
 app.command("train-siamese")(train_siamese.train_siamese)
 app.command("predict")(predict.predict)
 app.command("similarity")(similarity.similarity)
+app.command("app")(webapp.app)
 
 
 def main() -> None:

@@ -34,6 +34,7 @@ ENGINES = {
     "train-siamese": "cxr_tools.engine.train_siamese:train_siamese",
     "predict": "cxr_tools.engine.predict:run_predict",
     "similarity": "cxr_tools.engine.similarity:run_similarity",
+    "app": "cxr_tools.webapp.server:serve",
     "download synthetic": "cxr_tools.engine.download:download_synthetic",
     "download nih": "cxr_tools.engine.download:download_nih",
     "download kaggle": "cxr_tools.engine.download:download_kaggle",
