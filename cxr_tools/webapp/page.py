@@ -159,7 +159,7 @@ def build_page(service: RunService, results_roots: Sequence[Path], examples: Seq
             )
             show = gr.Button("Show", variant="primary", elem_id="results-run")
             res_md = gr.Markdown(elem_id="results-table")
-            res_plots = gr.Gallery(label="Plots", columns=2, height="auto", elem_id="results-plots")
+            res_plots = gr.Gallery(label="Plots", columns=2, height=420, object_fit="contain", elem_id="results-plots")
 
             def results(path: str | None) -> tuple[Any, ...]:
                 try:
