@@ -43,7 +43,7 @@ def build_page(service: RunService, results_roots: Sequence[Path], examples: Seq
                 gr.Markdown(f"{INTRO} Thresholds: {html.escape(service.threshold_rule)}.")
             with gr.Row():
                 files = gr.File(
-                    file_count="multiple", label="X-ray images (PNG, JPEG, DICOM)", elem_id="classify-files"
+                    file_count="multiple", label="X-ray images (PNG, JPEG, DICOM)", height=220, elem_id="classify-files"
                 )
                 with gr.Column():
                     finding = gr.Dropdown(
@@ -100,15 +100,18 @@ def build_page(service: RunService, results_roots: Sequence[Path], examples: Seq
                 "only, until you save it."
             )
             state = gr.State(None)
-            name = gr.Textbox(label="Finding", placeholder="e.g. Pneumothorax", elem_id="fs-name")
             with gr.Row():
-                pos = gr.File(file_count="multiple", label="Positive examples", elem_id="fs-pos")
-                neg = gr.File(file_count="multiple", label="Negative examples", elem_id="fs-neg")
-            adapt = gr.Button("Adapt", variant="primary", elem_id="fs-adapt")
+                name = gr.Textbox(label="Finding", placeholder="e.g. Pneumothorax", elem_id="fs-name", scale=2)
+                adapt = gr.Button("Adapt", variant="primary", elem_id="fs-adapt", scale=1)
+            with gr.Row():
+                pos = gr.File(file_count="multiple", label="Positive examples", height=200, elem_id="fs-pos")
+                neg = gr.File(file_count="multiple", label="Negative examples", height=200, elem_id="fs-neg")
             fs_status = gr.Markdown(elem_id="fs-status")
-            queries = gr.File(file_count="multiple", label="Query images", elem_id="fs-queries")
-            score = gr.Button("Classify queries", elem_id="fs-score")
-            fs_scores = gr.Markdown(elem_id="fs-scores")
+            with gr.Row():
+                with gr.Column():
+                    queries = gr.File(file_count="multiple", label="Query images", height=200, elem_id="fs-queries")
+                    score = gr.Button("Classify queries", elem_id="fs-score")
+                fs_scores = gr.Markdown(elem_id="fs-scores")
             with gr.Row():
                 folder = gr.Textbox(label="Save as run directory (a new folder on the server)", elem_id="fs-folder")
                 save = gr.Button("Save", elem_id="fs-save")
@@ -166,7 +169,8 @@ def build_page(service: RunService, results_roots: Sequence[Path], examples: Seq
                     if not path:
                         return "**Pick a directory.**", []
                     view = load_results(path)
-                    return f"### {html.escape(view.title)}\n\n{view.markdown}", view.plots
+                    title = "" if view.kind == "comparison" else f"### {html.escape(view.title)}\n\n"
+                    return title + view.markdown, view.plots
                 except Exception as exc:
                     return _error(exc), []
 
