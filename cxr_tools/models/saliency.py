@@ -221,6 +221,8 @@ def write_overlays(
     """Write a Grad-CAM overlay PNG per image of ``images`` (uint8 ``[n, H, W]``, the model's preprocessing) and
     per finding it is explained for (:func:`chosen`) into ``folder``, atomically. ``positions`` are the inputs'
     places in the whole input list and ``sources`` their paths (for the names). Returns the files written."""
+    import torch
+
     from cxr_tools.models.inputs import to_model_input
     from cxr_tools.runtime.fs import atomic_write_bytes
 
@@ -228,12 +230,19 @@ def write_overlays(
         return 0
     device = next(model.parameters()).device
     x = to_model_input(images, meta, device)
-    wanted = list(range(len(labels))) if classes is None else [labels.index(c) for c in classes]
-    maps, probs = saliency_maps(model, x, wanted)
+    if classes is None:  # explain only what is above threshold: one forward first, then one backward per finding
+        with torch.no_grad():
+            probs = torch.sigmoid(model.eval()(x).float()).cpu().numpy()
+        picked = chosen(probs, labels, thresholds, None)
+        wanted = sorted({j for row in picked for j in row})
+    else:
+        picked = chosen(np.zeros((len(images), len(labels))), labels, thresholds, classes)
+        wanted = [labels.index(c) for c in classes]
+    maps, _ = saliency_maps(model, x, wanted)
     slot = {j: k for k, j in enumerate(wanted)}
     written = 0
-    for i, picked in enumerate(chosen(probs, labels, thresholds, classes)):
-        for j in picked:
+    for i, row in enumerate(picked):
+        for j in row:
             name = file_name(int(positions[i]), sources[i], labels[j])
             atomic_write_bytes(folder / name, png_bytes(overlay(images[i], maps[i, slot[j]])))
             written += 1

@@ -61,7 +61,7 @@ def build_page(service: RunService, results_roots: Sequence[Path], examples: Seq
                 try:
                     result = service.classify(_paths(paths))
                     gallery = _cam_gallery(service, result, label)
-                    out = downloads / f"predictions-{_stamp()}.csv"
+                    out = Path(tempfile.mkdtemp(dir=downloads)) / "predictions.csv"  # one per request
                     out.write_text(result.csv, encoding="utf-8")
                     return _status(result), _scores_table(result, labels, service.thresholds), gallery, str(out)
                 except Exception as exc:  # shown in the page; the server keeps serving
@@ -189,12 +189,6 @@ def _paths(files: Any) -> list[str]:
 
 def _path(f: Any) -> str:
     return str(getattr(f, "name", f) if not isinstance(f, str | Path) else f)
-
-
-def _stamp() -> str:
-    import time
-
-    return time.strftime("%Y%m%d-%H%M%S")
 
 
 def _error(exc: BaseException) -> str:

@@ -174,7 +174,8 @@ def test_results_page_and_oversized_upload(page, world, tmp_path):
     big.write_bytes(b"\x89PNG" + os.urandom(2 * 1024 * 1024))
     _tab(page, "Classify")
     page.set_input_files("#classify-files input[type=file]", [str(big)])
-    page.wait_for_selector("text=/exceeds|too large|maximum/i")
+    page.wait_for_selector("text=/exceed|too large|maximum/i")
+    assert page.locator("#classify-files td.filename").count() == 0
     _upload(page, "classify-files", world.images[:1])
     page.click("#classify-run")
     page.wait_for_selector("#classify-status >> text=1 of 1 images scored")
