@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from cxr_tools.errors import ConfigError, DependencyError
+from cxr_tools.errors import ConfigError, DependencyError, ResourceError
 
 log = logging.getLogger(__name__)
 
@@ -91,33 +91,39 @@ def start(config: AppConfig) -> RunningApp:
         DependencyError: Gradio is not installed.
         ModelError: the run cannot be loaded.
     """
+    import importlib.util
+
     os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
-    try:
-        import gradio  # noqa: F401
-    except ImportError:
+    if importlib.util.find_spec("gradio") is None:
         raise DependencyError(
             "`cxr app` needs Gradio, which is not installed.", "pip install 'cxr-tools[app]' (or make setup)."
-        ) from None
-    from cxr_tools.webapp.page import build_page
+        )
     from cxr_tools.webapp.service import RunService
 
-    service = RunService(Path(config.model), config.device)
+    service = RunService(Path(config.model), config.device)  # a bad run fails before Gradio's slow import
     roots = list(config.results) or _results_roots(Path(config.model))
     examples = _examples(Path(config.data)) if config.data is not None else []
+    from cxr_tools.webapp.page import build_page
+
     page = build_page(service, roots, examples)
     auth = tuple(config.auth.split(":", 1)) if config.auth else None
     page.queue(default_concurrency_limit=1)  # one model: requests take turns
-    _, url, _ = page.launch(
-        server_name=config.host,
-        server_port=config.port or _free_port(config.host),
-        auth=auth,
-        share=False,
-        prevent_thread_lock=True,
-        quiet=True,
-        max_file_size=config.max_upload_mb * 1024 * 1024,
-        show_error=True,
-        footer_links=[],
-    )
+    try:
+        _, url, _ = page.launch(
+            server_name=config.host,
+            server_port=config.port or _free_port(config.host),
+            auth=auth,
+            share=False,
+            prevent_thread_lock=True,
+            quiet=True,
+            max_file_size=config.max_upload_mb * 1024 * 1024,
+            show_error=True,
+            footer_links=[],
+        )
+    except OSError as exc:  # the port is taken, or the address is not this machine's
+        raise ResourceError(
+            f"Cannot listen on {config.host}:{config.port}: {exc}", "Pass another --port (0 = any free port)."
+        ) from None
     log.info("serving %s at %s", config.model, url)
     return RunningApp(url=str(url), close=page.close, page=page)
 
