@@ -12,7 +12,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from webapp_fixtures import make_world
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -38,9 +37,14 @@ def _require_browser() -> None:
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory):
-    _require_browser()
-    return make_world(tmp_path_factory.mktemp("browser-world"))
+def world(webapp_world_checked):
+    return webapp_world_checked
+
+
+@pytest.fixture(scope="module")
+def webapp_world_checked(request):
+    _require_browser()  # skip before building anything
+    return request.getfixturevalue("webapp_world")
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,6 @@ import pytest
 import torch
 import yaml
 from typer.testing import CliRunner
-from webapp_fixtures import make_world
 
 from cxr_tools.cli.app import app
 from cxr_tools.data.predictions import csv_text
@@ -23,8 +22,8 @@ runner = CliRunner()
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory):
-    return make_world(tmp_path_factory.mktemp("webapp"))
+def world(webapp_world):
+    return webapp_world
 
 
 @pytest.fixture(scope="module")
