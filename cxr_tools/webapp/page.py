@@ -41,6 +41,11 @@ def build_page(service: RunService, results_roots: Sequence[Path], examples: Seq
         with gr.Tab("Classify", id="classify"):
             if service.can_classify:
                 gr.Markdown(f"{INTRO} Thresholds: {html.escape(service.threshold_rule)}.")
+            else:
+                gr.Markdown(
+                    f"This {html.escape(service.training)} run has no fixed finding head: it scores a finding only "
+                    "relative to labelled examples. Use the **Few-shot** tab; Similarity works as usual."
+                )
             with gr.Row():
                 files = gr.File(
                     file_count="multiple", label="X-ray images (PNG, JPEG, DICOM)", height=220, elem_id="classify-files"

@@ -84,7 +84,9 @@ class RunService:
         labels = [str(x) for x in self.meta.get("labels") or ()]
         n_out = int(self.meta.get("num_classes") or 0)
         self.can_classify = self.training not in NEEDS_SUPPORT and n_out > 0
-        self.labels = labels if len(labels) == n_out else [f"class_{j}" for j in range(n_out)]
+        self.labels = (
+            (labels if len(labels) == n_out else [f"class_{j}" for j in range(n_out)]) if self.can_classify else []
+        )
         self.thresholds, self.threshold_rule = run_thresholds(self.meta, self.labels)
         self.scorer = RunScorer(self.model, self.meta, self.device, False, None)
 

@@ -100,10 +100,25 @@ def test_a_maml_run_has_no_classify_but_adapts(tmp_path, world):
     from evaluate_factory import make_run
 
     maml = RunService(make_run(tmp_path, world.cache, "maml"), "cpu")
+    assert maml.labels == [] and not maml.can_classify
     with pytest.raises(ModelError, match="Few-shot tab"):
         maml.classify(world.images)
     adapted = maml.adapt("Blob", world.positives, world.negatives)
     assert adapted.method == "maml" and adapted.ways == 2  # the 2-way head it was meta-trained with
+
+
+def test_the_run_is_loaded_once_whatever_the_page_asks(world, monkeypatch):
+    import cxr_tools.models as models
+
+    loads = []
+    real = models.load_model_dir
+    monkeypatch.setattr(models, "load_model_dir", lambda *a, **k: loads.append(a) or real(*a, **k))
+    service = RunService(world.run, "cpu")
+    service.classify(world.images)
+    service.cam(service.decode(world.images[0]), "A")
+    service.similarity(*world.images)
+    service.score_adapted(service.adapt("Blob", world.positives, world.negatives), world.images)
+    assert len(loads) == 1
 
 
 def test_run_thresholds_come_from_the_model_card():
