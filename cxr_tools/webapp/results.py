@@ -9,6 +9,7 @@ a comparison's ``comparison.md`` is the ranked table with intervals and every pa
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,18 +30,24 @@ class ResultsView:
     plots: list[tuple[str, str]]
 
 
-def find_results(roots: list[Path], depth: int = 4) -> list[Path]:
-    """Evaluation and comparison directories under ``roots`` (at most ``depth`` levels down), sorted."""
+def find_results(roots: list[Path], depth: int = 4, max_dirs: int = 5000) -> list[Path]:
+    """Evaluation and comparison directories under ``roots``, at most ``depth`` levels down, sorted.
+
+    The walk is bounded (``max_dirs`` folders in all, hidden ones skipped) so a root above a dataset of a
+    hundred thousand files still starts the page at once; ``cxr app --results`` names a folder explicitly.
+    """
     found: set[Path] = set()
+    visited = 0
     for root in roots:
         root = Path(root)
-        if not root.is_dir():
-            continue
-        for name in ("summary.json", "comparison.json"):
-            for level in range(depth + 1):
-                for hit in root.glob("/".join(["*"] * level + [name])):
-                    if len(found) < MAX_LISTED:
-                        found.add(hit.parent.resolve())
+        base = len(root.parts)
+        for folder, dirs, files in os.walk(root):
+            visited += 1
+            if "summary.json" in files or "comparison.json" in files:
+                found.add(Path(folder).resolve())
+            dirs[:] = [] if len(Path(folder).parts) - base >= depth else sorted(d for d in dirs if d[0] != ".")
+            if visited >= max_dirs or len(found) >= MAX_LISTED:
+                return sorted(found)
     return sorted(found)
 
 
