@@ -34,21 +34,29 @@ def runs(
     config: ConfigOpt = None,
     json_output: JsonOpt = False,
 ) -> None:
-    """List what the workspace holds ($CXR_DATA, $CXR_CACHE, $CXR_RUNS): kind, name, status, date, headline metric,
-    path. A name in the list can be given to the commands in place of the path."""
+    """List what the workspace holds ($CXR_DATA, $CXR_CACHE, $CXR_RUNS): kind, name, status, date, headline metric.
+
+    A name is the path under the root of its kind (printed first; --json gives every full path), and the commands
+    take it in place of the path: `cxr preprocess NAME`, `cxr meta-train CACHE-NAME`, `cxr evaluate RUN-NAME`,
+    `cxr predict --model RUN-NAME`.
+    """
     with handle_errors():
         from cxr_tools.engine.runs import RunsConfig, list_runs
 
         result = list_runs(config_from_params(RunsConfig, ctx.params))
 
     def render(console: Console) -> None:
-        table = Table(title=f"Workspace {escape(str(result.home))}")
-        for column in ("kind", "name", "status", "date", "metric", "path"):
-            table.add_column(column, overflow="fold")
+        # A name is its path under the root of its kind (listed first); --json gives every full path.
+        console.print(f"datasets {result.data}\ncaches   {result.cache}\nruns     {result.runs}", markup=False)
+        table = Table()
+        for column in ("kind", "name", "status", "date", "metric"):
+            table.add_column(column, no_wrap=column != "name", overflow="fold")
         for e in result.entries:
-            table.add_row(e.kind, escape(e.name), e.status, e.date or "-", e.metric or "-", escape(str(e.path)))
-        console.print(table)
-        if not result.entries:
+            date = e.date[:16].replace("T", " ") if e.date else "-"
+            table.add_row(e.kind, escape(e.name), e.status, date, e.metric or "-")
+        if result.entries:
+            console.print(table)
+        else:
             console.print(
                 "Nothing yet: start with `cxr download synthetic` (or another dataset), then `cxr preprocess`."
             )
