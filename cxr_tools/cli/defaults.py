@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 
-from cxr_tools import workspace
 from cxr_tools.cli.common import config_source
+
+if TYPE_CHECKING:
+    from cxr_tools.workspace import ModelChoice
 
 #: evaluate methods that need no trained run.
 RUNLESS_METHODS = ("scratch", "pixels")
@@ -27,16 +29,16 @@ def _say(text: str) -> None:
 
 
 def _significant(ctx: typer.Context) -> dict[str, Any]:
+    from cxr_tools import workspace
+
     defaults = {p.name: p.default for p in ctx.command.params if p.name is not None}
     return workspace.significant(ctx.params, defaults)
 
 
-def _explicit(ctx: typer.Context, name: str) -> bool:
-    return ctx.params.get(name) is not None and Path(ctx.params[name]).expanduser().exists()
-
-
 def download_dest(ctx: typer.Context, dataset: str) -> None:
     """``--output`` of ``cxr download NAME``, else ``$CXR_DATA/NAME``."""
+    from cxr_tools import workspace
+
     if ctx.params.get("output") is None:
         ctx.params["output"] = workspace.dataset_dir(dataset)
         _say(f"Dataset folder: {ctx.params['output']}")
@@ -48,6 +50,8 @@ def preprocess_paths(ctx: typer.Context) -> None:
     With ``--merge`` SRC are the shard caches (paths or cache names) and ``-o`` is required: the merged cache
     is named by the user, not derived from one shard.
     """
+    from cxr_tools import workspace
+
     src = list(ctx.params.get("src") or [])
     if ctx.params.get("merge"):
         ctx.params["src"] = [workspace.resolve_cache(s, "SRC") for s in src]
@@ -56,7 +60,7 @@ def preprocess_paths(ctx: typer.Context) -> None:
         return
     resolved = [workspace.resolve_dataset(s) for s in src] or [workspace.resolve_dataset(None)]
     ctx.params["src"] = resolved
-    if not src or not Path(src[0]).expanduser().exists():
+    if not src or resolved[0] != Path(src[0]).expanduser():
         _say(f"Dataset: {resolved[0]}")
     if ctx.params.get("output") is None and len(resolved) == 1:
         ctx.params["output"] = workspace.cache_dir(resolved[0].name, _significant(ctx))
@@ -64,9 +68,11 @@ def preprocess_paths(ctx: typer.Context) -> None:
 
 
 def _cache(ctx: typer.Context, name: str, flag: str) -> Path:
+    from cxr_tools import workspace
+
     given = ctx.params.get(name)
     cache = workspace.resolve_cache(given, flag)
-    if given is None or not _explicit(ctx, name):
+    if given is None or cache != Path(given).expanduser():
         _say(f"Cache: {cache}")
     ctx.params[name] = cache
     return cache
@@ -75,6 +81,8 @@ def _cache(ctx: typer.Context, name: str, flag: str) -> Path:
 def training_paths(ctx: typer.Context, kind: str, label: str) -> None:
     """CACHE as a path or cache name (or the only cache); ``-o`` else ``$CXR_RUNS/<kind>/<cache>-<label>-<hash>``
     (same command, same folder: a rerun resumes it)."""
+    from cxr_tools import workspace
+
     settings = _significant(ctx)
     cache = _cache(ctx, "cache", "CACHE")
     if ctx.params.get("output") is None:
@@ -86,6 +94,8 @@ def evaluate_paths(ctx: typer.Context) -> None:
     """``--data`` as a path or cache name (or the only cache); RUN as a path or run name, else the latest
     completed run (not for the run-less methods); ``-o`` of a run-less evaluation else
     ``$CXR_RUNS/evaluate/<cache>-<method>-<N>w<K>s-<hash>`` (with a run, the engine's ``RUN/eval``)."""
+    from cxr_tools import workspace
+
     settings = _significant(ctx)
     method = str(ctx.params.get("method"))
     run = ctx.params.get("run")
@@ -93,7 +103,7 @@ def evaluate_paths(ctx: typer.Context) -> None:
         choice = workspace.choose_run(
             run, config_source(ctx, "run"), kinds=workspace.TRAINING_KINDS, purpose=f"--method {method} needs a run"
         )
-        if choice.source == workspace.LATEST or not _explicit(ctx, "run"):
+        if run is None or choice.path != Path(run).expanduser():  # chosen or looked up: say which
             _say(f"Run: {choice.path} ({'from ' if choice.source != workspace.LATEST else ''}{choice.source})")
         ctx.params["run"] = choice.path
     data = _cache(ctx, "data", "--data")
@@ -103,9 +113,11 @@ def evaluate_paths(ctx: typer.Context) -> None:
         _say(f"Evaluation directory: {ctx.params['output']}")
 
 
-def predict_model(ctx: typer.Context) -> workspace.ModelChoice:
+def predict_model(ctx: typer.Context) -> ModelChoice:
     """``--model`` (flag, ``CXR_MODEL``, a config file), else the latest completed run that can predict (any
     run with ``--support``, a supervised one without); said on stderr, recorded by the caller beside the CSV."""
+    from cxr_tools import workspace
+
     kinds = workspace.predict_kinds(ctx.params.get("support") is not None)
     purpose = "No --model given" + ("" if ctx.params.get("support") is not None else " (and no --support)")
     choice = workspace.choose_run(ctx.params.get("model"), config_source(ctx, "model"), kinds=kinds, purpose=purpose)
