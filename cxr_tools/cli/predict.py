@@ -45,8 +45,8 @@ def predict(
             "--model",
             "-m",
             envvar="CXR_MODEL",
-            help="Run directory, its name in $CXR_RUNS, or a model folder to predict with (also: the user config's "
-            "'model').",
+            help="Run directory, its name in $CXR_RUNS, or a model folder to predict with (also CXR_MODEL, or "
+            "'model' under 'predict:' in $CXR_HOME/config.yaml).",
             show_default="the most recently completed run in $CXR_RUNS that can predict",
         ),
     ] = None,

@@ -141,7 +141,7 @@ def test_predict_model_precedence(monkeypatch, tmp_path):
     assert cfg.model == latest and "most recently completed" in err
     cfg, _ = _capture(monkeypatch, target, [*args, "--support", str(tmp_path)])
     assert cfg.model.name == "maml"
-    _user_config(f"model: {tmp_path / 'from-user-config'}\n")
+    _user_config(f"predict:\n  model: {tmp_path / 'from-user-config'}\n")
     cfg, err = _capture(monkeypatch, target, args)
     assert cfg.model == tmp_path / "from-user-config" and "user config" in err
     monkeypatch.setenv("CXR_MODEL", "sup")  # a run name
