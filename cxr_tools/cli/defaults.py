@@ -87,6 +87,9 @@ def training_paths(ctx: typer.Context, kind: str, label: str) -> None:
     cache = _cache(ctx, "cache", "CACHE")
     if ctx.params.get("output") is None:
         ctx.params["output"] = workspace.run_dir(kind, cache, label, settings)
+        # the run's saved config names the cache as the hash does, so `cxr meta-train NAME` resumes the run
+        # `cxr meta-train` or `cxr meta-train ./NAME` started
+        ctx.params["cache"] = cache.resolve()
         _say(f"Run directory: {ctx.params['output']}")
 
 
@@ -110,6 +113,7 @@ def evaluate_paths(ctx: typer.Context) -> None:
     if ctx.params.get("run") is None and ctx.params.get("output") is None:
         label = f"{method}-{ctx.params.get('ways')}w{ctx.params.get('shots')}s"
         ctx.params["output"] = workspace.run_dir("evaluate", data, label, settings)
+        ctx.params["data"] = data.resolve()  # as in training_paths: named as the hash names it
         _say(f"Evaluation directory: {ctx.params['output']}")
 
 

@@ -108,7 +108,7 @@ def test_training_defaults_resume_the_same_run_and_refuse_an_ambiguous_cache(mon
     assert first.cache == cache and first.output.parent == _home() / "runs" / "meta-train"
     assert first.output.name.startswith("syn-32px-2w7s-") and f"Run directory: {first.output}" in err
     again, _ = _capture(monkeypatch, target, ["meta-train", "syn-32px", "--shots", "7", "--device", "cpu", "--quiet"])
-    assert again.output == first.output
+    assert again.output == first.output and again.cache == first.cache == cache.resolve()
     other, _ = _capture(monkeypatch, target, ["meta-train", "--shots", "7", "--queries", "3"])
     assert other.output != first.output
     siamese, _ = _capture(monkeypatch, "cxr_tools.engine.train_siamese:train_siamese", ["train-siamese"])
