@@ -96,9 +96,9 @@ def config_source(ctx: typer.Context, name: str) -> str:
     source = ctx.get_parameter_source(name)
     kind = source.name if source is not None else "DEFAULT"
     param = next((p for p in ctx.command.params if p.name == name), None)
-    flag = next((o for o in getattr(param, "opts", []) if o.startswith("--")), name)
+    flag = next((o for o in getattr(param, "opts", []) if o.startswith("--")), None)
     if kind == "COMMANDLINE":
-        return flag
+        return flag or "the command line"
     if kind == "ENVIRONMENT":
         return str(getattr(param, "envvar", None) or "the environment")
     if kind == "DEFAULT_MAP":
