@@ -51,7 +51,8 @@ def test_nobody_imports_click():
         ("data", {"models", "engine", "cli", "methods"}),
         ("methods", {"engine", "cli"}),
         ("eval", {"engine", "cli"}),
-        ("runtime", {"data", "models", "methods", "eval", "engine", "cli"}),
+        ("runtime", {"data", "models", "methods", "eval", "workspace", "engine", "cli"}),
+        ("workspace", {"data", "models", "methods", "eval", "engine", "cli"}),
         ("engine", {"cli"}),
     ],
 )
