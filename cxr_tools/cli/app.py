@@ -23,6 +23,7 @@ from cxr_tools.cli import (
     models,
     predict,
     preprocess,
+    runs,
     similarity,
     stats,
     train,
@@ -87,6 +88,8 @@ app.command("train")(train.train)
 app.command("train-siamese")(train_siamese.train_siamese)
 app.command("predict")(predict.predict)
 app.command("similarity")(similarity.similarity)
+app.command("runs")(runs.runs)
+app.command("ls", help="Alias of `cxr runs`.")(runs.runs)
 app.command("app")(webapp.app)
 
 

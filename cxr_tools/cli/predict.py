@@ -25,6 +25,7 @@ from cxr_tools.cli.common import (
     progress_for,
     stderr_console,
 )
+from cxr_tools.cli.defaults import predict_model
 
 
 def predict(
@@ -39,8 +40,16 @@ def predict(
     ],
     output: Annotated[Path, output_option("The predictions CSV to write.")],
     model: Annotated[
-        Path, typer.Option("--model", "-m", help="Run directory or model folder to predict with.", show_default=False)
-    ],
+        Path | None,
+        typer.Option(
+            "--model",
+            "-m",
+            envvar="CXR_MODEL",
+            help="Run directory, its name in $CXR_RUNS, or a model folder to predict with (also CXR_MODEL, or "
+            "'model' under 'predict:' in $CXR_HOME/config.yaml).",
+            show_default="the most recently completed run in $CXR_RUNS that can predict",
+        ),
+    ] = None,
     batch_size: Annotated[
         int, typer.Option("--batch-size", "-b", min=1, help="Images per forward pass (scores do not depend on it).")
     ] = 32,
@@ -120,9 +129,12 @@ def predict(
     """
     with handle_errors():
         from cxr_tools.engine.predict import PredictConfig, run_predict
+        from cxr_tools.workspace import record_choice
 
+        choice = predict_model(ctx)
         cfg = config_from_params(PredictConfig, ctx.params)
         result = run_predict(cfg, progress_for(quiet))
+        record_choice(result.output, choice)
 
     _report_failures(stderr_console(), result)
 

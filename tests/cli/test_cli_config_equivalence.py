@@ -39,6 +39,8 @@ ENGINES = {
     "download nih": "cxr_tools.engine.download:download_nih",
     "download kaggle": "cxr_tools.engine.download:download_kaggle",
     "download chexpert": "cxr_tools.engine.download:download_chexpert",
+    "runs": "cxr_tools.engine.runs:list_runs",
+    "ls": "cxr_tools.engine.runs:list_runs",
 }
 
 # Values the command body parses itself, or that pick another code path, by (command, parameter).
