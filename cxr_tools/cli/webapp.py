@@ -8,17 +8,33 @@ from typing import Annotated
 
 import typer
 
-from cxr_tools.cli.common import ConfigOpt, DeviceOpt, config_from_params, handle_errors, stderr_console
+from cxr_tools.cli.common import (
+    ConfigOpt,
+    DeviceOpt,
+    config_from_params,
+    config_source,
+    handle_errors,
+    stderr_console,
+)
 
 
 def app(
     ctx: typer.Context,
     model: Annotated[
-        Path, typer.Option("--model", "-m", help="Run directory or model folder to serve.", show_default=False)
-    ],
+        Path | None,
+        typer.Option(
+            "--model",
+            "-m",
+            envvar="CXR_MODEL",
+            help="Run directory, its name in $CXR_RUNS, or a model folder to serve (also CXR_MODEL).",
+            show_default="the most recently completed run in $CXR_RUNS",
+        ),
+    ] = None,
     data: Annotated[
         Path | None,
-        typer.Option("--data", "-d", help="Cache whose test images are offered as examples.", show_default=False),
+        typer.Option(
+            "--data", "-d", help="Cache (path or name) whose test images are offered as examples.", show_default=False
+        ),
     ] = None,
     host: Annotated[
         str, typer.Option("--host", help="Address to listen on; anything but 127.0.0.1 / localhost needs --auth.")
@@ -48,10 +64,19 @@ def app(
     """
     console = stderr_console()
     with handle_errors():
+        from cxr_tools import workspace
         from cxr_tools.webapp.server import AppConfig, serve
 
+        choice = workspace.choose_run(
+            model, config_source(ctx, "model"), kinds=workspace.TRAINING_KINDS, purpose="No --model given"
+        )
+        if model is None or choice.path != Path(model).expanduser():
+            console.print(f"Model: {choice.path} ({choice.source})", highlight=False)
+        ctx.params["model"] = choice.path
+        if data is not None:
+            ctx.params["data"] = workspace.resolve_cache(data, "--data")
         cfg = config_from_params(AppConfig, ctx.params, results=tuple(results or ()))
         try:
-            serve(cfg, on_ready=lambda url: console.print(f"cxr app: serving {model} at {url} (Ctrl-C stops)"))
+            serve(cfg, on_ready=lambda url: console.print(f"cxr app: serving {cfg.model} at {url} (Ctrl-C stops)"))
         except KeyboardInterrupt:
             console.print("stopped")

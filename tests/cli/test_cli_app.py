@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+from pathlib import Path
 
 from predict_fixtures import make_model_dir
 from typer.testing import CliRunner
@@ -40,3 +41,22 @@ def test_a_taken_port_is_a_clear_error(tmp_path):
         port = s.getsockname()[1]
         res = runner.invoke(app, ["app", "-m", str(model), "--port", str(port), "--device", "cpu"])
     assert res.exit_code == 1 and "--port" in res.stderr, res.output
+
+
+def test_model_defaults_to_the_latest_completed_run_of_the_workspace(tmp_path, monkeypatch):
+    import json
+    import os
+
+    import cxr_tools.webapp.server as server
+
+    runs = Path(os.environ["CXR_HOME"]) / "runs"
+    for name, end in (("old", "2026-01-01T00:00:00+00:00"), ("new", "2026-02-01T00:00:00+00:00")):
+        make_model_dir(runs / "train" / name / "model")
+        (runs / "train" / name / "run.json").write_text(json.dumps({"status": "completed", "end_time": end}))
+    seen = []
+    monkeypatch.setattr(server, "serve", lambda cfg, on_ready=None: seen.append(cfg))
+    res = runner.invoke(app, ["app"])
+    assert res.exit_code == 0, res.output
+    assert seen[0].model == runs / "train" / "new" and "Model:" in res.stderr
+    res = runner.invoke(app, ["app", "-m", "old"])  # a run's name in $CXR_RUNS
+    assert res.exit_code == 0 and seen[1].model == runs / "train" / "old"
