@@ -5,6 +5,7 @@ from __future__ import annotations
 import socket
 from pathlib import Path
 
+import pytest
 from predict_fixtures import make_model_dir
 from typer.testing import CliRunner
 
@@ -33,6 +34,7 @@ def test_missing_run_and_missing_gradio_are_one_line_errors(tmp_path, monkeypatc
     assert res.exit_code == 1 and "cxr-tools[app]" in res.stderr
 
 
+@pytest.mark.slow  # imports Gradio and builds the page before the port is tried
 def test_a_taken_port_is_a_clear_error(tmp_path):
     model = make_model_dir(tmp_path / "run" / "model")
     with socket.socket() as s:
