@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 PKG = Path(__file__).resolve().parents[2] / "cxr_tools"
-HEAVY = ("torch", "torchvision", "cv2", "h5py", "sklearn", "learn2learn", "higher", "pandas", "matplotlib", "gradio", "captum")
+HEAVY = ("torch", "torchvision", "cv2", "h5py", "sklearn", "learn2learn", "higher", "pandas", "matplotlib")
+HEAVY += ("gradio", "captum")  # cxr app, Grad-CAM
 
 
 def _imports(path: Path) -> list[str]:
