@@ -45,6 +45,7 @@ def save(page: object, path: Path) -> None:
     """A viewport screenshot, palette-quantised (Pillow comes with Gradio)."""
     from PIL import Image
 
+    page.wait_for_timeout(1500)  # type: ignore[attr-defined]  # let the outputs finish fading in
     page.screenshot(path=str(path))  # type: ignore[attr-defined]
     Image.open(path).convert("RGB").quantize(colors=256).save(path, optimize=True)
     print(f"{path}: {path.stat().st_size // 1024} KB")
@@ -65,7 +66,7 @@ def main() -> None:
 
     from cxr_tools.webapp.server import AppConfig, start
 
-    demo = args.demo.resolve()
+    demo = args.demo  # as given: the page header shows the run path this way
     images = demo_images(demo)
     running = start(AppConfig(demo / "runs" / "supervised", data=demo / "cache", port=0, results=(demo,)))
     args.output.mkdir(parents=True, exist_ok=True)
