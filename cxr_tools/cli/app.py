@@ -28,6 +28,7 @@ from cxr_tools.cli import (
     stats,
     train,
     train_siamese,
+    webapp,
 )
 
 app = typer.Typer(
@@ -89,6 +90,7 @@ app.command("predict")(predict.predict)
 app.command("similarity")(similarity.similarity)
 app.command("runs")(runs.runs)
 app.command("ls", help="Alias of `cxr runs`.")(runs.runs)
+app.command("app")(webapp.app)
 
 
 def main() -> None:

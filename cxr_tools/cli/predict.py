@@ -91,6 +91,21 @@ def predict(
         ),
     ] = "auto",
     finetune: Annotated[str, typer.Option("--finetune", help="Fine-tune a new 'head' only or 'all' layers.")] = "head",
+    cam: Annotated[
+        Path | None,
+        typer.Option(
+            "--cam",
+            help="Also write Grad-CAM overlay PNGs into this folder: per image, one per finding at or above its "
+            "threshold (0.5 without --threshold), or per --cam-classes finding.",
+            show_default=False,
+        ),
+    ] = None,
+    cam_classes: Annotated[
+        str | None,
+        typer.Option(
+            "--cam-classes", help="Findings to explain for every image with --cam (Effusion,Mass).", show_default=False
+        ),
+    ] = None,
     device: DeviceOpt = "auto",
     amp: Annotated[bool, typer.Option("--amp", help="Mixed precision (CUDA only).")] = False,
     seed: SeedOpt = 0,
@@ -131,6 +146,8 @@ def predict(
             f"-> {escape(str(result.output))}",
             highlight=False,
         )
+        if result.cam is not None:
+            console.print(f"{result.n_cam} saliency overlays -> {escape(str(result.cam))}", highlight=False)
 
     emit(result, json_output, render)
     if result.n_failed and result.n_failed >= result.n_inputs:

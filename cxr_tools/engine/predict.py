@@ -73,6 +73,8 @@ class PredictConfig:
         seed: seed of the adaptation (a fresh head's initialisation).
         overwrite: replace an existing output CSV.
         resume: continue an interrupted run's partial output (same settings); False starts over.
+        cam: write Grad-CAM overlay PNGs here (:mod:`cxr_tools.models.saliency`), per image and per finding at
+            or above its threshold (0.5 without one), or per finding of ``cam_classes`` (``A,B``).
     """
 
     input: Path
@@ -90,6 +92,8 @@ class PredictConfig:
     seed: int = 0
     overwrite: bool = False
     resume: bool = True
+    cam: Path | None = None
+    cam_classes: str | None = None
 
     def __post_init__(self) -> None:
         check_at_least("--batch-size", self.batch_size)
@@ -118,6 +122,8 @@ class PredictResult:
     seconds: float
     images_per_second: float
     failures: tuple[tuple[str, str], ...]
+    cam: Path | None = None
+    n_cam: int = 0
 
 
 def run_predict(config: PredictConfig, progress: Progress | None = None) -> PredictResult:
@@ -130,6 +136,8 @@ def run_predict(config: PredictConfig, progress: Progress | None = None) -> Pred
         DataError: the support set lacks positives or negatives, or one of its images is unreadable.
     """
     progress = null_progress(progress)
+    if config.cam is not None and config.support is not None:
+        raise ConfigError("--cam explains the run's own finding head, not a support-adapted scorer.", "Drop --cam.")
     started = time.perf_counter()
     out = Path(config.output)
     output_plan(out, overwrite=config.overwrite, file=True)  # an existing CSV is replaced at the final rename
@@ -154,6 +162,11 @@ def run_predict(config: PredictConfig, progress: Progress | None = None) -> Pred
     )
     thresholds = parse_thresholds(config.threshold, labels)
     ops = model_ops(meta)
+    cams = None
+    if config.cam is not None:
+        from cxr_tools.models.saliency import CamFolder
+
+        cams = CamFolder.plan(Path(config.cam), labels, config.cam_classes, overwrite=config.overwrite)
 
     n = len(inputs.items)
     writer = PredictionsWriter(
@@ -180,6 +193,11 @@ def run_predict(config: PredictConfig, progress: Progress | None = None) -> Pred
         writer.finish()
     finally:
         writer.close()
+    if cams is not None:  # Grad-CAM overlays: the inputs decoded again, explained by the run's own head
+        from cxr_tools.data.decode import decode_stream
+
+        for start, block, rejected in decode_stream(inputs.items, ops, workers=0, chunk=config.batch_size):
+            cams.write(scorer.model, meta, block, start, rejected, inputs.items, thresholds)
 
     failed = [(row[0], row[-1]) for row in writer.resumed_rows if row[-1]]
     failed += [(todo[i].display, errors[i]) for i in range(len(todo)) if errors[i]]
@@ -200,6 +218,8 @@ def run_predict(config: PredictConfig, progress: Progress | None = None) -> Pred
         seconds=round(time.perf_counter() - started, 3),
         images_per_second=round(n_new_ok / loop_seconds, 2) if loop_seconds > 0 else 0.0,
         failures=tuple(failed[:MAX_LISTED_FAILURES]),
+        cam=cams.folder if cams is not None else None,
+        n_cam=cams.written if cams is not None else 0,
     )
 
 

@@ -34,6 +34,7 @@ ENGINES = {
     "train-siamese": "cxr_tools.engine.train_siamese:train_siamese",
     "predict": "cxr_tools.engine.predict:run_predict",
     "similarity": "cxr_tools.engine.similarity:run_similarity",
+    "app": "cxr_tools.webapp.server:serve",
     "download synthetic": "cxr_tools.engine.download:download_synthetic",
     "download nih": "cxr_tools.engine.download:download_nih",
     "download kaggle": "cxr_tools.engine.download:download_kaggle",
@@ -49,6 +50,7 @@ OVERRIDES: dict[tuple[str, str], Any] = {
     ("preprocess", "fractions"): "0.5,0.25,0.25",
     ("download nih", "parts"): "1,3-4",
     ("download nih", "checksums"): "images_001.tar.gz=0a1b,images_002.tar.gz=2c3d",
+    ("app", "auth"): "user:pass",  # USER:PASS, checked by AppConfig
 }
 # Values written in YAML's own form where the flag takes a text: the file must give the same config.
 YAML_FORMS: dict[tuple[str, str], Any] = {
