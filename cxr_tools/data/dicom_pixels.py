@@ -47,12 +47,20 @@ _READ_ERRORS = (EOFError, ValueError, KeyError, OSError, AttributeError, TypeErr
 def decode_dicom(path: Path, data: bytes) -> np.ndarray:
     """The image of one DICOM file (its bytes ``data``) as uint8 / uint16 / float [H, W]; see the module doc."""
     import pydicom
-    from pydicom.errors import InvalidDicomError
 
     try:
         ds = pydicom.dcmread(io.BytesIO(data), force=True)
-    except (InvalidDicomError, *_READ_ERRORS) as exc:
+    except Exception as exc:  # corrupt bytes make pydicom raise many types (found by tests/unit/test_decode_fuzz.py)
         raise ImageDecodeError(path, f"unreadable DICOM ({type(exc).__name__})") from None
+    try:
+        return _decode(path, ds, data)
+    except ImageDecodeError:
+        raise
+    except Exception as exc:  # a malformed element met while decoding (values are parsed lazily)
+        raise ImageDecodeError(path, f"malformed DICOM ({type(exc).__name__}: {_first_line(exc)})") from None
+
+
+def _decode(path: Path, ds: Any, data: bytes) -> np.ndarray:
     if "PixelData" not in ds and "FloatPixelData" not in ds and "DoubleFloatPixelData" not in ds:
         magic = len(data) >= 132 and data[128:132] == b"DICM"
         raise ImageDecodeError(path, "DICOM without pixel data" if magic else "not a DICOM file (no DICM header)")
