@@ -8,7 +8,7 @@ is not needed). A 12-bit JPEG whose scan header carries the wrong spectral range
 them (NEMA's WG04 ``NM1_JPLY``, pydicom's ``JPEG-lossy.dcm``), is decoded after the header is set to what a
 sequential JPEG must hold, which is what the IJG library does with such files (it warns and goes on).
 
-What the pixels become (docs/design.md, "Images"):
+What the pixels become:
 
 * grayscale: modality LUT (rescale slope / intercept), then the VOI LUT or window when the file has one
   (uint8 over the window), MONOCHROME1 inverted, so that higher is brighter as a viewer shows it;
