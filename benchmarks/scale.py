@@ -79,7 +79,8 @@ def images_per_patient(rng: np.random.Generator, images: int, patients: int) -> 
 
 
 def findings(rng: np.random.Generator, n: int) -> list[str]:
-    """``Finding Labels`` cells with NIH's No Finding share and per-finding frequencies."""
+    """``Finding Labels`` cells with NIH's No Finding share and per-finding frequencies (each within 15 %: the
+    findings of an image are drawn without replacement, which flattens the commonest a little)."""
     names = list(NIH_COUNTS)
     freq = np.array([NIH_COUNTS[k] for k in names], dtype=np.float64)
     abnormal = rng.random(n) >= NO_FINDING / NIH_IMAGES
