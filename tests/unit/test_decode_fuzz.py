@@ -15,12 +15,15 @@ import pydicom
 from dicom_fixtures import dx_dataset, set_pixels
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
+from hypothesis.configuration import set_hypothesis_home_dir
 from pydicom import uid
 
 from cxr_tools.data.imaging import ImageDecodeError, ImageOps, decode_image, load_image
 from cxr_tools.data.preprocess_pipeline import ChunkTask, process_chunk
 
-# derandomized and without an example database: the same examples every run, nothing written into the repository
+# derandomized and without an example database: the same examples every run; Hypothesis' cache of the constants
+# it finds in the source goes to the temp dir, so nothing is written into the repository
+set_hypothesis_home_dir(Path(tempfile.gettempdir()) / "cxr-tools-hypothesis")
 FUZZ = settings(
     max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow], derandomize=True, database=None
 )
