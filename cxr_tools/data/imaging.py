@@ -2,9 +2,12 @@
 
 The pipeline, in order (each step a field of :class:`ImageOps`, recorded in the cache manifest):
 
-1. :func:`decode_image` -- PNG / JPEG / BMP / TIFF through OpenCV, DICOM through pydicom. The result is a 2-D
-   grayscale array (uint8 or uint16) in which *higher means brighter*: DICOM MONOCHROME1 is inverted, the
-   modality LUT (rescale slope / intercept) and the VOI LUT or window are applied the way a viewer would.
+1. :func:`decode_image` -- PNG / JPEG / BMP / TIFF through OpenCV, DICOM through pydicom
+   (:mod:`cxr_tools.data.dicom_pixels`, every common transfer syntax). The result is a 2-D grayscale array
+   (uint8 or uint16) in which *higher means brighter*, oriented as a viewer shows it: colour, palette and
+   alpha images become gray (alpha dropped), a JPEG's EXIF orientation is applied (as ``cv2.imread`` and
+   PIL's ``exif_transpose`` do), DICOM MONOCHROME1 is inverted and the modality LUT and VOI LUT or window
+   are applied.
 2. :func:`to_uint8` -- 16-bit or float to 8-bit by min-max over the image (a DICOM window is already 8-bit).
 3. :func:`apply_ops` -- crop (``center`` square, ``letterbox`` pad with 0, or ``none`` = plain resize), resize
    with area interpolation when shrinking, CLAHE, additive brightness offset.
@@ -202,7 +205,7 @@ def _not_an_image_reason(buf: np.ndarray) -> str:
     return "not a decodable image (unknown or corrupt format)"
 
 
-def _to_gray(arr: np.ndarray, path: Path, *, bgr: bool = True) -> np.ndarray:
+def to_gray(arr: np.ndarray, path: Path, *, bgr: bool = True) -> np.ndarray:
     import cv2
 
     if arr.ndim == 2:
@@ -232,12 +235,13 @@ def _decode_raster(path: Path, buf: np.ndarray) -> np.ndarray:
     if reason:
         raise ImageDecodeError(path, reason)
     try:
-        arr = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED)
+        # any depth (16-bit stays 16-bit), any colour, alpha dropped, EXIF orientation applied (as cv2.imread)
+        arr = cv2.imdecode(buf, cv2.IMREAD_ANYDEPTH | cv2.IMREAD_ANYCOLOR)
     except cv2.error as exc:
         raise ImageDecodeError(path, f"decoder error ({str(exc).strip().splitlines()[-1][:120]})") from None
     if arr is None:
         raise ImageDecodeError(path, _not_an_image_reason(buf))
-    arr = _to_gray(arr, path)
+    arr = to_gray(arr, path)
     if arr.ndim != 2 or arr.shape[0] < 1 or arr.shape[1] < 1:
         raise ImageDecodeError(path, f"unsupported image shape {arr.shape}")
     if arr.dtype == np.int8:
@@ -245,7 +249,7 @@ def _decode_raster(path: Path, buf: np.ndarray) -> np.ndarray:
     return arr
 
 
-def _minmax(arr: np.ndarray, dtype: type[np.unsignedinteger[Any]]) -> np.ndarray:
+def minmax(arr: np.ndarray, dtype: type[np.unsignedinteger[Any]]) -> np.ndarray:
     """Linear min-max stretch to the full range of an unsigned integer dtype; a flat image becomes 0."""
     top = float(np.iinfo(dtype).max)
     arr = np.asarray(arr, dtype=np.float64)
@@ -261,95 +265,13 @@ def _minmax(arr: np.ndarray, dtype: type[np.unsignedinteger[Any]]) -> np.ndarray
     return np.rint(out, out=out).astype(dtype)
 
 
-def _voi_range(ds: Any) -> tuple[float, float] | None:
-    """Output range of the VOI transform pydicom applies (DICOM PS3.3 C.11.2), or None when there is none."""
-    seq = ds.get("VOILUTSequence")
-    if seq and seq[0].get("LUTDescriptor") is not None and seq[0].get("LUTData") is not None:
-        data = seq[0].LUTData
-        values = np.frombuffer(data, dtype="<u2") if isinstance(data, bytes) else np.asarray(data, dtype=np.float64)
-        return float(values.min()), float(values.max())
-    if ds.get("WindowCenter") is None or ds.get("WindowWidth") is None:
-        return None
-    bits = int(ds.get("BitsStored") or ds.get("BitsAllocated") or 16)
-    if ds.get("ModalityLUTSequence"):
-        y_min, y_max = 0.0, float(2 ** int(ds.ModalityLUTSequence[0].LUTDescriptor[2]) - 1)
-    elif int(ds.get("PixelRepresentation", 0) or 0) == 0:
-        y_min, y_max = 0.0, float(2**bits - 1)
-    else:
-        y_min, y_max = float(-(2 ** (bits - 1))), float(2 ** (bits - 1) - 1)
-    slope, intercept = ds.get("RescaleSlope"), ds.get("RescaleIntercept")
-    if slope is not None and intercept is not None:
-        y_min, y_max = y_min * float(slope) + float(intercept), y_max * float(slope) + float(intercept)
-    return min(y_min, y_max), max(y_min, y_max)
-
-
-def _decode_dicom(path: Path, buf: np.ndarray) -> np.ndarray:
-    import io
-
-    import pydicom
-    from pydicom.errors import InvalidDicomError
-    from pydicom.pixels import apply_modality_lut, apply_voi_lut
-
-    try:
-        ds = pydicom.dcmread(io.BytesIO(buf.tobytes()), force=True)
-    except (InvalidDicomError, EOFError, ValueError, KeyError, OSError, AttributeError, TypeError) as exc:
-        raise ImageDecodeError(path, f"unreadable DICOM ({type(exc).__name__})") from None
-    if "PixelData" not in ds and "FloatPixelData" not in ds and "DoubleFloatPixelData" not in ds:
-        magic = buf.size >= 132 and buf[128:132].tobytes() == b"DICM"
-        raise ImageDecodeError(path, "DICOM without pixel data" if magic else "not a DICOM file (no DICM header)")
-    try:
-        arr = ds.pixel_array
-    except Exception as exc:  # pydicom raises many types for broken or unsupported pixel data
-        text = str(exc).strip().splitlines()[0][:120] if str(exc).strip() else type(exc).__name__
-        if "plugin" in text.lower() or "decod" in text.lower():
-            text = f"compressed pixel data needs an extra decoder (pip install pylibjpeg pylibjpeg-libjpeg): {text}"
-        raise ImageDecodeError(path, f"DICOM pixel data unreadable ({text})") from None
-    frames = int(ds.get("NumberOfFrames") or 1)
-    samples = int(ds.get("SamplesPerPixel") or 1)
-    if frames > 1 and arr.ndim == (3 if samples == 1 else 4):
-        log.warning("%s: multi-frame DICOM (%d frames); using the first frame", path, frames)
-        arr = arr[0]
-    photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).upper()
-    if samples > 1 or arr.ndim == 3:
-        # pydicom converts YBR to RGB by default; colour X-rays are rare (scanned film, screenshots)
-        return _to_gray(np.ascontiguousarray(arr), path, bgr=False)
-    if arr.ndim != 2:
-        raise ImageDecodeError(path, f"unsupported DICOM pixel array shape {arr.shape}")
-    try:
-        values = apply_modality_lut(arr, ds)
-        window = _voi_range(ds)
-        if window is not None:
-            windowed = apply_voi_lut(values, ds, index=0)
-            lo, hi = window
-            out = _scale_range(windowed, lo, hi)
-            return 255 - out if photometric == "MONOCHROME1" else out
-    except (ValueError, AttributeError, TypeError, IndexError, KeyError, NotImplementedError) as exc:
-        log.warning("%s: cannot apply the DICOM VOI LUT/window (%s); using min-max", path, exc)
-        values = apply_modality_lut(arr, ds)
-    if values.dtype in (np.uint8, np.uint16):
-        if photometric == "MONOCHROME1":
-            lo, hi = values.min(), values.max()
-            values = (hi - values) + lo  # stays within [lo, hi]: no overflow
-        return values
-    out16 = _minmax(values, np.uint16)
-    return np.iinfo(np.uint16).max - out16 if photometric == "MONOCHROME1" else out16
-
-
-def _scale_range(arr: np.ndarray, lo: float, hi: float) -> np.ndarray:
-    if hi <= lo:
-        return _minmax(arr, np.uint8)
-    out = (np.asarray(arr, dtype=np.float64) - lo) * (255.0 / (hi - lo))
-    np.clip(out, 0, 255, out=out)
-    return np.rint(out, out=out).astype(np.uint8)
-
-
 def decode_image(path: str | os.PathLike[str], draft_min_side: int | None = None) -> np.ndarray:
     """Decode one image file into a 2-D grayscale array, higher values brighter.
 
-    PNG / JPEG / BMP / TIFF go through ``cv2.imdecode`` (RGB/RGBA become gray; 16-bit stays 16-bit). DICOM
-    (``.dcm`` / ``.dicom`` or the ``DICM`` magic at byte 128) goes through pydicom: modality LUT, then the
-    VOI LUT or window if present (result uint8 over the window), MONOCHROME1 inverted, the first frame of a
-    multi-frame file (with a warning).
+    PNG / JPEG / BMP / TIFF go through ``cv2.imdecode`` (colour, palette and alpha images become gray; 16-bit
+    stays 16-bit; EXIF orientation applied). DICOM (``.dcm`` / ``.dicom`` or the ``DICM`` magic at byte 128)
+    goes through :func:`~cxr_tools.data.dicom_pixels.decode_dicom`: modality LUT, then the VOI LUT or window
+    if present (result uint8 over the window), MONOCHROME1 inverted; a multi-frame file is refused.
 
     ``draft_min_side``: decode a JPEG at the smallest 1/2, 1/4 or 1/8 scale whose smaller side is still at
     least this many pixels (libjpeg's DCT scaling; :attr:`ImageOps.jpeg_draft`); other formats are unaffected.
@@ -359,12 +281,14 @@ def decode_image(path: str | os.PathLike[str], draft_min_side: int | None = None
         handles them).
 
     Raises:
-        ImageDecodeError: empty, truncated, not an image, unreadable DICOM, unsupported channels.
+        ImageDecodeError: empty, truncated, not an image, unreadable or multi-frame DICOM, unsupported channels.
     """
     path = Path(path)
     buf = _read_bytes(path)
     if _is_dicom(path, buf):
-        return _decode_dicom(path, buf)
+        from cxr_tools.data.dicom_pixels import decode_dicom
+
+        return decode_dicom(path, buf.tobytes())
     if draft_min_side:
         factor = _jpeg_draft_factor(buf, draft_min_side)
         if factor > 1:
@@ -400,8 +324,8 @@ def _decode_jpeg_draft(path: Path, buf: np.ndarray, factor: int) -> np.ndarray:
     if reason:
         raise ImageDecodeError(path, reason)
     try:
-        # EXIF orientation ignored, as the full decode (IMREAD_UNCHANGED) does
-        arr = cv2.imdecode(buf, getattr(cv2, _DRAFT_FLAGS[factor]) | cv2.IMREAD_IGNORE_ORIENTATION)
+        # EXIF orientation applied, as the full decode does
+        arr = cv2.imdecode(buf, getattr(cv2, _DRAFT_FLAGS[factor]))
     except cv2.error as exc:
         raise ImageDecodeError(path, f"decoder error ({str(exc).strip().splitlines()[-1][:120]})") from None
     if arr is None or arr.ndim != 2 or arr.size == 0:
@@ -422,7 +346,7 @@ def to_uint8(arr: np.ndarray) -> np.ndarray:
             return np.zeros(arr.shape, dtype=np.uint8)
         scale = 255.0 / (hi - lo)
         return cv2.convertScaleAbs(arr, alpha=scale, beta=-lo * scale)
-    return _minmax(arr, np.uint8)
+    return minmax(arr, np.uint8)
 
 
 # ------------------------------------------------------------------------------------------------- operations

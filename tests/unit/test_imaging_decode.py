@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import pickle
 from pathlib import Path
 
@@ -206,13 +205,14 @@ def test_dicom_rescale_without_window_is_min_max(tmp_path):
     assert out[0, 0] == 0 and out[5, 0] == 255
 
 
-def test_dicom_multiframe_uses_first_frame_with_warning(tmp_path, caplog):
+def test_dicom_multiframe_is_reported_not_cut_to_a_frame(tmp_path):
     frames = np.stack([np.full((8, 8), 10, np.uint8), np.full((8, 8), 200, np.uint8)])
     path = write_dicom(tmp_path / "mf.dcm", frames, frames=2)
-    with caplog.at_level(logging.WARNING, logger="cxr_tools.data.imaging"):
-        out = decode_image(path)
-    assert out.shape == (8, 8) and int(out[0, 0]) == 10
-    assert "multi-frame" in caplog.text
+    with pytest.raises(ImageDecodeError, match="multi-frame") as info:
+        decode_image(path)
+    assert "2 frames" in info.value.reason
+    one = write_dicom(tmp_path / "one.dcm", frames[1], NumberOfFrames=1)  # an explicit single frame is an image
+    assert int(decode_image(one)[0, 0]) == 200
 
 
 def test_dicom_found_by_magic_without_extension(tmp_path):

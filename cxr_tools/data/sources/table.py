@@ -176,9 +176,25 @@ def is_hidden(name: str) -> bool:
 
 
 def walk_files(root: Path, extensions: Sequence[str] | None = IMAGE_EXTENSIONS) -> Iterator[Path]:
-    """Files under ``root`` (recursive, sorted, hidden entries skipped), filtered by lower-cased extension."""
+    """Files under ``root`` (recursive, sorted, hidden entries skipped), filtered by lower-cased extension.
+
+    Symbolic links are followed, each real folder is entered once: a link back up the tree (a loop) or a
+    second link to a folder already walked is skipped with a warning instead of listing its files again and
+    again. A link to a file is listed like the file, a broken or looping one too (opening it gives the reason).
+    """
     exts = None if extensions is None else {e.lower() for e in extensions}
+    seen: set[tuple[int, int]] = set()
     for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+        try:
+            st = os.stat(dirpath)
+        except OSError:
+            dirnames[:] = []
+            continue
+        if (st.st_dev, st.st_ino) in seen:
+            log.warning("%s: already walked (a symbolic link loop or a second link to one folder); skipped", dirpath)
+            dirnames[:] = []
+            continue
+        seen.add((st.st_dev, st.st_ino))
         dirnames[:] = sorted(d for d in dirnames if not is_hidden(d))
         for name in sorted(filenames):
             if is_hidden(name):
