@@ -38,10 +38,10 @@ from cxr_tools.eval.compare_inputs import (
     check_same_episodes,
     check_versions,
     find_evaluation,
-    shared_rule,
     load_evaluation,
     make_entries,
     parse_group,
+    shared_rule,
 )
 from cxr_tools.eval.compare_output import verdict, write_comparison
 from cxr_tools.eval.metrics import METRICS, THRESHOLD_FREE
