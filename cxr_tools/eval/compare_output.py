@@ -53,9 +53,7 @@ def p_cell(p: float | None, note: str = "") -> str:
     return f"{text} ({note})" if note else text
 
 
-def verdict(
-    rows: Sequence[Any], metric: str, reference: str, explicit_reference: bool, rule: str | None = None
-) -> str:
+def verdict(rows: Sequence[Any], metric: str, reference: str, explicit_reference: bool, rule: str | None = None) -> str:
     """One line: who ranks first, each difference against the reference (paired CI, Holm-adjusted p), and
     whether it is significant."""
     name = metric_name(metric, rule)
