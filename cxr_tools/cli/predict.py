@@ -57,9 +57,10 @@ def predict(
         str | None,
         typer.Option(
             "--threshold",
-            help="Add <label>_pred 0/1 columns: one probability for every class (0.5) or per class "
-            "(Effusion=0.3,Mass=0.6).",
-            show_default=False,
+            help="Thresholds of the <label>_pred 0/1 columns, written with their rule to NAME.thresholds.json "
+            "beside the CSV: support (per class, max F1 on the adapted --support set), one probability for every "
+            "class (0.5), per class (Effusion=0.3,Mass=0.6), or none (no _pred columns).",
+            show_default="--support's, else the run's validation thresholds, else 0.5",
         ),
     ] = None,
     support: Annotated[
@@ -110,6 +111,12 @@ def predict(
         result = run_predict(cfg, progress_for(quiet))
 
     _report_failures(stderr_console(), result)
+    if result.threshold_rule:
+        stderr_console().print(
+            f"thresholds: {escape(result.threshold_rule)} -> {escape(str(result.thresholds_file))}",
+            highlight=False,
+            soft_wrap=True,
+        )
 
     def render(console: Console) -> None:
         adapted = f", adapted to {result.n_support} support images ({result.method})" if result.n_support else ""
