@@ -82,3 +82,19 @@ def test_fixed_and_none_rules_give_constant_or_no_thresholds():
     assert list(episode_thresholds(ThresholdRule("fixed", 0.3), y, s)) == [0.3, 0.3]
     assert np.isnan(episode_thresholds(parse_rule("none"), y, s)).all()
     assert set(episode_metrics(y, s, ["a", "b"], None)["a"]) == {"auc", "ap"}
+
+
+def test_the_chosen_threshold_reaches_the_best_f1_of_scikit_learns_precision_recall_curve():
+    from sklearn.metrics import precision_recall_curve
+
+    rng = np.random.default_rng(1)
+    for n in (3, 10, 40):
+        for _ in range(30):
+            y = (rng.random(n) < 0.4).astype(float)
+            y[0] = 1
+            s = np.round(rng.random(n), 1)  # ties included
+            p, r, _ = precision_recall_curve(y > 0.5, s)
+            best = np.max(np.where(p + r > 0, 2 * p * r / np.maximum(p + r, 1e-300), 0.0))
+            pred = s >= choose_threshold(y, s)
+            f1 = 2 * (pred & (y > 0.5)).sum() / (pred.sum() + y.sum())
+            assert f1 == pytest.approx(best, abs=1e-12)
