@@ -89,17 +89,17 @@ def choose_threshold(targets: np.ndarray | Sequence[float], scores: np.ndarray |
     if y.shape != s.shape:
         raise ValueError(f"targets {y.shape} and scores {s.shape} differ in shape")
     known = ~np.isnan(y)
-    y, s = y[known] > 0.5, s[known]
-    if not y.any():
+    positive, s = y[known] > 0.5, s[known]
+    if not positive.any():
         return math.nan
     # every cut "score >= level" at once (what sklearn's precision_recall_curve computes, without its
     # per-call validation overhead, which cost ~0.1-0.7 s a call, once per episode and class)
     order = np.argsort(-s, kind="stable")
-    levels, hits = s[order], y[order]
+    levels, hits = s[order], positive[order]
     last = np.r_[levels[1:] != levels[:-1], True]  # the last image of each distinct score level (descending)
     tp = np.cumsum(hits)[last]
     called = np.flatnonzero(last) + 1  # images at or above each level
-    f1 = 2 * tp / (called + y.sum())  # 2TP / (2TP + FP + FN)
+    f1 = 2 * tp / (called + positive.sum())  # 2TP / (2TP + FP + FN)
     cuts = levels[last]
     k = int(np.flatnonzero(f1 >= f1.max() - 1e-12)[-1])  # the lowest cut reaching the best F1
     return (float(cuts[k]) + float(cuts[k + 1])) / 2 if k + 1 < len(cuts) else float(cuts[k])
