@@ -143,6 +143,10 @@ def _print_all_metrics(console: Console, result: Any, names: list[str]) -> None:
     columns = metric_columns(result)
     if len(columns) < 2:
         return
+    width = max(len(n) for n in names) + 4 + sum(max(len(h), 5) + 3 for _, h in columns)
+    narrow = console.width < width
+    if narrow:  # keep AUC, AP and F1 whole rather than cut every header
+        columns = [(m, h) for m, h in columns if m in ("auc", "ap", "f1")]
     table = Table(title="all metrics, mean over episodes", box=box.SIMPLE_HEAD)
     table.add_column("method", no_wrap=True)
     for _, header in columns:
@@ -151,7 +155,9 @@ def _print_all_metrics(console: Console, result: Any, names: list[str]) -> None:
         values = [row.others.get(m) for m, _ in columns]
         table.add_row(label, *["n/a" if v is None or v != v else f"{v:.3f}" for v in values])
     console.print(table)
-    console.print(rule_note(result), markup=False)
+    if narrow:
+        console.print("(precision and recall: comparison.md / comparison.csv, or widen the terminal)")
+    console.print(rule_note(result), markup=False, soft_wrap=True)
 
 
 def _mean(value: Any) -> str:
