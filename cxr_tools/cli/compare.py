@@ -154,6 +154,9 @@ def _print_all_metrics(console: Console, result: Any, names: list[str]) -> None:
     for row, label in zip(result.rows, names, strict=True):
         values = [row.others.get(m) for m, _ in columns]
         table.add_row(label, *["n/a" if v is None or v != v else f"{v:.3f}" for v in values])
+    if result.all_positive:  # the no-skill reference of the thresholded metrics
+        ref = [result.all_positive.get(m) for m, _ in columns]
+        table.add_row("(every query positive)", *["—" if v is None else f"{v:.3f}" for v in ref], style="dim")
     console.print(table)
     if narrow:
         console.print("(precision and recall: comparison.md / comparison.csv, or widen the terminal)")

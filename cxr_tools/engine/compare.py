@@ -43,7 +43,7 @@ from cxr_tools.eval.compare_inputs import (
     parse_group,
     shared_rule,
 )
-from cxr_tools.eval.compare_output import verdict, write_comparison
+from cxr_tools.eval.compare_output import all_positive, verdict, write_comparison
 from cxr_tools.eval.metrics import METRICS, THRESHOLD_FREE
 
 __all__ = ["MIN_EPISODE_LIST_VERSION", "CompareConfig", "CompareResult", "CompareRow", "compare", "find_evaluation"]
@@ -117,6 +117,7 @@ class CompareResult:
     output: Path | None
     files: tuple[Path, ...] = field(default_factory=tuple)
     threshold: str | None = None
+    all_positive: dict[str, float] | None = None
 
 
 def compare(config: CompareConfig) -> CompareResult:
@@ -253,6 +254,7 @@ def _rank(entries: list[Entry], first: dict[str, Any], config: CompareConfig, ru
         verdict=verdict(rows, metric, reference, bool(config.reference), rule),
         output=Path(config.output) if config.output is not None else None,
         threshold=rule,
+        all_positive=all_positive(entries[0].tables[0]) if rule is not None else None,
     )
     if config.output is None:
         return result

@@ -22,7 +22,8 @@ def metric_name(metric: str, rule: str | None = None) -> str:
     """``AUC``, ``AP``; a thresholded metric names its threshold rule when given (``f1@support``)."""
     if metric in ("auc", "ap"):
         return metric.upper()
-    return f"{metric}@{rule}" if rule else metric
+    name = "F1" if metric == "f1" else metric
+    return f"{name}@{rule}" if rule else name
 
 
 def metric_columns(result: Any) -> list[tuple[str, str]]:
@@ -45,6 +46,14 @@ def rule_note(result: Any) -> str:
             "(max F1 on the adapted support scores), never on the queries."
         )
     return f"F1 / precision / recall at the fixed threshold {rule}."
+
+
+def all_positive(table: Any) -> dict[str, float]:
+    """What calling every query positive scores, averaged like the methods (per episode over its classes, then
+    over episodes): precision = prevalence p, recall 1, F1 = 2p / (1 + p); a method without skill lands near it."""
+    p = table["positives"].to_numpy(float) / (table["positives"] + table["negatives"]).to_numpy(float)
+    frame = table[["episode"]].assign(f1=2 * p / (1 + p), precision=p, recall=1.0)
+    return {m: float(frame.groupby("episode")[m].mean().mean()) for m in ("f1", "precision", "recall")}
 
 
 def p_cell(p: float | None, note: str = "") -> str:
@@ -168,6 +177,9 @@ def comparison_markdown(result: Any) -> str:
     lines.append("|---|" + "---:|" * len(columns))
     for row in result.rows:
         lines.append(f"| {row.name} | " + " | ".join(_fmt(row.others.get(m)) for m, _ in columns) + " |")
+    if result.all_positive:
+        cells = [_fmt(result.all_positive.get(m)) if m in result.all_positive else "—" for m, _ in columns]
+        lines.append("| *every query called positive* | " + " | ".join(cells) + " |")
     lines += ["", rule_note(result)]
     lines += ["", "## All paired tests (Holm within each family)", "", "| family | a − b | Δ | p (raw) | p (Holm) |"]
     lines.append("|---|---|---:|---:|---:|")
