@@ -26,6 +26,13 @@ class ConfigError(CxrError):
     """A configuration value or file is invalid (bad YAML, unknown key, out-of-range value)."""
 
 
+class WorkspaceError(ConfigError):
+    """A dataset, cache or run name that names nothing, or a default with several candidates: a usage error (exit
+    2) whose message lists what exists, so the user can name one."""
+
+    exit_code = 2
+
+
 class InputError(CxrError):
     """An input path, file or CSV is missing, unreadable or malformed."""
 

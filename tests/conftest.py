@@ -14,7 +14,7 @@ os.environ.setdefault("MKL_NUM_THREADS", "1")
 def _isolated_env(tmp_path_factory, monkeypatch):
     home = tmp_path_factory.mktemp("cxr_home")
     monkeypatch.setenv("CXR_HOME", str(home))
-    for var in ("CXR_DATA", "CXR_CACHE", "CXR_RUNS", "CXR_DEBUG", "CXR_QUIET"):
+    for var in ("CXR_DATA", "CXR_CACHE", "CXR_RUNS", "CXR_DEBUG", "CXR_QUIET", "CXR_MODEL"):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("NO_COLOR", "1")
     monkeypatch.setenv("COLUMNS", "120")

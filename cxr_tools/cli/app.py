@@ -23,10 +23,12 @@ from cxr_tools.cli import (
     models,
     predict,
     preprocess,
+    runs,
     similarity,
     stats,
     train,
     train_siamese,
+    webapp,
 )
 
 app = typer.Typer(
@@ -86,6 +88,9 @@ app.command("train")(train.train)
 app.command("train-siamese")(train_siamese.train_siamese)
 app.command("predict")(predict.predict)
 app.command("similarity")(similarity.similarity)
+app.command("runs")(runs.runs)
+app.command("ls", help="Alias of `cxr runs`.")(runs.runs)
+app.command("app")(webapp.app)
 
 
 def main() -> None:

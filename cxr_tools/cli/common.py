@@ -46,34 +46,67 @@ def stderr_console() -> Console:
     return Console(file=sys.stderr, soft_wrap=True)
 
 
-# --- --config: YAML values become the command's defaults ------------------------------------------------
+# --- --config and the user config: YAML values become the command's defaults ------------------------------
 def _load_config(ctx: typer.Context, param: typer.CallbackParam, value: Path | None) -> Path | None:
-    """Eager ``--config`` callback: the file's values for this command become its ``default_map``.
+    """Eager ``--config`` callback: the user config's values for this command, then the file's, become its
+    ``default_map``.
 
-    Click then parses each value exactly as the flag's text (types, ``min=``/``max=``, choices, callbacks),
-    and a flag typed on the command line still wins. Positional arguments may be set too (``cache: PATH``),
-    so a saved ``RUN/config.yaml`` names everything a rerun needs. Every value is checked here, so a bad file
-    fails before anything runs, as a usage error (exit 2) naming the key and the file.
+    Click calls it on every run of a command (with ``value`` None when no ``--config`` is given), before any
+    other option, so the user config ``$CXR_HOME/config.yaml`` applies to every command the same way:
+    flags > ``--config`` > user config > built-in defaults. Click then parses each value exactly as the flag's
+    text (types, ``min=``/``max=``, choices, callbacks), and a flag typed on the command line still wins.
+    Positional arguments may be set too (``cache: PATH``), so a saved ``RUN/config.yaml`` names everything a
+    rerun needs. Every value is checked here, so a bad file fails before anything runs, as a usage error
+    (exit 2) naming the key and the file. The files a value came from are kept in ``ctx.meta`` (see
+    :func:`config_source`).
     """
-    if value is None or ctx.resilient_parsing:
+    if ctx.resilient_parsing:
+        return value
+    from cxr_tools.paths import user_config
+
+    files = [f for f in (user_config(), value) if f is not None and (f is value or f.is_file())]
+    if not files:
         return value
     params = {p.name: p for p in ctx.command.params if p.name is not None and _configurable(p)}
     defaults: dict[str, Any] = {}
+    sources: dict[str, Path] = {}
     try:
         options = _app_options(ctx)
-        values = cfg.select(cfg.load_yaml(value), ctx.info_name or "", options, str(value))
-        for name, raw in values.items():
-            if raw is None:  # YAML null: the option's own default
-                continue
-            try:
-                defaults[name] = _as_flag_text(ctx, params[name], raw)
-            except (ConfigError, typer.BadParameter) as exc:
-                detail = exc.message if isinstance(exc, typer.BadParameter) else str(exc)
-                raise ConfigError(f"Invalid value for '{name}' in {value}: {detail}") from None
+        for file in files:
+            values = cfg.select(cfg.load_yaml(file), ctx.info_name or "", options, str(file))
+            for name, raw in values.items():
+                if raw is None:  # YAML null: the option's own default
+                    defaults.pop(name, None)
+                    continue
+                try:
+                    defaults[name], sources[name] = _as_flag_text(ctx, params[name], raw), file
+                except (ConfigError, typer.BadParameter) as exc:
+                    detail = exc.message if isinstance(exc, typer.BadParameter) else str(exc)
+                    raise ConfigError(f"Invalid value for '{name}' in {file}: {detail}") from None
     except ConfigError as exc:
         ctx.fail(str(exc))
     ctx.default_map = {**(ctx.default_map or {}), **defaults}
+    ctx.meta["cxr_config_sources"] = {k: v for k, v in sources.items() if k in defaults}
     return value
+
+
+def config_source(ctx: typer.Context, name: str) -> str:
+    """Where parameter ``name``'s value came from, in words: its flag, its environment variable, a config file
+    (named), or the built-in default."""
+    source = ctx.get_parameter_source(name)
+    kind = source.name if source is not None else "DEFAULT"
+    param = next((p for p in ctx.command.params if p.name == name), None)
+    flag = next((o for o in getattr(param, "opts", []) if o.startswith("--")), None)
+    if kind == "COMMANDLINE":
+        return flag or "the command line"
+    if kind == "ENVIRONMENT":
+        return str(getattr(param, "envvar", None) or "the environment")
+    if kind == "DEFAULT_MAP":
+        from cxr_tools.paths import user_config
+
+        file = ctx.meta.get("cxr_config_sources", {}).get(name)
+        return f"{'the user config' if file == user_config() else '--config'} {file}"
+    return "the default"
 
 
 def _as_flag_text(ctx: typer.Context, param: Any, raw: Any) -> Any:

@@ -24,6 +24,7 @@ from cxr_tools.cli.common import (
     output_option,
     progress_for,
 )
+from cxr_tools.cli.defaults import download_dest
 
 app = typer.Typer(
     help="Fetch a dataset (NIH ChestX-ray14, Kaggle mirror, CheXpert) or write the synthetic phantom dataset.",
@@ -34,7 +35,9 @@ app = typer.Typer(
 @app.command("synthetic")
 def synthetic(
     ctx: typer.Context,
-    output: Annotated[Path, output_option("Directory to write the dataset into.", "--dest")],
+    output: Annotated[
+        Path | None, output_option("Directory to write the dataset into.", "--dest", show_default="$CXR_DATA/synthetic")
+    ] = None,
     patients: Annotated[int, typer.Option("--patients", min=1, help="Number of patients.")] = 200,
     size: Annotated[int, typer.Option("--size", min=32, max=4096, help="Image side in pixels.")] = 256,
     seed: SeedOpt = 0,
@@ -50,7 +53,8 @@ def synthetic(
         from cxr_tools.data.synthetic import SyntheticConfig
         from cxr_tools.engine.download import download_synthetic
 
-        cfg = config_from_params(SyntheticConfig, ctx.params, dest=output)
+        download_dest(ctx, "synthetic")
+        cfg = config_from_params(SyntheticConfig, ctx.params, dest=ctx.params["output"])
         result = download_synthetic(cfg, progress_for())
 
     def render(console: Console) -> None:

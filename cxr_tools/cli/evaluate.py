@@ -26,6 +26,7 @@ from cxr_tools.cli.common import (
     output_option,
     progress_for,
 )
+from cxr_tools.cli.defaults import evaluate_paths
 
 _METRIC_NAMES = {"auc": "AUC", "ap": "AP", "f1": "F1", "precision": "precision", "recall": "recall"}
 
@@ -54,11 +55,19 @@ def evaluate(
     ctx: typer.Context,
     run: Annotated[
         Path | None,
-        typer.Argument(help="Finished run directory (not needed for --method scratch or pixels).", show_default=False),
+        typer.Argument(
+            help="Finished run directory or its name in $CXR_RUNS (not needed for --method scratch or pixels).",
+            show_default="the most recently completed run in $CXR_RUNS",
+        ),
     ] = None,
     data: Annotated[
         Path | None,
-        typer.Option("--data", "-d", help="Cache to evaluate on (cxr preprocess output).", show_default=False),
+        typer.Option(
+            "--data",
+            "-d",
+            help="Cache to evaluate on (cxr preprocess output), or its name in $CXR_CACHE.",
+            show_default="the only cache in $CXR_CACHE",
+        ),
     ] = None,
     method: Annotated[
         str,
@@ -99,7 +108,10 @@ def evaluate(
     ] = "auto",
     output: Annotated[
         Path | None,
-        output_option("Evaluation directory.", show_default="RUN/eval (RUN/eval-METHOD for another method)"),
+        output_option(
+            "Evaluation directory.",
+            show_default="RUN/eval (RUN/eval-METHOD for another method); without a run $CXR_RUNS/evaluate/...",
+        ),
     ] = None,
     backbone: Annotated[
         str | None,
@@ -185,6 +197,7 @@ def evaluate(
         from cxr_tools.engine.evaluate import evaluate as run_evaluate
         from cxr_tools.errors import ConfigError
 
+        evaluate_paths(ctx)
         cfg = config_from_params(EvaluateConfig, ctx.params)
         if cfg.data is None:
             raise ConfigError("No cache given.", "Pass --data CACHE (a directory written by cxr preprocess).")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -28,13 +27,23 @@ from cxr_tools.cli.common import (
     handle_errors,
     progress_for,
 )
-from cxr_tools.cli.train import AmpOpt, CacheArg, CkptMinutesOpt, CkptStepsOpt, LogEveryOpt, RequeueOpt, TrainResumeOpt
+from cxr_tools.cli.defaults import training_paths
+from cxr_tools.cli.train import (
+    AmpOpt,
+    CacheArg,
+    CkptMinutesOpt,
+    CkptStepsOpt,
+    LogEveryOpt,
+    RequeueOpt,
+    RunOpt,
+    TrainResumeOpt,
+)
 
 
 def meta_train(
     ctx: typer.Context,
-    cache: CacheArg,
-    output: Annotated[Path, typer.Option("--output", "-o", help="Run directory to write.", show_default=False)],
+    cache: CacheArg = None,
+    output: RunOpt = None,
     ways: Annotated[int, typer.Option("--ways", min=1, help="Classes per episode (N).")] = 2,
     shots: ShotsOpt = 5,
     queries: QueriesOpt = 10,
@@ -105,6 +114,7 @@ def meta_train(
         from cxr_tools.engine.meta_train import MetaTrainConfig
         from cxr_tools.engine.meta_train import meta_train as run_meta_train
 
+        training_paths(ctx, "meta-train", f"{ways}w{shots}s")
         cfg = config_from_params(MetaTrainConfig, ctx.params)
         result = run_meta_train(cfg, progress_for(quiet))
 

@@ -25,6 +25,7 @@ from cxr_tools.cli.common import (
     progress_for,
     stderr_console,
 )
+from cxr_tools.cli.defaults import predict_model
 
 
 def predict(
@@ -39,8 +40,16 @@ def predict(
     ],
     output: Annotated[Path, output_option("The predictions CSV to write.")],
     model: Annotated[
-        Path, typer.Option("--model", "-m", help="Run directory or model folder to predict with.", show_default=False)
-    ],
+        Path | None,
+        typer.Option(
+            "--model",
+            "-m",
+            envvar="CXR_MODEL",
+            help="Run directory, its name in $CXR_RUNS, or a model folder to predict with (also CXR_MODEL, or "
+            "'model' under 'predict:' in $CXR_HOME/config.yaml).",
+            show_default="the most recently completed run in $CXR_RUNS that can predict",
+        ),
+    ] = None,
     batch_size: Annotated[
         int, typer.Option("--batch-size", "-b", min=1, help="Images per forward pass (scores do not depend on it).")
     ] = 32,
@@ -83,6 +92,21 @@ def predict(
         ),
     ] = "auto",
     finetune: Annotated[str, typer.Option("--finetune", help="Fine-tune a new 'head' only or 'all' layers.")] = "head",
+    cam: Annotated[
+        Path | None,
+        typer.Option(
+            "--cam",
+            help="Also write Grad-CAM overlay PNGs into this folder: per image, one per finding at or above its "
+            "threshold (the _pred columns' threshold; 0.5 with --threshold none), or per --cam-classes finding.",
+            show_default=False,
+        ),
+    ] = None,
+    cam_classes: Annotated[
+        str | None,
+        typer.Option(
+            "--cam-classes", help="Findings to explain for every image with --cam (Effusion,Mass).", show_default=False
+        ),
+    ] = None,
     device: DeviceOpt = "auto",
     amp: Annotated[bool, typer.Option("--amp", help="Mixed precision (CUDA only).")] = False,
     seed: SeedOpt = 0,
@@ -106,9 +130,12 @@ def predict(
     """
     with handle_errors():
         from cxr_tools.engine.predict import PredictConfig, run_predict
+        from cxr_tools.workspace import record_choice
 
+        choice = predict_model(ctx)
         cfg = config_from_params(PredictConfig, ctx.params)
         result = run_predict(cfg, progress_for(quiet))
+        record_choice(result.output, choice)
 
     _report_failures(stderr_console(), result)
     if result.threshold_rule:
@@ -126,6 +153,8 @@ def predict(
             f"-> {escape(str(result.output))}",
             highlight=False,
         )
+        if result.cam is not None:
+            console.print(f"{result.n_cam} saliency overlays -> {escape(str(result.cam))}", highlight=False)
 
     emit(result, json_output, render)
     if result.n_failed and result.n_failed >= result.n_inputs:

@@ -26,6 +26,7 @@ from cxr_tools.cli.common import (
     output_option,
     progress_for,
 )
+from cxr_tools.cli.defaults import preprocess_paths
 from cxr_tools.errors import ConfigError
 
 _SOURCES = "auto, nih, chexpert, folder, dicom or synthetic"
@@ -48,14 +49,16 @@ def _fractions(text: str) -> tuple[float, float, float]:
 def preprocess(
     ctx: typer.Context,
     src: Annotated[
-        list[Path],
+        list[Path] | None,
         typer.Argument(
-            help="Dataset directory (NIH, CheXpert, image folder, DICOM folder, synthetic); with --merge, the shard "
-            "caches to join.",
-            show_default=False,
+            help="Dataset directory or its name in $CXR_DATA (NIH, CheXpert, image folder, DICOM folder, synthetic); "
+            "with --merge, the shard caches to join.",
+            show_default="the only dataset in $CXR_DATA",
         ),
-    ],
-    output: Annotated[Path, output_option("Cache directory to write.")],
+    ] = None,
+    output: Annotated[
+        Path | None, output_option("Cache directory to write.", show_default="$CXR_CACHE/<dataset>-<size>px[-...]")
+    ] = None,
     source: Annotated[str, typer.Option("--source", help=f"Dataset kind: {_SOURCES}.")] = "auto",
     metadata: Annotated[
         Path | None,
@@ -125,6 +128,8 @@ def preprocess(
         from cxr_tools.engine.preprocess import merge as merge_engine
         from cxr_tools.engine.preprocess import preprocess as preprocess_engine
 
+        preprocess_paths(ctx)
+        src, output = ctx.params["src"], ctx.params["output"]
         if merge:
             merge_cfg = MergeConfig(shards=tuple(src), output=output, overwrite=overwrite)
             result = merge_engine(merge_cfg, progress_for(quiet))

@@ -31,9 +31,24 @@ from cxr_tools.cli.common import (
     handle_errors,
     progress_for,
 )
+from cxr_tools.cli.defaults import training_paths
 
-CacheArg = Annotated[Path, typer.Argument(help="Cache directory written by `cxr preprocess`.", show_default=False)]
-RunOpt = Annotated[Path, typer.Option("--output", "-o", help="Run directory to write (or resume).", show_default=False)]
+CacheArg = Annotated[
+    Path | None,
+    typer.Argument(
+        help="Cache directory written by `cxr preprocess`, or its name in $CXR_CACHE.",
+        show_default="the only cache in $CXR_CACHE",
+    ),
+]
+RunOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--output",
+        "-o",
+        help="Run directory to write (or resume).",
+        show_default="$CXR_RUNS/<command>/<cache>-<...>-<hash of the settings>",
+    ),
+]
 WeightsOpt = Annotated[
     str | None,
     typer.Option("--weights", help="Pretrained weights of the model (see `cxr models NAME`).", show_default="none"),
@@ -170,8 +185,8 @@ def training_command(command: Callable[..., None]) -> Callable[..., None]:
 @training_command
 def train(
     ctx: typer.Context,
-    cache: CacheArg,
-    output: RunOpt,
+    cache: CacheArg = None,
+    output: RunOpt = None,
     model: Annotated[str, typer.Option("--model", "-m", help="Zoo model (`cxr models` lists them).")] = "resnet18",
     uncertainty: Annotated[
         str, typer.Option("--uncertainty", help="Uncertain labels: ignore (masked out of the loss), zeros, ones.")
@@ -197,6 +212,7 @@ def train(
         from cxr_tools.engine.train import TrainConfig
         from cxr_tools.engine.train import train as train_engine
 
+        training_paths(ctx, "train", model)
         cfg = config_from_params(TrainConfig, ctx.params, classes=split_classes(options["classes"]))
         result = train_engine(cfg, progress_for(quiet))
 

@@ -18,6 +18,7 @@ from cxr_tools.cli.common import (
     handle_errors,
     progress_for,
 )
+from cxr_tools.cli.defaults import training_paths
 from cxr_tools.cli.train import (
     CacheArg,
     RunOpt,
@@ -31,8 +32,8 @@ from cxr_tools.cli.train import (
 @training_command
 def train_siamese(
     ctx: typer.Context,
-    cache: CacheArg,
-    output: RunOpt,
+    cache: CacheArg = None,
+    output: RunOpt = None,
     backbone: Annotated[str, typer.Option("--backbone", "-m", help="Zoo model of the twin network.")] = "resnet18",
     backbone_from: Annotated[
         Path | None,
@@ -71,6 +72,7 @@ def train_siamese(
         from cxr_tools.engine.train_siamese import SiameseConfig
         from cxr_tools.engine.train_siamese import train_siamese as engine
 
+        training_paths(ctx, "train-siamese", backbone)
         cfg = config_from_params(
             SiameseConfig,
             ctx.params,

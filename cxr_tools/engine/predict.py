@@ -79,6 +79,8 @@ class PredictConfig:
         seed: seed of the adaptation (a fresh head's initialisation).
         overwrite: replace an existing output CSV.
         resume: continue an interrupted run's partial output (same settings); False starts over.
+        cam: write Grad-CAM overlay PNGs here (:mod:`cxr_tools.models.saliency`), per image and per finding at
+            or above its threshold (0.5 without one), or per finding of ``cam_classes`` (``A,B``).
     """
 
     input: Path
@@ -96,6 +98,8 @@ class PredictConfig:
     seed: int = 0
     overwrite: bool = False
     resume: bool = True
+    cam: Path | None = None
+    cam_classes: str | None = None
 
     def __post_init__(self) -> None:
         check_at_least("--batch-size", self.batch_size)
@@ -127,6 +131,8 @@ class PredictResult:
     failures: tuple[tuple[str, str], ...]
     threshold_rule: str | None = None
     thresholds_file: Path | None = None
+    cam: Path | None = None
+    n_cam: int = 0
 
 
 def run_predict(config: PredictConfig, progress: Progress | None = None) -> PredictResult:
@@ -139,6 +145,8 @@ def run_predict(config: PredictConfig, progress: Progress | None = None) -> Pred
         DataError: the support set lacks positives or negatives, or one of its images is unreadable.
     """
     progress = null_progress(progress)
+    if config.cam is not None and config.support is not None:
+        raise ConfigError("--cam explains the run's own finding head, not a support-adapted scorer.", "Drop --cam.")
     started = time.perf_counter()
     out = Path(config.output)
     output_plan(out, overwrite=config.overwrite, file=True)  # an existing CSV is replaced at the final rename
@@ -163,6 +171,11 @@ def run_predict(config: PredictConfig, progress: Progress | None = None) -> Pred
     )
     thresholds, record = resolve_thresholds(config.threshold, labels, meta, scorer.support_thresholds)
     ops = model_ops(meta)
+    cams = None
+    if config.cam is not None:
+        from cxr_tools.models.saliency import CamFolder
+
+        cams = CamFolder.plan(Path(config.cam), labels, config.cam_classes, overwrite=config.overwrite)
 
     n = len(inputs.items)
     writer = PredictionsWriter(
@@ -189,6 +202,11 @@ def run_predict(config: PredictConfig, progress: Progress | None = None) -> Pred
         writer.finish()
     finally:
         writer.close()
+    if cams is not None:  # Grad-CAM overlays: the inputs decoded again, explained by the run's own head
+        from cxr_tools.data.decode import decode_stream
+
+        for start, block, rejected in decode_stream(inputs.items, ops, workers=0, chunk=config.batch_size):
+            cams.write(scorer.model, meta, block, start, rejected, inputs.items, thresholds)
     thresholds_file = None
     if record is not None:
         from cxr_tools.runtime.fs import atomic_write_json
@@ -217,6 +235,8 @@ def run_predict(config: PredictConfig, progress: Progress | None = None) -> Pred
         failures=tuple(failed[:MAX_LISTED_FAILURES]),
         threshold_rule=None if record is None else str(record["rule"]),
         thresholds_file=thresholds_file,
+        cam=cams.folder if cams is not None else None,
+        n_cam=cams.written if cams is not None else 0,
     )
 
 

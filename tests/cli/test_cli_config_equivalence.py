@@ -34,10 +34,13 @@ ENGINES = {
     "train-siamese": "cxr_tools.engine.train_siamese:train_siamese",
     "predict": "cxr_tools.engine.predict:run_predict",
     "similarity": "cxr_tools.engine.similarity:run_similarity",
+    "app": "cxr_tools.webapp.server:serve",
     "download synthetic": "cxr_tools.engine.download:download_synthetic",
     "download nih": "cxr_tools.engine.download:download_nih",
     "download kaggle": "cxr_tools.engine.download:download_kaggle",
     "download chexpert": "cxr_tools.engine.download:download_chexpert",
+    "runs": "cxr_tools.engine.runs:list_runs",
+    "ls": "cxr_tools.engine.runs:list_runs",
 }
 
 # Values the command body parses itself, or that pick another code path, by (command, parameter).
@@ -49,6 +52,7 @@ OVERRIDES: dict[tuple[str, str], Any] = {
     ("download nih", "checksums"): "images_001.tar.gz=0a1b,images_002.tar.gz=2c3d",
     ("evaluate", "threshold"): "0.3",  # a rule: support, a probability or none
     ("predict", "threshold"): "0.3",
+    ("app", "auth"): "user:pass",  # USER:PASS, checked by AppConfig
 }
 # Values written in YAML's own form where the flag takes a text: the file must give the same config.
 YAML_FORMS: dict[tuple[str, str], Any] = {

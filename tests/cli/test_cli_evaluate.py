@@ -81,11 +81,6 @@ def test_finetune_all_goes_to_its_own_folder(env):
 def test_bad_inputs_exit_1_with_one_line(env, tmp_path):
     _, cache, maml, sup = env
     assert_one_line_error(runner.invoke(app, ["evaluate", str(maml)]), "--data")
-    assert_one_line_error(
-        runner.invoke(app, ["evaluate", "--method", "pixels", "--data", str(cache), "--shots", "2", "--queries", "3"]),
-        "needs an output",
-        "-o",
-    )
     assert_one_line_error(runner.invoke(app, ["evaluate", "--data", str(cache)]), "--method auto needs a run")
     assert_one_line_error(
         runner.invoke(app, ["evaluate", str(tmp_path / "nope"), "--data", str(cache)]), "does not exist"

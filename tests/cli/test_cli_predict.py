@@ -116,3 +116,27 @@ def test_support_folder_from_the_cli(tmp_path, model_dir):
     assert res.exit_code == 0 and list(read_rows(out)[0]) == ["path", "Pneumonia", "error"]
     res = runner.invoke(app, [*args, "--overwrite", "--min-support", "3"])
     assert res.exit_code == 1 and "fewer than 3 positive" in res.stderr
+
+
+def test_cam_writes_an_overlay_per_image_and_finding(tmp_path, model_dir):
+    for i in range(3):
+        write_png(tmp_path / "imgs" / f"p{i}.png", phantom(np.random.default_rng(i)))
+    (tmp_path / "imgs" / "broken.png").write_text("not an image")
+    out, cam = tmp_path / "p.csv", tmp_path / "cam"
+    args = ["predict", str(tmp_path / "imgs"), "-o", str(out), "-m", str(model_dir), "-b", "2", "--cam", str(cam)]
+    res = runner.invoke(app, [*args, "--cam-classes", "Mass"])
+    assert res.exit_code == 3, res.output  # the broken file fails as before; the others get overlays
+    names = sorted(p.name for p in cam.iterdir())
+    assert names == ["00001_p0_Mass.png", "00002_p1_Mass.png", "00003_p2_Mass.png"], names
+    import cv2
+
+    img = cv2.imread(str(cam / names[0]))
+    assert img.shape == (256, 256, 3)
+    assert "3 saliency overlays" in res.stdout
+    res = runner.invoke(app, [*args, "--overwrite", "--threshold", "0"])  # every finding is above threshold 0
+    assert res.exit_code == 3, res.output
+    assert len(list(cam.iterdir())) == 6
+    res = runner.invoke(app, [*args, "--overwrite", "--cam-classes", "Nodule"])
+    assert res.exit_code == 1 and "Nodule" in res.stderr
+    res = runner.invoke(app, [*args[:3], str(tmp_path / "new.csv"), *args[4:]])
+    assert res.exit_code == 1 and "saliency folder" in res.stderr.lower()  # earlier overlays need --overwrite
