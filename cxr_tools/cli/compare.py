@@ -82,7 +82,7 @@ def render(console: Console, result: Any) -> None:
 
     from cxr_tools.eval.compare_output import LEAK_MARK, metric_name, p_cell
 
-    name = metric_name(result.metric)
+    name = metric_name(result.metric, result.threshold)
     names = [escape(f"{row.name} {LEAK_MARK}" if row.leak else row.name) for row in result.rows]
     budget_width = max([len("budget"), *(len(row.budget) for row in result.rows)])
     base = max(len(n) for n in names) + 76
@@ -128,9 +128,39 @@ def render(console: Console, result: Any) -> None:
             )
         if row.leak:
             console.print(f"{LEAK_MARK} {row.name}: {row.leak}", markup=False)
+    _print_all_metrics(console, result, names)
     console.print(result.verdict, markup=False)
     for path in result.files:
         console.print(f"wrote: {path}")
+
+
+def _print_all_metrics(console: Console, result: Any, names: list[str]) -> None:
+    """Every metric's mean per method: AUC and AP first, then F1 / precision / recall named with the rule."""
+    from rich import box
+
+    from cxr_tools.eval.compare_output import metric_columns, rule_note
+
+    columns = metric_columns(result)
+    if len(columns) < 2:
+        return
+    width = max(len(n) for n in names) + 4 + sum(max(len(h), 5) + 3 for _, h in columns)
+    narrow = console.width < width
+    if narrow:  # keep AUC, AP and F1 whole rather than cut every header
+        columns = [(m, h) for m, h in columns if m in ("auc", "ap", "f1")]
+    table = Table(title="all metrics, mean over episodes", box=box.SIMPLE_HEAD)
+    table.add_column("method", no_wrap=True)
+    for _, header in columns:
+        table.add_column(header, justify="right", no_wrap=True)
+    for row, label in zip(result.rows, names, strict=True):
+        values = [row.others.get(m) for m, _ in columns]
+        table.add_row(label, *["n/a" if v is None or v != v else f"{v:.3f}" for v in values])
+    if result.all_positive:  # the no-skill reference of the thresholded metrics
+        ref = [result.all_positive.get(m) for m, _ in columns]
+        table.add_row("(every query positive)", *["—" if v is None else f"{v:.3f}" for v in ref], style="dim")
+    console.print(table)
+    if narrow:
+        console.print("(precision and recall: comparison.md / comparison.csv, or widen the terminal)")
+    console.print(rule_note(result), markup=False, soft_wrap=True)
 
 
 def _mean(value: Any) -> str:

@@ -31,6 +31,26 @@ from cxr_tools.cli.defaults import evaluate_paths
 _METRIC_NAMES = {"auc": "AUC", "ap": "AP", "f1": "F1", "precision": "precision", "recall": "recall"}
 
 
+def _check_threshold(value: str | None) -> str | None:
+    """``--threshold``: a usage error (exit 2) naming the accepted forms unless support, none or a probability."""
+    if value is None:
+        return None
+    from cxr_tools.errors import ConfigError
+    from cxr_tools.eval.thresholds import parse_rule
+
+    try:
+        return parse_rule(value).label
+    except ConfigError as exc:
+        raise typer.BadParameter(f"{exc.message} {exc.hint}") from None
+
+
+def metric_header(metric: str, threshold: Any) -> str:
+    """A column header: AUC, AP, and F1 / precision / recall with the threshold rule (``F1@support``)."""
+    from cxr_tools.eval.thresholds import parse_rule
+
+    return parse_rule(threshold).header(_METRIC_NAMES.get(metric, metric))
+
+
 def evaluate(
     ctx: typer.Context,
     run: Annotated[
@@ -69,8 +89,15 @@ def evaluate(
     images_per_patient: ImagesPerPatientOpt = 1,
     seed: SeedOpt = 0,
     threshold: Annotated[
-        float, typer.Option("--threshold", help="Probability threshold of F1 / precision / recall.")
-    ] = 0.5,
+        str,
+        typer.Option(
+            "--threshold",
+            callback=_check_threshold,
+            help="Threshold of F1 / precision / recall: support (per episode and class, the one maximising F1 on "
+            "the support set's scores after adaptation; never the queries), a probability (0.5), or none (AUC and "
+            "AP only). Tables name it: F1@support.",
+        ),
+    ] = "support",
     meta_split: Annotated[
         str,
         typer.Option(
@@ -193,13 +220,13 @@ def render(console: Console, result: Any) -> None:
         metrics = [m for m in metrics if m in ("auc", "ap", "f1")]
     title = (
         f"cxr evaluate: {result.name} — {result.episodes} episodes, {result.ways}-way {result.shots}-shot "
-        f"{result.queries}-query; mean ± 95% CI (the wider interval, below); threshold {result.threshold:g}"
+        f"{result.queries}-query; mean ± 95% CI (the wider interval, below); threshold rule {result.threshold}"
     )
     table = Table(title=title, box=box.SIMPLE_HEAD, caption=f"episode list {result.episode_list_hash}")
     table.add_column("class", no_wrap=True)
     table.add_column("n", justify="right", no_wrap=True)
     for m in metrics:
-        table.add_column(_METRIC_NAMES.get(m, m), justify="right", no_wrap=True)
+        table.add_column(metric_header(m, result.threshold), justify="right", no_wrap=True)
     for cls, values in result.per_class.items():
         n = values[metrics[0]]["n"] if metrics else 0
         table.add_row(cls, str(n), *[_cell(values[m]) for m in metrics])
@@ -209,7 +236,12 @@ def render(console: Console, result: Any) -> None:
     console.print(table)
     if len(metrics) < len(result.overall):
         console.print("(precision and recall: see summary.json, or widen the terminal)")
-    _print_intervals(console, result.overall, metrics)
+    if result.threshold == "support":
+        console.print(
+            "F1/precision/recall@support: thresholds chosen per episode and class on the support set (its scores "
+            "after adaptation; optimistic, but the queries never enter it); see episodes.csv's threshold column."
+        )
+    _print_intervals(console, result.overall, metrics, result.threshold)
     if result.pairs:
         p = result.pairs
         console.print(
@@ -220,7 +252,7 @@ def render(console: Console, result: Any) -> None:
     console.print(f"evaluation: {result.output} ({result.seconds:.1f} s)")
 
 
-def _print_intervals(console: Console, overall: dict[str, Any], metrics: list[str]) -> None:
+def _print_intervals(console: Console, overall: dict[str, Any], metrics: list[str], threshold: Any) -> None:
     """Both overall intervals: over episodes (Student t) and patient-cluster bootstrap; the table shows the wider."""
     parts = []
     for m in metrics:
@@ -229,7 +261,7 @@ def _print_intervals(console: Console, overall: dict[str, Any], metrics: list[st
             continue
         ep = est.get("episode_ci95")
         parts.append(
-            f"{_METRIC_NAMES.get(m, m)} episode-t ± {_num(ep)}, patient bootstrap "
+            f"{metric_header(m, threshold)} episode-t ± {_num(ep)}, patient bootstrap "
             f"[{_num(est['bootstrap_low'])}, {_num(est['bootstrap_high'])}] → {est.get('interval')}"
         )
     if parts:

@@ -66,9 +66,10 @@ def predict(
         str | None,
         typer.Option(
             "--threshold",
-            help="Add <label>_pred 0/1 columns: one probability for every class (0.5) or per class "
-            "(Effusion=0.3,Mass=0.6).",
-            show_default=False,
+            help="Thresholds of the <label>_pred 0/1 columns, written with their rule to NAME.thresholds.json "
+            "beside the CSV: support (per class, max F1 on the adapted --support set), one probability for every "
+            "class (0.5), per class (Effusion=0.3,Mass=0.6), or none (no _pred columns).",
+            show_default="--support's, else the run's validation thresholds, else 0.5",
         ),
     ] = None,
     support: Annotated[
@@ -96,7 +97,7 @@ def predict(
         typer.Option(
             "--cam",
             help="Also write Grad-CAM overlay PNGs into this folder: per image, one per finding at or above its "
-            "threshold (0.5 without --threshold), or per --cam-classes finding.",
+            "threshold (the _pred columns' threshold; 0.5 with --threshold none), or per --cam-classes finding.",
             show_default=False,
         ),
     ] = None,
@@ -137,6 +138,12 @@ def predict(
         record_choice(result.output, choice)
 
     _report_failures(stderr_console(), result)
+    if result.threshold_rule:
+        stderr_console().print(
+            f"thresholds: {escape(result.threshold_rule)} -> {escape(str(result.thresholds_file))}",
+            highlight=False,
+            soft_wrap=True,
+        )
 
     def render(console: Console) -> None:
         adapted = f", adapted to {result.n_support} support images ({result.method})" if result.n_support else ""

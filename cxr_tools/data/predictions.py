@@ -6,6 +6,11 @@ output only when every input has its row: a file at the output path is always co
 ``.<name>.partial.json`` records what the rows depend on (the model's weights checksum, the support set, the
 thresholds, the list of inputs, ...); a rerun with the same settings continues after the last complete row, a
 rerun with other settings is refused rather than mixing two models' scores in one file.
+
+**Thresholds** (the ``<label>_pred`` columns, :func:`resolve_thresholds`): by default with a support set, per
+class the threshold maximising F1 on the adapted support set's scores (docs/science.md, "Thresholds"); without
+one, the thresholds the run chose on its validation split at the end of training, else 0.5. The rule and the
+values are written beside the CSV as ``<name>.thresholds.json`` (:func:`thresholds_path`).
 """
 
 from __future__ import annotations
@@ -31,6 +36,67 @@ from cxr_tools.runtime.fs import atomic_write_json, complete_lines, fsync_dir
 log = logging.getLogger(__name__)
 
 DECIMALS = 6
+#: ``--threshold`` values that are rules rather than numbers.
+AUTO, SUPPORT, NONE = "auto", "support", "none"
+
+
+def thresholds_path(output: Path) -> Path:
+    """Where the thresholds of ``output`` are written: ``preds.csv`` -> ``preds.thresholds.json``."""
+    output = Path(output)
+    return output.with_name(f"{output.stem}.thresholds.json")
+
+
+def resolve_thresholds(
+    text: str | None,
+    labels: Sequence[str],
+    meta: Mapping[str, Any],
+    support_thresholds: Sequence[float] | np.ndarray | None,
+) -> tuple[dict[str, float] | None, dict[str, Any] | None]:
+    """``(thresholds, record)``: the thresholds of the ``_pred`` columns and how they were chosen.
+
+    ``text`` None / ``auto``: the support set's (``support_thresholds``) when there is one, else the run's
+    validation-chosen ``extra.thresholds``, else 0.5 (labels the run chose none for get 0.5 too; the record says
+    which). ``support`` insists on a support set; ``none`` gives no ``_pred`` column; a number or ``A=0.3,B=0.6``
+    is used as given (:func:`parse_thresholds`).
+    """
+    from cxr_tools.eval.thresholds import DEFAULT_THRESHOLD
+
+    rule = str(text).strip().lower() if text is not None and str(text).strip() else AUTO
+    if rule == NONE:
+        return None, None
+    if rule == SUPPORT and support_thresholds is None:
+        raise ConfigError("--threshold support needs a support set.", "Pass --support DIR|CSV, or a number.")
+    if rule in (AUTO, SUPPORT) and support_thresholds is not None:
+        values = [float(t) for t in support_thresholds]
+        fallback = [label for label, t in zip(labels, values, strict=True) if not math.isfinite(t)]
+        chosen = {label: t if math.isfinite(t) else DEFAULT_THRESHOLD for label, t in zip(labels, values, strict=True)}
+        rule_text = (
+            "per class, the threshold maximising F1 on the support set's scores after adaptation (midpoint between "
+            "adjacent support scores, lowest on ties); optimistic, as the model adapted on those images"
+        )
+        return chosen, _record("support", rule_text, chosen, fallback)
+    if rule == AUTO:
+        run = dict((meta.get("extra") or {}).get("thresholds") or {})
+        chosen, fallback = {}, []
+        for label in labels:
+            value = run.get(label)
+            if value is None or not math.isfinite(float(value)):
+                fallback.append(label)
+                value = DEFAULT_THRESHOLD
+            chosen[label] = float(value)
+        if len(fallback) == len(labels):
+            text_ = f"the default {DEFAULT_THRESHOLD:g}: the run recorded no validation-chosen thresholds"
+            return chosen, _record("default", text_, chosen, [])
+        source = str((meta.get("extra") or {}).get("threshold_rule") or "chosen on the run's validation split")
+        return chosen, _record("validation", f"the run's validation thresholds ({source})", chosen, fallback)
+    fixed = parse_thresholds(str(text), labels)
+    return fixed, _record("fixed", f"--threshold {str(text).strip()}", fixed or {}, [])
+
+
+def _record(source: str, rule: str, thresholds: Mapping[str, float], fallback: Sequence[str]) -> dict[str, Any]:
+    """The thresholds file's content: where the values come from, the rule in words, the values."""
+    note = f"; {', '.join(fallback)}: none could be chosen, 0.5 used" if fallback else ""
+    return {"source": source, "rule": rule + note, "thresholds": dict(thresholds), "defaulted": list(fallback)}
 
 
 def parse_thresholds(text: str | None, labels: Sequence[str]) -> dict[str, float] | None:

@@ -4,7 +4,11 @@ Each input is an evaluation directory (``summary.json`` + ``episodes.csv`` from 
 ``eval/`` holds one. Refused, with what to do: evaluations made with episode lists older than
 :data:`MIN_EPISODE_LIST_VERSION` (not patient-disjoint; re-evaluate), evaluations on different caches (naming
 the preprocessing that differs), on different episode lists (naming each hash), and, for F1 / precision /
-recall, at different thresholds.
+recall, made under different threshold rules (``support``, a number; docs/science.md, "Thresholds").
+
+**Metrics shown.** The threshold-free AUC and AP first; F1 / precision / recall only when every evaluation used
+the same threshold rule (``threshold``, e.g. ``support``), named in their headers (``F1@support``); evaluations
+made under different rules are never pooled into one paired test of a thresholded metric.
 
 **Seeds.** Evaluations of runs whose training configs (``RUN/config.yaml``) are identical except for the seed
 and bookkeeping (output, resume, device, threads, workers, checkpoint/log cadence), evaluated with identical
@@ -37,9 +41,10 @@ from cxr_tools.eval.compare_inputs import (
     load_evaluation,
     make_entries,
     parse_group,
+    shared_rule,
 )
-from cxr_tools.eval.compare_output import verdict, write_comparison
-from cxr_tools.eval.metrics import METRICS
+from cxr_tools.eval.compare_output import all_positive, verdict, write_comparison
+from cxr_tools.eval.metrics import METRICS, THRESHOLD_FREE
 
 __all__ = ["MIN_EPISODE_LIST_VERSION", "CompareConfig", "CompareResult", "CompareRow", "compare", "find_evaluation"]
 
@@ -111,6 +116,8 @@ class CompareResult:
     verdict: str
     output: Path | None
     files: tuple[Path, ...] = field(default_factory=tuple)
+    threshold: str | None = None
+    all_positive: dict[str, float] | None = None
 
 
 def compare(config: CompareConfig) -> CompareResult:
@@ -136,7 +143,7 @@ def compare(config: CompareConfig) -> CompareResult:
     check_same_cache(dirs, summaries)
     check_same_episodes(dirs, summaries, config.metric)
     entries = make_entries(loaded, explicit, config.auto_group)
-    return _rank(entries, summaries[0], config)
+    return _rank(entries, summaries[0], config, shared_rule(summaries))
 
 
 # --- ranking and tests ------------------------------------------------------------------------------------------
@@ -183,7 +190,7 @@ def _estimate(entry: Entry, metric: str, cls: str | None, episodes: Any) -> tupl
         return estimate, np.nanmean(matrix, axis=0)
 
 
-def _rank(entries: list[Entry], first: dict[str, Any], config: CompareConfig) -> CompareResult:
+def _rank(entries: list[Entry], first: dict[str, Any], config: CompareConfig, rule: str | None) -> CompareResult:
 
     from cxr_tools.eval.comparison import budget_text, pair_tests
 
@@ -194,7 +201,8 @@ def _rank(entries: list[Entry], first: dict[str, Any], config: CompareConfig) ->
         raise DataError("The evaluations hold different numbers of episodes despite one episode list.", "Re-run them.")
     classes = tuple(first.get("classes") or [])
     stats = {e.name: _estimate(e, metric, None, episodes) for e in entries}
-    others = {e.name: {m: _estimate(e, m, None, episodes)[0]["mean"] for m in METRICS} for e in entries}
+    shown = METRICS if rule is not None else THRESHOLD_FREE
+    others = {e.name: {m: _estimate(e, m, None, episodes)[0]["mean"] for m in shown} for e in entries}
     present = {c for e in entries for t in e.tables for c in t["class"].unique()}
     cls_stats = {c: {e.name: _estimate(e, metric, c, episodes) for e in entries} for c in classes if c in present}
     entries.sort(key=lambda e: -stats[e.name][0]["mean"] if math.isfinite(stats[e.name][0]["mean"]) else math.inf)
@@ -243,8 +251,10 @@ def _rank(entries: list[Entry], first: dict[str, Any], config: CompareConfig) ->
         rows=tuple(rows),
         tests=all_tests,
         reference=reference,
-        verdict=verdict(rows, metric, reference, bool(config.reference)),
+        verdict=verdict(rows, metric, reference, bool(config.reference), rule),
         output=Path(config.output) if config.output is not None else None,
+        threshold=rule,
+        all_positive=all_positive(entries[0].tables[0]) if rule is not None else None,
     )
     if config.output is None:
         return result

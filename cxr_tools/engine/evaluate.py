@@ -7,6 +7,9 @@
   ``episodes.json``; ``cxr compare`` refuses evaluations whose hashes differ.
 * **Per episode** the method adapts and scores (:mod:`cxr_tools.eval.episode_runs`); aggregates per class and
   overall (the unit ``cxr compare`` pairs on); Siamese runs also get pair metrics.
+* **Thresholds** (``threshold``, :mod:`cxr_tools.eval.thresholds`): ``support`` (default) chooses each episode's
+  threshold per class on the support set's scores after adaptation; a number fixes it; ``none`` drops F1 /
+  precision / recall. The rule is an evaluation setting: summary.json records it and a resume needs the same.
 * **Refusals** (unfinished run, a cache that does not fit, a leaking lineage unless ``--allow-leak``):
   :mod:`cxr_tools.eval.run_inputs`.
 
@@ -36,7 +39,6 @@ from cxr_tools.eval.episode_runs import (
     write_results,
 )
 from cxr_tools.eval.journal import EpisodeJournal, check_resumable
-from cxr_tools.eval.metrics import METRICS
 from cxr_tools.eval.run_inputs import (
     architecture_for,
     check_data_fits,
@@ -74,7 +76,8 @@ class EvaluateConfig(EpisodeOptions):
         finetune: ``head`` or ``all`` (fine-tune method).
         episodes, seed: the fixed episode list (with ways, shots, queries, images_per_patient and meta_split:
             :class:`~cxr_tools.data.episodes.EpisodeOptions`).
-        threshold: probability threshold of F1 / precision / recall and the confusion matrices.
+        threshold: the threshold rule of F1 / precision / recall and the confusion matrices: ``support`` (chosen
+            per episode and class on the support set), a probability, or ``none`` (AUC and AP only).
         pool_seed: seed of the meta-split pools (None = the run's, else 0: what training used).
         backbone: architecture of ``scratch`` without a run (default conv4).
         steps, lr: fine-tuning budget (default per mode); inner_lr, adapt_steps: MAML / scratch budget
@@ -98,7 +101,7 @@ class EvaluateConfig(EpisodeOptions):
     finetune: str = "head"
     episodes: int = 600
     seed: int = 0
-    threshold: float = 0.5
+    threshold: str | float = "support"
     pool_seed: int | None = None
     backbone: str | None = None
     steps: int | None = None
@@ -135,7 +138,7 @@ class EvaluateResult:
     shots: int
     queries: int
     seed: int
-    threshold: float
+    threshold: str
     classes: tuple[str, ...]
     per_class: dict[str, dict[str, dict[str, Any]]]
     overall: dict[str, dict[str, Any]]
@@ -149,12 +152,15 @@ def evaluate(config: EvaluateConfig, progress: Progress | None = None) -> Evalua
     """Evaluate one method on the fixed meta-test episodes; see the module docstring."""
     from cxr_tools.data.cache import open_cache
     from cxr_tools.data.episodes import EPISODE_LIST_VERSION, save_episode_list
+    from cxr_tools.eval.report import metrics_of
+    from cxr_tools.eval.thresholds import describe_rule, parse_rule
     from cxr_tools.methods.adapters import RUNLESS_METHODS, AdaptConfig, build_adapter, describe, resolve_method
     from cxr_tools.runtime.devices import describe_device, explain_out_of_memory, resolve_device, set_threads
 
     progress = null_progress(progress)
     began = time.perf_counter()
-    check_options(config.episodes, config.threshold, config.pairs, config.bootstrap)
+    rule = parse_rule(config.threshold)
+    check_options(config.episodes, config.pairs, config.bootstrap)
     adapt_cfg = fields_from(AdaptConfig, config)
     spec = config.episode_spec
     cache = open_cache(config.data)
@@ -211,7 +217,7 @@ def evaluate(config: EvaluateConfig, progress: Progress | None = None) -> Evalua
             "cache_manifest_hash": cache.manifest_hash,
             "episode_list_hash": ep_hash,
             "episode_list_version": EPISODE_LIST_VERSION,
-            "threshold": config.threshold,
+            "threshold": rule.label,
         },
         resume=config.resume,
     )
@@ -222,7 +228,7 @@ def evaluate(config: EvaluateConfig, progress: Progress | None = None) -> Evalua
             "a rerun resumes.",
         ):
             records, scores = run_episodes(
-                adapter, cache, episodes, normalisation, device, config.seed, config.threshold, progress, journal
+                adapter, cache, episodes, normalisation, device, config.seed, rule, progress, journal
             )
     finally:
         journal.close()
@@ -233,7 +239,7 @@ def evaluate(config: EvaluateConfig, progress: Progress | None = None) -> Evalua
         )
 
     per_class, overall, boot, files = write_results(
-        out, records, scores, cache, list(split.test), config.bootstrap, config.seed, config.threshold,
+        out, records, scores, cache, list(split.test), config.bootstrap, config.seed, rule,
         title=label if config.plots else None,
     )  # fmt: skip
     seconds = time.perf_counter() - began
@@ -264,9 +270,10 @@ def evaluate(config: EvaluateConfig, progress: Progress | None = None) -> Evalua
         "shots": config.shots,
         "queries": config.queries,
         "seed": config.seed,
-        "threshold": config.threshold,
+        "threshold": rule.label,
+        "threshold_rule": describe_rule(rule),
         "classes": list(split.test),
-        "metrics": list(METRICS),
+        "metrics": list(metrics_of(rule)),
         "per_class": per_class,
         "overall": overall,
         "bootstrap": bootstrap_record(boot),

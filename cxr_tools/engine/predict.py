@@ -16,7 +16,10 @@ Orchestration only; the parts live where they belong:
   probabilities and the reason in ``error``; the run continues. The result counts them; the CLI exits 3.
 
 The CSV (docs/design.md, "Predictions CSV"): ``path``, one probability column per class, ``<class>_pred``
-columns (0/1) when thresholds are given, ``error``; one row per input in input order; complete whenever it exists.
+columns (0/1), ``error``; one row per input in input order; complete whenever it exists. The thresholds of the
+``_pred`` columns (by default chosen on the support set, else the run's validation thresholds, else 0.5;
+:func:`~cxr_tools.data.predictions.resolve_thresholds`) and their rule go to ``<name>.thresholds.json`` beside
+it; ``threshold="none"`` leaves both out.
 """
 
 from __future__ import annotations
@@ -36,7 +39,8 @@ from cxr_tools.data.predictions import (
     fingerprint_inputs,
     fingerprint_path,
     header,
-    parse_thresholds,
+    resolve_thresholds,
+    thresholds_path,
 )
 from cxr_tools.errors import ConfigError, InputError
 from cxr_tools.methods.score_stream import score_into
@@ -65,7 +69,9 @@ class PredictConfig:
             forward's threads use the rest), every core with an accelerator (64+ inputs; see ``_workers``).
         device: ``auto``, ``cpu``, ``cuda``, ``cuda:N`` or ``mps``.
         amp: mixed precision on CUDA.
-        threshold: ``0.5`` for every class, or ``Effusion=0.3,Mass=0.6`` per class; adds ``<label>_pred``.
+        threshold: the thresholds of the ``<label>_pred`` columns: None / ``auto`` (the support set's, else the
+            run's validation-chosen ones, else 0.5), ``support``, ``none`` (no ``_pred`` column), ``0.5`` for every
+            class, or ``Effusion=0.3,Mass=0.6`` per class.
         support: a labelled support set (CSV ``path,<class>...`` or class folders) to adapt to first.
         min_support: positives every support class needs.
         method: adaptation method (``auto`` follows the run's training kind; see ``cxr_tools.methods``).
@@ -105,7 +111,8 @@ class PredictConfig:
 @dataclass(frozen=True)
 class PredictResult:
     """What ``cxr predict`` did. ``failures`` lists up to 200 ``(path, reason)`` pairs (all are in the CSV);
-    ``n_resumed`` rows came from an interrupted earlier run and ``images_per_second`` counts this run's only."""
+    ``n_resumed`` rows came from an interrupted earlier run and ``images_per_second`` counts this run's only;
+    ``threshold_rule`` says how ``thresholds`` were chosen and ``thresholds_file`` where they were written."""
 
     output: Path
     model: str
@@ -122,6 +129,8 @@ class PredictResult:
     seconds: float
     images_per_second: float
     failures: tuple[tuple[str, str], ...]
+    threshold_rule: str | None = None
+    thresholds_file: Path | None = None
     cam: Path | None = None
     n_cam: int = 0
 
@@ -160,7 +169,7 @@ def run_predict(config: PredictConfig, progress: Progress | None = None) -> Pred
     scorer, meta, labels, n_support = load_scorer(
         config.model, resolve_device(config.device), amp=config.amp, support=support, progress=progress
     )
-    thresholds = parse_thresholds(config.threshold, labels)
+    thresholds, record = resolve_thresholds(config.threshold, labels, meta, scorer.support_thresholds)
     ops = model_ops(meta)
     cams = None
     if config.cam is not None:
@@ -198,6 +207,12 @@ def run_predict(config: PredictConfig, progress: Progress | None = None) -> Pred
 
         for start, block, rejected in decode_stream(inputs.items, ops, workers=0, chunk=config.batch_size):
             cams.write(scorer.model, meta, block, start, rejected, inputs.items, thresholds)
+    thresholds_file = None
+    if record is not None:
+        from cxr_tools.runtime.fs import atomic_write_json
+
+        thresholds_file = atomic_write_json(thresholds_path(out), {"predictions": out.name, **record})
+        log.info("thresholds: %s -> %s", record["rule"], thresholds_file)
 
     failed = [(row[0], row[-1]) for row in writer.resumed_rows if row[-1]]
     failed += [(todo[i].display, errors[i]) for i in range(len(todo)) if errors[i]]
@@ -218,6 +233,8 @@ def run_predict(config: PredictConfig, progress: Progress | None = None) -> Pred
         seconds=round(time.perf_counter() - started, 3),
         images_per_second=round(n_new_ok / loop_seconds, 2) if loop_seconds > 0 else 0.0,
         failures=tuple(failed[:MAX_LISTED_FAILURES]),
+        threshold_rule=None if record is None else str(record["rule"]),
+        thresholds_file=thresholds_file,
         cam=cams.folder if cams is not None else None,
         n_cam=cams.written if cams is not None else 0,
     )

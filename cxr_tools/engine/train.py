@@ -201,6 +201,7 @@ def _train(config: TrainConfig, ctx: RuntimeContext, progress: Progress | None) 
             "best_epoch": fit.best_epoch,
             "monitor": monitor,
             "best_metric": fit.best_metric,
+            **validation_thresholds(labels, lifecycle.best_record(run)),
         }
         meta = lifecycle.model_meta(cache, model, labels, "supervised", extra)
         meta["lineage"] = write_lineage(
@@ -239,12 +240,15 @@ def _check_config(config: TrainConfig) -> None:
 def validation_metrics(
     labels: Sequence[str], targets: np.ndarray, mask: np.ndarray, probs: np.ndarray, loss_sum: float
 ) -> dict[str, float]:
-    """``val_loss``, ``val_auc`` (mean over classes with a defined AUC) and ``val_auc/<class>``.
+    """``val_loss``, ``val_auc`` (mean over classes with a defined AUC), ``val_auc/<class>`` and
+    ``val_threshold/<class>``.
 
     The per-class AUC is :func:`~cxr_tools.eval.metrics.class_metrics`' (scikit-learn), over unmasked entries;
-    NaN when the val split holds one class only.
+    NaN when the val split holds one class only. The threshold maximises F1 on the val split
+    (:func:`~cxr_tools.eval.thresholds.choose_threshold`); the best epoch's are saved in the model card.
     """
     from cxr_tools.eval.metrics import class_metrics
+    from cxr_tools.eval.thresholds import choose_threshold
 
     out: dict[str, float] = {"val_loss": loss_sum / max(1.0, float(mask.sum()))}
     aucs = []
@@ -252,8 +256,24 @@ def validation_metrics(
         keep = mask[:, j]
         auc = class_metrics(targets[keep, j], probs[keep, j])["auc"] if keep.any() else math.nan
         out[f"val_auc/{label}"] = auc
+        out[f"val_threshold/{label}"] = choose_threshold(targets[keep, j], probs[keep, j]) if keep.any() else math.nan
         if not math.isnan(auc):
             aucs.append(auc)
     out["val_auc"] = float(np.mean(aucs)) if aucs else math.nan
     out["val_classes_with_auc"] = float(len(aucs))
     return out
+
+
+def validation_thresholds(labels: Sequence[str], best: dict[str, Any]) -> dict[str, Any]:
+    """The model card's ``thresholds`` (per label, chosen on the val split at the selected epoch; None where none
+    could be) and their ``threshold_rule``: what ``cxr predict`` decides with when it has no support set."""
+    from cxr_tools.runtime import lifecycle
+
+    chosen = {label: lifecycle.finite_or_none(best.get(f"val_threshold/{label}")) for label in labels}
+    if not any(v is not None for v in chosen.values()):
+        return {}
+    epoch = best.get("epoch")
+    return {
+        "thresholds": chosen,
+        "threshold_rule": f"max F1 on the validation split at the selected epoch{f' ({epoch})' if epoch else ''}",
+    }

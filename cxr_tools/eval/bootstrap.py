@@ -61,7 +61,7 @@ def weighted_metrics(
     return {k: v[0] for k, v in _batch_metrics(y, s, w, threshold).items()}
 
 
-def _batch_metrics(y: np.ndarray, s: np.ndarray, w: np.ndarray, threshold: float) -> dict[str, np.ndarray]:
+def _batch_metrics(y: np.ndarray, s: np.ndarray, w: np.ndarray, threshold: Any) -> dict[str, np.ndarray]:
     """:func:`weighted_metrics` of ``G`` classes-in-episodes of one size: ``y, s [G, n]``, ``w [G, B, n]``.
 
     Sorted by score, each image's tie level spans ``[start, end]``; with cumulative weights padded by a leading 0,
@@ -113,17 +113,19 @@ def cluster_bootstrap(
     threshold: float = 0.5,
     metrics: Sequence[str] = METRICS,
 ) -> BootstrapIntervals:
-    """Patient-cluster bootstrap intervals from a ``scores.csv`` table with a ``patient`` column (module doc)."""
+    """Patient-cluster bootstrap intervals from a ``scores.csv`` table with a ``patient`` column (module doc);
+    a ``threshold`` column (per episode and class) overrides ``threshold``."""
     import pandas as pd
 
     if replicates < 1:
         raise ValueError("the bootstrap needs at least one replicate")
     codes, patients = pd.factorize(scores["patient"].astype(str))
     n_patients = len(patients)
-    keys, ys, ss, cs = [], [], [], []  # one group per (episode, class), sorted by episode
+    keys, ys, ss, cs, ts = [], [], [], [], []  # one group per (episode, class), sorted by episode
     frame = scores.assign(_code=codes)
     for (episode, cls), rows in frame.groupby(["episode", "class"], sort=True):
         keys.append((int(episode), str(cls)))
+        ts.append(float(rows["threshold"].iloc[0]) if "threshold" in rows else threshold)  # per episode and class
         ys.append(rows["target"].to_numpy(int))
         ss.append(rows["score"].to_numpy(float))
         cs.append(rows["_code"].to_numpy())
@@ -148,7 +150,7 @@ def cluster_bootstrap(
                 code = np.stack([cs[g] for g in sel])  # [G, n]
                 w = counts[:, code].transpose(1, 0, 2)  # [G, b, n]
                 out = _batch_metrics(np.stack([ys[g] for g in sel]).astype(bool), np.stack([ss[g] for g in sel]), w,
-                                     threshold)  # fmt: skip
+                                     np.array([ts[g] for g in sel])[:, None])  # fmt: skip
                 for m in metrics:
                     values[m][sel] = out[m]
         for m in metrics:

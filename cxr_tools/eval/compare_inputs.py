@@ -6,7 +6,6 @@ See :mod:`cxr_tools.engine.compare` for what is refused and how runs are grouped
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,9 +13,10 @@ from typing import Any
 
 from cxr_tools.data.episodes import EPISODE_LIST_VERSION
 from cxr_tools.errors import ConfigError, DataError, InputError
-from cxr_tools.eval.metrics import METRICS
+from cxr_tools.eval.metrics import METRICS, THRESHOLD_FREE
+from cxr_tools.eval.thresholds import THRESHOLDED
 
-THRESHOLD_METRICS = ("f1", "precision", "recall")
+THRESHOLD_METRICS = THRESHOLDED
 #: Episode lists older than this were image-disjoint only, not patient-disjoint.
 MIN_EPISODE_LIST_VERSION = EPISODE_LIST_VERSION
 #: Training-config keys that do not make two runs different methods (besides the seed).
@@ -64,7 +64,8 @@ def load_evaluation(eval_dir: Path) -> tuple[dict[str, Any], Any]:
     if not csv.is_file():
         raise InputError(f"{eval_dir} lacks episodes.csv.", "Re-run cxr evaluate with --overwrite.")
     table = pd.read_csv(csv, dtype={"class": str})
-    missing = [c for c in ("episode", "class", *METRICS) if c not in table.columns]
+    measured = [m for m in summary.get("metrics") or METRICS if m in METRICS]
+    missing = [c for c in ("episode", "class", *THRESHOLD_FREE, *measured) if c not in table.columns]
     if missing or "episode_list_hash" not in summary:
         raise InputError(f"{eval_dir} is not a cxr evaluation (missing {', '.join(missing) or 'the hash'}).")
     return summary, table
@@ -118,13 +119,32 @@ def check_same_episodes(dirs: Sequence[Path], summaries: Sequence[dict[str, Any]
             "Re-run cxr evaluate with the same --data, --meta-split, --ways/--shots/--queries, --episodes and --seed.",
         )
     if metric in THRESHOLD_METRICS:
-        thresholds = {float(s.get("threshold", math.nan)) for s in summaries}
-        if len(thresholds) > 1:
+        rules = {threshold_label(s) for s in summaries}
+        if "none" in rules:
             raise DataError(
-                f"{metric} depends on the threshold, and these evaluations used different ones "
-                f"({', '.join(f'{t:g}' for t in sorted(thresholds))}).",
+                f"{metric} was not measured by an evaluation made with --threshold none.",
+                "Re-run cxr evaluate with --threshold support (or a number), or compare on --metric auc.",
+            )
+        if len(rules) > 1:
+            raise DataError(
+                f"{metric} depends on the threshold rule, and these evaluations used different ones "
+                f"({', '.join(sorted(rules))}).",
                 "Re-run cxr evaluate with the same --threshold, or compare on --metric auc.",
             )
+
+
+def threshold_label(summary: dict[str, Any]) -> str:
+    """The threshold rule of an evaluation (``support``, ``0.5``, ``none``); summaries before the rule had a
+    number."""
+    value = summary.get("threshold")
+    return f"{value:g}" if isinstance(value, (int, float)) else str(value)
+
+
+def shared_rule(summaries: Sequence[dict[str, Any]]) -> str | None:
+    """The threshold rule every evaluation shares, or None when they differ (or measured no thresholded metric):
+    F1 / precision / recall are then left out of the comparison rather than pooled across rules."""
+    rules = {threshold_label(s) for s in summaries}
+    return next(iter(rules)) if len(rules) == 1 and rules != {"none"} else None
 
 
 # --- seed groups ------------------------------------------------------------------------------------------------

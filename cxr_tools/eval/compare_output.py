@@ -18,8 +18,42 @@ LEAK_MARK = "⚠ LEAK"
 COMPARISON_FILES: tuple[str, ...] = ("comparison.csv", "comparison.md", "comparison.png", "comparison.json")
 
 
-def metric_name(metric: str) -> str:
-    return metric.upper() if metric in ("auc", "ap") else metric
+def metric_name(metric: str, rule: str | None = None) -> str:
+    """``AUC``, ``AP``; a thresholded metric names its threshold rule when given (``f1@support``)."""
+    if metric in ("auc", "ap"):
+        return metric.upper()
+    name = "F1" if metric == "f1" else metric
+    return f"{name}@{rule}" if rule else name
+
+
+def metric_columns(result: Any) -> list[tuple[str, str]]:
+    """``(metric, header)`` of every metric the comparison shows, the threshold-free ones (AUC, AP) first."""
+    shown = list(result.rows[0].others) if result.rows else []
+    return [(m, metric_name(m, getattr(result, "threshold", None))) for m in shown]
+
+
+def rule_note(result: Any) -> str:
+    """What the thresholded columns mean, or why they are absent."""
+    rule = getattr(result, "threshold", None)
+    if rule is None:
+        return (
+            "F1 / precision / recall left out: the evaluations used different threshold rules (or none), and "
+            "they are never pooled across rules."
+        )
+    if rule == "support":
+        return (
+            "F1 / precision / recall @support: each episode's thresholds chosen per class on its support set "
+            "(max F1 on the adapted support scores), never on the queries."
+        )
+    return f"F1 / precision / recall at the fixed threshold {rule}."
+
+
+def all_positive(table: Any) -> dict[str, float]:
+    """What calling every query positive scores, averaged like the methods (per episode over its classes, then
+    over episodes): precision = prevalence p, recall 1, F1 = 2p / (1 + p); a method without skill lands near it."""
+    p = table["positives"].to_numpy(float) / (table["positives"] + table["negatives"]).to_numpy(float)
+    frame = table[["episode"]].assign(f1=2 * p / (1 + p), precision=p, recall=1.0)
+    return {m: float(frame.groupby("episode")[m].mean().mean()) for m in ("f1", "precision", "recall")}
 
 
 def p_cell(p: float | None, note: str = "") -> str:
@@ -28,10 +62,10 @@ def p_cell(p: float | None, note: str = "") -> str:
     return f"{text} ({note})" if note else text
 
 
-def verdict(rows: Sequence[Any], metric: str, reference: str, explicit_reference: bool) -> str:
+def verdict(rows: Sequence[Any], metric: str, reference: str, explicit_reference: bool, rule: str | None = None) -> str:
     """One line: who ranks first, each difference against the reference (paired CI, Holm-adjusted p), and
     whether it is significant."""
-    name = metric_name(metric)
+    name = metric_name(metric, rule)
     best = rows[0]
     if len(rows) == 1:
         return (
@@ -97,6 +131,7 @@ def comparison_table(result: Any) -> Any:
                 "note": row.note,
                 "leak": row.leak or "",
                 "budget": row.budget,
+                "threshold": result.threshold or "",
                 **{f"{m}_mean": v for m, v in row.others.items()},
                 **{f"{c}_{result.metric}": v["mean"] for c, v in row.per_class.items()},
                 **{f"{c}_p_value": v["p_value"] for c, v in row.per_class.items()},
@@ -107,7 +142,7 @@ def comparison_table(result: Any) -> Any:
 
 def comparison_markdown(result: Any) -> str:
     """``comparison.md``: the ranked table, per-class means (with Holm-adjusted per-class p), tests, verdict."""
-    name = metric_name(result.metric)
+    name = metric_name(result.metric, result.threshold)
     lines = [
         f"# Comparison on {result.episodes} episodes (episode list {result.episode_list_hash})",
         "",
@@ -137,6 +172,15 @@ def comparison_markdown(result: Any) -> str:
             f"| {row.rank} | {row.name} | {len(row.eval_dirs)} | {row.budget} | {_fmt(row.mean)} ± {_fmt(row.ci95)} "
             f"| {diff} | {p} | {LEAK_MARK + ': ' + row.leak if row.leak else ''} | " + " | ".join(per) + " |"
         )
+    columns = metric_columns(result)
+    lines += ["", "## All metrics (mean over episodes)", "", "| method | " + " | ".join(h for _, h in columns) + " |"]
+    lines.append("|---|" + "---:|" * len(columns))
+    for row in result.rows:
+        lines.append(f"| {row.name} | " + " | ".join(_fmt(row.others.get(m)) for m, _ in columns) + " |")
+    if result.all_positive:
+        cells = [_fmt(result.all_positive.get(m)) if m in result.all_positive else "—" for m, _ in columns]
+        lines.append("| *every query called positive* | " + " | ".join(cells) + " |")
+    lines += ["", rule_note(result)]
     lines += ["", "## All paired tests (Holm within each family)", "", "| family | a − b | Δ | p (raw) | p (Holm) |"]
     lines.append("|---|---|---:|---:|---:|")
     for t in result.tests:
@@ -160,7 +204,7 @@ def write_comparison(result: Any, out: Path, *, overwrite: bool) -> list[Path]:
     output_plan(out, overwrite=overwrite, complete=lambda p: (p / "comparison.csv").exists(),
                 owned=only_files(COMPARISON_FILES), restart=True, what="comparison", keep_foreign=True)  # fmt: skip
     apply_output_plan(out, "resume")  # the files are replaced one by one, atomically; nothing else is touched
-    name = metric_name(result.metric)
+    name = metric_name(result.metric, result.threshold)
     groups = [*result.classes, "overall"]
     series = {}
     for row in result.rows:

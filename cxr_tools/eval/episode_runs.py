@@ -2,8 +2,9 @@
 
 * **Per episode**, the method (:mod:`cxr_tools.methods.adapters`) adapts to the support set (its randomness,
   e.g. a fresh head, from the generator ``(seed, i)``) and scores the queries in eval mode, batch-independently.
-  Per episode class: AUC and AP (threshold-free), F1 / precision / recall at the threshold
-  (:func:`~cxr_tools.eval.metrics.episode_metrics`).
+  Per episode class: AUC and AP (threshold-free), F1 / precision / recall at the threshold of the rule
+  (:mod:`cxr_tools.eval.thresholds`: with ``support``, chosen per class on the support set's own scores after
+  adaptation, never on the queries; saved as ``threshold`` in episodes.csv and scores.csv).
 * **Aggregates**: per class, mean ± 95% CI over the episodes containing it; overall, mean ± 95% CI over
   episodes of the episode's mean over its classes, and a patient-cluster bootstrap interval.
 * **Siamese runs** also get the pair AUC and the similarity accuracy (at the run's validation threshold) on a
@@ -30,6 +31,7 @@ if TYPE_CHECKING:
     from cxr_tools.data.episodes import Episode
     from cxr_tools.data.splits import MetaSplit
     from cxr_tools.eval.journal import EpisodeJournal
+    from cxr_tools.eval.thresholds import ThresholdRule
 
 PAIR_KEY = 104729  # seed key of the Siamese pair set, apart from the episodes' (seed, i)
 BOOTSTRAP_KEY = 130363  # seed key of the patient-cluster bootstrap
@@ -38,15 +40,16 @@ SCORES_CSV = "scores.csv"
 PLOTS_DIR = "plots"
 
 
-def bootstrap(score_table: Any, classes: Sequence[str], replicates: int, seed: int, threshold: float) -> Any:
-    """Patient-cluster bootstrap intervals (None when disabled), seeded from the evaluation seed."""
+def bootstrap(score_table: Any, classes: Sequence[str], replicates: int, seed: int, metrics: Sequence[str]) -> Any:
+    """Patient-cluster bootstrap intervals (None when disabled), seeded from the evaluation seed; thresholded
+    metrics at each episode's own thresholds (the ``threshold`` column of the scores)."""
     if replicates == 0 or not len(score_table):
         return None
     from cxr_tools.eval.bootstrap import cluster_bootstrap
     from cxr_tools.runtime.seeding import numpy_generator
 
     rng = numpy_generator(seed, BOOTSTRAP_KEY)
-    return cluster_bootstrap(score_table, classes, replicates=replicates, rng=rng, threshold=threshold)
+    return cluster_bootstrap(score_table, classes, replicates=replicates, rng=rng, metrics=metrics)
 
 
 def bootstrap_record(boot: Any) -> dict[str, Any] | None:
@@ -63,13 +66,14 @@ def run_episodes(
     normalisation: str,
     device: Any,
     seed: int,
-    threshold: float,
+    rule: ThresholdRule,
     progress: Progress,
     journal: EpisodeJournal,
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Adapt and score every episode (reusing the journal's finished ones): ``episodes.csv`` and ``scores.csv``
-    rows in episode order."""
+    rows in episode order. The thresholds of ``rule`` come from the support set's scores alone."""
     from cxr_tools.eval.metrics import episode_metrics
+    from cxr_tools.eval.thresholds import episode_thresholds
     from cxr_tools.methods.episodes import episode_tensors
     from cxr_tools.runtime.seeding import make_generator
 
@@ -88,17 +92,22 @@ def run_episodes(
             sx, sy, qx, _ = episode_tensors(cache, ep, normalisation, device)
             scorer = adapter.fit(sx, sy, generator=make_generator(seed, i))
             probs = scorer.predict(qx).numpy().astype(np.float64)
-            per_class = episode_metrics(ep.query_targets, probs, ep.classes, threshold)
+            cuts = None
+            if rule.thresholded:
+                support_probs = scorer.support_scores(sx, sy).numpy().astype(np.float64)
+                cuts = episode_thresholds(rule, sy.detach().float().cpu().numpy(), support_probs)
+            per_class = episode_metrics(ep.query_targets, probs, ep.classes, cuts)
             ep_records: list[dict[str, Any]] = []
             ep_scores: list[dict[str, Any]] = []
             for j, cls in enumerate(ep.classes):
                 y = ep.query_targets[:, j]
+                cut = {} if cuts is None else {"threshold": float(cuts[j])}
                 ep_records.append(
                     {"episode": i, "class": cls, "positives": int(y.sum()), "negatives": int(len(y) - y.sum()),
-                     **per_class[cls]}
+                     **cut, **per_class[cls]}
                 )  # fmt: skip
                 ep_scores += [
-                    {"episode": i, "class": cls, "row": int(r), "target": int(t), "score": float(s)}
+                    {"episode": i, "class": cls, "row": int(r), "target": int(t), "score": float(s), **cut}
                     for r, t, s in zip(ep.query_rows, y, probs[:, j], strict=True)
                 ]
             journal.add(i, ep_records, ep_scores)
@@ -185,23 +194,24 @@ def write_results(
     classes: Sequence[str],
     replicates: int,
     seed: int,
-    threshold: float,
+    rule: ThresholdRule,
     title: str | None,
 ) -> tuple[dict[str, Any], dict[str, Any], Any, list[Path]]:
     """Write ``episodes.csv``, ``scores.csv`` (with each query's patient) and, with a ``title``, the plots; return
     ``(per_class, overall, bootstrap, files)``, the aggregates summary.json records."""
     import pandas as pd
 
-    from cxr_tools.eval.report import aggregate, evaluation_plots, write_table
+    from cxr_tools.eval.report import aggregate, evaluation_plots, metrics_of, write_table
 
     table = pd.DataFrame.from_records(records)
     score_table = pd.DataFrame.from_records(scores)
     score_table["patient"] = cache.index["patient_id"].astype(str).to_numpy()[score_table["row"].to_numpy(int)]
-    boot = bootstrap(score_table, list(classes), replicates, seed, threshold)
-    per_class, overall = aggregate(table, list(classes), bootstrap=boot)
+    metrics = metrics_of(rule)
+    boot = bootstrap(score_table, list(classes), replicates, seed, metrics)
+    per_class, overall = aggregate(table, list(classes), metrics, bootstrap=boot)
     files = [write_table(out / EPISODES_CSV, table), write_table(out / SCORES_CSV, score_table)]
     if title is not None:
-        files += evaluation_plots(out / PLOTS_DIR, score_table, per_class, overall, threshold, title=title)
+        files += evaluation_plots(out / PLOTS_DIR, score_table, per_class, overall, rule, title=title)
     return per_class, overall, boot, files
 
 

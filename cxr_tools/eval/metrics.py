@@ -15,6 +15,8 @@ from dataclasses import dataclass
 import numpy as np
 
 METRICS: tuple[str, ...] = ("auc", "ap", "f1", "precision", "recall")
+#: The threshold-free metrics, shown first everywhere (the thresholded ones depend on the threshold rule).
+THRESHOLD_FREE: tuple[str, ...] = ("auc", "ap")
 
 
 @dataclass(frozen=True)
@@ -37,36 +39,45 @@ class Estimate:
         return f"{self.mean:.3f} ± {self.ci95:.3f}"
 
 
-def class_metrics(targets: np.ndarray, scores: np.ndarray, threshold: float = 0.5) -> dict[str, float]:
+def class_metrics(targets: np.ndarray, scores: np.ndarray, threshold: float | None = 0.5) -> dict[str, float]:
     """AUC, AP, F1, precision and recall of one class (targets in {0,1}, scores = probabilities).
 
-    AUC and AP are NaN when the targets hold a single class (they are undefined there, not 0.5).
+    AUC and AP are NaN when the targets hold a single class (they are undefined there, not 0.5). With
+    ``threshold`` None (``--threshold none``) only the threshold-free AUC and AP are returned.
     """
     from sklearn.metrics import average_precision_score, precision_recall_fscore_support, roc_auc_score
 
     y = np.asarray(targets).astype(int).ravel()
     s = np.asarray(scores, dtype=np.float64).ravel()
     both = 0 < y.sum() < len(y)
-    pred = (s >= threshold).astype(int)
-    p, r, f, _ = precision_recall_fscore_support(y, pred, average="binary", zero_division=0)
-    return {
+    out = {
         "auc": float(roc_auc_score(y, s)) if both else math.nan,
         "ap": float(average_precision_score(y, s)) if both else math.nan,
-        "f1": float(f),
-        "precision": float(p),
-        "recall": float(r),
     }
+    if threshold is None:
+        return out
+    pred = (s >= threshold).astype(int)
+    p, r, f, _ = precision_recall_fscore_support(y, pred, average="binary", zero_division=0)
+    return {**out, "f1": float(f), "precision": float(p), "recall": float(r)}
 
 
 def episode_metrics(
-    targets: np.ndarray, scores: np.ndarray, classes: Sequence[str], threshold: float = 0.5
+    targets: np.ndarray,
+    scores: np.ndarray,
+    classes: Sequence[str],
+    threshold: float | Sequence[float] | np.ndarray | None = 0.5,
 ) -> dict[str, dict[str, float]]:
-    """:func:`class_metrics` for each column of an episode's query targets [Q, N] and scores [Q, N]."""
+    """:func:`class_metrics` for each column of an episode's query targets [Q, N] and scores [Q, N], at one
+    threshold for every class, one per class (e.g. chosen on the support set), or None (AUC and AP only)."""
     targets = np.asarray(targets)
     scores = np.asarray(scores)
     if targets.shape != scores.shape or targets.ndim != 2 or targets.shape[1] != len(classes):
         raise ValueError(f"targets {targets.shape} and scores {scores.shape} must be [Q, {len(classes)}]")
-    return {c: class_metrics(targets[:, j], scores[:, j], threshold) for j, c in enumerate(classes)}
+    if threshold is None:
+        per: list[float | None] = [None] * len(classes)
+    else:
+        per = [float(t) for t in np.broadcast_to(np.asarray(threshold, dtype=np.float64), (len(classes),))]
+    return {c: class_metrics(targets[:, j], scores[:, j], per[j]) for j, c in enumerate(classes)}
 
 
 def mean_ci(values: Sequence[float] | np.ndarray, confidence: float = 0.95) -> Estimate:

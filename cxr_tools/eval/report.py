@@ -6,25 +6,35 @@ equals the evaluation's ``summary.json``:
 * per class: mean ± 95% CI over the episodes that contain the class;
 * overall: mean ± 95% CI over episodes of the *episode mean* (the mean of the metric over the episode's
   classes, NaN-ignoring) — the unit on which two methods evaluated on the same episodes are paired;
+* the threshold-free metrics (AUC, AP) come first; F1 / precision / recall are measured at the threshold rule's
+  thresholds (per episode and class with ``support``; :mod:`cxr_tools.eval.thresholds`) and absent with ``none``;
 * with a patient-cluster bootstrap (:mod:`cxr_tools.eval.bootstrap`) both intervals are kept and the headline
   (``mean ± ci95``, ``low``/``high``) uses the wider one: ``interval`` says which.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from cxr_tools.eval.metrics import METRICS, Estimate, mean_ci
+from cxr_tools.eval.metrics import METRICS, THRESHOLD_FREE, Estimate, mean_ci
 from cxr_tools.runtime.fs import atomic_path
 
 if TYPE_CHECKING:
     from cxr_tools.eval.bootstrap import BootstrapIntervals
+    from cxr_tools.eval.thresholds import ThresholdRule
 
-EPISODE_COLUMNS: tuple[str, ...] = ("episode", "class", "positives", "negatives", *METRICS)
+#: episodes.csv; ``threshold`` and the thresholded metrics are absent with ``--threshold none``.
+EPISODE_COLUMNS: tuple[str, ...] = ("episode", "class", "positives", "negatives", "threshold", *METRICS)
+
+
+def metrics_of(rule: ThresholdRule) -> tuple[str, ...]:
+    """The metrics an evaluation under ``rule`` measures: AUC and AP, then the thresholded ones unless ``none``."""
+    return METRICS if rule.thresholded else THRESHOLD_FREE
 
 
 def estimate_dict(est: Estimate, bootstrap: tuple[float, float] | None = None) -> dict[str, Any]:
@@ -103,11 +113,13 @@ def pooled_curves(scores: Any, classes: Sequence[str] | None = None) -> dict[str
 
 
 def pooled_confusion(scores: Any, threshold: float, classes: Sequence[str] | None = None) -> dict[str, np.ndarray]:
-    """Per class, the 2×2 confusion matrix ``[[TN, FP], [FN, TP]]`` of pooled queries at ``threshold``."""
+    """Per class, the 2×2 confusion matrix ``[[TN, FP], [FN, TP]]`` of pooled queries, each at its episode's
+    ``threshold`` column when the table has one, else at ``threshold``."""
     out: dict[str, np.ndarray] = {}
     for cls, rows in _by_class(scores, classes):
         y = rows["target"].to_numpy(dtype=int) == 1
-        p = rows["score"].to_numpy(dtype=float) >= threshold
+        cut = rows["threshold"].to_numpy(dtype=float) if "threshold" in rows else threshold
+        p = rows["score"].to_numpy(dtype=float) >= cut
         out[str(cls)] = np.array([[(~y & ~p).sum(), (~y & p).sum()], [(y & ~p).sum(), (y & p).sum()]], dtype=np.int64)
     return out
 
@@ -117,11 +129,12 @@ def evaluation_plots(
     scores: Any,
     per_class: Mapping[str, Mapping[str, Mapping[str, Any]]],
     overall: Mapping[str, Mapping[str, Any]],
-    threshold: float,
+    rule: ThresholdRule,
     *,
     title: str = "",
 ) -> list[Path]:
-    """The figures of one evaluation: ROC per class, per-class AUC bars, confusion matrices, overall metrics."""
+    """The figures of one evaluation: ROC per class, per-class AUC bars, confusion matrices (unless the rule is
+    ``none``), overall metrics (thresholded ones labelled with the rule)."""
     from cxr_tools.eval.plots import plot_confusion_matrices, plot_metric_bars, plot_roc_curves
 
     plot_dir = Path(plot_dir)
@@ -139,22 +152,28 @@ def evaluation_plots(
             metric="AUC",
             title=f"{prefix}AUC per class over episodes",
         ),
-        plot_confusion_matrices(
-            plot_dir / "confusion.png",
-            pooled_confusion(scores, threshold, classes),
-            threshold=threshold,
-            title=f"{prefix}confusion matrices at threshold {threshold:g} (queries pooled)",
-        ),
+    ]
+    if rule.thresholded:
+        at = "support-chosen thresholds" if rule.kind == "support" else f"threshold {rule.label}"
+        files.append(
+            plot_confusion_matrices(
+                plot_dir / "confusion.png",
+                pooled_confusion(scores, rule.value if rule.value is not None else 0.5, classes),
+                threshold=rule.value if rule.value is not None else math.nan,
+                title=f"{prefix}confusion matrices at {at} (queries pooled)",
+            )
+        )
+    files.append(
         plot_metric_bars(
             plot_dir / "overall.png",
-            [m.upper() if m in ("auc", "ap", "f1") else m for m in overall],
+            [rule.header(m.upper() if m in ("auc", "ap", "f1") else m) for m in overall],
             [_num(overall[m]["mean"]) for m in overall],
             [_num(overall[m]["ci95"]) for m in overall],
             metric="value",
             chance=None,
             title=f"{prefix}overall metrics (mean over episodes ± 95% CI)",
-        ),
-    ]
+        )
+    )
     return files
 
 

@@ -173,12 +173,11 @@ def meta_test_episodes(
     return episodes, episode_list_hash(episodes, cache.manifest_hash)
 
 
-def check_options(episodes: int, threshold: float, pairs: int, bootstrap: int) -> None:
-    """Refuse evaluation options out of range before anything is read."""
+def check_options(episodes: int, pairs: int, bootstrap: int) -> None:
+    """Refuse evaluation options out of range before anything is read (the threshold rule:
+    :func:`~cxr_tools.eval.thresholds.parse_rule`)."""
     if episodes < 1:
         raise ConfigError(f"--episodes must be at least 1 (got {episodes}).")
-    if not (0.0 <= threshold <= 1.0):
-        raise ConfigError(f"--threshold must be a probability in [0, 1] (got {threshold}).")
     if pairs < 0:
         raise ConfigError(f"--pairs must be >= 0 (got {pairs}).")
     if bootstrap < 0:

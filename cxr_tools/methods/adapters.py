@@ -30,6 +30,9 @@ Conventions shared by every method:
   score per class (findings are not mutually exclusive). Scoring runs in eval mode with BatchNorm on its
   running statistics and without gradients, so **a query's score never depends on the other images in its
   batch** (docs/science.md; tested for every method).
+* ``Scorer.support_scores(support_x, support_y)`` returns the support set's own scores *after* adaptation,
+  computed exactly as query scores are (eval mode, batch-independent): what ``--threshold support`` chooses its
+  threshold on (:mod:`cxr_tools.eval.thresholds`). Prototypes score each support image leave-one-out.
 * Randomness (a fresh head, a scratch initialisation) comes only from the ``torch.Generator`` given to ``fit``;
   ``None`` means a fixed seed 0, so ``fit`` is deterministic either way. The model passed to an adapter is never
   modified.
@@ -40,6 +43,7 @@ Example (few-shot use of a finished run, e.g. at ``cxr predict --support``)::
     adapter = build_adapter(model, meta, ways=2)                 # method "auto" follows meta["training"]
     scorer = adapter.fit(to_model_input(support_u8, meta), support_targets)
     probs = scorer.predict(to_model_input(query_u8, meta))       # [n, 2]
+    support_probs = scorer.support_scores(support_x, support_targets)  # [n_support, 2], for thresholds
 """
 
 from __future__ import annotations
@@ -85,6 +89,13 @@ class Scorer(Protocol):
 
     def predict(self, x: Tensor) -> Tensor:
         """Probabilities float32 ``[n, ways]`` (CPU) of images ``[n, 1, H, W]`` in the model's input range."""
+
+    def support_scores(self, support_x: Tensor, support_y: Tensor) -> Tensor:
+        """The adapted support set's probabilities ``[n, ways]``, scored as queries are (see the module doc)."""
+
+
+class _Predicts(Protocol):
+    def predict(self, x: Tensor) -> Tensor: ...
 
 
 class Adapter(Protocol):
@@ -208,7 +219,15 @@ def with_fresh_head(model: nn.Module, ways: int, generator: torch.Generator | No
     return clone.eval()
 
 
-class ModuleScorer:
+class SupportAsQueries:
+    """``support_scores``: the support images scored by ``predict``, like any query (eval mode, no batch
+    effects). The scores are in-sample (the model adapted on these images), hence optimistic (docs/science.md)."""
+
+    def support_scores(self: _Predicts, support_x: Tensor, support_y: Tensor) -> Tensor:
+        return self.predict(support_x)
+
+
+class ModuleScorer(SupportAsQueries):
     """Scores with ``sigmoid(fn(x))`` in eval mode, in chunks, without gradients."""
 
     def __init__(self, fn: Any, module: nn.Module, batch_size: int) -> None:

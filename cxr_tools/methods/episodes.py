@@ -65,7 +65,7 @@ def evaluate_episodes(
             before = model(qx)  # the initialisation itself, in eval mode (BatchNorm on running statistics)
             loss_after = float(multilabel_bce(logits, qy))
             loss_before = float(multilabel_bce(before, qy))
-        per_class = episode_metrics(ep.query_targets, torch.sigmoid(logits).cpu().numpy(), ep.classes)
+        per_class = episode_metrics(ep.query_targets, torch.sigmoid(logits).cpu().numpy(), ep.classes, None)
         out.append(
             {
                 "auc": float(np.nanmean([m["auc"] for m in per_class.values()])),

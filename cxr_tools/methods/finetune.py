@@ -21,7 +21,13 @@ import copy
 from typing import TYPE_CHECKING, Any
 
 from cxr_tools.errors import ConfigError, ModelError
-from cxr_tools.methods.adapters import check_support, fresh_linear, model_device, predict_in_chunks
+from cxr_tools.methods.adapters import (
+    SupportAsQueries,
+    check_support,
+    fresh_linear,
+    model_device,
+    predict_in_chunks,
+)
 
 if TYPE_CHECKING:
     import torch
@@ -118,7 +124,7 @@ def train_full_batch(module: nn.Module, params: Any, logits_fn: Any, targets: Te
     module.zero_grad(set_to_none=True)
 
 
-class _HeadScorer:
+class _HeadScorer(SupportAsQueries):
     def __init__(self, model: nn.Module, head: nn.Module, batch_size: int) -> None:
         self.model: Any = model
         self.head = head
@@ -131,7 +137,7 @@ class _HeadScorer:
         return predict_in_chunks(logits, self.model, x, self.batch_size)
 
 
-class _NetScorer:
+class _NetScorer(SupportAsQueries):
     def __init__(self, net: nn.Module, batch_size: int) -> None:
         self.net = net
         self.batch_size = batch_size

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from cxr_tools.errors import ConfigError, ModelError
-from cxr_tools.methods.adapters import check_support, outputs_in_chunks
+from cxr_tools.methods.adapters import SupportAsQueries, check_support, outputs_in_chunks
 
 if TYPE_CHECKING:
     import torch
@@ -46,8 +46,9 @@ PIXELS_NORMALISATION = "unit"
 FeatureFn = Callable[["Tensor"], "Tensor"]
 
 
-class LogisticScorer:
-    """Scores images with the per-class logistic regressions fitted on one support set."""
+class LogisticScorer(SupportAsQueries):
+    """Scores images with the per-class logistic regressions fitted on one support set (``support_scores``: the
+    support images through the fitted regressions, in-sample)."""
 
     def __init__(self, features: Callable[[Tensor], np.ndarray], scaler: Any, classifiers: list[Any]) -> None:
         self.features = features

@@ -20,6 +20,12 @@ L2-normalised: a Siamese run's projection (what its contrastive loss shaped) or 
 for other runs. The temperature ``T`` only calibrates: the ranking of queries (AUC, AP) and the decision at
 probability 0.5 (nearer to ``p⁺`` than to ``p⁻``) are the same for every ``T``. Nothing is trained, so the
 scores are deterministic and each query is embedded on its own in eval mode.
+
+**Support scores** (what ``--threshold support`` chooses on): each support image is scored *leave-one-out*,
+against prototypes built from the other support images, so it is not scored against a prototype it is part of
+(with one shot, its own positive prototype would be itself, at distance 0). A class the image is the only
+positive (or only negative) of keeps that image's full-set prototype. The embedding is computed once, so this
+costs n small matrix products.
 """
 
 from __future__ import annotations
@@ -134,17 +140,56 @@ class PrototypeAdapter:
 
     def fit(self, support_x: Tensor, support_y: Tensor, *, generator: torch.Generator | None = None) -> Any:
         check_support(support_y, self.ways)
-        proto_pos, proto_neg = prototypes(self.embeddings(support_x), support_y.detach().float().cpu())
-        return PrototypeScorer(self, proto_pos, proto_neg)
+        emb = self.embeddings(support_x)
+        proto_pos, proto_neg = prototypes(emb, support_y.detach().float().cpu())
+        return PrototypeScorer(self, proto_pos, proto_neg, emb)
+
+
+def leave_one_out_prototypes(embeddings: Tensor, targets: Tensor, i: int) -> tuple[Tensor, Tensor]:
+    """The prototypes of the support set without image ``i`` (per class: the full set's where ``i`` is the only
+    positive or the only negative of that class)."""
+    import torch
+
+    full_pos, full_neg = prototypes(embeddings, targets)
+    y = targets.float()
+    known = ~torch.isnan(y)
+    pos = (torch.nan_to_num(y, nan=0.0) > 0.5) & known
+    neg = (torch.nan_to_num(y, nan=1.0) < 0.5) & known
+    keep = torch.ones(len(y), dtype=torch.bool)
+    keep[i] = False
+    out = []
+    for mask, full in ((pos, full_pos), (neg, full_neg)):
+        m = (mask & keep[:, None]).to(embeddings.dtype)  # [n, ways]
+        count = m.sum(dim=0)
+        loo = (m.T @ embeddings) / count.clamp(min=1)[:, None]
+        out.append(torch.where((count > 0)[:, None], loo, full))
+    return out[0], out[1]
 
 
 class PrototypeScorer:
-    """Scores queries against the prototypes of one support set."""
+    """Scores queries against the prototypes of one support set (and that set leave-one-out)."""
 
-    def __init__(self, adapter: PrototypeAdapter, proto_pos: Tensor, proto_neg: Tensor) -> None:
+    def __init__(self, adapter: PrototypeAdapter, proto_pos: Tensor, proto_neg: Tensor, support: Tensor) -> None:
         self.adapter = adapter
         self.proto_pos = proto_pos
         self.proto_neg = proto_neg
+        self.support = support
+
+    def support_scores(self, support_x: Tensor, support_y: Tensor) -> Tensor:
+        """Each support image's probabilities against the prototypes of the others (module docstring)."""
+        import torch
+
+        a = self.adapter
+        targets = support_y.detach().float().cpu()
+        rows = []
+        for i in range(len(self.support)):
+            pos, neg = leave_one_out_prototypes(self.support, targets, i)
+            rows.append(
+                prototype_probabilities(
+                    self.support[i : i + 1], pos, neg, distance=a.distance, temperature=a.temperature
+                )
+            )
+        return torch.cat(rows)
 
     def predict(self, x: Tensor) -> Tensor:
         a = self.adapter

@@ -9,6 +9,9 @@
   (:func:`~cxr_tools.methods.adapters.build_adapter`: MAML adaptation for a MAML run, nearest prototypes for a
   Siamese run, a fine-tuned head for a supervised one); the classes are then the support set's. MAML and
   Siamese runs have no fixed label head (:data:`NEEDS_SUPPORT`) and score only with a support set.
+* **Support thresholds.** After adapting, the support set is scored as queries are and each class's threshold
+  is the one maximising F1 on it (:func:`~cxr_tools.eval.thresholds.choose_thresholds`, ``support_thresholds``):
+  what ``cxr predict`` decides with unless told otherwise.
 """
 
 from __future__ import annotations
@@ -50,14 +53,26 @@ class SupportOptions:
 
 
 class RunScorer:
-    """Probabilities ``[n, C]`` (float32, CPU) from uint8 images ``[n, H, W]``, in eval mode, without gradients."""
+    """Probabilities ``[n, C]`` (float32, CPU) from uint8 images ``[n, H, W]``, in eval mode, without gradients.
 
-    def __init__(self, model: Any, meta: Mapping[str, Any], device: torch.device, amp: bool, adapted: Any) -> None:
+    ``support_thresholds``: per class, the threshold chosen on the adapted support set (None without one).
+    """
+
+    def __init__(
+        self,
+        model: Any,
+        meta: Mapping[str, Any],
+        device: torch.device,
+        amp: bool,
+        adapted: Any,
+        support_thresholds: np.ndarray | None = None,
+    ) -> None:
         self.model = model
         self.meta = meta
         self.device = device
         self.amp = amp
         self.adapted = adapted
+        self.support_thresholds = support_thresholds
 
     def __call__(self, images: np.ndarray) -> np.ndarray:
         import torch
@@ -111,16 +126,18 @@ def load_scorer(
         if len(labels) != n_out:
             labels = tuple(f"class_{j}" for j in range(n_out))
         return RunScorer(model, meta, device, amp, None), meta, labels, 0
-    adapted, classes, n_support = _adapt(model, meta, device, support, progress)
-    return RunScorer(model, meta, device, amp, adapted), meta, classes, n_support
+    adapted, classes, n_support, cuts = _adapt(model, meta, device, support, progress)
+    return RunScorer(model, meta, device, amp, adapted, cuts), meta, classes, n_support
 
 
 def _adapt(
     model: Any, meta: Mapping[str, Any], device: torch.device, options: SupportOptions, progress: Progress
-) -> tuple[Any, tuple[str, ...], int]:
-    """Decode the support set with the model's operations and fit the adapter: ``(adapted, classes, n)``."""
+) -> tuple[Any, tuple[str, ...], int, np.ndarray]:
+    """Decode the support set with the model's operations, fit the adapter and choose each class's threshold on
+    the adapted support scores: ``(adapted, classes, n, thresholds)``."""
     import torch
 
+    from cxr_tools.eval.thresholds import choose_thresholds
     from cxr_tools.methods.adapters import AdaptConfig, build_adapter
     from cxr_tools.models.inputs import to_model_input
 
@@ -141,9 +158,10 @@ def _adapt(
     adapter = build_adapter(model, meta, len(support.classes), adapt_cfg, device=device)
     generator = torch.Generator().manual_seed(int(options.seed))
     with progress.task(f"adapt ({adapter.method})", total=1) as task:
-        adapted = adapter.fit(
-            to_model_input(images, meta, device), torch.from_numpy(support.targets).to(device), generator=generator
-        )
+        x, y = to_model_input(images, meta, device), torch.from_numpy(support.targets).to(device)
+        adapted = adapter.fit(x, y, generator=generator)
+        with torch.inference_mode():
+            cuts = choose_thresholds(support.targets, adapted.support_scores(x, y).numpy())
         task.advance()
     log.info("adapted to %d support images of %d classes with %s", len(images), len(support.classes), adapter.method)
-    return adapted, tuple(support.classes), len(images)
+    return adapted, tuple(support.classes), len(images), cuts

@@ -116,3 +116,29 @@ def test_compare_bad_inputs(three):
     assert res.exit_code == 0, res.output
     single = runner.invoke(app, ["compare", str(close)])
     assert single.exit_code == 0 and "only method" in single.stdout
+
+
+def test_thresholded_metrics_are_shown_with_their_rule_and_never_pooled_across_rules(three):
+    tmp, best, _, _, base = three
+    a = _evaluation(tmp / "s1", "maml", base, threshold="support")
+    b = _evaluation(tmp / "s2", "prototype", base + 0.1, threshold="support")
+    res = runner.invoke(app, ["compare", str(a), str(b), "-o", str(tmp / "cmp"), "--json"])
+    assert res.exit_code == 0, res.output
+    data = json.loads(res.stdout)
+    assert data["threshold"] == "support" and list(data["rows"][0]["others"]) == ["auc", "ap", "f1", "precision",
+                                                                                   "recall"]  # fmt: skip
+    # 3 positives of 6 per class: calling everything positive scores precision 0.5, recall 1, F1 2/3
+    assert data["all_positive"] == pytest.approx({"f1": 2 / 3, "precision": 0.5, "recall": 1.0})
+    md = (tmp / "cmp" / "comparison.md").read_text()
+    assert "| method | AUC | AP | F1@support | precision@support | recall@support |" in md
+    assert "every query called positive" in md
+    table = runner.invoke(app, ["compare", str(a), str(b)])
+    assert "F1@support" in table.stdout and "never on the queries" in table.stdout
+    # a support-rule and a 0.5 evaluation: AUC and AP compared, the thresholded metrics left out (and said so)
+    mixed = runner.invoke(app, ["compare", str(a), str(best), "--json"])
+    assert mixed.exit_code == 0, mixed.output
+    assert list(json.loads(mixed.stdout)["rows"][0]["others"]) == ["auc", "ap"]
+    assert json.loads(mixed.stdout)["threshold"] is None
+    assert "different threshold rules" in runner.invoke(app, ["compare", str(a), str(best)]).stdout
+    refused = runner.invoke(app, ["compare", str(a), str(best), "--metric", "f1"])
+    assert refused.exit_code == 1 and "support" in refused.stderr and "0.5" in refused.stderr

@@ -50,12 +50,15 @@ OVERRIDES: dict[tuple[str, str], Any] = {
     ("preprocess", "fractions"): "0.5,0.25,0.25",
     ("download nih", "parts"): "1,3-4",
     ("download nih", "checksums"): "images_001.tar.gz=0a1b,images_002.tar.gz=2c3d",
+    ("evaluate", "threshold"): "0.3",  # a rule: support, a probability or none
+    ("predict", "threshold"): "0.3",
     ("app", "auth"): "user:pass",  # USER:PASS, checked by AppConfig
 }
 # Values written in YAML's own form where the flag takes a text: the file must give the same config.
 YAML_FORMS: dict[tuple[str, str], Any] = {
     ("download nih", "checksums"): {"images_001.tar.gz": "0a1b", "images_002.tar.gz": "2c3d"},
     ("download nih", "parts"): [1, "3-4"],
+    ("evaluate", "threshold"): 0.3,  # YAML's number is the same rule as the flag's text
 }
 
 

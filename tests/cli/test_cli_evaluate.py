@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pandas as pd
 import pytest
 import torch
 from cli_helpers import assert_one_line_error
@@ -96,7 +97,32 @@ def test_bad_inputs_exit_1_with_one_line(env, tmp_path):
         runner.invoke(app, ["evaluate", str(sup), "--data", str(cache), "--shots", "50", "-o", str(tmp_path / "o")]),
         "Too few patients",
     )
-    assert_one_line_error(
-        runner.invoke(app, ["evaluate", str(sup), "--data", str(cache), "--threshold", "2", "-o", str(tmp_path / "o")]),
-        "--threshold",
-    )
+    for bad in ("2", "foo"):  # a usage error (exit 2) naming the accepted forms
+        res = runner.invoke(app, ["evaluate", str(sup), "--data", str(cache), "--threshold", bad])
+        assert res.exit_code == 2, res.output
+        assert "--threshold" in res.stderr and "support" in res.stderr and "none" in res.stderr
+
+
+def test_threshold_rules_support_fixed_and_none(env, tmp_path):
+    _, cache, _, _ = env
+    base = ["evaluate", "--method", "pixels", "--data", str(cache), "--episodes", "2", "--shots", "2"]
+    base += ["--queries", "3", "--no-plots", "--bootstrap", "0"]
+    tables = {}
+    for rule in ("support", "0.3", "none"):
+        out = tmp_path / rule
+        res = runner.invoke(app, [*base, "-o", str(out), *(["--threshold", rule] if rule != "support" else [])])
+        assert res.exit_code == 0, res.output
+        summary = json.loads((out / "summary.json").read_text())
+        assert summary["threshold"] == rule
+        tables[rule] = pd.read_csv(out / "episodes.csv", dtype={"class": str})
+        if rule == "none":
+            assert summary["metrics"] == ["auc", "ap"] and set(summary["overall"]) == {"auc", "ap"}
+            assert not {"threshold", "f1", "precision", "recall"} & set(tables[rule].columns)
+            assert "F1" not in res.stdout
+        else:
+            assert f"F1@{rule}" in res.stdout.replace("\n", "")
+            assert {"threshold", "f1", "precision", "recall"} <= set(tables[rule].columns)
+    assert (tables["0.3"]["threshold"] == 0.3).all()
+    assert tables["support"]["threshold"].between(0, 1).all()
+    # the threshold-free metrics do not depend on the rule
+    assert tables["support"]["auc"].equals(tables["none"]["auc"]) and tables["0.3"]["ap"].equals(tables["none"]["ap"])

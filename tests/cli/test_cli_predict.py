@@ -106,7 +106,14 @@ def test_support_folder_from_the_cli(tmp_path, model_dir):
     assert res.exit_code == 0, res.output
     summary = json.loads(res.stdout)
     assert summary["method"] == "finetune" and summary["n_support"] == 4 and summary["labels"] == ["Pneumonia"]
-    assert list(read_rows(out)[0]) == ["path", "Pneumonia", "error"]
+    assert list(read_rows(out)[0]) == ["path", "Pneumonia", "Pneumonia_pred", "error"]
+    # the thresholds were chosen on the support set: stated on stderr and beside the CSV
+    assert "maximising F1 on the support set" in res.stderr and "p.thresholds.json" in res.stderr
+    record = json.loads((tmp_path / "p.thresholds.json").read_text())
+    assert record["source"] == "support" and set(record["thresholds"]) == {"Pneumonia"}
+    assert summary["thresholds"] == record["thresholds"]
+    res = runner.invoke(app, [*args, "--overwrite", "--threshold", "none"])
+    assert res.exit_code == 0 and list(read_rows(out)[0]) == ["path", "Pneumonia", "error"]
     res = runner.invoke(app, [*args, "--overwrite", "--min-support", "3"])
     assert res.exit_code == 1 and "fewer than 3 positive" in res.stderr
 

@@ -24,6 +24,9 @@ def test_quick_demo_compares_all_methods(tmp_path):
     assert "± " in res.stdout and ("is best" in res.stdout or "ranks first" in res.stdout)
     comparison = json.loads((work / "compare" / "comparison.json").read_text())
     assert len(comparison["rows"]) == 7  # the supervised runs of two seeds form one row
+    # threshold-free metrics first, the thresholded ones named with the support rule they were measured at
+    assert comparison["threshold"] == "support" and list(comparison["rows"][0]["others"])[:2] == ["auc", "ap"]
+    assert "F1@support" in res.stdout.replace("\n", "") and "chosen per class on its support set" in res.stdout
     grouped = next(r for r in comparison["rows"] if r["name"].startswith("supervised:finetune-head"))
     assert grouped["seeds"] == [0, 1]
     hashes = {json.loads(p.read_text())["episode_list_hash"] for p in work.rglob("summary.json")}

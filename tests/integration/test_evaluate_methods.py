@@ -54,7 +54,8 @@ def test_every_method_writes_its_evaluation(setup):
         for plot in ("roc.png", "auc_per_class.png", "confusion.png", "overall.png"):
             assert (out / "plots" / plot).stat().st_size > 2000, (kind, plot)
         summary = json.loads((out / "summary.json").read_text())
-        assert summary["episodes"] == EPISODES and summary["ways"] == 2 and summary["threshold"] == 0.5
+        assert summary["episodes"] == EPISODES and summary["ways"] == 2 and summary["threshold"] == "support"
+        assert "support set" in summary["threshold_rule"] and summary["metrics"][:2] == ["auc", "ap"]
         assert summary["cache_manifest_hash"] == open_cache(cache).manifest_hash
         assert set(summary["overall"]) == {"auc", "ap", "f1", "precision", "recall"}
         assert summary["seconds"] > 0
@@ -132,10 +133,11 @@ def test_summary_numbers_match_episodes_csv(setup):
         overall = summary["overall"]["auc"]
         assert overall["episode_ci95"] == pytest.approx(est.ci95) and overall["ci95"] >= est.ci95 - 1e-12
         assert overall["interval"] in ("episode", "bootstrap") and overall["low"] <= overall["mean"] <= overall["high"]
-        # F1 at the threshold recomputed from the stored query scores
+        # recall at the episode's own (support-chosen) threshold, recomputed from the stored query scores
         scores = pd.read_csv(result.output / "scores.csv", dtype={"class": str})
         first = scores[(scores["episode"] == 0) & (scores["class"] == table.iloc[0]["class"])]
-        pred = first["score"] >= 0.5
+        assert (first["threshold"] == table.iloc[0]["threshold"]).all()
+        pred = first["score"] >= table.iloc[0]["threshold"]
         tp = int((pred & (first["target"] == 1)).sum())
         recall = tp / int((first["target"] == 1).sum())
         assert table.iloc[0]["recall"] == pytest.approx(recall)
@@ -264,3 +266,30 @@ def test_an_interrupted_evaluation_with_other_settings_starts_over(setup, tmp_pa
     evaluate(EvaluateConfig(data=cache, run=runs["maml"], output=tmp_path / "e2", plots=False, resume=False, **COMMON),
              progress)  # fmt: skip
     assert progress.done("evaluate") == EPISODES
+
+
+@pytest.mark.parametrize("kind", ["pixels", "maml", "siamese"])
+def test_the_threshold_is_the_one_chosen_on_the_support_scores_alone(setup, kind):
+    """Refit episode 0 as evaluate did and choose on its support scores: the saved threshold, whatever the
+    queries (they are not passed)."""
+    from cxr_tools.data.episodes import load_episode_list
+    from cxr_tools.eval.run_inputs import architecture_for, load_run
+    from cxr_tools.eval.thresholds import choose_thresholds
+    from cxr_tools.methods.adapters import AdaptConfig, build_adapter
+    from cxr_tools.methods.episodes import episode_tensors
+    from cxr_tools.runtime.seeding import make_generator
+
+    _, cache, runs, results, _ = setup
+    out = results[kind].output
+    summary = json.loads((out / "summary.json").read_text())
+    model, meta = (None, None) if kind == "pixels" else load_run(runs[kind])
+    reader = open_cache(cache)
+    episode = load_episode_list(out / "episodes.json", reader.raw_labels(), reader.labels)[0]
+    adapter = build_adapter(model, meta, 2, AdaptConfig(method=summary["method"], steps=COMMON["steps"]))
+    _, norm = architecture_for(summary["method"], None, meta, None, reader)
+    sx, sy, _, _ = episode_tensors(reader, episode, norm, "cpu")
+    scorer = adapter.fit(sx, sy, generator=make_generator(summary["seed"], 0))
+    expected = choose_thresholds(sy.numpy(), scorer.support_scores(sx, sy).numpy())
+    table = pd.read_csv(out / "episodes.csv", dtype={"class": str})
+    saved = table[table["episode"] == 0].set_index("class").loc[list(episode.classes), "threshold"].to_numpy()
+    assert saved == pytest.approx(expected, abs=1e-6)

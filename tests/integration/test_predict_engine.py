@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 
@@ -49,7 +50,10 @@ def test_mixed_folder_rows_in_order_with_errors(tmp_path, model_dir):
     res = run_predict(PredictConfig(input=tmp_path / "imgs", output=out, model=model_dir, batch_size=3), progress)
     rows = read_rows(out)
     assert [r["path"] for r in rows] == folder["order"]
-    assert list(rows[0]) == ["path", "Effusion", "Mass", "error"]
+    # no support set, no validation thresholds in this run: 0.5, stated in the thresholds file beside the CSV
+    assert list(rows[0]) == ["path", "Effusion", "Mass", "Effusion_pred", "Mass_pred", "error"]
+    assert res.thresholds == {"Effusion": 0.5, "Mass": 0.5} and "default 0.5" in str(res.threshold_rule)
+    assert json.loads((tmp_path / "pred.thresholds.json").read_text())["source"] == "default"
     assert (res.n_inputs, res.n_ok, res.n_failed, res.n_skipped) == (7, 5, 2, 1)
     by_path = {r["path"]: r for r in rows}
     assert "truncated PNG" in by_path[folder["bad"][0]]["error"]
@@ -254,3 +258,21 @@ def test_default_decoding_workers_follow_the_device_and_the_input_count(monkeypa
     assert decode_workers(None, 63, accelerator=True) == 0  # a pool start costs more than it saves
     assert decode_workers(None, 64, accelerator=True) == 16
     assert decode_workers(None, 64, accelerator=False) == 4  # the forward pass's threads use the rest
+
+
+def test_a_supervised_run_without_support_uses_its_validation_thresholds_and_says_so(tmp_path):
+    extra = {"thresholds": {"Effusion": 0.2, "Mass": None}, "threshold_rule": "max F1 on the validation split"}
+    model = make_model_dir(tmp_path / "m", extra=extra)
+    make_mixed_folder(tmp_path / "imgs")
+    res = run_predict(PredictConfig(input=tmp_path / "imgs", output=tmp_path / "p.csv", model=model, workers=0))
+    assert res.thresholds == {"Effusion": 0.2, "Mass": 0.5}
+    record = json.loads((tmp_path / "p.thresholds.json").read_text())
+    assert record["source"] == "validation" and record["defaulted"] == ["Mass"]
+    assert "validation split" in record["rule"] and "Mass: none could be chosen, 0.5 used" in record["rule"]
+    for r in read_rows(tmp_path / "p.csv"):
+        if not r["error"]:
+            assert r["Effusion_pred"] == str(int(float(r["Effusion"]) >= 0.2))
+    with pytest.raises(ConfigError, match="needs a support set"):
+        run_predict(PredictConfig(input=tmp_path / "imgs", output=tmp_path / "q.csv", model=model, threshold="support"))
+    none = run_predict(PredictConfig(input=tmp_path / "imgs", output=tmp_path / "n.csv", model=model, threshold="none"))
+    assert none.thresholds is None and not (tmp_path / "n.thresholds.json").exists()

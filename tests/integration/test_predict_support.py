@@ -132,3 +132,17 @@ def test_maml_run_adapts_and_checks_ways(tmp_path):
     write_png(support / "Nodule" / "n.png", _image("Mass", np.random.default_rng(9)))
     with pytest.raises(ModelError, match="--ways 2"):
         run_predict(PredictConfig(input=support, output=tmp_path / "q.csv", model=model, support=support))
+
+
+def test_support_thresholds_are_chosen_on_the_adapted_support_scores(tmp_path):
+    from cxr_tools.eval.thresholds import choose_thresholds
+
+    model = make_model_dir(tmp_path / "m", labels=("A", "B", "C"))
+    support = make_support_folder(tmp_path / "support")
+    res = run_predict(PredictConfig(input=support, output=tmp_path / "p.csv", model=model, support=support))
+    rows = read_rows(tmp_path / "p.csv")  # the support images themselves, scored as queries are (fine-tune)
+    targets = np.array([[Path(r["path"]).name.startswith(c) for c in ("Effusion", "Mass")] for r in rows], float)
+    scores = np.array([[float(r["Effusion"]), float(r["Mass"])] for r in rows])
+    expected = choose_thresholds(targets, scores)
+    assert [res.thresholds[c] for c in ("Effusion", "Mass")] == pytest.approx(expected, abs=1e-5)
+    assert (tmp_path / "p.thresholds.json").is_file() and "support set" in str(res.threshold_rule)

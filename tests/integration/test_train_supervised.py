@@ -61,6 +61,13 @@ def test_train_writes_run_dir_with_per_class_val_auc_and_a_loadable_model(cache,
     for key, value in model.state_dict().items():
         assert torch.equal(value, best[key]), key  # the model folder holds the best epoch's weights
     assert set(result.val_auc) == set(labels)
+    # the thresholds predict uses without a support set: chosen on the val split at the selected epoch
+    best_record = ([r for r in epochs if r.get("best")] or epochs)[-1]
+    saved = meta["extra"]["thresholds"]
+    assert set(saved) == set(labels) and "validation" in meta["extra"]["threshold_rule"]
+    for lab in labels:
+        recorded = best_record[f"val_threshold/{lab}"]
+        assert saved[lab] is None if np.isnan(recorded) else saved[lab] == pytest.approx(recorded)
 
 
 def test_worker_processes_do_not_change_the_result(cache, tmp_path):

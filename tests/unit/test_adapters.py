@@ -312,3 +312,31 @@ def test_linear_probe_uses_the_frozen_features_of_the_run():
         siamese.fit(sx, torch.ones_like(sy))
     with pytest.raises(ConfigError, match="needs a trained run"):
         build_adapter(None, None, WAYS, AdaptConfig(method="linear-probe"))
+
+
+def test_every_method_returns_its_support_scores_after_adaptation_scored_like_queries():
+    sx, sy, _, _ = _episode()
+    for name, adapter in _all_adapters("batch"):
+        scorer = adapter.fit(sx, sy, generator=torch.Generator().manual_seed(3))
+        support = scorer.support_scores(sx, sy)
+        assert support.shape == (len(sx), WAYS) and support.dtype == torch.float32, name
+        if adapter.method == "prototype":
+            continue  # leave-one-out (next test)
+        # exactly the query path: eval mode, one image at a time gives the same (no BatchNorm batch statistics)
+        alone = torch.cat([scorer.predict(sx[i : i + 1]) for i in range(len(sx))])
+        torch.testing.assert_close(support, alone, atol=1e-5, rtol=1e-4, msg=name)
+
+
+def test_prototype_support_scores_are_leave_one_out():
+    from cxr_tools.methods.prototypes import leave_one_out_prototypes
+
+    emb = torch.nn.functional.normalize(torch.randn(6, 4, generator=torch.Generator().manual_seed(0)), dim=1)
+    y = torch.tensor([[1, 0], [1, 0], [0, 1], [0, 1], [0, 0], [0, 0]], dtype=torch.float32)
+    adapter = PrototypeAdapter(lambda x: x.flatten(1), torch.nn.Identity(), WAYS, temperature=0.5)
+    scorer = adapter.fit(emb[:, None, :, None], y)
+    support = scorer.support_scores(emb[:, None, :, None], y)
+    pos, neg = leave_one_out_prototypes(emb, y, 0)
+    torch.testing.assert_close(pos[0], emb[1])  # image 0 left out of its class's positives
+    expected = prototype_probabilities(emb[:1], pos, neg, temperature=0.5)
+    torch.testing.assert_close(support[:1], expected)
+    assert not torch.allclose(support[:1], scorer.predict(emb[:1, None, :, None]))  # not in-sample
