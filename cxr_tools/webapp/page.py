@@ -127,7 +127,9 @@ def build_page(service: RunService, results_roots: Sequence[Path], examples: Seq
                     adapted = service.adapt(finding_name, _paths(positives), _paths(negatives))
                     return adapted, (
                         f"Adapted to **{html.escape(adapted.finding)}** with **{adapted.method}** on "
-                        f"{len(adapted.positives)} positive and {len(adapted.negatives)} negative images."
+                        f"{len(adapted.positives)} positive and {len(adapted.negatives)} negative images; "
+                        f"threshold {adapted.threshold:.3f}, chosen on these examples (maximum F1 of their scores "
+                        "after adaptation, as `cxr evaluate --threshold support`)."
                     )
                 except Exception as exc:
                     return None, _error(exc)
@@ -137,7 +139,8 @@ def build_page(service: RunService, results_roots: Sequence[Path], examples: Seq
                     if adapted is None:
                         return "**Adapt first.**"
                     result = service.score_adapted(adapted, _paths(paths))
-                    return _scores_table(result, [adapted.finding], None) + _failures(result)
+                    thresholds = {adapted.finding: adapted.threshold}
+                    return _scores_table(result, [adapted.finding], thresholds) + _failures(result)
                 except Exception as exc:
                     return _error(exc)
 

@@ -65,6 +65,8 @@ class Adapted:
     positives: tuple[str, ...]
     negatives: tuple[str, ...]
     ways: int
+    #: the decision threshold chosen on the adapted support set (max F1, as ``cxr evaluate --threshold support``)
+    threshold: float
 
 
 class RunService:
@@ -169,6 +171,7 @@ class RunService:
         """
         import torch
 
+        from cxr_tools.eval.thresholds import choose_threshold
         from cxr_tools.methods.adapters import AdaptConfig, build_adapter
         from cxr_tools.models.inputs import to_model_input
 
@@ -186,15 +189,14 @@ class RunService:
         if ways == 2:
             y[len(positives) :, 1] = 1.0
         adapter = build_adapter(self.model, self.meta, ways, AdaptConfig(), device=self.device)
-        scorer = adapter.fit(
-            to_model_input(images, self.meta, self.device),
-            torch.from_numpy(y).to(self.device),
-            generator=torch.Generator().manual_seed(int(seed)),
-        )
+        support_x, support_y = to_model_input(images, self.meta, self.device), torch.from_numpy(y).to(self.device)
+        scorer = adapter.fit(support_x, support_y, generator=torch.Generator().manual_seed(int(seed)))
+        support_scores = scorer.support_scores(support_x, support_y).cpu().numpy()[:, 0]
+        threshold = choose_threshold(y[:, 0], support_scores)
         log.info("adapted to '%s' with %s on %d+%d images", finding, adapter.method, len(positives), len(negatives))
         pos = tuple(str(p) for p in positives)
         neg = tuple(str(p) for p in negatives)
-        return Adapted(finding, adapter.method, scorer, 0, pos, neg, ways)
+        return Adapted(finding, adapter.method, scorer, 0, pos, neg, ways, threshold)
 
     def score_adapted(self, adapted: Adapted, paths: Sequence[str | Path]) -> Scored:
         """The adapted finding's probability for each query upload (one at a time), errors as in Classify."""
@@ -204,7 +206,7 @@ class RunService:
             probs = adapted.scorer.predict(to_model_input(img[None], self.meta, self.device)).numpy()
             return probs[0, adapted.column : adapted.column + 1]
 
-        return self._score_each(paths, score, [adapted.finding], None)
+        return self._score_each(paths, score, [adapted.finding], {adapted.finding: adapted.threshold})
 
     def _score_each(
         self,

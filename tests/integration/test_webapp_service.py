@@ -3,6 +3,8 @@ as messages, few-shot adaptation saved as a directory predict reproduces, result
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -10,7 +12,7 @@ import yaml
 from typer.testing import CliRunner
 
 from cxr_tools.cli.app import app
-from cxr_tools.data.predictions import csv_text
+from cxr_tools.data.predictions import csv_text, thresholds_path
 from cxr_tools.engine.similarity import SimilarityConfig, run_similarity
 from cxr_tools.errors import ConfigError, InputError, ModelError, OutputExistsError
 from cxr_tools.webapp.results import find_results, load_results
@@ -94,6 +96,10 @@ def test_few_shot_adapts_and_saves_a_directory_predict_reproduces(world, service
     assert res.exit_code == 0, res.output
     row = out.read_text().splitlines()[1].split(",")
     assert float(row[1]) == pytest.approx(float(scored.probs[0][0]), abs=1e-5)  # the session's adaptation, redone
+    # the page's support-chosen threshold is the one predict chooses from the saved support set
+    assert 0.0 <= adapted.threshold <= 1.0
+    chosen = json.loads(thresholds_path(out).read_text())
+    assert chosen["thresholds"]["Blob"] == pytest.approx(adapted.threshold, abs=1e-5)
 
 
 def test_a_maml_run_has_no_classify_but_adapts(tmp_path, world):
