@@ -20,3 +20,6 @@ def _isolated_env(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("COLUMNS", "120")
     monkeypatch.setenv("CXR_PLAIN_PROGRESS", "1")
     yield
+    from cxr_tools.runtime.locks import release_all
+
+    release_all()  # output locks an engine called directly took (the CLI releases its own)

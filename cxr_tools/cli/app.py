@@ -28,6 +28,7 @@ from cxr_tools.cli import (
     train,
     train_siamese,
 )
+from cxr_tools.cli.common import EXIT_CODES_EPILOG
 
 app = typer.Typer(
     name="cxr",
@@ -86,6 +87,8 @@ app.command("train")(train.train)
 app.command("train-siamese")(train_siamese.train_siamese)
 app.command("predict")(predict.predict)
 app.command("similarity")(similarity.similarity)
+for _info in (*app.registered_commands, *download.app.registered_commands):  # one exit-code table in every --help
+    _info.epilog = _info.epilog or EXIT_CODES_EPILOG
 
 
 def main() -> None:

@@ -21,10 +21,11 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from cxr_tools.errors import OutputExistsError
-from cxr_tools.runtime.fs import prepare_output_dir
+from cxr_tools.runtime.fs import atomic_write_text, prepare_output_dir
 from cxr_tools.runtime.progress import Progress, null_progress
 
 T = TypeVar("T")
+DEMO_MARKER = ".cxr-demo"  # marks a work directory the demo wrote, so --overwrite replaces only such a one
 
 
 @dataclass(frozen=True)
@@ -108,7 +109,8 @@ def run_demo(config: DemoConfig, progress: Progress | None = None) -> DemoResult
     plan = make_plan(config)
     work = Path(config.workdir)
     try:
-        prepare_output_dir(work, overwrite=config.overwrite, what="demo work")
+        prepare_output_dir(work, overwrite=config.overwrite, owned=lambda p: (p / DEMO_MARKER).is_file(), what="demo")
+        atomic_write_text(work / DEMO_MARKER, "cxr demo work directory: --overwrite may replace it\n")
     except OutputExistsError as exc:
         raise OutputExistsError(exc.message, "Pass --overwrite to rerun the demo there, or another -o DIR.") from None
     stages: dict[str, float] = {}

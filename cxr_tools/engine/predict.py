@@ -132,7 +132,8 @@ def run_predict(config: PredictConfig, progress: Progress | None = None) -> Pred
     progress = null_progress(progress)
     started = time.perf_counter()
     out = Path(config.output)
-    output_plan(out, overwrite=config.overwrite, file=True)  # an existing CSV is replaced at the final rename
+    # an existing CSV is replaced at the final rename; a CSV this command did not write is never replaced
+    output_plan(out, overwrite=config.overwrite, file=True, owned=_is_predictions, what="predictions CSV")
     inputs = list_inputs(config.input)
     if not inputs.items:
         extra = f" ({len(inputs.skipped)} other file(s) skipped)" if inputs.skipped else ""
@@ -201,6 +202,14 @@ def run_predict(config: PredictConfig, progress: Progress | None = None) -> Pred
         images_per_second=round(n_new_ok / loop_seconds, 2) if loop_seconds > 0 else 0.0,
         failures=tuple(failed[:MAX_LISTED_FAILURES]),
     )
+
+
+def _is_predictions(path: Path) -> bool:
+    """A CSV this command wrote: its header starts with ``path`` and ends with ``error`` (``--overwrite`` replaces
+    nothing else)."""
+    with open(path, encoding="utf-8", errors="replace") as fh:
+        head = fh.readline().rstrip("\r\n").split(",")
+    return head[0] == "path" and head[-1] == "error"
 
 
 def _settings(
