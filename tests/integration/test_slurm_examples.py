@@ -8,6 +8,7 @@ has no accounting database, so job states come from ``scontrol show job`` (kept 
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -154,3 +155,21 @@ def test_train_sbatch_preempted_by_usr1_requeues_and_ends_with_the_uninterrupted
     reference = torch.load(ref / "checkpoints" / "last.pt", weights_only=True)["model"]
     assert final.keys() == reference.keys()
     assert all(torch.equal(final[k], reference[k]) for k in final)
+
+
+def test_torchrun_sbatch_trains_with_two_gloo_ranks(dataset, tmp_path):
+    cache = tmp_path / "cache"
+    preprocess(PreprocessConfig(src=dataset, output=cache, size=32, workers=0))
+    run, log = tmp_path / "run", tmp_path / "torchrun.out"
+    torchrun = Path(sys.executable).with_name("torchrun")
+    env = _env(CXR_CACHE_DIR=str(cache), CXR_RUN=str(run), TORCHRUN=str(torchrun), NPROC_PER_NODE="2")
+    env["TRAIN_ARGS"] = "--model conv4-tiny --epochs 1 --max-steps 4 --batch-size 8 --workers 0"
+    submit = ["sbatch", "--parsable", "--wait", "--cpus-per-task=2", "--mem=1", "--chdir", str(tmp_path)]
+    done = subprocess.run(
+        [*submit, "--output", str(log), str(EXAMPLES / "torchrun.sbatch")], env=env, capture_output=True, text=True,
+        timeout=600,
+    )  # fmt: skip
+    assert done.returncode == 0, (done.stderr, log.read_text() if log.is_file() else "")
+    info = json.loads((run / "run.json").read_text())
+    assert info["status"] == "completed" and info["world_size"] == 2
+    assert "x 2 ranks" in log.read_text()
