@@ -20,7 +20,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from cxr_tools.errors import OutputExistsError
 from cxr_tools.runtime.fs import atomic_write_text, prepare_output_dir
 from cxr_tools.runtime.progress import Progress, null_progress
 
@@ -108,11 +107,9 @@ def run_demo(config: DemoConfig, progress: Progress | None = None) -> DemoResult
     progress = null_progress(progress)
     plan = make_plan(config)
     work = Path(config.workdir)
-    try:
-        prepare_output_dir(work, overwrite=config.overwrite, owned=lambda p: (p / DEMO_MARKER).is_file(), what="demo")
-        atomic_write_text(work / DEMO_MARKER, "cxr demo work directory: --overwrite may replace it\n")
-    except OutputExistsError as exc:
-        raise OutputExistsError(exc.message, "Pass --overwrite to rerun the demo there, or another -o DIR.") from None
+    # a previous demo needs --overwrite; a folder of other files is refused even with it (its hint says so)
+    prepare_output_dir(work, overwrite=config.overwrite, owned=lambda p: (p / DEMO_MARKER).is_file(), what="demo")
+    atomic_write_text(work / DEMO_MARKER, "cxr demo work directory: --overwrite may replace it\n")
     stages: dict[str, float] = {}
 
     def stage(name: str, fn: Callable[[], T]) -> T:
