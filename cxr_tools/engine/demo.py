@@ -22,6 +22,7 @@ from typing import Any, TypeVar
 
 from cxr_tools.runtime.fs import atomic_write_text, prepare_output_dir
 from cxr_tools.runtime.progress import Progress, null_progress
+from cxr_tools.runtime.signals import SignalInterrupt, received_signal
 
 T = TypeVar("T")
 DEMO_MARKER = ".cxr-demo"  # marks a work directory the demo wrote, so --overwrite replaces only such a one
@@ -116,6 +117,9 @@ def run_demo(config: DemoConfig, progress: Progress | None = None) -> DemoResult
         start = time.perf_counter()
         out = fn()
         stages[name] = time.perf_counter() - start
+        stopped = received_signal()  # a trainer returns after its checkpoint: the demo stops there too
+        if stopped is not None:
+            raise SignalInterrupt(stopped)
         return out
 
     data_dir, cache_dir, runs_dir = work / "data" / "synthetic-nih", work / "cache", work / "runs"
