@@ -87,8 +87,6 @@ app.command("train")(train.train)
 app.command("train-siamese")(train_siamese.train_siamese)
 app.command("predict")(predict.predict)
 app.command("similarity")(similarity.similarity)
-for _info in (*app.registered_commands, *download.app.registered_commands):  # one exit-code table in every --help
-    _info.epilog = _info.epilog or EXIT_CODES_EPILOG
 
 
 def main() -> None:
@@ -98,3 +96,7 @@ def main() -> None:
     except KeyboardInterrupt:  # pragma: no cover - raised outside a command body
         sys.stderr.write("Interrupted.\n")
         sys.exit(130)
+
+
+for _info in (*app.registered_commands, *download.app.registered_commands):  # one exit-code table in every --help
+    _info.epilog = _info.epilog or EXIT_CODES_EPILOG
