@@ -98,6 +98,7 @@ def output_plan(
     what: str = "output",
     file: bool = False,
     swapped: bool = False,
+    keep_foreign: bool = True,
 ) -> OutputPlan:
     """Lock the output ``path`` for this process (runtime/locks.py) and decide what the command does with it
     (module docstring); nothing is deleted here.
@@ -112,6 +113,8 @@ def output_plan(
         what: the output's name in messages (``cache``, ``evaluation``...).
         file: ``path`` is a file, not a directory.
         swapped: the directory is replaced whole by a rename when finished, so its lock lies beside it.
+        keep_foreign: accepted from callers written when keeping a foreign folder was optional; it is now what
+            every command does, whatever the value.
 
     Returns:
         ``new`` (missing or empty), ``replace`` (remove it first: :func:`apply_output_plan`) or ``resume``.
@@ -190,10 +193,10 @@ def apply_output_plan(path: str | os.PathLike[str], plan: OutputPlan) -> Path:
 
 
 def prepare_output_dir(
-    path: str | os.PathLike[str], *, overwrite: bool, owned: Callable[[Path], bool], what: str = "output"
+    path: str | os.PathLike[str], *, overwrite: bool, owned: Callable[[Path], bool] | None = None, what: str = "output"
 ) -> Path:
-    """An empty output directory for a command that cannot resume: its own earlier output needs ``overwrite``;
-    anything else is refused."""
+    """An empty output directory for a command that cannot resume: its own earlier output (``owned``) needs
+    ``overwrite``; anything else is refused (without ``owned``, any content)."""
     return apply_output_plan(path, output_plan(path, overwrite=overwrite, owned=owned, what=what))
 
 
