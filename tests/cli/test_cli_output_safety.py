@@ -77,7 +77,8 @@ def test_predict_overwrite_replaces_only_a_predictions_csv(tmp_path):
     notes = tmp_path / "notes.csv"
     notes.write_text("name,grade\nann,A\n")
     res = runner.invoke(app, ["predict", "-m", str(model), str(tmp_path), "-o", str(notes), "--overwrite"])
-    assert_one_line_error(res, "not a cxr predictions CSV")
+    errors = [line for line in res.stderr.splitlines() if line.startswith("Error:")]
+    assert res.exit_code == 1 and len(errors) == 1 and "not a cxr predictions CSV" in errors[0], res.output
     assert notes.read_text() == "name,grade\nann,A\n"
 
 
