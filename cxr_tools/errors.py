@@ -41,6 +41,10 @@ class OutputExistsError(CxrError):
     """The output already exists and is complete; ``--overwrite`` or ``--resume`` is needed."""
 
 
+class OutputLockedError(OutputExistsError):
+    """Another live process is writing the same output (runtime/locks.py)."""
+
+
 class DownloadError(CxrError):
     """A download failed, was cut short, or did not match its checksum."""
 

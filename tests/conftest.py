@@ -20,3 +20,8 @@ def _isolated_env(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("COLUMNS", "120")
     monkeypatch.setenv("CXR_PLAIN_PROGRESS", "1")
     yield
+    from cxr_tools.runtime.locks import release_all
+    from cxr_tools.runtime.signals import reset_received
+
+    release_all()  # output locks an engine called directly took (the CLI releases its own)
+    reset_received()  # a stop signal a test delivered in this process is not the next test's

@@ -4,7 +4,8 @@
 files with ``Range`` support and logs every request (path + Range header). Switches, per path:
 ``cut_after[path] = n`` drops the connection after ``n`` body bytes (once, then cleared), ``corrupt.add(path)``
 serves the same length of wrong bytes, ``fail[path] = (status, times)`` answers ``status`` ``times`` times,
-``redirect[path] = other`` answers 302 to ``other``; ``range_support = False`` ignores Range headers.
+``redirect[path] = other`` answers 302 to ``other``; ``range_support = False`` ignores Range headers;
+``retry_after[path] = value`` adds that ``Retry-After`` header to the ``fail`` answers.
 
 Import as ``from http_server import LoopbackServer, make_tar, tiny_png`` (``tests/`` is on pytest's pythonpath).
 """
@@ -40,6 +41,7 @@ class LoopbackServer:
         self.corrupt: set[str] = set()
         self.fail: dict[str, tuple[int, int]] = {}
         self.redirect: dict[str, str] = {}
+        self.retry_after: dict[str, str] = {}
         self.range_support = True
         self._lock = threading.Lock()
         self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
@@ -90,7 +92,7 @@ class LoopbackServer:
                     self.end_headers()
                     return
                 if fail and fail[1] > 0:
-                    self._empty(fail[0])
+                    self._empty(fail[0], server.retry_after.get(key))
                     return
                 if key not in server.files:
                     self._empty(404)
@@ -126,8 +128,10 @@ class LoopbackServer:
                     return
                 self.wfile.write(body)
 
-            def _empty(self, status: int) -> None:
+            def _empty(self, status: int, retry_after: str | None = None) -> None:
                 self.send_response(status)
+                if retry_after is not None:
+                    self.send_header("Retry-After", retry_after)
                 self.send_header("Content-Length", "0")
                 self.end_headers()
 

@@ -30,6 +30,7 @@ from cxr_tools.cli import (
     train_siamese,
     webapp,
 )
+from cxr_tools.cli.common import EXIT_CODES_EPILOG
 
 app = typer.Typer(
     name="cxr",
@@ -100,3 +101,7 @@ def main() -> None:
     except KeyboardInterrupt:  # pragma: no cover - raised outside a command body
         sys.stderr.write("Interrupted.\n")
         sys.exit(130)
+
+
+for _info in (*app.registered_commands, *download.app.registered_commands):  # one exit-code table in every --help
+    _info.epilog = _info.epilog or EXIT_CODES_EPILOG

@@ -2,7 +2,8 @@
 
 Conventions (the CLI contract in docs/design.md): results on stdout, progress and logs on stderr; a
 :class:`CxrError` becomes one line on stderr and exit 1 (``CXR_DEBUG=1`` adds the traceback); usage errors,
-including a bad ``--config`` file, exit 2 (Typer); partial success exits 3; Ctrl-C exits 130.
+including a bad ``--config`` file, exit 2 (Typer); partial success exits 3; a command stopped by a signal
+exits 128 + its number after its checkpoint (Ctrl-C 130, SIGTERM 143, SIGUSR1 138): :data:`EXIT_CODES_EPILOG`.
 """
 
 from __future__ import annotations
@@ -27,7 +28,14 @@ EXIT_OK = 0
 EXIT_ERROR = 1
 EXIT_USAGE = 2
 EXIT_PARTIAL = 3
-EXIT_INTERRUPTED = 130
+EXIT_INTERRUPTED = 130  # SIGINT; any stop signal N exits 128 + N (runtime.signals.exit_code_for)
+
+#: The ``--help`` epilog of every command: what a shell script or a SLURM dependency can rely on.
+EXIT_CODES_EPILOG = (
+    "Exit codes: 0 done; 1 error (one line on stderr; also a locked or foreign -o directory); 2 usage; "
+    "3 partial success; 130 stopped by Ctrl-C, 143 by SIGTERM, 138 by SIGUSR1 (128 + signal; the output is "
+    "checkpointed and marked interrupted, rerun the same command to resume; also after --requeue)."
+)
 
 T = TypeVar("T")
 
@@ -219,18 +227,39 @@ def output_option(help: str, *old_names: str, show_default: bool | str = False) 
 
 @contextlib.contextmanager
 def handle_errors() -> Iterator[None]:
-    """Turn library errors into the exit codes of the CLI contract (docs/design.md)."""
+    """Turn library errors into the exit codes of the CLI contract (docs/design.md), for the command's duration.
+
+    SIGTERM / SIGUSR1 stop the command like Ctrl-C (runtime/signals.py ``stop_on_signals``; a trainer polls its
+    own handler instead) and exit 128 + the signal; output locks taken by the command are released at the end.
+    """
+    from cxr_tools.runtime import locks, signals
+
+    signals.reset_received()
     try:
-        yield
+        with locks.scope(), signals.stop_on_signals():
+            yield
     except CxrError as exc:
         if os.environ.get("CXR_DEBUG"):
             traceback.print_exc(file=sys.stderr)
         sys.stderr.write(f"Error: {exc}\n")
         sys.stderr.flush()
         raise typer.Exit(exc.exit_code) from None
-    except KeyboardInterrupt:
-        sys.stderr.write("Interrupted.\n")
-        raise typer.Exit(EXIT_INTERRUPTED) from None
+    except KeyboardInterrupt as exc:
+        signum = int(getattr(exc, "signum", signals.signal.SIGINT))
+        sys.stderr.write(f"Interrupted by {signals.signal.Signals(signum).name}; rerun the same command to resume.\n")
+        raise typer.Exit(signals.exit_code_for(signum)) from None
+
+
+def exit_if_interrupted(status: str | None = None) -> None:
+    """Exit 128 + the signal when one stopped the command (a trainer returns normally, status ``interrupted``,
+    after its checkpoint and any ``--requeue``), so ``&&`` chains and ``afterok`` stop at an unfinished run."""
+    from cxr_tools.runtime import signals
+
+    signum = signals.received_signal()
+    if status == "interrupted" and signum is None:
+        signum = int(signals.signal.SIGTERM)  # stopped by a signal another rank received
+    if signum is not None and status != "completed":
+        raise typer.Exit(signals.exit_code_for(signum))
 
 
 def build_config(cls: type[T], **values: Any) -> T:

@@ -24,6 +24,7 @@ from cxr_tools.cli.common import (
     ThreadsOpt,
     config_from_params,
     emit,
+    exit_if_interrupted,
     handle_errors,
     progress_for,
 )
@@ -119,11 +120,12 @@ def meta_train(
         result = run_meta_train(cfg, progress_for(quiet))
 
     emit(result, json_output, lambda console: _render(console, result))
-    if result.status != "completed":  # exit 0 like `cxr train`: a preempted job did what it should
+    if result.status != "completed":
         sys.stderr.write(
             f"Interrupted at meta-step {result.meta_steps}/{result.total_meta_steps}; last.pt is saved. "
             "Rerun the same command to resume.\n"
         )
+    exit_if_interrupted(result.status)  # 128 + signal: `&&` and afterok stop at a preempted run
 
 
 def _render(console: Console, result: Any) -> None:

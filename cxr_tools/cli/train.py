@@ -28,6 +28,7 @@ from cxr_tools.cli.common import (
     WorkersOpt,
     config_from_params,
     emit,
+    exit_if_interrupted,
     handle_errors,
     progress_for,
 )
@@ -218,6 +219,7 @@ def train(
 
     if result.rank == 0:  # under torchrun every rank returns; one report
         emit(result, json_output, lambda console: _render(console, result))
+    exit_if_interrupted(result.status)  # 128 + signal: `&&` and afterok stop at a preempted run
 
 
 def fmt(value: float | None, digits: int = 3) -> str:

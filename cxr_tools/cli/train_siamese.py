@@ -15,6 +15,7 @@ from cxr_tools.cli.common import (
     QuietOpt,
     config_from_params,
     emit,
+    exit_if_interrupted,
     handle_errors,
     progress_for,
 )
@@ -83,6 +84,7 @@ def train_siamese(
 
     if result.rank == 0:  # under torchrun every rank returns; one report
         emit(result, json_output, lambda console: _render(console, result))
+    exit_if_interrupted(result.status)  # 128 + signal: `&&` and afterok stop at a preempted run
 
 
 def _render(console: Console, result: Any) -> None:

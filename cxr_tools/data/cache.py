@@ -202,19 +202,24 @@ class ImageStoreWriter:
 
     @staticmethod
     def existing_rows(cache_dir: str | Path, storage: str) -> int | None:
-        """Rows of the store already in ``cache_dir`` (None when there is none or it cannot be read)."""
+        """Rows of the store already in ``cache_dir``; None only when there is no store file.
+
+        Raises:
+            CacheError: the store exists but cannot be read (torn, foreign, an I/O error): never taken for "none".
+        """
         path = Path(cache_dir) / STORE_FILES[storage]
         if not path.is_file():
             return None
         try:
             if storage == "hdf5":
-                import h5py
-
-                with h5py.File(path, "r") as fh:
+                with open_h5_readonly(path) as fh:
                     return int(fh[H5_DATASET].shape[0])
             return int(_npy_layout(path)[0][0])
-        except Exception:  # a torn or foreign file: the caller starts over or refuses
-            return None
+        except (OSError, KeyError, ValueError, CacheError) as exc:
+            raise CacheError(
+                f"The image store {path} of the interrupted cache cannot be read ({exc}).",
+                "Start it again with --overwrite.",
+            ) from exc
 
     def _open_h5(self, reopen: bool) -> None:
         import h5py
@@ -396,9 +401,7 @@ class CacheReader:
             if not store.is_file():
                 raise CacheError(f"Cache {self.path} lacks its image store {store.name}.", "Recreate the cache.")
             if self.storage == "hdf5":
-                import h5py
-
-                self._h5 = h5py.File(store, "r")
+                self._h5 = open_h5_readonly(store)
                 self._arr = self._h5[H5_DATASET]
             else:
                 self._arr = np.load(store, mmap_mode="r")
@@ -458,6 +461,19 @@ class CacheReader:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def open_h5_readonly(path: str | Path) -> Any:
+    """An HDF5 file opened read-only without HDF5's file locking, so caches on NFS / Lustre (where those locks
+    fail or hang) read fine; a cache is only read once complete, so no lock is needed. h5py >= 3.5 takes
+    ``locking=False``; older ones honour ``HDF5_USE_FILE_LOCKING=FALSE`` (set when unset)."""
+    import h5py
+
+    try:
+        return h5py.File(path, "r", locking=False)
+    except TypeError:  # h5py < 3.5: no locking argument
+        os.environ.setdefault("HDF5_USE_FILE_LOCKING", "FALSE")
+        return h5py.File(path, "r")
 
 
 def open_cache(path: str | Path) -> CacheReader:

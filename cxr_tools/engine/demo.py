@@ -20,11 +20,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from cxr_tools.errors import OutputExistsError
-from cxr_tools.runtime.fs import prepare_output_dir
+from cxr_tools.runtime.fs import atomic_write_text, prepare_output_dir
 from cxr_tools.runtime.progress import Progress, null_progress
+from cxr_tools.runtime.signals import SignalInterrupt, received_signal
 
 T = TypeVar("T")
+DEMO_MARKER = ".cxr-demo"  # marks a work directory the demo wrote, so --overwrite replaces only such a one
 
 
 @dataclass(frozen=True)
@@ -107,16 +108,18 @@ def run_demo(config: DemoConfig, progress: Progress | None = None) -> DemoResult
     progress = null_progress(progress)
     plan = make_plan(config)
     work = Path(config.workdir)
-    try:
-        prepare_output_dir(work, overwrite=config.overwrite, what="demo work")
-    except OutputExistsError as exc:
-        raise OutputExistsError(exc.message, "Pass --overwrite to rerun the demo there, or another -o DIR.") from None
+    # a previous demo needs --overwrite; a folder of other files is refused even with it (its hint says so)
+    prepare_output_dir(work, overwrite=config.overwrite, owned=lambda p: (p / DEMO_MARKER).is_file(), what="demo")
+    atomic_write_text(work / DEMO_MARKER, "cxr demo work directory: --overwrite may replace it\n")
     stages: dict[str, float] = {}
 
     def stage(name: str, fn: Callable[[], T]) -> T:
         start = time.perf_counter()
         out = fn()
         stages[name] = time.perf_counter() - start
+        stopped = received_signal()  # a trainer returns after its checkpoint: the demo stops there too
+        if stopped is not None:
+            raise SignalInterrupt(stopped)
         return out
 
     data_dir, cache_dir, runs_dir = work / "data" / "synthetic-nih", work / "cache", work / "runs"

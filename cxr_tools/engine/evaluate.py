@@ -186,7 +186,8 @@ def evaluate(config: EvaluateConfig, progress: Progress | None = None) -> Evalua
     settings = describe(adapter)
     out = Path(config.output) if config.output else default_output(config.run, label, kind)
     plan = output_plan(out, overwrite=config.overwrite, resume=config.resume and not config.overwrite,
-                       complete=lambda p: (p / SUMMARY).is_file(), owned=lambda p: (p / EPISODES_JSON).is_file(),
+                       complete=lambda p: (p / SUMMARY).is_file(),
+                       owned=lambda p: (p / EPISODES_JSON).is_file() or (p / SUMMARY).is_file(),
                        restart=True, what="evaluation")  # fmt: skip
     if plan == "replace" and not (out / SUMMARY).is_file():
         log.info("Restarting the interrupted evaluation in %s.", out)

@@ -149,7 +149,8 @@ def run_predict(config: PredictConfig, progress: Progress | None = None) -> Pred
         raise ConfigError("--cam explains the run's own finding head, not a support-adapted scorer.", "Drop --cam.")
     started = time.perf_counter()
     out = Path(config.output)
-    output_plan(out, overwrite=config.overwrite, file=True)  # an existing CSV is replaced at the final rename
+    # an existing CSV is replaced at the final rename; a CSV this command did not write is never replaced
+    output_plan(out, overwrite=config.overwrite, file=True, owned=_is_predictions, what="predictions CSV")
     inputs = list_inputs(config.input)
     if not inputs.items:
         extra = f" ({len(inputs.skipped)} other file(s) skipped)" if inputs.skipped else ""
@@ -238,6 +239,14 @@ def run_predict(config: PredictConfig, progress: Progress | None = None) -> Pred
         cam=cams.folder if cams is not None else None,
         n_cam=cams.written if cams is not None else 0,
     )
+
+
+def _is_predictions(path: Path) -> bool:
+    """A CSV this command wrote: its header starts with ``path`` and ends with ``error`` (``--overwrite`` replaces
+    nothing else)."""
+    with open(path, encoding="utf-8", errors="replace") as fh:
+        head = fh.readline().rstrip("\r\n").split(",")
+    return head[0] == "path" and head[-1] == "error"
 
 
 def _settings(

@@ -153,7 +153,7 @@ def preprocess(config: PreprocessConfig, progress: Progress | None = None) -> Pr
         overwrite=config.overwrite,
         resume=config.resume,
         complete=cache_mod.is_complete,
-        owned=only_files(CACHE_FILES) if config.resume else None,
+        owned=only_files(CACHE_FILES),
         what="cache",
     )
     src = _load_source(config)
@@ -256,7 +256,7 @@ def merge(config: MergeConfig, progress: Progress | None = None) -> PreprocessRe
     if any(Path(s).resolve() == out.resolve() for s in config.shards):
         raise ConfigError(f"The merge output {out} is one of the shards.", "Choose a new -o directory.")
     plan = output_plan(
-        out, overwrite=config.overwrite, complete=cache_mod.is_complete, owned=lambda _: False, what="cache"
+        out, overwrite=config.overwrite, complete=cache_mod.is_complete, owned=only_files(CACHE_FILES), what="cache"
     )
     apply_output_plan(out, plan)
     manifest = merge_shards(config.shards, out, progress)

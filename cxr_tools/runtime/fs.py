@@ -4,9 +4,10 @@ A reader must never see a half-written file under its final name: every write go
 the same directory, is fsynced, then renamed over the target (rename is atomic on POSIX within one file
 system).
 
-Output policy (:func:`output_plan`, docs/design.md "Overwrite and resume"): a complete output is replaced only
-with ``--overwrite``; a non-empty directory that is not this command's output is refused unless
-``--overwrite``; an incomplete output of this command is resumed with ``--resume``, else restarted where the
+Output policy (:func:`output_plan`, docs/design.md "Overwrite and resume"): the output is locked for the
+command (runtime/locks.py); a complete output is replaced only with ``--overwrite``; a non-empty directory
+that is not this command's output is always refused, ``--overwrite`` or not; an incomplete output of this
+command is resumed with ``--resume``, else restarted where the
 command allows it (``restart=True``) or with ``--overwrite``, else refused with a hint naming both flags.
 """
 
@@ -96,43 +97,58 @@ def output_plan(
     restart: bool = False,
     what: str = "output",
     file: bool = False,
-    keep_foreign: bool = False,
+    swapped: bool = False,
+    keep_foreign: bool = True,
 ) -> OutputPlan:
-    """Decide, without touching anything, what a command does with its output ``path`` (module docstring).
+    """Lock the output ``path`` for this process (runtime/locks.py) and decide what the command does with it
+    (module docstring); nothing is deleted here.
 
     Args:
         complete: whether an existing directory is a finished output (a file output is complete when it exists,
             because it only ever appears by an atomic rename).
-        owned: whether a non-empty, incomplete directory is this command's own interrupted output (default: yes).
+        owned: whether a non-empty directory is this command's own output (its manifest, run.json, its own
+            files...). A directory it does not recognise is refused even with ``overwrite``: nothing the tool
+            did not write is ever deleted (``-o . --overwrite``). None: no existing content is recognised.
         restart: an incomplete output not resumed is started again without ``--overwrite``.
         what: the output's name in messages (``cache``, ``evaluation``...).
         file: ``path`` is a file, not a directory.
-        keep_foreign: a directory holding anything ``owned`` does not recognise is refused even with
-            ``overwrite`` (nothing the command did not write is deleted; its own files are replaced one by one).
+        swapped: the directory is replaced whole by a rename when finished, so its lock lies beside it.
+        keep_foreign: accepted from callers written when keeping a foreign folder was optional; it is now what
+            every command does, whatever the value.
 
     Returns:
         ``new`` (missing or empty), ``replace`` (remove it first: :func:`apply_output_plan`) or ``resume``.
 
     Raises:
         OutputExistsError: the output must not be touched without another flag; the hint names it.
+        OutputLockedError: another live process is writing it.
     """
+    from cxr_tools.runtime.locks import lock_output
+
     path = Path(path)
     if file:
         if path.is_dir():
             raise OutputExistsError(f"Output {path} is a directory.", "Pass a file name with -o.")
+        lock_output(path, file=True)
         if not path.exists():
             return "new"
+        if owned is not None and not owned(path):
+            raise OutputExistsError(
+                f"{path} is not a cxr {what}.", f"Choose another -o (--overwrite replaces only a cxr {what})."
+            )
         if overwrite:
             return "replace"
         raise OutputExistsError(f"Output {path} already exists.", "Pass --overwrite to replace it, or another -o.")
     if path.exists() and not path.is_dir():
         raise OutputExistsError(f"{path} exists and is not a directory.", "Choose another -o path.")
-    if not path.exists() or not any(path.iterdir()):
+    lock_output(path, file=swapped)
+    if not path.exists() or not _contents(path):
         return "new"
-    if keep_foreign and owned is not None and not owned(path):
+    if owned is None or not owned(path):
+        held = ", ".join(sorted(p.name for p in _contents(path) if not p.name.startswith("."))[:5])
         raise OutputExistsError(
-            f"{path} holds files that are not a {what}.",
-            f"Choose another -o directory (--overwrite replaces only a {what}'s own files).",
+            f"{path} is not a cxr {what} (it holds {held or 'hidden files'}).",
+            f"Choose another -o directory (--overwrite replaces only a {what}, never other files).",
         )
     if complete is not None and complete(path):
         if overwrite:
@@ -140,14 +156,6 @@ def output_plan(
         raise OutputExistsError(
             f"{what.capitalize()} {path} is already complete.",
             "Pass --overwrite to replace it, or choose another -o directory.",
-        )
-    if owned is not None and not owned(path):
-        if overwrite:
-            return "replace"
-        held = ", ".join(sorted(p.name for p in path.iterdir() if not p.name.startswith("."))[:5])
-        raise OutputExistsError(
-            f"{path} is not an interrupted {what} (it holds {held or 'hidden files'}).",
-            "Choose another -o directory, or pass --overwrite to replace its contents.",
         )
     if resume:
         return "resume"
@@ -159,18 +167,37 @@ def output_plan(
     )
 
 
+def _contents(path: Path) -> list[Path]:
+    """What a directory holds, its lock file aside."""
+    from cxr_tools.runtime.locks import LOCK_NAME
+
+    return [p for p in path.iterdir() if p.name != LOCK_NAME]
+
+
+def clear_dir(path: str | os.PathLike[str]) -> None:
+    """Delete what directory ``path`` holds, except its lock file (the lock stays held while it is replaced)."""
+    for child in _contents(Path(path)):
+        if child.is_dir() and not child.is_symlink():
+            shutil.rmtree(child)
+        else:
+            child.unlink()
+
+
 def apply_output_plan(path: str | os.PathLike[str], plan: OutputPlan) -> Path:
-    """Carry out :func:`output_plan`'s decision for a directory: remove it on ``replace``; make sure it exists."""
+    """Carry out :func:`output_plan`'s decision for a directory: empty it on ``replace``; make sure it exists."""
     path = Path(path)
     if plan == "replace" and path.exists():
-        shutil.rmtree(path)
+        clear_dir(path)
     path.mkdir(parents=True, exist_ok=True)
     return path
 
 
-def prepare_output_dir(path: str | os.PathLike[str], *, overwrite: bool, what: str = "output") -> Path:
-    """An empty output directory for a command that cannot resume: anything already there needs ``overwrite``."""
-    return apply_output_plan(path, output_plan(path, overwrite=overwrite, owned=lambda _: False, what=what))
+def prepare_output_dir(
+    path: str | os.PathLike[str], *, overwrite: bool, owned: Callable[[Path], bool] | None = None, what: str = "output"
+) -> Path:
+    """An empty output directory for a command that cannot resume: its own earlier output (``owned``) needs
+    ``overwrite``; anything else is refused (without ``owned``, any content)."""
+    return apply_output_plan(path, output_plan(path, overwrite=overwrite, owned=owned, what=what))
 
 
 def only_files(names: Iterable[str]) -> Callable[[Path], bool]:

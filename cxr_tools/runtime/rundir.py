@@ -10,9 +10,11 @@ Layout::
 
 A run directory belongs to one command kind (``train``, ``train-siamese``, ``meta-train``). :func:`open_run`
 decides what happens to an existing one: another kind is refused (:class:`ModelError`), a completed run
-needs ``--overwrite`` (:class:`OutputExistsError`), an incomplete run (``running``, ``interrupted``,
+needs ``--overwrite`` (:class:`OutputExistsError`), a folder without run.json is refused even with ``--overwrite``
+(nothing the tool did not write is deleted), an incomplete run (``running``, ``interrupted``,
 ``failed``) is continued by default - that is what makes "rerun the same command after preemption" work.
-Only the main rank writes; other ranks get a read-only :class:`RunDir`.
+Only the main rank writes, and locks the directory for the command (runtime/locks.py); other ranks get a
+read-only :class:`RunDir`.
 """
 
 from __future__ import annotations
@@ -23,7 +25,6 @@ import json
 import logging
 import os
 import platform
-import shutil
 import socket
 import subprocess
 import sys
@@ -35,7 +36,8 @@ from typing import Any
 from cxr_tools import __version__
 from cxr_tools.config import differing_keys, dump_yaml, to_dict
 from cxr_tools.errors import ConfigError, ModelError, OutputExistsError
-from cxr_tools.runtime.fs import atomic_write_json, atomic_write_text
+from cxr_tools.runtime.fs import atomic_write_json, atomic_write_text, clear_dir
+from cxr_tools.runtime.locks import LOCK_NAME, lock_output
 
 log = logging.getLogger(__name__)
 
@@ -290,16 +292,15 @@ def open_run(
     path = run.path
     if path.exists() and not path.is_dir():
         raise OutputExistsError(f"Run path {path} exists and is not a directory.", "Choose another -o/--output.")
-    info = read_run_info(path) if path.is_dir() else None
+    lock_output(path)  # one writer per run; released when the command ends
+    info = read_run_info(path)
     fresh = True
-    if info is None and path.is_dir() and any(path.iterdir()):
-        if not overwrite:
-            raise OutputExistsError(
-                f"{path} is not empty and is not a cxr run directory (no run.json).",
-                "Choose another -o/--output, or pass --overwrite to replace its content.",
-            )
-        shutil.rmtree(path)
-    elif info is not None:
+    if info is None and any(p.name != LOCK_NAME for p in path.iterdir()):
+        raise OutputExistsError(
+            f"{path} is not empty and is not a cxr run directory (no run.json).",
+            "Choose another -o/--output (--overwrite replaces only a run directory, never other files).",
+        )
+    if info is not None:
         old_kind = info.get("kind")
         if old_kind != kind:
             raise ModelError(
@@ -308,7 +309,7 @@ def open_run(
             )
         status = info.get("status")
         if overwrite:
-            shutil.rmtree(path)
+            clear_dir(path)
         elif status == "completed":
             raise OutputExistsError(
                 f"{path} holds a completed `cxr {kind}` run.",

@@ -6,16 +6,23 @@ the signal - raising inside a signal handler could tear a half-written checkpoin
 the training loop polls :attr:`PreemptionHandler.should_stop` after each step, writes ``last.pt``, marks
 the run ``interrupted`` and returns. With ``requeue=True`` inside a SLURM job it then asks
 ``scontrol requeue $SLURM_JOB_ID`` so the same command starts again and resumes.
+
+Commands without a step loop (evaluate, predict, preprocess, download) use :func:`stop_on_signals`: the signal
+raises :class:`SignalInterrupt` (a ``KeyboardInterrupt``), so they stop the way Ctrl-C stops them - their
+journals and partial files are resumable and every write is atomic. Either way the signal is remembered
+(:func:`received_signal`) and the CLI exits ``128 + signum`` (130 for SIGINT, 143 for SIGTERM, 138 for SIGUSR1),
+so ``cxr train ... && cxr evaluate ...`` and ``--dependency=afterok`` stop at an unfinished run.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
 import subprocess
 import threading
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from types import FrameType
 from typing import Any
 
@@ -24,6 +31,67 @@ log = logging.getLogger(__name__)
 DEFAULT_SIGNALS: tuple[int, ...] = tuple(
     s for s in (getattr(signal, "SIGTERM", None), getattr(signal, "SIGUSR1", None)) if s is not None
 )
+
+# The first stop signal of this command (set by every handler here, reset by the CLI for each command).
+_received: int | None = None
+
+
+def received_signal() -> int | None:
+    """The number of the signal that stopped the current command, or None."""
+    return _received
+
+
+def reset_received() -> None:
+    """Forget the last stop signal (at the start of each command)."""
+    global _received
+    _received = None
+
+
+def _remember(signum: int) -> None:
+    global _received
+    if _received is None:
+        _received = signum
+
+
+def exit_code_for(signum: int) -> int:
+    """The shell's convention for a process stopped by ``signum``: 128 + its number."""
+    return 128 + int(signum)
+
+
+class SignalInterrupt(KeyboardInterrupt):
+    """Raised in the main thread by :func:`stop_on_signals`; carries the signal number."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+def _raise(signum: int, frame: FrameType | None) -> None:
+    _remember(signum)
+    raise SignalInterrupt(signum)
+
+
+@contextlib.contextmanager
+def stop_on_signals(signals: Iterable[int] = DEFAULT_SIGNALS) -> Iterator[None]:
+    """For the duration of a command, turn SIGTERM / SIGUSR1 into :class:`SignalInterrupt` (and remember SIGINT).
+
+    A trainer's :class:`PreemptionHandler` installed inside replaces these handlers for its loop and restores
+    them afterwards. Outside the main thread (nothing can be installed) this is a no-op.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {sig: signal.getsignal(sig) for sig in signals}
+    for sig in signals:
+        signal.signal(sig, _raise)
+    try:
+        yield
+    except KeyboardInterrupt as exc:
+        _remember(getattr(exc, "signum", signal.SIGINT))
+        raise
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
 
 
 class PreemptionHandler:
@@ -53,6 +121,7 @@ class PreemptionHandler:
     def _handle(self, signum: int, frame: FrameType | None) -> None:
         if self._received is None:
             self._received = signum
+        _remember(signum)
 
     def __enter__(self) -> PreemptionHandler:
         if threading.current_thread() is not threading.main_thread():

@@ -201,9 +201,9 @@ class TrainLoop:
                 if self.dist.is_main:
                     self.run.set_status("completed", steps=self.step, epochs=self.epoch)
                 return self._result("completed", started)
-            except KeyboardInterrupt:
+            except KeyboardInterrupt as exc:  # Ctrl-C, or a signal outside the loop (runtime.signals.SignalInterrupt)
                 if self.dist.is_main:
-                    self.run.set_status("interrupted", signal="SIGINT")
+                    self.run.set_status("interrupted", signal=str(exc) if hasattr(exc, "signum") else "SIGINT")
                 raise
             except BaseException as exc:
                 if self.dist.is_main:

@@ -66,11 +66,11 @@ def test_empty_folder_and_all_failed_exit_1(tmp_path, model_dir):
 def test_existing_output_needs_overwrite(tmp_path, model_dir):
     write_png(tmp_path / "imgs" / "a.png", phantom(np.random.default_rng(0)))
     out = tmp_path / "p.csv"
-    out.write_text("old")
+    out.write_text("path,A,error\nold.png,0.5,\n")  # an earlier prediction (--overwrite replaces nothing else)
     run_dir = model_dir.parent  # a run directory works as well as its model/ folder
     args = ["predict", str(tmp_path / "imgs"), "-o", str(out), "-m", str(run_dir)]
     res = runner.invoke(app, args)
-    assert res.exit_code == 1 and "--overwrite" in res.stderr and out.read_text() == "old"
+    assert res.exit_code == 1 and "--overwrite" in res.stderr and "old.png" in out.read_text()
     res = runner.invoke(app, [*args, "--overwrite"])
     assert res.exit_code == 0 and read_rows(out)[0]["error"] == ""
 

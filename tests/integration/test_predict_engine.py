@@ -151,10 +151,11 @@ def test_empty_folder_missing_input_and_existing_output(tmp_path, model_dir):
         run_predict(PredictConfig(input=tmp_path / "nope", output=tmp_path / "p.csv", model=model_dir))
     assert not (tmp_path / "p.csv").exists()
     write_png(tmp_path / "one" / "a.png", phantom(np.random.default_rng(0)))
-    (tmp_path / "p.csv").write_text("keep me")
+    earlier = "path,A,error\nkeep.png,0.5,\n"  # an earlier prediction (--overwrite replaces nothing else)
+    (tmp_path / "p.csv").write_text(earlier)
     with pytest.raises(OutputExistsError, match="--overwrite"):
         run_predict(PredictConfig(input=tmp_path / "one", output=tmp_path / "p.csv", model=model_dir))
-    assert (tmp_path / "p.csv").read_text() == "keep me"
+    assert (tmp_path / "p.csv").read_text() == earlier
     run_predict(PredictConfig(input=tmp_path / "one", output=tmp_path / "p.csv", model=model_dir, overwrite=True))
     assert read_rows(tmp_path / "p.csv")[0]["error"] == ""
 

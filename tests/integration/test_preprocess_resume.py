@@ -107,8 +107,9 @@ def test_refusals(tmp_path):
     foreign = tmp_path / "notes"
     foreign.mkdir()
     (foreign / "thesis.tex").write_text("precious")
-    with pytest.raises(OutputExistsError, match="not an interrupted cache"):
-        preprocess(PreprocessConfig(src=src, output=foreign, size=32, workers=0, resume=True))
+    for flags in ({"resume": True}, {"overwrite": True}):  # a foreign folder is never deleted (issue 11)
+        with pytest.raises(OutputExistsError, match="not a cxr cache"):
+            preprocess(PreprocessConfig(src=src, output=foreign, size=32, workers=0, **flags))
     assert (foreign / "thesis.tex").read_text() == "precious"
 
 

@@ -7,6 +7,7 @@ import pytest
 from cxr_tools import paths
 from cxr_tools.errors import OutputExistsError
 from cxr_tools.runtime.fs import atomic_path, atomic_write_json, atomic_write_text, prepare_output_dir
+from cxr_tools.runtime.locks import LOCK_NAME, release_all
 
 
 def test_atomic_write_replaces_and_failure_keeps_old(tmp_path):
@@ -21,14 +22,22 @@ def test_atomic_write_replaces_and_failure_keeps_old(tmp_path):
     assert '"k": 1' in target.read_text()
 
 
-def test_prepare_output_dir_refuses_then_overwrites(tmp_path):
+def test_prepare_output_dir_refuses_then_overwrites_only_its_own(tmp_path):
     out = tmp_path / "out"
-    prepare_output_dir(out, overwrite=False)
-    (out / "f").write_text("x")
+    ours = lambda p: (p / "marker").is_file()  # noqa: E731
+    prepare_output_dir(out, overwrite=False, owned=ours)
+    (out / "marker").write_text("x")
     with pytest.raises(OutputExistsError, match="--overwrite"):
-        prepare_output_dir(out, overwrite=False)
-    prepare_output_dir(out, overwrite=True)
-    assert list(out.iterdir()) == []
+        prepare_output_dir(out, overwrite=False, owned=ours)
+    prepare_output_dir(out, overwrite=True, owned=ours)
+    assert [p.name for p in out.iterdir()] == [LOCK_NAME]  # held until the command ends
+    release_all()
+    assert not out.exists()  # the lock created it; left empty, it goes with the lock
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    with pytest.raises(OutputExistsError, match=r"not a cxr output \(it holds notes.txt\)"):
+        prepare_output_dir(out, overwrite=True, owned=ours)
+    assert (out / "notes.txt").read_text() == "mine"
 
 
 def test_roots_follow_environment(monkeypatch, tmp_path):
@@ -60,7 +69,7 @@ def test_output_plan_is_the_one_overwrite_and_resume_policy(tmp_path):
         return output_plan(out, complete=lambda p: (p / "done").exists(), owned=only_files({"part", "done"}), **kw)
 
     assert plan(overwrite=False) == "new"
-    out.mkdir()
+    assert out.is_dir()  # created to hold its lock
     assert plan(overwrite=False) == "new"  # an empty directory is as good as none
     (out / "part").write_text("x")
     with pytest.raises(OutputExistsError, match=r"incomplete.*--resume.*--overwrite"):
@@ -75,12 +84,13 @@ def test_output_plan_is_the_one_overwrite_and_resume_policy(tmp_path):
     assert plan(overwrite=True, resume=True) == "replace"
     (out / "done").unlink()
     (out / "thesis.tex").write_text("precious")
-    with pytest.raises(OutputExistsError, match=r"not an interrupted output \(it holds part, thesis.tex\)"):
-        plan(overwrite=False, resume=True)
-    assert plan(overwrite=True, resume=True) == "replace"
-    assert (out / "thesis.tex").read_text() == "precious"  # deciding never touches anything
+    for overwrite in (False, True):  # a file the command did not write is never deleted, --overwrite or not
+        with pytest.raises(OutputExistsError, match=r"not a cxr output \(it holds part, thesis.tex\)"):
+            plan(overwrite=overwrite, resume=True)
+    assert (out / "thesis.tex").read_text() == "precious"
+    (out / "thesis.tex").unlink()
     apply_output_plan(out, "replace")
-    assert out.is_dir() and list(out.iterdir()) == []
+    assert out.is_dir() and [p.name for p in out.iterdir()] == [LOCK_NAME]  # the lock stays while replacing
 
 
 def test_output_plan_for_a_file(tmp_path):

@@ -5,7 +5,9 @@ One function, :func:`fetch`, streams a URL into ``TARGET.part``, resuming an exi
 with exponential backoff and seeded jitter, hashing the bytes with MD5 while they stream, and renaming the file to
 ``TARGET`` only once it is complete and matches its checksum. A mismatch deletes the file, downloads it once more
 from scratch, and then fails with "archive corrupt or changed upstream": nothing corrupt is ever given its final
-name.
+name. A server's ``Retry-After`` (seconds or an HTTP date, on 429 / 503) sets the wait before the next try,
+capped at ``RetryPolicy.backoff_max``. A local write error (disk full, permission, read-only file system) is not
+the network's fault: it is reported as such at once, never retried.
 
 Built on :mod:`urllib.request` rather than ``requests``: the standard library already gives everything needed here
 (``Range`` headers kept across redirects, per-socket timeouts, streaming reads, ``http_proxy``/``no_proxy``), and
@@ -14,6 +16,7 @@ Built on :mod:`urllib.request` rather than ``requests``: the standard library al
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import http.client
 import logging
@@ -88,7 +91,42 @@ class _Bar:
 
 
 class _Transient(Exception):
-    """A failure worth retrying (the partial file is kept for resume unless ``restart`` is set)."""
+    """A failure worth retrying (the partial file is kept for resume); ``retry_after``: the server's wait."""
+
+    def __init__(self, message: str, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+def retry_after_seconds(value: str | None, now: float | None = None) -> float | None:
+    """Seconds to wait from a ``Retry-After`` header (delta-seconds or an HTTP date); None when absent or bad."""
+    if not value or not value.strip():
+        return None
+    text = value.strip()
+    if text.isdigit():
+        return float(text)
+    from email.utils import parsedate_to_datetime
+
+    try:
+        when = parsedate_to_datetime(text)
+    except (TypeError, ValueError, IndexError):
+        return None
+    return max(0.0, when.timestamp() - (time.time() if now is None else now))
+
+
+def _local_error(exc: OSError, path: Path) -> DownloadError:
+    """A failed write of our own file, told apart from a network failure (it is not retried)."""
+    hints = {
+        errno.ENOSPC: "Free disk space (or choose another -o on a larger disk); rerun to resume.",
+        errno.EDQUOT: "Your disk quota is full: free space or choose another -o; rerun to resume.",
+        errno.EACCES: "Choose an -o directory you can write to.",
+        errno.EPERM: "Choose an -o directory you can write to.",
+        errno.EROFS: "The file system is read-only: choose another -o.",
+    }
+    return DownloadError(
+        f"Cannot write {path}: {exc.strerror or exc} (a local disk problem, not the network).",
+        hints.get(exc.errno or 0, "Check the -o path (it must be a writable directory)."),
+    )
 
 
 def display_url(url: str) -> str:
@@ -138,8 +176,11 @@ def fetch(
     policy = policy or RetryPolicy()
     progress = null_progress(progress)
     target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
     part = target.with_name(target.name + ".part")
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise _local_error(exc, target.parent) from None
     label = description or target.name
     expected = md5.lower() if md5 else None
     with progress.task(label, total=None) as task:
@@ -147,9 +188,12 @@ def fetch(
         for round_ in range(2):
             size, digest, attempts, resumed = _download(url, part, policy, bar)
             if expected is None or digest == expected:
-                with open(part, "rb") as fh:
-                    os.fsync(fh.fileno())
-                os.replace(part, target)
+                try:
+                    with open(part, "rb") as fh:
+                        os.fsync(fh.fileno())
+                    os.replace(part, target)
+                except OSError as exc:
+                    raise _local_error(exc, target) from None
                 return FetchResult(target, size, digest, attempts, resumed)
             part.unlink(missing_ok=True)
             bar.set(0)
@@ -196,6 +240,14 @@ def _download(url: str, part: Path, policy: RetryPolicy, bar: _Bar) -> tuple[int
                     "on disk.",
                 ) from None
             delay = delays[failures - 1]
+            if exc.retry_after is not None:
+                delay = min(exc.retry_after, policy.backoff_max)
+                log.info(
+                    "%s: the server asks to retry after %.0f s%s.",
+                    display_url(url),
+                    exc.retry_after,
+                    f"; waiting {delay:.0f} s (the cap)" if delay < exc.retry_after else "",
+                )
             if policy.max_seconds is not None and time.monotonic() - start + delay > policy.max_seconds:
                 raise DownloadError(
                     f"Download of {display_url(url)} still failing after {time.monotonic() - start:.0f} s "
@@ -222,7 +274,8 @@ def _attempt(url: str, part: Path, offset: int, timeout: float, bar: _Bar) -> tu
             part.unlink(missing_ok=True)
             raise _Transient("the server refused to resume (HTTP 416); starting again from scratch") from None
         if exc.code in RETRY_STATUS:
-            raise _Transient(f"HTTP {exc.code} {exc.reason}") from None
+            wait = retry_after_seconds(exc.headers.get("Retry-After") if exc.headers else None)
+            raise _Transient(f"HTTP {exc.code} {exc.reason}", retry_after=wait) from None
         raise DownloadError(f"HTTP {exc.code} {exc.reason} for {display_url(url)}.", _hint_for(exc.code)) from None
     except (urllib.error.URLError, http.client.HTTPException, OSError) as exc:
         reason = getattr(exc, "reason", exc)
@@ -246,20 +299,21 @@ def _attempt(url: str, part: Path, offset: int, timeout: float, bar: _Bar) -> tu
         if length is not None:
             bar.task.set_total(offset + length)
         received = 0
-        with open(part, mode) as fh:
-            try:
+        try:  # our side: open / write / flush errors are local, reported at once
+            with open(part, mode) as fh:
                 while True:
-                    block = response.read(CHUNK)
+                    try:
+                        block = response.read(CHUNK)
+                    except (TimeoutError, OSError, http.client.HTTPException) as exc:
+                        raise _Transient(f"connection lost after {offset + received} bytes ({exc})") from None
                     if not block:
                         break
                     fh.write(block)
                     hasher.update(block)
                     received += len(block)
                     bar.add(len(block))
-            except (TimeoutError, OSError, http.client.HTTPException) as exc:
-                raise _Transient(f"connection lost after {offset + received} bytes ({exc})") from None
-            finally:
-                fh.flush()
+        except OSError as exc:
+            raise _local_error(exc, part) from None
         if length is not None and received < length:
             raise _Transient(f"connection closed after {offset + received} of {offset + length} bytes")
     return offset + received, hasher.hexdigest()

@@ -79,6 +79,13 @@ def validate(config: SyntheticConfig) -> None:
 
 def generate(config: SyntheticConfig, progress: Progress | None = None) -> SyntheticResult:
     """Write the phantom dataset described by ``config`` and return what was written."""
+    from cxr_tools.runtime.locks import scope
+
+    with scope():  # its lock file beside ``dest`` goes when it returns
+        return _generate(config, progress)
+
+
+def _generate(config: SyntheticConfig, progress: Progress | None) -> SyntheticResult:
     from cxr_tools.data.synthetic.plan import plan_patient, split_patients
     from cxr_tools.data.synthetic.writers import label_counts
 
@@ -86,7 +93,8 @@ def generate(config: SyntheticConfig, progress: Progress | None = None) -> Synth
     progress = null_progress(progress)
     dest = Path(config.dest).expanduser()
     # refuse before any work; the old dataset is replaced only when the new one is complete (_swap_into_place)
-    output_plan(dest, overwrite=config.overwrite, owned=lambda _: False, what="dataset")
+    owned = lambda p: (p / MANIFEST).is_file()  # noqa: E731 (--overwrite replaces only a synthetic dataset)
+    output_plan(dest, overwrite=config.overwrite, owned=owned, what="dataset", swapped=True)
     t0 = time.perf_counter()
     ext = "dcm" if config.format == "dicom" else "png"
     plans = [plan_patient(config.seed, p, config.layout, ext) for p in range(1, config.patients + 1)]
