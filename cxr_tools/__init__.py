@@ -4,4 +4,4 @@ Heavy libraries (torch, cv2, h5py, sklearn, learn2learn) are imported inside the
 them, never at package import, so that ``cxr --help`` stays fast in shell scripts.
 """
 
-__version__ = "0.2.0"
+__version__ = "0.3.0"
