@@ -95,7 +95,7 @@ def plot_cooccurrence(
         ax,
         [str(int(v)) for v in m.ravel()],
         np.column_stack([cols.ravel(), rows.ravel()]),
-        np.where(shown.ravel() > threshold, "black", "white"),
+        ["black" if v > threshold else "white" for v in shown.ravel()],
         fontsize=7 if n <= 16 else 5,
     )
     ax.set_xticks(np.arange(n), list(labels), rotation=60, ha="right", fontsize=8)
@@ -127,7 +127,7 @@ def _cell_labels(ax: Any, texts: Sequence[str], xy: np.ndarray, colors: Sequence
         offsets=xy,
         offset_transform=ax.transData,
         transform=Affine2D().scale(1 / 72) + fig.dpi_scale_trans,  # points → inches → pixels at any dpi
-        facecolors=list(colors),
+        facecolors=colors,
         edgecolors="none",
         in_layout=False,
     )
