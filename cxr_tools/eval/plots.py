@@ -44,7 +44,11 @@ def plot_label_counts(
     *,
     title: str = "Images and patients per label",
 ) -> Path:
-    """Horizontal bar chart of images (and patients) per label, most frequent on top, counts annotated."""
+    """Horizontal bar chart of images (and patients) per label, most frequent on top, counts annotated.
+
+    The counts are glyph outlines in one collection per series (:func:`_cell_labels`), not ``bar_label``'s text
+    artists: at 14 labels those were 40 % of the plot's time.
+    """
     imgs = np.asarray(images, dtype=np.int64)
     order = np.argsort(-imgs, kind="stable")
     names = [labels[i] for i in order]
@@ -52,12 +56,13 @@ def plot_label_counts(
     ax = fig.add_subplot(1, 1, 1)
     y = np.arange(len(names))
     height = 0.4 if patients is not None else 0.7
-    bars = ax.barh(y - (height / 2 if patients is not None else 0), imgs[order], height=height, label="images")
-    ax.bar_label(bars, padding=2, fontsize=7)
+    y_imgs = y - (height / 2 if patients is not None else 0)
+    ax.barh(y_imgs, imgs[order], height=height, label="images")
+    _bar_ends(ax, imgs[order], y_imgs)
     if patients is not None:
         pats = np.asarray(patients, dtype=np.int64)[order]
-        pbars = ax.barh(y + height / 2, pats, height=height, label="patients", color="tab:orange")
-        ax.bar_label(pbars, padding=2, fontsize=7)
+        ax.barh(y + height / 2, pats, height=height, label="patients", color="tab:orange")
+        _bar_ends(ax, pats, y + height / 2)
         ax.legend(loc="lower right", fontsize=8)
     ax.set_yticks(y, names, fontsize=8)
     ax.invert_yaxis()
@@ -104,11 +109,26 @@ def plot_cooccurrence(
     return save_figure(fig, path)
 
 
-def _cell_labels(ax: Any, texts: Sequence[str], xy: np.ndarray, colors: Sequence[str], *, fontsize: float) -> None:
-    """Short texts centred on data points ``xy``, drawn as one :class:`PathCollection` of glyph outlines.
+def _bar_ends(ax: Any, counts: np.ndarray, y: np.ndarray) -> None:
+    """Each count written just right of its horizontal bar's end (as ``bar_label(padding=2)`` places it)."""
+    xy = np.column_stack([counts, y]).astype(np.float64)
+    _cell_labels(ax, [str(int(v)) for v in counts], xy, ["black"] * len(xy), fontsize=7, left_pad=2.0)
+
+
+def _cell_labels(
+    ax: Any,
+    texts: Sequence[str],
+    xy: np.ndarray,
+    colors: Sequence[str],
+    *,
+    fontsize: float,
+    left_pad: float | None = None,
+) -> None:
+    """Short texts at data points ``xy``, drawn as one :class:`PathCollection` of glyph outlines.
 
     One artist instead of one :class:`Text` per cell: a single layout and draw call whatever the cell count.
-    Centred on each outline's control-point box (glyph curves stay inside it, so the centre is within a pixel).
+    Centred on each outline's control-point box (glyph curves stay inside it, so the centre is within a pixel);
+    with ``left_pad`` (points) the text starts that far right of its point instead, vertically centred.
     """
     from matplotlib.collections import PathCollection
     from matplotlib.font_manager import FontProperties
@@ -120,7 +140,8 @@ def _cell_labels(ax: Any, texts: Sequence[str], xy: np.ndarray, colors: Sequence
     for text in texts:
         glyphs = TextPath((0, 0), text, prop=prop)
         lo, hi = glyphs.vertices.min(axis=0), glyphs.vertices.max(axis=0)
-        paths.append(glyphs.transformed(Affine2D().translate(*(-(lo + hi) / 2))))
+        dx = -(lo[0] + hi[0]) / 2 if left_pad is None else left_pad - lo[0]
+        paths.append(glyphs.transformed(Affine2D().translate(dx, -(lo[1] + hi[1]) / 2)))
     fig = ax.get_figure()
     labels = PathCollection(
         paths,
