@@ -7,8 +7,10 @@ The cache is the 112,120-row one ``benchmarks/scale.py --work DIR`` leaves in ``
 from its own ``cxr_tools`` copy; without it only this checkout is measured. Alternating between the versions,
 ``--repeats`` times, each in a fresh process:
 
-1. the CLI, ``python -m cxr_tools stats CACHE --out TMP`` (plots on) and with ``--no-plots``: wall time;
-2. its parts, timed one after the other as the engine runs them: importing pandas, reading the manifest and
+1. the CLI, ``python -m cxr_tools stats CACHE --out TMP`` (plots on) and with ``--no-plots``: wall time and
+   CPU time (user + system; what a loaded machine divides among its jobs);
+2. its parts, CPU time of each (less swayed by the load than wall time), one after the other as the engine
+   runs them: importing pandas, reading the manifest and
    ``index.csv`` (:func:`~cxr_tools.data.cache.read_tables`), :func:`~cxr_tools.data.label_stats.compute_stats`,
    importing matplotlib's Agg canvas, and each of the two plots.
 
@@ -21,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -39,29 +42,29 @@ from pathlib import Path
 cache, out = Path(sys.argv[1]), Path(sys.argv[2])
 times = {}
 def lap(key, start):
-    now = time.perf_counter()
+    now = time.process_time()
     times[key] = round(now - start, 3)
     return now
-t = time.perf_counter()
+t = time.process_time()
 import pandas
 import cxr_tools
 times["package"] = cxr_tools.__file__
-t = lap("import_pandas_s", t)
+t = lap("import_pandas_cpu_s", t)
 from cxr_tools.data.cache import read_tables
 manifest, index = read_tables(cache)
-t = lap("read_index_s", t)
+t = lap("read_index_cpu_s", t)
 from cxr_tools.data.label_stats import compute_stats
 labels = [str(x) for x in manifest["labels"]]
 numbers = compute_stats(index, labels)
-t = lap("compute_stats_s", t)
+t = lap("compute_stats_cpu_s", t)
 from cxr_tools.eval import plots
 plots.new_figure(1, 1)
-t = lap("import_matplotlib_s", t)
+t = lap("import_matplotlib_cpu_s", t)
 stats = numbers["labels"]
 plots.plot_label_counts(out / "label_counts.png", labels, [s.images for s in stats], [s.patients for s in stats])
-t = lap("plot_label_counts_s", t)
+t = lap("plot_label_counts_cpu_s", t)
 plots.plot_cooccurrence(out / "cooccurrence.png", labels, numbers["cooccurrence"])
-t = lap("plot_cooccurrence_s", t)
+t = lap("plot_cooccurrence_cpu_s", t)
 print(json.dumps(times))
 """
 
@@ -76,13 +79,16 @@ def extract(rev: str, dest: Path) -> Path:
     return dest / "baseline"
 
 
-def run(root: Path, args: list[str]) -> tuple[float, str]:
-    """Wall time and stdout of ``python ARGS`` in a fresh process importing ``cxr_tools`` from ``root`` (also
-    its working directory: ``-m`` and ``-c`` put the working directory first on sys.path)."""
+def run(root: Path, args: list[str]) -> tuple[float, float, str]:
+    """Wall time, CPU time (user + system) and stdout of ``python ARGS`` in a fresh process importing
+    ``cxr_tools`` from ``root`` (also its working directory: ``-m`` and ``-c`` put it first on sys.path)."""
     env = {**os.environ, "PYTHONPATH": str(root)}
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
     done = subprocess.run([sys.executable, *args], cwd=root, env=env, check=True, capture_output=True, text=True)
-    return time.perf_counter() - start, done.stdout
+    wall = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return wall, after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime, done.stdout
 
 
 def numbers(path: Path) -> dict[str, object]:
@@ -109,12 +115,13 @@ def main(argv: list[str] | None = None) -> int:
             for version, root in versions.items():
                 out = tmp / f"out-{len(samples[version].get('cli_s', []))}-{version.split()[0]}"
                 out.mkdir()
-                seconds, _ = run(root, ["-m", "cxr_tools", "stats", str(args.cache), "--out", str(out)])
-                times = {"cli_s": seconds}
-                times["cli_no_plots_s"], _ = run(
+                wall, cpu, _ = run(root, ["-m", "cxr_tools", "stats", str(args.cache), "--out", str(out)])
+                times = {"cli_s": wall, "cli_cpu_s": cpu}
+                wall, cpu, _ = run(
                     root, ["-m", "cxr_tools", "stats", str(args.cache), "--out", str(out / "np"), "--no-plots"]
                 )
-                _, text = run(root, ["-c", PARTS, str(args.cache), str(out / "parts")])
+                times.update(cli_no_plots_s=wall, cli_no_plots_cpu_s=cpu)
+                _, _, text = run(root, ["-c", PARTS, str(args.cache), str(out / "parts")])
                 parts = json.loads(text)
                 if not Path(parts.pop("package")).is_relative_to(root):  # the version meant, not an installed one
                     raise SystemExit(f"{version}: imported cxr_tools from outside {root}")

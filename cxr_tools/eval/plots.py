@@ -136,12 +136,13 @@ def _cell_labels(
     from matplotlib.transforms import Affine2D
 
     prop = FontProperties(size=fontsize)  # TextPath units are points at this size
-    paths = []
-    for text in texts:
+    placed: dict[str, Any] = {}  # a symmetric co-occurrence matrix repeats every off-diagonal count
+    for text in dict.fromkeys(texts):
         glyphs = TextPath((0, 0), text, prop=prop)
         lo, hi = glyphs.vertices.min(axis=0), glyphs.vertices.max(axis=0)
         dx = -(lo[0] + hi[0]) / 2 if left_pad is None else left_pad - lo[0]
-        paths.append(glyphs.transformed(Affine2D().translate(dx, -(lo[1] + hi[1]) / 2)))
+        placed[text] = glyphs.transformed(Affine2D().translate(dx, -(lo[1] + hi[1]) / 2))
+    paths = [placed[text] for text in texts]
     fig = ax.get_figure()
     labels = PathCollection(
         paths,
