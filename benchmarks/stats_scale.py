@@ -8,14 +8,14 @@ from its own ``cxr_tools`` copy; without it only this checkout is measured. Alte
 ``--repeats`` times, each in a fresh process:
 
 1. the CLI, ``python -m cxr_tools stats CACHE --out TMP`` (plots on) and with ``--no-plots``: wall time and
-   CPU time (user + system; what a loaded machine divides among its jobs);
-2. its parts, CPU time of each (less swayed by the load than wall time), one after the other as the engine
-   runs them: importing pandas, reading the manifest and
-   ``index.csv`` (:func:`~cxr_tools.data.cache.read_tables`), :func:`~cxr_tools.data.label_stats.compute_stats`,
-   importing matplotlib's Agg canvas, and each of the two plots.
+   CPU time (user + system: what a loaded machine divides among its jobs);
+2. its parts, CPU seconds each (less swayed by the load than wall time), in the engine's order: importing
+   pandas, reading the manifest and ``index.csv`` (:func:`~cxr_tools.data.cache.read_tables`),
+   :func:`~cxr_tools.data.label_stats.compute_stats`, importing matplotlib's Agg canvas, and each plot.
 
-Printed: the median of each figure per version, the load average around the run (a loaded machine stretches
-every figure; the ratio carries over), and whether both versions wrote the same ``stats.json`` numbers.
+Printed: the median and, in brackets, the minimum (the least disturbed run) of each figure per version, the
+load average around the run (a loaded machine stretches every figure; the ratios carry over), and whether
+both versions wrote the same ``stats.json`` numbers (exit status 1 if not).
 """
 
 from __future__ import annotations
@@ -135,11 +135,13 @@ def main(argv: list[str] | None = None) -> int:
             "load_average_1min": [round(load_before, 1), round(os.getloadavg()[0], 1)],
             "identical_stats_json": all(w == written[0] for w in written),
             "median": {v: {k: round(statistics.median(x), 2) for k, x in s.items()} for v, s in samples.items()},
+            "min": {v: {k: round(min(x), 2) for k, x in s.items()} for v, s in samples.items()},
         }
-    keys = list(next(iter(result["median"].values())))  # type: ignore[attr-defined]
-    print(f"{'':28}" + "".join(f"{v[:20]:>22}" for v in versions))
+    keys = list(samples["current"])
+    print(f"{'median (min)':28}" + "".join(f"{v[:24]:>26}" for v in versions))
     for key in keys:
-        print(f"{key:28}" + "".join(f"{result['median'][v][key]:>22.2f}" for v in versions))  # type: ignore[index]
+        cells = [f"{statistics.median(samples[v][key]):.2f} ({min(samples[v][key]):.2f})" for v in versions]
+        print(f"{key:28}" + "".join(f"{c:>26}" for c in cells))
     print(json.dumps(result))
     if args.json:
         args.json.write_text(json.dumps(result, indent=2) + "\n")
