@@ -7,6 +7,7 @@ from dataclasses import asdict
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import pytest
 from cache_factory import make_index
 
@@ -23,9 +24,10 @@ def reference(index: Any, labels: tuple[str, ...]) -> dict[str, Any]:
     order = ["train", "val", "test", "unassigned"]
     rows = []
     for _, r in index.iterrows():
-        split = str(r["split"]).strip() or "unassigned"
-        view = str(r["view"]).strip() or "unknown"
-        rows.append((str(r["patient_id"]), split, view, [r[lab] for lab in labels]))
+        text = {k: "" if pd.isna(r[k]) else str(r[k]) for k in ("patient_id", "split", "view")}  # missing = blank
+        split = text["split"].strip() or "unassigned"
+        view = text["view"].strip() or "unknown"
+        rows.append((text["patient_id"], split, view, [r[lab] for lab in labels]))
     splits = sorted({s for _, s, _, _ in rows}, key=lambda s: (order.index(s) if s in order else len(order), s))
     per_label = []
     for j, label in enumerate(labels):
@@ -74,7 +76,7 @@ def as_plain(numbers: dict[str, Any]) -> dict[str, Any]:
 def random_index(seed: int, n: int = 240, labels: tuple[str, ...] = LABELS) -> Any:
     rng = np.random.default_rng(seed)
     values = rng.choice([1.0, 0.0, -1.0, np.nan], size=(n, len(labels)), p=[0.3, 0.5, 0.1, 0.1])
-    return make_index(
+    index = make_index(
         n,
         labels,
         values=values,
@@ -82,6 +84,9 @@ def random_index(seed: int, n: int = 240, labels: tuple[str, ...] = LABELS) -> A
         splits=list(rng.choice(SPLITS, n)),
         views=list(rng.choice(VIEWS, n)),
     )
+    for col in ("patient_id", "split", "view"):  # a few missing values (read_index makes them blank)
+        index.loc[rng.choice(n, 3, replace=False), col] = None
+    return index
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
