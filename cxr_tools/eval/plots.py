@@ -44,7 +44,11 @@ def plot_label_counts(
     *,
     title: str = "Images and patients per label",
 ) -> Path:
-    """Horizontal bar chart of images (and patients) per label, most frequent on top, counts annotated."""
+    """Horizontal bar chart of images (and patients) per label, most frequent on top, counts annotated.
+
+    The counts are glyph outlines in one collection per series (:func:`_cell_labels`), not ``bar_label``'s text
+    artists: at 14 labels those were about half of the drawing time once matplotlib is warm.
+    """
     imgs = np.asarray(images, dtype=np.int64)
     order = np.argsort(-imgs, kind="stable")
     names = [labels[i] for i in order]
@@ -52,12 +56,13 @@ def plot_label_counts(
     ax = fig.add_subplot(1, 1, 1)
     y = np.arange(len(names))
     height = 0.4 if patients is not None else 0.7
-    bars = ax.barh(y - (height / 2 if patients is not None else 0), imgs[order], height=height, label="images")
-    ax.bar_label(bars, padding=2, fontsize=7)
+    y_imgs = y - (height / 2 if patients is not None else 0)
+    ax.barh(y_imgs, imgs[order], height=height, label="images")
+    _bar_ends(ax, imgs[order], y_imgs)
     if patients is not None:
         pats = np.asarray(patients, dtype=np.int64)[order]
-        pbars = ax.barh(y + height / 2, pats, height=height, label="patients", color="tab:orange")
-        ax.bar_label(pbars, padding=2, fontsize=7)
+        ax.barh(y + height / 2, pats, height=height, label="patients", color="tab:orange")
+        _bar_ends(ax, pats, y + height / 2)
         ax.legend(loc="lower right", fontsize=8)
     ax.set_yticks(y, names, fontsize=8)
     ax.invert_yaxis()
@@ -76,7 +81,9 @@ def plot_cooccurrence(
 ) -> Path:
     """Heat map of a label co-occurrence matrix with the count written in every cell.
 
-    Colours follow ``log(1 + count)`` so rare pairs stay visible next to the large diagonal.
+    Colours follow ``log(1 + count)`` so rare pairs stay visible next to the large diagonal. The counts are
+    drawn as one collection of glyph outlines, not one text artist per cell: laying out 196 text artists
+    (twice, with the tight bounding box) was about half of the plot's time at NIH's 14 labels.
     """
     m = np.asarray(matrix, dtype=np.int64)
     n = len(labels)
@@ -88,22 +95,65 @@ def plot_cooccurrence(
     cbar = fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
     cbar.set_label("log(1 + images)")
     threshold = shown.max() / 2 if shown.size and shown.max() > 0 else 0.0
-    fontsize = 7 if n <= 16 else 5
-    for i in range(n):
-        for j in range(n):
-            ax.text(
-                j,
-                i,
-                str(int(m[i, j])),
-                ha="center",
-                va="center",
-                fontsize=fontsize,
-                color="black" if shown[i, j] > threshold else "white",
-            )
+    rows, cols = np.indices(m.shape)
+    _cell_labels(
+        ax,
+        [str(int(v)) for v in m.ravel()],
+        np.column_stack([cols.ravel(), rows.ravel()]),
+        ["black" if v > threshold else "white" for v in shown.ravel()],
+        fontsize=7 if n <= 16 else 5,
+    )
     ax.set_xticks(np.arange(n), list(labels), rotation=60, ha="right", fontsize=8)
     ax.set_yticks(np.arange(n), list(labels), fontsize=8)
     ax.set_title(title)
     return save_figure(fig, path)
+
+
+def _bar_ends(ax: Any, counts: np.ndarray, y: np.ndarray) -> None:
+    """Each count written just right of its horizontal bar's end (as ``bar_label(padding=2)`` places it)."""
+    xy = np.column_stack([counts, y]).astype(np.float64)
+    _cell_labels(ax, [str(int(v)) for v in counts], xy, ["black"] * len(xy), fontsize=7, left_pad=2.0)
+
+
+def _cell_labels(
+    ax: Any,
+    texts: Sequence[str],
+    xy: np.ndarray,
+    colors: Sequence[str],
+    *,
+    fontsize: float,
+    left_pad: float | None = None,
+) -> None:
+    """Short texts at data points ``xy``, drawn as one :class:`PathCollection` of glyph outlines.
+
+    One artist instead of one :class:`Text` per cell: a single layout and draw call whatever the cell count.
+    Centred on each outline's control-point box (glyph curves stay inside it, so the centre is within a pixel);
+    with ``left_pad`` (points) the text starts that far right of its point instead, vertically centred.
+    """
+    from matplotlib.collections import PathCollection
+    from matplotlib.font_manager import FontProperties
+    from matplotlib.textpath import TextPath
+    from matplotlib.transforms import Affine2D
+
+    prop = FontProperties(size=fontsize)  # TextPath units are points at this size
+    placed: dict[str, Any] = {}  # a symmetric co-occurrence matrix repeats every off-diagonal count
+    for text in dict.fromkeys(texts):
+        glyphs = TextPath((0, 0), text, prop=prop)
+        lo, hi = glyphs.vertices.min(axis=0), glyphs.vertices.max(axis=0)
+        dx = -(lo[0] + hi[0]) / 2 if left_pad is None else left_pad - lo[0]
+        placed[text] = glyphs.transformed(Affine2D().translate(dx, -(lo[1] + hi[1]) / 2))
+    paths = [placed[text] for text in texts]
+    fig = ax.get_figure()
+    labels = PathCollection(
+        paths,
+        offsets=xy,
+        offset_transform=ax.transData,
+        transform=Affine2D().scale(1 / 72) + fig.dpi_scale_trans,  # points → inches → pixels at any dpi
+        facecolors=colors,
+        edgecolors="none",
+        in_layout=False,
+    )
+    ax.add_collection(labels, autolim=False)
 
 
 # --- few-shot evaluation (cxr evaluate / cxr compare) ---------------------------------------------------------
