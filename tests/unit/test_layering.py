@@ -53,6 +53,7 @@ def test_nobody_imports_click():
         ("eval", {"engine", "cli"}),
         ("runtime", {"data", "models", "methods", "eval", "engine", "cli"}),
         ("engine", {"cli"}),
+        ("benchmark", {"engine", "cli", "models", "data", "methods"}),
     ],
 )
 def test_imports_point_one_way(layer, forbidden):
