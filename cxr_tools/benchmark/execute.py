@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import signal
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,9 +29,9 @@ from cxr_tools.benchmark.state import (
     write_state,
 )
 from cxr_tools.benchmark.steps import Step, command_line
-from cxr_tools.benchmark.worker import run_step
+from cxr_tools.benchmark.worker import FORWARDED, run_step
 from cxr_tools.errors import CxrError, OutputExistsError
-from cxr_tools.runtime.progress import Progress
+from cxr_tools.runtime.progress import Progress, Task
 
 
 class BenchmarkInterrupted(CxrError):
@@ -123,20 +124,37 @@ def run_local(decisions: Sequence[Decision], output: Path, progress: Progress) -
     """
     results: dict[str, str] = {d.step.id: "done" for d in decisions if d.action == "skip"}
     todo = [d for d in decisions if d.action != "skip"]
-    with runner_lock(output), progress.task("benchmark steps", total=len(todo)) as task:
-        for d in todo:
-            bad = [dep for dep in d.step.deps if results.get(dep) in ("failed", "blocked")]
-            if bad:
-                record(output, d, reason=f"blocked: {bad[0]} did not finish")
-                results[d.step.id] = "blocked"
-                task.advance()
-                continue
-            record(output, d)
-            task.set_postfix(d.step.id)
-            _, signum = run_step(output, d.step.id)
-            if signum is not None:
-                raise BenchmarkInterrupted(signum, d.step.id)
-            state = read_state(state_path(output, d.step.id))
-            results[d.step.id] = "done" if state is not None and state.status == "done" else "failed"
-            task.advance()
+    if not todo:
+        return results
+    caught: list[int] = []  # a signal between two steps stops the runner before the next one starts
+
+    def note(signum: int, _frame: object) -> None:
+        caught.append(signum)
+
+    previous = {s: signal.signal(s, note) for s in FORWARDED}
+    try:
+        with runner_lock(output), progress.task("benchmark steps", total=len(todo)) as task:
+            for d in todo:
+                if caught:
+                    raise BenchmarkInterrupted(caught[0], d.step.id)
+                results[d.step.id] = _run_one(d, results, output, task)
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
     return results
+
+
+def _run_one(d: Decision, results: dict[str, str], output: Path, task: Task) -> str:
+    """Run one step unless a step it needs did not finish; its final status."""
+    task.advance()
+    bad = [dep for dep in d.step.deps if results.get(dep) in ("failed", "blocked")]
+    if bad:
+        record(output, d, reason=f"blocked: {bad[0]} did not finish")
+        return "blocked"
+    record(output, d)
+    task.set_postfix(d.step.id)
+    _, signum = run_step(output, d.step.id)
+    if signum is not None:
+        raise BenchmarkInterrupted(signum, d.step.id)
+    state = read_state(state_path(output, d.step.id))
+    return "done" if state is not None and state.status == "done" else "failed"

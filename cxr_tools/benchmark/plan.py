@@ -92,6 +92,12 @@ _METHOD = {"method", "backbones", "train_shots", "match", *SECTIONS}
 _SLURM = {"partition", "time", "gpus", "account", "cpus_per_task", "mem", "extra"}
 
 
+class PlanError(ConfigError):
+    """A plan file names an unknown key, method or option, or a bad value: a usage error (exit 2)."""
+
+    exit_code = 2
+
+
 @dataclass(frozen=True)
 class Flag:
     """How one option of a command is written on its command line."""
@@ -165,29 +171,29 @@ def load_plan(path: str | Path, commands: CommandFlags | None = None) -> Plan:
     try:
         data = load_yaml(path)
     except ConfigError as exc:
-        raise ConfigError(exc.message.replace("Config file", "Plan file"), "Check the plan file.") from None
+        raise PlanError(exc.message.replace("Config file", "Plan file"), "Check the plan file.") from None
     where = str(path)
     _known(data, _TOP, "", where)
     for key in ("cache", "output", "methods", "shots"):
         if data.get(key) in (None, "", [], {}):
-            raise ConfigError(f"Plan {where} lacks '{key}'.", "See examples/benchmark/phantoms.yaml.")
+            raise PlanError(f"Plan {where} lacks '{key}'.", "See examples/benchmark/phantoms.yaml.")
     commands = commands or CommandFlags()
     shared = {sec: _section(data.get(sec), sec, SECTIONS[sec], where, commands) for sec in SECTIONS}
     backbones = _names(data.get("backbones", ["conv4"]), "backbones", where)
     methods = data["methods"]
     if not isinstance(methods, Mapping):
-        raise ConfigError(f"'methods' in {where} must map row names to method settings.", "See the examples.")
+        raise PlanError(f"'methods' in {where} must map row names to method settings.", "See the examples.")
     plans = [_method(str(name), spec, shared, backbones, where, commands) for name, spec in methods.items()]
     names = [m.name for m in plans]
     for m in plans:
         if m.match is not None and m.match not in [p.name for p in plans if p.kind in META_KINDS]:
-            raise ConfigError(
+            raise PlanError(
                 f"'methods.{m.name}.match' in {where} names no MAML-kind method of the plan: {m.match}.",
                 f"Use one of: {', '.join(p.name for p in plans if p.kind in META_KINDS) or '(none)'}.",
             )
     reference = str(data.get("reference") or names[0])
     if reference not in names:
-        raise ConfigError(
+        raise PlanError(
             f"'reference' in {where} is no method of the plan: {reference}.", f"Use one of: {', '.join(names)}."
         )
     seeds_raw = data.get("seeds", [0])
@@ -221,7 +227,7 @@ def _known(data: Mapping[str, Any], allowed: set[str], prefix: str, where: str) 
         if str(key) not in allowed:
             close = difflib.get_close_matches(str(key), sorted(allowed), n=1, cutoff=0.6)
             hint = f"Did you mean '{close[0]}'?" if close else f"Valid keys: {', '.join(sorted(allowed))}."
-            raise ConfigError(f"Unknown key '{prefix}{key}' in {where}.", hint)
+            raise PlanError(f"Unknown key '{prefix}{key}' in {where}.", hint)
 
 
 def _section(raw: Any, sec: str, command: str, where: str, commands: CommandFlags, prefix: str = "") -> tuple[str, ...]:
@@ -229,7 +235,7 @@ def _section(raw: Any, sec: str, command: str, where: str, commands: CommandFlag
     if raw is None:
         return ()
     if not isinstance(raw, Mapping):
-        raise ConfigError(f"'{prefix}{sec}' in {where} must be a mapping of {command} options.")
+        raise PlanError(f"'{prefix}{sec}' in {where} must be a mapping of {command} options.")
     from cxr_tools.config import cli_text
 
     flags = commands.flags.get(command)
@@ -243,10 +249,10 @@ def _section(raw: Any, sec: str, command: str, where: str, commands: CommandFlag
         if k not in flags:
             close = difflib.get_close_matches(k, sorted(flags), n=1, cutoff=0.6)
             hint = f"Did you mean '{close[0]}'?" if close else f"`cxr {command} --help` lists the options."
-            raise ConfigError(f"Unknown key '{name}' in {where}: `cxr {command}` has no such option.", hint)
+            raise PlanError(f"Unknown key '{name}' in {where}: `cxr {command}` has no such option.", hint)
         flag = flags[k]
         if flag.on in CONTROLLED[command] or (flag.on == "" and "" in CONTROLLED[command]):
-            raise ConfigError(
+            raise PlanError(
                 f"Key '{name}' in {where} is set by the plan itself.",
                 "Use the top-level keys (cache, output, shots, ways, seeds...) instead.",
             )
@@ -254,7 +260,7 @@ def _section(raw: Any, sec: str, command: str, where: str, commands: CommandFlag
             try:
                 commands.check(command, k, value)
             except ConfigError as exc:
-                raise ConfigError(f"Invalid value for '{name}' in {where}: {exc.message}") from None
+                raise PlanError(f"Invalid value for '{name}' in {where}: {exc.message}") from None
         args += _as_args(flag, value)
     return tuple(args)
 
@@ -279,29 +285,29 @@ def _method(
 ) -> MethodPlan:
     spec = {} if spec is None else spec
     if not isinstance(spec, Mapping):
-        raise ConfigError(f"'methods.{name}' in {where} must be a mapping (or empty).", "Write `NAME: {}`.")
+        raise PlanError(f"'methods.{name}' in {where} must be a mapping (or empty).", "Write `NAME: {}`.")
     _known(spec, _METHOD, f"methods.{name}.", where)
     kind = str(spec.get("method", name))
     if kind not in METHODS:
         close = difflib.get_close_matches(kind, sorted(METHODS), n=1, cutoff=0.6)
         hint = f"Did you mean '{close[0]}'?" if close else f"Known methods: {', '.join(METHODS)}."
-        raise ConfigError(f"Unknown method '{kind}' (key 'methods.{name}') in {where}.", hint)
+        raise PlanError(f"Unknown method '{kind}' (key 'methods.{name}') in {where}.", hint)
     if "/" in name or name.startswith("."):
-        raise ConfigError(f"Method name 'methods.{name}' in {where} holds '/' or starts with '.'.", "Rename it.")
+        raise PlanError(f"Method name 'methods.{name}' in {where} holds '/' or starts with '.'.", "Rename it.")
     needs = set(METHODS[kind][0]) | {"evaluate"}
     options: dict[str, tuple[str, ...]] = {}
     for sec, command in SECTIONS.items():
         own = _section(spec.get(sec), sec, command, where, commands, f"methods.{name}.")
         if spec.get(sec) is not None and command not in needs:
-            raise ConfigError(
+            raise PlanError(
                 f"Key 'methods.{name}.{sec}' in {where}: method {kind} runs no `cxr {command}`.",
                 f"Sections for {kind}: {', '.join(s for s, c in SECTIONS.items() if c in needs)}.",
             )
         options[command] = shared[sec] + own  # a flag given twice: the method's value wins (the last one)
     if spec.get("train_shots") is not None and kind not in META_KINDS:
-        raise ConfigError(f"Key 'methods.{name}.train_shots' in {where}: only MAML kinds meta-train per shot count.")
+        raise PlanError(f"Key 'methods.{name}.train_shots' in {where}: only MAML kinds meta-train per shot count.")
     if spec.get("match") is not None and kind != "scratch":
-        raise ConfigError(f"Key 'methods.{name}.match' in {where}: only scratch copies another method's budget.")
+        raise PlanError(f"Key 'methods.{name}.match' in {where}: only scratch copies another method's budget.")
     own_backbones = spec.get("backbones")
     return MethodPlan(
         name=name,
@@ -321,7 +327,7 @@ def _slurm(raw: Any, where: str) -> SlurmPlan:
     if raw is None:
         return SlurmPlan()
     if not isinstance(raw, Mapping):
-        raise ConfigError(f"'slurm' in {where} must be a mapping.", f"Keys: {', '.join(sorted(_SLURM))}.")
+        raise PlanError(f"'slurm' in {where} must be a mapping.", f"Keys: {', '.join(sorted(_SLURM))}.")
     _known(raw, _SLURM, "slurm.", where)
     extra = raw.get("extra") or ()
     return SlurmPlan(
@@ -339,7 +345,7 @@ def _slurm(raw: Any, where: str) -> SlurmPlan:
 
 def _int(value: Any, key: str, where: str, minimum: int = 1) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ConfigError(f"'{key}' in {where} must be an integer ≥ {minimum} (got {value!r}).")
+        raise PlanError(f"'{key}' in {where} must be an integer ≥ {minimum} (got {value!r}).")
     return value
 
 
@@ -347,7 +353,7 @@ def _ints(value: Any, key: str, where: str, minimum: int) -> tuple[int, ...]:
     items = value if isinstance(value, (list, tuple)) else [value]
     out = tuple(_int(v, key, where, minimum) for v in items)
     if len(set(out)) != len(out):
-        raise ConfigError(f"'{key}' in {where} repeats a value: {list(out)}.", "List each value once.")
+        raise PlanError(f"'{key}' in {where} repeats a value: {list(out)}.", "List each value once.")
     return out
 
 
@@ -355,5 +361,5 @@ def _names(value: Any, key: str, where: str) -> tuple[str, ...]:
     items = value if isinstance(value, (list, tuple)) else [value]
     out = tuple(str(v) for v in items if v is not None and str(v))
     if not out or len(set(out)) != len(out):
-        raise ConfigError(f"'{key}' in {where} must list distinct names (got {value!r}).")
+        raise PlanError(f"'{key}' in {where} must list distinct names (got {value!r}).")
     return out

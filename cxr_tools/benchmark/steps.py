@@ -23,8 +23,7 @@ import json
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from cxr_tools.benchmark.plan import META_KINDS, METHODS, MethodPlan, Plan
-from cxr_tools.errors import ConfigError
+from cxr_tools.benchmark.plan import META_KINDS, METHODS, MethodPlan, Plan, PlanError
 
 #: Flags whose value does not change a step's result (their change never redoes a step).
 BOOKKEEPING = frozenset({"--device", "--threads"})
@@ -178,7 +177,7 @@ class _Builder:
     def _matched(self, name: str, backbone: str, shots: int) -> Step:
         method = next(m for m in self.plan.methods if m.name == name and m.kind in META_KINDS)
         if backbone not in method.backbones:
-            raise ConfigError(
+            raise PlanError(
                 f"scratch matches {name}, which has no {backbone} backbone.", "Give both the same backbones."
             )
         return self.run_for(method, backbone, shots, self.plan.seeds[0])

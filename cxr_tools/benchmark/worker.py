@@ -48,44 +48,33 @@ def run_step(output: Path, step_id: str) -> tuple[int, int | None]:
     job = os.environ.get("SLURM_JOB_ID")
     if os.environ.get("SLURM_ARRAY_JOB_ID"):
         job = f"{os.environ['SLURM_ARRAY_JOB_ID']}_{os.environ.get('SLURM_ARRAY_TASK_ID', '')}"
-    state = _write(
-        output,
-        state.with_(
-            status="running",
-            host=socket.gethostname(),
-            pid=os.getpid(),
-            job_id=job,
-            start=now(),
-            end=None,
-            exit_code=None,
-            reason="",
-            log=str(log),
-            attempts=state.attempts + 1,
-        ),
-    )
-    argv = [sys.executable, "-m", "cxr_tools", *state.argv]
     received: list[int] = []
-    with open(log, "ab") as fh:
-        fh.write(f"=== {state.start} attempt {state.attempts} on {state.host}: cxr {shlex.join(state.argv)}\n".encode())
-        fh.flush()
-        proc = subprocess.Popen(
-            argv,
-            stdout=fh,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-            preexec_fn=_die_with_parent if sys.platform == "linux" else None,
-        )
+    proc: subprocess.Popen[bytes] | None = None
 
-        def forward(signum: int, _frame: Any) -> None:
-            received.append(signum)
+    def forward(signum: int, _frame: Any) -> None:
+        received.append(signum)
+        if proc is not None:
             proc.send_signal(signum)
 
-        previous = {s: signal.signal(s, forward) for s in FORWARDED}
-        try:
+    previous = {s: signal.signal(s, forward) for s in FORWARDED}  # before "running": no signal is lost
+    try:
+        running = {"host": socket.gethostname(), "pid": os.getpid(), "job_id": job, "start": now(), "end": None}
+        state = _write(output, state.with_(status="running", exit_code=None, reason="", log=str(log),
+                                           attempts=state.attempts + 1, **running))  # fmt: skip
+        argv = [sys.executable, "-m", "cxr_tools", *state.argv]
+        with open(log, "ab") as fh:
+            fh.write(
+                f"=== {state.start} attempt {state.attempts} on {state.host}: cxr {shlex.join(state.argv)}\n".encode()
+            )
+            fh.flush()
+            proc = subprocess.Popen(argv, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True,
+                                    preexec_fn=_die_with_parent if sys.platform == "linux" else None)  # fmt: skip
+            if received:  # a signal came while the command was starting
+                proc.send_signal(received[0])
             code = proc.wait()
-        finally:
-            for s, handler in previous.items():
-                signal.signal(s, handler)
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
     code = 128 - code if code < 0 else code  # killed outright: report it as a shell would
     _write(output, finished(state, code, bool(received)))
     return code, received[0] if received else None
