@@ -38,6 +38,9 @@ ENGINES = {
     "download nih": "cxr_tools.engine.download:download_nih",
     "download kaggle": "cxr_tools.engine.download:download_kaggle",
     "download chexpert": "cxr_tools.engine.download:download_chexpert",
+    "benchmark run": "cxr_tools.engine.benchmark:run_benchmark",
+    "benchmark status": "cxr_tools.engine.benchmark:benchmark_status",
+    "benchmark report": "cxr_tools.engine.benchmark:benchmark_report",
 }
 
 # Values the command body parses itself, or that pick another code path, by (command, parameter).
