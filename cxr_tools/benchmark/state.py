@@ -3,9 +3,9 @@
 A state records the step's command line, its fingerprint (:mod:`~cxr_tools.benchmark.steps`), its status
 (``pending``, ``submitted``, ``running``, ``done``, ``failed``, ``interrupted``), the exit code, a one-line
 reason, the log path, whether it is being redone (so an old complete output is not taken for the new one), the
-process (host, pid) or SLURM job running it, and times. A state file exists as soon
-as the benchmark starts a step, so an output with a state is one this tool wrote: only those are ever
-replaced with a command's ``--overwrite``.
+process (host, pid) or SLURM job running it, its times and the command's wall time in seconds. A state file
+exists as soon as the benchmark starts a step, so an output with a state is one this tool wrote: only those are
+ever replaced with a command's ``--overwrite``.
 
 Whether a step is finished is read from the output itself too (``run.json`` status ``completed`` of a training
 run, ``summary.json`` of an evaluation, ``comparison.json`` of a comparison): a step that finished after its
@@ -48,6 +48,7 @@ class StepState:
     start: str | None = None
     end: str | None = None
     attempts: int = 0
+    seconds: float | None = None
     redo: bool = False
     version: int = STATE_VERSION
 

@@ -17,6 +17,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -69,14 +70,16 @@ def run_step(output: Path, step_id: str) -> tuple[int, int | None]:
             fh.flush()
             proc = subprocess.Popen(argv, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True,
                                     preexec_fn=_die_with_parent if sys.platform == "linux" else None)  # fmt: skip
+            started = time.monotonic()
             if received:  # a signal came while the command was starting
                 proc.send_signal(received[0])
             code = proc.wait()
+            seconds = round(time.monotonic() - started, 3)
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
     code = 128 - code if code < 0 else code  # killed outright: report it as a shell would
-    _write(output, finished(state, code, bool(received)))
+    _write(output, finished(state.with_(seconds=seconds), code, bool(received)))
     return code, received[0] if received else None
 
 

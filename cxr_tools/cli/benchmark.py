@@ -173,6 +173,11 @@ def command_flags() -> Any:
     return CommandFlags(flags=flags, check=check_option)
 
 
+@functools.cache
+def _context(command: str) -> Any:
+    return _step_commands()[command].make_context(command, [], resilient_parsing=True)
+
+
 def check_option(command: str, key: str, value: Any) -> None:
     """Check a plan value as the flag ``--KEY`` of ``cxr COMMAND`` would be checked (types, ranges)."""
     from cxr_tools.config import cli_text
@@ -189,7 +194,7 @@ def check_option(command: str, key: str, value: Any) -> None:
         if param.multiple
         else cli_text(value)
     )
-    ctx = cmd.make_context(command, [], resilient_parsing=True)
+    ctx = _context(command)
     try:
         param.process_value(ctx, text)
     except typer.BadParameter as exc:
