@@ -1,6 +1,6 @@
 """The benchmark plan file (YAML): what to run, checked before anything runs.
 
-Top-level keys (docs/benchmarks.md and ``examples/benchmark/*.yaml`` show whole files):
+Top-level keys (``examples/benchmark/phantoms.yaml`` and ``nih.yaml`` are whole, commented plans):
 
 ``cache`` and ``output`` (required; relative paths are taken from the current directory, like every ``cxr``
 path), ``methods`` (required: a mapping of row names to method settings), ``shots`` (required, e.g.

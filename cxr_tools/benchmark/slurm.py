@@ -71,15 +71,16 @@ def submit(decisions: Sequence[Decision], output: Path, settings: SlurmPlan) -> 
             "Run on a login node, or use --executor local.",
         )
     previous = {d.step.id: d.previous for d in decisions if d.previous is not None}
-    queued = queued_jobs([p.job_id or "" for p in previous.values() if p.status in ACTIVE])
+    queued = queued_jobs([p.job_id or "" for p in previous.values() if p.status != "done"])
     job_of: dict[str, str] = {}  # step id -> job id its dependants wait for
     todo: list[Decision] = []
     for d in decisions:
         prev = d.previous
         if d.action == "skip":
             continue
-        if d.action == "run" and prev is not None and prev.status in ACTIVE and prev.job_id in queued:
-            job_of[d.step.id] = str(prev.job_id)  # still queued or running: leave it be
+        # still queued, running, or requeued after a preemption: leave it be
+        if d.action == "run" and prev is not None and prev.job_id is not None and _in(prev.job_id, queued):
+            job_of[d.step.id] = str(prev.job_id)
             continue
         todo.append(d)
     groups: dict[tuple[int, str, tuple[str, ...]], list[Decision]] = {}
@@ -139,23 +140,30 @@ def _sbatch(members: list[Decision], output: Path, s: SlurmPlan, deps: list[str]
     return Submission(done.stdout.strip().split(";")[0], tuple(ids), script)
 
 
+def _in(job: str, queued: dict[str, tuple[str, str]]) -> bool:
+    return job in queued or job.split("_")[0] in queued
+
+
 def refresh(states: dict[str, StepState], output: Path) -> dict[str, StepState]:
-    """States of submitted steps whose job left the queue without running: ``failed`` with the reason."""
-    waiting = {i: s for i, s in states.items() if s.status == "submitted" and s.job_id}
+    """States of SLURM steps as the queue sees them: the job's queue state as the reason while it waits, and
+    ``failed`` for a job that left the queue without a final state (a dependency failed, cancelled, time limit)."""
+    waiting = {i: s for i, s in states.items() if (s.status in ACTIVE or s.status == "interrupted") and s.job_id}
     if not waiting:
         return states
     queued = queued_jobs([s.job_id or "" for s in waiting.values()])
     out = dict(states)
     for i, s in waiting.items():
-        if s.job_id not in queued and str(s.job_id).split("_")[0] not in queued:
-            out[i] = write_state(
-                output,
-                s.with_(
-                    status="failed",
-                    reason=f"job {s.job_id} left the queue without running (a dependency failed, or it was cancelled)",
-                ),
+        job = str(s.job_id)
+        entry = queued.get(job) or queued.get(job.split("_")[0])
+        if entry is None and s.status == "interrupted":
+            continue  # stopped and not requeued: the next run resumes it
+        if entry is None:
+            why = (
+                "without running (a dependency failed, or it was cancelled)"
+                if s.status == "submitted"
+                else ("while the step ran (time limit, cancelled, or node failure)")
             )
-        else:
-            state, why = queued.get(str(s.job_id), queued.get(str(s.job_id).split("_")[0], ("", "")))
-            out[i] = s.with_(reason=f"job {s.job_id} {state.lower()} ({why})")
+            out[i] = write_state(output, s.with_(status="failed", reason=f"job {job} left the queue {why}"))
+        elif s.status != "running":
+            out[i] = s.with_(reason=f"job {job} {entry[0].lower()} ({entry[1]})")
     return out
