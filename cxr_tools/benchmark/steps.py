@@ -190,7 +190,7 @@ class _Builder:
             if len(steps) > 1:
                 args += ["--group", f"{label}=" + ",".join(str(s.output) for s in steps)]
         ref = evals[ref_label]
-        args += ["--no-auto-group", "--reference", ref_label if len(ref) > 1 else str(ref[0].output)]
+        args += ["--metric", "auc", "--no-auto-group", "--reference", ref_label if len(ref) > 1 else str(ref[0].output)]
         output = p.output / "compare" / f"{shots}shot"
         deps = tuple(s.id for steps in evals.values() for s in steps)
         return self._add(
