@@ -39,7 +39,7 @@ class BenchmarkInterrupted(CxrError):
 
     def __init__(self, signum: int, step: str) -> None:
         super().__init__(
-            f"Interrupted by signal {signum} while running {step}.", "Rerun `cxr benchmark run` to resume."
+            f"Interrupted by signal {signum} at step {step}.", "Rerun `cxr benchmark run` to resume."
         )
         self.exit_code = 128 + signum
 
