@@ -1,17 +1,18 @@
 """Overhead of ``cxr benchmark run`` over running the same ``cxr`` command lines by hand, side by side.
 
     .venv/bin/python benchmarks/benchmark_overhead.py [--plan examples/benchmark/phantoms.yaml]
-        [--methods pixels,linear-probe] [--work DIR]
+        [--methods pixels,linear-probe] [--work DIR] [--rounds 2]
 
 The phantom dataset of the plan's header is built once (``cxr download synthetic`` + ``cxr preprocess``, 400
-patients, 32 px). The plan is copied twice with its ``cache`` pointed there and its ``output`` into two fresh
-folders (``--methods`` keeps a subset of its methods). Then, one after the other on the same machine: (1) *by
-hand*: every step's command line, exactly as the benchmark would run it (:func:`cxr_tools.benchmark.steps.expand`,
-``--resume`` included), as a plain ``cxr`` subprocess in dependency order; (2) ``cxr benchmark run`` on the other
-copy. Printed: wall and CPU time (of the whole process tree) of both and their difference (the goal is < 2 %); the
-runner's own wall time, i.e. its wall time minus the wall time of the commands it ran (each step's state records
-it), which does not depend on how long the commands happened to take on a busy machine; and the fixed cost of a
-rerun with every step done (planning and state checks, no command run).
+patients, 32 px). Each round copies the plan with its ``cache`` pointed there and its ``output`` into a fresh
+folder (``--methods`` keeps a subset of its methods). Rounds run in the order hand, runner, runner, hand (ABBA, so
+a drifting load on a shared machine cancels out): *by hand* runs every step's command line exactly as the
+benchmark would (:func:`cxr_tools.benchmark.steps.expand`, ``--resume`` included) as a plain ``cxr`` subprocess in
+dependency order; *runner* is ``cxr benchmark run``. Printed: wall and CPU time (of the whole process tree) of
+each round and the difference of the sums (the goal is < 2 %); the runner's own wall time, i.e. its wall time
+minus the wall time of the commands it ran (each step's state records it), which does not depend on how long the
+commands happened to take on a busy machine; and the fixed cost of a rerun with every step done (planning and
+state checks, no command run).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from pathlib import Path
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
+ORDER = ("hand", "runner", "runner", "hand")
 
 
 def cxr(*args: str, log: Path | None = None) -> tuple[float, float]:
@@ -63,6 +65,7 @@ def main() -> None:
     parser.add_argument("--plan", type=Path, default=REPO / "examples" / "benchmark" / "phantoms.yaml")
     parser.add_argument("--methods", default="", help="Comma-separated subset of the plan's methods.")
     parser.add_argument("--work", type=Path, default=None, help="Work folder (default: a temporary one).")
+    parser.add_argument("--rounds", type=int, choices=(1, 2), default=2, help="1: hand, runner; 2: ABBA.")
     args = parser.parse_args()
 
     from cxr_tools.benchmark.plan import load_plan
@@ -76,31 +79,38 @@ def main() -> None:
         cxr("download", "synthetic", "-o", str(work / "data"), "--patients", "400", "--size", "64", "--overwrite")
         cxr("preprocess", str(work / "data"), "-o", str(cache), "--size", "32", "--overwrite")
     methods = [m for m in args.methods.split(",") if m] or None
-    stamp = time.strftime("%H%M%S")
-    by_hand = plan_copy(args.plan, work / f"hand-{stamp}.yaml", cache, work / f"hand-{stamp}", methods)
-    runner = plan_copy(args.plan, work / f"runner-{stamp}.yaml", cache, work / f"runner-{stamp}", methods)
-
-    steps = expand(load_plan(by_hand, command_flags()))
-    log = work / f"hand-{stamp}.log"
-    hand = [cxr(*command_line(step, "resume"), log=log) for step in steps]
-    hand_wall, hand_cpu = sum(w for w, _ in hand), sum(c for _, c in hand)
-    bench_wall, bench_cpu = cxr("benchmark", "run", str(runner), log=work / f"runner-{stamp}.log")
-    fixed_wall, _ = cxr("benchmark", "run", str(runner))
-    states = all_states(work / f"runner-{stamp}")
-    commands = sum(s.seconds or 0.0 for s in states.values())
-    own = bench_wall - commands
-    names = ", ".join(m.name for m in load_plan(runner).methods)
-    print(f"plan {args.plan.name}: {len(steps)} steps ({names}); load average {os.getloadavg()[0]:.1f}")
-    print(f"by hand:           wall {hand_wall:8.1f} s   CPU {hand_cpu:8.1f} s")
+    walls: dict[str, list[float]] = {"hand": [], "runner": []}
+    cpus: dict[str, list[float]] = {"hand": [], "runner": []}
+    own, fixed = [], []
+    for i, kind in enumerate(ORDER[: 2 * args.rounds]):  # ABBA: a drift of the machine's load cancels out
+        plan = plan_copy(args.plan, work / f"{kind}-{i}.yaml", cache, work / f"{kind}-{i}", methods)
+        if kind == "hand":
+            steps = expand(load_plan(plan, command_flags()))
+            runs = [cxr(*command_line(step, "resume"), log=work / f"{kind}-{i}.log") for step in steps]
+            wall, cpu = sum(w for w, _ in runs), sum(c for _, c in runs)
+        else:
+            wall, cpu = cxr("benchmark", "run", str(plan), log=work / f"{kind}-{i}.log")
+            commands = sum(s.seconds or 0.0 for s in all_states(work / f"{kind}-{i}").values())
+            own.append(wall - commands)
+            fixed.append(cxr("benchmark", "run", str(plan))[0])
+        walls[kind].append(wall)
+        cpus[kind].append(cpu)
+        print(f"round {i + 1}: {kind:<6} wall {wall:7.1f} s  CPU {cpu:7.1f} s", flush=True)
+    hand_wall, bench_wall = sum(walls["hand"]), sum(walls["runner"])
+    hand_cpu, bench_cpu = sum(cpus["hand"]), sum(cpus["runner"])
+    names = ", ".join(m.name for m in load_plan(plan).methods)
     print(
-        f"cxr benchmark run: wall {bench_wall:8.1f} s   CPU {bench_cpu:8.1f} s   (its commands: wall {commands:.1f} s)"
+        f"plan {args.plan.name}: {len(expand(load_plan(plan)))} steps ({names}); load average {os.getloadavg()[0]:.1f}"
     )
     print(
-        f"difference:        wall {100 * (bench_wall - hand_wall) / hand_wall:+7.2f} %   "
-        f"CPU {100 * (bench_cpu - hand_cpu) / hand_cpu:+7.2f} %   (goal < 2 %)"
+        f"difference, runner - by hand (ABBA sums): wall {100 * (bench_wall - hand_wall) / hand_wall:+.2f} %, "
+        f"CPU {100 * (bench_cpu - hand_cpu) / hand_cpu:+.2f} % (goal < 2 %)"
     )
-    print(f"runner's own wall time (wall - its commands): {own:.2f} s = {100 * own / bench_wall:.2f} % of its wall")
-    print(f"rerun with every step done: {fixed_wall:.2f} s (planning and state checks only)")
+    print(
+        f"runner's own wall time (its wall - its commands' wall): {', '.join(f'{o:.2f}' for o in own)} s = "
+        f"{100 * sum(own) / bench_wall:.2f} % of its wall"
+    )
+    print(f"rerun with every step done: {', '.join(f'{f:.2f}' for f in fixed)} s (planning and state checks only)")
     print(f"work folder: {work}")
 
 
