@@ -38,9 +38,7 @@ class BenchmarkInterrupted(CxrError):
     """The runner got a signal: the running step was stopped after its checkpoint; a rerun resumes."""
 
     def __init__(self, signum: int, step: str) -> None:
-        super().__init__(
-            f"Interrupted by signal {signum} at step {step}.", "Rerun `cxr benchmark run` to resume."
-        )
+        super().__init__(f"Interrupted by signal {signum} at step {step}.", "Rerun `cxr benchmark run` to resume.")
         self.exit_code = 128 + signum
 
 
