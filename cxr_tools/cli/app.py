@@ -15,6 +15,7 @@ import typer
 
 from cxr_tools import __version__
 from cxr_tools.cli import (
+    benchmark,
     compare,
     demo,
     download,
@@ -78,6 +79,7 @@ def _configure_logging(level: int) -> None:
 
 
 app.add_typer(download.app, name="download")
+app.add_typer(benchmark.app, name="benchmark")
 app.command("demo")(demo.demo)
 app.command("preprocess")(preprocess.preprocess)
 app.command("models")(models.models)

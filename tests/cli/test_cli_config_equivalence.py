@@ -41,6 +41,9 @@ ENGINES = {
     "download chexpert": "cxr_tools.engine.download:download_chexpert",
     "runs": "cxr_tools.engine.runs:list_runs",
     "ls": "cxr_tools.engine.runs:list_runs",
+    "benchmark run": "cxr_tools.engine.benchmark:run_benchmark",
+    "benchmark status": "cxr_tools.engine.benchmark:benchmark_status",
+    "benchmark report": "cxr_tools.engine.benchmark:benchmark_report",
 }
 
 # Values the command body parses itself, or that pick another code path, by (command, parameter).

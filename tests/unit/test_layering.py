@@ -56,6 +56,7 @@ def test_nobody_imports_click():
         ("workspace", {"data", "models", "methods", "eval", "engine", "cli"}),
         ("engine", {"cli"}),
         ("webapp", {"cli", "engine"}),
+        ("benchmark", {"engine", "cli", "models", "data", "methods"}),
     ],
 )
 def test_imports_point_one_way(layer, forbidden):

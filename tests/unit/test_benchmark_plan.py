@@ -1,0 +1,116 @@
+"""``cxr benchmark``: plan validation (one line naming the key and the file, exit 2) and the expansion into steps
+(training shared across shot counts, one episode list per shot count, fingerprints that redo only what changed)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from cxr_tools.benchmark.plan import PlanError, load_plan
+from cxr_tools.benchmark.steps import expand
+from cxr_tools.cli.app import app
+from cxr_tools.cli.benchmark import command_flags
+
+runner = CliRunner()
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "benchmark"
+
+
+def _plan(tmp_path: Path, **changes) -> Path:
+    data = {
+        "cache": "cache",
+        "output": "out",
+        "shots": [1, 5],
+        "seeds": 2,
+        "methods": {"pixels": {}, "linear-probe": {}, "maml": {}, "maml-siamese": {"method": "maml-from-siamese"}},
+        "train": {"epochs": 2},
+        "meta_train": {"episodes": 40, "first_order": True},
+    }
+    data.update(changes)
+    path = tmp_path / "plan.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+def _steps(path: Path):
+    return {s.id: s for s in expand(load_plan(path, command_flags()))}
+
+
+@pytest.mark.parametrize(
+    ("changes", "needles"),
+    [
+        ({"shotz": [1]}, ["'shotz'", "Did you mean 'shots'"]),
+        ({"methods": {"protonet": {}}}, ["Unknown method 'protonet'", "methods.protonet"]),
+        ({"methods": {"maml": {"meta_train": {"inner_lrr": 0.1}}}}, ["methods.maml.meta_train.inner_lrr", "inner_lr"]),
+        ({"train": {"output": "x"}}, ["'train.output'", "set by the plan itself"]),
+        ({"evaluate": {"episodes": 3}}, ["'evaluate.episodes'", "set by the plan itself"]),
+        ({"train": {"epochs": 0}}, ["train.epochs", "Invalid value"]),
+        ({"meta_train": {"first_order": "yes"}}, ["meta_train.first_order", "true or false"]),
+        ({"methods": {"pixels": {"train": {"epochs": 1}}}}, ["methods.pixels.train", "runs no `cxr train`"]),
+        ({"methods": {"scratch": {"match": "pixels"}}}, ["methods.scratch.match", "MAML-kind"]),
+        ({"reference": "nobody"}, ["'reference'", "nobody"]),
+        ({"slurm": {"partitoin": "x"}}, ["'slurm.partitoin'", "partition"]),
+    ],
+)
+def test_a_bad_plan_is_one_line_naming_the_key_and_the_file_exit_2(tmp_path, changes, needles):
+    path = _plan(tmp_path, **changes)
+    with pytest.raises(PlanError):
+        load_plan(path, command_flags())
+    res = runner.invoke(app, ["benchmark", "status", str(path)])
+    assert res.exit_code == 2, res.output
+    lines = [line for line in res.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and str(path) in lines[0], res.stderr
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+
+
+def test_training_is_shared_across_shots_and_methods_and_meta_training_is_per_shot(tmp_path):
+    steps = _steps(_plan(tmp_path, methods={"linear-probe": {}, "fine-tune": {}, "maml": {}, "pixels": {}}))
+    trains = sorted(i for i, s in steps.items() if s.command == "train")
+    assert trains == ["train/supervised-conv4-seed0", "train/supervised-conv4-seed1"]  # shared by both methods
+    metas = sorted(i for i, s in steps.items() if s.command == "meta-train")
+    assert metas == [f"meta-train/maml-conv4-{k}shot-seed{s}" for k in (1, 5) for s in (0, 1)]
+    lp = steps["evaluate/5shot/linear-probe/seed1"]
+    assert lp.deps == ("train/supervised-conv4-seed1",) and "--shots" in lp.args
+    assert "evaluate/5shot/pixels" in steps and "evaluate/5shot/pixels/seed0" not in steps  # no training: once
+    # one episode list per shot count: every evaluation uses the plan's episode seed, whatever its training seed
+    seeds = {s.args[s.args.index("--seed") + 1] for s in steps.values() if s.command == "evaluate"}
+    assert seeds == {"0"}
+    cmp5 = steps["compare/5shot"]
+    assert set(cmp5.deps) == {i for i in steps if i.startswith("evaluate/5shot/")}
+    assert "--group" in cmp5.args and "--no-auto-group" in cmp5.args
+
+
+def test_train_shots_meta_trains_once_and_siamese_runs_are_shared(tmp_path):
+    methods = {"mfs": {"method": "maml-from-siamese", "train_shots": 5}, "proto": {"method": "siamese-prototype"}}
+    steps = _steps(_plan(tmp_path, methods=methods, reference="proto"))
+    assert sorted(i for i, s in steps.items() if s.command == "meta-train") == [
+        "meta-train/maml-from-siamese-conv4-5shot-seed0",
+        "meta-train/maml-from-siamese-conv4-5shot-seed1",
+    ]
+    siamese = sorted(i for i, s in steps.items() if s.command == "train-siamese")
+    assert siamese == ["train-siamese/siamese-conv4-seed0", "train-siamese/siamese-conv4-seed1"]
+    assert steps["evaluate/1shot/proto/seed0"].deps == ("train-siamese/siamese-conv4-seed0",)
+    assert steps["meta-train/maml-from-siamese-conv4-5shot-seed0"].deps == ("train-siamese/siamese-conv4-seed0",)
+
+
+def test_a_changed_setting_changes_the_fingerprints_downstream_only(tmp_path):
+    before = _steps(_plan(tmp_path))
+    after = _steps(_plan(tmp_path, train={"epochs": 3}))
+    changed = {i for i in before if before[i].fingerprint != after[i].fingerprint}
+    assert changed == {
+        *(f"train/supervised-conv4-seed{s}" for s in (0, 1)),
+        *(f"evaluate/{k}shot/linear-probe/seed{s}" for k in (1, 5) for s in (0, 1)),
+        "compare/1shot",
+        "compare/5shot",
+    }
+    same_device = _steps(_plan(tmp_path, device="cuda", threads=4))  # bookkeeping: never redoes a step
+    assert all(same_device[i].fingerprint == before[i].fingerprint for i in before)
+
+
+@pytest.mark.parametrize("name", ["phantoms.yaml", "nih.yaml"])
+def test_the_shipped_examples_are_valid_plans(name):
+    plan = load_plan(EXAMPLES / name, command_flags())
+    assert plan.methods and expand(plan)
