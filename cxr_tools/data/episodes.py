@@ -29,6 +29,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
+import logging
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -39,6 +40,8 @@ import numpy as np
 
 from cxr_tools.errors import DataError
 from cxr_tools.runtime.fs import atomic_write_json
+
+log = logging.getLogger(__name__)
 
 #: Format of saved episode lists. 1 (no ``version`` key): image-disjoint episodes; 2: patient-disjoint, at most
 #: ``images_per_patient`` images per patient, hash covering the cache fingerprint.
@@ -137,6 +140,9 @@ class EpisodeSampler:
         pool_rows: cache rows this sampler may use (the meta-split's image pool).
         spec: ways / shots / queries / images per patient.
         patients: patient id of every cache row (aligned with ``raw_labels``; see :func:`index_patients`).
+        drop_short: leave out the classes too few patients carry to fill an episode (logged), as long as
+            ``spec.ways`` classes remain: right for the classes a model *learns* from (meta-train, meta-val),
+            never for meta-test, where every class must be measured.
     """
 
     def __init__(
@@ -148,6 +154,7 @@ class EpisodeSampler:
         spec: EpisodeSpec,
         *,
         patients: np.ndarray | Sequence[str],
+        drop_short: bool = False,
     ) -> None:
         names = list(label_names)
         unknown = [c for c in classes if c not in names]
@@ -177,6 +184,9 @@ class EpisodeSampler:
         self._positive = labels == 1  # [pool, C]
         self._uncertain = labels == -1
         self._members = [np.flatnonzero(self._positive[:, j]) for j in range(len(self.classes))]
+        self.dropped: tuple[str, ...] = ()
+        if drop_short:
+            self._drop_short_classes()
         self._check_feasible()
 
     @property
@@ -206,6 +216,28 @@ class EpisodeSampler:
         if self.spec.images_per_patient == 1:
             return f"{patients} patients"
         return f"{patients} patients, {capacity} usable images"
+
+    def _drop_short_classes(self) -> None:
+        """Keep the classes that can fill an episode's slots, if ``spec.ways`` of them remain (else the check
+        below names every short class)."""
+        keep = [j for j, members in enumerate(self._members) if self._enough(self._capacity(members)[1])]
+        if len(keep) == len(self.classes) or len(keep) < self.spec.ways:
+            return
+        short = [
+            f"{c} ({self._count_text(*self._capacity(self._members[j]))})"
+            for j, c in enumerate(self.classes)
+            if j not in keep
+        ]
+        self.dropped = tuple(c for j, c in enumerate(self.classes) if j not in keep)
+        self.classes = tuple(self.classes[j] for j in keep)
+        self._positive, self._uncertain = self._positive[:, keep], self._uncertain[:, keep]
+        self._members = [self._members[j] for j in keep]
+        log.warning(
+            "Left out of these episodes, too few patients for %s: %s; drawing from %s.",
+            self._need_text(),
+            "; ".join(short),
+            ", ".join(self.classes),
+        )
 
     def _check_feasible(self) -> None:
         """Refuse a pool from which no (or, for few class combinations, not every) episode can be drawn."""

@@ -15,6 +15,7 @@ Two kinds of split live in a cache (docs/science.md, "What is disjoint from what
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +26,8 @@ import numpy as np
 from cxr_tools.data.labels import METACHEST_SPLIT, canonical_label
 from cxr_tools.errors import ConfigError, DataError, InputError
 from cxr_tools.runtime.fs import atomic_write_json
+
+log = logging.getLogger(__name__)
 
 SPLITS: tuple[str, ...] = ("train", "val", "test")
 META_SPLIT_FILE = "meta_split.json"
@@ -544,7 +547,9 @@ def meta_samplers(
 
     The pools (:func:`meta_split_pools` with ``pool_seed``) are checked for leaks (:func:`check_pools`); the
     meta-test pool never reaches a sampler, and no episode gives one patient more than ``spec`` allows. Returns
-    the split, the train sampler, the val sampler (None without ``validation``) and the pools' cache rows.
+    the split, the train sampler, the val sampler (None without ``validation``, or when no meta-val episode can
+    be drawn: logged) and the pools' cache rows. Classes too short of patients to fill an episode are left
+    out of meta-train and meta-val (logged); meta-test never drops one.
     """
     from cxr_tools.data.episodes import index_patients
 
@@ -553,6 +558,13 @@ def meta_samplers(
     pools = meta_split_pools(cache.index, cache.labels, split, seed=pool_seed)
     check_pools(raw, cache.labels, split, pools)
     pids = index_patients(cache.index)
-    train = meta_split_sampler(raw, cache.labels, split, pools, "train", spec, patients=pids)
-    val = meta_split_sampler(raw, cache.labels, split, pools, "val", spec, patients=pids) if validation else None
+    # a model learns from the classes that can fill an episode; meta-test (evaluate) keeps every class
+    learn = {"patients": pids, "drop_short": True}
+    train = meta_split_sampler(raw, cache.labels, split, pools, "train", spec, **learn)
+    val = None
+    if validation:
+        try:
+            val = meta_split_sampler(raw, cache.labels, split, pools, "val", spec, **learn)
+        except DataError as exc:  # model selection is a convenience: go on without it, and say so
+            log.warning("%s Meta-validation is skipped: the final weights become the model.", exc.message)
     return split, train, val, pools

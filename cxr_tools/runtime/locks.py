@@ -37,6 +37,9 @@ log = logging.getLogger(__name__)
 
 LOCK_NAME = ".cxr.lock"
 _NO_LOCKS = {errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, getattr(errno, "ENOTSUP", errno.EOPNOTSUPP)}
+#: How long a requeued SLURM job waits for its previous incarnation (still being killed by SLURM after
+#: ``scontrol requeue``) to let go of the lock: SLURM's KillWait (30 s by default) plus srun's grace period.
+REQUEUE_WAIT_SECONDS = 180.0
 _held: dict[Path, OutputLock] = {}
 _warned: list[bool] = []
 
@@ -133,7 +136,10 @@ def _flock(fd: int, lock_path: Path) -> bool:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         return True
     except BlockingIOError:
-        raise _locked(lock_path.parent, _read_holder(fd)) from None
+        holder = _read_holder(fd)
+        if not (_same_slurm_job(holder) and _wait_for(fd, holder)):
+            raise _locked(lock_path.parent, holder) from None
+        return True
     except OSError as exc:
         if exc.errno not in _NO_LOCKS:
             raise
@@ -146,6 +152,34 @@ def _flock(fd: int, lock_path: Path) -> bool:
                 exc.strerror,
             )
         return False
+
+
+def _slurm_job() -> str | None:
+    """This process's SLURM job (``JOB`` or ``ARRAYJOB_TASK``), or None outside SLURM."""
+    array, task = os.environ.get("SLURM_ARRAY_JOB_ID"), os.environ.get("SLURM_ARRAY_TASK_ID")
+    return f"{array}_{task}" if array and task else os.environ.get("SLURM_JOB_ID")
+
+
+def _same_slurm_job(holder: dict[str, Any]) -> bool:
+    """Whether the holder is an earlier incarnation of this (requeued) SLURM job on this host."""
+    job = _slurm_job()
+    return bool(job) and holder.get("slurm_job") == job and int(holder.get("pid", -1)) != os.getpid()
+
+
+def _wait_for(fd: int, holder: dict[str, Any]) -> bool:
+    """Wait (up to :data:`REQUEUE_WAIT_SECONDS`) for the holder to exit; True once the lock is ours."""
+    import fcntl
+
+    log.info("Waiting for pid %s, this SLURM job before its requeue, to finish exiting.", holder.get("pid"))
+    deadline = time.monotonic() + REQUEUE_WAIT_SECONDS
+    while time.monotonic() < deadline:
+        time.sleep(0.5)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            continue
+    return False
 
 
 def _take_over(fd: int, output: str | os.PathLike[str]) -> None:
@@ -163,6 +197,7 @@ def _take_over(fd: int, output: str | os.PathLike[str]) -> None:
         "pid": os.getpid(),
         "command": " ".join(sys.argv),
         "since": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "slurm_job": _slurm_job(),
     }
     os.ftruncate(fd, 0)
     os.pwrite(fd, (json.dumps(record) + "\n").encode("utf-8"), 0)

@@ -32,6 +32,12 @@ DEFAULT_SIGNALS: tuple[int, ...] = tuple(
     s for s in (getattr(signal, "SIGTERM", None), getattr(signal, "SIGUSR1", None)) if s is not None
 )
 
+#: What a training loop polls for: the preemption signals and Ctrl-C. A handler that only records the signal
+#: cannot be lost the way a KeyboardInterrupt raised inside a ``__del__`` or a library's cleanup is (printed as
+#: "Exception ignored" and dropped), and the loop checkpoints at its next step boundary; a second Ctrl-C stops
+#: at once.
+TRAINER_SIGNALS: tuple[int, ...] = (*DEFAULT_SIGNALS, signal.SIGINT)
+
 # The first stop signal of this command (set by every handler here, reset by the CLI for each command).
 _received: int | None = None
 
@@ -119,6 +125,8 @@ class PreemptionHandler:
 
     # The handler: record only. Assigning an attribute is safe at any bytecode boundary.
     def _handle(self, signum: int, frame: FrameType | None) -> None:
+        if signum == signal.SIGINT and self._received is not None:
+            raise KeyboardInterrupt  # Ctrl-C again while the loop winds down: stop now
         if self._received is None:
             self._received = signum
         _remember(signum)
@@ -159,7 +167,7 @@ class PreemptionHandler:
         Returns True when scontrol accepted the request.
         """
         env = os.environ if self._environ is None else self._environ
-        if not self.requeue:
+        if not self.requeue or self._received == signal.SIGINT:  # Ctrl-C is the user's stop, not a preemption
             return False
         job_id = env.get("SLURM_JOB_ID")
         if not job_id:

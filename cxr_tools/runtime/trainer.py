@@ -44,7 +44,7 @@ from cxr_tools.runtime.progress import NullProgress, Progress, null_progress
 from cxr_tools.runtime.rundir import RunDir
 from cxr_tools.runtime.schedules import LRSchedule
 from cxr_tools.runtime.seeding import rng_state, set_rng_state
-from cxr_tools.runtime.signals import PreemptionHandler
+from cxr_tools.runtime.signals import TRAINER_SIGNALS, PreemptionHandler
 
 if TYPE_CHECKING:
     import torch
@@ -186,7 +186,7 @@ class TrainLoop:
         handler = self.preemption
         owns_handler = handler is None and self.handle_signals
         if owns_handler:
-            handler = PreemptionHandler(requeue=self.requeue)
+            handler = PreemptionHandler(TRAINER_SIGNALS, requeue=self.requeue)
         try:
             if owns_handler and handler is not None:
                 handler.__enter__()

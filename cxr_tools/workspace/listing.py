@@ -114,13 +114,15 @@ def _best(run: Path, kind: str) -> str | None:
 
 
 def latest_completed(kinds: Iterable[str] = TRAINING_KINDS) -> Path | None:
-    """The most recently completed run of one of ``kinds`` in ``$CXR_RUNS`` (by its end time), or None."""
+    """The most recently completed run of one of ``kinds`` in ``$CXR_RUNS`` (by its end time, then by when its
+    model was written: ``end_time`` has whole seconds, and short runs end within the same one), or None."""
     done = []
     for path in run_dirs(kinds):
         info = read_run_info(path) or {}
-        if info.get("status") == "completed" and (path / "model" / "model.json").is_file():
-            done.append((str(info.get("end_time") or ""), path.as_posix(), path))
-    return max(done)[2] if done else None
+        card = path / "model" / "model.json"
+        if info.get("status") == "completed" and card.is_file():
+            done.append((str(info.get("end_time") or ""), card.stat().st_mtime_ns, path.as_posix(), path))
+    return max(done)[3] if done else None
 
 
 def _json(path: Path) -> dict[str, Any]:

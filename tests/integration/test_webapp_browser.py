@@ -152,8 +152,15 @@ def test_few_shot_adaptation_with_uploaded_supports(page, world, tmp_path):
     _upload(page, "fs-queries", [world.positives[0], world.negatives[0]])
     page.click("#fs-score")
     table = _table(page, "fs-scores")
-    assert table[0] == ["image", "Blob"] and len(table) == 3
-    assert all(0.0 <= float(row[1]) <= 1.0 for row in table[1:])
+    assert table[0] == ["image", "Blob"] and len(table) == 4
+    assert table[1][0] == "threshold" and 0.0 <= float(table[1][1]) <= 1.0  # chosen on the uploaded supports
+    threshold = float(table[1][1])
+    for row in table[2:]:
+        score = float(row[1].split()[0])
+        assert 0.0 <= score <= 1.0
+        if abs(score - threshold) > 1e-3:  # the page rounds: compare only calls the rounding cannot flip
+            assert row[1].endswith("✔") == (score > threshold)
+    assert "threshold" in page.inner_text("#fs-status")
     target = tmp_path / "saved-run"
     page.fill("#fs-folder textarea, #fs-folder input", str(target))
     page.click("#fs-save")

@@ -118,6 +118,25 @@ def test_too_few_patients_names_the_class_the_count_and_what_to_lower():
     EpisodeSampler(raw, NAMES, ["A", "B"], np.arange(len(pid)), EpisodeSpec(1, 5, 10, 8), patients=pid)
 
 
+def test_classes_a_model_learns_from_leave_out_the_short_ones_and_say_so(caplog):
+    raw, pid = _many_films(patients=200)
+    raw[:, 1] = 0
+    raw[np.isin(pid, ["P0000", "P0001", "P0002"]), 1] = 1  # B: 3 patients
+    rows, spec = np.arange(len(pid)), EpisodeSpec(2, 5, 10)
+    with caplog.at_level("WARNING", logger="cxr_tools"):
+        sampler = EpisodeSampler(raw, NAMES, ["A", "B", "C", "D"], rows, spec, patients=pid, drop_short=True)
+    assert sampler.classes == ("A", "C", "D") and sampler.dropped == ("B",)
+    assert "B (3 patients)" in caplog.text and "drawing from A, C, D" in caplog.text
+    episodes = sampler.fixed_list(50, seed=0)
+    assert all("B" not in ep.classes for ep in episodes)
+    # evaluation (no drop_short) measures every class, so it still refuses
+    with pytest.raises(DataError, match=r"B: 3 patients"):
+        EpisodeSampler(raw, NAMES, ["A", "B", "C", "D"], rows, spec, patients=pid)
+    # fewer than --ways classes left: the usual error names the short ones
+    with pytest.raises(DataError, match=r"B: 3 patients"):
+        EpisodeSampler(raw, NAMES, ["A", "B"], rows, spec, patients=pid, drop_short=True)
+
+
 def test_single_label_classes_need_no_no_finding_class():
     classes = [f"digit{k}" for k in range(10)]
     raw = np.zeros((300, 10), dtype=np.float32)

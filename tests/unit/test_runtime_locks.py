@@ -87,3 +87,33 @@ def test_a_lock_held_by_another_process_refuses(tmp_path):
     finally:
         holder.kill()
         holder.wait()
+
+
+def test_a_requeued_slurm_job_waits_for_its_previous_incarnation(tmp_path, monkeypatch):
+    """After ``scontrol requeue`` SLURM may start the job again while the old process is still being killed:
+    the new one waits for the lock instead of failing; another job is refused at once."""
+    code = (
+        "import time; from cxr_tools.runtime.locks import lock_output; "
+        f"lock_output({str(tmp_path / 'run')!r}); print('held', flush=True); time.sleep(1.5)"
+    )
+    env = {**os.environ, "SLURM_JOB_ID": "77", "PYTHONPATH": str(REPO)}
+    for var in ("SLURM_ARRAY_JOB_ID", "SLURM_ARRAY_TASK_ID"):
+        env.pop(var, None)
+        monkeypatch.delenv(var, raising=False)
+
+    def hold() -> subprocess.Popen:
+        holder = subprocess.Popen([sys.executable, "-c", code], cwd=REPO, stdout=subprocess.PIPE, text=True, env=env)
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        return holder
+
+    holder = hold()
+    monkeypatch.setenv("SLURM_JOB_ID", "78")
+    with pytest.raises(OutputLockedError, match=rf"pid {holder.pid}"):
+        lock_output(tmp_path / "run")
+    holder.wait()
+    holder = hold()
+    monkeypatch.setenv("SLURM_JOB_ID", "77")
+    lock = lock_output(tmp_path / "run")  # waits for the holder's exit, then takes the lock
+    assert holder.wait() == 0
+    assert json.loads(lock.path.read_text())["slurm_job"] == "77"
+    release_all()
