@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 from script_modules import REPO, load_script
-from slurm_cluster import require_slurm
+from slurm_cluster import require_slurm, start_requeued_now
 
 SCRIPT = Path(__file__).with_name("runtime_train_script.py")
 
@@ -157,9 +157,8 @@ def test_real_slurm_preemption_requeues_and_the_job_resumes(tmp_path, reference)
         signalled = subprocess.run(["scancel", "--batch", "--signal=USR1", job_id], capture_output=True, text=True)
         assert signalled.returncode == 0, signalled.stderr
         info: dict = {}
-        nudged = False
+        start_requeued_now(job_id)
         while time.monotonic() < deadline + 180:
-            nudged = nudged or _start_now_once_requeued(job_id)
             if (run / "run.json").exists():
                 info = json.loads((run / "run.json").read_text())
                 if info["status"] == "completed":
@@ -172,12 +171,3 @@ def test_real_slurm_preemption_requeues_and_the_job_resumes(tmp_path, reference)
         _assert_identical(final, reference)
     finally:
         subprocess.run(["scancel", job_id], capture_output=True)
-
-
-def _start_now_once_requeued(job_id: str) -> bool:
-    """SLURM holds a requeued job for about two minutes (its BeginTime); start it now to keep CI short."""
-    shown = subprocess.run(["scontrol", "show", "job", job_id], capture_output=True, text=True, timeout=30).stdout
-    if "JobState=PENDING" not in shown or "Restarts=1" not in shown:
-        return False
-    subprocess.run(["scontrol", "update", f"JobId={job_id}", "StartTime=now"], capture_output=True, timeout=30)
-    return True

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import torch
 from script_modules import REPO
-from slurm_cluster import require_slurm
+from slurm_cluster import require_slurm, start_requeued_now
 
 from cxr_tools.data.synthetic import SyntheticConfig, generate
 from cxr_tools.engine.preprocess import PreprocessConfig, preprocess
@@ -135,10 +135,7 @@ def test_train_sbatch_preempted_by_usr1_requeues_and_ends_with_the_uninterrupted
             time.sleep(0.1)
         subprocess.run(["scancel", "--signal=USR1", job], check=True, timeout=30)
         # The job requeues itself; SLURM holds a requeued job ~2 minutes (its BeginTime): start it now.
-        while _jobs(job)[0].get("Restarts") != "1" or _jobs(job)[0].get("JobState") != "PENDING":
-            assert time.monotonic() < deadline, (_jobs(job), _tails(tmp_path))
-            time.sleep(0.2)
-        subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], check=True, timeout=30)
+        start_requeued_now(job)
         (record,) = _wait([job], tmp_path, timeout=600)[job]
     finally:
         subprocess.run(["scancel", job], capture_output=True)
