@@ -33,6 +33,9 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))  # proctree, also when loaded as a module by tests
+
+from proctree import descendants, pss_kb, status_kb  # noqa: E402
 
 from cxr_tools.data.preprocess_pipeline import available_cores, decode_only, ordered_map  # noqa: E402
 
@@ -106,44 +109,6 @@ def time_engine(src: Path, out: Path, workers: int, storage: str = "hdf5") -> fl
 # --- memory ---------------------------------------------------------------------------------------------------
 
 
-def _status_kb(pid: int, key: str) -> int:
-    try:
-        with open(f"/proc/{pid}/status") as fh:
-            for line in fh:
-                if line.startswith(key + ":"):
-                    return int(line.split()[1])
-    except OSError:
-        pass
-    return 0
-
-
-def _pss_kb(pid: int) -> int:
-    try:
-        with open(f"/proc/{pid}/smaps_rollup") as fh:
-            for line in fh:
-                if line.startswith("Pss:"):
-                    return int(line.split()[1])
-    except OSError:
-        pass
-    return 0
-
-
-def _descendants(pid: int) -> list[int]:
-    out, frontier = [], [pid]
-    while frontier:
-        p = frontier.pop()
-        try:
-            kids = []
-            for tid in os.listdir(f"/proc/{p}/task"):
-                with open(f"/proc/{p}/task/{tid}/children") as fh:
-                    kids += [int(c) for c in fh.read().split()]
-        except OSError:
-            continue
-        out += kids
-        frontier += kids
-    return out
-
-
 def measure_memory(src: Path, out: Path, workers: int) -> dict[str, float]:
     """Run the engine in a fresh process and sample the RSS/PSS of its process tree."""
     code = (
@@ -159,11 +124,11 @@ def measure_memory(src: Path, out: Path, workers: int) -> dict[str, float]:
 
     def sample() -> None:
         while not stop.is_set():
-            kids = _descendants(proc.pid)
-            peak["writer_rss_mb"] = max(peak["writer_rss_mb"], _status_kb(proc.pid, "VmRSS") / 1024)
+            kids = descendants(proc.pid)
+            peak["writer_rss_mb"] = max(peak["writer_rss_mb"], status_kb(proc.pid, "VmRSS") / 1024)
             if kids:
-                peak["worker_rss_mb"] = max(peak["worker_rss_mb"], max(_status_kb(k, "VmRSS") for k in kids) / 1024)
-            peak["tree_pss_mb"] = max(peak["tree_pss_mb"], sum(_pss_kb(p) for p in [proc.pid, *kids]) / 1024)
+                peak["worker_rss_mb"] = max(peak["worker_rss_mb"], max(status_kb(k, "VmRSS") for k in kids) / 1024)
+            peak["tree_pss_mb"] = max(peak["tree_pss_mb"], sum(pss_kb(p) for p in [proc.pid, *kids]) / 1024)
             time.sleep(0.02)
 
     thread = threading.Thread(target=sample, daemon=True)

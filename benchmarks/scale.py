@@ -41,6 +41,9 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))  # proctree, also when loaded as a module by tests
+
+from proctree import descendants, pss_kb, status_kb  # noqa: E402
 
 from cxr_tools.data.labels import NIH_CSV_HEADER  # noqa: E402
 
@@ -147,33 +150,6 @@ def subset(base: Path, dest: Path, n: int) -> Path:
 # --- measuring a process tree -----------------------------------------------------------------------------------
 
 
-def _kb(path: str, key: str) -> int:
-    try:
-        with open(path) as fh:
-            for line in fh:
-                if line.startswith(key):
-                    return int(line.split()[1])
-    except OSError:
-        pass
-    return 0
-
-
-def _descendants(pid: int) -> list[int]:
-    out, frontier = [], [pid]
-    while frontier:
-        p = frontier.pop()
-        try:
-            kids = []
-            for tid in os.listdir(f"/proc/{p}/task"):
-                with open(f"/proc/{p}/task/{tid}/children") as fh:
-                    kids += [int(c) for c in fh.read().split()]
-        except OSError:
-            continue
-        out += kids
-        frontier += kids
-    return out
-
-
 def measured(code: str) -> tuple[str, dict[str, float]]:
     """Run ``code`` in a fresh interpreter; its stdout, wall time and the peak memory of its process tree."""
     env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
@@ -184,12 +160,12 @@ def measured(code: str) -> tuple[str, dict[str, float]]:
 
     def sample() -> None:
         while not stop.is_set():
-            kids = _descendants(proc.pid)
-            peak["main_rss_mb"] = max(peak["main_rss_mb"], _kb(f"/proc/{proc.pid}/status", "VmRSS:") / 1024)
+            kids = descendants(proc.pid)
+            peak["main_rss_mb"] = max(peak["main_rss_mb"], status_kb(proc.pid, "VmRSS") / 1024)
             if kids:
-                worst = max(_kb(f"/proc/{k}/status", "VmRSS:") for k in kids) / 1024
+                worst = max(status_kb(k, "VmRSS") for k in kids) / 1024
                 peak["worker_rss_mb"] = max(peak["worker_rss_mb"], worst)
-            pss = sum(_kb(f"/proc/{p}/smaps_rollup", "Pss:") for p in [proc.pid, *kids]) / 1024
+            pss = sum(pss_kb(p) for p in [proc.pid, *kids]) / 1024
             peak["tree_pss_mb"] = max(peak["tree_pss_mb"], pss)
             time.sleep(0.02)
 
