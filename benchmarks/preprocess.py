@@ -25,7 +25,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -35,7 +34,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))  # proctree, also when loaded as a module by tests
 
-from proctree import descendants, pss_kb, status_kb  # noqa: E402
+from proctree import communicate_sampled  # noqa: E402
 
 from cxr_tools.data.preprocess_pipeline import available_cores, decode_only, ordered_map  # noqa: E402
 
@@ -119,23 +118,8 @@ def measure_memory(src: Path, out: Path, workers: int) -> dict[str, float]:
         "print(r.images, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)"
     )
     proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, cwd=ROOT)
-    peak = {"writer_rss_mb": 0.0, "worker_rss_mb": 0.0, "tree_pss_mb": 0.0}
-    stop = threading.Event()
-
-    def sample() -> None:
-        while not stop.is_set():
-            kids = descendants(proc.pid)
-            peak["writer_rss_mb"] = max(peak["writer_rss_mb"], status_kb(proc.pid, "VmRSS") / 1024)
-            if kids:
-                peak["worker_rss_mb"] = max(peak["worker_rss_mb"], max(status_kb(k, "VmRSS") for k in kids) / 1024)
-            peak["tree_pss_mb"] = max(peak["tree_pss_mb"], sum(pss_kb(p) for p in [proc.pid, *kids]) / 1024)
-            time.sleep(0.02)
-
-    thread = threading.Thread(target=sample, daemon=True)
-    thread.start()
-    stdout, _ = proc.communicate()
-    stop.set()
-    thread.join()
+    stdout, sampled = communicate_sampled(proc)
+    peak = {"writer_rss_mb": sampled.pop("main_rss_mb"), **sampled}
     images, maxrss_kb = stdout.split()
     peak["writer_maxrss_mb"] = int(maxrss_kb) / 1024  # getrusage(RUSAGE_SELF) of the writer, for comparison
     peak["images"] = int(images)

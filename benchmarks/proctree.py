@@ -6,6 +6,9 @@ Imported by the benchmark scripts, which run with benchmarks/ first on sys.path.
 from __future__ import annotations
 
 import os
+import subprocess
+import threading
+import time
 
 
 def status_kb(pid: int, key: str) -> int:
@@ -47,3 +50,26 @@ def descendants(pid: int) -> list[int]:
         out += kids
         frontier += kids
     return out
+
+
+def communicate_sampled(proc: subprocess.Popen[str], interval: float = 0.02) -> tuple[str, dict[str, float]]:
+    """Wait for ``proc`` while sampling its tree: its stdout and the peaks in MB of its own RSS (``main_rss_mb``),
+    its largest descendant's RSS (``worker_rss_mb``) and the whole tree's PSS (``tree_pss_mb``)."""
+    peak = {"main_rss_mb": 0.0, "worker_rss_mb": 0.0, "tree_pss_mb": 0.0}
+    stop = threading.Event()
+
+    def sample() -> None:
+        while not stop.is_set():
+            kids = descendants(proc.pid)
+            peak["main_rss_mb"] = max(peak["main_rss_mb"], status_kb(proc.pid, "VmRSS") / 1024)
+            if kids:
+                peak["worker_rss_mb"] = max(peak["worker_rss_mb"], max(status_kb(k, "VmRSS") for k in kids) / 1024)
+            peak["tree_pss_mb"] = max(peak["tree_pss_mb"], sum(pss_kb(p) for p in [proc.pid, *kids]) / 1024)
+            time.sleep(interval)
+
+    thread = threading.Thread(target=sample, daemon=True)
+    thread.start()
+    stdout, _ = proc.communicate()
+    stop.set()
+    thread.join()
+    return stdout, peak

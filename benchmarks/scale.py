@@ -33,7 +33,6 @@ import platform
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -43,7 +42,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))  # proctree, also when loaded as a module by tests
 
-from proctree import descendants, pss_kb, status_kb  # noqa: E402
+from proctree import communicate_sampled  # noqa: E402
 
 from cxr_tools.data.labels import NIH_CSV_HEADER  # noqa: E402
 
@@ -155,25 +154,7 @@ def measured(code: str) -> tuple[str, dict[str, float]]:
     env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
     start = time.perf_counter()
     proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, cwd=ROOT, env=env)
-    peak = {"main_rss_mb": 0.0, "worker_rss_mb": 0.0, "tree_pss_mb": 0.0}
-    stop = threading.Event()
-
-    def sample() -> None:
-        while not stop.is_set():
-            kids = descendants(proc.pid)
-            peak["main_rss_mb"] = max(peak["main_rss_mb"], status_kb(proc.pid, "VmRSS") / 1024)
-            if kids:
-                worst = max(status_kb(k, "VmRSS") for k in kids) / 1024
-                peak["worker_rss_mb"] = max(peak["worker_rss_mb"], worst)
-            pss = sum(pss_kb(p) for p in [proc.pid, *kids]) / 1024
-            peak["tree_pss_mb"] = max(peak["tree_pss_mb"], pss)
-            time.sleep(0.02)
-
-    thread = threading.Thread(target=sample, daemon=True)
-    thread.start()
-    stdout, _ = proc.communicate()
-    stop.set()
-    thread.join()
+    stdout, peak = communicate_sampled(proc)
     if proc.returncode not in (0, 3):
         raise RuntimeError(f"the measured process failed ({proc.returncode}): {code}")
     peak["seconds"] = time.perf_counter() - start
