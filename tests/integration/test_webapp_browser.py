@@ -12,20 +12,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from script_modules import REPO, load_script
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
 CHROMIUM = os.environ.get("CXR_CHROMIUM", "/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
+# the flags that let Chromium run headless on a machine without network: one list, shared with the screenshots
+CHROMIUM_ARGS = load_script(REPO / "docs" / "screenshots" / "make_screenshots.py", "cxr_make_screenshots").ARGS
 TIMEOUT_MS = 60_000
 
 
