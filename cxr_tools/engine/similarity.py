@@ -59,12 +59,10 @@ def run_similarity(config: SimilarityConfig) -> SimilarityResult:
         ImageDecodeError: an image cannot be read (an :class:`~cxr_tools.errors.InputError`).
         ModelError: the model folder is missing or broken.
     """
-    import torch
-
     from cxr_tools.data.imaging import load_image
     from cxr_tools.models import load_model_dir
     from cxr_tools.models.inputs import to_model_input
-    from cxr_tools.models.siamese import embedder, pair_distance, similarity, trained_distance
+    from cxr_tools.models.siamese import score_pair
     from cxr_tools.runtime.devices import resolve_device
 
     device = resolve_device(config.device)
@@ -72,14 +70,8 @@ def run_similarity(config: SimilarityConfig) -> SimilarityResult:
     model.eval()
     ops = model_ops(meta)
     images = np.stack([load_image(config.a, ops), load_image(config.b, ops)])
-    embed = embedder(model, meta)
-    siamese = trained_distance(meta)
-    kind = siamese or "cosine"
-    with torch.inference_mode():
-        x = to_model_input(images, meta, device)
-        za, zb = embed(x[:1]).float(), embed(x[1:]).float()  # one at a time: no batch effects at all
-        d = float(pair_distance(za, zb, kind)[0])
-        s = float(similarity(za, zb, kind)[0])
+    scored = score_pair(model, meta, to_model_input(images, meta, device))
+    s, d, kind = scored["similarity"], scored["distance"], scored["distance_kind"]
     plot = None
     if config.plot is not None:
         from cxr_tools.eval.plots import plot_image_pair
@@ -92,7 +84,7 @@ def run_similarity(config: SimilarityConfig) -> SimilarityResult:
         b=str(config.b),
         model=str(meta.get("path")),
         training=str(meta.get("training")),
-        embedding="siamese projection" if siamese else "backbone features",
+        embedding=scored["embedding"],
         distance_kind=kind,
         distance=d,
         similarity=s,

@@ -132,3 +132,18 @@ def embedder(model: nn.Module, meta: Mapping[str, Any] | None) -> EmbedFn:
         return lambda x: l2_embed(model, x)
     features: Any = model.forward_features
     return lambda x: l2_embed(features, x)
+
+
+def score_pair(model: nn.Module, meta: Mapping[str, Any] | None, x: torch.Tensor) -> dict[str, Any]:
+    """``cxr similarity``'s numbers for the two model inputs ``x[0]`` and ``x[1]``: ``similarity`` in [0, 1],
+    ``distance`` of ``distance_kind`` (the run's trained distance, else cosine) and which ``embedding`` was used.
+    Each image is embedded on its own: no batch effects at all."""
+    embed = embedder(model, meta)
+    siamese = trained_distance(meta)
+    kind = siamese or "cosine"
+    with torch.inference_mode():
+        za, zb = embed(x[:1]).float(), embed(x[1:2]).float()
+        d = float(pair_distance(za, zb, kind)[0])
+        s = float(similarity(za, zb, kind)[0])
+    embedding = "siamese projection" if siamese else "backbone features"
+    return {"similarity": s, "distance": d, "distance_kind": kind, "embedding": embedding}

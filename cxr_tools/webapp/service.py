@@ -142,22 +142,12 @@ class RunService:
 
     def similarity(self, a: str | Path, b: str | Path) -> dict[str, Any]:
         """``cxr similarity``'s numbers for two uploads: similarity in [0, 1], distance and its kind."""
-        import torch
-
         from cxr_tools.models.inputs import to_model_input
-        from cxr_tools.models.siamese import embedder, pair_distance, similarity, trained_distance
+        from cxr_tools.models.siamese import score_pair
 
         images = np.stack([self.decode(a), self.decode(b)])
-        embed = embedder(self.model, self.meta)
-        siamese = trained_distance(self.meta)
-        kind = siamese or "cosine"
-        with torch.inference_mode():
-            x = to_model_input(images, self.meta, self.device)
-            za, zb = embed(x[:1]).float(), embed(x[1:]).float()
-            d = float(pair_distance(za, zb, kind)[0])
-            s = float(similarity(za, zb, kind)[0])
-        embedding = "siamese projection" if siamese else "backbone features"
-        return {"similarity": s, "distance": d, "distance_kind": kind, "embedding": embedding, "images": images}
+        x = to_model_input(images, self.meta, self.device)
+        return {**score_pair(self.model, self.meta, x), "images": images}
 
     # --- Few-shot -------------------------------------------------------------------------------------------
 
