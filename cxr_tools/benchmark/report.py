@@ -225,7 +225,6 @@ def write_report(report: Report, out: Path, *, overwrite: bool) -> Report:
         owned=only_files(REPORT_FILES),
         restart=True,
         what="benchmark report",
-        keep_foreign=True,
     )
     apply_output_plan(out, "resume")
     images = [_plot_shots(report, out / "auc_vs_shots.png"), _plot_classes(report, out / "per_class_auc.png")]

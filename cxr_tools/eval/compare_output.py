@@ -202,7 +202,7 @@ def write_comparison(result: Any, out: Path, *, overwrite: bool) -> list[Path]:
     from cxr_tools.runtime.fs import apply_output_plan, atomic_write_text, only_files, output_plan
 
     output_plan(out, overwrite=overwrite, complete=lambda p: (p / "comparison.csv").exists(),
-                owned=only_files(COMPARISON_FILES), restart=True, what="comparison", keep_foreign=True)  # fmt: skip
+                owned=only_files(COMPARISON_FILES), restart=True, what="comparison")  # fmt: skip
     apply_output_plan(out, "resume")  # the files are replaced one by one, atomically; nothing else is touched
     name = metric_name(result.metric, result.threshold)
     groups = [*result.classes, "overall"]

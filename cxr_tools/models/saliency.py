@@ -177,9 +177,7 @@ class CamFolder:
         def only_png(p: Path) -> bool:
             return all(f.suffix == ".png" or f.name.startswith(".") for f in p.iterdir())
 
-        decision = output_plan(
-            folder, overwrite=overwrite, complete=only_png, owned=only_png, keep_foreign=True, what="saliency folder"
-        )
+        decision = output_plan(folder, overwrite=overwrite, complete=only_png, owned=only_png, what="saliency folder")
         return cls(Path(folder), labels, cam_classes(labels, requested), decision)
 
     def write(

@@ -98,7 +98,6 @@ def output_plan(
     what: str = "output",
     file: bool = False,
     swapped: bool = False,
-    keep_foreign: bool = True,
 ) -> OutputPlan:
     """Lock the output ``path`` for this process (runtime/locks.py) and decide what the command does with it
     (module docstring); nothing is deleted here.
@@ -113,8 +112,6 @@ def output_plan(
         what: the output's name in messages (``cache``, ``evaluation``...).
         file: ``path`` is a file, not a directory.
         swapped: the directory is replaced whole by a rename when finished, so its lock lies beside it.
-        keep_foreign: accepted from callers written when keeping a foreign folder was optional; it is now what
-            every command does, whatever the value.
 
     Returns:
         ``new`` (missing or empty), ``replace`` (remove it first: :func:`apply_output_plan`) or ``resume``.
