@@ -177,7 +177,8 @@ def evaluate(
         bool,
         typer.Option(
             "--allow-leak",
-            help="Evaluate a run whose lineage trained on a meta-test class or patient (or has no lineage record): "
+            help="Evaluate a run whose lineage (it, the runs it started from, and any external weights they were "
+            "built with, e.g. TorchXRayVision's) trained on a meta-test class or patient, or cannot be checked: "
             "exploration only, the summary and every table then carry the leak.",
         ),
     ] = False,
@@ -233,6 +234,8 @@ def render(console: Console, result: Any) -> None:
     table.add_row("overall", str(result.episodes), *[_cell(result.overall[m]) for m in metrics], style="bold")
     if getattr(result, "leak", None):
         console.print(f"LEAK (--allow-leak): {result.leak}; not a publishable number.", style="bold red", markup=False)
+    for note in getattr(result, "lineage_notes", ()):
+        console.print(f"Note: {note}.", markup=False)
     console.print(table)
     if len(metrics) < len(result.overall):
         console.print("(precision and recall: see summary.json, or widen the terminal)")

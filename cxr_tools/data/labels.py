@@ -9,43 +9,11 @@ from __future__ import annotations
 
 from cxr_tools.errors import DataError
 
-NO_FINDING = "No Finding"
-
-# NIH ChestX-ray14, in the order of the dataset paper; "No Finding" is the absence of all 14.
-NIH_LABELS: tuple[str, ...] = (
-    "Atelectasis",
-    "Cardiomegaly",
-    "Effusion",
-    "Infiltration",
-    "Mass",
-    "Nodule",
-    "Pneumonia",
-    "Pneumothorax",
-    "Consolidation",
-    "Edema",
-    "Emphysema",
-    "Fibrosis",
-    "Pleural_Thickening",
-    "Hernia",
-)
-
-# CheXpert's 14 observation columns, in train.csv order (after Path,Sex,Age,Frontal/Lateral,AP/PA).
-CHEXPERT_LABELS: tuple[str, ...] = (
-    "No Finding",
-    "Enlarged Cardiomediastinum",
-    "Cardiomegaly",
-    "Lung Opacity",
-    "Lung Lesion",
-    "Edema",
-    "Consolidation",
-    "Pneumonia",
-    "Atelectasis",
-    "Pneumothorax",
-    "Pleural Effusion",
-    "Pleural Other",
-    "Fracture",
-    "Support Devices",
-)
+# The label spaces and their canonical names live in the lowest layer, so the models layer (lineage) compares
+# class names the same way without importing data; re-exported here, where the data layer reads them.
+from cxr_tools.vocabulary import CHEXPERT_LABELS as CHEXPERT_LABELS
+from cxr_tools.vocabulary import NIH_LABELS, NO_FINDING, canonical_label
+from cxr_tools.vocabulary import label_key as label_key
 
 CHEXPERT_META_COLUMNS: tuple[str, ...] = ("Path", "Sex", "Age", "Frontal/Lateral", "AP/PA")
 
@@ -54,36 +22,6 @@ NIH_CSV_HEADER = (
     "Image Index,Finding Labels,Follow-up #,Patient ID,Patient Age,Patient Gender,View Position,"
     "OriginalImage[Width,Height],OriginalImagePixelSpacing[x,y]"
 )
-
-# Dataset spelling -> canonical name. Canonical names follow NIH where both datasets have the finding.
-_ALIASES: dict[str, str] = {
-    "pleural effusion": "Effusion",
-    "effusion": "Effusion",
-    "pleural_thickening": "Pleural_Thickening",
-    "pleural thickening": "Pleural_Thickening",
-    "pleural-thickening": "Pleural_Thickening",
-    "no finding": NO_FINDING,
-    "no_finding": NO_FINDING,
-    "normal": NO_FINDING,
-    "lung lesion": "Lung Lesion",
-    "enlarged cardiomediastinum": "Enlarged Cardiomediastinum",
-    "lung opacity": "Lung Opacity",
-    "pleural other": "Pleural Other",
-    "support devices": "Support Devices",
-}
-for _name in NIH_LABELS + CHEXPERT_LABELS:
-    _ALIASES.setdefault(_name.lower(), _name)
-    _ALIASES.setdefault(_name.lower().replace("_", " "), _name)
-
-
-def canonical_label(name: str) -> str:
-    """The canonical spelling of a finding name from any supported dataset (case-insensitive).
-
-    Unknown names are returned stripped but otherwise unchanged, so folder datasets can bring their own
-    classes (e.g. ``PNEUMONIA``).
-    """
-    key = name.strip().lower()
-    return _ALIASES.get(key, _ALIASES.get(key.replace("_", " "), name.strip()))
 
 
 def parse_nih_findings(cell: str, *, source: str = "Finding Labels") -> list[str]:

@@ -52,6 +52,7 @@ from cxr_tools.eval.run_inputs import (
     resolve_split,
     run_name,
 )
+from cxr_tools.models.lineage import pretraining_notes
 from cxr_tools.runtime.fs import apply_output_plan, atomic_write_json, output_plan
 from cxr_tools.runtime.progress import Progress, null_progress
 
@@ -146,6 +147,7 @@ class EvaluateResult:
     seconds: float
     files: tuple[Path, ...] = field(default_factory=tuple)
     leak: str | None = None
+    lineage_notes: tuple[str, ...] = ()  # external weights that saw the evaluated images, not its classes
 
 
 def evaluate(config: EvaluateConfig, progress: Progress | None = None) -> EvaluateResult:
@@ -178,6 +180,7 @@ def evaluate(config: EvaluateConfig, progress: Progress | None = None) -> Evalua
     split = resolve_split(config.meta_split, meta, cache)
     pool_seed, pool = meta_test_pool(cache, split, config.pool_seed, meta)
     leak = check_no_leak(meta if method != "scratch" else None, cache, split, pool, config.allow_leak)
+    notes = [] if meta is None or method == "scratch" else pretraining_notes(meta, cache.manifest.get("source"))
     episodes, ep_hash = meta_test_episodes(cache, split, pool, spec, config.episodes, config.seed)
 
     set_threads(config.threads)
@@ -280,6 +283,7 @@ def evaluate(config: EvaluateConfig, progress: Progress | None = None) -> Evalua
         "bootstrap": bootstrap_record(boot),
         "pairs": pairs,
         "leak": leak,
+        "lineage_notes": notes,
         **provenance(seconds, describe_device(device)),
     }
     files.append(atomic_write_json(out / SUMMARY, json_safe(summary)))
@@ -289,5 +293,5 @@ def evaluate(config: EvaluateConfig, progress: Progress | None = None) -> Evalua
     return EvaluateResult(
         output=out, run=run_path, cache=Path(config.data), episode_list_hash=ep_hash, classes=tuple(split.test),
         per_class=json_safe(per_class), overall=json_safe(overall), seconds=seconds,
-        files=tuple([out / EPISODES_JSON, *files]), **kept,
+        files=tuple([out / EPISODES_JSON, *files]), lineage_notes=tuple(notes), **kept,
     )  # fmt: skip

@@ -140,6 +140,11 @@ def check_no_leak(
         return leak
     if "cannot be checked" in leak or "missing or altered" in leak:
         hint = "Retrain the run (and its parents) with this version of cxr-tools, or pass --allow-leak to explore."
+    elif "whose labels taught" in leak:
+        hint = (
+            "Start the chain from weights that never learned the meta-test classes (--weights imagenet or none), "
+            "evaluate on classes those weights were not trained on, or pass --allow-leak to explore."
+        )
     else:
         hint = (
             "Train every run of the chain on the meta-train pool only (--classes base, the same --pool-seed as "

@@ -9,12 +9,20 @@ or a meta-test patient. ``model.json`` therefore carries, under ``lineage``, one
      "pool": {"name": "all" | "meta-train" | "meta-train+meta-val", "meta_split": {...} | null,
               "pool_seed": int | null},
      "patients": {"count": N, "sha256": HASH},
+     "weights": the data card of the external weights its model was built with (:mod:`.datacards`) | null,
      "parents": [the record of the run it was initialised from, recursively]}
 
 The patient ids themselves (every patient of an image the run could read for training or validation) are kept
 beside ``model.json`` in :data:`PATIENTS_FILE`, keyed by the hash of their sorted list, for the run and all its
 ancestors: a run copied elsewhere, its parents deleted, stays self-describing, and sets shared by several
 ancestors are stored once. Ids are compared as strings, so the check holds on any cache, whatever its hash.
+
+Comparisons are canonical. Class names compare by :func:`cxr_tools.vocabulary.label_key` (``PNEUMONIA`` =
+``Pneumonia``, ``Pleural Effusion`` = ``Effusion``). Patient ids compare by :func:`patient_key`: case-folded,
+each run of digits without its leading zeros, because sources write one patient differently (NIH pads its
+numeric ids to 8 digits, ``00000001``; the DICOM source keeps ``PatientID`` as written, often ``1``; CheXpert
+writes ``patient00001``). The stored ids stay as the sources wrote them; only the comparison is canonical.
+External weights compare by their data card: weights whose labels taught a meta-test class leak it.
 
 Everything here works on plain values (patient ids, class names, ``model.json`` dicts); the data layer supplies
 the ids (:func:`cxr_tools.data.splits.patients_of`), the engines decide what to refuse.
@@ -24,16 +32,21 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from cxr_tools.errors import ModelError
+from cxr_tools.models.datacards import card_record, describe, recorded_classes
+from cxr_tools.vocabulary import label_key
 
-LINEAGE_VERSION = 1
+# 2: records carry ``weights`` (the data card of the external weights the run started from).
+LINEAGE_VERSION = 2
 PATIENTS_FILE = "lineage_patients.json"
 _PATIENTS_FORMAT = "cxr-lineage-patients"
 _SHOW = 5
+_DIGITS = re.compile(r"\d+")
 
 
 def trained_classes(meta: Mapping[str, Any]) -> list[str]:
@@ -70,7 +83,7 @@ def write_lineage(
     Args:
         model_dir: the model folder being written.
         meta: the run's model meta (``labels``, ``training``, ``cache_manifest_hash``, ``preprocessing``,
-            ``extra``): classes and cache fingerprint come from it.
+            ``extra``, ``pretrained``): classes, cache fingerprint and external weights come from it.
         run: the run directory (its name identifies the run in refusals).
         patients: patient ids of every image the run could read for training or validation.
         pool, meta_split, pool_seed: the pool it drew from (``all`` = the whole patient split).
@@ -95,6 +108,7 @@ def write_lineage(
         "classes": trained_classes(meta),
         "pool": {"name": pool, "meta_split": dict(meta_split) if meta_split else None, "pool_seed": pool_seed},
         "patients": {"count": len(ids), "sha256": digest},
+        "weights": card_record(meta.get("pretrained")),
         "parents": records,
     }
     from cxr_tools.runtime.fs import atomic_write_text
@@ -110,7 +124,8 @@ def read_lineage(model_dir: str | Path) -> tuple[dict[str, Any], dict[str, list[
     """``(record, patient sets)`` of a model folder or run directory, for a child run to copy.
 
     A parent made before lineage existed gets a record marked ``missing`` (the child still trains; evaluating
-    it is refused until the parent is retrained or ``--allow-leak`` is passed).
+    it is refused until the parent is retrained or ``--allow-leak`` is passed). A version-1 record (made before
+    records named their external weights) gets the card of the weights its ``model.json`` names.
     """
     from cxr_tools.models.checkpoints import read_model_meta
 
@@ -121,7 +136,10 @@ def read_lineage(model_dir: str | Path) -> tuple[dict[str, Any], dict[str, list[
         run = folder.parent if folder.name == "model" else folder
         stub: dict[str, Any] = {"version": LINEAGE_VERSION, "run": run.name, "path": str(run.resolve())}
         return {**stub, "training": meta.get("training"), "missing": True, "parents": []}, {}
-    return dict(record), load_patient_sets(folder)
+    record = dict(record)
+    if "weights" not in record:
+        record["weights"] = card_record(meta.get("pretrained"))
+    return record, load_patient_sets(folder)
 
 
 def load_patient_sets(model_dir: str | Path) -> dict[str, list[str]]:
@@ -156,6 +174,12 @@ def recorded_pool_seed(meta: Mapping[str, Any]) -> int | None:
     return None if seed is None else int(seed)
 
 
+def patient_key(patient: str) -> str:
+    """The key two patient ids are compared by: stripped, case-folded, leading zeros dropped from every run of
+    digits (``"00000001"`` and ``"1"`` are one NIH patient; ``"patient00001"`` = ``"Patient1"``)."""
+    return _DIGITS.sub(lambda m: m.group(0).lstrip("0") or "0", str(patient).strip().casefold())
+
+
 def find_leak(
     meta: Mapping[str, Any],
     patient_sets: Mapping[str, Sequence[str]],
@@ -164,32 +188,99 @@ def find_leak(
 ) -> str | None:
     """One line naming how the lineage of ``meta`` touches the meta-test split, or None when it does not.
 
-    Checked per run of the lineage, the run itself first: a meta-test class among its trained classes, a
-    patient shared with the meta-test pool, or a record that cannot be checked (no lineage; a patient set
-    missing from, or altered in, :data:`PATIENTS_FILE`).
+    Checked per run of the lineage, the run itself first: a meta-test class among its trained classes, external
+    weights whose data card lists a meta-test class among the classes their labels taught, a patient shared with
+    the meta-test pool, or a record that cannot be checked (no lineage; external weights without a card; a
+    patient set missing from, or altered in, :data:`PATIENTS_FILE`). Classes and patients compare canonically
+    (module docstring).
     """
     record = meta.get("lineage")
-    classes = set(map(str, test_classes))
+    classes = {label_key(c): str(c) for c in test_classes}
     if not isinstance(record, Mapping):
-        own = sorted(set(trained_classes(meta)) & classes)
+        own = _overlap(trained_classes(meta), classes)
         what = f"; its own classes include meta-test class(es) {_few(own)}" if own else ""
         return f"the run has no lineage record (trained by an older cxr-tools): it cannot be checked{what}"
-    test = set(map(str, test_patients))
+    test: dict[str, str] = {}
+    for p in test_patients:
+        test.setdefault(patient_key(p), str(p))
     for node, depth in walk(record):
         who = _who(node, depth)
         if node.get("missing"):
             return f"{who} has no lineage record (trained by an older cxr-tools): it cannot be checked"
-        leaked = sorted(set(map(str, node.get("classes") or [])) & classes)
+        leaked = _overlap(node.get("classes") or [], classes)
         if leaked:
             return f"{who} trained on meta-test class(es) {_few(leaked)}"
+        leak = _weights_leak(node, depth, meta, classes, who)
+        if leak:
+            return leak
         digest = str((node.get("patients") or {}).get("sha256") or "")
         ids = patient_sets.get(digest)
         if ids is None or patients_digest(ids)[1] != digest:
             return f"{who} lists its patients in {PATIENTS_FILE}, but they are missing or altered there"
-        shared = len(test.intersection(ids))
+        shared = [(test[k], str(p)) for p in ids if (k := patient_key(p)) in test]
         if shared:
-            return f"{who} trained on {shared} patient(s) of the meta-test pool"
+            same = next(((a, b) for a, b in shared if a != b), None)
+            how = f" (ids compared canonically: its '{same[1]}' is '{same[0]}' here)" if same else ""
+            return f"{who} trained on {len(shared)} patient(s) of the meta-test pool{how}"
     return None
+
+
+def external_weights(record: Mapping[str, Any]) -> list[tuple[str, Mapping[str, Any]]]:
+    """``(run, data card)`` of every external weight set in a lineage record, the run itself first."""
+    return [
+        (str(node.get("run")), node["weights"]) for node, _ in walk(record) if isinstance(node.get("weights"), Mapping)
+    ]
+
+
+def pretraining_notes(meta: Mapping[str, Any], source: Any) -> list[str]:
+    """Lines for an evaluation's outputs: external weights in the lineage of ``meta`` that were trained on images
+    of the evaluated dataset without labels for its meta-test classes (those are refused by :func:`find_leak`).
+    Not a leak: the encoder has seen the images, not the classes.
+
+    ``source`` is the evaluated cache's ``manifest["source"]`` (its ``kind``: ``nih``, ``chexpert`` ...)."""
+    record = meta.get("lineage")
+    source = source.get("kind") if isinstance(source, Mapping) else source
+    if not source or not isinstance(record, Mapping):
+        return []
+    if "weights" not in record and meta.get("pretrained"):
+        record = {**record, "weights": card_record(meta.get("pretrained"))}
+    notes = []
+    for run, card in external_weights(record):
+        seen = sorted({str(d.get("dataset")) for d in card.get("data") or [] if d.get("source") == source})
+        if seen:
+            notes.append(
+                f"run '{run}' started from {card.get('title') or card.get('name')}, trained on images of "
+                f"{', '.join(seen)} as evaluated here (with labels for other classes than the meta-test ones, or "
+                "none): its encoder has seen these images"
+            )
+    return notes
+
+
+def _weights_leak(
+    node: Mapping[str, Any], depth: int, meta: Mapping[str, Any], classes: Mapping[str, str], who: str
+) -> str | None:
+    """How the external weights a lineage node started from touch the meta-test classes (None: they do not)."""
+    if "weights" in node:
+        card = node.get("weights")
+    elif depth == 0:  # a version-1 record: model.json names the run's weights
+        card = card_record(meta.get("pretrained"))
+    else:
+        return (
+            f"{who} was recorded by an older cxr-tools that did not name its pretrained weights: it cannot be checked"
+        )
+    if not isinstance(card, Mapping):
+        return None
+    if card.get("data") is None:
+        return f"{who} started from weights '{card.get('name')}', which have no data card: it cannot be checked"
+    leaked = _overlap(recorded_classes(card), classes)
+    if leaked:
+        return f"{who} started from {describe(card)}, whose labels taught meta-test class(es) {_few(leaked)}"
+    return None
+
+
+def _overlap(trained: Iterable[Any], classes: Mapping[str, str]) -> list[str]:
+    """The meta-test classes (their evaluated spelling, sorted) that ``trained`` names in any spelling."""
+    return sorted({classes[k] for c in trained if (k := label_key(str(c))) in classes})
 
 
 def _who(node: Mapping[str, Any], depth: int) -> str:

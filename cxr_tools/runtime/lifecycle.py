@@ -259,7 +259,8 @@ def model_meta(cache: Any, model: Any, labels: Sequence[str], kind: str, extra: 
     Args:
         cache: the :class:`~cxr_tools.data.cache.CacheReader` trained on (manifest hash, image size,
             preprocessing: what a later ``cxr evaluate`` / ``cxr predict`` checks its inputs against).
-        model: the trained model (its ``normalisation`` is the input contract).
+        model: the trained model (its ``normalisation`` is the input contract; its ``pretrained`` weight source
+            goes into the lineage record, with the data card of those weights).
         labels: the label space of the outputs (empty for embeddings and episode-slot heads).
         kind: the training kind (``supervised``, ``siamese``, ``maml``).
         extra: the trainer's own settings and results.
@@ -271,6 +272,7 @@ def model_meta(cache: Any, model: Any, labels: Sequence[str], kind: str, extra: 
         "image_size": int(min(cache.image_shape)),
         "normalisation": str(getattr(model, "normalisation", "unit")),
         "preprocessing": dict(cache.manifest.get("preprocessing") or {}),
+        "pretrained": getattr(model, "pretrained", None),
         "extra": extra,
     }
 

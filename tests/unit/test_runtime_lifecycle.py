@@ -71,6 +71,7 @@ class _Cache:
 def test_model_meta_describes_the_input_contract_and_the_cache():
     model = torch.nn.Linear(2, 1)
     model.normalisation = "xrv"
+    model.pretrained = "xrv"
     meta = lifecycle.model_meta(_Cache(), model, ("A", "B"), "supervised", {"best_epoch": 2})
     assert meta == {
         "labels": ["A", "B"],
@@ -79,6 +80,7 @@ def test_model_meta_describes_the_input_contract_and_the_cache():
         "image_size": 32,
         "normalisation": "xrv",
         "preprocessing": {"clahe": True},
+        "pretrained": "xrv",
         "extra": {"best_epoch": 2},
     }
 
