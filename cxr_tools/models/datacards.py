@@ -166,6 +166,6 @@ def recorded_classes(record: Mapping[str, Any]) -> list[str]:
 
 
 def describe(record: Mapping[str, Any]) -> str:
-    """``TITLE (dataset, dataset, ...)``: how a refusal names stored weights."""
-    names = list(dict.fromkeys(str(d.get("dataset")) for d in record.get("data") or []))
-    return f"{record.get('title') or record.get('name')} ({', '.join(names)})" if names else str(record.get("name"))
+    """How a refusal names stored weights: ``TITLE weights (N training datasets, data card in model.json)``."""
+    n = len({str(d.get("dataset")) for d in record.get("data") or []})
+    return f"{record.get('title') or record.get('name')} weights ({n} training dataset(s), data card in model.json)"

@@ -5,7 +5,8 @@ torchvision or TorchXRayVision is reused as is:
 
 * ImageNet (torchvision): ``$TORCH_HOME/hub/checkpoints/<file>`` (``torch.hub.get_dir()``), the URL and file
   name taken from torchvision's weight enums (``ResNet18_Weights.DEFAULT`` ...).
-* TorchXRayVision DenseNet-121 "all": ``$CXR_HOME/weights/<file>``, ``$TORCH_HOME/hub/checkpoints/<file>`` or
+* TorchXRayVision DenseNet-121 ("all", and the single-dataset ``xrv-nih``, ``xrv-chex`` ...):
+  ``$CXR_HOME/weights/<file>``, ``$TORCH_HOME/hub/checkpoints/<file>`` or
   ``~/.torchxrayvision/models_data/<file>``.
 
 A missing file is downloaded unless ``CXR_OFFLINE=1`` (or the download fails); then a :class:`ModelError` says
@@ -35,6 +36,7 @@ import torch
 from torch import nn
 
 from cxr_tools.errors import ModelError
+from cxr_tools.models.datacards import XRV_SINGLE
 from cxr_tools.models.registry import WeightSource
 from cxr_tools.paths import cxr_home
 
@@ -52,14 +54,29 @@ IMAGENET_DENSENET121 = WeightSource(
     "imagenet", "torchvision ImageNet-1k (IMAGENET1K_V1)", "imagenet", 224, "densenet121-a639ec97.pth", _TV
 )
 XRV_FILE = "nih-pc-chex-mimic_ch-google-openi-kaggle-densenet121-d121-tw-lr001-rot45-tr15-sc15-seed0-best.pt"
+_XRV_URL = "https://github.com/mlmed/torchxrayvision/releases/download/v1/"
 XRV_DENSENET121 = WeightSource(
     "xrv",
-    "TorchXRayVision densenet121-res224-all (8 CXR datasets, 18 findings)",
+    "TorchXRayVision densenet121-res224-all (NIH, PadChest, CheXpert, MIMIC-CXR, OpenI, RSNA; 18 findings)",
     "xrv",
     224,
     XRV_FILE,
-    "https://github.com/mlmed/torchxrayvision/releases/download/v1/",
+    _XRV_URL,
 )
+# TorchXRayVision's single-dataset DenseNets (its model_urls; RSNA's file is named after Kaggle). What each was
+# trained on: cxr_tools/models/datacards.py.
+XRV_SINGLE_DENSENET121 = tuple(
+    WeightSource(
+        name,
+        f"TorchXRayVision {upstream} ({data.dataset} only)",
+        "xrv",
+        224,
+        f"{'kaggle' if name == 'xrv-rsna' else name[4:]}-densenet121-d121-tw-lr001-rot45-tr15-sc15-seed0-best.pt",
+        _XRV_URL,
+    )
+    for name, (upstream, data) in XRV_SINGLE.items()
+)
+_XRV_SOURCES = {s.name: s for s in (XRV_DENSENET121, *XRV_SINGLE_DENSENET121)}
 # torchvision enum holding each architecture's ImageNet weights (the DEFAULT member is used).
 _TV_ENUMS = {"resnet18": "ResNet18_Weights", "resnet50": "ResNet50_Weights", "densenet121": "DenseNet121_Weights"}
 
@@ -245,13 +262,12 @@ def load_imagenet(model: M, arch: str) -> M:
     return model
 
 
-def load_xrv(model: M) -> M:
-    """Load TorchXRayVision's DenseNet-121 "all" weights; its 18-finding classifier becomes the head when the
-    model has 18 classes, otherwise the head keeps its fresh initialisation."""
+def load_xrv(model: M, src: WeightSource = XRV_DENSENET121) -> M:
+    """Load TorchXRayVision DenseNet-121 weights (``src``: "all" or a single-dataset set); its 18-finding
+    classifier becomes the head when the model has 18 classes, otherwise the head keeps its fresh initialisation."""
     from cxr_tools.models.checkpoints import load_state_strict
 
-    src = XRV_DENSENET121
-    path = _fetch(src.url + src.file_name, xrv_search_paths(src.file_name), "TorchXRayVision densenet121")
+    path = _fetch(src.url + src.file_name, xrv_search_paths(src.file_name), f"TorchXRayVision densenet121 {src.name}")
     state = read_state_dict(path)
     state = {k: v for k, v in _rename_densenet(state).items() if k != "op_threshs"}
     head = {f"head.{k.split('.', 1)[1]}": v for k, v in state.items() if k.startswith("classifier.")}
@@ -266,11 +282,12 @@ def load_xrv(model: M) -> M:
 
 
 def load_weights(model: M, arch: str, weights: str | None) -> M:
-    """Apply weight source ``weights`` (``None``, ``"imagenet"``, ``"xrv"``) to a freshly built ``model``."""
+    """Apply weight source ``weights`` (``None``, ``"imagenet"``, ``"xrv"``, ``"xrv-nih"`` ...) to a freshly built
+    ``model``."""
     if weights is None or weights == "none":
         return model
     if weights == "imagenet" and arch in _TV_ENUMS:
         return load_imagenet(model, arch)
-    if weights == "xrv" and arch == "densenet121":
-        return load_xrv(model)
+    if weights in _XRV_SOURCES and arch == "densenet121":
+        return load_xrv(model, _XRV_SOURCES[weights])
     raise ModelError(f"No '{weights}' weights for {arch}.", "Run `cxr models` to see each model's weights.")

@@ -14,6 +14,7 @@ from cxr_tools.models.pretrained import (
     IMAGENET_RESNET18,
     IMAGENET_RESNET50,
     XRV_DENSENET121,
+    XRV_SINGLE_DENSENET121,
     load_weights,
 )
 from cxr_tools.models.registry import register_model
@@ -80,9 +81,10 @@ def resnet_tiny(num_classes: int = 1, norm: str = "batch") -> Classifier:
 @register_model(
     "densenet121",
     family="densenet",
-    weights=(IMAGENET_DENSENET121, XRV_DENSENET121),
+    weights=(IMAGENET_DENSENET121, XRV_DENSENET121, *XRV_SINGLE_DENSENET121),
     notes="torchvision DenseNet-121, 1-ch stem, head sized by global pooling (any input size). "
-    "weights=xrv expects [-1024, 1024] input; with num_classes=18 its finding head is kept. " + _BN_NOTE,
+    "weights=xrv (and xrv-nih, xrv-chex ...) expect [-1024, 1024] input; with num_classes=18 its finding head is kept. "
+    + _BN_NOTE,
 )
 def densenet121(num_classes: int = 1, drop_rate: float = 0.0, weights: str | None = None) -> Classifier:
     model = TorchvisionDenseNet(32, (6, 12, 24, 16), 64, num_classes=num_classes, drop_rate=drop_rate)

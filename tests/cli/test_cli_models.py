@@ -23,7 +23,16 @@ def test_json_lists_every_model_with_its_contract():
     assert sorted(cards) == list_models()
     assert cards["conv4"]["norm"] == "group" and cards["conv4"]["in_chans"] == 1
     assert cards["densenet121"]["num_features"] == 1024
-    assert {w["name"] for w in cards["densenet121"]["weights"]} == {"imagenet", "xrv"}
+    assert {w["name"] for w in cards["densenet121"]["weights"]} == {
+        "imagenet",
+        "xrv",
+        "xrv-nih",
+        "xrv-pc",
+        "xrv-chex",
+        "xrv-mimic_ch",
+        "xrv-mimic_nb",
+        "xrv-rsna",
+    }
     assert cards["resnet18"]["num_params"] > 10_000_000
 
 

@@ -67,7 +67,16 @@ def test_cards_are_frozen_and_counted():
     model = create_model("conv4")
     assert card.num_params == sum(p.numel() for p in model.parameters())
     assert (card.family, card.in_chans, card.num_features, card.norm) == ("conv4", 1, 64, "group")
-    assert {w.name for w in model_card("densenet121").weights} == {"imagenet", "xrv"}
+    assert {w.name for w in model_card("densenet121").weights} == {
+        "imagenet",
+        "xrv",
+        "xrv-nih",
+        "xrv-pc",
+        "xrv-chex",
+        "xrv-mimic_ch",
+        "xrv-mimic_nb",
+        "xrv-rsna",
+    }
     assert model_card("densenet121").weight_source("xrv").normalisation == "xrv"
 
 
