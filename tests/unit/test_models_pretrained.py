@@ -203,3 +203,22 @@ def test_garbage_weight_file_is_a_model_error(tmp_path):
     torch.save({"epoch": 3}, tmp_path / "nostate.pt")
     with pytest.raises(ModelError, match="no state dict"):
         read_state_dict(tmp_path / "nostate.pt")
+
+
+def test_single_dataset_xrv_weights_load_from_their_upstream_file_names(monkeypatch, tmp_path):
+    from weight_files import write_xrv_weights
+
+    from cxr_tools.models import model_card
+
+    monkeypatch.setenv("CXR_OFFLINE", "1")
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "th"))
+    card = model_card("densenet121")
+    assert card.weight_source("xrv-rsna").file_name.startswith("kaggle-densenet121-")  # TorchXRayVision's name
+    source = card.weight_source("xrv-chex")
+    assert source.file_name == "chex-densenet121-d121-tw-lr001-rot45-tr15-sc15-seed0-best.pt"
+    path = write_xrv_weights(source.file_name)
+    model = create_model("densenet121", weights="xrv-chex", num_classes=18)
+    assert model.pretrained == "xrv-chex" and model.normalisation == "xrv"
+    torch.testing.assert_close(model.head.weight, read_state_dict(path)["classifier.weight"])
+    with pytest.raises(ModelError, match="not cached"):
+        create_model("densenet121", weights="xrv-nih")  # another file, not written
