@@ -7,10 +7,14 @@ import json
 import pytest
 import torch
 from cli_helpers import assert_one_line_error
-from evaluate_factory import make_eval_cache, make_run
+from evaluate_factory import SPLIT, make_eval_cache, make_run
 from typer.testing import CliRunner
 
 from cxr_tools.cli.app import app
+from cxr_tools.data.cache import open_cache
+from cxr_tools.data.splits import meta_split_pools, patients_of
+from cxr_tools.models import create_model, save_model_dir
+from cxr_tools.models.lineage import load_patient_sets, write_lineage
 
 torch.set_num_threads(1)
 runner = CliRunner()
@@ -65,3 +69,30 @@ def test_another_pool_seed_than_the_runs_mixes_its_patients_into_the_meta_test_p
     res = runner.invoke(app, [*args, "--json"])
     assert res.exit_code == 0, res.output
     assert json.loads(res.stdout)["leak"] is None
+
+
+def test_a_class_spelled_differently_is_still_a_leak(env):
+    tmp, cache, _, _ = env
+    # a Siamese run trained on another cache's spelling of the classes; the meta-test class here is "D"
+    run = make_run(tmp, cache, "siamese", name="spelled", labels=("a", "d "))
+    _leak_error(runner.invoke(app, ["evaluate", str(run), "--data", str(cache), *FAST]), "'spelled'", "class(es) D")
+
+
+def test_patient_ids_written_without_padding_are_still_a_leak(env):
+    """A parent trained on the meta-test pool's patients as another source writes them ("7" for "00007")."""
+    tmp, cache, _, _ = env
+    reader = open_cache(cache)
+    test_pool = meta_split_pools(reader.index, reader.labels, SPLIT, seed=0)["test"]
+    unpadded = [p.lstrip("0") or "0" for p in patients_of(reader.index, test_pool)]
+    assert unpadded != patients_of(reader.index, test_pool)
+    parent = tmp / "unpadded"
+    meta = {"training": "supervised", "labels": ["A"], "cache_manifest_hash": reader.manifest_hash}
+    record = write_lineage(parent / "model", meta, run=parent, patients=unpadded)
+    save_model_dir(create_model("conv4-tiny", num_classes=1), {**meta, "lineage": record}, parent / "model")
+    child = make_run(tmp, cache, "siamese", name="child-of-unpadded", labels=("A", "B"))
+    meta = json.loads((child / "model" / "model.json").read_text())
+    kept = load_patient_sets(child / "model")[meta["lineage"]["patients"]["sha256"]]
+    meta["lineage"] = write_lineage(child / "model", meta, run=child, patients=kept, parents=[parent])
+    (child / "model" / "model.json").write_text(json.dumps(meta))
+    res = runner.invoke(app, ["evaluate", str(child), "--data", str(cache), *FAST])
+    _leak_error(res, "ancestor run 'unpadded'", "patient(s) of the meta-test pool", "compared canonically")
