@@ -63,18 +63,26 @@ XRV_DENSENET121 = WeightSource(
     XRV_FILE,
     _XRV_URL,
 )
-# TorchXRayVision's single-dataset DenseNets (its model_urls; RSNA's file is named after Kaggle). What each was
-# trained on: cxr_tools/models/datacards.py.
+# TorchXRayVision's single-dataset DenseNets: weight name -> the prefix of its release file (model_urls; RSNA's
+# file is named after Kaggle). What each was trained on: cxr_tools/models/datacards.py.
+_XRV_SINGLE_FILES = {
+    "xrv-nih": "nih",
+    "xrv-pc": "pc",
+    "xrv-chex": "chex",
+    "xrv-mimic_ch": "mimic_ch",
+    "xrv-mimic_nb": "mimic_nb",
+    "xrv-rsna": "kaggle",
+}
 XRV_SINGLE_DENSENET121 = tuple(
     WeightSource(
         name,
-        f"TorchXRayVision {upstream} ({data.dataset} only)",
+        f"TorchXRayVision {XRV_SINGLE[name][0]} ({XRV_SINGLE[name][1].dataset} only)",
         "xrv",
         224,
-        f"{'kaggle' if name == 'xrv-rsna' else name[4:]}-densenet121-d121-tw-lr001-rot45-tr15-sc15-seed0-best.pt",
+        f"{prefix}-densenet121-d121-tw-lr001-rot45-tr15-sc15-seed0-best.pt",
         _XRV_URL,
     )
-    for name, (upstream, data) in XRV_SINGLE.items()
+    for name, prefix in _XRV_SINGLE_FILES.items()
 )
 _XRV_SOURCES = {s.name: s for s in (XRV_DENSENET121, *XRV_SINGLE_DENSENET121)}
 # torchvision enum holding each architecture's ImageNet weights (the DEFAULT member is used).
