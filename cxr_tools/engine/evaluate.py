@@ -205,7 +205,7 @@ def evaluate(config: EvaluateConfig, progress: Progress | None = None) -> Evalua
             "queries": config.queries,
             "seed": config.seed,
         },
-        fingerprint=cache.manifest_hash,
+        fingerprint=cache.fingerprint,
     )
     journal = EpisodeJournal(
         out,
@@ -215,7 +215,7 @@ def evaluate(config: EvaluateConfig, progress: Progress | None = None) -> Evalua
             "method": method,
             "settings": {**settings, "finetune": config.finetune},
             "backbone": backbone,
-            "cache_manifest_hash": cache.manifest_hash,
+            "cache_fingerprint": cache.fingerprint,
             "episode_list_hash": ep_hash,
             "episode_list_version": EPISODE_LIST_VERSION,
             "threshold": rule.label,
@@ -258,6 +258,8 @@ def evaluate(config: EvaluateConfig, progress: Progress | None = None) -> Evalua
         "architecture": backbone,
         "cache": str(config.data),
         "cache_manifest_hash": cache.manifest_hash,
+        "cache_fingerprint": cache.fingerprint,
+        "cache_content": dict(cache.content),
         "cache_preprocessing": dict(cache.manifest.get("preprocessing") or {}),
         "model_cache_manifest_hash": (meta or {}).get("cache_manifest_hash"),
         "meta_split": split.to_dict(),

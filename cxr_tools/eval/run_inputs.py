@@ -159,7 +159,8 @@ def check_rows(episodes: Sequence[Episode], pool: np.ndarray, classes: Sequence[
 def meta_test_episodes(
     cache: CacheReader, split: MetaSplit, pool: np.ndarray, spec: EpisodeSpec, count: int, seed: int
 ) -> tuple[list[Episode], str]:
-    """The fixed, seeded episode list on the meta-test classes and pool, checked, and its hash."""
+    """The fixed, seeded episode list on the meta-test classes and pool, checked, and its hash (addressed by the
+    cache's content fingerprint, so an identical re-preprocessed cache gives the same hash)."""
     from cxr_tools.data.episodes import EpisodeSampler, episode_list_hash, index_patients
 
     try:
@@ -170,7 +171,7 @@ def meta_test_episodes(
         raise DataError(f"Meta-test classes/pool: {exc.message}", exc.hint) from None
     episodes = sampler.fixed_list(count, seed)
     check_rows(episodes, pool, split.test)
-    return episodes, episode_list_hash(episodes, cache.manifest_hash)
+    return episodes, episode_list_hash(episodes, cache.fingerprint)
 
 
 def check_options(episodes: int, pairs: int, bootstrap: int) -> None:
