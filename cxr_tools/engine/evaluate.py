@@ -83,7 +83,8 @@ class EvaluateConfig(EpisodeOptions):
         steps, lr: fine-tuning budget (default per mode); inner_lr, adapt_steps: MAML / scratch budget
             (default the MAML run's, else 0.01 and 5 for MAML; scratch has no default without a run);
             temperature: prototype softmax temperature.
-        match: a run whose adaptation budget (steps, lr, optimiser) ``scratch`` copies.
+        match: a run (or an evaluation of one) whose adaptation budget (steps, lr, optimiser; its evaluation's
+            override when it has one) and meta-split / pool seed ``scratch`` copies.
         pairs: Siamese pair-set size (0 = none).
         bootstrap: patient-cluster bootstrap replicates (0 = episode interval only).
         plots: write the PNG plots.
@@ -175,14 +176,23 @@ def evaluate(config: EvaluateConfig, progress: Progress | None = None) -> Evalua
     matched = matched_run(config.match, method)
     backbone, normalisation = architecture_for(method, config.backbone, meta, matched, cache)
 
-    split = resolve_split(config.meta_split, meta, cache)
-    pool_seed, pool = meta_test_pool(cache, split, config.pool_seed, meta)
+    split = resolve_split(config.meta_split, meta, cache, matched)
+    pool_seed, pool = meta_test_pool(cache, split, config.pool_seed, meta, matched)
     leak = check_no_leak(meta if method != "scratch" else None, cache, split, pool, config.allow_leak)
     episodes, ep_hash = meta_test_episodes(cache, split, pool, spec, config.episodes, config.seed)
 
     set_threads(config.threads)
     device = resolve_device(config.device)
-    adapter = build_adapter(model, meta, config.ways, adapt_cfg, backbone=backbone, device=device, match=matched)
+    adapter = build_adapter(
+        model,
+        meta,
+        config.ways,
+        adapt_cfg,
+        backbone=backbone,
+        device=device,
+        match=matched.pair if matched is not None else None,
+        match_settings=matched.settings if matched is not None else None,
+    )
     settings = describe(adapter)
     out = Path(config.output) if config.output else default_output(config.run, label, kind)
     plan = output_plan(out, overwrite=config.overwrite, resume=config.resume and not config.overwrite,

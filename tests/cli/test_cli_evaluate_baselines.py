@@ -10,6 +10,7 @@ from evaluate_factory import make_eval_cache, make_run
 from typer.testing import CliRunner
 
 from cxr_tools.cli.app import app
+from cxr_tools.methods.adapters import IN_SAMPLE
 
 torch.set_num_threads(1)
 runner = CliRunner()
@@ -60,7 +61,9 @@ def test_scratch_needs_a_budget_and_match_copies_it(env, tmp_path):
         "adapt_steps": 2,
         "optimiser": "sgd",
         "matched_run": str(maml),
+        "budget_source": "its model card",
         "architecture": "conv4-tiny",
+        "support_scores": IN_SAMPLE,
     }
     res = runner.invoke(app, [*base, "-o", str(tmp_path / "sup"), "--match", str(sup), "--adapt-steps", "4"])
     assert res.exit_code == 0, res.output
