@@ -72,8 +72,12 @@ def test_a_cache_with_one_pixel_changed_is_refused_naming_the_pixels(phantom):
 
 
 def _label_flipped(tmp_path):
-    """Two caches of the same pixels whose indexes differ in one label value of one row."""
+    """Two caches of the same pixels whose indexes differ in one label value of one row; the first written
+    without a pixel digest (as before digests were recorded)."""
     first = make_eval_cache(tmp_path, name="first")
+    manifest = json.loads((first / MANIFEST).read_text())
+    manifest.pop(PIXELS_DIGEST)
+    (first / MANIFEST).write_text(json.dumps(manifest))
     index = pd.read_csv(first / INDEX, dtype={"image_id": str, "patient_id": str})
     values = index[list(LABELS)].to_numpy(dtype=np.float32)
     values[7, 0] = 1.0 - values[7, 0]  # class A: a meta-train class, so the meta-test episodes stay drawable
