@@ -382,3 +382,31 @@ def test_logistic_support_scores_are_cross_validated_exactly_as_a_direct_refit()
     in_sample = scorer.predict(sx).numpy()
     np.testing.assert_allclose(support[:, 0], in_sample[:, 0], rtol=1e-5)
     assert not np.allclose(support[:, 1], in_sample[:, 1])
+
+
+def test_scratch_batchnorm_normalises_with_support_statistics_frozen_for_queries():
+    from cxr_tools.methods.scratch import Budget, ScratchAdapter, support_statistics
+
+    sx, sy, qx, _ = _episode(n_support=9, n_query=12)
+    adapter = ScratchAdapter("conv4-tiny", {"norm": "batch"}, WAYS, Budget(steps=2, lr=0.05))
+    assert adapter.settings()["batchnorm"] == "support-set statistics, frozen"
+    grouped = ScratchAdapter("conv4-tiny", {"norm": "group"}, WAYS, Budget(steps=2, lr=0.05))
+    assert "batchnorm" not in grouped.settings()
+    # the statistics are exactly the support set's: what train-mode BatchNorm would compute on it
+    model = adapter.init_model(torch.Generator().manual_seed(1))
+    first = next(m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d))
+    assert torch.equal(first.running_mean, torch.zeros_like(first.running_mean))  # a random init: no statistics
+    seen = []
+    handle = first.register_forward_hook(lambda _m, inputs, _out: seen.append(inputs[0].detach()))
+    support_statistics(model, sx)
+    handle.remove()
+    torch.testing.assert_close(first.running_mean, seen[0].mean(dim=(0, 2, 3)))
+    torch.testing.assert_close(first.running_var, seen[0].var(dim=(0, 2, 3), unbiased=True))
+    assert not any(m.training for m in model.modules())
+    # frozen: a query's score is the same alone or in a batch, and fitting never touched the queries
+    scorer = adapter.fit(sx, sy, generator=torch.Generator().manual_seed(1))
+    batch = scorer.predict(qx)
+    alone = torch.cat([scorer.predict(qx[i : i + 1]) for i in range(len(qx))])
+    torch.testing.assert_close(batch, alone, atol=1e-5, rtol=1e-4)
+    again = adapter.fit(sx, sy, generator=torch.Generator().manual_seed(1)).predict(qx[:3])
+    torch.testing.assert_close(again, batch[:3], atol=1e-5, rtol=1e-4)
