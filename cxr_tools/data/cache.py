@@ -132,22 +132,24 @@ def _column_digest(values: Iterable[str]) -> str:
 def content_digests(manifest: dict[str, Any], index: Any, pixels: str) -> dict[str, str]:
     """What a cache holds, part by part, each a sha256: what identifies its episodes (docs/design.md).
 
-    ``rows`` (image ids in storage order), ``patients``, ``labels`` (label names, then each row's raw values
-    1 / 0 / -1 / empty), ``splits``, ``pixels`` (:func:`pixel_digest`) and ``preprocessing`` (the manifest's
-    ``preprocessing`` and ``image_size``). Never timestamps, tool versions, source paths or the storage kind, so
-    a byte-identical re-preprocessed cache gives the same parts, and two caches that differ say where.
+    ``rows`` (image ids in storage order), ``patients``, ``labels`` (label names, then the raw values 1 / 0 / -1
+    as little-endian float64, empty as +inf), ``splits``, ``pixels`` (:func:`pixel_digest`) and ``preprocessing``
+    (the manifest's ``preprocessing`` and ``image_size``). Never timestamps, tool versions, source paths or the
+    storage kind, so a byte-identical re-preprocessed cache gives the same parts, and two caches that differ say
+    where.
     """
     labels = [str(c) for c in manifest.get("labels") or []]
     rows = index.sort_values("row", kind="stable") if "row" in index.columns else index
     values = rows[labels].to_numpy(dtype=np.float64, na_value=np.nan) if labels else np.zeros((len(rows), 0))
-    text = np.where(np.isnan(values), "", np.char.mod("%g", np.nan_to_num(values)))
-    label_lines = [",".join(r) for r in text.tolist()]
+    values = np.where(np.isnan(values), np.inf, values) + 0.0  # one bit pattern for "empty" and for zero
+    label_digest = hashlib.sha256(json.dumps([labels, list(values.shape)]).encode())
+    label_digest.update(np.ascontiguousarray(values, dtype="<f8").tobytes())
     preprocessing = {"preprocessing": manifest.get("preprocessing") or {}, "image_size": manifest.get("image_size")}
     return {
         "version": str(CONTENT_VERSION),
         "rows": _column_digest(rows["image_id"].astype(str)),
         "patients": _column_digest(rows["patient_id"].astype(str)),
-        "labels": _column_digest([",".join(labels), *label_lines]),
+        "labels": label_digest.hexdigest(),
         "splits": _column_digest(rows["split"].astype(str)),
         "pixels": pixels,
         "preprocessing": hashlib.sha256(json.dumps(preprocessing, sort_keys=True).encode()).hexdigest(),
