@@ -46,6 +46,7 @@ from cxr_tools.eval.run_inputs import (
     check_options,
     default_output,
     load_run,
+    match_arguments,
     matched_run,
     meta_test_episodes,
     meta_test_pool,
@@ -83,8 +84,7 @@ class EvaluateConfig(EpisodeOptions):
         steps, lr: fine-tuning budget (default per mode); inner_lr, adapt_steps: MAML / scratch budget
             (default the MAML run's, else 0.01 and 5 for MAML; scratch has no default without a run);
             temperature: prototype softmax temperature.
-        match: a run (or an evaluation of one) whose adaptation budget (steps, lr, optimiser; its evaluation's
-            override when it has one) and meta-split / pool seed ``scratch`` copies.
+        match: a run (or its evaluation) whose real budget, meta-split and pool seed ``scratch`` copies.
         pairs: Siamese pair-set size (0 = none).
         bootstrap: patient-cluster bootstrap replicates (0 = episode interval only).
         plots: write the PNG plots.
@@ -184,14 +184,7 @@ def evaluate(config: EvaluateConfig, progress: Progress | None = None) -> Evalua
     set_threads(config.threads)
     device = resolve_device(config.device)
     adapter = build_adapter(
-        model,
-        meta,
-        config.ways,
-        adapt_cfg,
-        backbone=backbone,
-        device=device,
-        match=matched.pair if matched is not None else None,
-        match_settings=matched.settings if matched is not None else None,
+        model, meta, config.ways, adapt_cfg, backbone=backbone, device=device, **match_arguments(matched)
     )
     settings = describe(adapter)
     out = Path(config.output) if config.output else default_output(config.run, label, kind)

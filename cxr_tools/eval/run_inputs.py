@@ -164,6 +164,13 @@ def matched_run(match: Path | None, method: str) -> MatchedRun | None:
     return MatchedRun(str(run), read_model_meta(run), evaluation, summary)
 
 
+def match_arguments(matched: MatchedRun | None) -> dict[str, Any]:
+    """``match`` and ``match_settings`` of :func:`~cxr_tools.methods.adapters.build_adapter` for ``matched``."""
+    if matched is None:
+        return {"match": None, "match_settings": None}
+    return {"match": matched.pair, "match_settings": matched.settings}
+
+
 def _matched_evaluation(match: Path) -> Path | None:
     """The evaluation ``--match`` points at: the directory itself, else the run's own ``eval/`` (None: none)."""
     for candidate in (match, match / "eval", match.parent / "eval" if match.name == "model" else None):
