@@ -410,3 +410,13 @@ def test_scratch_batchnorm_normalises_with_support_statistics_frozen_for_queries
     torch.testing.assert_close(batch, alone, atol=1e-5, rtol=1e-4)
     again = adapter.fit(sx, sy, generator=torch.Generator().manual_seed(1)).predict(qx[:3])
     torch.testing.assert_close(again, batch[:3], atol=1e-5, rtol=1e-4)
+
+
+def test_finetune_uses_the_budget_the_run_recorded_for_its_mode():
+    from cxr_tools.methods.adapters import finetune_record, finetune_settings
+
+    meta = {"extra": {"finetune": {**finetune_record("head"), "steps": 40, "lr": 0.02}}}
+    assert finetune_settings(AdaptConfig(), meta) == (40, 0.02)
+    assert finetune_settings(AdaptConfig(steps=3), meta) == (3, 0.02)  # a flag overrides one value
+    assert finetune_settings(AdaptConfig(finetune="all"), meta) == (50, 1e-3)  # recorded for head only
+    assert finetune_settings(AdaptConfig(), None) == (100, 1e-2)
