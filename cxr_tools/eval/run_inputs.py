@@ -128,9 +128,10 @@ class MatchedRun:
 
     @property
     def settings(self) -> dict[str, Any] | None:
-        """The adaptation settings the matched evaluation recorded (None without one)."""
+        """The adaptation settings the matched evaluation recorded, with its directory as ``evaluation`` (None
+        without one)."""
         value = (self.summary or {}).get("settings")
-        return dict(value) if isinstance(value, Mapping) else None
+        return {**value, "evaluation": str(self.evaluation)} if isinstance(value, Mapping) else None
 
     @property
     def pair(self) -> tuple[str, dict[str, Any]]:

@@ -116,14 +116,18 @@ def resolve_budget(
     match_settings: Mapping[str, Any] | None = None,
 ) -> Budget:
     """Scratch's budget: flags > ``match`` (``(path, model.json)``; ``match_settings``, the settings its own
-    evaluation recorded, first) > the evaluated ``run`` (module docstring).
+    evaluation recorded, with that evaluation's directory as ``evaluation``, first) > the evaluated ``run``
+    (module docstring).
 
     Raises:
         ConfigError: ``match`` has no budget, or no run and not both flags.
     """
     source = match or run
     base = evaluation_budget(match_settings) if match is not None else None
-    origin = "its evaluation's settings" if base is not None else None
+    origin = None
+    if base is not None and match_settings is not None:
+        where = match_settings.get("evaluation")
+        origin = f"its evaluation's settings ({where})" if where else "its evaluation's settings"
     if base is None and source is not None:
         base = run_budget(source[1])
         origin = _card_origin(source[1])

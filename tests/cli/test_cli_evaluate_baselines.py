@@ -98,7 +98,8 @@ def test_match_copies_the_matched_evaluations_budget_and_meta_split(tmp_path):
     summary = json.loads((tmp_path / "vs-sup" / "summary.json").read_text())
     settings = summary["settings"]
     assert (settings["adapt_steps"], settings["inner_lr"], settings["optimiser"]) == (7, 0.05, "adam")
-    assert settings["budget_source"] == "its evaluation's settings" and settings["matched_run"] == str(sup)
+    assert settings["budget_source"] == f"its evaluation's settings ({sup / 'eval'})"
+    assert settings["matched_run"] == str(sup)
     assert summary["episode_list_hash"] == matched["episode_list_hash"]
     result = compare(CompareConfig(inputs=(sup / "eval", tmp_path / "vs-sup")))
     budgets = {row.method: row.budget for row in result.rows}
