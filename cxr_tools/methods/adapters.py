@@ -33,7 +33,8 @@ Conventions shared by every method:
   batch** (docs/science.md; tested for every method).
 * ``Scorer.support_scores(support_x, support_y)`` returns the support set's own scores *after* adaptation,
   computed exactly as query scores are (eval mode, batch-independent): what ``--threshold support`` chooses its
-  threshold on (:mod:`cxr_tools.eval.thresholds`). Prototypes score each support image leave-one-out.
+  threshold on (:mod:`cxr_tools.eval.thresholds`). Prototypes score each support image leave-one-out;
+  the logistic baselines cross-validate on the support (``settings.support_scores`` says which).
 * Randomness (a fresh head, a scratch initialisation) comes only from the ``torch.Generator`` given to ``fit``;
   ``None`` means a fixed seed 0, so ``fit`` is deterministic either way. The model passed to an adapter is never
   modified.
