@@ -18,7 +18,14 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from cxr_tools.data.cache import INDEX, INDEX_META_COLUMNS, ImageStoreWriter, write_manifest
+from cxr_tools.data.cache import (
+    INDEX,
+    INDEX_META_COLUMNS,
+    PIXELS_DIGEST,
+    ImageStoreWriter,
+    pixel_digest,
+    write_manifest,
+)
 from cxr_tools.data.labels import CHEXPERT_LABELS, NIH_LABELS, parse_nih_findings
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
@@ -85,12 +92,14 @@ def make_cache(
     name: str = "cache",
     manifest: dict[str, Any] | None = None,
     seed: int = 0,
+    digest: bool = True,
     **index_kwargs: Any,
 ) -> Path:
     """Write a complete cache under ``tmp_path / name`` and return its directory.
 
     Give either ``index`` (a DataFrame as from :func:`make_index`; its label columns are ``labels``) or
-    ``n`` (then :func:`make_index` is called with ``labels`` and ``index_kwargs``).
+    ``n`` (then :func:`make_index` is called with ``labels`` and ``index_kwargs``). ``digest`` records the pixel
+    digest as ``cxr preprocess`` does (False: a cache from before digests were recorded).
     """
     path = Path(tmp_path) / name
     path.mkdir(parents=True, exist_ok=True)
@@ -114,6 +123,7 @@ def make_cache(
         "image_size": [int(images.shape[1]), int(images.shape[2])],
         "dtype": "uint8",
         "counts": {"images": n},
+        **({PIXELS_DIGEST: pixel_digest(path, storage)} if digest else {}),
         **(manifest or {}),
     }
     write_manifest(path, data)

@@ -14,7 +14,8 @@ method's command of that name gets), and ``slurm`` (partition, time, gpus, accou
 A method is ``NAME: {method: KIND, ...}`` (``method`` defaults to ``NAME``, so ``maml: {}`` works and two
 variants of one kind can sit side by side) with the same command sections, ``backbones``, ``train_shots``
 (meta-train once at this shot count and evaluate that run at every shot count; default: meta-train per shot
-count) and, for ``scratch``, ``match`` (a MAML-kind method of the plan whose adaptation budget it copies).
+count) and, for ``scratch``, ``match`` (a MAML-kind method of the plan whose adaptation budget — as its first
+seed's evaluation used it, evaluation options included — and episodes it copies).
 Section keys are the commands' own flags (``--checkpoint-every-steps`` is ``checkpoint_every_steps``), checked
 as the flags are; flags the plan sets itself (outputs, seeds, shots, ways, the cache...) are refused there.
 """

@@ -142,7 +142,7 @@ class _Builder:
             head = [str(run.output)]
         elif method.kind == "scratch":
             head = ["--backbone", str(backbone)]
-            if method.match is not None:
+            if method.match is not None:  # its first seed's evaluation: the budget it used, overrides included
                 run = self._matched(method.match, str(backbone), shots)
                 head += ["--match", str(run.output)]
         split = [] if p.meta_split == "auto" else ["--meta-split", p.meta_split]
@@ -175,12 +175,15 @@ class _Builder:
         return self._add(Step(step_id, "evaluate", (*args, "--output", str(output)), output, deps, label, shots, seed))
 
     def _matched(self, name: str, backbone: str, shots: int) -> Step:
+        """The evaluation step of ``name``'s first seed at ``shots``: ``--match`` reads its settings (the budget
+        it adapted with, evaluation options included) and its run."""
         method = next(m for m in self.plan.methods if m.name == name and m.kind in META_KINDS)
         if backbone not in method.backbones:
             raise PlanError(
                 f"scratch matches {name}, which has no {backbone} backbone.", "Give both the same backbones."
             )
-        return self.run_for(method, backbone, shots, self.plan.seeds[0])
+        label = method.name if len(method.backbones) <= 1 else f"{method.name}-{backbone}"
+        return self.evaluation(method, label, backbone, shots, self.plan.seeds[0])
 
     def compare(self, shots: int, evals: dict[str, list[Step]]) -> Step:
         p = self.plan

@@ -136,8 +136,9 @@ def evaluate(
         Path | None,
         typer.Option(
             "--match",
-            help="Run whose adaptation budget (steps, learning rate, optimiser) --method scratch copies, so the "
-            "comparison with it is fair; recorded in summary.json settings.",
+            help="Run (or an evaluation of one) whose real adaptation budget (steps, learning rate, optimiser: its "
+            "evaluation's, overrides included, else its model card's), meta-split and pool seed --method scratch "
+            "copies, so the comparison with it is fair; recorded in summary.json settings.",
             show_default=False,
         ),
     ] = None,

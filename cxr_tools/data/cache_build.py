@@ -111,8 +111,10 @@ def build_manifest(
     splits: Mapping[str, Any],
     counts: Mapping[str, Any],
     shard: Mapping[str, int] | None,
+    pixels_sha256: str,
 ) -> dict[str, Any]:
-    """The ``manifest.json`` of a cache built from source ``src`` (a loaded :mod:`cxr_tools.data.sources` source)."""
+    """The ``manifest.json`` of a cache built from source ``src`` (a loaded :mod:`cxr_tools.data.sources` source);
+    ``pixels_sha256`` is :func:`~cxr_tools.data.cache.pixel_digest` of the finished store."""
     return {
         "tool": "cxr-tools",
         "tool_version": __version__,
@@ -135,4 +137,5 @@ def build_manifest(
         "splits": dict(splits),
         "counts": dict(counts),
         "shard": None if shard is None else dict(shard),
+        cache_mod.PIXELS_DIGEST: pixels_sha256,
     }

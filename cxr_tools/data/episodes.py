@@ -20,7 +20,9 @@ with many films is not drawn more often. ``ways=1`` is the seeds' binary "one di
 task. Every draw takes a ``numpy.random.Generator``; fixed evaluation lists derive episode *i* from ``(seed, i)``
 alone, so a list of 600 starts with the same episodes as a list of 100. :func:`episode_list_hash` identifies a
 list exactly (its format version, the cache fingerprint, ``images_per_patient`` and every episode), which
-``cxr compare`` uses to refuse comparing runs evaluated on different episodes. Lists are saved with
+``cxr compare`` uses to refuse comparing runs evaluated on different episodes. ``cxr evaluate`` passes the
+cache's *content* fingerprint (:attr:`~cxr_tools.data.cache.CacheReader.fingerprint`: index and pixels, never
+timestamps or paths), so a byte-identical re-preprocessed cache gives the same hash. Lists are saved with
 :data:`EPISODE_LIST_VERSION`; lists of the old, image-disjoint format (version 1) are refused.
 """
 
@@ -382,8 +384,8 @@ class EpisodeSampler:
 
 
 def episode_list_hash(episodes: Sequence[Episode], fingerprint: str) -> str:
-    """A stable identifier of an episode list: format version, cache ``fingerprint`` (its manifest hash), and the
-    classes, rows and images-per-patient cap of every episode, in order."""
+    """A stable identifier of an episode list: format version, cache ``fingerprint`` (its content fingerprint at
+    evaluation), and the classes, rows and images-per-patient cap of every episode, in order."""
     digest = hashlib.sha256()
     digest.update(json.dumps({"version": EPISODE_LIST_VERSION, "cache": fingerprint}, sort_keys=True).encode())
     for ep in episodes:
@@ -406,7 +408,7 @@ def save_episode_list(path: str | Path, episodes: Sequence[Episode], meta: dict[
     head = {
         "version": EPISODE_LIST_VERSION,
         "hash": episode_list_hash(episodes, fingerprint),
-        "cache_manifest_hash": fingerprint,
+        "cache_fingerprint": fingerprint,
         "images_per_patient": _list_images_per_patient(episodes),
     }
     return atomic_write_json(path, {**meta, **head, "episodes": [ep.to_dict() for ep in episodes]})
@@ -438,10 +440,10 @@ def load_episode_list(
     with open(path, encoding="utf-8") as fh:
         data = json.load(fh)
     check_list_version(data, path)
-    recorded = str(data.get("cache_manifest_hash"))
+    recorded = str(data.get("cache_fingerprint", data.get("cache_manifest_hash")))  # the key before content hashes
     if fingerprint is not None and recorded != fingerprint:
         raise DataError(
-            f"Episode list {path} was drawn from another cache (manifest {recorded}, this cache {fingerprint}).",
+            f"Episode list {path} was drawn from another cache (fingerprint {recorded}, this cache {fingerprint}).",
             "Re-evaluate on this cache (--overwrite) to draw its episodes.",
         )
     names = list(label_names)

@@ -24,7 +24,7 @@ from cxr_tools.runtime.progress import Progress, null_progress
 
 _SHARD = re.compile(r"^\s*(\d+)\s*/\s*(\d+)\s*$")
 # Manifest keys allowed to differ between shards of one run (everything else must match).
-_PER_SHARD_KEYS = ("created", "counts", "shard")
+_PER_SHARD_KEYS = ("created", "counts", "shard", cache_mod.PIXELS_DIGEST)
 _COPY_BLOCK = 256
 
 
@@ -155,6 +155,7 @@ def merge_shards(
             inputs=sum(int(r.manifest["counts"]["inputs"]) for r in readers),
         )
         manifest["shard"] = None
+        manifest[cache_mod.PIXELS_DIGEST] = cache_mod.pixel_digest(out, storage)
         cache_mod.write_manifest(out, manifest)
         return manifest
     finally:

@@ -46,6 +46,7 @@ from cxr_tools.eval.run_inputs import (
     check_options,
     default_output,
     load_run,
+    match_arguments,
     matched_run,
     meta_test_episodes,
     meta_test_pool,
@@ -84,7 +85,7 @@ class EvaluateConfig(EpisodeOptions):
         steps, lr: fine-tuning budget (default per mode); inner_lr, adapt_steps: MAML / scratch budget
             (default the MAML run's, else 0.01 and 5 for MAML; scratch has no default without a run);
             temperature: prototype softmax temperature.
-        match: a run whose adaptation budget (steps, lr, optimiser) ``scratch`` copies.
+        match: a run (or its evaluation) whose real budget, meta-split and pool seed ``scratch`` copies.
         pairs: Siamese pair-set size (0 = none).
         bootstrap: patient-cluster bootstrap replicates (0 = episode interval only).
         plots: write the PNG plots.
@@ -177,15 +178,17 @@ def evaluate(config: EvaluateConfig, progress: Progress | None = None) -> Evalua
     matched = matched_run(config.match, method)
     backbone, normalisation = architecture_for(method, config.backbone, meta, matched, cache)
 
-    split = resolve_split(config.meta_split, meta, cache)
-    pool_seed, pool = meta_test_pool(cache, split, config.pool_seed, meta)
+    split = resolve_split(config.meta_split, meta, cache, matched)
+    pool_seed, pool = meta_test_pool(cache, split, config.pool_seed, meta, matched)
     leak = check_no_leak(meta if method != "scratch" else None, cache, split, pool, config.allow_leak)
     notes = [] if meta is None or method == "scratch" else pretraining_notes(meta, cache.manifest.get("source"))
     episodes, ep_hash = meta_test_episodes(cache, split, pool, spec, config.episodes, config.seed)
 
     set_threads(config.threads)
     device = resolve_device(config.device)
-    adapter = build_adapter(model, meta, config.ways, adapt_cfg, backbone=backbone, device=device, match=matched)
+    adapter = build_adapter(
+        model, meta, config.ways, adapt_cfg, backbone=backbone, device=device, **match_arguments(matched)
+    )
     settings = describe(adapter)
     out = Path(config.output) if config.output else default_output(config.run, label, kind)
     plan = output_plan(out, overwrite=config.overwrite, resume=config.resume and not config.overwrite,
@@ -208,7 +211,7 @@ def evaluate(config: EvaluateConfig, progress: Progress | None = None) -> Evalua
             "queries": config.queries,
             "seed": config.seed,
         },
-        fingerprint=cache.manifest_hash,
+        fingerprint=cache.fingerprint,
     )
     journal = EpisodeJournal(
         out,
@@ -218,7 +221,7 @@ def evaluate(config: EvaluateConfig, progress: Progress | None = None) -> Evalua
             "method": method,
             "settings": {**settings, "finetune": config.finetune},
             "backbone": backbone,
-            "cache_manifest_hash": cache.manifest_hash,
+            "cache_fingerprint": cache.fingerprint,
             "episode_list_hash": ep_hash,
             "episode_list_version": EPISODE_LIST_VERSION,
             "threshold": rule.label,
@@ -261,6 +264,8 @@ def evaluate(config: EvaluateConfig, progress: Progress | None = None) -> Evalua
         "architecture": backbone,
         "cache": str(config.data),
         "cache_manifest_hash": cache.manifest_hash,
+        "cache_fingerprint": cache.fingerprint,
+        "cache_content": dict(cache.content),
         "cache_preprocessing": dict(cache.manifest.get("preprocessing") or {}),
         "model_cache_manifest_hash": (meta or {}).get("cache_manifest_hash"),
         "meta_split": split.to_dict(),

@@ -232,6 +232,7 @@ def preprocess(config: PreprocessConfig, progress: Progress | None = None) -> Pr
         shard=None
         if shard is None
         else {"index": shard[0], "count": shard[1], "start": start, "end": end, "total": len(table)},
+        pixels_sha256=cache_mod.pixel_digest(out, config.format),
     )
     cache_mod.write_manifest(out, manifest)
     journal.remove()

@@ -6,7 +6,8 @@ the validation AUC, ``zeros`` / ``ones`` map them). ``--balance sampler`` draws 
 (:class:`~cxr_tools.data.sampling.BalancedSampler`, within the train split), ``--balance weights`` uses
 ``pos_weight`` = negatives / positives per class. Validation computes the ROC AUC of every class on the val
 split after each epoch, in eval mode; their mean (``val_auc``) picks ``best.pt``, drives early stopping, and
-the best weights become ``RUN/model/``.
+the best weights become ``RUN/model/``, whose card records (``extra.finetune``) the fine-tune budget ``cxr
+evaluate RUN`` adapts it with, so ``cxr evaluate --method scratch --match RUN`` copies the real budget.
 
 ``--classes base`` trains the meta-split's meta-train classes only, on the meta-train image pool (images
 carrying no meta-val / meta-test finding, :func:`~cxr_tools.data.splits.meta_split_pools` with ``--pool-seed``):
@@ -191,6 +192,7 @@ def _train(config: TrainConfig, ctx: RuntimeContext, progress: Progress | None) 
         lifecycle.load_selected(run, model)
         from cxr_tools.data.selection import pool_record
         from cxr_tools.data.splits import patients_of
+        from cxr_tools.methods.adapters import finetune_record
         from cxr_tools.models.checkpoints import save_model_dir
         from cxr_tools.models.lineage import write_lineage
 
@@ -201,6 +203,7 @@ def _train(config: TrainConfig, ctx: RuntimeContext, progress: Progress | None) 
             "best_epoch": fit.best_epoch,
             "monitor": monitor,
             "best_metric": fit.best_metric,
+            "finetune": finetune_record("head"),
             **validation_thresholds(labels, lifecycle.best_record(run)),
         }
         meta = lifecycle.model_meta(cache, model, labels, "supervised", extra)

@@ -90,21 +90,77 @@ def check_versions(dirs: Sequence[Path], summaries: Sequence[dict[str, Any]]) ->
         )
 
 
+#: The parts of a cache's content fingerprint (``summary.json`` ``cache_content``), as refusals name them.
+CONTENT_PARTS: dict[str, str] = {
+    "rows": "index rows (image ids)",
+    "patients": "patients",
+    "labels": "labels",
+    "splits": "splits",
+    "pixels": "pixels",
+    "preprocessing": "preprocessing parameters",
+}
+
+
 def check_same_cache(dirs: Sequence[Path], summaries: Sequence[dict[str, Any]]) -> None:
-    known = [(d, s) for d, s in zip(dirs, summaries, strict=True) if s.get("cache_manifest_hash")]
+    """Refuse evaluations made on caches of different *content* (``cache_content``: index rows, patients, labels,
+    splits, pixels, preprocessing), naming what differs; a byte-identical re-preprocessed cache passes. Summaries
+    from before content fingerprints are compared by manifest as they were, and are never matched with new ones
+    (their episode hashes are addressed differently): those must be re-evaluated."""
+    pairs = list(zip(dirs, summaries, strict=True))
+    new = [(d, s) for d, s in pairs if isinstance(s.get("cache_content"), dict)]
+    old = [(d, s) for d, s in pairs if not isinstance(s.get("cache_content"), dict)]
+    if new and old:
+        raise DataError(
+            f"{', '.join(str(d) for d, _ in old)} were evaluated before episodes were addressed by the cache's "
+            f"content, so their episode lists cannot be matched with {new[0][0]}'s.",
+            "Re-evaluate them with this version of cxr evaluate (--overwrite), then compare again.",
+        )
+    if new:
+        _check_same_content(new)
+        return
+    known = [(d, s) for d, s in old if s.get("cache_manifest_hash")]
     if len({s["cache_manifest_hash"] for _, s in known}) <= 1:
         return
     (d0, s0) = known[0]
     (d1, s1) = next((d, s) for d, s in known if s["cache_manifest_hash"] != s0["cache_manifest_hash"])
-    p0, p1 = dict(s0.get("cache_preprocessing") or {}), dict(s1.get("cache_preprocessing") or {})
-    keys = sorted(k for k in set(p0) | set(p1) if p0.get(k) != p1.get(k))
-    what = "; ".join(f"{k}: {p0.get(k)} vs {p1.get(k)}" for k in keys) or (
+    what = _preprocessing_difference(s0, s1) or (
         f"cache manifest {s0['cache_manifest_hash']} vs {s1['cache_manifest_hash']}"
     )
     raise DataError(
         f"{d0} and {d1} were evaluated on different caches ({what}), so they cannot be compared.",
-        "Evaluate every method on the same cache (cxr evaluate --data CACHE).",
+        "Evaluate every method on the same cache (cxr evaluate --data CACHE); re-evaluated with this version, "
+        "caches of identical content (e.g. preprocessed twice) compare.",
     )
+
+
+def _check_same_content(known: Sequence[tuple[Path, dict[str, Any]]]) -> None:
+    (d0, s0) = known[0]
+    c0 = s0["cache_content"]
+    for d1, s1 in known[1:]:
+        c1 = s1["cache_content"]
+        if c0.get("version") != c1.get("version"):
+            raise DataError(
+                f"{d0} and {d1} fingerprinted their caches differently (content version {c0.get('version')} vs "
+                f"{c1.get('version')}).",
+                "Re-evaluate both with this version of cxr evaluate (--overwrite), then compare again.",
+            )
+        differ = [label for key, label in CONTENT_PARTS.items() if c0.get(key) != c1.get(key)]
+        if not differ:
+            continue
+        detail = _preprocessing_difference(s0, s1) if CONTENT_PARTS["preprocessing"] in differ else ""
+        raise DataError(
+            f"{d0} and {d1} were evaluated on caches whose {', '.join(differ)} differ"
+            f"{f' ({detail})' if detail else ''}, so their episodes are not the same and they cannot be compared.",
+            "Evaluate every method on the same cache (cxr evaluate --data CACHE), or on a cache preprocessed "
+            "identically from the same data.",
+        )
+
+
+def _preprocessing_difference(s0: dict[str, Any], s1: dict[str, Any]) -> str:
+    """``size: 32 vs 48; clahe: False vs True`` from two summaries' ``cache_preprocessing`` ('' when equal)."""
+    p0, p1 = dict(s0.get("cache_preprocessing") or {}), dict(s1.get("cache_preprocessing") or {})
+    keys = sorted(k for k in set(p0) | set(p1) if p0.get(k) != p1.get(k))
+    return "; ".join(f"{k}: {p0.get(k)} vs {p1.get(k)}" for k in keys)
 
 
 def check_same_episodes(dirs: Sequence[Path], summaries: Sequence[dict[str, Any]], metric: str) -> None:

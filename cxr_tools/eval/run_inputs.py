@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -66,14 +67,34 @@ def check_data_fits(meta: Mapping[str, Any], cache: CacheReader) -> None:
         )
 
 
-def resolve_split(spec: str, meta: Mapping[str, Any] | None, cache: CacheReader) -> MetaSplit:
-    """``auto``: the MAML run's meta-split, else the cache's saved one, else MetaChest; else parse ``spec``."""
+def resolve_split(
+    spec: str, meta: Mapping[str, Any] | None, cache: CacheReader, matched: MatchedRun | None = None
+) -> MetaSplit:
+    """``auto``: the MAML run's meta-split; without a run, the ``--match`` run's (its evaluation's, else the one it
+    trained with); else the cache's saved one, else MetaChest. Any other ``spec`` is parsed."""
     from cxr_tools.data.splits import parse_meta_split, resolve_meta_split
 
+    auto = (spec or "auto").strip().lower() == "auto"
     run_split = ((meta or {}).get("extra") or {}).get("meta_split")
-    if (spec or "auto").strip().lower() == "auto" and isinstance(run_split, Mapping):
+    if auto and isinstance(run_split, Mapping):
         return parse_meta_split(dict(run_split), cache.labels)
+    if auto and meta is None and matched is not None:
+        copied = _matched_split(matched)
+        if copied is not None:
+            return parse_meta_split(dict(copied), cache.labels)
     return resolve_meta_split(spec, cache.path, cache.labels)
+
+
+def _matched_split(matched: MatchedRun) -> Mapping[str, Any] | None:
+    """The meta-split the matched run was evaluated on, else the one it trained with (MAML, ``--classes base``)."""
+    for value in (
+        (matched.summary or {}).get("meta_split"),
+        (matched.meta.get("extra") or {}).get("meta_split"),
+        ((matched.meta.get("lineage") or {}).get("pool") or {}).get("meta_split"),
+    ):
+        if isinstance(value, Mapping) and value.get("test"):
+            return value
+    return None
 
 
 def default_output(run: Path | None, method_label: str, kind: str | None) -> Path:
@@ -87,17 +108,86 @@ def default_output(run: Path | None, method_label: str, kind: str | None) -> Pat
     return base / ("eval" if method_label == own else f"eval-{method_label}")
 
 
-def matched_run(match: Path | None, method: str) -> tuple[str, dict[str, Any]] | None:
-    """``(path, model.json)`` of ``--match`` (scratch copies that run's adaptation budget)."""
+@dataclass(frozen=True)
+class MatchedRun:
+    """What ``--match`` copies (docs/science.md, "Baselines"): the run's ``model.json`` and, when the run has been
+    evaluated with its own method, that evaluation's ``summary.json`` (its budget with any evaluation-time
+    override, its meta-split and pool seed).
+
+    Attributes:
+        path: the run directory as given (or the evaluation's run).
+        meta: the run's ``model.json``.
+        evaluation: the matched evaluation directory, or None when the run has not been evaluated.
+        summary: that evaluation's ``summary.json`` (None without one).
+    """
+
+    path: str
+    meta: dict[str, Any]
+    evaluation: Path | None = None
+    summary: dict[str, Any] | None = None
+
+    @property
+    def settings(self) -> dict[str, Any] | None:
+        """The adaptation settings the matched evaluation recorded, with its directory as ``evaluation`` (None
+        without one)."""
+        value = (self.summary or {}).get("settings")
+        return {**value, "evaluation": str(self.evaluation)} if isinstance(value, Mapping) else None
+
+    @property
+    def pair(self) -> tuple[str, dict[str, Any]]:
+        """``(path, model.json)``, as :func:`~cxr_tools.methods.adapters.build_adapter` takes ``match``."""
+        return self.path, self.meta
+
+
+def matched_run(match: Path | None, method: str) -> MatchedRun | None:
+    """The run ``--match`` names (scratch copies its budget and meta-split): a run directory (its own evaluation
+    ``RUN/eval`` is read when there is one) or an evaluation directory (its ``summary.json`` names the run)."""
     if match is None:
         return None
     if method != "scratch":
         raise ConfigError(f"--match applies to --method scratch, not {method}.", "Drop --match.")
     from cxr_tools.models.checkpoints import read_model_meta
 
-    if not Path(match).exists():
+    match = Path(match)
+    if not match.exists():
         raise ModelError(f"--match run {match} does not exist.", "Pass the directory a training command wrote.")
-    return str(match), read_model_meta(match)
+    evaluation = _matched_evaluation(match)
+    summary = _read_summary(evaluation) if evaluation is not None else None
+    run = match
+    if (match / "summary.json").is_file():  # an evaluation directory: its run is the one matched
+        recorded = (summary or {}).get("run")
+        if not recorded or not Path(recorded).exists():
+            raise ModelError(
+                f"--match {match} is an evaluation whose run ({recorded or 'none recorded'}) is not found.",
+                "Pass the run directory itself, or an evaluation of a run that still exists.",
+            )
+        run = Path(recorded)
+    return MatchedRun(str(run), read_model_meta(run), evaluation, summary)
+
+
+def match_arguments(matched: MatchedRun | None) -> dict[str, Any]:
+    """``match`` and ``match_settings`` of :func:`~cxr_tools.methods.adapters.build_adapter` for ``matched``."""
+    if matched is None:
+        return {"match": None, "match_settings": None}
+    return {"match": matched.pair, "match_settings": matched.settings}
+
+
+def _matched_evaluation(match: Path) -> Path | None:
+    """The evaluation ``--match`` points at: the directory itself, else the run's own ``eval/`` (None: none)."""
+    for candidate in (match, match / "eval", match.parent / "eval" if match.name == "model" else None):
+        if candidate is not None and (candidate / "summary.json").is_file():
+            return candidate
+    return None
+
+
+def _read_summary(evaluation: Path) -> dict[str, Any]:
+    import json
+
+    try:
+        data = json.loads((evaluation / "summary.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ModelError(f"Cannot read {evaluation / 'summary.json'}: {exc}.", "Re-run its cxr evaluate.") from exc
+    return data if isinstance(data, dict) else {}
 
 
 def run_name(run: Path) -> str:
@@ -164,7 +254,8 @@ def check_rows(episodes: Sequence[Episode], pool: np.ndarray, classes: Sequence[
 def meta_test_episodes(
     cache: CacheReader, split: MetaSplit, pool: np.ndarray, spec: EpisodeSpec, count: int, seed: int
 ) -> tuple[list[Episode], str]:
-    """The fixed, seeded episode list on the meta-test classes and pool, checked, and its hash."""
+    """The fixed, seeded episode list on the meta-test classes and pool, checked, and its hash (addressed by the
+    cache's content fingerprint, so an identical re-preprocessed cache gives the same hash)."""
     from cxr_tools.data.episodes import EpisodeSampler, episode_list_hash, index_patients
 
     try:
@@ -175,7 +266,7 @@ def meta_test_episodes(
         raise DataError(f"Meta-test classes/pool: {exc.message}", exc.hint) from None
     episodes = sampler.fixed_list(count, seed)
     check_rows(episodes, pool, split.test)
-    return episodes, episode_list_hash(episodes, cache.manifest_hash)
+    return episodes, episode_list_hash(episodes, cache.fingerprint)
 
 
 def check_options(episodes: int, pairs: int, bootstrap: int) -> None:
@@ -193,7 +284,7 @@ def architecture_for(
     method: str,
     backbone: str | None,
     meta: Mapping[str, Any] | None,
-    matched: tuple[str, Mapping[str, Any]] | None,
+    matched: MatchedRun | None,
     cache: CacheReader,
 ) -> tuple[str | None, str]:
     """``(architecture, normalisation)`` the method reads images with: the run's, else ``--backbone``, else the
@@ -203,7 +294,7 @@ def architecture_for(
             f"--backbone {backbone} differs from the run's architecture {meta.get('architecture')}.",
             "Drop --backbone (scratch follows the run) or drop RUN.",
         )
-    source = meta if meta is not None else matched[1] if matched is not None else {}
+    source = meta if meta is not None else matched.meta if matched is not None else {}
     arch = backbone or str(source.get("architecture") or "conv4")
     if method == "pixels":
         return None, "unit"
@@ -211,12 +302,20 @@ def architecture_for(
 
 
 def meta_test_pool(
-    cache: CacheReader, split: MetaSplit, pool_seed: int | None, meta: Mapping[str, Any] | None
+    cache: CacheReader,
+    split: MetaSplit,
+    pool_seed: int | None,
+    meta: Mapping[str, Any] | None,
+    matched: MatchedRun | None = None,
 ) -> tuple[int, np.ndarray]:
-    """``(pool_seed, rows)`` of the meta-test pool; the pool seed defaults to the one the run recorded, else 0."""
+    """``(pool_seed, rows)`` of the meta-test pool; the pool seed defaults to the one the run recorded, else (no
+    run) the ``--match`` run's evaluation's or training's, else 0."""
     from cxr_tools.data.splits import meta_split_pools
     from cxr_tools.models.lineage import recorded_pool_seed
 
+    if pool_seed is None and meta is None and matched is not None:
+        recorded = (matched.summary or {}).get("pool_seed")
+        pool_seed = int(recorded) if recorded is not None else recorded_pool_seed(matched.meta)
     if pool_seed is None:
         pool_seed = recorded_pool_seed(meta or {}) or 0
     return pool_seed, meta_split_pools(cache.index, cache.labels, split, seed=pool_seed)["test"]

@@ -14,7 +14,8 @@ finetune   a fresh ``ways``-output head (``head``) or the whole network      :mo
            (``all``) trained on the support set with BCE-with-logits
 scratch    the same architecture randomly initialised (seeded per episode),  :mod:`.scratch`
            adapted with the budget of the run it is compared with
-           (``--match RUN``: same steps, lr and optimiser)
+           (``--match RUN``: same steps, lr and optimiser; BatchNorm on
+           support-set statistics, frozen)
 pixels     per class, a logistic regression on the support set's pixels     :mod:`.logistic`
            (standardised with support statistics); no run needed
 linear-    the same logistic regression on a run's frozen features          :mod:`.logistic`
@@ -32,7 +33,8 @@ Conventions shared by every method:
   batch** (docs/science.md; tested for every method).
 * ``Scorer.support_scores(support_x, support_y)`` returns the support set's own scores *after* adaptation,
   computed exactly as query scores are (eval mode, batch-independent): what ``--threshold support`` chooses its
-  threshold on (:mod:`cxr_tools.eval.thresholds`). Prototypes score each support image leave-one-out.
+  threshold on (:mod:`cxr_tools.eval.thresholds`). Prototypes score each support image leave-one-out;
+  the logistic baselines cross-validate on the support (``settings.support_scores`` says which).
 * Randomness (a fresh head, a scratch initialisation) comes only from the ``torch.Generator`` given to ``fit``;
   ``None`` means a fixed seed 0, so ``fit`` is deterministic either way. The model passed to an adapter is never
   modified.
@@ -75,6 +77,8 @@ AUTO_METHOD: dict[str, str] = {
     "scratch": "scratch",
 }
 FINETUNE_MODES: tuple[str, ...] = ("head", "all")
+#: ``settings.support_scores`` of a method whose support scores come from the model adapted on those images.
+IN_SAMPLE = "in-sample (the model adapted on these images: optimistic)"
 #: Fine-tuning defaults per mode: (steps, Adam learning rate). A linear head on fixed features converges in a
 #: hundred full-batch steps at 1e-2; the whole network needs a smaller step so a 10-image support set does not
 #: wreck the pre-trained features.
@@ -172,10 +176,22 @@ def maml_settings(meta: Mapping[str, Any] | None, config: AdaptConfig) -> MamlCo
     return MamlConfig(inner_lr=float(inner_lr), adapt_steps=int(steps), first_order=True, engine="func")
 
 
-def finetune_settings(config: AdaptConfig) -> tuple[int, float]:
-    """``(steps, lr)`` of fine-tuning: the flags, else :data:`FINETUNE_DEFAULTS` of the mode."""
+def finetune_settings(config: AdaptConfig, meta: Mapping[str, Any] | None = None) -> tuple[int, float]:
+    """``(steps, lr)`` of fine-tuning: the flags, else the budget the run recorded for this mode (``cxr train``
+    writes ``extra.finetune``), else :data:`FINETUNE_DEFAULTS` of the mode."""
     steps, lr = FINETUNE_DEFAULTS[config.finetune]
+    recorded = ((meta or {}).get("extra") or {}).get("finetune")
+    if isinstance(recorded, Mapping) and recorded.get("mode", "head") == config.finetune:
+        steps = int(recorded.get("steps", steps))
+        lr = float(recorded.get("lr", lr))
     return (config.steps if config.steps is not None else steps, config.lr if config.lr is not None else lr)
+
+
+def finetune_record(mode: str = "head") -> dict[str, Any]:
+    """The fine-tune budget ``cxr evaluate`` gives a supervised run by default, as ``cxr train`` records it in
+    ``model.json`` (``extra.finetune``), so ``--match`` copies what the run's evaluation really used."""
+    steps, lr = FINETUNE_DEFAULTS[mode]
+    return {"mode": mode, "steps": steps, "lr": lr, "optimiser": "adam"}
 
 
 def seed_from(generator: torch.Generator | None) -> int:
@@ -315,6 +331,7 @@ def build_adapter(
     backbone: str | None = None,
     device: Any = None,
     match: tuple[str, Mapping[str, Any]] | None = None,
+    match_settings: Mapping[str, Any] | None = None,
 ) -> Adapter:
     """The adapter for ``config.method`` on ``model`` (loaded with :func:`~cxr_tools.models.load_model_dir`).
 
@@ -326,6 +343,7 @@ def build_adapter(
         backbone: architecture for ``scratch`` without a run (default: the matched run's, else ``conv4``).
         device: where to adapt (default: the model's device, else CPU).
         match: ``(path, model.json)`` of the run whose adaptation budget ``scratch`` copies (``--match``).
+        match_settings: the ``settings`` its own evaluation recorded (its real budget, overrides included).
     """
     from cxr_tools.methods.finetune import FinetuneAdapter
     from cxr_tools.methods.logistic import linear_probe_adapter, pixels_adapter
@@ -341,7 +359,7 @@ def build_adapter(
     if device is None:
         device = model_device(model) if model is not None else "cpu"
     if method == "scratch":
-        return _scratch_adapter(model, meta, ways, config, backbone, device, match)
+        return _scratch_adapter(model, meta, ways, config, backbone, device, match, match_settings)
     if method == "pixels":
         return pixels_adapter(ways)
     if model is None or meta is None:
@@ -365,7 +383,7 @@ def build_adapter(
         )
     if method == "linear-probe":
         return linear_probe_adapter(model, meta, ways, batch_size=config.batch_size)
-    steps, lr = finetune_settings(config)
+    steps, lr = finetune_settings(config, meta)
     return FinetuneAdapter(model, ways, mode=config.finetune, steps=steps, lr=lr, batch_size=config.batch_size)
 
 
@@ -377,6 +395,7 @@ def _scratch_adapter(
     backbone: str | None,
     device: Any,
     match: tuple[str, Mapping[str, Any]] | None,
+    match_settings: Mapping[str, Any] | None = None,
 ) -> Adapter:
     """Scratch on the run's architecture (else the matched run's, else ``backbone``) with its resolved budget."""
     from cxr_tools.methods.scratch import ScratchAdapter, resolve_budget
@@ -389,7 +408,7 @@ def _scratch_adapter(
         arch, args = str(match[1].get("architecture")), dict(match[1].get("model_args") or {})
     else:
         arch, args = backbone or "conv4", {}
-    budget = resolve_budget(config.adapt_steps, config.inner_lr, run=run, match=match)
+    budget = resolve_budget(config.adapt_steps, config.inner_lr, run=run, match=match, match_settings=match_settings)
     return ScratchAdapter(arch, args, ways, budget, device=device, batch_size=config.batch_size)
 
 
@@ -402,7 +421,9 @@ def _run_dir(model_folder: str) -> str:
 
 
 def describe(adapter: Adapter) -> dict[str, Any]:
-    """The settings of an adapter as a JSON-able dict (recorded in ``summary.json``): method, budget, options."""
+    """The settings of an adapter as a JSON-able dict (recorded in ``summary.json``): method, budget, options, and
+    how its support images are scored for ``--threshold support`` (``support_scores``: in-sample unless the
+    method says otherwise)."""
     out: dict[str, Any] = {"method": adapter.method}
     maml = getattr(adapter, "maml", None)
     if maml is not None:
@@ -415,4 +436,5 @@ def describe(adapter: Adapter) -> dict[str, Any]:
     settings = getattr(adapter, "settings", None)
     if callable(settings):
         out.update(settings())
+    out["support_scores"] = getattr(adapter, "support_scoring", IN_SAMPLE)
     return out

@@ -112,6 +112,7 @@ class PrototypeAdapter:
     """
 
     method = "prototype"
+    support_scoring = "leave-one-out (each support image against prototypes of the others)"
 
     def __init__(
         self,

@@ -5,21 +5,34 @@ network (seeded from the episode's generator) is trained on the support set and 
 comparison is fair only if scratch gets the *same adaptation budget* as the method it is compared with — as many
 steps, the same learning rate, the same optimiser — so the budget is never a silent default:
 
-* ``--match RUN`` copies the budget of ``RUN`` (:func:`run_budget`): a MAML run's inner loop (``extra.maml``:
-  ``adapt_steps`` SGD steps of ``inner_lr``); a supervised run's fine-tune budget as ``cxr evaluate RUN`` uses it
-  (``extra.finetune`` when the run records one, else the ``head`` defaults: Adam, 100 steps, 1e-2). A Siamese run
+* ``--match RUN`` copies the budget ``RUN`` really adapted with: the ``settings`` of its own evaluation
+  (``RUN/eval/summary.json``, or the evaluation directory given), so an evaluation-time override (``--steps``,
+  ``--lr``, ``--finetune all``, ``--adapt-steps``) is copied too (:func:`evaluation_budget`); without one, what the
+  run records (:func:`run_budget`): a MAML run's inner loop (``extra.maml``: ``adapt_steps`` SGD steps of
+  ``inner_lr``), a supervised run's fine-tune budget (``extra.finetune``, written by ``cxr train``; a run from
+  before that record gets the ``head`` defaults, Adam, 100 steps, 1e-2, said in ``budget_source``). A Siamese run
   adapts without training (prototypes) and has no budget to copy.
 * without ``--match``, the evaluated run itself (``cxr evaluate RUN --method scratch``) gives the budget the same
   way; without any run, ``--adapt-steps`` and ``--inner-lr`` must both be given (optimiser SGD, the MAML update).
 * ``--adapt-steps`` / ``--inner-lr`` given next to a run override that one value.
 
 SGD runs the MAML inner loop (:func:`cxr_tools.methods.maml.adapt`); Adam runs the fine-tuning loop of
-:mod:`cxr_tools.methods.finetune`; both full-batch with BatchNorm on its running statistics (eval mode), so the
-fit is deterministic given the seed and queries are scored batch-independently.
+:mod:`cxr_tools.methods.finetune`; both full-batch with BatchNorm frozen (eval mode), so the fit is deterministic
+given the seed and queries are scored batch-independently.
+
+**BatchNorm** (docs/science.md, "Batch independence"). A matched run normalises every BatchNorm layer with
+statistics of data it was trained on, frozen while it adapts and scores. A random initialisation has no such
+statistics: its running mean 0 / variance 1 would leave the network effectively unnormalised, and batch
+statistics at query time would make a query's score depend on its batch-mates. So scratch does what the matched
+run does with the only data it may see: before adapting, each BatchNorm layer's statistics are set to those of
+the support set (one forward pass, :func:`support_statistics`), then frozen for adaptation and query scoring. A
+query's score depends on the support set and itself only; ``settings.batchnorm`` records it. GroupNorm backbones
+(conv4) have nothing to set.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -31,6 +44,8 @@ if TYPE_CHECKING:
     import torch
     from torch import Tensor, nn
 
+log = logging.getLogger(__name__)
+
 OPTIMISERS: tuple[str, ...] = ("sgd", "adam")
 
 
@@ -38,13 +53,15 @@ OPTIMISERS: tuple[str, ...] = ("sgd", "adam")
 class Budget:
     """An adaptation budget: ``steps`` full-batch steps of ``optimiser`` at learning rate ``lr``.
 
-    ``matched_run`` is the run it was copied from (None: given by flags).
+    ``matched_run`` is the run it was copied from (None: given by flags); ``source`` says where the copied values
+    came from (its evaluation's settings, its model card, or defaults for a run that records none).
     """
 
     steps: int
     lr: float
     optimiser: str = "sgd"
     matched_run: str | None = None
+    source: str | None = None
 
     def __post_init__(self) -> None:
         if self.steps < 0:
@@ -53,6 +70,23 @@ class Budget:
             raise ConfigError(f"--inner-lr must be a finite number >= 0 (got {self.lr}).")
         if self.optimiser not in OPTIMISERS:
             raise ConfigError(f"Unknown optimiser '{self.optimiser}'.", f"Use one of: {', '.join(OPTIMISERS)}.")
+
+
+def evaluation_budget(settings: Mapping[str, Any] | None) -> tuple[int, float, str] | None:
+    """``(steps, lr, optimiser)`` an evaluation adapted with (its ``summary.json`` ``settings``), or None for a
+    method that adapts without training (prototypes, logistic baselines)."""
+    if not settings:
+        return None
+    method = settings.get("method")
+    if (
+        method in ("maml", "scratch")
+        and settings.get("adapt_steps") is not None
+        and settings.get("inner_lr") is not None
+    ):
+        return int(settings["adapt_steps"]), float(settings["inner_lr"]), str(settings.get("optimiser") or "sgd")
+    if method == "finetune" and settings.get("steps") is not None and settings.get("lr") is not None:
+        return int(settings["steps"]), float(settings["lr"]), str(settings.get("optimiser") or "adam")
+    return None
 
 
 def run_budget(meta: Mapping[str, Any]) -> tuple[int, float, str] | None:
@@ -79,14 +113,24 @@ def resolve_budget(
     inner_lr: float | None,
     run: tuple[str, Mapping[str, Any]] | None = None,
     match: tuple[str, Mapping[str, Any]] | None = None,
+    match_settings: Mapping[str, Any] | None = None,
 ) -> Budget:
-    """Scratch's budget: flags > ``match`` (``(path, model.json)``) > the evaluated ``run`` (module docstring).
+    """Scratch's budget: flags > ``match`` (``(path, model.json)``; ``match_settings``, the settings its own
+    evaluation recorded, with that evaluation's directory as ``evaluation``, first) > the evaluated ``run``
+    (module docstring).
 
     Raises:
         ConfigError: ``match`` has no budget, or no run and not both flags.
     """
     source = match or run
-    base = run_budget(source[1]) if source is not None else None
+    base = evaluation_budget(match_settings) if match is not None else None
+    origin = None
+    if base is not None and match_settings is not None:
+        where = match_settings.get("evaluation")
+        origin = f"its evaluation's settings ({where})" if where else "its evaluation's settings"
+    if base is None and source is not None:
+        base = run_budget(source[1])
+        origin = _card_origin(source[1])
     if match is not None and base is None:
         raise ConfigError(
             f"--match {match[0]}: a {match[1].get('training')} run adapts without training, so it has no budget "
@@ -105,7 +149,17 @@ def resolve_budget(
         )
     if base is None or source is None:
         return Budget(int(steps), float(lr))
-    return Budget(int(steps), float(lr), base[2], str(source[0]))
+    if origin and origin.startswith("defaults"):
+        log.warning("The budget of %s is %s.", source[0], origin)
+    return Budget(int(steps), float(lr), base[2], str(source[0]), origin)
+
+
+def _card_origin(meta: Mapping[str, Any]) -> str:
+    """Where :func:`run_budget` took a run's budget from (said in ``settings.budget_source``)."""
+    extra = dict(meta.get("extra") or {})
+    if meta.get("training") in ("supervised", "finetune") and not isinstance(extra.get("finetune"), Mapping):
+        return "defaults (head: Adam, 100 steps, lr 0.01): the run records no fine-tune settings"
+    return "its model card"
 
 
 class ScratchAdapter:
@@ -125,6 +179,7 @@ class ScratchAdapter:
         batch_size: int = 256,
     ) -> None:
         from cxr_tools.methods.maml.config import MamlConfig
+        from cxr_tools.methods.maml.norm import batchnorm_layers
         from cxr_tools.models.registry import model_card
 
         model_card(architecture)  # unknown names fail here, before any episode
@@ -135,11 +190,22 @@ class ScratchAdapter:
         self.maml = MamlConfig(inner_lr=budget.lr, adapt_steps=budget.steps, first_order=True, engine="func")
         self.device = device
         self.batch_size = batch_size
+        self.has_batchnorm = bool(batchnorm_layers(self.init_model()))
 
     def settings(self) -> dict[str, Any]:
-        """The budget as ``summary.json`` records it."""
+        """The budget (and, for a BatchNorm network, its normalisation) as ``summary.json`` records it."""
         b = self.budget
-        return {"inner_lr": b.lr, "adapt_steps": b.steps, "optimiser": b.optimiser, "matched_run": b.matched_run}
+        out: dict[str, Any] = {
+            "inner_lr": b.lr,
+            "adapt_steps": b.steps,
+            "optimiser": b.optimiser,
+            "matched_run": b.matched_run,
+        }
+        if b.source is not None:
+            out["budget_source"] = b.source
+        if self.has_batchnorm:
+            out["batchnorm"] = "support-set statistics, frozen"
+        return out
 
     def init_model(self, generator: torch.Generator | None = None) -> nn.Module:
         """The random initialisation this generator gives (global RNG state is restored afterwards)."""
@@ -158,6 +224,8 @@ class ScratchAdapter:
 
         check_support(support_y, self.ways)
         model = self.init_model(generator)
+        if self.has_batchnorm:
+            support_statistics(model, support_x)
         if self.budget.optimiser == "sgd":
             from cxr_tools.methods.maml import adapt
 
@@ -170,3 +238,26 @@ class ScratchAdapter:
             train_full_batch(model, model.parameters(), lambda: model(support_x), support_y, self.budget.steps,
                              self.budget.lr)  # fmt: skip
         return ModuleScorer(model, model, self.batch_size)
+
+
+def support_statistics(model: nn.Module, support_x: Tensor) -> None:
+    """Set every BatchNorm layer's running mean and variance to the support set's (one full-batch forward pass,
+    exact averages), then leave the model in eval mode: the statistics stay frozen through adaptation and query
+    scoring, so each query is normalised with support statistics, never with its batch-mates'."""
+    import torch
+
+    from cxr_tools.methods.maml.norm import batchnorm_layers
+
+    layers = [m for _, m in batchnorm_layers(model)]
+    momenta = [m.momentum for m in layers]
+    try:
+        for m in layers:
+            m.reset_running_stats()
+            m.momentum = None  # a cumulative average: after one batch, exactly that batch's statistics
+            m.train(True)
+        with torch.no_grad():
+            model(support_x)
+    finally:
+        for m, momentum in zip(layers, momenta, strict=True):
+            m.momentum = momentum
+            m.train(False)

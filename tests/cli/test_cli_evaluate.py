@@ -12,6 +12,7 @@ from evaluate_factory import make_eval_cache, make_run
 from typer.testing import CliRunner
 
 from cxr_tools.cli.app import app
+from cxr_tools.methods.adapters import IN_SAMPLE
 
 torch.set_num_threads(1)
 runner = CliRunner()
@@ -64,6 +65,7 @@ def test_scratch_needs_no_run_and_flags_override_the_config_file(env, tmp_path):
         "optimiser": "sgd",
         "matched_run": None,
         "architecture": "conv4-tiny",
+        "support_scores": IN_SAMPLE,
     }
     res = runner.invoke(app, [*args, "--episodes", "1", "--overwrite", "--shots", "2", "--queries", "3", "--no-plots"])
     assert res.exit_code == 0, res.output

@@ -10,6 +10,7 @@ from evaluate_factory import make_eval_cache, make_run
 from typer.testing import CliRunner
 
 from cxr_tools.cli.app import app
+from cxr_tools.methods.adapters import IN_SAMPLE, finetune_record
 
 torch.set_num_threads(1)
 runner = CliRunner()
@@ -60,10 +61,93 @@ def test_scratch_needs_a_budget_and_match_copies_it(env, tmp_path):
         "adapt_steps": 2,
         "optimiser": "sgd",
         "matched_run": str(maml),
+        "budget_source": "its model card",
         "architecture": "conv4-tiny",
+        "support_scores": IN_SAMPLE,
     }
     res = runner.invoke(app, [*base, "-o", str(tmp_path / "sup"), "--match", str(sup), "--adapt-steps", "4"])
     assert res.exit_code == 0, res.output
     settings = json.loads((tmp_path / "sup" / "summary.json").read_text())["settings"]
     assert (settings["adapt_steps"], settings["inner_lr"], settings["optimiser"]) == (4, 0.01, "adam")
     assert settings["matched_run"] == str(sup)
+
+
+def test_match_copies_the_matched_evaluations_budget_and_meta_split(tmp_path):
+    from evaluate_factory import SPLIT_SPEC
+
+    from cxr_tools.engine.compare import CompareConfig, compare
+
+    cache = make_eval_cache(tmp_path, name="nosplit")
+    (cache / "meta_split.json").unlink()  # labels A..F, no saved split: `auto` has nothing to go on
+    maml, sup = make_run(tmp_path, cache, "maml"), make_run(tmp_path, cache, "supervised")
+    scratch = ["evaluate", "--method", "scratch", "--data", str(cache), *FAST]
+    # a MAML run carries its meta-split: scratch matched with it needs no --meta-split
+    res = runner.invoke(app, [*scratch, "-o", str(tmp_path / "vs-maml"), "--match", str(maml)])
+    assert res.exit_code == 0, res.output
+    summary = json.loads((tmp_path / "vs-maml" / "summary.json").read_text())
+    assert summary["meta_split"]["test"] == ["D", "E", "F"]
+    # the supervised run evaluated with an override: scratch copies that budget, its split and its episodes
+    res = runner.invoke(
+        app,
+        ["evaluate", str(sup), "--data", str(cache), "--meta-split", SPLIT_SPEC, "--steps", "7", "--lr", "0.05", *FAST],
+    )
+    assert res.exit_code == 0, res.output
+    res = runner.invoke(app, [*scratch, "-o", str(tmp_path / "vs-sup"), "--match", str(sup)])
+    assert res.exit_code == 0, res.output
+    matched = json.loads((sup / "eval" / "summary.json").read_text())
+    summary = json.loads((tmp_path / "vs-sup" / "summary.json").read_text())
+    settings = summary["settings"]
+    assert (settings["adapt_steps"], settings["inner_lr"], settings["optimiser"]) == (7, 0.05, "adam")
+    assert settings["budget_source"] == f"its evaluation's settings ({sup / 'eval'})"
+    assert settings["matched_run"] == str(sup)
+    assert summary["episode_list_hash"] == matched["episode_list_hash"]
+    result = compare(CompareConfig(inputs=(sup / "eval", tmp_path / "vs-sup")))
+    budgets = {row.method: row.budget for row in result.rows}
+    assert budgets == {"finetune": "steps=7 lr=0.05 head adam", "scratch": "adapt_steps=7 inner_lr=0.05 adam"}
+    # an evaluation directory can be matched directly
+    res = runner.invoke(app, [*scratch, "-o", str(tmp_path / "vs-eval"), "--match", str(sup / "eval")])
+    assert res.exit_code == 0, res.output
+    again = json.loads((tmp_path / "vs-eval" / "summary.json").read_text())["settings"]
+    assert again["matched_run"] == str(sup) and again["adapt_steps"] == 7
+
+
+def test_match_on_a_run_without_a_recorded_budget_says_it_uses_defaults(tmp_path, caplog):
+    cache = make_eval_cache(tmp_path)
+    sup = make_run(tmp_path, cache, "supervised")  # written like a run from before `extra.finetune`
+    res = runner.invoke(
+        app,
+        [
+            "evaluate",
+            "--method",
+            "scratch",
+            "--data",
+            str(cache),
+            "-o",
+            str(tmp_path / "s"),
+            "--match",
+            str(sup),
+            *FAST,
+        ],
+    )
+    assert res.exit_code == 0, res.output
+    settings = json.loads((tmp_path / "s" / "summary.json").read_text())["settings"]
+    assert settings["budget_source"].startswith("defaults") and "records no fine-tune settings" in res.stderr
+    recorded = make_run(tmp_path, cache, "supervised", name="recorded", extra={"finetune": finetune_record()})
+    res = runner.invoke(
+        app,
+        [
+            "evaluate",
+            "--method",
+            "scratch",
+            "--data",
+            str(cache),
+            "-o",
+            str(tmp_path / "r"),
+            "--match",
+            str(recorded),
+            *FAST,
+        ],
+    )
+    assert res.exit_code == 0, res.output
+    settings = json.loads((tmp_path / "r" / "summary.json").read_text())["settings"]
+    assert settings["budget_source"] == "its model card" and settings["adapt_steps"] == 100

@@ -35,7 +35,7 @@ def test_evaluation_episodes_are_patient_disjoint_and_recorded(tmp_path):
     saved = json.loads((result.output / "episodes.json").read_text())
     assert saved["version"] == 2 and saved["images_per_patient"] == 1 and saved["hash"] == result.episode_list_hash
     episodes = load_episode_list(
-        result.output / "episodes.json", reader.raw_labels(), reader.labels, fingerprint=reader.manifest_hash
+        result.output / "episodes.json", reader.raw_labels(), reader.labels, fingerprint=reader.fingerprint
     )
     patients = index_patients(reader.index)
     for ep in episodes:

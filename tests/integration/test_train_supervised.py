@@ -20,6 +20,7 @@ from cxr_tools.data.labels import METACHEST_SPLIT, apply_uncertainty
 from cxr_tools.data.sampling import class_weights
 from cxr_tools.data.splits import METACHEST, meta_split_pools
 from cxr_tools.engine.train import TrainConfig, train
+from cxr_tools.methods.scratch import run_budget
 from cxr_tools.models import create_model, load_model_dir
 from cxr_tools.runtime.seeding import numpy_generator, seed_everything
 
@@ -57,6 +58,9 @@ def test_train_writes_run_dir_with_per_class_val_auc_and_a_loadable_model(cache,
     assert meta["labels"] == labels and meta["training"] == "supervised"
     assert meta["cache_manifest_hash"] == reader.manifest_hash and meta["input"]["image_size"] == 32
     assert model.head.out_features == len(labels)
+    # the fine-tune budget `cxr evaluate RUN` adapts it with, what `--match RUN` copies
+    assert meta["extra"]["finetune"] == {"mode": "head", "steps": 100, "lr": 0.01, "optimiser": "adam"}
+    assert run_budget(meta) == (100, 0.01, "adam")
     best = torch.load(run / "checkpoints" / "best.pt", weights_only=True)["model"]
     for key, value in model.state_dict().items():
         assert torch.equal(value, best[key]), key  # the model folder holds the best epoch's weights

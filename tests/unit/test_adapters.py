@@ -12,6 +12,7 @@ import torch
 from cxr_tools.errors import ConfigError, ModelError
 from cxr_tools.methods.adapters import (
     AUTO_METHOD,
+    IN_SAMPLE,
     METHODS,
     AdaptConfig,
     build_adapter,
@@ -213,6 +214,7 @@ def test_method_resolution_and_settings():
         "optimiser": "sgd",
         "matched_run": None,
         "architecture": "conv4-tiny",
+        "support_scores": IN_SAMPLE,
     }
 
 
@@ -320,8 +322,8 @@ def test_every_method_returns_its_support_scores_after_adaptation_scored_like_qu
         scorer = adapter.fit(sx, sy, generator=torch.Generator().manual_seed(3))
         support = scorer.support_scores(sx, sy)
         assert support.shape == (len(sx), WAYS) and support.dtype == torch.float32, name
-        if adapter.method == "prototype":
-            continue  # leave-one-out (next test)
+        if adapter.method in ("prototype", "pixels", "linear-probe"):
+            continue  # leave-one-out / cross-validated (their own tests)
         # exactly the query path: eval mode, one image at a time gives the same (no BatchNorm batch statistics)
         alone = torch.cat([scorer.predict(sx[i : i + 1]) for i in range(len(sx))])
         torch.testing.assert_close(support, alone, atol=1e-5, rtol=1e-4, msg=name)
@@ -340,3 +342,81 @@ def test_prototype_support_scores_are_leave_one_out():
     expected = prototype_probabilities(emb[:1], pos, neg, temperature=0.5)
     torch.testing.assert_close(support[:1], expected)
     assert not torch.allclose(support[:1], scorer.predict(emb[:1, None, :, None]))  # not in-sample
+
+
+def test_logistic_support_scores_are_cross_validated_exactly_as_a_direct_refit():
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import roc_auc_score
+    from sklearn.model_selection import StratifiedKFold
+    from sklearn.preprocessing import StandardScaler
+
+    from cxr_tools.methods.logistic import SUPPORT_SCORING, pixel_features
+
+    gen = torch.Generator().manual_seed(0)
+    sx = torch.rand(20, 1, 8, 8, generator=gen)
+    sy = torch.zeros(20, WAYS)
+    sy[:6, 0] = 1
+    sy[6:12, 1] = 1
+    sy[3, 1] = 1  # one image positive for both classes
+    adapter = build_adapter(None, None, WAYS, AdaptConfig(method="pixels"))
+    scorer = adapter.fit(sx, sy)
+    support = scorer.support_scores(sx, sy).numpy()
+    feats = pixel_features(sx)
+    for j in range(WAYS):
+        y = sy[:, j].numpy().astype(int)
+        expected = np.zeros(len(y))
+        for train, test in StratifiedKFold(n_splits=5).split(feats, y):
+            scaler = StandardScaler().fit(feats[train])
+            clf = LogisticRegression(C=1.0, max_iter=1000, tol=1e-8).fit(scaler.transform(feats[train]), y[train])
+            expected[test] = clf.predict_proba(scaler.transform(feats[test]))[:, 1]
+        np.testing.assert_allclose(support[:, j], expected, atol=2e-3)
+        # noise features: the in-sample fit separates its own support perfectly, held-out scores do not
+        in_sample = scorer.predict(sx).numpy()[:, j]
+        assert roc_auc_score(y, in_sample) == 1.0 and roc_auc_score(y, support[:, j]) < 0.9
+    assert describe(adapter)["support_scores"] == SUPPORT_SCORING
+    # one positive of a class: nothing to hold out, that class keeps its in-sample scores (the other does not)
+    one = sy.clone()
+    one[1:6, 0] = 0
+    scorer = adapter.fit(sx, one)
+    support = scorer.support_scores(sx, one).numpy()
+    in_sample = scorer.predict(sx).numpy()
+    np.testing.assert_allclose(support[:, 0], in_sample[:, 0], rtol=1e-5)
+    assert not np.allclose(support[:, 1], in_sample[:, 1])
+
+
+def test_scratch_batchnorm_normalises_with_support_statistics_frozen_for_queries():
+    from cxr_tools.methods.scratch import Budget, ScratchAdapter, support_statistics
+
+    sx, sy, qx, _ = _episode(n_support=9, n_query=12)
+    adapter = ScratchAdapter("conv4-tiny", {"norm": "batch"}, WAYS, Budget(steps=2, lr=0.05))
+    assert adapter.settings()["batchnorm"] == "support-set statistics, frozen"
+    grouped = ScratchAdapter("conv4-tiny", {"norm": "group"}, WAYS, Budget(steps=2, lr=0.05))
+    assert "batchnorm" not in grouped.settings()
+    # the statistics are exactly the support set's: what train-mode BatchNorm would compute on it
+    model = adapter.init_model(torch.Generator().manual_seed(1))
+    first = next(m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d))
+    assert torch.equal(first.running_mean, torch.zeros_like(first.running_mean))  # a random init: no statistics
+    seen = []
+    handle = first.register_forward_hook(lambda _m, inputs, _out: seen.append(inputs[0].detach()))
+    support_statistics(model, sx)
+    handle.remove()
+    torch.testing.assert_close(first.running_mean, seen[0].mean(dim=(0, 2, 3)))
+    torch.testing.assert_close(first.running_var, seen[0].var(dim=(0, 2, 3), unbiased=True))
+    assert not any(m.training for m in model.modules())
+    # frozen: a query's score is the same alone or in a batch, and fitting never touched the queries
+    scorer = adapter.fit(sx, sy, generator=torch.Generator().manual_seed(1))
+    batch = scorer.predict(qx)
+    alone = torch.cat([scorer.predict(qx[i : i + 1]) for i in range(len(qx))])
+    torch.testing.assert_close(batch, alone, atol=1e-5, rtol=1e-4)
+    again = adapter.fit(sx, sy, generator=torch.Generator().manual_seed(1)).predict(qx[:3])
+    torch.testing.assert_close(again, batch[:3], atol=1e-5, rtol=1e-4)
+
+
+def test_finetune_uses_the_budget_the_run_recorded_for_its_mode():
+    from cxr_tools.methods.adapters import finetune_record, finetune_settings
+
+    meta = {"extra": {"finetune": {**finetune_record("head"), "steps": 40, "lr": 0.02}}}
+    assert finetune_settings(AdaptConfig(), meta) == (40, 0.02)
+    assert finetune_settings(AdaptConfig(steps=3), meta) == (3, 0.02)  # a flag overrides one value
+    assert finetune_settings(AdaptConfig(finetune="all"), meta) == (50, 1e-3)  # recorded for head only
+    assert finetune_settings(AdaptConfig(), None) == (100, 1e-2)

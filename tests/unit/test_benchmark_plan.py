@@ -114,3 +114,21 @@ def test_a_changed_setting_changes_the_fingerprints_downstream_only(tmp_path):
 def test_the_shipped_examples_are_valid_plans(name):
     plan = load_plan(EXAMPLES / name, command_flags())
     assert plan.methods and expand(plan)
+
+
+def test_scratch_matches_the_first_seed_evaluation_of_its_method_and_waits_for_it(tmp_path):
+    methods = {"scratch": {"match": "maml"}, "maml": {"evaluate": {"adapt_steps": 9}}}
+    steps = _steps(_plan(tmp_path, methods=methods))
+    order = list(steps)
+    for k in (1, 5):
+        scratch, matched = steps[f"evaluate/{k}shot/scratch"], steps[f"evaluate/{k}shot/maml/seed0"]
+        assert scratch.args[scratch.args.index("--match") + 1] == str(matched.output)  # its settings: 9 steps
+        assert scratch.deps == (matched.id,) and order.index(matched.id) < order.index(scratch.id)
+    # the matched evaluation's settings change the scratch step, nothing else of it
+    before = _steps(_plan(tmp_path, methods={"scratch": {"match": "maml"}, "maml": {}}))
+    changed = {i for i in before if before[i].fingerprint != steps[i].fingerprint}
+    assert changed == {
+        *(f"evaluate/{k}shot/{m}" for k in (1, 5) for m in ("scratch", "maml/seed0", "maml/seed1")),
+        "compare/1shot",
+        "compare/5shot",
+    }

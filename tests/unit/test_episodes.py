@@ -237,7 +237,7 @@ def test_save_load_roundtrip_and_tamper_detection(tmp_path):
     path = save_episode_list(tmp_path / "episodes.json", eps, {"seed": 0}, fingerprint="cache1")
     saved = json.loads(path.read_text())
     assert saved["version"] == EPISODE_LIST_VERSION == 2 and saved["images_per_patient"] == 2
-    assert saved["cache_manifest_hash"] == "cache1" and saved["hash"] == episode_list_hash(eps, "cache1")
+    assert saved["cache_fingerprint"] == "cache1" and saved["hash"] == episode_list_hash(eps, "cache1")
     back = load_episode_list(path, raw, NAMES, fingerprint="cache1")
     assert episode_list_hash(back, "cache1") == episode_list_hash(eps, "cache1")
     assert back[0].images_per_patient == 2
