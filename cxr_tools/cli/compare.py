@@ -80,7 +80,7 @@ def render(console: Console, result: Any) -> None:
     from rich import box
     from rich.markup import escape
 
-    from cxr_tools.eval.compare_output import LEAK_MARK, metric_name, p_cell
+    from cxr_tools.eval.compare_output import LEAK_MARK, diff_text, interval_text, metric_name, p_cell
 
     name = metric_name(result.metric, result.threshold)
     names = [escape(f"{row.name} {LEAK_MARK}" if row.leak else row.name) for row in result.rows]
@@ -91,9 +91,9 @@ def render(console: Console, result: Any) -> None:
     extra = budget_width + 3 if show_budget else 0
     classes = list(result.classes) if console.width >= base + extra + class_width else []
     table = Table(
-        title=f"cxr compare: {name}, mean ± 95% CI over {result.episodes} shared episodes",
+        title=f"cxr compare: {name}, mean [95% CI] over {result.episodes} shared episodes",
         caption=f"episode list {result.episode_list_hash}; Δ = method − {escape(result.reference)}, paired over "
-        "episodes; p Holm-adjusted; * per class: significant",
+        "episodes; p Holm-adjusted over one family (overall and per class); * per class: significant",
         box=box.SIMPLE_HEAD,
     )
     table.add_column("#", justify="right", no_wrap=True)
@@ -109,18 +109,21 @@ def render(console: Console, result: Any) -> None:
         if row.diff is None:
             diff, p = "—", "—"
         else:
-            ci = row.diff_ci95 if row.diff_ci95 is not None else float("nan")
-            diff = f"{row.diff:+.3f} [{row.diff - ci:+.3f}, {row.diff + ci:+.3f}]"
+            diff = diff_text(row.diff, row.diff_low, row.diff_high)
             p = p_cell(row.p_value, "identical" if row.note.startswith("identical") else "")
             if not row.significant:
                 p += " n.s."
         cells = [str(row.rank), label, *([escape(row.budget or "-")] if show_budget else [])]
-        cells += [f"{row.mean:.3f} ± {row.ci95:.3f}", diff, p, *[_mean(row.per_class.get(c)) for c in classes]]
+        cells += [interval_text(row.mean, row.low, row.high), diff, p, *[_mean(row.per_class.get(c)) for c in classes]]
         table.add_row(*cells, style="bold red" if row.leak else None)
     console.print(table)
     if len(classes) < len(result.classes):
         console.print("(per-class values and tests: comparison.md / comparison.csv, or widen the terminal)")
+    for note in getattr(result, "notes", ()):
+        console.print(f"Note: {note}.", markup=False)
     for row in result.rows:
+        if row.note and "one seed" in row.note:
+            console.print(f"{row.name}: {row.note}", markup=False)
         if len(row.eval_dirs) > 1:
             console.print(
                 f"{row.name}: {len(row.eval_dirs)} seeds averaged; interval includes between-seed variance",

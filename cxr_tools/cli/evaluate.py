@@ -151,7 +151,8 @@ def evaluate(
         typer.Option(
             "--bootstrap",
             min=0,
-            help="Patient-cluster bootstrap replicates of the second interval (0 = the episode interval only).",
+            help="Deprecated and ignored: every interval now comes from the variance model (episodes, support and "
+            "query patients; docs/science.md).",
         ),
     ] = 1000,
     plots: Annotated[bool, typer.Option("--plots/--no-plots", help="Write the PNG plots.")] = True,
@@ -209,7 +210,8 @@ def evaluate(
 
 
 def render(console: Console, result: Any) -> None:
-    """Per-class mean ± 95% CI of every metric, then the overall row, pair metrics and where files went.
+    """Per-class mean [95% interval] of every metric with its episodes and distinct patients, then the overall row,
+    pair metrics and where files went.
 
     On a console narrower than the full table, precision and recall are left to summary.json so that no cell is
     cut.
@@ -218,21 +220,29 @@ def render(console: Console, result: Any) -> None:
 
     metrics = list(result.overall)
     longest = max([len("overall"), *(len(c) for c in result.per_class)])
-    if console.width < longest + 8 + 15 * len(metrics):
+    if console.width < longest + 16 + 22 * len(metrics):
         metrics = [m for m in metrics if m in ("auc", "ap", "f1")]
     title = (
         f"cxr evaluate: {result.name} — {result.episodes} episodes, {result.ways}-way {result.shots}-shot "
-        f"{result.queries}-query; mean ± 95% CI (the wider interval, below); threshold rule {result.threshold}"
+        f"{result.queries}-query; mean [95% interval]; threshold rule {result.threshold}"
     )
     table = Table(title=title, box=box.SIMPLE_HEAD, caption=f"episode list {result.episode_list_hash}")
     table.add_column("class", no_wrap=True)
-    table.add_column("n", justify="right", no_wrap=True)
+    table.add_column("episodes", justify="right", no_wrap=True)
+    table.add_column("patients", justify="right", no_wrap=True)
     for m in metrics:
         table.add_column(metric_header(m, result.threshold), justify="right", no_wrap=True)
     for cls, values in result.per_class.items():
-        n = values[metrics[0]]["n"] if metrics else 0
-        table.add_row(cls, str(n), *[_cell(values[m]) for m in metrics])
-    table.add_row("overall", str(result.episodes), *[_cell(result.overall[m]) for m in metrics], style="bold")
+        first = values[metrics[0]] if metrics else {}
+        table.add_row(cls, str(first.get("n", 0)), str(first.get("patients", "")), *[_cell(values[m]) for m in metrics])
+    first = result.overall[metrics[0]] if metrics else {}
+    table.add_row(
+        "overall",
+        str(result.episodes),
+        str(first.get("patients", "")),
+        *[_cell(result.overall[m]) for m in metrics],
+        style="bold",
+    )
     if getattr(result, "leak", None):
         console.print(f"LEAK (--allow-leak): {result.leak}; not a publishable number.", style="bold red", markup=False)
     for note in getattr(result, "lineage_notes", ()):
@@ -257,19 +267,18 @@ def render(console: Console, result: Any) -> None:
 
 
 def _print_intervals(console: Console, overall: dict[str, Any], metrics: list[str], threshold: Any) -> None:
-    """Both overall intervals: over episodes (Student t) and patient-cluster bootstrap; the table shows the wider."""
+    """What the intervals include, and the standard errors and degrees of freedom behind the overall ones."""
     parts = []
     for m in metrics:
         est = overall[m]
-        if est.get("bootstrap_low") is None or est.get("mean") is None:
+        if est.get("se") is None or est.get("mean") is None:
             continue
-        ep = est.get("episode_ci95")
-        parts.append(
-            f"{metric_header(m, threshold)} episode-t ± {_num(ep)}, patient bootstrap "
-            f"[{_num(est['bootstrap_low'])}, {_num(est['bootstrap_high'])}] → {est.get('interval')}"
-        )
+        parts.append(f"{metric_header(m, threshold)} se {_num(est['se'])} (df {est.get('df') or 0:.0f})")
     if parts:
-        console.print("95% intervals (the table shows the wider): " + "; ".join(parts))
+        console.print(
+            "95% intervals from one variance model (episodes, support and query patients reused across episodes; "
+            "docs/science.md): " + "; ".join(parts)
+        )
 
 
 def _num(value: Any) -> str:
@@ -279,5 +288,7 @@ def _num(value: Any) -> str:
 def _cell(est: dict[str, Any]) -> str:
     if est.get("mean") is None:
         return "n/a"
-    ci = est.get("ci95")
-    return f"{est['mean']:.3f} ± {ci:.3f}" if ci is not None else f"{est['mean']:.3f}"
+    low, high = est.get("low"), est.get("high")
+    if low is None or high is None:
+        return f"{est['mean']:.3f}"
+    return f"{est['mean']:.3f} [{low:.3f}, {high:.3f}]"

@@ -12,13 +12,14 @@ made under different rules are never pooled into one paired test of a thresholde
 
 **Seeds.** Evaluations of runs whose training configs (``RUN/config.yaml``) are identical except for the seed
 and bookkeeping (output, resume, device, threads, workers, checkpoint/log cadence), evaluated with identical
-settings, form one *group* (or ``--group NAME=RUN,RUN``): its per-episode scores are the mean over the seeds,
-and its interval adds the between-seed variance (:func:`~cxr_tools.eval.comparison.seed_group_estimate`). A
-single evaluation keeps the wider of its episode-t and patient-bootstrap intervals.
+settings, form one *group* (or ``--group NAME=RUN,RUN``): its per-episode scores are the mean over the seeds.
 
-**Tests.** Paired differences on (seed-averaged) episode scores for all pairs, or all against ``--reference``;
-Holm-adjusted as one family for the overall metric and one family per class; a difference is significant when
-its adjusted p < 0.05. Every output shows a summary's ``leak`` and the adaptation budget. Written to
+**Intervals and tests** come from one variance model (:mod:`cxr_tools.eval.variance`): episodes, the support and
+query patients they reuse (``episode_patients.csv``) and, for a seed group, the between-seed variance. A paired
+difference is that model fitted to the episode-wise difference plus both groups' seed variances, so its p-value
+and interval agree. All pairs, or all against ``--reference``, overall and per class, form ONE Holm family; a
+difference is significant when its adjusted p < 0.05. A trained method compared from one run is marked: the
+verdict is about that trained model. Every output shows a summary's ``leak`` and the adaptation budget. Written to
 ``OUT/comparison.{csv,md,png,json}`` when an output directory is given (:mod:`cxr_tools.eval.compare_output`).
 """
 
@@ -38,6 +39,7 @@ from cxr_tools.eval.compare_inputs import (
     check_same_episodes,
     check_versions,
     find_evaluation,
+    load_design,
     load_evaluation,
     make_entries,
     parse_group,
@@ -45,6 +47,9 @@ from cxr_tools.eval.compare_inputs import (
 )
 from cxr_tools.eval.compare_output import all_positive, verdict, write_comparison
 from cxr_tools.eval.metrics import METRICS, THRESHOLD_FREE
+
+#: Said of a trained method compared from one run: its training-seed variance is unknown.
+ONE_SEED_NOTE = "one trained model (one seed): the verdict is about this model, not the method"
 
 __all__ = ["MIN_EPISODE_LIST_VERSION", "CompareConfig", "CompareResult", "CompareRow", "compare", "find_evaluation"]
 
@@ -90,8 +95,11 @@ class CompareRow:
     high: float
     interval: str
     n_episodes: int
+    patients: int
     diff: float | None
     diff_ci95: float | None
+    diff_low: float | None
+    diff_high: float | None
     p_value: float | None
     p_raw: float | None
     significant: bool | None
@@ -118,6 +126,8 @@ class CompareResult:
     files: tuple[Path, ...] = field(default_factory=tuple)
     threshold: str | None = None
     all_positive: dict[str, float] | None = None
+    patients: int = 0
+    notes: tuple[str, ...] = ()
 
 
 def compare(config: CompareConfig) -> CompareResult:
@@ -143,7 +153,8 @@ def compare(config: CompareConfig) -> CompareResult:
     check_same_cache(dirs, summaries)
     check_same_episodes(dirs, summaries, config.metric)
     entries = make_entries(loaded, explicit, config.auto_group)
-    return _rank(entries, summaries[0], config, shared_rule(summaries))
+    first_dir = next(iter(loaded.values()))[0]
+    return _rank(entries, summaries[0], first_dir, config, shared_rule(summaries))
 
 
 # --- ranking and tests ------------------------------------------------------------------------------------------
@@ -166,83 +177,100 @@ def _matrix(entry: Entry, metric: str, cls: str | None, episodes: Any) -> Any:
     return np.vstack(rows)
 
 
-def _estimate(entry: Entry, metric: str, cls: str | None, episodes: Any) -> tuple[dict[str, Any], Any]:
-    """The entry's estimate of ``metric`` (overall or ``cls``) and its seed-averaged episode scores."""
-    import numpy as np
-
-    from cxr_tools.eval.comparison import quiet_nan, seed_group_estimate
-
-    matrix = _matrix(entry, metric, cls, episodes)
-    halves = []
-    for s in entry.summaries:
-        est = (
-            (s.get("overall") or {}).get(metric)
-            if cls is None
-            else ((s.get("per_class") or {}).get(cls) or {}).get(metric)
-        )
-        if est and est.get("bootstrap_low") is not None and est.get("mean") is not None:
-            halves.append(max(est["mean"] - est["bootstrap_low"], est["bootstrap_high"] - est["mean"]))
-    within = float(np.mean(halves)) if len(halves) == len(entry.summaries) else None
-    estimate = seed_group_estimate(matrix, within)
-    if len(entry.summaries) == 1 and within is not None:
-        estimate["interval"] = "bootstrap" if within > estimate["episode_ci95"] else "episode"
-    with quiet_nan():
-        return estimate, np.nanmean(matrix, axis=0)
+def _trained(entry: Entry) -> bool:
+    """A method with a training run: its seeds vary, so one run speaks for that trained model only."""
+    return any(s.get("run") for s in entry.summaries)
 
 
-def _rank(entries: list[Entry], first: dict[str, Any], config: CompareConfig, rule: str | None) -> CompareResult:
-
+def _rank(
+    entries: list[Entry], first: dict[str, Any], first_dir: Path, config: CompareConfig, rule: str | None
+) -> CompareResult:
     from cxr_tools.eval.comparison import budget_text, pair_tests
+    from cxr_tools.eval.variance import difference, estimate
 
     metric = config.metric
     episodes = sorted({int(e) for en in entries for t in en.tables for e in t["episode"].unique()})
     n_eps = {t["episode"].nunique() for en in entries for t in en.tables}
     if len(n_eps) != 1:
         raise DataError("The evaluations hold different numbers of episodes despite one episode list.", "Re-run them.")
+    design, design_note = load_design(first_dir, episodes)
     classes = tuple(first.get("classes") or [])
-    stats = {e.name: _estimate(e, metric, None, episodes) for e in entries}
-    shown = METRICS if rule is not None else THRESHOLD_FREE
-    others = {e.name: {m: _estimate(e, m, None, episodes)[0]["mean"] for m in shown} for e in entries}
     present = {c for e in entries for t in e.tables for c in t["class"].unique()}
-    cls_stats = {c: {e.name: _estimate(e, metric, c, episodes) for e in entries} for c in classes if c in present}
-    entries.sort(key=lambda e: -stats[e.name][0]["mean"] if math.isfinite(stats[e.name][0]["mean"]) else math.inf)
+    scopes: list[str | None] = [None, *(c for c in classes if c in present)]
+    matrices = {(e.name, c): _matrix(e, metric, c, episodes) for e in entries for c in scopes}
+    stats = {(e.name, c): estimate(matrices[e.name, c], design, seeded=_trained(e)) for e in entries for c in scopes}
+    shown = METRICS if rule is not None else THRESHOLD_FREE
+    others = {
+        e.name: {m: estimate(_matrix(e, m, None, episodes), design, seeded=_trained(e)).mean for m in shown}
+        for e in entries
+    }
+    entries.sort(key=lambda e: -stats[e.name, None].mean if math.isfinite(stats[e.name, None].mean) else math.inf)
     names = [e.name for e in entries]
     reference = _reference(config.reference, entries) or names[0]
     if config.reference:
         pairs = [(n, reference) for n in names if n != reference]
     else:
         pairs = [(names[j], names[i]) for i in range(len(names)) for j in range(i + 1, len(names))]
-    tests = pair_tests("overall", {n: stats[n][1] for n in names}, pairs)
-    class_tests = {c: pair_tests(c, {n: v[1] for n, v in by.items()}, pairs) for c, by in cls_stats.items()}
-    vs_ref = {t.a: t for t in tests if t.b == reference}
-    vs_ref_cls = {c: {t.a: t for t in ts if t.b == reference} for c, ts in class_tests.items()}
+    family = [
+        ("overall" if c is None else c, a, b, difference(matrices[a, c], matrices[b, c], design))
+        for c in scopes
+        for a, b in pairs
+    ]
+    all_tests = tuple(pair_tests(family))
+    vs_ref = {(t.scope, t.a): t for t in all_tests if t.b == reference}
     rows = []
     for rank, e in enumerate(entries, start=1):
-        est, t = stats[e.name][0], vs_ref.get(e.name)
+        est, t = stats[e.name, None], vs_ref.get(("overall", e.name))
         per_class = {}
-        for c in cls_stats:
-            ce, ct = cls_stats[c][e.name][0], vs_ref_cls[c].get(e.name)
-            per_class[c] = {k: ce[k] for k in ("mean", "ci95", "low", "high", "interval")} | {
+        for c in scopes[1:]:
+            ce, ct = stats[e.name, c], vs_ref.get((str(c), e.name))
+            per_class[str(c)] = {
+                "mean": ce.mean,
+                "ci95": ce.half,
+                "low": ce.low,
+                "high": ce.high,
+                "interval": ce.kind,
+                "n": ce.n,
+                "patients": ce.patients,
                 "diff": None if ct is None else ct.diff,
                 "p_value": None if ct is None else ct.p_value,
                 "significant": None if ct is None else ct.significant,
             }
         leaks = sorted({str(s["leak"]) for s in e.summaries if s.get("leak")})
         budgets = list(dict.fromkeys(budget_text(s.get("settings")) for s in e.summaries))
+        notes = [t.note] if t is not None and t.note else []
+        if _trained(e) and len(e.summaries) == 1:
+            notes.append(ONE_SEED_NOTE)
         rows.append(
             CompareRow(
-                rank=rank, name=e.name, method=str(e.summaries[0].get("method")), kind=e.summaries[0].get("kind"),
-                eval_dir=e.dirs[0], eval_dirs=tuple(e.dirs), seeds=tuple(e.seeds),
-                mean=est["mean"], ci95=est["ci95"], low=est["low"], high=est["high"], interval=est["interval"],
-                n_episodes=int(est["n"]),
-                diff=None if t is None else t.diff, diff_ci95=None if t is None else t.ci95,
-                p_value=None if t is None else t.p_value, p_raw=None if t is None else t.p_raw,
-                significant=None if t is None else t.significant, note="" if t is None else t.note,
-                leak="; ".join(leaks) or None, budget=" | ".join(b for b in budgets if b),
-                others=others[e.name], per_class=per_class,
+                rank=rank,
+                name=e.name,
+                method=str(e.summaries[0].get("method")),
+                kind=e.summaries[0].get("kind"),
+                eval_dir=e.dirs[0],
+                eval_dirs=tuple(e.dirs),
+                seeds=tuple(e.seeds),
+                mean=est.mean,
+                ci95=est.half,
+                low=est.low,
+                high=est.high,
+                interval=est.kind,
+                n_episodes=est.n,
+                patients=est.patients,
+                diff=None if t is None else t.diff,
+                diff_ci95=None if t is None else t.ci95,
+                diff_low=None if t is None else t.low,
+                diff_high=None if t is None else t.high,
+                p_value=None if t is None else t.p_value,
+                p_raw=None if t is None else t.p_raw,
+                significant=None if t is None else t.significant,
+                note="; ".join(notes),
+                leak="; ".join(leaks) or None,
+                budget=" | ".join(b for b in budgets if b),
+                others=others[e.name],
+                per_class=per_class,
             )
-        )  # fmt: skip
-    all_tests = tuple([*tests, *(t for ts in class_tests.values() for t in ts)])
+        )
     result = CompareResult(
         metric=metric,
         episode_list_hash=str(first["episode_list_hash"]),
@@ -255,6 +283,8 @@ def _rank(entries: list[Entry], first: dict[str, Any], config: CompareConfig, ru
         output=Path(config.output) if config.output is not None else None,
         threshold=rule,
         all_positive=all_positive(entries[0].tables[0]) if rule is not None else None,
+        patients=design.patients,
+        notes=tuple(n for n in (design_note,) if n),
     )
     if config.output is None:
         return result
@@ -268,5 +298,7 @@ def _reference(spec: str | None, entries: Sequence[Entry]) -> str | None:
     for e in entries:
         if spec == e.name or any(Path(spec).resolve() in (d.resolve(), d.parent.resolve()) for d in e.dirs):
             return e.name
-    raise ConfigError(f"--reference {spec} is none of the compared methods.",
-                      f"Use one of: {', '.join(e.name for e in entries)} (or one of their paths).")  # fmt: skip
+    raise ConfigError(
+        f"--reference {spec} is none of the compared methods.",
+        f"Use one of: {', '.join(e.name for e in entries)} (or one of their paths).",
+    )

@@ -31,7 +31,6 @@ from cxr_tools.config import fields_from
 from cxr_tools.data.episodes import EpisodeOptions
 from cxr_tools.errors import ConfigError
 from cxr_tools.eval.episode_runs import (
-    bootstrap_record,
     json_safe,
     pair_metrics,
     provenance,
@@ -87,7 +86,7 @@ class EvaluateConfig(EpisodeOptions):
             temperature: prototype softmax temperature.
         match: a run (or its evaluation) whose real budget, meta-split and pool seed ``scratch`` copies.
         pairs: Siamese pair-set size (0 = none).
-        bootstrap: patient-cluster bootstrap replicates (0 = episode interval only).
+        bootstrap: deprecated and ignored (intervals come from :mod:`cxr_tools.eval.variance`).
         plots: write the PNG plots.
         device, threads: where to compute.
         overwrite: replace a complete evaluation in ``output``.
@@ -245,10 +244,9 @@ def evaluate(config: EvaluateConfig, progress: Progress | None = None) -> Evalua
             model, meta, cache, split, pool, normalisation, device, config.pairs, config.seed, progress
         )
 
-    per_class, overall, boot, files = write_results(
-        out, records, scores, cache, list(split.test), config.bootstrap, config.seed, rule,
-        title=label if config.plots else None,
-    )  # fmt: skip
+    per_class, overall, variance, files = write_results(
+        out, records, scores, cache, list(split.test), episodes, rule, title=label if config.plots else None
+    )
     seconds = time.perf_counter() - began
     run_path = Path(config.run) if config.run is not None else None
     name = f"{run_name(run_path)}:{label}" if run_path is not None else f"{label}:{backbone}" if backbone else label
@@ -285,7 +283,7 @@ def evaluate(config: EvaluateConfig, progress: Progress | None = None) -> Evalua
         "metrics": list(metrics_of(rule)),
         "per_class": per_class,
         "overall": overall,
-        "bootstrap": bootstrap_record(boot),
+        "variance": variance,
         "pairs": pairs,
         "leak": leak,
         "lineage_notes": notes,

@@ -71,6 +71,32 @@ def load_evaluation(eval_dir: Path) -> tuple[dict[str, Any], Any]:
     return summary, table
 
 
+#: Said when an evaluation predates episode_patients.csv: its support patients cannot enter the variance.
+QUERY_ONLY_NOTE = (
+    "support patients not recorded (evaluation made by cxr < 0.4): intervals count query patients only; "
+    "re-evaluate to include them"
+)
+
+
+def load_design(eval_dir: Path, episodes: Sequence[int]) -> tuple[Any, str]:
+    """The variance model's design (which patients each episode used) of an evaluation, and a note when it is
+    partial: ``episode_patients.csv``, else the query patients of ``scores.csv`` (older evaluations)."""
+    import pandas as pd
+
+    from cxr_tools.eval.variance import design_from_tables
+
+    path = eval_dir / "episode_patients.csv"
+    if path.is_file():
+        table = pd.read_csv(path, dtype={"patient": str, "role": str})
+        return design_from_tables(table, list(episodes)), ""
+    scores = eval_dir / "scores.csv"
+    if not scores.is_file():
+        raise InputError(f"{eval_dir} lacks episode_patients.csv and scores.csv.", "Re-run cxr evaluate.")
+    rows = pd.read_csv(scores, usecols=["episode", "row", "patient"], dtype={"patient": str})
+    rows = rows.drop_duplicates(["episode", "row"]).assign(role="query")
+    return design_from_tables(rows, list(episodes)), QUERY_ONLY_NOTE
+
+
 def parse_group(spec: str) -> tuple[str, list[Path]]:
     name, sep, members = spec.partition("=")
     paths = [Path(m.strip()) for m in members.split(",") if m.strip()]

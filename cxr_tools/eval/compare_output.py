@@ -69,29 +69,49 @@ def verdict(rows: Sequence[Any], metric: str, reference: str, explicit_reference
     best = rows[0]
     if len(rows) == 1:
         return (
-            f"{best.name} is the only method: {name} {best.mean:.3f} ± {best.ci95:.3f} over {best.n_episodes} episodes."
+            f"{best.name} is the only method: {name} {interval_text(best.mean, best.low, best.high)} over "
+            f"{best.n_episodes} episodes."
         )
     others = [r for r in rows if r.name != reference]
     parts = []
     for row in others:
-        d = row.diff if row.diff is not None else math.nan
-        ci = row.diff_ci95 if row.diff_ci95 is not None else math.nan
         sig = "" if row.significant else ", not significant"
         note = f", {row.note}" if row.note else ""
-        parts.append(f"{row.name} {d:+.3f} [{d - ci:+.3f}, {d + ci:+.3f}] ({format_p(row.p_value)} Holm{sig}{note})")
+        parts.append(
+            f"{row.name} {diff_text(row.diff, row.diff_low, row.diff_high)} ({format_p(row.p_value)} Holm{sig}{note})"
+        )
     ref = next(r for r in rows if r.name == reference)
     if explicit_reference:
-        head = f"Against {reference} ({name} {ref.mean:.3f} ± {ref.ci95:.3f})"
+        head = f"Against {reference} ({name} {interval_text(ref.mean, ref.low, ref.high)})"
     elif not rows[1].significant:
         head = (
-            f"{best.name} ranks first ({name} {best.mean:.3f} ± {best.ci95:.3f}) but is not significantly better "
+            f"{best.name} ranks first ({name} {interval_text(best.mean, best.low, best.high)}) but is not "
+            "significantly better "
             f"than {rows[1].name}"
         )
     else:
-        head = f"{best.name} is best: {name} {best.mean:.3f} ± {best.ci95:.3f}; against it"
+        head = f"{best.name} is best: {name} {interval_text(best.mean, best.low, best.high)}; against it"
     leaks = [r.name for r in rows if r.leak]
     tail = f" LEAK: {', '.join(leaks)} trained on meta-test classes or patients." if leaks else ""
     return f"{head}: " + "; ".join(parts) + "." + tail
+
+
+def interval_text(mean: float | None, low: float | None, high: float | None) -> str:
+    """``0.531 [0.452, 0.610]``: an estimate and its 95% interval (never a symmetric ±)."""
+    if mean is None or not math.isfinite(mean):
+        return "n/a"
+    if low is None or high is None or not (math.isfinite(low) and math.isfinite(high)):
+        return f"{mean:.3f}"
+    return f"{mean:.3f} [{low:.3f}, {high:.3f}]"
+
+
+def diff_text(diff: float | None, low: float | None, high: float | None) -> str:
+    """``+0.012 [-0.030, +0.054]``: a paired difference and its 95% interval."""
+    if diff is None or not math.isfinite(diff):
+        return "n/a"
+    if low is None or high is None or not (math.isfinite(low) and math.isfinite(high)):
+        return f"{diff:+.3f}"
+    return f"{diff:+.3f} [{low:+.3f}, {high:+.3f}]"
 
 
 def _fmt(value: float | None, digits: int = 3) -> str:
@@ -120,11 +140,12 @@ def comparison_table(result: Any) -> Any:
                 "high": row.high,
                 "interval": row.interval,
                 "episodes": row.n_episodes,
+                "patients": row.patients,
                 "reference": result.reference,
                 "diff_vs_reference": row.diff,
                 "diff_ci95": ci,
-                "diff_low": None if row.diff is None or ci is None else row.diff - ci,
-                "diff_high": None if row.diff is None or ci is None else row.diff + ci,
+                "diff_low": row.diff_low,
+                "diff_high": row.diff_high,
                 "p_value": row.p_value,
                 "p_raw": row.p_raw,
                 "significant": row.significant,
@@ -146,10 +167,12 @@ def comparison_markdown(result: Any) -> str:
     lines = [
         f"# Comparison on {result.episodes} episodes (episode list {result.episode_list_hash})",
         "",
-        f"Δ = method − {result.reference}, paired over episodes (seed-averaged); p Holm-adjusted. "
-        "Intervals: the wider of episode-t and patient bootstrap; seed groups add the between-seed variance.",
+        f"Δ = method − {result.reference}, paired over episodes (seed-averaged); p Holm-adjusted over one family "
+        "(every test below, overall and per class). Intervals and tests: one variance model (episodes, support and "
+        f"query patients — {result.patients} distinct — and, for seed groups, training seeds; docs/science.md).",
+        *(f"Note: {n}." for n in getattr(result, "notes", ())),
         "",
-        f"| rank | method | seeds | budget | {name} (mean ± 95% CI) | Δ [95% CI] | p | leak | "
+        f"| rank | method | seeds | budget | {name} [95% CI] | Δ [95% CI] | p | leak | "
         + " | ".join(result.classes)
         + " |",
         "|---:|---|---:|---|---:|---:|---:|---|" + "---:|" * len(result.classes),
@@ -158,18 +181,18 @@ def comparison_markdown(result: Any) -> str:
         if row.diff is None:
             diff, p = "—", "—"
         else:
-            ci = row.diff_ci95 if row.diff_ci95 is not None else math.nan
-            diff = f"{row.diff:+.3f} [{row.diff - ci:+.3f}, {row.diff + ci:+.3f}]"
+            diff = diff_text(row.diff, row.diff_low, row.diff_high)
             p = p_cell(row.p_value, row.note)
         per = []
         for c in result.classes:
             v = row.per_class.get(c)
-            cell = f"{_fmt(v['mean'])} ± {_fmt(v['ci95'])}" if v else ""
+            cell = interval_text(v["mean"], v.get("low"), v.get("high")) if v else ""
             if v and v.get("p_value") is not None:
                 cell += f" (p {p_cell(v['p_value'])})"
             per.append(cell)
         lines.append(
-            f"| {row.rank} | {row.name} | {len(row.eval_dirs)} | {row.budget} | {_fmt(row.mean)} ± {_fmt(row.ci95)} "
+            f"| {row.rank} | {row.name} | {len(row.eval_dirs)} | {row.budget} | "
+            f"{interval_text(row.mean, row.low, row.high)} "
             f"| {diff} | {p} | {LEAK_MARK + ': ' + row.leak if row.leak else ''} | " + " | ".join(per) + " |"
         )
     columns = metric_columns(result)
@@ -181,11 +204,11 @@ def comparison_markdown(result: Any) -> str:
         cells = [_fmt(result.all_positive.get(m)) if m in result.all_positive else "—" for m, _ in columns]
         lines.append("| *every query called positive* | " + " | ".join(cells) + " |")
     lines += ["", rule_note(result)]
-    lines += ["", "## All paired tests (Holm within each family)", "", "| family | a − b | Δ | p (raw) | p (Holm) |"]
+    lines += ["", "## All paired tests (one Holm family)", "", "| scope | a − b | Δ [95% CI] | p (raw) | p (Holm) |"]
     lines.append("|---|---|---:|---:|---:|")
     for t in result.tests:
         lines.append(
-            f"| {t.scope} | {t.a} − {t.b} | {t.diff:+.3f} ± {_fmt(t.ci95)} | {p_cell(t.p_raw)} | "
+            f"| {t.scope} | {t.a} − {t.b} | {diff_text(t.diff, t.low, t.high)} | {p_cell(t.p_raw)} | "
             f"{p_cell(t.p_value, t.note)} |"
         )
     lines += ["", f"**Verdict:** {result.verdict}", ""]

@@ -5,14 +5,15 @@
   Per episode class: AUC and AP (threshold-free), F1 / precision / recall at the threshold of the rule
   (:mod:`cxr_tools.eval.thresholds`: with ``support``, chosen per class on the support set's own scores after
   adaptation, never on the queries; saved as ``threshold`` in episodes.csv and scores.csv).
-* **Aggregates**: per class, mean ± 95% CI over the episodes containing it; overall, mean ± 95% CI over
-  episodes of the episode's mean over its classes, and a patient-cluster bootstrap interval.
+* **Aggregates**: per class, the mean over the episodes containing it; overall, the mean over episodes of the
+  episode's mean over its classes; each with the interval of the variance model (:mod:`cxr_tools.eval.variance`:
+  episodes, support and query patients), fitted on the design written to ``episode_patients.csv``.
 * **Siamese runs** also get the pair AUC and the similarity accuracy (at the run's validation threshold) on a
   fixed balanced pair set from the meta-test pool (:class:`~cxr_tools.data.pairs.PairSampler`), embedded with
   :func:`~cxr_tools.models.siamese.embedder`.
 
-Episode ``i`` draws its randomness from ``(seed, i)`` alone and the pair set and bootstrap from their own seed
-keys, so results do not depend on an interruption (:mod:`cxr_tools.eval.journal`).
+Episode ``i`` draws its randomness from ``(seed, i)`` alone and the pair set from its own seed key, so results
+do not depend on an interruption (:mod:`cxr_tools.eval.journal`).
 """
 
 from __future__ import annotations
@@ -34,29 +35,36 @@ if TYPE_CHECKING:
     from cxr_tools.eval.thresholds import ThresholdRule
 
 PAIR_KEY = 104729  # seed key of the Siamese pair set, apart from the episodes' (seed, i)
-BOOTSTRAP_KEY = 130363  # seed key of the patient-cluster bootstrap
 EPISODES_CSV = "episodes.csv"
 SCORES_CSV = "scores.csv"
+PATIENTS_CSV = "episode_patients.csv"
 PLOTS_DIR = "plots"
 
 
-def bootstrap(score_table: Any, classes: Sequence[str], replicates: int, seed: int, metrics: Sequence[str]) -> Any:
-    """Patient-cluster bootstrap intervals (None when disabled), seeded from the evaluation seed; thresholded
-    metrics at each episode's own thresholds (the ``threshold`` column of the scores)."""
-    if replicates == 0 or not len(score_table):
-        return None
-    from cxr_tools.eval.bootstrap import cluster_bootstrap
-    from cxr_tools.runtime.seeding import numpy_generator
+def episode_patients(cache: CacheReader, episodes: Sequence[Episode]) -> Any:
+    """``episode_patients.csv``: every patient of every episode with its role (``support`` / ``query``), the
+    design the variance model (:mod:`cxr_tools.eval.variance`) needs to count patients reused across episodes."""
+    import pandas as pd
 
-    rng = numpy_generator(seed, BOOTSTRAP_KEY)
-    return cluster_bootstrap(score_table, classes, replicates=replicates, rng=rng, metrics=metrics)
+    ids = cache.index["patient_id"].astype(str).to_numpy()
+    frames = []
+    for i, ep in enumerate(episodes):
+        for role, rows in (("support", ep.support_rows), ("query", ep.query_rows)):
+            frames.append(pd.DataFrame({"episode": i, "role": role, "patient": ids[np.asarray(rows, dtype=np.int64)]}))
+    if not frames:
+        return pd.DataFrame(columns=["episode", "role", "patient"])
+    return pd.concat(frames, ignore_index=True)
 
 
-def bootstrap_record(boot: Any) -> dict[str, Any] | None:
-    """summary.json's ``bootstrap``: how the cluster intervals were drawn."""
-    if boot is None:
-        return None
-    return {"unit": "patient", "replicates": boot.replicates, "patients": boot.patients, "seed_key": BOOTSTRAP_KEY}
+def variance_record(design: Any) -> dict[str, Any]:
+    """summary.json's ``variance``: which model made every interval, over how many episodes and patients."""
+    return {
+        "model": "episodes+patients (crossed random effects, REML)",
+        "episodes": design.episodes,
+        "patients": design.patients,
+        "design": PATIENTS_CSV,
+        "confidence": 0.95,
+    }
 
 
 def run_episodes(
@@ -103,9 +111,15 @@ def run_episodes(
                 y = ep.query_targets[:, j]
                 cut = {} if cuts is None else {"threshold": float(cuts[j])}
                 ep_records.append(
-                    {"episode": i, "class": cls, "positives": int(y.sum()), "negatives": int(len(y) - y.sum()),
-                     **cut, **per_class[cls]}
-                )  # fmt: skip
+                    {
+                        "episode": i,
+                        "class": cls,
+                        "positives": int(y.sum()),
+                        "negatives": int(len(y) - y.sum()),
+                        **cut,
+                        **per_class[cls],
+                    }
+                )
                 ep_scores += [
                     {"episode": i, "class": cls, "row": int(r), "target": int(t), "score": float(s), **cut}
                     for r, t, s in zip(ep.query_rows, y, probs[:, j], strict=True)
@@ -192,27 +206,32 @@ def write_results(
     scores: list[dict[str, Any]],
     cache: CacheReader,
     classes: Sequence[str],
-    replicates: int,
-    seed: int,
+    episodes: Sequence[Episode],
     rule: ThresholdRule,
     title: str | None,
-) -> tuple[dict[str, Any], dict[str, Any], Any, list[Path]]:
-    """Write ``episodes.csv``, ``scores.csv`` (with each query's patient) and, with a ``title``, the plots; return
-    ``(per_class, overall, bootstrap, files)``, the aggregates summary.json records."""
+) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any], list[Path]]:
+    """Write ``episodes.csv``, ``scores.csv`` (with each query's patient), ``episode_patients.csv`` and, with a
+    ``title``, the plots; return ``(per_class, overall, variance record, files)``, what summary.json records."""
     import pandas as pd
 
     from cxr_tools.eval.report import aggregate, evaluation_plots, metrics_of, write_table
+    from cxr_tools.eval.variance import design_from_tables
 
     table = pd.DataFrame.from_records(records)
     score_table = pd.DataFrame.from_records(scores)
     score_table["patient"] = cache.index["patient_id"].astype(str).to_numpy()[score_table["row"].to_numpy(int)]
+    patients = episode_patients(cache, episodes)
+    design = design_from_tables(patients, range(len(episodes)))
     metrics = metrics_of(rule)
-    boot = bootstrap(score_table, list(classes), replicates, seed, metrics)
-    per_class, overall = aggregate(table, list(classes), metrics, bootstrap=boot)
-    files = [write_table(out / EPISODES_CSV, table), write_table(out / SCORES_CSV, score_table)]
+    per_class, overall = aggregate(table, list(classes), metrics, design)
+    files = [
+        write_table(out / EPISODES_CSV, table),
+        write_table(out / SCORES_CSV, score_table),
+        write_table(out / PATIENTS_CSV, patients),
+    ]
     if title is not None:
         files += evaluation_plots(out / PLOTS_DIR, score_table, per_class, overall, rule, title=title)
-    return per_class, overall, boot, files
+    return per_class, overall, variance_record(design), files
 
 
 def provenance(seconds: float, device: str) -> dict[str, Any]:

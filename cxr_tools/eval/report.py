@@ -3,13 +3,13 @@
 One definition of every aggregate, shared by both commands so a comparison recomputed from ``episodes.csv``
 equals the evaluation's ``summary.json``:
 
-* per class: mean ± 95% CI over the episodes that contain the class;
-* overall: mean ± 95% CI over episodes of the *episode mean* (the mean of the metric over the episode's
-  classes, NaN-ignoring) — the unit on which two methods evaluated on the same episodes are paired;
+* per class: the mean over the episodes that contain the class;
+* overall: the mean over episodes of the *episode mean* (the mean of the metric over the episode's classes,
+  NaN-ignoring) — the unit on which two methods evaluated on the same episodes are paired;
+* every interval, per class and overall, comes from the one variance model (:mod:`cxr_tools.eval.variance`):
+  episodes, support and query patients; ``[low, high]`` contains the estimate;
 * the threshold-free metrics (AUC, AP) come first; F1 / precision / recall are measured at the threshold rule's
   thresholds (per episode and class with ``support``; :mod:`cxr_tools.eval.thresholds`) and absent with ``none``;
-* with a patient-cluster bootstrap (:mod:`cxr_tools.eval.bootstrap`) both intervals are kept and the headline
-  (``mean ± ci95``, ``low``/``high``) uses the wider one: ``interval`` says which.
 """
 
 from __future__ import annotations
@@ -21,11 +21,11 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from cxr_tools.eval.metrics import METRICS, THRESHOLD_FREE, Estimate, mean_ci
+from cxr_tools.eval.metrics import METRICS, THRESHOLD_FREE
+from cxr_tools.eval.variance import EpisodeDesign, estimate
 from cxr_tools.runtime.fs import atomic_path
 
 if TYPE_CHECKING:
-    from cxr_tools.eval.bootstrap import BootstrapIntervals
     from cxr_tools.eval.thresholds import ThresholdRule
 
 #: episodes.csv; ``threshold`` and the thresholded metrics are absent with ``--threshold none``.
@@ -37,20 +37,6 @@ def metrics_of(rule: ThresholdRule) -> tuple[str, ...]:
     return METRICS if rule.thresholded else THRESHOLD_FREE
 
 
-def estimate_dict(est: Estimate, bootstrap: tuple[float, float] | None = None) -> dict[str, Any]:
-    """``{mean, ci95, low, high, n}`` of an :class:`Estimate`, plus, with a bootstrap interval, the episode and
-    bootstrap intervals and which one the headline uses (the wider; ``ci95`` then covers ``[low, high]``)."""
-    out: dict[str, Any] = {"mean": est.mean, "ci95": est.ci95, "low": est.low, "high": est.high, "n": est.n}
-    if bootstrap is None:
-        return out
-    b_low, b_high = bootstrap
-    out.update(episode_ci95=est.ci95, bootstrap_low=b_low, bootstrap_high=b_high, interval="episode")
-    wider = np.isfinite(b_low) and np.isfinite(b_high) and not (b_high - b_low <= 2 * est.ci95)
-    if wider:
-        out.update(ci95=max(est.mean - b_low, b_high - est.mean), low=b_low, high=b_high, interval="bootstrap")
-    return out
-
-
 def episode_means(table: Any, metric: str) -> Any:
     """Per episode, the mean of ``metric`` over its classes (a Series indexed by episode, sorted)."""
     values = table[["episode", metric]].astype({metric: float})
@@ -58,29 +44,25 @@ def episode_means(table: Any, metric: str) -> Any:
 
 
 def aggregate(
-    table: Any,
-    classes: Sequence[str],
-    metrics: Sequence[str] = METRICS,
-    bootstrap: BootstrapIntervals | None = None,
+    table: Any, classes: Sequence[str], metrics: Sequence[str], design: EpisodeDesign
 ) -> tuple[dict[str, dict[str, dict[str, Any]]], dict[str, dict[str, Any]]]:
     """``(per_class, overall)`` from an ``episodes.csv`` table (module docstring); classes never drawn are left out.
 
-    ``bootstrap`` adds the patient-cluster intervals (and makes the headline the wider interval).
+    ``design``: the episodes' patients (episode ``i`` of the table is row ``i`` of the design).
     """
-
-    def boot(cls: str | None, m: str) -> tuple[float, float] | None:
-        if bootstrap is None:
-            return None
-        if cls is None:
-            return bootstrap.overall.get(m)
-        return bootstrap.per_class.get(cls, {}).get(m, (float("nan"), float("nan")))
-
     per_class: dict[str, dict[str, dict[str, Any]]] = {}
     for cls in classes:
         rows = table[table["class"] == cls]
         if len(rows):
-            per_class[cls] = {m: estimate_dict(mean_ci(rows[m].to_numpy(dtype=float)), boot(cls, m)) for m in metrics}
-    overall = {m: estimate_dict(mean_ci(episode_means(table, m).to_numpy()), boot(None, m)) for m in metrics}
+            at = rows["episode"].to_numpy(dtype=np.int64)
+            per_class[cls] = {
+                m: estimate(rows[m].to_numpy(dtype=float)[None], design, at, seeded=False).record() for m in metrics
+            }
+    overall = {}
+    for m in metrics:
+        means = episode_means(table, m)
+        at = means.index.to_numpy(dtype=np.int64)
+        overall[m] = estimate(means.to_numpy()[None], design, at, seeded=False).record()
     return per_class, overall
 
 
@@ -142,7 +124,9 @@ def evaluation_plots(
     classes = list(per_class)
     files = [
         plot_roc_curves(
-            plot_dir / "roc.png", pooled_curves(scores, classes), title=f"{prefix}ROC per class (pooled queries)"
+            plot_dir / "roc.png",
+            pooled_curves(scores, classes),
+            title=f"{prefix}ROC per class, queries pooled over episodes (tables: per-episode mean)",
         ),
         plot_metric_bars(
             plot_dir / "auc_per_class.png",
@@ -171,7 +155,7 @@ def evaluation_plots(
             [_num(overall[m]["ci95"]) for m in overall],
             metric="value",
             chance=None,
-            title=f"{prefix}overall metrics (mean over episodes ± 95% CI)",
+            title=f"{prefix}overall metrics (mean over episodes, 95% interval)",
         )
     )
     return files

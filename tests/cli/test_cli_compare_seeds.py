@@ -43,7 +43,7 @@ def test_runs_differing_only_in_seed_are_grouped_and_averaged(seeds):
     result = compare(CompareConfig(inputs=(*[r.parent for r in runs], scratch)))
     assert [len(r.eval_dirs) for r in result.rows] == [3, 1]
     group = result.rows[0]
-    assert group.name.endswith("[seeds 0, 1, 2]") and group.interval == "seeds"
+    assert group.name.endswith("[seeds 0, 1, 2]") and group.interval == "episodes+patients+seeds"
     res = runner.invoke(app, ["compare", *[str(r) for r in runs]], terminal_width=200)
     assert res.exit_code == 0 and "[seeds 0, 1, 2]" in res.stdout and "between-seed variance" in res.stdout
     tables = [pd.read_csv(r / "episodes.csv").groupby("episode")["auc"].mean().to_numpy() for r in runs]
@@ -57,7 +57,8 @@ def test_runs_differing_only_in_seed_are_grouped_and_averaged(seeds):
     assert len(apart.rows) == 4 and all(len(r.eval_dirs) == 1 for r in apart.rows)
     tests = [t for t in apart.tests if t.scope == "overall"]
     assert len(tests) == 6  # all pairs
-    assert [t.p_value for t in tests] == pytest.approx(holm([t.p_raw for t in tests]))
+    assert len(apart.tests) == 6 * (1 + len(CLASSES))  # overall and per class: one Holm family
+    assert [t.p_value for t in apart.tests] == pytest.approx(holm([t.p_raw for t in apart.tests]))
 
 
 def test_other_settings_are_not_grouped_and_explicit_groups_are(seeds):
@@ -92,9 +93,9 @@ def test_reference_per_class_families_and_identical_scores(tmp_path):
     identical = next(t for t in overall if t["a"] == "run:finetune-head")
     assert identical["p_raw"] == 1.0 and identical["p_value"] == 1.0 and "identical" in identical["note"]
     for cls in CLASSES:
-        family = [t for t in data["tests"] if t["scope"] == cls]
-        assert len(family) == 3
-        assert [t["p_value"] for t in family] == pytest.approx(holm([t["p_raw"] for t in family]))
+        assert len([t for t in data["tests"] if t["scope"] == cls]) == 3
+    family = data["tests"]  # overall and per class together: one Holm family
+    assert [t["p_value"] for t in family] == pytest.approx(holm([t["p_raw"] for t in family]))
     md = (out / "comparison.md").read_text()
     assert "1 (identical on every episode)" in md and "p = 0.0" not in md and "| 0.000 |" not in md
     assert "Against run:scratch" in res.stdout

@@ -132,7 +132,7 @@ def test_summary_numbers_match_episodes_csv(setup):
         assert summary["overall"]["auc"]["mean"] == pytest.approx(est.mean)
         overall = summary["overall"]["auc"]
         assert overall["episode_ci95"] == pytest.approx(est.ci95) and overall["ci95"] >= est.ci95 - 1e-12
-        assert overall["interval"] in ("episode", "bootstrap") and overall["low"] <= overall["mean"] <= overall["high"]
+        assert overall["interval"] == "episodes+patients" and overall["low"] <= overall["mean"] <= overall["high"]
         # recall at the episode's own (support-chosen) threshold, recomputed from the stored query scores
         scores = pd.read_csv(result.output / "scores.csv", dtype={"class": str})
         first = scores[(scores["episode"] == 0) & (scores["class"] == table.iloc[0]["class"])]
