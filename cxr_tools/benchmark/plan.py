@@ -5,7 +5,9 @@ Top-level keys (``examples/benchmark/phantoms.yaml`` and ``nih.yaml`` are whole,
 ``cache`` and ``output`` (required; relative paths are taken from the current directory, like every ``cxr``
 path), ``methods`` (required: a mapping of row names to method settings), ``shots`` (required, e.g.
 ``[1, 5, 10]``), ``meta_split`` (default ``auto``), ``backbones`` (default ``[conv4]``), ``ways`` (2),
-``queries`` (15), ``seeds`` (a list, or a count ``n`` meaning ``0..n-1``; default ``[0]``), ``episodes`` (600),
+``queries`` (15), ``seeds`` (training seeds of the trained methods: a list, or a count ``n`` meaning ``0..n-1``;
+default ``[0, 1]``, so every trained row's interval and tests include the seed-to-seed variance; with one seed
+the report says its verdicts are about those trained models), ``episodes`` (600),
 ``episode_seed`` (0: the seed of the evaluation episodes, the same for every method, shot count and training
 seed so every comparison is paired), ``reference`` (default the first method), ``device`` (``auto``),
 ``threads``, the command sections ``train``, ``train_siamese``, ``meta_train``, ``evaluate`` (options every
@@ -91,6 +93,9 @@ _TOP = {
 }
 _METHOD = {"method", "backbones", "train_shots", "match", *SECTIONS}
 _SLURM = {"partition", "time", "gpus", "account", "cpus_per_task", "mem", "extra"}
+
+#: Training seeds when the plan names none: two, so a trained method's seed variance is measured.
+DEFAULT_SEEDS = (0, 1)
 
 
 class PlanError(ConfigError):
@@ -197,7 +202,7 @@ def load_plan(path: str | Path, commands: CommandFlags | None = None) -> Plan:
         raise PlanError(
             f"'reference' in {where} is no method of the plan: {reference}.", f"Use one of: {', '.join(names)}."
         )
-    seeds_raw = data.get("seeds", [0])
+    seeds_raw = data.get("seeds", list(DEFAULT_SEEDS))
     seeds = (
         tuple(range(_int(seeds_raw, "seeds", where)))
         if isinstance(seeds_raw, int)

@@ -115,6 +115,8 @@ def build_report(steps: Sequence[Step], reference: str) -> Report:
                         "a": names.get(t["a"], t["a"]),
                         "b": names.get(t["b"], t["b"]),
                         **{key: t[key] for key in ("diff", "ci95", "n", "p_raw", "p_value", "significant", "note")},
+                        "low": t.get("low", t["diff"] - t["ci95"]),
+                        "high": t.get("high", t["diff"] + t["ci95"]),
                     }
                 )
     if not cells:
@@ -173,8 +175,10 @@ def markdown(report: Report, images: Sequence[str] = ()) -> str:
         "# Few-shot benchmark",
         "",
         f"Mean AUC [95% interval] per method and shot count; bold: best of the column; * differs from "
-        f"{report.reference} (paired over the shared episodes, Holm-adjusted p < 0.05). Intervals of methods "
-        "trained with several seeds include the between-seed variance. Episodes: "
+        f"{report.reference} (paired over the shared episodes, Holm-adjusted p < 0.05 over each shot count's "
+        "family). Intervals and tests: one variance model (episodes, support and query patients, and the "
+        "between-seed variance of methods trained with several seeds); a method trained with one seed speaks "
+        "for that trained model, not the method. Episodes: "
         + ", ".join(f"{k}-shot {n}" for k, n in report.episodes.items())
         + ".",
         "",
@@ -195,15 +199,15 @@ def markdown(report: Report, images: Sequence[str] = ()) -> str:
         lines += ["", f"Not finished yet: {', '.join(f'{k}-shot' for k in report.missing)}."]
     lines += [
         "",
-        f"## Paired tests against {report.reference} (Holm within each shot count)",
+        f"## Paired tests against {report.reference} (overall; Holm over each shot count's family)",
         "",
         "| shots | method − reference | Δ AUC [95% CI] | p (raw) | p (Holm) | significant |",
         "|---:|---|---:|---:|---:|---|",
     ]
     for t in report.tests:
         lines.append(
-            f"| {t['shots']} | {t['a']} − {t['b']} | {t['diff']:+.3f} [{t['diff'] - t['ci95']:+.3f}, "
-            f"{t['diff'] + t['ci95']:+.3f}] | {_p(t['p_raw'])} | {_p(t['p_value'])} | "
+            f"| {t['shots']} | {t['a']} − {t['b']} | {t['diff']:+.3f} [{t['low']:+.3f}, "
+            f"{t['high']:+.3f}] | {_p(t['p_raw'])} | {_p(t['p_value'])} | "
             f"{'yes' if t['significant'] else 'no'} |"
         )
     lines += [""] + [f"![{Path(i).stem}]({Path(i).name})" for i in images] + [""]
@@ -305,8 +309,8 @@ def _html(report: Report, images: Sequence[Path]) -> str:
             tds.append(f"<td><b>{text}</b></td>" if c is not None and c.best else f"<td>{text}</td>")
         rows.append(f"<tr><th>{html.escape(m)}</th>{''.join(tds)}</tr>")
     tests = "".join(
-        f"<tr><td>{t['shots']}</td><td>{html.escape(t['a'])} − {html.escape(t['b'])}</td><td>{t['diff']:+.3f} ± "
-        f"{t['ci95']:.3f}</td><td>{_p(t['p_value'])}</td><td>{'yes' if t['significant'] else 'no'}</td></tr>"
+        f"<tr><td>{t['shots']}</td><td>{html.escape(t['a'])} − {html.escape(t['b'])}</td><td>{t['diff']:+.3f} "
+        f"[{t['low']:+.3f}, {t['high']:+.3f}]</td><td>{_p(t['p_value'])}</td><td>{'yes' if t['significant'] else 'no'}</td></tr>"
         for t in report.tests
     )
     imgs = "".join(

@@ -81,10 +81,15 @@ def _comparison(folder: Path) -> ResultsView:
 
 def _comparison_table(data: dict[str, Any]) -> str:
     """A minimal table when comparison.md is missing: rank, method, mean [low, high], difference and p."""
-    lines = ["| rank | method | mean [95% CI] | Δ ± 95% | p |", "|---:|---|---:|---:|---:|"]
+    lines = ["| rank | method | mean [95% CI] | Δ [95% CI] | p |", "|---:|---|---:|---:|---:|"]
     for row in data.get("rows") or []:
-        diff = row.get("diff")
-        delta = "—" if diff is None else f"{diff:+.3f} ± {row.get('diff_ci95') or 0:.3f}"
+        diff, low, high = row.get("diff"), row.get("diff_low"), row.get("diff_high")
+        if diff is None:
+            delta = "—"
+        elif low is None or high is None:
+            delta = f"{diff:+.3f}"
+        else:
+            delta = f"{diff:+.3f} [{low:+.3f}, {high:+.3f}]"
         p = "—" if row.get("p_value") is None else f"{row['p_value']:.3g}"
         lines.append(f"| {row.get('rank')} | {row.get('name')} | {_interval(row)} | {delta} | {p} |")
     return "\n".join(lines)

@@ -19,13 +19,13 @@ from variance_simulation import World, simulate
 
 from cxr_tools.eval.variance import EpisodeDesign, difference, estimate
 
-DATASETS = 200
+DATASETS = 400
 WORLD = World(episodes=80)
 
 
 @pytest.fixture(scope="module")
 def null_runs():
-    """Two methods of identical law, two training seeds each, on 200 simulated evaluations."""
+    """Two methods of identical law, two training seeds each, on 400 simulated evaluations."""
     rng = np.random.default_rng(20261206)
     out = []
     for _ in range(DATASETS):
