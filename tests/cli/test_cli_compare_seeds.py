@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
+from scipy import stats
 from test_cli_compare import CLASSES, N, _evaluation
 from typer.testing import CliRunner
 
@@ -128,3 +129,23 @@ def test_refuses_old_episode_lists_and_other_caches_naming_the_difference(tmp_pa
     res = runner.invoke(app, ["compare", str(new), str(other)])
     assert res.exit_code == 1
     assert "different caches" in res.stderr and "size: 32 vs 48" in res.stderr and "clahe: False vs True" in res.stderr
+
+
+def test_two_seed_groups_of_one_method_are_not_significant(tmp_path):
+    """Each run of one method moves by its seed (sd 0.03); the groups' gap is seed noise, not a difference."""
+    rng = np.random.default_rng(5)
+    runs = []
+    for i in range(4):
+        values = BASE + 0.1 + rng.normal(0, 0.03) + rng.normal(0, 0.01, N)
+        runs.append(_run(tmp_path, f"maml-s{i}", i, values))
+    groups = [f"A={runs[0]},{runs[1]}", f"B={runs[2]},{runs[3]}"]
+    result = compare(CompareConfig(inputs=(), groups=tuple(groups), auto_group=False))
+    overall = next(t for t in result.tests if t.scope == "overall")
+    naive = stats.ttest_rel(*[np.mean([_episode_auc(r) for r in pair], axis=0) for pair in (runs[:2], runs[2:])])
+    assert naive.pvalue < 0.05  # the old test: "significant"
+    assert not overall.significant and overall.low < 0 < overall.high
+    assert all(r.interval == "episodes+patients+seeds" for r in result.rows)
+
+
+def _episode_auc(eval_dir):
+    return pd.read_csv(eval_dir / "episodes.csv").groupby("episode")["auc"].mean().to_numpy()
