@@ -29,7 +29,6 @@ import socket
 import subprocess
 import sys
 from collections.abc import Iterable, Mapping
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +37,7 @@ from cxr_tools.config import differing_keys, dump_yaml, to_dict
 from cxr_tools.errors import ConfigError, ModelError, OutputExistsError
 from cxr_tools.runtime.fs import atomic_write_json, atomic_write_text, clear_dir
 from cxr_tools.runtime.locks import LOCK_NAME, lock_output
+from cxr_tools.runtime.versions import library_versions
 
 log = logging.getLogger(__name__)
 
@@ -64,16 +64,6 @@ RESUME_MUTABLE_KEYS = frozenset(
         "out",
         "run_dir",
     }
-)
-_VERSIONED_PACKAGES = (
-    "torch",
-    "torchvision",
-    "numpy",
-    "pandas",
-    "h5py",
-    "opencv-python-headless",
-    "learn2learn",
-    "higher",
 )
 _SLURM_VARS = {
     "job_id": "SLURM_JOB_ID",
@@ -385,15 +375,6 @@ def _check_same_config(path: Path, saved: Mapping[str, Any], new: Any, mutable: 
             f"{path} is an incomplete run started with different options ({detail}).",
             "Rerun with the original options to resume it, or pass --overwrite to start again.",
         )
-
-
-def library_versions() -> dict[str, str]:
-    """Versions of Python and the libraries that change results (absent ones are left out)."""
-    out = {"python": platform.python_version()}
-    for name in _VERSIONED_PACKAGES:
-        with contextlib.suppress(metadata.PackageNotFoundError):
-            out[name] = metadata.version(name)
-    return out
 
 
 def git_commit() -> str | None:
