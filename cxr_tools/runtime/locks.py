@@ -110,6 +110,42 @@ def lock_output(output: str | os.PathLike[str], *, file: bool = False) -> Output
     return lock
 
 
+def is_held(output: str | os.PathLike[str], *, file: bool = False) -> bool:
+    """Whether a live process holds the lock of ``output`` now (this one included), without taking it.
+
+    What tells a run listed ``running`` whose process was killed with ``kill -9`` (its lock dropped by the kernel,
+    its run.json never updated) from one still writing. A probe with a shared lock, dropped at once; on a file
+    system without locks the holder record decides (a process of another host counts as alive: it cannot be
+    checked from here).
+    """
+    import fcntl
+
+    lock_path = lock_file_for(output, file=file)
+    held = _held.get(lock_path)
+    if held is not None and held.fd >= 0:
+        return True
+    try:
+        fd = os.open(lock_path, os.O_RDONLY)
+    except FileNotFoundError:
+        return False  # a command releases its lock by removing the file; none means nobody holds it
+    except OSError:
+        return True  # cannot tell: never call a live writer gone
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        except OSError as exc:
+            if exc.errno not in _NO_LOCKS:
+                return True
+            holder = _read_holder(fd)
+            return bool(holder) and (holder.get("host") != socket.gethostname() or _alive_here(holder))
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return False
+    finally:
+        os.close(fd)
+
+
 def release_all() -> None:
     """Release every lock this process holds (end of a command)."""
     for path in list(_held):
