@@ -290,9 +290,11 @@ def save_checkpoint(path: str | os.PathLike[str], state: Mapping[str, Any]) -> P
     with the offending key, instead of at resume time. The training runtime's ``save_training_state`` writes
     the full trainer state in the same way.
     """
+    from cxr_tools.runtime.checkpointing import with_checksum
+
     _check_plain(state, "state")
     with atomic_path(path) as tmp:
-        torch.save(dict(state), tmp)
+        torch.save(with_checksum(state), tmp)
     return Path(path)
 
 
