@@ -69,7 +69,7 @@ def test_crash_while_saving_leaves_previous_checkpoint_intact(tmp_path, monkeypa
     assert path.read_bytes() == before
     assert ckpt.load_training_state(path)["step"] == 1
     # no temporary left behind; the checkpoint the save would have replaced is kept as last.prev.pt
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pt", "last.prev.pt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.prev.pt", "last.pt"]
 
 
 def test_unreadable_or_foreign_checkpoints_are_model_errors(tmp_path):
