@@ -15,10 +15,11 @@ Why decode once: the seed projects decoded 1024² PNGs every epoch (~6 ms each);
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -75,9 +76,115 @@ def require_complete(path: str | Path) -> Path:
 
 
 def write_manifest(path: str | Path, manifest: dict[str, Any]) -> Path:
-    """Write ``manifest.json`` atomically; call this last, it marks the cache complete."""
-    data = {"schema_version": SCHEMA_VERSION, **manifest}
+    """Write ``manifest.json`` atomically; call this last, it marks the cache complete. Its ``checksums`` are
+    computed here, from the files as they lie on disk (any given are replaced)."""
+    data = {"schema_version": SCHEMA_VERSION, **{k: v for k, v in manifest.items() if k != CHECKSUMS}}
+    data[CHECKSUMS] = compute_checksums(path, manifest.get("storage"))
     return atomic_write_json(Path(path) / MANIFEST, data)
+
+
+# --- checksums: what `cxr stats --verify` checks -------------------------------------------------------------
+
+CHECKSUMS = "checksums"
+#: Rows per image checksum: a damaged block names its rows; 256 rows of 256² are 16 MiB.
+CHECKSUM_BLOCK_ROWS = 256
+
+
+def _sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _image_blocks(path: str | Path, storage: str) -> Iterable[tuple[int, np.ndarray]]:
+    """``(first row, uint8 rows)`` of a store, :data:`CHECKSUM_BLOCK_ROWS` at a time, read as a reader sees them."""
+    store = Path(path) / STORE_FILES[storage]
+    if storage == "hdf5":
+        with open_h5_readonly(store) as fh:
+            data = fh[H5_DATASET]
+            for start in range(0, data.shape[0], CHECKSUM_BLOCK_ROWS):
+                yield start, data[start : start + CHECKSUM_BLOCK_ROWS]
+    else:
+        arr = np.load(store, mmap_mode="r")
+        for start in range(0, arr.shape[0], CHECKSUM_BLOCK_ROWS):
+            yield start, np.asarray(arr[start : start + CHECKSUM_BLOCK_ROWS])
+
+
+def compute_checksums(path: str | Path, storage: str | None) -> dict[str, Any]:
+    """The manifest's ``checksums`` of the cache files in ``path``: SHA-256 of ``index.csv`` and ``rejected.csv``,
+    and of the image rows in blocks of :data:`CHECKSUM_BLOCK_ROWS` (of the pixels, so independent of the
+    store's layout on disk)."""
+    path = Path(path)
+    files = {name: _sha256_file(path / name) for name in (INDEX, REJECTED) if (path / name).is_file()}
+    images = []
+    if storage in STORE_FILES and (path / STORE_FILES[storage]).is_file():
+        images = [hashlib.sha256(np.ascontiguousarray(b).data).hexdigest() for _, b in _image_blocks(path, storage)]
+    return {"algorithm": "sha256", "files": files, "rows_per_block": CHECKSUM_BLOCK_ROWS, "images": images}
+
+
+def verify_cache(path: str | Path) -> list[str]:
+    """Check a cache against the checksums of its manifest; one line per damaged file (none when whole).
+
+    Raises:
+        CacheError: no checksums to check against (a cache made before they were recorded).
+    """
+    path = require_complete(path)
+    redo = "recreate the cache (`cxr preprocess ... --overwrite`)"
+    try:
+        manifest = json.loads((path / MANIFEST).read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as exc:
+        return [f"{path / MANIFEST}: unreadable ({exc}); {redo}."]
+    sums = manifest.get(CHECKSUMS) if isinstance(manifest, dict) else None
+    if not isinstance(sums, dict):
+        raise CacheError(
+            f"Cache {path} records no checksums (made by an older cxr-tools), so it cannot be verified.",
+            "Recreate it with `cxr preprocess ... --overwrite` to record them.",
+        )
+    problems = []
+    for name, expected in (sums.get("files") or {}).items():
+        file = path / name
+        if not file.is_file():
+            problems.append(f"{file}: missing; {redo}.")
+        elif _sha256_file(file) != expected:
+            problems.append(f"{file}: does not match its checksum (damaged or edited); {redo}.")
+    storage = str(manifest.get("storage"))
+    store = path / STORE_FILES.get(storage, "images")
+    expected_blocks = list(sums.get("images") or [])
+    bad: list[str] = []
+    try:
+        seen = 0
+        for (start, block), want in zip(_image_blocks(path, storage), expected_blocks, strict=False):
+            seen += 1
+            if hashlib.sha256(np.ascontiguousarray(block).data).hexdigest() != want:
+                bad.append(f"{start}-{start + len(block) - 1}")
+        rows = ImageStoreWriter.existing_rows(path, storage)
+        if seen != len(expected_blocks) or rows is None or -(-rows // CHECKSUM_BLOCK_ROWS) != len(expected_blocks):
+            problems.append(f"{store}: holds {rows} rows, not what its checksums cover (truncated?); {redo}.")
+        elif bad:
+            rows_text = ", ".join(bad[:5]) + (" ..." if len(bad) > 5 else "")
+            problems.append(
+                f"{store}: rows {rows_text} do not match their checksums ({len(bad)} of {seen} blocks damaged); {redo}."
+            )
+    except (OSError, ValueError, KeyError, CacheError) as exc:
+        problems.append(f"{store}: unreadable ({_first_line(exc)}); {redo}.")
+    return problems
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).splitlines() or [type(exc).__name__])[0]
+
+
+def check_index_checksum(path: Path, manifest: dict[str, Any]) -> None:
+    """Refuse an ``index.csv`` that is not the one the manifest records: a flipped label must never be read."""
+    expected = ((manifest.get(CHECKSUMS) or {}).get("files") or {}).get(INDEX)
+    if expected is not None and _sha256_file(path / INDEX) != expected:
+        raise CacheError(
+            f"{path / INDEX} does not match the checksum in its manifest (damaged or edited).",
+            f"Check the whole cache with `cxr stats {path} --verify`; "
+            "recreate it with `cxr preprocess ... --overwrite`.",
+        )
 
 
 def manifest_hash(manifest: dict[str, Any]) -> str:
@@ -412,6 +519,7 @@ def read_tables(path: str | Path) -> tuple[dict[str, Any], Any]:
         )
     if not (path / INDEX).is_file():
         raise CacheError(f"Cache {path} lacks {INDEX}.", "Recreate the cache.")
+    check_index_checksum(path, manifest)
     index = read_index(path / INDEX)
     missing = [c for c in (*INDEX_META_COLUMNS, *manifest.get("labels", [])) if c not in index.columns]
     if missing:
@@ -450,19 +558,35 @@ class CacheReader:
             store = self.path / STORE_FILES[self.storage]
             if not store.is_file():
                 raise CacheError(f"Cache {self.path} lacks its image store {store.name}.", "Recreate the cache.")
-            if self.storage == "hdf5":
-                self._h5 = open_h5_readonly(store)
-                self._arr = self._h5[H5_DATASET]
-            else:
-                self._arr = np.load(store, mmap_mode="r")
+            with self._damage_named():
+                if self.storage == "hdf5":
+                    self._h5 = open_h5_readonly(store)
+                    self._arr = self._h5[H5_DATASET]
+                else:
+                    self._arr = np.load(store, mmap_mode="r")
         return self._arr
+
+    @contextlib.contextmanager
+    def _damage_named(self) -> Iterator[None]:
+        """A store that cannot be opened or read (truncated, overwritten) is a one-line :class:`CacheError`."""
+        try:
+            yield
+        except (OSError, ValueError, KeyError) as exc:
+            store = self.path / STORE_FILES[self.storage]
+            raise CacheError(
+                f"The image store {store} is unreadable, damaged or truncated ({_first_line(exc)}).",
+                f"Check the cache with `cxr stats {self.path} --verify`; recreate it with "
+                "`cxr preprocess ... --overwrite`.",
+            ) from exc
 
     def __len__(self) -> int:
         return len(self.index)
 
     def __getitem__(self, row: int) -> np.ndarray:
         """One image as uint8 [H, W] (a copy, safe to modify)."""
-        return np.array(self._store()[int(row)])
+        store = self._store()
+        with self._damage_named():
+            return np.array(store[int(row)])
 
     def read(self, rows: Sequence[int] | np.ndarray) -> np.ndarray:
         """Several images as uint8 [n, H, W], in the order given (repeats allowed)."""
@@ -472,6 +596,10 @@ class CacheReader:
         if rows.min() < 0 or rows.max() >= len(self):
             raise CacheError(f"Row out of range for cache {self.path} of {len(self)} images.")
         store = self._store()
+        with self._damage_named():
+            return self._read(store, rows)
+
+    def _read(self, store: Any, rows: np.ndarray) -> np.ndarray:
         if self.storage != "hdf5":
             return np.asarray(store[rows])  # numpy fancy indexing copies, in the order given
         # h5py point selections are slow (~4 ms per random row); runs of consecutive rows read as slices
