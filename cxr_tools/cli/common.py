@@ -260,7 +260,7 @@ def _raise_if_no_space(exc: OSError | RuntimeError, outputs: list[Path]) -> None
     from cxr_tools.runtime.space import is_no_space, no_space_error
 
     where = outputs[-1] if outputs else getattr(exc, "filename", None)
-    if is_no_space(exc, where):
+    if is_no_space(exc):  # by its errno or text only: the free-space test is for writes (runtime.fs.atomic_path)
         raise no_space_error(where or "the output's file system") from exc
 
 
