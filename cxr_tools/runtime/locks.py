@@ -137,7 +137,7 @@ def is_held(output: str | os.PathLike[str], *, file: bool = False) -> bool:
         return True  # cannot tell: never call a live writer gone
     try:
         try:
-            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)  # the kernel's word, not the record's (pid reuse)
         except BlockingIOError:
             return True
         except OSError as exc:
