@@ -25,6 +25,7 @@ from cxr_tools.cli.app import app
 
 torch.set_num_threads(1)
 runner = CliRunner()
+pytestmark = pytest.mark.slow  # each runs a command twice or three times (5-10 s)
 
 
 class SmallDisk:
