@@ -134,7 +134,13 @@ def preprocess(config: PreprocessConfig, progress: Progress | None = None) -> Pr
             (neither ``--resume`` nor ``--overwrite``).
         DataError: no input could be read, or the dataset is malformed.
         CacheError: ``--resume`` with other inputs or settings than the interrupted run.
+        NoSpaceError: the disk filled up; the journal keeps what was stored, ``--resume`` carries on.
     """
+    with no_space_as_error(config.output, NO_SPACE_HINT):
+        return _preprocess(config, progress)
+
+
+def _preprocess(config: PreprocessConfig, progress: Progress | None) -> PreprocessResult:
     from cxr_tools.data.imaging import ImageOps
 
     started = time.perf_counter()
@@ -196,52 +202,50 @@ def preprocess(config: PreprocessConfig, progress: Progress | None = None) -> Pr
     if resuming and state.done:
         log.info("Resuming %s: %d of %d inputs already done", out, state.done, len(paths))
 
-    # A full disk anywhere below stops the run with one line; the journal keeps what is stored (runtime/space.py).
-    with no_space_as_error(out, NO_SPACE_HINT):
-        stored, rejected = fill_store(
-            out,
-            config.format,
-            ops,
-            paths,
-            workers=workers,
-            chunk_size=config.chunk_size,
-            commit_seconds=config.commit_seconds,
-            journal=journal,
-            state=state,
-            run_fp=run_fp,
-            progress=progress,
-        )
+    stored, rejected = fill_store(
+        out,
+        config.format,
+        ops,
+        paths,
+        workers=workers,
+        chunk_size=config.chunk_size,
+        commit_seconds=config.commit_seconds,
+        journal=journal,
+        state=state,
+        run_fp=run_fp,
+        progress=progress,
+    )
 
-        # Finish: rejected.csv, index.csv, then manifest.json last (the completion marker).
-        rejected_rows = problems + [(paths[i], reason) for i, reason in sorted(rejected)]
-        cache_mod.write_rejected(out, rejected_rows)
-        keep = np.ones(len(part), dtype=bool)
-        keep[[i for i, _ in rejected]] = False
-        if int(keep.sum()) != stored:
-            raise CacheError(f"Internal inconsistency in {out}: {stored} rows stored, {int(keep.sum())} expected.")
-        if shard is None and stored == 0:
-            raise DataError(
-                f"None of the {len(paths) + len(problems)} inputs in {config.src} could be read.",
-                f"See the reasons in {out / cache_mod.REJECTED}.",
-            )
-        index = part.loc[keep].reset_index(drop=True)
-        index.insert(0, "row", np.arange(len(index), dtype=np.int64))
-        cache_mod.write_index(out, index, src.labels)
-        counts = cache_mod.count_index(index, rejected=len(rejected_rows), inputs=len(paths) + len(problems))
-        manifest = build_manifest(
-            src,
-            views=config.views,
-            inputs_sha256=inputs_sha,
-            ops=ops,
-            storage=config.format,
-            splits=split_info,
-            counts=counts,
-            shard=None
-            if shard is None
-            else {"index": shard[0], "count": shard[1], "start": start, "end": end, "total": len(table)},
+    # Finish: rejected.csv, index.csv, then manifest.json last (the completion marker).
+    rejected_rows = problems + [(paths[i], reason) for i, reason in sorted(rejected)]
+    cache_mod.write_rejected(out, rejected_rows)
+    keep = np.ones(len(part), dtype=bool)
+    keep[[i for i, _ in rejected]] = False
+    if int(keep.sum()) != stored:
+        raise CacheError(f"Internal inconsistency in {out}: {stored} rows stored, {int(keep.sum())} expected.")
+    if shard is None and stored == 0:
+        raise DataError(
+            f"None of the {len(paths) + len(problems)} inputs in {config.src} could be read.",
+            f"See the reasons in {out / cache_mod.REJECTED}.",
         )
-        cache_mod.write_manifest(out, manifest)
-        journal.remove()
+    index = part.loc[keep].reset_index(drop=True)
+    index.insert(0, "row", np.arange(len(index), dtype=np.int64))
+    cache_mod.write_index(out, index, src.labels)
+    counts = cache_mod.count_index(index, rejected=len(rejected_rows), inputs=len(paths) + len(problems))
+    manifest = build_manifest(
+        src,
+        views=config.views,
+        inputs_sha256=inputs_sha,
+        ops=ops,
+        storage=config.format,
+        splits=split_info,
+        counts=counts,
+        shard=None
+        if shard is None
+        else {"index": shard[0], "count": shard[1], "start": start, "end": end, "total": len(table)},
+    )
+    cache_mod.write_manifest(out, manifest)
+    journal.remove()
     seconds = time.perf_counter() - started
     done_now = len(paths) - state.done
     return _result(

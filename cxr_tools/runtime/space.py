@@ -68,14 +68,16 @@ def no_space_error(where: str | os.PathLike[str], hint: str | None = None) -> No
 def no_space_as_error(where: str | os.PathLike[str], hint: str | None = None) -> Iterator[None]:
     """Turn a full-disk failure inside the block into :func:`no_space_error` (``where``, ``hint``); other errors pass.
 
-    A :class:`NoSpaceError` raised deeper (by an atomic write) is re-raised with this block's ``where`` and ``hint``,
-    the caller's knowledge of how the command resumes.
+    A :class:`NoSpaceError` raised deeper (by an atomic write) is re-raised with this block's ``hint``, the caller's
+    knowledge of how the command resumes, and ``where`` unless its message already names it.
     """
     try:
         yield
     except (OSError, RuntimeError, NoSpaceError) as exc:
-        if not is_no_space(exc, where):
+        if not is_no_space(exc):  # by errno or text: the free-space test is for a write's own error (atomic_path)
             raise
+        if isinstance(exc, NoSpaceError) and str(where) in exc.message:  # already names it, maybe with sizes
+            raise NoSpaceError(exc.message, hint or exc.hint) from exc
         raise no_space_error(where, hint) from exc
 
 

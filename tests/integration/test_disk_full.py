@@ -155,3 +155,19 @@ def test_evaluate_predict_and_compare_into_a_full_disk(disk, tmp_path):
         assert res.exit_code == 0, res.output
     assert json.loads((disk.path / "ev" / "summary.json").read_text())["episodes"] == 2
     assert len((disk.path / "p.csv").read_text().splitlines()) == 4
+
+
+def test_an_hdf5_store_whose_metadata_cannot_fit_is_refused_before_hdf5_writes_anything(disk):
+    """HDF5 cannot survive failing to write its own metadata (it crashes at exit), so its room is checked first."""
+    from cxr_tools.data.cache import ImageStoreWriter
+    from cxr_tools.errors import NoSpaceError
+
+    out = disk.path / "c"
+    out.mkdir()
+    disk.fill(64 * 1024)
+    with pytest.raises(NoSpaceError, match=r"MiB free, about .* MiB needed"):
+        ImageStoreWriter(out, "hdf5", 20_000, 64, 64)  # its chunk index alone takes about 2.5 MiB
+    assert not (out / "images.h5").exists()
+    disk.grow()
+    with ImageStoreWriter(out, "hdf5", 20_000, 64, 64) as store:
+        store.write_block(19_999, np.full((1, 64, 64), 7, np.uint8))
