@@ -107,11 +107,15 @@ def train_cache(tmp_path):
     return make_cache(tmp_path, labels=("A", "B"), index=index, size=32)
 
 
-def test_a_checkpoint_that_does_not_fit_keeps_the_last_one_and_the_rerun_finishes(disk, train_cache):
+def test_a_checkpoint_that_does_not_fit_keeps_the_last_one_and_the_rerun_finishes(disk, train_cache, tmp_path):
+    common = ["-m", "conv4-tiny", "--epochs", "3", "--batch-size", "8", "--threads", "1", "--quiet"]
+    sizing = runner.invoke(app, ["train", str(train_cache), "-o", str(tmp_path / "s"), *common, "--max-steps", "1"])
+    assert sizing.exit_code == 0, sizing.output
+    checkpoint = (tmp_path / "s" / "checkpoints" / "last.pt").stat().st_size  # ~56 KiB today
     run = disk.path / "run"
-    args = ["train", train_cache, "-o", run, "-m", "conv4-tiny", "--epochs", "3", "--batch-size", "8"]
-    args += ["--threads", "1", "--checkpoint-every-steps", "1", "--quiet"]
-    disk.fill(100 * 1024)  # the run's small files and one last.pt (~56 KiB) fit, a second one beside it does not
+    args = ["train", train_cache, "-o", run, *common, "--checkpoint-every-steps", "1"]
+    # the run's small files and one last.pt fit, a second one written beside it does not
+    disk.fill(int(1.6 * checkpoint) + 16 * 1024)
     res = runner.invoke(app, list(map(str, args)))
     assert_no_space_line(res.exit_code, res.stderr, run)
     assert json.loads((run / "run.json").read_text())["status"] != "completed"
