@@ -123,7 +123,7 @@ def state_digest(state: Mapping[str, Any]) -> str:
         if isinstance(obj, torch.Tensor):
             flat = obj.detach().to("cpu").contiguous().reshape(-1)
             digest.update(f"T{flat.dtype}{tuple(obj.shape)}:".encode())
-            digest.update(memoryview(flat.view(torch.uint8).numpy()))
+            digest.update(flat.view(torch.uint8).numpy().data)
         elif isinstance(obj, Mapping):
             digest.update(b"{")
             for key in sorted(obj, key=repr):
