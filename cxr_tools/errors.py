@@ -67,3 +67,8 @@ class DependencyError(CxrError):
 
 class ResourceError(CxrError):
     """Out of memory or another resource limit; the message says what to lower."""
+
+
+class NoSpaceError(ResourceError):
+    """The disk (or quota) of an output is full; the message names the output and how to finish once space is
+    freed. Whatever was complete before stays as it was (runtime/space.py)."""

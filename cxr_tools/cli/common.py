@@ -237,7 +237,11 @@ def handle_errors() -> Iterator[None]:
     signals.reset_received()
     try:
         with locks.scope(), signals.stop_on_signals():
-            yield
+            try:
+                yield
+            except (OSError, RuntimeError) as exc:
+                _raise_if_no_space(exc, locks.held_outputs())
+                raise
     except CxrError as exc:
         if os.environ.get("CXR_DEBUG"):
             traceback.print_exc(file=sys.stderr)
@@ -248,6 +252,16 @@ def handle_errors() -> Iterator[None]:
         signum = int(getattr(exc, "signum", signals.signal.SIGINT))
         sys.stderr.write(f"Interrupted by {signals.signal.Signals(signum).name}; rerun the same command to resume.\n")
         raise typer.Exit(signals.exit_code_for(signum)) from None
+
+
+def _raise_if_no_space(exc: OSError | RuntimeError, outputs: list[Path]) -> None:
+    """A full disk that no engine named (a journal append, a library's own write) is still one line: it names the
+    output the command was writing (the last one it locked), else the file the error names."""
+    from cxr_tools.runtime.space import is_no_space, no_space_error
+
+    where = outputs[-1] if outputs else getattr(exc, "filename", None)
+    if is_no_space(exc):  # by its errno or text only: the free-space test is for writes (runtime.fs.atomic_path)
+        raise no_space_error(where or "the output's file system") from exc
 
 
 def exit_if_interrupted(status: str | None = None) -> None:

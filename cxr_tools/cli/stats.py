@@ -21,6 +21,14 @@ def stats(
         ),
     ] = None,
     plots: Annotated[bool, typer.Option("--plots/--no-plots", help="Write the PNG plots.")] = True,
+    verify: Annotated[
+        bool,
+        typer.Option(
+            "--verify",
+            help="Instead of statistics, check every file of the cache against the checksums recorded when it was "
+            "written (reads all images): one line per damaged file on stderr, exit 1 if any.",
+        ),
+    ] = False,
     config: ConfigOpt = None,
     json_output: JsonOpt = False,
 ) -> None:
@@ -29,6 +37,9 @@ def stats(
     Images and patients per label and per split, uncertain counts (CheXpert), labels per image, split
     sizes, views, and the label co-occurrence matrix; plots are rewritten on every run.
     """
+    if verify:
+        _verify(cache, json_output)
+        return
     with handle_errors():
         from cxr_tools.engine.stats import StatsConfig, run_stats
 
@@ -39,6 +50,26 @@ def stats(
         _render(console, result)
 
     emit(result, json_output, render)
+
+
+def _verify(cache: Path, json_output: bool) -> None:
+    """``--verify``: the damaged files on stderr, one line each, and exit 1; a one-line all-clear otherwise."""
+    import sys
+
+    with handle_errors():
+        from cxr_tools.engine.stats import verify
+
+        result = verify(cache)
+    for line in result.damaged:
+        sys.stderr.write(f"Damaged: {line}\n")
+
+    def render(console: Console) -> None:
+        if not result.damaged:
+            console.print(f"{result.cache}: every file matches its checksums ({result.images} images).")
+
+    emit(result, json_output, render)
+    if result.damaged:
+        raise typer.Exit(1)
 
 
 def _render(console: Console, result: Any) -> None:

@@ -20,11 +20,12 @@ gives the same episodes and ``cxr compare`` accepts it.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -83,9 +84,115 @@ def require_complete(path: str | Path) -> Path:
 
 
 def write_manifest(path: str | Path, manifest: dict[str, Any]) -> Path:
-    """Write ``manifest.json`` atomically; call this last, it marks the cache complete."""
-    data = {"schema_version": SCHEMA_VERSION, **manifest}
+    """Write ``manifest.json`` atomically; call this last, it marks the cache complete. Its ``checksums`` are
+    computed here, from the files as they lie on disk (any given are replaced)."""
+    data = {"schema_version": SCHEMA_VERSION, **{k: v for k, v in manifest.items() if k != CHECKSUMS}}
+    data[CHECKSUMS] = compute_checksums(path, manifest.get("storage"))
     return atomic_write_json(Path(path) / MANIFEST, data)
+
+
+# --- checksums: what `cxr stats --verify` checks -------------------------------------------------------------
+
+CHECKSUMS = "checksums"
+#: Rows per image checksum: a damaged block names its rows; 256 rows of 256² are 16 MiB.
+CHECKSUM_BLOCK_ROWS = 256
+
+
+def _sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _image_blocks(path: str | Path, storage: str) -> Iterable[tuple[int, np.ndarray]]:
+    """``(first row, uint8 rows)`` of a store, :data:`CHECKSUM_BLOCK_ROWS` at a time, read as a reader sees them."""
+    store = Path(path) / STORE_FILES[storage]
+    if storage == "hdf5":
+        with open_h5_readonly(store) as fh:
+            data = fh[H5_DATASET]
+            for start in range(0, data.shape[0], CHECKSUM_BLOCK_ROWS):
+                yield start, data[start : start + CHECKSUM_BLOCK_ROWS]
+    else:
+        arr = np.load(store, mmap_mode="r")
+        for start in range(0, arr.shape[0], CHECKSUM_BLOCK_ROWS):
+            yield start, np.asarray(arr[start : start + CHECKSUM_BLOCK_ROWS])
+
+
+def compute_checksums(path: str | Path, storage: str | None) -> dict[str, Any]:
+    """The manifest's ``checksums`` of the cache files in ``path``: SHA-256 of ``index.csv`` and ``rejected.csv``,
+    and of the image rows in blocks of :data:`CHECKSUM_BLOCK_ROWS` (of the pixels, so independent of the
+    store's layout on disk)."""
+    path = Path(path)
+    files = {name: _sha256_file(path / name) for name in (INDEX, REJECTED) if (path / name).is_file()}
+    images = []
+    if storage in STORE_FILES and (path / STORE_FILES[storage]).is_file():
+        images = [hashlib.sha256(np.ascontiguousarray(b).data).hexdigest() for _, b in _image_blocks(path, storage)]
+    return {"algorithm": "sha256", "files": files, "rows_per_block": CHECKSUM_BLOCK_ROWS, "images": images}
+
+
+def verify_cache(path: str | Path) -> list[str]:
+    """Check a cache against the checksums of its manifest; one line per damaged file (none when whole).
+
+    Raises:
+        CacheError: no checksums to check against (a cache made before they were recorded).
+    """
+    path = require_complete(path)
+    redo = "recreate the cache (`cxr preprocess ... --overwrite`)"
+    try:
+        manifest = json.loads((path / MANIFEST).read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as exc:
+        return [f"{path / MANIFEST}: unreadable ({exc}); {redo}."]
+    sums = manifest.get(CHECKSUMS) if isinstance(manifest, dict) else None
+    if not isinstance(sums, dict):
+        raise CacheError(
+            f"Cache {path} records no checksums (made by an older cxr-tools), so it cannot be verified.",
+            "Recreate it with `cxr preprocess ... --overwrite` to record them.",
+        )
+    problems = []
+    for name, expected in (sums.get("files") or {}).items():
+        file = path / name
+        if not file.is_file():
+            problems.append(f"{file}: missing; {redo}.")
+        elif _sha256_file(file) != expected:
+            problems.append(f"{file}: does not match its checksum (damaged or edited); {redo}.")
+    storage = str(manifest.get("storage"))
+    store = path / STORE_FILES.get(storage, "images")
+    expected_blocks = list(sums.get("images") or [])
+    bad: list[str] = []
+    try:
+        seen = 0
+        for (start, block), want in zip(_image_blocks(path, storage), expected_blocks, strict=False):
+            seen += 1
+            if hashlib.sha256(np.ascontiguousarray(block).data).hexdigest() != want:
+                bad.append(f"{start}-{start + len(block) - 1}")
+        rows = ImageStoreWriter.existing_rows(path, storage)
+        if seen != len(expected_blocks) or rows is None or -(-rows // CHECKSUM_BLOCK_ROWS) != len(expected_blocks):
+            problems.append(f"{store}: holds {rows} rows, not what its checksums cover (truncated?); {redo}.")
+        elif bad:
+            rows_text = ", ".join(bad[:5]) + (" ..." if len(bad) > 5 else "")
+            problems.append(
+                f"{store}: rows {rows_text} do not match their checksums ({len(bad)} of {seen} blocks damaged); {redo}."
+            )
+    except (OSError, ValueError, KeyError, CacheError) as exc:
+        problems.append(f"{store}: unreadable ({_first_line(exc)}); {redo}.")
+    return problems
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).splitlines() or [type(exc).__name__])[0]
+
+
+def check_index_checksum(path: Path, manifest: dict[str, Any]) -> None:
+    """Refuse an ``index.csv`` that is not the one the manifest records: a flipped label must never be read."""
+    expected = ((manifest.get(CHECKSUMS) or {}).get("files") or {}).get(INDEX)
+    if expected is not None and _sha256_file(path / INDEX) != expected:
+        raise CacheError(
+            f"{path / INDEX} does not match the checksum in its manifest (damaged or edited).",
+            f"Check the whole cache with `cxr stats {path} --verify`; "
+            "recreate it with `cxr preprocess ... --overwrite`.",
+        )
 
 
 def manifest_hash(manifest: dict[str, Any]) -> str:
@@ -244,10 +351,14 @@ def count_index(index: Any, *, rejected: int, inputs: int) -> dict[str, Any]:
 class ImageStoreWriter:
     """Writes images into a pre-sized store by row; reopening with ``resume=True`` keeps what is there.
 
-    Built for long, interruptible runs: the HDF5 dataset allocates all its chunks when it is created (no
-    metadata changes while rows are written, so a ``kill -9`` between :meth:`flush` calls cannot corrupt
-    the file), and the ``.npy`` store is written with ``pwrite`` rather than through a memory map (written
-    pages do not accumulate in the writer's resident memory, which stays flat however large the cache).
+    Built for long, interruptible runs and full disks. Rows go to the file with ``pwrite`` whatever the format:
+    for ``.npy`` after its header, for HDF5 at the offsets of the dataset's chunks, which HDF5 allocates when the
+    dataset is created (``ALLOC_TIME_EARLY``, one uncompressed chunk per image). HDF5 itself writes only metadata,
+    when the store is created (after :func:`~cxr_tools.runtime.space.check_room`) and when it is shrunk: it cannot
+    close a file whose metadata it failed to write (a full disk), keeps the file open and crashes the interpreter
+    in its finaliser (SIGSEGV), so it is never left to meet a full disk while rows are written. A failed
+    ``pwrite`` is an ordinary ``OSError``; a ``kill -9`` between :meth:`flush` calls corrupts nothing (no
+    metadata changes while rows are written), and written pages do not accumulate in the writer's memory.
     :meth:`truncate` shrinks the store to the rows actually kept (inputs that failed leave no row).
     """
 
@@ -258,22 +369,20 @@ class ImageStoreWriter:
         self.storage = storage
         self.shape = (n, height, width)
         self._row_bytes = height * width
-        self._h5: Any = None
-        self._arr: Any = None
         self._fd: int | None = None
+        self._offset = 0
+        self._chunk_offsets: np.ndarray | None = None  # HDF5: the file offset of each row's chunk
         exists = self.path.exists()
         if storage == "hdf5":
             self._open_h5(resume and exists)
-        else:
-            if not (resume and exists):
-                with open(self.path, "wb") as fh:
-                    np.lib.format.write_array_header_1_0(
-                        fh, {"descr": "|u1", "fortran_order": False, "shape": self.shape}
-                    )
-                    fh.truncate(fh.tell() + n * self._row_bytes)
-            self._fd = os.open(self.path, os.O_RDWR)
+        elif not (resume and exists):
+            with open(self.path, "wb") as fh:
+                np.lib.format.write_array_header_1_0(fh, {"descr": "|u1", "fortran_order": False, "shape": self.shape})
+                fh.truncate(fh.tell() + n * self._row_bytes)
+        if storage != "hdf5":
             shape, self._offset = _npy_layout(self.path)
             self._check_shape(shape)
+        self._fd = os.open(self.path, os.O_RDWR)
 
     @staticmethod
     def existing_rows(cache_dir: str | Path, storage: str) -> int | None:
@@ -297,27 +406,44 @@ class ImageStoreWriter:
             ) from exc
 
     def _open_h5(self, reopen: bool) -> None:
+        if reopen:
+            with open_h5_readonly(self.path) as fh:
+                if H5_DATASET in fh:
+                    self._check_shape(fh[H5_DATASET].shape)
+                    self._chunk_offsets = _h5_chunk_offsets(fh[H5_DATASET], self._row_bytes, self.path)
+                    return
+        self._create_h5()
+        with open_h5_readonly(self.path) as fh:
+            self._chunk_offsets = _h5_chunk_offsets(fh[H5_DATASET], self._row_bytes, self.path)
+
+    def _create_h5(self) -> None:
+        """A new file holding the fully allocated, unwritten dataset (metadata only: the rows stay sparse)."""
         import h5py
 
-        self._h5 = h5py.File(self.path, "r+" if reopen else "w")
-        if H5_DATASET in self._h5:
-            self._arr = self._h5[H5_DATASET]
-            self._check_shape(self._arr.shape)
-            return
-        _, height, width = self.shape
-        dcpl = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
-        dcpl.set_alloc_time(h5py.h5d.ALLOC_TIME_EARLY)  # whole chunk index written now, never while writing rows
-        self._arr = self._h5.create_dataset(
-            H5_DATASET,
-            shape=self.shape,
-            maxshape=(None, height, width),
-            dtype="uint8",
-            chunks=(1, height, width),
-            fillvalue=0,
-            fill_time="never",
-            dcpl=dcpl,
+        from cxr_tools.runtime.space import check_room
+
+        n, height, width = self.shape
+        check_room(
+            self.path.parent,
+            _H5_METADATA_BYTES + _H5_METADATA_BYTES_PER_ROW * n,
+            "Free some space there (or choose another -o), then rerun with --resume.",
         )
-        self._h5.flush()
+        fh = h5py.File(self.path, "w")
+        try:
+            dcpl = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
+            dcpl.set_alloc_time(h5py.h5d.ALLOC_TIME_EARLY)  # whole chunk index written now, never while writing rows
+            fh.create_dataset(
+                H5_DATASET,
+                shape=self.shape,
+                maxshape=(None, height, width),
+                dtype="uint8",
+                chunks=(1, height, width),
+                fillvalue=0,
+                fill_time="never",
+                dcpl=dcpl,
+            )
+        finally:
+            fh.close()
 
     def _check_shape(self, shape: Sequence[int]) -> None:
         if tuple(shape) != self.shape:
@@ -335,25 +461,18 @@ class ImageStoreWriter:
         images = np.ascontiguousarray(images, dtype=np.uint8)
         if images.shape[1:] != self.shape[1:] or start < 0 or start + len(images) > self.shape[0]:
             raise CacheError(f"Cannot store images of shape {images.shape} at row {start} of {self.shape}.")
-        if not len(images):
+        if not len(images) or self._fd is None:
             return
-        if self._fd is not None:
-            data = memoryview(images.reshape(-1).data)
-            pos = self._offset + start * self._row_bytes
-            while len(data):
-                written = os.pwrite(self._fd, data, pos)
-                data, pos = data[written:], pos + written
-        else:
-            self._arr[start : start + len(images)] = images
+        if self._chunk_offsets is None:
+            _pwrite_all(self._fd, memoryview(images.reshape(-1).data), self._offset + start * self._row_bytes)
+            return
+        for i, image in enumerate(images):
+            _pwrite_all(self._fd, memoryview(image.reshape(-1).data), int(self._chunk_offsets[start + i]))
 
     def flush(self, *, durable: bool = False) -> None:
-        """Hand written rows to the OS (enough to survive ``kill -9``); ``durable`` also fsyncs (power loss)."""
-        if self._h5 is not None:
-            self._h5.flush()
-            if durable:
-                with open(self.path, "rb+") as fh:
-                    os.fsync(fh.fileno())
-        elif self._fd is not None and durable:
+        """Hand written rows to the OS (``pwrite`` already has: enough to survive ``kill -9``); ``durable`` also
+        fsyncs (power loss)."""
+        if self._fd is not None and durable:
             os.fsync(self._fd)
 
     def truncate(self, n: int) -> None:
@@ -362,9 +481,16 @@ class ImageStoreWriter:
             raise CacheError(f"Cannot shrink an image store of {self.shape[0]} rows to {n}.")
         if n == self.shape[0]:
             return
-        if self._h5 is not None:
-            self._arr.resize(n, axis=0)
-            self._h5.flush()
+        if self._chunk_offsets is not None:
+            import h5py
+
+            self.flush(durable=True)
+            fh = h5py.File(self.path, "r+")
+            try:
+                fh[H5_DATASET].resize(n, axis=0)
+            finally:
+                fh.close()
+            self._chunk_offsets = self._chunk_offsets[:n]
         elif self._fd is not None:
             header = _npy_header(self.path)
             new = _pad_header({"descr": "|u1", "fortran_order": False, "shape": (n, *self.shape[1:])}, len(header))
@@ -373,20 +499,51 @@ class ImageStoreWriter:
         self.shape = (n, *self.shape[1:])
 
     def close(self) -> None:
-        if self._h5 is not None:
-            self._h5.flush()
-            self._h5.close()
-            self._h5 = None
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
-        self._arr = None
 
     def __enter__(self) -> ImageStoreWriter:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+# What HDF5 writes when it creates a store (superblock, object headers, the chunk B-tree: measured ~130 bytes a
+# row), with room to spare: checked free before creating, since HDF5 cannot survive failing to write it.
+_H5_METADATA_BYTES = 256 * 1024
+_H5_METADATA_BYTES_PER_ROW = 256
+
+
+def _pwrite_all(fd: int, data: memoryview, pos: int) -> None:
+    """``pwrite`` all of ``data`` at ``pos`` (a write may be short, e.g. on a disk filling up)."""
+    while len(data):
+        written = os.pwrite(fd, data, pos)
+        data, pos = data[written:], pos + written
+
+
+def _h5_chunk_offsets(dataset: Any, row_bytes: int, path: Path) -> np.ndarray:
+    """The file offset of each row's chunk of a store's dataset (one allocated, unfiltered chunk per row)."""
+    n = int(dataset.shape[0])
+    offsets = np.full(n, -1, dtype=np.int64)
+    sizes_ok = [True]
+
+    def record(info: Any) -> None:
+        offsets[info.chunk_offset[0]] = info.byte_offset
+        sizes_ok[0] = sizes_ok[0] and info.size == row_bytes and info.filter_mask == 0
+
+    if hasattr(dataset.id, "chunk_iter"):  # h5py >= 3.8 on HDF5 >= 1.12.3: one pass over the chunk index
+        dataset.id.chunk_iter(record)
+    else:
+        for row in range(n):
+            record(dataset.id.get_chunk_info_by_coord((row, 0, 0)))
+    if dataset.chunks != (1, *dataset.shape[1:]) or not sizes_ok[0] or (n and offsets.min() < 0):
+        raise CacheError(
+            f"The image store {path} is not laid out as cxr writes it (one allocated chunk per image).",
+            "Start it again with --overwrite.",
+        )
+    return offsets
 
 
 def _npy_layout(path: Path) -> tuple[tuple[int, ...], int]:
@@ -437,6 +594,7 @@ def read_tables(path: str | Path) -> tuple[dict[str, Any], Any]:
         )
     if not (path / INDEX).is_file():
         raise CacheError(f"Cache {path} lacks {INDEX}.", "Recreate the cache.")
+    check_index_checksum(path, manifest)
     index = read_index(path / INDEX)
     missing = [c for c in (*INDEX_META_COLUMNS, *manifest.get("labels", [])) if c not in index.columns]
     if missing:
@@ -498,19 +656,35 @@ class CacheReader:
             store = self.path / STORE_FILES[self.storage]
             if not store.is_file():
                 raise CacheError(f"Cache {self.path} lacks its image store {store.name}.", "Recreate the cache.")
-            if self.storage == "hdf5":
-                self._h5 = open_h5_readonly(store)
-                self._arr = self._h5[H5_DATASET]
-            else:
-                self._arr = np.load(store, mmap_mode="r")
+            with self._damage_named():
+                if self.storage == "hdf5":
+                    self._h5 = open_h5_readonly(store)
+                    self._arr = self._h5[H5_DATASET]
+                else:
+                    self._arr = np.load(store, mmap_mode="r")
         return self._arr
+
+    @contextlib.contextmanager
+    def _damage_named(self) -> Iterator[None]:
+        """A store that cannot be opened or read (truncated, overwritten) is a one-line :class:`CacheError`."""
+        try:
+            yield
+        except (OSError, ValueError, KeyError) as exc:
+            store = self.path / STORE_FILES[self.storage]
+            raise CacheError(
+                f"The image store {store} is unreadable, damaged or truncated ({_first_line(exc)}).",
+                f"Check the cache with `cxr stats {self.path} --verify`; recreate it with "
+                "`cxr preprocess ... --overwrite`.",
+            ) from exc
 
     def __len__(self) -> int:
         return len(self.index)
 
     def __getitem__(self, row: int) -> np.ndarray:
         """One image as uint8 [H, W] (a copy, safe to modify)."""
-        return np.array(self._store()[int(row)])
+        store = self._store()
+        with self._damage_named():
+            return np.array(store[int(row)])
 
     def read(self, rows: Sequence[int] | np.ndarray) -> np.ndarray:
         """Several images as uint8 [n, H, W], in the order given (repeats allowed)."""
@@ -520,6 +694,10 @@ class CacheReader:
         if rows.min() < 0 or rows.max() >= len(self):
             raise CacheError(f"Row out of range for cache {self.path} of {len(self)} images.")
         store = self._store()
+        with self._damage_named():
+            return self._read(store, rows)
+
+    def _read(self, store: Any, rows: np.ndarray) -> np.ndarray:
         if self.storage != "hdf5":
             return np.asarray(store[rows])  # numpy fancy indexing copies, in the order given
         # h5py point selections are slow (~4 ms per random row); runs of consecutive rows read as slices

@@ -249,7 +249,9 @@ class Journal:
         """Record progress; call only after the rows it covers are flushed to the store."""
         if self._fd is None:
             raise CacheError("The progress journal is not open.")
-        os.write(self._fd, (_entry(done, stored, rejected) + "\n").encode("utf-8"))
+        data = (_entry(done, stored, rejected) + "\n").encode("utf-8")
+        while data:  # a write may be short on a disk filling up; a line torn by the error that ends it is ignored
+            data = data[os.write(self._fd, data) :]
         if durable:
             os.fsync(self._fd)
 

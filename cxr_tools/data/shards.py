@@ -24,7 +24,7 @@ from cxr_tools.runtime.progress import Progress, null_progress
 
 _SHARD = re.compile(r"^\s*(\d+)\s*/\s*(\d+)\s*$")
 # Manifest keys allowed to differ between shards of one run (everything else must match).
-_PER_SHARD_KEYS = ("created", "counts", "shard", cache_mod.PIXELS_DIGEST)
+_PER_SHARD_KEYS = ("created", "counts", "shard", cache_mod.PIXELS_DIGEST, cache_mod.CHECKSUMS)
 _COPY_BLOCK = 256
 
 

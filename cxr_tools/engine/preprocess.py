@@ -39,11 +39,16 @@ from cxr_tools.data.shards import merge_shards, parse_shard, shard_range
 from cxr_tools.errors import CacheError, ConfigError, DataError
 from cxr_tools.runtime.fs import apply_output_plan, only_files, output_plan
 from cxr_tools.runtime.progress import Progress, null_progress
+from cxr_tools.runtime.space import no_space_as_error
 
 log = logging.getLogger(__name__)
 
 JOURNAL = cache_mod.JOURNAL
 FORMATS: tuple[str, ...] = tuple(cache_mod.STORE_FILES)
+NO_SPACE_HINT = (
+    "Free some space there, then rerun the same command with --resume: the images stored so far are kept "
+    "and it carries on from them."
+)
 
 
 @dataclass(frozen=True)
@@ -129,7 +134,13 @@ def preprocess(config: PreprocessConfig, progress: Progress | None = None) -> Pr
             (neither ``--resume`` nor ``--overwrite``).
         DataError: no input could be read, or the dataset is malformed.
         CacheError: ``--resume`` with other inputs or settings than the interrupted run.
+        NoSpaceError: the disk filled up; the journal keeps what was stored, ``--resume`` carries on.
     """
+    with no_space_as_error(config.output, NO_SPACE_HINT):
+        return _preprocess(config, progress)
+
+
+def _preprocess(config: PreprocessConfig, progress: Progress | None) -> PreprocessResult:
     from cxr_tools.data.imaging import ImageOps
 
     started = time.perf_counter()

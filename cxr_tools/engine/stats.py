@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cxr_tools import config as cfg
-from cxr_tools.data.cache import read_tables
+from cxr_tools.data.cache import read_tables, verify_cache
 from cxr_tools.data.label_stats import LabelStats, SplitStats, compute_stats
 from cxr_tools.errors import CxrError
 from cxr_tools.runtime.fs import atomic_write_text
@@ -45,6 +45,26 @@ class StatsResult:
     cooccurrence: tuple[tuple[int, ...], ...]  # [L, L] images positive for both; diagonal = images per label
     out: Path | None
     plots: tuple[Path, ...]
+
+
+@dataclass(frozen=True)
+class VerifyResult:
+    """What ``cxr stats --verify`` found: one line per damaged file (empty when every file is whole)."""
+
+    cache: Path
+    damaged: tuple[str, ...]
+    images: int
+
+
+def verify(cache: Path) -> VerifyResult:
+    """Check every file of ``cache`` against the checksums its manifest recorded when it was written (reads the
+    whole image store once)."""
+    damaged = tuple(verify_cache(cache))
+    images = 0
+    if not damaged:
+        manifest, _ = read_tables(cache)
+        images = int((manifest.get("counts") or {}).get("images", 0))
+    return VerifyResult(cache=Path(cache), damaged=damaged, images=images)
 
 
 def run_stats(config: StatsConfig, progress: Progress | None = None) -> StatsResult:

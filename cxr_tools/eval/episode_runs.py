@@ -241,11 +241,13 @@ def provenance(seconds: float, device: str) -> dict[str, Any]:
     import torch
 
     from cxr_tools import __version__
+    from cxr_tools.runtime.versions import library_versions
 
     return {
         "seconds": round(seconds, 3),
         "device": device,
         "tool_version": __version__,
         "torch_version": torch.__version__.split("+")[0],
+        "versions": library_versions(),
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
     }

@@ -200,14 +200,19 @@ def load_model_dir(path: str | os.PathLike[str], map_location: str | torch.devic
         raise ModelError(f"{weights} is missing.", "The model folder is incomplete; re-export it.")
     expected = meta.get("weights_sha256")
     if expected and _sha256(weights) != expected:
-        raise ModelError(f"{weights} does not match the checksum in model.json.", "The file is corrupt or replaced.")
+        raise ModelError(
+            f"{weights} does not match the checksum in model.json: the file is damaged or was replaced.",
+            "Copy the model folder again from where it was trained, or retrain it.",
+        )
     args = dict(meta.get("model_args") or {})
     args.pop("weights", None)
     model = create_model(str(meta.get("architecture")), **args)
     try:
         state = load_file(str(weights), device="cpu")
     except (SafetensorError, OSError) as exc:
-        raise ModelError(f"Cannot read {weights}: {exc}.", "The model folder is corrupt; re-export it.") from exc
+        raise ModelError(
+            f"Cannot read {weights}, it is damaged ({exc}).", "Copy the model folder again, or retrain it."
+        ) from exc
     load_state_strict(model, state, source=str(weights))
     model.pretrained = meta.get("pretrained")
     model.normalisation = meta["input"]["normalisation"]
@@ -290,9 +295,11 @@ def save_checkpoint(path: str | os.PathLike[str], state: Mapping[str, Any]) -> P
     with the offending key, instead of at resume time. The training runtime's ``save_training_state`` writes
     the full trainer state in the same way.
     """
+    from cxr_tools.runtime.checkpointing import with_checksum
+
     _check_plain(state, "state")
     with atomic_path(path) as tmp:
-        torch.save(dict(state), tmp)
+        torch.save(with_checksum(state), tmp)
     return Path(path)
 
 

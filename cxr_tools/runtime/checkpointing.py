@@ -11,10 +11,17 @@ they were sent::
 ``extra`` carries the loop position, sampler state, early stopping and best tracking. Writes go through
 :func:`~cxr_tools.runtime.fs.atomic_path` (temporary file, fsync, rename): a job killed while saving leaves
 the previous ``last.pt`` intact. ``best.pt`` holds only the model weights plus the monitored value.
+
+Damage is told, never loaded: each file carries a ``checksum`` (SHA-256 over every tensor's bytes and every
+value, :func:`state_digest`), checked on loading, because ``torch.load`` reads a bit-flipped tensor without a
+word. Writing ``last.pt`` first keeps the one it replaces as ``last.prev.pt`` (a hard link: no copy, the disk
+holds two checkpoints), so a damaged ``last.pt`` names a whole predecessor to resume from.
 """
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import math
 import os
 import time
@@ -33,6 +40,7 @@ if TYPE_CHECKING:
 STATE_FORMAT = "cxr-training-state"
 BEST_FORMAT = "cxr-best-weights"
 STATE_VERSION = 1
+CHECKSUM_KEY = "checksum"
 
 
 def unwrap_model(model: torch.nn.Module) -> torch.nn.Module:
@@ -74,9 +82,87 @@ def save_training_state(
         "rng": dict(rng) if rng is not None else rng_state(),
         "extra": dict(extra or {}),
     }
+    keep_previous(path)
     with atomic_path(path) as tmp:
-        torch.save(state, tmp)
+        torch.save(with_checksum(state), tmp)
     return Path(path)
+
+
+def previous_of(path: str | os.PathLike[str]) -> Path:
+    """Where the checkpoint ``path`` replaced by the last save is kept (``last.pt`` -> ``last.prev.pt``)."""
+    path = Path(path)
+    return path.with_name(f"{path.stem}.prev{path.suffix}")
+
+
+def keep_previous(path: str | os.PathLike[str]) -> None:
+    """Keep the current ``path`` as :func:`previous_of` before it is replaced: a hard link, renamed into place
+    (atomic); skipped where the file system has no hard links."""
+    path = Path(path)
+    if not path.is_file():
+        return
+    prev = previous_of(path)
+    link = path.with_name(f".{prev.name}.{os.getpid()}.tmp")  # a leftover is removed with the run's temporaries
+    try:
+        with contextlib.suppress(FileNotFoundError):
+            link.unlink()
+        os.link(path, link)
+        os.replace(link, prev)
+    except OSError:
+        with contextlib.suppress(OSError):
+            link.unlink()
+
+
+def state_digest(state: Mapping[str, Any]) -> str:
+    """SHA-256 over a checkpoint's content: every tensor's dtype, shape and bytes, every other value's ``repr``,
+    in key order; the same before ``torch.save`` and after ``torch.load`` (and independent of the device)."""
+    import torch
+
+    digest = hashlib.sha256()
+
+    def walk(obj: Any) -> None:
+        if isinstance(obj, torch.Tensor):
+            flat = obj.detach().to("cpu").contiguous().reshape(-1)
+            digest.update(f"T{flat.dtype}{tuple(obj.shape)}:".encode())
+            digest.update(flat.view(torch.uint8).numpy().data)
+        elif isinstance(obj, Mapping):
+            digest.update(b"{")
+            for key in sorted(obj, key=repr):
+                digest.update(repr(key).encode() + b":")
+                walk(obj[key])
+            digest.update(b"}")
+        elif isinstance(obj, (list, tuple)):
+            digest.update(b"[")
+            for item in obj:
+                walk(item)
+            digest.update(b"]")
+        else:
+            digest.update(repr(obj).encode() + b";")
+
+    walk({k: v for k, v in state.items() if k != CHECKSUM_KEY})
+    return digest.hexdigest()
+
+
+def with_checksum(state: Mapping[str, Any]) -> dict[str, Any]:
+    """``state`` with its :func:`state_digest` under :data:`CHECKSUM_KEY` (what every checkpoint is saved as)."""
+    return {**state, CHECKSUM_KEY: state_digest(state)}
+
+
+def _damage_hint(path: Path) -> str:
+    """What to do about a damaged checkpoint: resume from its kept predecessor when that one is whole."""
+    prev = previous_of(path)
+    if prev.is_file():
+        try:
+            step = load_checkpoint(prev).get("step")
+        except ModelError:
+            pass
+        else:
+            return (
+                f"The previous checkpoint {prev.name} (step {step}) is whole: move it over {path.name} "
+                f"(mv {prev} {path}) and rerun the same command to resume from there."
+            )
+    if path.name.startswith("last"):
+        return "No earlier checkpoint is kept: rerun with --overwrite to start the run again."
+    return "Rerun the training that wrote it (with --overwrite) to write it again."
 
 
 def load_checkpoint(path: str | os.PathLike[str], map_location: Any = "cpu") -> dict[str, Any]:
@@ -91,12 +177,16 @@ def load_checkpoint(path: str | os.PathLike[str], map_location: Any = "cpu") -> 
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except (RuntimeError, pickle.UnpicklingError, EOFError, ValueError, OSError) as exc:
+        reason = (str(exc).splitlines() or [type(exc).__name__])[0].split(". ")[0].rstrip(".")
         raise ModelError(
-            f"Checkpoint {path} is unreadable or not a safe weights file ({str(exc).splitlines()[0]}).",
-            "Delete it to restart from the previous checkpoint, or pass --overwrite to start the run again.",
+            f"Checkpoint {path} is unreadable: damaged (truncated or corrupted) or not a safe weights file ({reason}).",
+            _damage_hint(path),
         ) from exc
     if not isinstance(state, dict):
-        raise ModelError(f"Checkpoint {path} does not hold a state dictionary.", "Pass --overwrite to start again.")
+        raise ModelError(f"Checkpoint {path} does not hold a state dictionary.", _damage_hint(path))
+    expected = state.get(CHECKSUM_KEY)
+    if expected is not None and state_digest(state) != expected:
+        raise ModelError(f"Checkpoint {path} is damaged: its content does not match its checksum.", _damage_hint(path))
     return state
 
 
@@ -155,7 +245,7 @@ def save_model_state(
         "extra": dict(extra or {}),
     }
     with atomic_path(path) as tmp:
-        torch.save(state, tmp)
+        torch.save(with_checksum(state), tmp)
     return Path(path)
 
 

@@ -30,7 +30,8 @@ def atomic_path(target: str | os.PathLike[str], suffix: str = "") -> Iterator[Pa
     """Yield a temporary path next to ``target``; on success rename it onto ``target``.
 
     The caller writes the temporary file however it likes (h5py, np.save, matplotlib...). On an exception
-    the temporary file is removed and ``target`` is left untouched.
+    the temporary file is removed and ``target`` is left untouched; a full disk becomes
+    :class:`~cxr_tools.errors.NoSpaceError` naming the folder (runtime/space.py).
     """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -46,6 +47,12 @@ def atomic_path(target: str | os.PathLike[str], suffix: str = "") -> Iterator[Pa
             os.fsync(fh.fileno())
         os.replace(tmp, target)
         fsync_dir(target.parent)
+    except (OSError, RuntimeError) as exc:
+        from cxr_tools.runtime.space import is_no_space, no_space_error
+
+        if is_no_space(exc, target.parent):  # asked before the temporary file goes and frees its space
+            raise no_space_error(target.parent) from exc
+        raise
     finally:
         if tmp.exists():
             tmp.unlink()

@@ -47,8 +47,9 @@ _warned: list[bool] = []
 class OutputLock:
     """A held lock: its file, descriptor and whether it created the directory it guards."""
 
-    def __init__(self, path: Path, fd: int, created_dir: Path | None) -> None:
+    def __init__(self, path: Path, fd: int, created_dir: Path | None, output: Path | None = None) -> None:
         self.path, self.fd, self.created_dir = path, fd, created_dir
+        self.output = output if output is not None else path.parent
 
     def release(self) -> None:
         """Remove the lock file (only if it is still ours), then drop the lock; an empty directory this lock
@@ -103,11 +104,57 @@ def lock_output(output: str | os.PathLike[str], *, file: bool = False) -> Output
             _take_over(fd, output)
         except BaseException:
             os.close(fd)
+            if created is not None:  # leave no trace of an output that never started (a full disk, a refusal)
+                with contextlib.suppress(OSError):
+                    os.unlink(lock_path)
+                    created.rmdir()
             raise
         break
-    lock = OutputLock(lock_path, fd, created)
+    lock = OutputLock(lock_path, fd, created, Path(output).expanduser().resolve())
     _held[lock_path] = lock
     return lock
+
+
+def is_held(output: str | os.PathLike[str], *, file: bool = False) -> bool:
+    """Whether a live process holds the lock of ``output`` now (this one included), without taking it.
+
+    What tells a run listed ``running`` whose process was killed with ``kill -9`` (its lock dropped by the kernel,
+    its run.json never updated) from one still writing. A probe with a shared lock, dropped at once; on a file
+    system without locks the holder record decides (a process of another host counts as alive: it cannot be
+    checked from here).
+    """
+    import fcntl
+
+    lock_path = lock_file_for(output, file=file)
+    held = _held.get(lock_path)
+    if held is not None and held.fd >= 0:
+        return True
+    try:
+        fd = os.open(lock_path, os.O_RDONLY)
+    except FileNotFoundError:
+        return False  # a command releases its lock by removing the file; none means nobody holds it
+    except OSError:
+        return True  # cannot tell: never call a live writer gone
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)  # the kernel's word, not the record's (pid reuse)
+        except BlockingIOError:
+            return True
+        except OSError as exc:
+            if exc.errno not in _NO_LOCKS:
+                return True
+            holder = _read_holder(fd)
+            return bool(holder) and (holder.get("host") != socket.gethostname() or _alive_here(holder))
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return False
+    finally:
+        os.close(fd)
+
+
+def held_outputs() -> list[Path]:
+    """The outputs this process holds locked, in the order it locked them (the last is the most specific: a demo
+    locks its work folder, then each stage its own output): what a full disk's message names."""
+    return [lock.output for lock in _held.values() if lock.fd >= 0]
 
 
 def release_all() -> None:
@@ -200,7 +247,14 @@ def _take_over(fd: int, output: str | os.PathLike[str]) -> None:
         "slurm_job": _slurm_job(),
     }
     os.ftruncate(fd, 0)
-    os.pwrite(fd, (json.dumps(record) + "\n").encode("utf-8"), 0)
+    try:
+        os.pwrite(fd, (json.dumps(record) + "\n").encode("utf-8"), 0)
+    except OSError as exc:
+        from cxr_tools.runtime.space import is_no_space, no_space_error
+
+        if is_no_space(exc):
+            raise no_space_error(output) from exc
+        raise
     with contextlib.suppress(OSError):
         os.fsync(fd)
 

@@ -29,7 +29,6 @@ import socket
 import subprocess
 import sys
 from collections.abc import Iterable, Mapping
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +36,8 @@ from cxr_tools import __version__
 from cxr_tools.config import differing_keys, dump_yaml, to_dict
 from cxr_tools.errors import ConfigError, ModelError, OutputExistsError
 from cxr_tools.runtime.fs import atomic_write_json, atomic_write_text, clear_dir
-from cxr_tools.runtime.locks import LOCK_NAME, lock_output
+from cxr_tools.runtime.locks import LOCK_NAME, is_held, lock_output
+from cxr_tools.runtime.versions import library_versions
 
 log = logging.getLogger(__name__)
 
@@ -64,16 +64,6 @@ RESUME_MUTABLE_KEYS = frozenset(
         "out",
         "run_dir",
     }
-)
-_VERSIONED_PACKAGES = (
-    "torch",
-    "torchvision",
-    "numpy",
-    "pandas",
-    "h5py",
-    "opencv-python-headless",
-    "learn2learn",
-    "higher",
 )
 _SLURM_VARS = {
     "job_id": "SLURM_JOB_ID",
@@ -262,6 +252,40 @@ def read_run_info(path: str | os.PathLike[str]) -> dict[str, Any] | None:
     return data
 
 
+def live_status(path: str | os.PathLike[str], info: Mapping[str, Any] | None = None) -> str | None:
+    """The status of run ``path`` as it is now: a run.json saying ``running`` whose command no longer holds the
+    run's lock (killed with ``kill -9``, its node lost) is ``interrupted``; run.json itself is corrected by the next
+    command that opens the run (:func:`open_run`)."""
+    info = read_run_info(path) if info is None else info
+    status = None if info is None else info.get("status")
+    if status != "running" or is_held(path):
+        return status
+    again = read_run_info(path) or {}  # the command may have finished between the two reads
+    return "interrupted" if again.get("status") == "running" else again.get("status")
+
+
+def _last_activity(path: Path) -> str | None:
+    """When the run last wrote something (metrics or a checkpoint): the best end time of a session that died."""
+    files = [path / "metrics.jsonl", path / "checkpoints" / "last.pt", path / "run.json"]
+    stamps = [f.stat().st_mtime for f in files if f.is_file()]
+    if not stamps:
+        return None
+    return _dt.datetime.fromtimestamp(max(stamps), _dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def _close_dead_session(run: RunDir, info: dict[str, Any]) -> dict[str, Any]:
+    """Record, in run.json, that the session which left ``running`` behind was interrupted (called with the run's
+    lock held, so its command is gone)."""
+    if info.get("status") != "running":
+        return info
+    end = _last_activity(run.path)
+    sessions = list(info.get("sessions") or [])
+    if sessions:
+        sessions[-1] = {**sessions[-1], "end_time": sessions[-1].get("end_time") or end, "status": "interrupted"}
+    log.info("%s was left 'running' by a command that is gone; recorded as interrupted.", run.path)
+    return run.update_info(status="interrupted", end_time=end, sessions=sessions)
+
+
 def open_run(
     path: str | os.PathLike[str],
     kind: str,
@@ -301,6 +325,7 @@ def open_run(
             "Choose another -o/--output (--overwrite replaces only a run directory, never other files).",
         )
     if info is not None:
+        info = _close_dead_session(run, info)
         old_kind = info.get("kind")
         if old_kind != kind:
             raise ModelError(
@@ -385,15 +410,6 @@ def _check_same_config(path: Path, saved: Mapping[str, Any], new: Any, mutable: 
             f"{path} is an incomplete run started with different options ({detail}).",
             "Rerun with the original options to resume it, or pass --overwrite to start again.",
         )
-
-
-def library_versions() -> dict[str, str]:
-    """Versions of Python and the libraries that change results (absent ones are left out)."""
-    out = {"python": platform.python_version()}
-    for name in _VERSIONED_PACKAGES:
-        with contextlib.suppress(metadata.PackageNotFoundError):
-            out[name] = metadata.version(name)
-    return out
 
 
 def git_commit() -> str | None:

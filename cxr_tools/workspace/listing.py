@@ -17,7 +17,7 @@ from typing import Any
 
 from cxr_tools import paths
 from cxr_tools.errors import ModelError
-from cxr_tools.runtime.rundir import RunDir, read_run_info
+from cxr_tools.runtime.rundir import RunDir, live_status, read_run_info
 from cxr_tools.workspace.names import TRAINING_KINDS, caches, datasets, run_dirs
 
 #: The validation metric each training command selects its weights by, best first.
@@ -79,7 +79,7 @@ def _runs() -> Iterator[Entry]:
         yield Entry(
             kind,
             path.relative_to(root).as_posix(),
-            str(info.get("status") or "incomplete"),
+            str(live_status(path, info) or "incomplete"),
             info.get("end_time") or info.get("start_time"),
             _best(path, kind),
             path,

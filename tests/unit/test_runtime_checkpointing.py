@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from cxr_tools.errors import ConfigError, ModelError
+from cxr_tools.errors import ConfigError, ModelError, NoSpaceError
 from cxr_tools.runtime import checkpointing as ckpt
 from cxr_tools.runtime.schedules import SCHEDULES, make_scheduler
 
@@ -64,11 +64,12 @@ def test_crash_while_saving_leaves_previous_checkpoint_intact(tmp_path, monkeypa
         raise OSError("No space left on device")
 
     monkeypatch.setattr(torch, "save", dying_save)
-    with pytest.raises(OSError, match="No space"):
+    with pytest.raises(NoSpaceError, match=f"No space left on {tmp_path}"):
         ckpt.save_training_state(path, model, opt, sched, None, step=2, epoch=0)
     assert path.read_bytes() == before
     assert ckpt.load_training_state(path)["step"] == 1
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pt"]  # no temporary left behind
+    # no temporary left behind; the checkpoint the save would have replaced is kept as last.prev.pt
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.prev.pt", "last.pt"]
 
 
 def test_unreadable_or_foreign_checkpoints_are_model_errors(tmp_path):
