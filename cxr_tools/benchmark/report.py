@@ -310,7 +310,8 @@ def _html(report: Report, images: Sequence[Path]) -> str:
         rows.append(f"<tr><th>{html.escape(m)}</th>{''.join(tds)}</tr>")
     tests = "".join(
         f"<tr><td>{t['shots']}</td><td>{html.escape(t['a'])} − {html.escape(t['b'])}</td><td>{t['diff']:+.3f} "
-        f"[{t['low']:+.3f}, {t['high']:+.3f}]</td><td>{_p(t['p_value'])}</td><td>{'yes' if t['significant'] else 'no'}</td></tr>"
+        f"[{t['low']:+.3f}, {t['high']:+.3f}]</td><td>{_p(t['p_value'])}</td>"
+        f"<td>{'yes' if t['significant'] else 'no'}</td></tr>"
         for t in report.tests
     )
     imgs = "".join(

@@ -117,7 +117,6 @@ def test_help_of_every_command_does_not_import_heavy_libraries():
 
 # Pipelines that compose whole commands may call other engines' public functions; nothing else may.
 ENGINE_COMPOSERS = {"demo.py", "benchmark.py"}
-ENGINE_MAX_LINES = 300
 
 
 def test_no_engine_module_imports_another_except_pipelines():
@@ -131,8 +130,7 @@ def test_no_engine_module_imports_another_except_pipelines():
     assert not offenders, offenders
 
 
-def test_engine_modules_stay_orchestration_sized():
-    sizes = {p.name: len(p.read_text(encoding="utf-8").splitlines()) for p in (PKG / "engine").glob("*.py")}
-    over = {name: n for name, n in sizes.items() if n > ENGINE_MAX_LINES}
-    assert not over, f"engine modules over {ENGINE_MAX_LINES} lines: {over}; move helpers down a layer"
-    assert {"train.py", "train_siamese.py", "meta_train.py"} <= set(sizes)  # the trainers are checked
+def test_statistics_and_compare_are_not_packed_to_fit():
+    """No line-count rule: responsibilities decide a module's size, and ``# fmt: skip`` never packs code."""
+    files = [PKG / "eval" / "variance.py", PKG / "eval" / "comparison.py", PKG / "engine" / "compare.py"]
+    assert not [str(p) for p in files if "# fmt: skip" in p.read_text(encoding="utf-8")]
