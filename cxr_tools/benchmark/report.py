@@ -329,7 +329,7 @@ def _html(report: Report, images: Sequence[Path]) -> str:
         "padding:4px 8px;text-align:right}img{max-width:100%}</style></head><body><h1>Few-shot benchmark</h1>"
         f"<p>{note}</p><table><tr><th>method</th>{head}</tr>{''.join(rows)}</table>"
         f"<h2>Paired tests against {html.escape(report.reference)} (Holm)</h2><table><tr><th>shots</th>"
-        f"<th>pair</th><th>Δ AUC ± 95% CI</th><th>p (Holm)</th><th>significant</th></tr>{tests}</table>"
+        f"<th>pair</th><th>Δ AUC [95% CI]</th><th>p (Holm)</th><th>significant</th></tr>{tests}</table>"
         f"{imgs}</body></html>\n"
     )
 

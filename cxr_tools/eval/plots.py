@@ -283,5 +283,5 @@ def _score_axes(ax: Any, names: Sequence[str], *, metric: str, chance: float | N
     tilt = len(names) > 4
     ax.set_xticks(np.arange(len(names)), list(names), rotation=30 if tilt else 0, ha="right" if tilt else "center")
     ax.set_ylim(0, 1.1)
-    ax.set_ylabel(f"{metric} (mean ± 95% CI)")
+    ax.set_ylabel(f"{metric} (mean, 95% interval)")
     ax.set_title(title)

@@ -31,11 +31,11 @@ def test_evaluate_prints_the_per_class_table_and_writes_the_evaluation(env):
     res = runner.invoke(app, ["evaluate", str(maml), "--data", str(cache), *FAST])
     assert res.exit_code == 0, res.output
     summary = json.loads((maml / "eval" / "summary.json").read_text())
-    assert "overall" in res.stdout and "mean ± 95% CI" in res.stdout and "precision" in res.stdout
+    assert "overall" in res.stdout and "mean [95% interval]" in res.stdout and "precision" in res.stdout
     for cls in summary["per_class"]:
         assert cls in res.stdout
     overall = summary["overall"]["auc"]
-    assert f"{overall['mean']:.3f} ± {overall['ci95']:.3f}" in res.stdout
+    assert f"{overall['mean']:.3f} [{overall['low']:.3f}, {overall['high']:.3f}]" in res.stdout
     assert summary["method"] == "maml" and summary["episodes"] == 3
     assert summary["settings"]["inner_lr"] == 0.1 and summary["settings"]["adapt_steps"] == 2  # the run's budget
 

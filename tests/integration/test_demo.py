@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 from typer.testing import CliRunner
@@ -21,7 +22,8 @@ def test_quick_demo_compares_all_methods(tmp_path):
              "pixels", "supervised:linear-probe")  # fmt: skip
     for name in names:
         assert name in res.stdout
-    assert "± " in res.stdout and ("is best" in res.stdout or "ranks first" in res.stdout)
+    assert re.search(r"\d\.\d{3} \[\d\.\d{3}, \d\.\d{3}\]", res.stdout)  # estimates with their [low, high]
+    assert "is best" in res.stdout or "ranks first" in res.stdout
     comparison = json.loads((work / "compare" / "comparison.json").read_text())
     assert len(comparison["rows"]) == 7  # the supervised runs of two seeds form one row
     # threshold-free metrics first, the thresholded ones named with the support rule they were measured at
