@@ -44,7 +44,7 @@ from cxr_tools.data.predictions import (
 )
 from cxr_tools.errors import ConfigError, InputError
 from cxr_tools.methods.score_stream import score_into
-from cxr_tools.runtime.fs import output_plan
+from cxr_tools.runtime.outputs import OutputSpec, decide
 from cxr_tools.runtime.progress import Progress, null_progress
 
 if TYPE_CHECKING:
@@ -150,7 +150,8 @@ def run_predict(config: PredictConfig, progress: Progress | None = None) -> Pred
     started = time.perf_counter()
     out = Path(config.output)
     # an existing CSV is replaced at the final rename; a CSV this command did not write is never replaced
-    output_plan(out, overwrite=config.overwrite, file=True, owned=_is_predictions, what="predictions CSV")
+    decide(out, PREDICTIONS_SPEC, overwrite=config.overwrite)
+    decide(thresholds_path(out), THRESHOLDS_SPEC, overwrite=True)  # replaced with the CSV, if it is ours
     inputs = list_inputs(config.input)
     if not inputs.items:
         extra = f" ({len(inputs.skipped)} other file(s) skipped)" if inputs.skipped else ""
@@ -241,12 +242,29 @@ def run_predict(config: PredictConfig, progress: Progress | None = None) -> Pred
     )
 
 
-def _is_predictions(path: Path) -> bool:
+def _is_predictions(path: Path) -> tuple[str, ...] | None:
     """A CSV this command wrote: its header starts with ``path`` and ends with ``error`` (``--overwrite`` replaces
     nothing else)."""
     with open(path, encoding="utf-8", errors="replace") as fh:
         head = fh.readline().rstrip("\r\n").split(",")
-    return head[0] == "path" and head[-1] == "error"
+    return (path.name,) if head[0] == "path" and head[-1] == "error" else None
+
+
+def _is_thresholds(path: Path) -> tuple[str, ...] | None:
+    """A thresholds record this command wrote beside its CSV: JSON naming the predictions file."""
+    import json
+
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return (path.name,) if isinstance(doc, dict) and "predictions" in doc and "rule" in doc else None
+
+
+#: The predictions CSV: a file, replaced only with ``--overwrite`` and only when its header is ours.
+PREDICTIONS_SPEC = OutputSpec(command="predict", what="predictions CSV", file=True, recognise=_is_predictions)
+#: Its side file of thresholds (``<name>.thresholds.json``): replaced with the CSV, when it is ours.
+THRESHOLDS_SPEC = OutputSpec(command="predict", what="thresholds file", file=True, recognise=_is_thresholds)
 
 
 def _settings(
