@@ -22,7 +22,7 @@ from typing import Any
 
 from cxr_tools.benchmark.steps import Step
 from cxr_tools.errors import InputError
-from cxr_tools.runtime.outputs import OutputSpec
+from cxr_tools.runtime.outputs import OutputSpec, previous_release
 
 REPORT_FILES = ("report.md", "report.csv", "report.json", "report.html", "auc_vs_shots.png", "per_class_auc.png")
 #: The output spec of a benchmark report: complete once report.json is written; an unfinished one is written again.
@@ -32,7 +32,7 @@ REPORT_SPEC = OutputSpec(
     what="benchmark report",
     complete=lambda p: (p / "report.json").exists(),
     restart=True,
-    recognise=lambda p: REPORT_FILES if (p / "report.json").is_file() else None,
+    recognise=previous_release("benchmark report"),
 )
 
 

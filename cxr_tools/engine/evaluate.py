@@ -31,9 +31,6 @@ from cxr_tools.config import fields_from
 from cxr_tools.data.episodes import EpisodeOptions
 from cxr_tools.errors import ConfigError
 from cxr_tools.eval.episode_runs import (
-    EPISODES_CSV,
-    PLOTS_DIR,
-    SCORES_CSV,
     bootstrap_record,
     json_safe,
     pair_metrics,
@@ -41,7 +38,7 @@ from cxr_tools.eval.episode_runs import (
     run_episodes,
     write_results,
 )
-from cxr_tools.eval.journal import JOURNAL, SETTINGS, EpisodeJournal, check_resumable
+from cxr_tools.eval.journal import JOURNAL, EpisodeJournal, check_resumable
 from cxr_tools.eval.run_inputs import (
     architecture_for,
     check_data_fits,
@@ -56,7 +53,7 @@ from cxr_tools.eval.run_inputs import (
     run_name,
 )
 from cxr_tools.runtime.fs import atomic_write_json
-from cxr_tools.runtime.outputs import OutputSpec, claim, decide
+from cxr_tools.runtime.outputs import OutputSpec, claim, decide, previous_release
 from cxr_tools.runtime.progress import Progress, null_progress
 
 log = logging.getLogger(__name__)
@@ -65,27 +62,16 @@ SUMMARY = "summary.json"
 EPISODES_JSON = "episodes.json"
 SUMMARY_FORMAT = "cxr-eval"
 SUMMARY_VERSION = 1
-#: The files of the previous release's evaluations (no marker; their episodes.json or summary.json names them).
-_LEGACY_FILES = (
-    EPISODES_JSON,
-    SUMMARY,
-    EPISODES_CSV,
-    SCORES_CSV,
-    JOURNAL,
-    SETTINGS,
-    f"{PLOTS_DIR}/",
-    *(f"{PLOTS_DIR}/{name}" for name in ("roc.png", "auc_per_class.png", "confusion.png", "overall.png")),
-)
-#: The output spec of an evaluation: complete once summary.json is written; an interrupted one is resumed with
-#: ``--resume`` (``--overwrite`` wins), else started again.
+#: An evaluation: complete once summary.json is written; an interrupted one is resumed with ``--resume``
+#: (``--overwrite`` wins), else started again.
 EVALUATION_SPEC = OutputSpec(
     command="evaluate",
     what="evaluation",
-    writes=(JOURNAL, f"{PLOTS_DIR}/"),
+    writes=(JOURNAL, "plots/"),
     complete=lambda p: (p / SUMMARY).is_file(),
     resumable=True,
     restart=True,
-    recognise=lambda p: _LEGACY_FILES if (p / EPISODES_JSON).is_file() or (p / SUMMARY).is_file() else None,
+    recognise=previous_release("evaluation"),
 )
 
 
@@ -211,10 +197,7 @@ def evaluate(config: EvaluateConfig, progress: Progress | None = None) -> Evalua
     adapter = build_adapter(model, meta, config.ways, adapt_cfg, backbone=backbone, device=device, match=matched)
     settings = describe(adapter)
     out = Path(config.output) if config.output else default_output(config.run, label, kind)
-    decision = decide(out, EVALUATION_SPEC, overwrite=config.overwrite, resume=config.resume)
-    if decision.action == "replace" and not (out / SUMMARY).is_file():
-        log.info("Restarting the interrupted evaluation in %s.", out)
-    out = claim(decision)
+    out = claim(decide(out, EVALUATION_SPEC, overwrite=config.overwrite, resume=config.resume))
     if config.resume:
         check_resumable(out)
     save_episode_list(

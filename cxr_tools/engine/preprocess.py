@@ -33,35 +33,17 @@ import numpy as np
 
 from cxr_tools.config import fields_from
 from cxr_tools.data import cache as cache_mod
-from cxr_tools.data.cache_build import CACHE_FILES, assign_split_column, build_manifest, fill_store
+from cxr_tools.data.cache_build import CACHE_SPEC, assign_split_column, build_manifest, fill_store
 from cxr_tools.data.preprocess_pipeline import Journal, JournalState, available_cores, run_fingerprints
 from cxr_tools.data.shards import merge_shards, parse_shard, shard_range
 from cxr_tools.errors import CacheError, ConfigError, DataError
-from cxr_tools.runtime.outputs import OutputSpec, claim, decide, restart
+from cxr_tools.runtime.outputs import claim, decide, restart
 from cxr_tools.runtime.progress import Progress, null_progress
 
 log = logging.getLogger(__name__)
 
 JOURNAL = cache_mod.JOURNAL
 FORMATS: tuple[str, ...] = tuple(cache_mod.STORE_FILES)
-
-
-def _legacy_cache(path: Path) -> tuple[str, ...] | None:
-    """A cache of the previous release (no marker): its manifest or its journal names it; it holds those files."""
-    return tuple(sorted(CACHE_FILES)) if (path / cache_mod.MANIFEST).is_file() or (path / JOURNAL).is_file() else None
-
-
-#: The output spec of a cache: complete once its manifest is written; ``--resume`` continues an interrupted one,
-#: also with ``--overwrite`` (a requeued job passes both).
-CACHE_SPEC = OutputSpec(
-    command="preprocess",
-    what="cache",
-    writes=tuple(sorted(CACHE_FILES)),
-    complete=cache_mod.is_complete,
-    resumable=True,
-    resume_first=True,
-    recognise=_legacy_cache,
-)
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from cxr_tools.eval.metrics import format_p
-from cxr_tools.runtime.outputs import OutputSpec
+from cxr_tools.runtime.outputs import OutputSpec, previous_release
 
 LEAK_MARK = "⚠ LEAK"
 COMPARISON_FILES: tuple[str, ...] = ("comparison.csv", "comparison.md", "comparison.png", "comparison.json")
@@ -24,7 +24,7 @@ COMPARISON_SPEC = OutputSpec(
     what="comparison",
     complete=lambda p: (p / "comparison.csv").exists(),
     restart=True,
-    recognise=lambda p: COMPARISON_FILES if (p / "comparison.json").is_file() else None,
+    recognise=previous_release("comparison"),
 )
 
 

@@ -132,6 +132,7 @@ def decide(path: str | os.PathLike[str], spec: OutputSpec, *, overwrite: bool, r
     if spec.resumable and resume and (spec.resume_first or not overwrite):
         return OutputDecision(path, spec, "resume", entries)
     if overwrite or spec.restart:
+        log.info("Restarting the interrupted %s in %s.", spec.what, path)
         return OutputDecision(path, spec, "replace", entries)
     hint = "Pass --resume to continue it, or --overwrite to start again." if spec.resumable else "Pass --overwrite."
     raise OutputExistsError(f"{spec.what.capitalize()} {path} is incomplete (an interrupted run?).", hint)
@@ -180,6 +181,49 @@ def restart(decision: OutputDecision) -> Path:
 def prepare(path: str | os.PathLike[str], spec: OutputSpec, *, overwrite: bool) -> Path:
     """:func:`decide` then :func:`claim`: the output folder of a command that cannot resume."""
     return claim(decide(path, spec, overwrite=overwrite))
+
+
+# --- the previous release ----------------------------------------------------------------------------------------
+#: What the previous release (0.2, which wrote no marker) left in each kind of output, by the files that record
+#: one: ``kind: (record files, the entries its format defines)``. Frozen: these are that release's names, whatever
+#: the current writers call their files. Runs (run.json) and synthetic datasets (synthetic.json) are recognised
+#: by their own modules, which read the record's content.
+_PREVIOUS_RELEASE: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "cache": (
+        ("manifest.json", "preprocess.journal"),
+        (
+            "manifest.json",
+            "index.csv",
+            "rejected.csv",
+            "preprocess.journal",
+            "meta_split.json",
+            "images.h5",
+            "images.npy",
+        ),
+    ),
+    "evaluation": (
+        ("episodes.json", "summary.json"),
+        (
+            *("episodes.json", "summary.json", "episodes.csv", "scores.csv", "progress.jsonl", "progress.json"),
+            *("plots/", "plots/roc.png", "plots/auc_per_class.png", "plots/confusion.png", "plots/overall.png"),
+        ),
+    ),
+    "comparison": (
+        ("comparison.json",),
+        ("comparison.csv", "comparison.md", "comparison.png", "comparison.json"),
+    ),
+    "benchmark report": (
+        ("report.json",),
+        ("report.md", "report.csv", "report.json", "report.html", "auc_vs_shots.png", "per_class_auc.png"),
+    ),
+}
+
+
+def previous_release(kind: str) -> Callable[[Path], tuple[str, ...] | None]:
+    """An :attr:`OutputSpec.recognise` for an output ``kind`` of the previous release (:data:`_PREVIOUS_RELEASE`):
+    a folder holding one of its record files holds the entries its format defines."""
+    records, entries = _PREVIOUS_RELEASE[kind]
+    return lambda path: entries if any((path / name).is_file() for name in records) else None
 
 
 # --- the marker ------------------------------------------------------------------------------------------------

@@ -9,8 +9,8 @@ import pytest
 from cxr_tools import paths
 from cxr_tools.errors import OutputExistsError
 from cxr_tools.runtime.fs import atomic_path, atomic_write_json, atomic_write_text
-from cxr_tools.runtime.outputs import MARKER, OutputSpec, claim, decide, prepare
 from cxr_tools.runtime.locks import LOCK_NAME, release_all
+from cxr_tools.runtime.outputs import MARKER, OutputSpec, claim, decide, prepare
 
 
 def test_atomic_write_replaces_and_failure_keeps_old(tmp_path):
