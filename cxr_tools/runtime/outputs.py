@@ -103,8 +103,8 @@ def decide(path: str | os.PathLike[str], spec: OutputSpec, *, overwrite: bool, r
     if path.exists() and not path.is_dir():
         raise OutputExistsError(f"{path} exists and is not a directory.", "Choose another -o path.")
     lock_output(path, file=spec.swapped)
-    if not path.exists() or not _contents(path):
-        return OutputDecision(path, spec, "new")
+    if not path.exists() or not [p for p in _contents(path) if p.name != MARKER]:
+        return OutputDecision(path, spec, "new")  # missing, empty, or claimed by a command that wrote nothing
     marker = read_marker(path)
     if marker is None:
         entries = spec.recognise(path) if spec.recognise is not None else None
