@@ -415,7 +415,7 @@ def _move_back(src: Path, dest: Path) -> bool:
 def tree_entries(root: Path) -> list[str]:
     """Every file and folder under ``root`` as marker entries (for an output built whole in a fresh folder)."""
     out = []
-    for p in sorted(root.rglob("*")):
+    for p in root.rglob("*"):
         rel = p.relative_to(root).as_posix()
         out.append(f"{rel}/" if p.is_dir() and not p.is_symlink() else rel)
-    return out
+    return sorted(out)
