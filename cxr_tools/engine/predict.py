@@ -27,7 +27,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -44,8 +44,9 @@ from cxr_tools.data.predictions import (
 )
 from cxr_tools.errors import ConfigError, InputError
 from cxr_tools.methods.score_stream import score_into
-from cxr_tools.runtime.outputs import OutputSpec, decide
+from cxr_tools.runtime.outputs import OutputSpec, decide, json_record
 from cxr_tools.runtime.progress import Progress, null_progress
+from cxr_tools.workspace.choice import choice_path
 
 if TYPE_CHECKING:
     pass
@@ -151,7 +152,8 @@ def run_predict(config: PredictConfig, progress: Progress | None = None) -> Pred
     out = Path(config.output)
     # an existing CSV is replaced at the final rename; a CSV this command did not write is never replaced
     decide(out, PREDICTIONS_SPEC, overwrite=config.overwrite)
-    decide(thresholds_path(out), THRESHOLDS_SPEC, overwrite=True)  # replaced with the CSV, if it is ours
+    for side, keys in ((thresholds_path(out), ("predictions", "rule")), (choice_path(out), ("model", "chosen_by"))):
+        decide(side, replace(PREDICTIONS_SPEC, what="side file", recognise=json_record(*keys)), overwrite=True)
     inputs = list_inputs(config.input)
     if not inputs.items:
         extra = f" ({len(inputs.skipped)} other file(s) skipped)" if inputs.skipped else ""
@@ -250,21 +252,9 @@ def _is_predictions(path: Path) -> tuple[str, ...] | None:
     return (path.name,) if head[0] == "path" and head[-1] == "error" else None
 
 
-def _is_thresholds(path: Path) -> tuple[str, ...] | None:
-    """A thresholds record this command wrote beside its CSV: JSON naming the predictions file."""
-    import json
-
-    try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    return (path.name,) if isinstance(doc, dict) and "predictions" in doc and "rule" in doc else None
-
-
-#: The predictions CSV: a file, replaced only with ``--overwrite`` and only when its header is ours.
+#: The predictions CSV: a file, replaced only with ``--overwrite`` and only when its header is ours; its side files
+#: (``<name>.thresholds.json``, ``<name>.csv.model.json``) are replaced with it, when their content is ours.
 PREDICTIONS_SPEC = OutputSpec(command="predict", what="predictions CSV", file=True, recognise=_is_predictions)
-#: Its side file of thresholds (``<name>.thresholds.json``): replaced with the CSV, when it is ours.
-THRESHOLDS_SPEC = OutputSpec(command="predict", what="thresholds file", file=True, recognise=_is_thresholds)
 
 
 def _settings(

@@ -226,6 +226,19 @@ def previous_release(kind: str) -> Callable[[Path], tuple[str, ...] | None]:
     return lambda path: entries if any((path / name).is_file() for name in records) else None
 
 
+def json_record(*keys: str) -> Callable[[Path], tuple[str, ...] | None]:
+    """An :attr:`OutputSpec.recognise` for a file output: a JSON object holding ``keys`` (a side file cxr wrote)."""
+
+    def recognise(path: Path) -> tuple[str, ...] | None:
+        try:
+            doc = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return None
+        return (path.name,) if isinstance(doc, dict) and all(k in doc for k in keys) else None
+
+    return recognise
+
+
 # --- the marker ------------------------------------------------------------------------------------------------
 @dataclass
 class _Claim:

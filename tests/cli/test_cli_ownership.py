@@ -152,9 +152,10 @@ def test_another_commands_output_is_refused_naming_it(inputs, tmp_path):
     assert (out / "summary.json").is_file()
 
 
-def test_predict_refuses_a_thresholds_file_it_did_not_write(inputs, tmp_path):
+@pytest.mark.parametrize("side", ["p.thresholds.json", "p.csv.model.json"])
+def test_predict_refuses_a_side_file_it_did_not_write(inputs, tmp_path, side):
     csv = tmp_path / "p.csv"
-    (tmp_path / "p.thresholds.json").write_text('{"my": "settings"}')
+    (tmp_path / side).write_text('{"my": "settings"}')
     res = runner.invoke(app, ["predict", str(inputs["imgs"]), "-o", str(csv), "-m", str(inputs["model"])])
-    _one_error(res, "p.thresholds.json", "is not a cxr thresholds file")
-    assert (tmp_path / "p.thresholds.json").read_text() == '{"my": "settings"}' and not csv.exists()
+    _one_error(res, side, "is not a cxr side file")
+    assert (tmp_path / side).read_text() == '{"my": "settings"}' and not csv.exists()
