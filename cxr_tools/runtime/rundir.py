@@ -275,6 +275,7 @@ _LEGACY_RUN_FILES = (
     "model/model.safetensors",
     "model/lineage_patients.json",
     "val_episodes.json",
+    "meta_split.json",
 )
 
 
