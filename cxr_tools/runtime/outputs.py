@@ -297,15 +297,15 @@ def record(target: str | os.PathLike[str]) -> None:
     owner = _owner_of(target)
     if owner is None:
         return
-    if not (owner.path / MARKER).is_file():  # the folder went away under us (or its claim ended)
+    rel = target.relative_to(_key(owner.path))
+    if rel.as_posix() in owner.entries or f"{rel.as_posix()}/" in owner.entries:
+        return  # recorded already: a checkpoint rewritten every few minutes costs nothing here
+    if not (owner.path / MARKER).is_file():  # the folder went away under us
         _active.pop(_key(owner.path), None)
         return
-    rel = target.relative_to(_key(owner.path))
-    new = {f"{p.as_posix()}/" for p in rel.parents if p != Path(".")}
-    new.add(rel.as_posix() + ("/" if raw.endswith("/") or target.is_dir() else ""))
-    if not new <= owner.entries:
-        owner.entries |= new
-        owner.save()
+    owner.entries |= {f"{p.as_posix()}/" for p in rel.parents if p != Path(".")}
+    owner.entries.add(rel.as_posix() + ("/" if raw.endswith("/") or target.is_dir() else ""))
+    owner.save()
 
 
 def _owner_of(target: Path) -> _Claim | None:
