@@ -132,7 +132,8 @@ def decide(path: str | os.PathLike[str], spec: OutputSpec, *, overwrite: bool, r
     if spec.resumable and resume and (spec.resume_first or not overwrite):
         return OutputDecision(path, spec, "resume", entries)
     if overwrite or spec.restart:
-        log.info("Restarting the interrupted %s in %s.", spec.what, path)
+        if spec.complete is not None:  # it has a finished state it did not reach: interrupted
+            log.info("Restarting the interrupted %s in %s.", spec.what, path)
         return OutputDecision(path, spec, "replace", entries)
     hint = "Pass --resume to continue it, or --overwrite to start again." if spec.resumable else "Pass --overwrite."
     raise OutputExistsError(f"{spec.what.capitalize()} {path} is incomplete (an interrupted run?).", hint)

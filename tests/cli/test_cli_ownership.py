@@ -66,6 +66,7 @@ def _commands(inputs, out: Path) -> dict[str, list[str]]:
         "benchmark report": ["benchmark", "report", str(inputs["plan"]), "-o", str(out)],
         "demo": ["demo", "-o", str(out), "--quick"],
         "download synthetic": ["download", "synthetic", "-o", str(out), "--patients", "2", "--size", "32"],
+        "stats": ["stats", cache, "--out", str(out)],
     }
 
 
@@ -92,14 +93,14 @@ def _snapshot(path: Path) -> dict[str, bytes]:
 
 
 COMMANDS = ["preprocess", "preprocess --merge", "train", "train-siamese", "meta-train", "evaluate", "predict --cam"]
-COMMANDS += ["compare", "benchmark report", "demo", "download synthetic"]
+COMMANDS += ["compare", "benchmark report", "demo", "download synthetic", "stats"]
 
 
 @pytest.mark.parametrize("command", COMMANDS)
 def test_overwrite_never_touches_a_folder_of_the_users_images(inputs, tmp_path, command):
     folder = tmp_path / "figs"
     before = _users_folder(folder)
-    res = runner.invoke(app, [*_commands(inputs, folder)[command], "--overwrite"])
+    res = runner.invoke(app, [*_commands(inputs, folder)[command], *(["--overwrite"] if command != "stats" else [])])
     _one_error(res, str(folder), "is not a cxr", "never")
     assert _snapshot(folder) == before  # nothing deleted, changed or added (the lock is gone too)
 
