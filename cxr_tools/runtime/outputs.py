@@ -369,12 +369,12 @@ def remove_recorded(folder: str | os.PathLike[str], entries: Iterable[str]) -> N
 
 
 def _inside(folder: Path, target: Path) -> bool:
-    """Whether ``target`` lies inside ``folder`` (a recorded entry never reaches out of its folder)."""
-    try:
-        Path(os.path.abspath(target)).relative_to(os.path.abspath(folder))
-    except ValueError:
+    """Whether ``target`` lies inside ``folder`` without passing through a link (a recorded entry never reaches
+    out of its folder, not even through a folder someone replaced by a link to their own)."""
+    rel = Path(os.path.relpath(os.path.abspath(target), os.path.abspath(folder)))
+    if ".." in rel.parts:
         return False
-    return ".." not in Path(os.path.relpath(target, folder)).parts
+    return not any((folder / parent).is_symlink() for parent in rel.parents if parent != Path("."))
 
 
 def _contents(path: Path) -> list[Path]:

@@ -106,7 +106,7 @@ def test_overwrite_never_touches_a_folder_of_the_users_images(inputs, tmp_path, 
 
 
 def test_predict_cam_replaces_only_its_own_overlays(inputs, tmp_path):
-    """The issue's case, reversed: an overlay folder cxr wrote, to which the user added figures and notes."""
+    """The reported case, reversed: an overlay folder cxr wrote, to which the user added figures and notes."""
     figs, csv = tmp_path / "figs", tmp_path / "p.csv"
     args = ["predict", str(inputs["imgs"]), "-o", str(csv), "-m", str(inputs["model"]), "--cam", str(figs)]
     assert runner.invoke(app, [*args, "--cam-classes", "A"]).exit_code == 0

@@ -46,6 +46,19 @@ def test_replacing_removes_the_record_and_nested_outputs_never_the_rest(tmp_path
     assert left == [".cxr-output.json", ".hidden", "runs/notes.txt", "runs/r1/checkpoints/mine.pt"]
 
 
+def test_a_recorded_folder_replaced_by_a_link_is_not_followed(tmp_path):
+    out = prepare(tmp_path / "out", SPEC, overwrite=False)
+    atomic_write_text(out / "sub" / "a.txt", "cxr's")
+    theirs = tmp_path / "theirs"
+    theirs.mkdir()
+    (theirs / "a.txt").write_text("the user's")
+    (out / "sub" / "a.txt").unlink()
+    (out / "sub").rmdir()
+    (out / "sub").symlink_to(theirs)
+    claim(decide(out, SPEC, overwrite=True))
+    assert (theirs / "a.txt").read_text() == "the user's" and (out / "sub").is_symlink()
+
+
 def test_an_unreadable_marker_is_not_ours(tmp_path):
     out = tmp_path / "out"
     out.mkdir()
