@@ -22,8 +22,18 @@ from typing import Any
 
 from cxr_tools.benchmark.steps import Step
 from cxr_tools.errors import InputError
+from cxr_tools.runtime.outputs import OutputSpec, previous_release
 
 REPORT_FILES = ("report.md", "report.csv", "report.json", "report.html", "auc_vs_shots.png", "per_class_auc.png")
+#: The output spec of a benchmark report: complete once report.json is written; an unfinished one is written again.
+#: A report of the previous release (no marker) is recognised by its report.json.
+REPORT_SPEC = OutputSpec(
+    command="benchmark report",
+    what="benchmark report",
+    complete=lambda p: (p / "report.json").exists(),
+    restart=True,
+    recognise=previous_release("benchmark report"),
+)
 
 
 @dataclass(frozen=True)
@@ -215,22 +225,15 @@ def markdown(report: Report, images: Sequence[str] = ()) -> str:
 
 
 def write_report(report: Report, out: Path, *, overwrite: bool) -> Report:
-    """Write the report files into ``out`` (the output policy of every command: ``--overwrite`` replaces only the
-    report's own files)."""
+    """Write the report files into ``out`` (:data:`REPORT_SPEC`: ``--overwrite`` removes only what cxr recorded
+    writing there)."""
     import pandas as pd
 
     from cxr_tools.config import to_json
-    from cxr_tools.runtime.fs import apply_output_plan, atomic_write_text, only_files, output_plan
+    from cxr_tools.runtime.fs import atomic_write_text
+    from cxr_tools.runtime.outputs import claim, decide
 
-    output_plan(
-        out,
-        overwrite=overwrite,
-        complete=lambda p: (p / "report.json").exists(),
-        owned=only_files(REPORT_FILES),
-        restart=True,
-        what="benchmark report",
-    )
-    apply_output_plan(out, "resume")
+    claim(decide(out, REPORT_SPEC, overwrite=overwrite))
     images = [_plot_shots(report, out / "auc_vs_shots.png"), _plot_classes(report, out / "per_class_auc.png")]
     frame = pd.DataFrame.from_records(table_rows(report))
     files = [

@@ -18,6 +18,7 @@ from cxr_tools import __version__
 from cxr_tools.data import cache as cache_mod
 from cxr_tools.data.imaging import ImageOps
 from cxr_tools.data.preprocess_pipeline import ChunkTask, Journal, JournalState, ordered_map, process_chunk
+from cxr_tools.runtime.outputs import OutputSpec, previous_release
 from cxr_tools.runtime.progress import Progress
 
 #: Files a (partial) cache directory may hold; anything else means it is not ours to resume into.
@@ -30,6 +31,17 @@ CACHE_FILES: frozenset[str] = frozenset(
         "meta_split.json",
         *cache_mod.STORE_FILES.values(),
     }
+)
+#: The output spec of a cache (:mod:`cxr_tools.runtime.outputs`): complete once its manifest is written;
+#: ``--resume`` continues an interrupted one, also with ``--overwrite`` (a requeued job passes both).
+CACHE_SPEC = OutputSpec(
+    command="preprocess",
+    what="cache",
+    writes=tuple(sorted(CACHE_FILES)),
+    complete=cache_mod.is_complete,
+    resumable=True,
+    resume_first=True,
+    recognise=previous_release("cache"),
 )
 
 

@@ -20,12 +20,28 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from cxr_tools.runtime.fs import atomic_write_text, prepare_output_dir
+from cxr_tools.errors import OutputExistsError
+from cxr_tools.runtime.outputs import OutputSpec, prepare
 from cxr_tools.runtime.progress import Progress, null_progress
 from cxr_tools.runtime.signals import SignalInterrupt, received_signal
 
 T = TypeVar("T")
-DEMO_MARKER = ".cxr-demo"  # marks a work directory the demo wrote, so --overwrite replaces only such a one
+#: The previous release's mark of a demo work directory (it recorded no list of the files it wrote).
+LEGACY_DEMO_MARKER = ".cxr-demo"
+
+
+def _legacy_demo(path: Path) -> None:
+    """A demo work directory of the previous release holds no record of what it wrote: it is not replaced."""
+    if (path / LEGACY_DEMO_MARKER).is_file():
+        raise OutputExistsError(
+            f"{path} is a demo work directory of an earlier cxr version, which recorded no list of its files.",
+            "Delete it yourself, or choose another --workdir (--overwrite never deletes unrecorded files).",
+        )
+
+
+#: The demo's work directory: each stage's output inside it is a cxr output of its own, recorded as a folder of the
+#: work directory, so ``--overwrite`` removes them (each by its own marker) and nothing else.
+DEMO_SPEC = OutputSpec(command="demo", what="demo", recognise=_legacy_demo)
 
 
 @dataclass(frozen=True)
@@ -108,9 +124,8 @@ def run_demo(config: DemoConfig, progress: Progress | None = None) -> DemoResult
     progress = null_progress(progress)
     plan = make_plan(config)
     work = Path(config.workdir)
-    # a previous demo needs --overwrite; a folder of other files is refused even with it (its hint says so)
-    prepare_output_dir(work, overwrite=config.overwrite, owned=lambda p: (p / DEMO_MARKER).is_file(), what="demo")
-    atomic_write_text(work / DEMO_MARKER, "cxr demo work directory: --overwrite may replace it\n")
+    # a previous demo needs --overwrite, which removes what it recorded; a folder of other files is refused
+    prepare(work, DEMO_SPEC, overwrite=config.overwrite)
     stages: dict[str, float] = {}
 
     def stage(name: str, fn: Callable[[], T]) -> T:

@@ -14,9 +14,9 @@
   :mod:`cxr_tools.eval.run_inputs`.
 
 Writes ``OUT/episodes.json``, ``episodes.csv``, ``scores.csv``, ``plots/*.png`` and, last, ``summary.json`` (its
-presence marks a complete evaluation: :func:`~cxr_tools.runtime.fs.output_plan` replaces it only with
-``overwrite``). Each finished episode is journalled so a rerun continues an interrupted evaluation
-(:mod:`cxr_tools.eval.journal`). ``OUT`` defaults to ``RUN/eval`` (``RUN/eval-<method>`` for another method).
+presence marks a complete evaluation, which :data:`EVALUATION_SPEC` lets only ``overwrite`` replace). Each
+finished episode is journalled so a rerun continues an interrupted evaluation (:mod:`cxr_tools.eval.journal`).
+``OUT`` defaults to ``RUN/eval`` (``RUN/eval-<method>`` for another method).
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ from cxr_tools.eval.episode_runs import (
     run_episodes,
     write_results,
 )
-from cxr_tools.eval.journal import EpisodeJournal, check_resumable
+from cxr_tools.eval.journal import JOURNAL, EpisodeJournal, check_resumable
 from cxr_tools.eval.run_inputs import (
     architecture_for,
     check_data_fits,
@@ -53,7 +53,8 @@ from cxr_tools.eval.run_inputs import (
     run_name,
 )
 from cxr_tools.models.lineage import pretraining_notes
-from cxr_tools.runtime.fs import apply_output_plan, atomic_write_json, output_plan
+from cxr_tools.runtime.fs import atomic_write_json
+from cxr_tools.runtime.outputs import OutputSpec, claim, decide, previous_release
 from cxr_tools.runtime.progress import Progress, null_progress
 
 log = logging.getLogger(__name__)
@@ -62,6 +63,17 @@ SUMMARY = "summary.json"
 EPISODES_JSON = "episodes.json"
 SUMMARY_FORMAT = "cxr-eval"
 SUMMARY_VERSION = 1
+#: An evaluation: complete once summary.json is written; an interrupted one is resumed with ``--resume``
+#: (``--overwrite`` wins), else started again.
+EVALUATION_SPEC = OutputSpec(
+    command="evaluate",
+    what="evaluation",
+    writes=(JOURNAL, "plots/"),
+    complete=lambda p: (p / SUMMARY).is_file(),
+    resumable=True,
+    restart=True,
+    recognise=previous_release("evaluation"),
+)
 
 
 @dataclass(frozen=True)
@@ -190,13 +202,7 @@ def evaluate(config: EvaluateConfig, progress: Progress | None = None) -> Evalua
     )
     settings = describe(adapter)
     out = Path(config.output) if config.output else default_output(config.run, label, kind)
-    plan = output_plan(out, overwrite=config.overwrite, resume=config.resume and not config.overwrite,
-                       complete=lambda p: (p / SUMMARY).is_file(),
-                       owned=lambda p: (p / EPISODES_JSON).is_file() or (p / SUMMARY).is_file(),
-                       restart=True, what="evaluation")  # fmt: skip
-    if plan == "replace" and not (out / SUMMARY).is_file():
-        log.info("Restarting the interrupted evaluation in %s.", out)
-    out = apply_output_plan(out, plan)
+    out = claim(decide(out, EVALUATION_SPEC, overwrite=config.overwrite, resume=config.resume))
     if config.resume:
         check_resumable(out)
     save_episode_list(

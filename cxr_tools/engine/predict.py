@@ -27,7 +27,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -44,8 +44,9 @@ from cxr_tools.data.predictions import (
 )
 from cxr_tools.errors import ConfigError, InputError
 from cxr_tools.methods.score_stream import score_into
-from cxr_tools.runtime.fs import output_plan
+from cxr_tools.runtime.outputs import OutputSpec, decide, json_record
 from cxr_tools.runtime.progress import Progress, null_progress
+from cxr_tools.workspace.choice import choice_path
 
 if TYPE_CHECKING:
     pass
@@ -150,7 +151,9 @@ def run_predict(config: PredictConfig, progress: Progress | None = None) -> Pred
     started = time.perf_counter()
     out = Path(config.output)
     # an existing CSV is replaced at the final rename; a CSV this command did not write is never replaced
-    output_plan(out, overwrite=config.overwrite, file=True, owned=_is_predictions, what="predictions CSV")
+    decide(out, PREDICTIONS_SPEC, overwrite=config.overwrite)
+    for side, keys in ((thresholds_path(out), ("predictions", "rule")), (choice_path(out), ("model", "chosen_by"))):
+        decide(side, replace(PREDICTIONS_SPEC, what="side file", recognise=json_record(*keys)), overwrite=True)
     inputs = list_inputs(config.input)
     if not inputs.items:
         extra = f" ({len(inputs.skipped)} other file(s) skipped)" if inputs.skipped else ""
@@ -241,12 +244,17 @@ def run_predict(config: PredictConfig, progress: Progress | None = None) -> Pred
     )
 
 
-def _is_predictions(path: Path) -> bool:
+def _is_predictions(path: Path) -> tuple[str, ...] | None:
     """A CSV this command wrote: its header starts with ``path`` and ends with ``error`` (``--overwrite`` replaces
     nothing else)."""
     with open(path, encoding="utf-8", errors="replace") as fh:
         head = fh.readline().rstrip("\r\n").split(",")
-    return head[0] == "path" and head[-1] == "error"
+    return (path.name,) if head[0] == "path" and head[-1] == "error" else None
+
+
+#: The predictions CSV: a file, replaced only with ``--overwrite`` and only when its header is ours; its side files
+#: (``<name>.thresholds.json``, ``<name>.csv.model.json``) are replaced with it, when their content is ours.
+PREDICTIONS_SPEC = OutputSpec(command="predict", what="predictions CSV", file=True, recognise=_is_predictions)
 
 
 def _settings(

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -33,11 +33,11 @@ import numpy as np
 
 from cxr_tools.config import fields_from
 from cxr_tools.data import cache as cache_mod
-from cxr_tools.data.cache_build import CACHE_FILES, assign_split_column, build_manifest, fill_store
+from cxr_tools.data.cache_build import CACHE_SPEC, assign_split_column, build_manifest, fill_store
 from cxr_tools.data.preprocess_pipeline import Journal, JournalState, available_cores, run_fingerprints
 from cxr_tools.data.shards import merge_shards, parse_shard, shard_range
 from cxr_tools.errors import CacheError, ConfigError, DataError
-from cxr_tools.runtime.fs import apply_output_plan, only_files, output_plan
+from cxr_tools.runtime.outputs import claim, decide, restart
 from cxr_tools.runtime.progress import Progress, null_progress
 from cxr_tools.runtime.space import no_space_as_error
 
@@ -159,17 +159,10 @@ def _preprocess(config: PreprocessConfig, progress: Progress | None) -> Preproce
     # missing or empty one, so a requeued SLURM job can always pass it); with both, an incomplete cache is
     # resumed and a complete one replaced. Decided before any work, carried out only once the source has
     # loaded: a typo in SRC must not cost the old cache.
-    plan = output_plan(
-        out,
-        overwrite=config.overwrite,
-        resume=config.resume,
-        complete=cache_mod.is_complete,
-        owned=only_files(CACHE_FILES),
-        what="cache",
-    )
+    decision = decide(out, CACHE_SPEC, overwrite=config.overwrite, resume=config.resume)
     src = _load_source(config)
-    apply_output_plan(out, plan)
-    resuming = plan == "resume"
+    claim(decision)
+    resuming = decision.action == "resume"
     table = src.table.reset_index(drop=True)
     split_info = assign_split_column(table, src.labels, seed=config.seed, fractions=config.fractions)
     start, end = shard_range(len(table), shard)
@@ -194,7 +187,7 @@ def _preprocess(config: PreprocessConfig, progress: Progress | None) -> Preproce
         except CacheError:
             if not config.overwrite:
                 raise
-            apply_output_plan(out, "replace")
+            restart(decision)
             resuming = False
     store_path = out / cache_mod.STORE_FILES[config.format]
     if state.done and not store_path.is_file():
@@ -267,10 +260,7 @@ def merge(config: MergeConfig, progress: Progress | None = None) -> PreprocessRe
     out = Path(config.output)
     if any(Path(s).resolve() == out.resolve() for s in config.shards):
         raise ConfigError(f"The merge output {out} is one of the shards.", "Choose a new -o directory.")
-    plan = output_plan(
-        out, overwrite=config.overwrite, complete=cache_mod.is_complete, owned=only_files(CACHE_FILES), what="cache"
-    )
-    apply_output_plan(out, plan)
+    claim(decide(out, replace(CACHE_SPEC, resumable=False), overwrite=config.overwrite))
     manifest = merge_shards(config.shards, out, progress)
     seconds = time.perf_counter() - started
     return _result(out, manifest, seconds=seconds, rate=manifest["counts"]["images"] / seconds if seconds else 0.0)

@@ -4,7 +4,8 @@ Reads only ``manifest.json`` and ``index.csv``, never the images (the seed proje
 count labels). "Positive" means a stored value of 1; uncertain (-1) values are counted separately, so a
 CheXpert cache shows how much a choice of uncertainty policy matters. Outputs in ``--output`` (default
 ``CACHE/stats/``), each written atomically and replaced on every run (they are derived from the cache):
-``label_counts.png``, ``cooccurrence.png`` and ``stats.json`` (the same content as ``--json``).
+``label_counts.png``, ``cooccurrence.png`` and ``stats.json`` (the same content as ``--json``). A folder that is
+not a statistics folder cxr wrote is refused (:data:`STATS_SPEC`).
 """
 
 from __future__ import annotations
@@ -17,7 +18,11 @@ from cxr_tools.data.cache import read_tables, verify_cache
 from cxr_tools.data.label_stats import LabelStats, SplitStats, compute_stats
 from cxr_tools.errors import CxrError
 from cxr_tools.runtime.fs import atomic_write_text
+from cxr_tools.runtime.outputs import OutputSpec, claim, decide
 from cxr_tools.runtime.progress import Progress, null_progress
+
+#: The statistics folder: written again on every run, so an existing one needs no flag; only its recorded files go.
+STATS_SPEC = OutputSpec(command="stats", what="statistics folder", restart=True)
 
 
 @dataclass(frozen=True)
@@ -77,6 +82,7 @@ def run_stats(config: StatsConfig, progress: Progress | None = None) -> StatsRes
     out = Path(config.out) if config.out is not None else cache / "stats"
     plots: list[Path] = []
     try:
+        claim(decide(out, STATS_SPEC, overwrite=False))
         with progress.task("stats", total=3 if config.plots and labels else 1) as task:
             if config.plots and labels:
                 from cxr_tools.eval.plots import plot_cooccurrence, plot_label_counts

@@ -13,9 +13,19 @@ from pathlib import Path
 from typing import Any
 
 from cxr_tools.eval.metrics import format_p
+from cxr_tools.runtime.outputs import OutputSpec, previous_release
 
 LEAK_MARK = "⚠ LEAK"
 COMPARISON_FILES: tuple[str, ...] = ("comparison.csv", "comparison.md", "comparison.png", "comparison.json")
+#: The output spec of a comparison: complete once its table is written; an unfinished one is written again. A
+#: comparison of the previous release (no marker) is recognised by its comparison.json.
+COMPARISON_SPEC = OutputSpec(
+    command="compare",
+    what="comparison",
+    complete=lambda p: (p / "comparison.csv").exists(),
+    restart=True,
+    recognise=previous_release("comparison"),
+)
 
 
 def metric_name(metric: str, rule: str | None = None) -> str:
@@ -217,16 +227,15 @@ def comparison_markdown(result: Any) -> str:
 
 def write_comparison(result: Any, out: Path, *, overwrite: bool) -> list[Path]:
     """Write comparison.{csv,md,png,json} into ``out`` under the one output policy
-    (:func:`~cxr_tools.runtime.fs.output_plan`): an existing comparison needs ``overwrite``, which replaces only
-    the comparison's own files; a folder holding anything else is refused (nothing there is deleted)."""
+    (:data:`COMPARISON_SPEC`): an existing comparison needs ``overwrite``, which removes only what cxr recorded
+    writing there; a folder that is not a cxr comparison is refused (nothing there is deleted)."""
     from cxr_tools.config import to_json
     from cxr_tools.eval.plots import plot_grouped_bars
     from cxr_tools.eval.report import write_table
-    from cxr_tools.runtime.fs import apply_output_plan, atomic_write_text, only_files, output_plan
+    from cxr_tools.runtime.fs import atomic_write_text
+    from cxr_tools.runtime.outputs import claim, decide
 
-    output_plan(out, overwrite=overwrite, complete=lambda p: (p / "comparison.csv").exists(),
-                owned=only_files(COMPARISON_FILES), restart=True, what="comparison")  # fmt: skip
-    apply_output_plan(out, "resume")  # the files are replaced one by one, atomically; nothing else is touched
+    claim(decide(out, COMPARISON_SPEC, overwrite=overwrite))
     name = metric_name(result.metric, result.threshold)
     groups = [*result.classes, "overall"]
     series = {}

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from cxr_tools.errors import ConfigError, ModelError
+from cxr_tools.runtime.outputs import OutputDecision, OutputSpec, claim, decide
 
 if TYPE_CHECKING:
     import torch
@@ -158,27 +159,27 @@ def file_name(index: int, source: str, label: str) -> str:
     return f"{index:05d}_{stem}_{re.sub(r'[^A-Za-z0-9.-]+', '_', label).strip('_')}.png"
 
 
+#: The folder of ``cxr predict --cam``: every overlay is recorded in its marker as it is written; an earlier one
+#: (any, even of other inputs) is replaced only with ``--overwrite``, which removes only the recorded overlays.
+CAM_SPEC = OutputSpec(command="predict --cam", what="saliency folder", complete=lambda p: True)
+
+
 class CamFolder:
     """The folder of ``cxr predict --cam``: one overlay PNG per image and explained finding (:func:`chosen`),
-    each written atomically; a folder of earlier overlays is replaced only with ``--overwrite``."""
+    each written atomically (:data:`CAM_SPEC`)."""
 
-    def __init__(self, folder: Path, labels: Sequence[str], classes: Sequence[str] | None, plan: str) -> None:
-        self.folder = folder
+    def __init__(self, decision: OutputDecision, labels: Sequence[str], classes: Sequence[str] | None) -> None:
+        self.folder = decision.path
         self.labels = list(labels)
         self.classes = classes
-        self._plan = plan
+        self._decision: OutputDecision | None = decision
         self.written = 0
 
     @classmethod
     def plan(cls, folder: Path, labels: Sequence[str], requested: str | None, *, overwrite: bool) -> CamFolder:
         """Check the folder and ``--cam-classes`` before any scoring (nothing is written yet)."""
-        from cxr_tools.runtime.fs import output_plan
-
-        def only_png(p: Path) -> bool:
-            return all(f.suffix == ".png" or f.name.startswith(".") for f in p.iterdir())
-
-        decision = output_plan(folder, overwrite=overwrite, complete=only_png, owned=only_png, what="saliency folder")
-        return cls(Path(folder), labels, cam_classes(labels, requested), decision)
+        decision = decide(folder, CAM_SPEC, overwrite=overwrite)
+        return cls(decision, labels, cam_classes(labels, requested))
 
     def write(
         self,
@@ -192,11 +193,9 @@ class CamFolder:
     ) -> int:
         """Overlays of one decoded chunk (:func:`~cxr_tools.data.decode.decode_stream`'s ``start, images,
         rejected``) of ``items`` (inputs with a ``display`` name); returns the files written."""
-        from cxr_tools.runtime.fs import apply_output_plan
-
-        if self._plan != "done":
-            apply_output_plan(self.folder, self._plan)  # type: ignore[arg-type]
-            self._plan = "done"
+        if self._decision is not None:
+            claim(self._decision)
+            self._decision = None
         bad = {pos for pos, _ in rejected}
         positions = [p for p in range(start, start + len(images) + len(bad)) if p not in bad][: len(images)]
         names = [str(items[p].display) for p in positions]

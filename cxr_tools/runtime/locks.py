@@ -1,7 +1,7 @@
 """One writer per output: an OS file lock on a lock file inside the directory being written.
 
 Every command that writes a run, evaluation, prediction, cache or dataset locks it where it decides what to do
-with it (:func:`cxr_tools.runtime.fs.output_plan`, :func:`cxr_tools.runtime.rundir.open_run`), so a second
+with it (:func:`cxr_tools.runtime.outputs.decide`), so a second
 process that would write the same output - a resubmitted SLURM job, a second terminal - refuses with one line
 naming the holder instead of interleaving writes.
 
@@ -61,6 +61,10 @@ class OutputLock:
                 os.unlink(self.path)
         os.close(self.fd)
         self.fd = -1
+        from cxr_tools.runtime.outputs import release
+
+        if self.path.name == LOCK_NAME:
+            release(self.path.parent)  # the claim on the output folder ends with its lock
         if self.created_dir is not None:
             with contextlib.suppress(OSError):
                 self.created_dir.rmdir()  # only when empty

@@ -9,10 +9,11 @@ Layout::
     RUN/model/             model card + weights, written by the trainer when it finishes
 
 A run directory belongs to one command kind (``train``, ``train-siamese``, ``meta-train``). :func:`open_run`
-decides what happens to an existing one: another kind is refused (:class:`ModelError`), a completed run
-needs ``--overwrite`` (:class:`OutputExistsError`), a folder without run.json is refused even with ``--overwrite``
-(nothing the tool did not write is deleted), an incomplete run (``running``, ``interrupted``,
-``failed``) is continued by default - that is what makes "rerun the same command after preemption" work.
+decides what happens to an existing one through the one output policy (:func:`cxr_tools.runtime.outputs.decide`
+with :func:`run_spec`): another kind is refused (:class:`ModelError`), a completed run needs ``--overwrite``
+(:class:`OutputExistsError`), which removes only what cxr recorded writing there; a folder that is not a cxr run
+directory is refused even with ``--overwrite``; an incomplete run (``running``, ``interrupted``, ``failed``) is
+continued by default - that is what makes "rerun the same command after preemption" work.
 Only the main rank writes, and locks the directory for the command (runtime/locks.py); other ranks get a
 read-only :class:`RunDir`.
 """
@@ -35,8 +36,9 @@ from typing import Any
 from cxr_tools import __version__
 from cxr_tools.config import differing_keys, dump_yaml, to_dict
 from cxr_tools.errors import ConfigError, ModelError, OutputExistsError
-from cxr_tools.runtime.fs import atomic_write_json, atomic_write_text, clear_dir
-from cxr_tools.runtime.locks import LOCK_NAME, is_held, lock_output
+from cxr_tools.runtime.fs import atomic_write_json, atomic_write_text
+from cxr_tools.runtime.locks import is_held
+from cxr_tools.runtime.outputs import OutputSpec, claim, decide
 from cxr_tools.runtime.versions import library_versions
 
 log = logging.getLogger(__name__)
@@ -286,6 +288,48 @@ def _close_dead_session(run: RunDir, info: dict[str, Any]) -> dict[str, Any]:
     return run.update_info(status="interrupted", end_time=end, sessions=sessions)
 
 
+#: What a run directory holds besides the files written atomically (recorded as they are written).
+RUN_WRITES = ("config.yaml", "run.json", "metrics.jsonl", "checkpoints/")
+#: The files the previous release's run directories held (it wrote no marker; its run.json names the run).
+_LEGACY_RUN_FILES = (
+    *RUN_WRITES,
+    "checkpoints/last.pt",
+    "checkpoints/best.pt",
+    "model/",
+    "model/model.json",
+    "model/model.safetensors",
+    "model/lineage_patients.json",
+    "val_episodes.json",
+    "meta_split.json",
+)
+
+
+def run_spec(kind: str) -> OutputSpec:
+    """The output spec of a run directory of command ``kind``: complete once its run.json says so; an incomplete
+    run is continued (``--resume``, the default), and ``--overwrite`` starts it again."""
+    return OutputSpec(
+        command=kind,
+        what="run directory",
+        writes=RUN_WRITES,
+        complete=lambda p: (read_run_info(p) or {}).get("status") == "completed",
+        resumable=True,
+        recognise=lambda p: _LEGACY_RUN_FILES if _is_legacy_run(p, kind) else None,
+    )
+
+
+def _is_legacy_run(path: Path, kind: str) -> bool:
+    """A run directory of the previous release: its run.json has this tool's schema and this command's kind."""
+    with contextlib.suppress(ModelError):
+        info = read_run_info(path) or {}
+        return (
+            info.get("tool") == "cxr-tools"
+            and info.get("schema_version") == RUN_SCHEMA_VERSION
+            and info.get("kind") == kind
+            and "status" in info
+        )
+    return False
+
+
 def open_run(
     path: str | os.PathLike[str],
     kind: str,
@@ -316,39 +360,18 @@ def open_run(
     path = run.path
     if path.exists() and not path.is_dir():
         raise OutputExistsError(f"Run path {path} exists and is not a directory.", "Choose another -o/--output.")
-    lock_output(path)  # one writer per run; released when the command ends
-    info = read_run_info(path)
-    fresh = True
-    if info is None and any(p.name != LOCK_NAME for p in path.iterdir()):
-        raise OutputExistsError(
-            f"{path} is not empty and is not a cxr run directory (no run.json).",
-            "Choose another -o/--output (--overwrite replaces only a run directory, never other files).",
+    info = read_run_info(path) if path.is_dir() else None
+    if info is not None and info.get("kind") != kind:
+        raise ModelError(
+            f"{path} is a run directory of `cxr {info.get('kind')}`, not `cxr {kind}`.",
+            "Choose another -o/--output for this command (a run directory belongs to one command).",
         )
-    if info is not None:
-        info = _close_dead_session(run, info)
-        old_kind = info.get("kind")
-        if old_kind != kind:
-            raise ModelError(
-                f"{path} is a run directory of `cxr {old_kind}`, not `cxr {kind}`.",
-                "Choose another -o/--output for this command (a run directory belongs to one command).",
-            )
-        status = info.get("status")
-        if overwrite:
-            clear_dir(path)
-        elif status == "completed":
-            raise OutputExistsError(
-                f"{path} holds a completed `cxr {kind}` run.",
-                "Pass --overwrite to train again from scratch, or choose another -o/--output.",
-            )
-        elif not resume:
-            raise OutputExistsError(
-                f"{path} holds an incomplete `cxr {kind}` run (status {status}).",
-                "Rerun with --resume to continue it, or --overwrite to start again.",
-            )
-        else:
-            _check_same_config(path, run.read_config(), to_dict(config), set(mutable_keys))
-            fresh = False
-
+    decision = decide(path, run_spec(kind), overwrite=overwrite, resume=resume)
+    fresh = decision.action != "resume"
+    if not fresh:
+        _close_dead_session(run, read_run_info(path) or {})  # a command killed with kill -9 left "running"
+        _check_same_config(path, run.read_config(), to_dict(config), set(mutable_keys))
+    claim(decision)
     run.checkpoints_dir.mkdir(parents=True, exist_ok=True)
     run.remove_stale_temporaries()
     session = {

@@ -235,14 +235,17 @@ class RunService:
         import yaml
 
         from cxr_tools import __version__
-        from cxr_tools.runtime.fs import atomic_write_json, atomic_write_text, prepare_output_dir
+        from cxr_tools.runtime.fs import atomic_write_json, atomic_write_text
+        from cxr_tools.runtime.outputs import OutputSpec, prepare, record
 
-        folder = prepare_output_dir(Path(folder).expanduser(), overwrite=False, what="few-shot run")
+        spec = OutputSpec(command="app save", what="few-shot run", writes=("support/",))
+        folder = prepare(Path(folder).expanduser(), spec, overwrite=False)
         pos_dir = folder / "support" / _folder_name(adapted.finding)
         neg_dir = folder / "support" / (f"not_{_folder_name(adapted.finding)}" if adapted.ways == 2 else "negative")
         for target, sources in ((pos_dir, adapted.positives), (neg_dir, adapted.negatives)):
             target.mkdir(parents=True)
             for i, src in enumerate(sources):
+                record(target / f"{i:03d}_{Path(src).name}")
                 shutil.copyfile(src, target / f"{i:03d}_{Path(src).name}")
         model = str(self.path.resolve())
         config = {"predict": {"model": model, "support": str(folder / "support"), "method": adapted.method, "seed": 0}}

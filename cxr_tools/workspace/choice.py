@@ -57,10 +57,14 @@ def predict_kinds(with_support: bool) -> tuple[str, ...]:
     return TRAINING_KINDS if with_support else PREDICTS_ALONE
 
 
+def choice_path(output: Path) -> Path:
+    """Where :func:`record_choice` writes: ``<output>.model.json`` beside the output."""
+    return output.with_name(output.name + ".model.json")
+
+
 def record_choice(output: Path, choice: ModelChoice) -> Path:
     """Write ``<output>.model.json``: the model used (absolute path) and how it was chosen."""
-    target = output.with_name(output.name + ".model.json")
     return atomic_write_json(
-        target,
+        choice_path(output),
         {"model": str(choice.path.resolve()), "chosen_by": choice.source, "output": output.name, "time": now_iso()},
     )

@@ -126,7 +126,7 @@ def test_cam_writes_an_overlay_per_image_and_finding(tmp_path, model_dir):
     args = ["predict", str(tmp_path / "imgs"), "-o", str(out), "-m", str(model_dir), "-b", "2", "--cam", str(cam)]
     res = runner.invoke(app, [*args, "--cam-classes", "Mass"])
     assert res.exit_code == 3, res.output  # the broken file fails as before; the others get overlays
-    names = sorted(p.name for p in cam.iterdir())
+    names = sorted(p.name for p in cam.iterdir() if not p.name.startswith("."))  # the folder's marker aside
     assert names == ["00001_p0_Mass.png", "00002_p1_Mass.png", "00003_p2_Mass.png"], names
     import cv2
 
@@ -135,7 +135,7 @@ def test_cam_writes_an_overlay_per_image_and_finding(tmp_path, model_dir):
     assert "3 saliency overlays" in res.stdout
     res = runner.invoke(app, [*args, "--overwrite", "--threshold", "0"])  # every finding is above threshold 0
     assert res.exit_code == 3, res.output
-    assert len(list(cam.iterdir())) == 6
+    assert len([p for p in cam.iterdir() if not p.name.startswith(".")]) == 6
     res = runner.invoke(app, [*args, "--overwrite", "--cam-classes", "Nodule"])
     assert res.exit_code == 1 and "Nodule" in res.stderr
     res = runner.invoke(app, [*args[:3], str(tmp_path / "new.csv"), *args[4:]])

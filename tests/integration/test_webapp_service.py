@@ -4,6 +4,7 @@ as messages, few-shot adaptation saved as a directory predict reproduces, result
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -84,6 +85,13 @@ def test_few_shot_adapts_and_saves_a_directory_predict_reproduces(world, service
     saved = service.save_adapted(adapted, tmp_path / "blob-run")
     with pytest.raises(OutputExistsError):
         service.save_adapted(adapted, tmp_path / "blob-run")
+    mine = tmp_path / "my-figures"  # a folder of the user's own images is never written into
+    mine.mkdir()
+    (mine / "figure.png").write_bytes(Path(world.positives[0]).read_bytes())
+    (mine / ".notes").write_text("mine")
+    with pytest.raises(OutputExistsError, match="not a cxr few-shot run"):
+        service.save_adapted(adapted, mine)
+    assert sorted(p.name for p in mine.iterdir() if p.name != ".cxr.lock") == [".notes", "figure.png"]
     config = yaml.safe_load((saved / "config.yaml").read_text())["predict"]
     assert config["method"] == "finetune" and sorted(p.name for p in (saved / "support").iterdir()) == [
         "Blob",

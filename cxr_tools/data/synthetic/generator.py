@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import shutil
 import tempfile
 import time
@@ -21,7 +20,7 @@ from multiprocessing import get_context
 from pathlib import Path
 
 from cxr_tools.errors import ConfigError
-from cxr_tools.runtime.fs import output_plan
+from cxr_tools.runtime.outputs import OutputSpec, decide, swap_into_place, tree_entries
 from cxr_tools.runtime.progress import Progress, null_progress
 
 LAYOUTS = ("nih", "chexpert")
@@ -30,6 +29,19 @@ NIH_CSV = "Data_Entry_2017_v2020.csv"
 CHEXPERT_ROOT = "CheXpert-v1.0-small"
 MANIFEST = "synthetic.json"
 MAX_PATIENTS = 10_000_000  # 8-digit NIH patient ids
+
+
+def _legacy_dataset(path: Path) -> tuple[str, ...] | None:
+    """A dataset of the previous release (no marker): its synthetic.json names it, and its metadata CSVs and
+    image paths list every file it wrote."""
+    try:
+        return tuple(legacy_files(path))
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+#: The dataset folder: built whole in a hidden sibling and renamed into place, recording every file it holds.
+DATASET_SPEC = OutputSpec(command="download synthetic", what="dataset", swapped=True, recognise=_legacy_dataset)
 
 
 @dataclass(frozen=True)
@@ -85,22 +97,42 @@ def generate(config: SyntheticConfig, progress: Progress | None = None) -> Synth
         return _generate(config, progress)
 
 
-def _generate(config: SyntheticConfig, progress: Progress | None) -> SyntheticResult:
+def _plan(seed: int, patients: int, layout: str, fmt: str) -> tuple[list, set[int]]:
+    """Every patient's images (with their paths in the dataset) and the held-out patients."""
     from cxr_tools.data.synthetic.plan import plan_patient, split_patients
+
+    ext = "dcm" if fmt == "dicom" else "png"
+    plans = [plan_patient(seed, p, layout, ext) for p in range(1, patients + 1)]
+    held_out = split_patients(seed, patients, 0.2 if layout == "nih" else 0.15)
+    if layout == "chexpert":
+        plans = [_chexpert_paths(plan, plan.patient in held_out) for plan in plans]
+    return plans, held_out
+
+
+def legacy_files(path: Path) -> list[str]:
+    """The files (and folders) a dataset of the previous release holds, as its synthetic.json defines them."""
+    doc = json.loads((path / MANIFEST).read_text(encoding="utf-8"))
+    layout, fmt = str(doc["layout"]), str(doc["format"])
+    plans, _ = _plan(int(doc["seed"]), int(doc["patients"]), layout, fmt)
+    files = {MANIFEST, *(it.spec.relpath for plan in plans for it in plan.images)}
+    if layout == "nih":
+        files |= {NIH_CSV, "train_val_list.txt", "test_list.txt"}
+    else:
+        files |= {f"{CHEXPERT_ROOT}/{split}.csv" for split in ("train", "valid")}
+    dirs = {f"{parent.as_posix()}/" for f in files for parent in Path(f).parents if parent != Path(".")}
+    return sorted(files | dirs)
+
+
+def _generate(config: SyntheticConfig, progress: Progress | None) -> SyntheticResult:
     from cxr_tools.data.synthetic.writers import label_counts
 
     validate(config)
     progress = null_progress(progress)
     dest = Path(config.dest).expanduser()
-    # refuse before any work; the old dataset is replaced only when the new one is complete (_swap_into_place)
-    owned = lambda p: (p / MANIFEST).is_file()  # noqa: E731 (--overwrite replaces only a synthetic dataset)
-    output_plan(dest, overwrite=config.overwrite, owned=owned, what="dataset", swapped=True)
+    # refuse before any work; the old dataset is replaced only when the new one is complete (swap_into_place)
+    decision = decide(dest, DATASET_SPEC, overwrite=config.overwrite)
     t0 = time.perf_counter()
-    ext = "dcm" if config.format == "dicom" else "png"
-    plans = [plan_patient(config.seed, p, config.layout, ext) for p in range(1, config.patients + 1)]
-    held_out = split_patients(config.seed, config.patients, 0.2 if config.layout == "nih" else 0.15)
-    if config.layout == "chexpert":
-        plans = [_chexpert_paths(plan, plan.patient in held_out) for plan in plans]
+    plans, held_out = _plan(config.seed, config.patients, config.layout, config.format)
     items = [it for plan in plans for it in plan.images]
 
     dest.parent.mkdir(parents=True, exist_ok=True)
@@ -121,7 +153,7 @@ def _generate(config: SyntheticConfig, progress: Progress | None) -> SyntheticRe
             "label_counts": counts,
         }
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
-        _swap_into_place(tmp, dest)
+        swap_into_place(tmp, decision, tree_entries(tmp))
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
@@ -195,14 +227,3 @@ def _write_metadata(config: SyntheticConfig, items: list, held_out: set[int], ro
         (root / CHEXPERT_ROOT / f"{split}.csv").parent.mkdir(parents=True, exist_ok=True)
         (root / CHEXPERT_ROOT / f"{split}.csv").write_text(text, encoding="utf-8")
     return f"{CHEXPERT_ROOT}/train.csv"
-
-
-def _swap_into_place(tmp: Path, dest: Path) -> None:
-    """Rename the finished dataset onto ``dest`` (an old one, if overwriting, is moved aside first)."""
-    old: Path | None = None
-    if dest.exists():
-        old = Path(tempfile.mkdtemp(prefix=f".{dest.name}.old-", dir=dest.parent))
-        os.replace(dest, old / "data")
-    os.replace(tmp, dest)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
