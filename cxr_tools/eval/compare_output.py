@@ -96,8 +96,7 @@ def verdict(rows: Sequence[Any], metric: str, reference: str, explicit_reference
     elif not rows[1].significant:
         head = (
             f"{best.name} ranks first ({name} {interval_text(best.mean, best.low, best.high)}) but is not "
-            "significantly better "
-            f"than {rows[1].name}"
+            f"significantly better than {rows[1].name}"
         )
     else:
         head = f"{best.name} is best: {name} {interval_text(best.mean, best.low, best.high)}; against it"
@@ -106,22 +105,20 @@ def verdict(rows: Sequence[Any], metric: str, reference: str, explicit_reference
     return f"{head}: " + "; ".join(parts) + "." + tail
 
 
-def interval_text(mean: float | None, low: float | None, high: float | None) -> str:
-    """``0.531 [0.452, 0.610]``: an estimate and its 95% interval (never a symmetric ±)."""
+def interval_text(mean: float | None, low: float | None, high: float | None, *, signed: bool = False) -> str:
+    """``0.531 [0.452, 0.610]``: an estimate and its 95% interval (never a symmetric ±); ``signed`` for
+    differences (``+0.012 [-0.030, +0.054]``)."""
+    spec = "+.3f" if signed else ".3f"
     if mean is None or not math.isfinite(mean):
         return "n/a"
     if low is None or high is None or not (math.isfinite(low) and math.isfinite(high)):
-        return f"{mean:.3f}"
-    return f"{mean:.3f} [{low:.3f}, {high:.3f}]"
+        return f"{mean:{spec}}"
+    return f"{mean:{spec}} [{low:{spec}}, {high:{spec}}]"
 
 
 def diff_text(diff: float | None, low: float | None, high: float | None) -> str:
-    """``+0.012 [-0.030, +0.054]``: a paired difference and its 95% interval."""
-    if diff is None or not math.isfinite(diff):
-        return "n/a"
-    if low is None or high is None or not (math.isfinite(low) and math.isfinite(high)):
-        return f"{diff:+.3f}"
-    return f"{diff:+.3f} [{low:+.3f}, {high:+.3f}]"
+    """A paired difference and its 95% interval: :func:`interval_text` with signs."""
+    return interval_text(diff, low, high, signed=True)
 
 
 def _fmt(value: float | None, digits: int = 3) -> str:
