@@ -369,7 +369,7 @@ def open_run(
     decision = decide(path, run_spec(kind), overwrite=overwrite, resume=resume)
     fresh = decision.action != "resume"
     if not fresh:
-        _close_dead_session(run, read_run_info(path) or {})  # a command killed with kill -9 left "running"
+        info = _close_dead_session(run, read_run_info(path) or {})  # kill -9 left "running": now interrupted
         _check_same_config(path, run.read_config(), to_dict(config), set(mutable_keys))
     claim(decision)
     run.checkpoints_dir.mkdir(parents=True, exist_ok=True)

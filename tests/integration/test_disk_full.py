@@ -146,7 +146,8 @@ def test_evaluate_predict_and_compare_into_a_full_disk(disk, tmp_path):
         assert res.exit_code == 0, res.output
     compare = ["compare", str(maml / "eval"), str(sup / "eval"), "-o", str(disk.path / "cmp")]
 
-    for args, where in ((evaluate, disk.path / "ev"), (predict, disk.path / "p.csv"), (compare, disk.path / "cmp")):
+    # predict's line names the CSV or its side file p.thresholds.json, whichever the full disk stopped first
+    for args, where in ((evaluate, disk.path / "ev"), (predict, disk.path / "p."), (compare, disk.path / "cmp")):
         disk.fill(4096)  # room for the output's lock file (one page), none for what the command writes
         res = runner.invoke(app, args)
         assert_no_space_line(res.exit_code, res.stderr, where)
