@@ -49,6 +49,7 @@ ENGINES = {
 # Values the command body parses itself, or that pick another code path, by (command, parameter).
 OVERRIDES: dict[tuple[str, str], Any] = {
     ("preprocess", "merge"): False,  # --merge builds a MergeConfig of its own (tests/cli/test_cli_preprocess.py)
+    ("stats", "verify"): False,  # --verify checks checksums instead (tests/integration/test_damaged_files.py)
     ("preprocess", "src"): ["src_path"],  # one dataset directory without --merge
     ("preprocess", "fractions"): "0.5,0.25,0.25",
     ("download nih", "parts"): "1,3-4",
