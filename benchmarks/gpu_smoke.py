@@ -11,8 +11,8 @@ one device, for a few steps each:
   the support loss falls during adaptation (the query loss of a few dozen meta-steps is too noisy to test)
   and every loss is finite;
 * the meta-gradient of one meta-batch of real episodes under bf16 and under fp16 (through a GradScaler, then
-  unscaled, exactly as the training loop does) against float32's: relative L2 error and cosine similarity
-  within the tolerances below;
+  unscaled, exactly as the training loop does) against float32's (TF32 off): relative L2 error and cosine
+  similarity within ``GRAD_TOL`` (why those limits: see there);
 * ``evaluate`` (the meta-trained model, a few episodes) and ``predict`` (the trained model on 64 images, with
   and without ``--amp``; the probabilities agree within ``PREDICT_TOL``).
 
@@ -40,10 +40,13 @@ from typing import Any
 
 SIZE, PATIENTS = 32, 300
 WAYS, SHOTS, QUERIES, ADAPT_STEPS, META_BATCH = 2, 2, 3, 2, 2
-# Meta-gradient under AMP vs float32 (relative L2 error of the flattened gradient, cosine similarity). fp16 keeps
-# 11 significant bits and bf16 8, so a gradient through a few dozen ops differs by about 2^-8 and 2^-5 relative;
-# the limits leave room for that and fail on a lost loss scale (an error of 1 or more) or underflow to zero.
-GRAD_TOL = {"fp16": (0.05, 0.995), "bf16": (0.20, 0.98)}
+# Meta-gradient under AMP vs float32: (max relative L2 error of the flattened gradient, min cosine similarity).
+# Low precision moves a MAML meta-gradient a lot: on the CPU dry run (CPU autocast, conv4 at random
+# initialisation, 2 inner steps, second order) fp16 gave error 0.34 / cosine 0.94 and bf16 0.49 / 0.88, and even
+# a plain supervised gradient of that model differs by 0.05 (fp16) and 0.12 (bf16). So the limits certify the
+# scaling, not the precision: a lost, doubled or twice-applied loss scale gives an error >= 1, a gradient
+# underflowed to zero an error of 1 and a cosine near 0.
+GRAD_TOL = {"fp16": (0.75, 0.75), "bf16": (0.75, 0.75)}
 PREDICT_TOL = 0.02  # max |p_amp - p_fp32| over every image and class
 
 
@@ -189,7 +192,12 @@ def meta_gradients(cache: Path, device: str, checks: list[Check]) -> None:
             scaler.update()
         raise RuntimeError("the fp16 meta-gradient overflowed at every scale tried")
 
-    reference, _ = gradient(AmpSettings(False))
+    tf32 = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False  # a true float32 reference
+    try:
+        reference, _ = gradient(AmpSettings(False))
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = tf32
     for dtype, (max_err, min_cos) in GRAD_TOL.items():
         if dev.type == "cuda" and dtype == "bf16" and not torch.cuda.is_bf16_supported():
             continue

@@ -186,7 +186,7 @@ class TrainLoop:
         self.finished = False
         self.stopped_early = False
         self.metrics_lines = 0
-        self.epoch_sums: dict[str, Any] = {}  # floats or device tensors (float64), read only when needed
+        self.epoch_sums: dict[str, Any] = {}  # floats or device tensors (_wide), read only when needed
         self.epoch_count = 0
         self.last_metrics: dict[str, float] = {}
         self.resumed = False
@@ -307,7 +307,7 @@ class TrainLoop:
         self.scaler.update()
         if self.schedule is not None:
             self.schedule.step_batch()
-        return {k: v.detach().double() if isinstance(v, torch.Tensor) else float(v) for k, v in out.items()}
+        return {k: _wide(v.detach()) if isinstance(v, torch.Tensor) else float(v) for k, v in out.items()}
 
     def _backward(self, loss: torch.Tensor) -> None:
         """Backpropagate ``loss`` through the GradScaler (a pass-through unless fp16 AMP): what a manual step
@@ -512,6 +512,13 @@ class TrainLoop:
         )
 
 
+def _wide(value: torch.Tensor) -> torch.Tensor:
+    """``value`` in float64 (what Python floats sum in), float32 on MPS (which has no float64)."""
+    import torch
+
+    return value.to(torch.float32 if value.device.type == "mps" else torch.float64)
+
+
 def _to_host(values: Mapping[str, Any]) -> dict[str, float]:
     """``values`` as Python floats: one device-to-host copy for all the tensors among them."""
     import torch
@@ -520,7 +527,7 @@ def _to_host(values: Mapping[str, Any]) -> dict[str, float]:
     out = {k: float(v) for k, v in values.items() if k not in tensors}
     if tensors:
         device = values[tensors[0]].device
-        flat = torch.stack([values[k].reshape(()).to(device, torch.float64) for k in tensors]).cpu().tolist()
+        flat = torch.stack([_wide(values[k].reshape(()).to(device)) for k in tensors]).cpu().tolist()
         out.update(zip(tensors, flat, strict=True))
     return out
 

@@ -125,11 +125,13 @@ def test_diverging_loss_is_reported(tmp_path):
         TrainLoop(run, model, opt, max_epochs=1, **{**kw, "step_fn": step_fn}).fit()
 
 
-def _meta_loop(tmp_path, name, amp, engine="func", first_order=False, interrupt_at=None, manual_keyword=True):
+def _meta_loop(
+    tmp_path, name, amp, engine="func", first_order=False, interrupt_at=None, manual_keyword=True, loss_scale=1.0
+):
     """A TrainLoop meta-training a tiny conv net for 4 steps with the real ``meta_backward`` (SGD: the update is
     proportional to the gradient, so a gradient off by the loss scale shows; Adam would hide it). A SIGTERM at
     step ``interrupt_at`` stops it there with last.pt written."""
-    from cxr_tools.methods.maml import MamlConfig, meta_backward
+    from cxr_tools.methods.maml import MamlConfig, meta_backward, multilabel_bce
 
     torch.manual_seed(0)
     model = torch.nn.Sequential(
@@ -137,6 +139,9 @@ def _meta_loop(tmp_path, name, amp, engine="func", first_order=False, interrupt_
         torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(4, 3),
     )  # fmt: skip
     cfg = MamlConfig(inner_lr=0.1, adapt_steps=2, first_order=first_order, engine=engine)
+
+    def loss_fn(logits, targets):
+        return multilabel_bce(logits, targets) * loss_scale
 
     def tasks(step):
         g = torch.Generator().manual_seed(step)
@@ -149,15 +154,15 @@ def _meta_loop(tmp_path, name, amp, engine="func", first_order=False, interrupt_
     def step_fn(step, backward):
         if step == interrupt_at:
             os.kill(os.getpid(), signal.SIGTERM)
-        return {"loss": meta_backward(model, tasks(step), cfg, backward=backward).loss}
+        return {"loss": meta_backward(model, tasks(step), cfg, loss_fn, backward=backward).loss}
 
     def plain_step_fn(step):
-        return {"loss": meta_backward(model, tasks(step), cfg).loss}
+        return {"loss": meta_backward(model, tasks(step), cfg, loss_fn).loss}
 
     loop = TrainLoop(
         open_run(tmp_path / name, "test", Cfg()),
         model,
-        torch.optim.SGD(model.parameters(), lr=0.5),
+        torch.optim.SGD(model.parameters(), lr=0.5 / loss_scale),
         step_fn=step_fn if manual_keyword else plain_step_fn,
         batches_fn=lambda epoch: range(epoch * 2, epoch * 2 + 2),
         max_steps=4,
@@ -201,6 +206,25 @@ def test_fp16_manual_meta_backward_goes_through_the_scaler_and_matches_fp32(tmp_
     assert result.resumed and result.steps == 4 and loop.scaler.get_scale() == 2.0**16
     resumed_update = _flat(model) - start
     assert float((resumed_update - fp32_update).norm() / fp32_update.norm()) < 0.05
+
+
+@pytest.mark.parametrize(("engine", "first_order"), [("func", False), ("func", True), ("higher", True)])
+def test_fp16_meta_gradients_too_small_for_fp16_survive_through_the_scale(tmp_path, engine, first_order):
+    """A loss of order 1e-6 has fp16 gradients below fp16's smallest value: unscaled they flush to zero (every
+    engine, first and second order: their gradients are taken when the caller backpropagates, i.e. scaled)."""
+    if engine == "higher":
+        pytest.importorskip("higher")
+    from cxr_tools.runtime.devices import AmpSettings
+
+    tiny = 2.0**-20
+    loop, model = _meta_loop(tmp_path, "fp32", False, engine, first_order, loss_scale=tiny)
+    start = _flat(model)
+    loop.fit()
+    fp32_update = _flat(model) - start
+    loop, model = _meta_loop(tmp_path, "fp16", AmpSettings(True, "fp16"), engine, first_order, loss_scale=tiny)
+    loop.fit()
+    fp16_update = _flat(model) - start
+    assert float((fp16_update - fp32_update).norm() / fp32_update.norm()) < 0.05
 
 
 def test_a_manual_step_that_cannot_use_the_scaler_is_refused_under_fp16(tmp_path):
