@@ -251,7 +251,7 @@ def main() -> int:
         print("no CUDA device: skipped")
         return 0
     device = args.device
-    name = torch.cuda.get_device_name(torch.device(device)) if device.startswith("cuda") else platform.processor()
+    name = torch.cuda.get_device_name(torch.device(device)) if device.startswith("cuda") else platform.machine()
     checks: list[Check] = []
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="cxr-gpu-smoke-") as tmp:
