@@ -18,6 +18,9 @@ def _nothing_left_running():
     """Fail the run when a process the session started outlives it (a pool or fork server not shut down, a
     worker orphaned by a killed command). Torn down last: every other fixture has cleaned up by then."""
     yield
+    import gc
+
+    gc.collect()  # an abandoned DataLoader iterator shuts its workers down when collected
     stop_own_multiprocessing_helpers()
     left = leftovers(os.getpid(), os.environ[SESSION_VAR])
     if left:
