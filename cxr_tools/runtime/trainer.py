@@ -112,7 +112,7 @@ class TrainLoop:
         optimizer: torch.optim.Optimizer,
         scheduler: LRSchedule | None = None,
         *,
-        step_fn: Callable[[Any], Mapping[str, Any]],
+        step_fn: Callable[..., Mapping[str, Any]],
         batches_fn: Callable[..., Iterable[Any]],
         validate_fn: Callable[[], Mapping[str, float]] | None = None,
         max_epochs: int | None = None,
