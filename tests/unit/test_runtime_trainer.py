@@ -204,6 +204,7 @@ def test_fp16_manual_meta_backward_goes_through_the_scaler_and_matches_fp32(tmp_
     loop, model = _meta_loop(tmp_path, "resumed", AmpSettings(True, "fp16"), engine, first_order)
     result = loop.fit()
     assert result.resumed and result.steps == 4 and loop.scaler.get_scale() == 2.0**16
+    assert loop.scaler.state_dict()["_growth_tracker"] == 4  # 2 unskipped steps restored + 2 after the resume
     resumed_update = _flat(model) - start
     assert float((resumed_update - fp32_update).norm() / fp32_update.norm()) < 0.05
 
