@@ -47,7 +47,7 @@ WAYS, SHOTS, QUERIES, ADAPT_STEPS, META_BATCH = 2, 2, 3, 2, 2
 # scaling, not the precision: a lost, doubled or twice-applied loss scale gives an error >= 1, a gradient
 # underflowed to zero an error of 1 and a cosine near 0.
 GRAD_TOL = {"fp16": (0.75, 0.75), "bf16": (0.75, 0.75)}
-PREDICT_TOL = 0.02  # max |p_amp - p_fp32| over every image and class
+PREDICT_TOL = 0.05  # max |p_amp - p_fp32| over every image and class (bf16 logits are good to ~1 %)
 
 
 def say(stage: str) -> None:
@@ -151,6 +151,12 @@ def run_meta_train(root: Path, cache: Path, device: str, steps: int, checks: lis
         with without_bf16() if dtype == "fp16" else contextlib.nullcontext():
             meta_train(meta_config(cache, out, device, steps))
         checks.append(adapts("meta-train", f"2nd order, {dtype}" + ("" if cuda else " (cpu)"), out))
+        if dtype == "fp16":  # the run really went through an enabled GradScaler (its state is in last.pt)
+            last = next(out.rglob("last.pt"), None)
+            scaler = torch.load(last, map_location="cpu", weights_only=True).get("scaler") if last else None
+            scale = (scaler or {}).get("scale")
+            value = f"loss scale {scale:g} after {steps} meta-steps" if scale else "no scaler state"
+            checks.append(Check("meta-train", "fp16 GradScaler", value, "scaler enabled", bool(scale)))
     return out
 
 
