@@ -1,13 +1,31 @@
-"""Suite-wide settings: isolated CXR_HOME, no colours, plain progress, one torch thread per test process."""
+"""Suite-wide settings: isolated CXR_HOME, no colours, plain progress, one torch thread per test process, and
+a session-end check that nothing the suite started is still running."""
 
 from __future__ import annotations
 
 import os
 
 import pytest
+from session_processes import SESSION_VAR, leftovers, new_token, stop_own_multiprocessing_helpers
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("MKL_NUM_THREADS", "1")
+os.environ[SESSION_VAR] = new_token()  # inherited by every process a test starts (session_processes.py)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _nothing_left_running():
+    """Fail the run when a process the session started outlives it (a pool or fork server not shut down, a
+    worker orphaned by a killed command). Torn down last: every other fixture has cleaned up by then."""
+    yield
+    import gc
+
+    gc.collect()  # an abandoned DataLoader iterator shuts its workers down when collected
+    stop_own_multiprocessing_helpers()
+    left = leftovers(os.getpid(), os.environ[SESSION_VAR])
+    if left:
+        listing = "\n  ".join(str(p) for p in left)
+        pytest.fail(f"{len(left)} process(es) started by this test session are still running:\n  {listing}", False)
 
 
 @pytest.fixture(autouse=True)

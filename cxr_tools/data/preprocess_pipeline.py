@@ -30,6 +30,7 @@ from typing import Any, TypeVar
 import numpy as np
 
 from cxr_tools.errors import CacheError, ResourceError
+from cxr_tools.runtime.workers import exit_with
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -93,9 +94,10 @@ def decode_only(paths: Sequence[str]) -> int:
     return n
 
 
-def _init_worker() -> None:
+def _init_worker(starter: int) -> None:
     # Ctrl-C reaches the whole process group: the parent handles it and shuts the pool down.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    exit_with(starter)  # a starter killed with -9 shuts nothing down: leave with it (runtime.workers)
     with contextlib.suppress(ImportError):
         import cv2
 
@@ -137,7 +139,9 @@ def ordered_map(fn: Callable[[T], R], items: Iterable[T], workers: int, *, in_fl
     limit = max(1, in_flight if in_flight is not None else 2 * workers)
     iterator = iter(items)
     pending: deque[Future[R]] = deque()
-    pool = ProcessPoolExecutor(max_workers=workers, mp_context=_context(), initializer=_init_worker)
+    pool = ProcessPoolExecutor(
+        max_workers=workers, mp_context=_context(), initializer=_init_worker, initargs=(os.getpid(),)
+    )
     try:
         for item in iterator:
             pending.append(pool.submit(fn, item))

@@ -34,6 +34,7 @@ The run directory gets ``RUN/meta_split.json`` (readable with :func:`~cxr_tools.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -221,10 +222,10 @@ def _fit(
         first = epoch * config.val_every
         return range(first + start, min(first + config.val_every, total_steps))
 
-    def step_fn(step: int) -> dict[str, float]:
+    def step_fn(step: int, backward: Callable[[torch.Tensor], None]) -> dict[str, float]:
         session["tasks"] += config.meta_batch
         keys = [(config.seed, _TRAIN_KEY, step, t) for t in my_tasks]
-        return meta_gradient(model, data.train_sampler, cache, keys, maml, device) if my_tasks else {}
+        return meta_gradient(model, data.train_sampler, cache, keys, maml, device, backward) if my_tasks else {}
 
     def sync(m: nn.Module) -> None:
         average_gradients(m, dist, weight=float(len(my_tasks)))

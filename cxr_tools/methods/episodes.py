@@ -3,7 +3,7 @@ MAML adapt-then-score of a list of episodes that meta-validation uses."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -98,8 +98,12 @@ def meta_gradient(
     keys: Sequence[Sequence[int]],
     maml: MamlConfig,
     device: torch.device,
+    backward: Callable[[torch.Tensor], None] | None = None,
 ) -> dict[str, float]:
     """One meta-gradient over the episodes ``sampler`` draws with ``numpy_generator(*key)``, one per key.
+
+    ``backward`` backpropagates each task's loss (the training loop's GradScaler-aware one; default
+    ``loss.backward()``).
 
     Fills the ``.grad`` of ``model`` (:func:`~cxr_tools.methods.maml.meta_backward`) and returns the meta-loss
     and, with adaptation steps, the mean support loss before the first and after the last inner step. A task
@@ -111,7 +115,7 @@ def meta_gradient(
 
     norm = str(getattr(model, "normalisation", "unit"))
     episodes = [sampler.sample(numpy_generator(*key), shuffle=True) for key in keys]
-    info = meta_backward(model, [episode_tensors(cache, ep, norm, device) for ep in episodes], maml)
+    info = meta_backward(model, [episode_tensors(cache, ep, norm, device) for ep in episodes], maml, backward=backward)
     values = {"loss": info.loss}
     if maml.adapt_steps:
         values["support_loss_before"] = float(np.mean([t.support_losses[0] for t in info.tasks]))

@@ -118,20 +118,24 @@ def resolve_amp(device: torch.device, enabled: bool, dtype: str = "auto") -> Amp
 
 
 def autocast_context(device: torch.device, enabled: bool | AmpSettings, dtype: str = "auto") -> Any:
-    """A context manager running the forward pass under autocast on CUDA, a no-op elsewhere."""
+    """A context manager running the forward pass under autocast on ``device``'s type, a no-op when AMP is off.
+
+    :func:`resolve_amp` turns AMP on only for CUDA; an explicit ``AmpSettings(True, ...)`` on the CPU runs CPU
+    autocast (what the CPU tests of the fp16 scaler path use).
+    """
     import torch
 
     amp = enabled if isinstance(enabled, AmpSettings) else resolve_amp(device, enabled, dtype)
     if not amp.enabled:
         return contextlib.nullcontext()
-    return torch.autocast(device_type="cuda", dtype=torch.bfloat16 if amp.dtype == "bf16" else torch.float16)
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16 if amp.dtype == "bf16" else torch.float16)
 
 
 def make_grad_scaler(device: torch.device, amp: AmpSettings) -> torch.amp.GradScaler:
-    """A GradScaler that is active only for fp16 on CUDA (a disabled one is a cheap pass-through)."""
+    """A GradScaler that is active only for fp16 (a disabled one is a cheap pass-through, no host sync)."""
     import torch
 
-    return torch.amp.GradScaler("cuda" if device.type == "cuda" else "cpu", enabled=amp.needs_scaler)
+    return torch.amp.GradScaler(device.type, enabled=amp.needs_scaler)
 
 
 def set_threads(n: int | None) -> int:

@@ -80,9 +80,13 @@ class TrainLoop:
         model: the model, possibly wrapped in DistributedDataParallel.
         optimizer: a torch optimizer.
         scheduler: an :class:`LRSchedule` from :func:`make_scheduler` (or None).
-        step_fn: ``batch -> {"loss": tensor, other: float...}``; the loop runs it under autocast, then does
-            backward, gradient sync, clipping, the optimizer and schedule steps. With ``manual_backward``
-            the function fills ``.grad`` itself (e.g. MAML meta-gradients) and ``loss`` may be a float.
+        step_fn: ``batch -> {"loss": tensor, other: float or tensor...}``; the loop runs it under autocast,
+            then does backward, gradient sync, clipping, the optimizer and schedule steps. With
+            ``manual_backward`` the function fills ``.grad`` itself (e.g. MAML meta-gradients) and ``loss`` may
+            be a float; it is called as ``step_fn(batch, backward=fn)`` when it accepts a ``backward`` keyword,
+            and must then backpropagate every loss with ``fn(loss)``, which goes through the loop's GradScaler
+            (fp16 AMP: the loss is scaled so tiny gradients do not underflow, and ``scaler.step`` unscales
+            exactly what was scaled). A manual step without that keyword is refused under fp16 AMP.
         batches_fn: ``epoch -> iterable of batches`` (0-based epoch), deterministic given epoch and seed.
         validate_fn: ``() -> {name: float}``, called on every rank after each epoch (rank 0's values are used
             by all ranks). It must switch the model to eval mode itself; the loop switches back.
@@ -96,6 +100,8 @@ class TrainLoop:
             (:func:`average_gradients`) unless ``grad_sync_fn`` says otherwise.
         preemption: a handler to poll; by default the loop installs one (``handle_signals``) with ``requeue``.
         log_every_steps: write a ``kind: "step"`` metrics record every N steps (0 = only epoch records).
+            Step values stay on the device between records (no host sync per step): they are read at records,
+            checkpoints, epoch ends and, for the progress line, at most once a second.
         extra_state, load_extra_state: save/restore trainer state (e.g. a stateful sampler) in ``last.pt``.
     """
 
@@ -106,7 +112,7 @@ class TrainLoop:
         optimizer: torch.optim.Optimizer,
         scheduler: LRSchedule | None = None,
         *,
-        step_fn: Callable[[Any], Mapping[str, Any]],
+        step_fn: Callable[..., Mapping[str, Any]],
         batches_fn: Callable[..., Iterable[Any]],
         validate_fn: Callable[[], Mapping[str, float]] | None = None,
         max_epochs: int | None = None,
@@ -160,6 +166,12 @@ class TrainLoop:
         self.amp = amp if isinstance(amp, AmpSettings) else resolve_amp(self.device, amp)
         self.scaler = make_grad_scaler(self.device, self.amp)
         self.manual_backward = manual_backward
+        self._passes_backward = manual_backward and _accepts_keyword(step_fn, "backward")
+        if manual_backward and self.scaler.is_enabled() and not self._passes_backward:
+            raise TypeError(
+                "With fp16 AMP a manual-backward step_fn must take a `backward` keyword and backpropagate with it "
+                "(the GradScaler has to scale what it later unscales)."
+            )
         if grad_sync_fn is None and self.dist.distributed and not hasattr(model, "module"):
             grad_sync_fn = lambda m: average_gradients(m, self.dist)  # noqa: E731
         self.grad_sync_fn = grad_sync_fn
@@ -174,10 +186,11 @@ class TrainLoop:
         self.finished = False
         self.stopped_early = False
         self.metrics_lines = 0
-        self.epoch_sums: dict[str, float] = {}
+        self.epoch_sums: dict[str, Any] = {}  # floats or device tensors (_wide), read only when needed
         self.epoch_count = 0
         self.last_metrics: dict[str, float] = {}
         self.resumed = False
+        self._postfix_at = 0.0
 
     # --- public -------------------------------------------------------------------------------------------
     def fit(self) -> TrainResult:
@@ -231,14 +244,20 @@ class TrainLoop:
                     self.batch_in_epoch += 1
                     self._accumulate(values)
                     task.advance()
-                    if "loss" in values:
-                        task.set_postfix(f"loss={values['loss']:.4f}")
-                    if self.log_every_steps and self.step % self.log_every_steps == 0:
-                        self._log(
-                            {"kind": "step", "epoch": self.epoch + 1, "step": self.step, "lr": self._lr(), **values}
-                        )
+                    record = bool(self.log_every_steps) and self.step % self.log_every_steps == 0
+                    if record or ("loss" in values and time.monotonic() - self._postfix_at >= 1.0):
+                        host = _to_host(values)  # the only host sync between steps
+                        self._check_finite(host.get("loss"))
+                        if "loss" in host:
+                            task.set_postfix(f"loss={host['loss']:.4f}")
+                            self._postfix_at = time.monotonic()
+                        if record:
+                            self._log(
+                                {"kind": "step", "epoch": self.epoch + 1, "step": self.step, "lr": self._lr(), **host}
+                            )
                     stop, save = self._agree(_signalled(handler), self.policy.should_save(self.step))
                     if stop or save:
+                        self._check_finite(_to_host(self.epoch_sums).get("loss"))  # never checkpoint a NaN model
                         self._save_last()
                     if stop:
                         return _signal_name(handler)
@@ -266,12 +285,13 @@ class TrainLoop:
         total = _length(batches)
         return (itertools.islice(batches, start, None) if start else batches), total
 
-    def _train_step(self, batch: Any) -> dict[str, float]:
+    def _train_step(self, batch: Any) -> dict[str, Any]:
+        """One optimizer step; the step's values as floats or detached device tensors (not read here)."""
         import torch
 
         self.optimizer.zero_grad(set_to_none=True)
         with autocast_context(self.device, self.amp):
-            out = dict(self.step_fn(batch))
+            out = dict(self.step_fn(batch, backward=self._backward) if self._passes_backward else self.step_fn(batch))
         loss = out.get("loss")
         if not self.manual_backward:
             if not (isinstance(loss, torch.Tensor) and loss.requires_grad):
@@ -287,22 +307,29 @@ class TrainLoop:
         self.scaler.update()
         if self.schedule is not None:
             self.schedule.step_batch()
-        values = {
-            k: float(v.detach().float().item()) if isinstance(v, torch.Tensor) else float(v) for k, v in out.items()
-        }
-        if "loss" in values and not math.isfinite(values["loss"]) and not self.amp.needs_scaler:
+        return {k: _wide(v.detach()) if isinstance(v, torch.Tensor) else float(v) for k, v in out.items()}
+
+    def _backward(self, loss: torch.Tensor) -> None:
+        """Backpropagate ``loss`` through the GradScaler (a pass-through unless fp16 AMP): what a manual step
+        calls, so ``scaler.step`` later unscales exactly the factor the gradients carry."""
+        self.scaler.scale(loss).backward()
+
+    def _check_finite(self, loss: float | None) -> None:
+        """Stop a diverged run (a NaN/inf loss or loss sum). Under fp16 AMP an overflowing step is the scaler's
+        business (it skips the step and lowers the scale), so nothing is raised there."""
+        if loss is not None and not math.isfinite(loss) and not self.amp.needs_scaler:
             raise ConfigError(
-                f"Training diverged: the loss is {values['loss']} at step {self.step + 1}.",
+                f"Training diverged: the loss is {loss} at or before step {self.step}.",
                 "Lower the learning rate or set a gradient clip.",
             )
-        return values
 
-    def _accumulate(self, values: Mapping[str, float]) -> None:
+    def _accumulate(self, values: Mapping[str, Any]) -> None:
         for key, value in values.items():
-            self.epoch_sums[key] = self.epoch_sums.get(key, 0.0) + value
+            self.epoch_sums[key] = self.epoch_sums.get(key, 0.0) + value  # on the device for tensors
         self.epoch_count += 1
 
     def _end_epoch(self) -> None:
+        self._check_finite(_to_host(self.epoch_sums).get("loss"))
         record: dict[str, Any] = {"kind": "epoch", "epoch": self.epoch + 1, "step": self.step, "lr": self._lr()}
         record.update({f"train_{k}": v for k, v in self._epoch_means().items()})
         val = self._validate()
@@ -346,8 +373,9 @@ class TrainLoop:
 
         if not self.epoch_count:
             return {}
-        keys = sorted(self.epoch_sums)
-        means = torch.tensor([self.epoch_sums[k] / self.epoch_count for k in keys], dtype=torch.float64)
+        sums = _to_host(self.epoch_sums)
+        keys = sorted(sums)
+        means = torch.tensor([sums[k] / self.epoch_count for k in keys], dtype=torch.float64)
         if self.dist.distributed:
             from cxr_tools.runtime.distributed import all_reduce_mean
 
@@ -389,7 +417,7 @@ class TrainLoop:
             "finished": self.finished,
             "stopped_early": self.stopped_early,
             "metrics_lines": self.metrics_lines,
-            "epoch_sums": dict(self.epoch_sums),
+            "epoch_sums": _to_host(self.epoch_sums),
             "epoch_count": self.epoch_count,
             "last_metrics": dict(self.last_metrics),
         }
@@ -482,6 +510,26 @@ class TrainLoop:
             signal=signal_name,
             last_metrics=dict(self.last_metrics),
         )
+
+
+def _wide(value: torch.Tensor) -> torch.Tensor:
+    """``value`` in float64 (what Python floats sum in), float32 on MPS (which has no float64)."""
+    import torch
+
+    return value.to(torch.float32 if value.device.type == "mps" else torch.float64)
+
+
+def _to_host(values: Mapping[str, Any]) -> dict[str, float]:
+    """``values`` as Python floats: one device-to-host copy for all the tensors among them."""
+    import torch
+
+    tensors = [k for k, v in values.items() if isinstance(v, torch.Tensor)]
+    out = {k: float(v) for k, v in values.items() if k not in tensors}
+    if tensors:
+        device = values[tensors[0]].device
+        flat = torch.stack([_wide(values[k].reshape(()).to(device)) for k in tensors]).cpu().tolist()
+        out.update(zip(tensors, flat, strict=True))
+    return out
 
 
 def _signalled(handler: PreemptionHandler | None) -> bool:

@@ -194,14 +194,20 @@ def _render_all(config: SyntheticConfig, plans: list, root: Path, progress: Prog
             return
         per_chunk = max(1, min(16, len(plans) // (config.workers * 4) or 1))
         ctx = get_context("spawn")  # safe with torch/threads in the parent, same on every OS
-        with ProcessPoolExecutor(config.workers, mp_context=ctx, initializer=_init_worker) as pool:
+        with ProcessPoolExecutor(
+            config.workers, mp_context=ctx, initializer=_init_worker, initargs=(os.getpid(),)
+        ) as pool:
             futures = [pool.submit(render_patients, *args, chunk) for chunk in _chunks(plans, per_chunk)]
             for fut in futures:
                 task.advance(fut.result())
 
 
-def _init_worker() -> None:
+def _init_worker(starter: int) -> None:
     import cv2
+
+    from cxr_tools.runtime.workers import exit_with
+
+    exit_with(starter)  # a starter killed with -9 shuts nothing down: leave with it (runtime.workers)
 
     cv2.setNumThreads(1)  # one process per core already
 

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import copy
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -143,13 +143,17 @@ def meta_backward(
     loss_fn: LossFn = multilabel_bce,
     *,
     scale: float | None = None,
+    backward: Callable[[Tensor], None] | None = None,
 ) -> MetaInfo:
     """Accumulate ``scale`` × the sum of the tasks' meta-gradients into ``.grad``, one task graph at a time.
 
     With the default ``scale = 1 / len(tasks)`` this adds exactly the gradient of :func:`meta_loss`, with the
     memory of a single task. Under data parallelism, give each rank its share of the meta-batch with
     ``scale = 1 / total_tasks`` and all-reduce (sum) the gradients afterwards. Existing ``.grad`` values are added
-    to, not replaced (call ``optimizer.zero_grad()`` first).
+    to, not replaced (call ``optimizer.zero_grad()`` first). ``backward(loss)`` backpropagates each task's
+    weighted query loss (default ``loss.backward()``); under fp16 AMP pass one that goes through the GradScaler
+    (``scaler.scale(loss).backward()``, what the training loop hands its step), so that the meta-gradient,
+    tiny values included, is computed scaled and ``scaler.step`` unscales exactly that.
     """
     engine, run = _engine(cfg, tasks)
     weight = 1.0 / len(tasks) if scale is None else scale
@@ -158,7 +162,7 @@ def meta_backward(
         for task in tasks:
             out = run(model, task, cfg, loss_fn)
             if out.query_loss.requires_grad:
-                (out.query_loss * weight).backward()
+                (backward or Tensor.backward)(out.query_loss * weight)
             outs.append(TaskOutput(out.query_loss.detach(), out.support_losses, out.query_logits))
     return _summarise(engine, outs)
 

@@ -8,7 +8,8 @@ the same meta-gradient to round-off (``tests/unit/test_maml_engines.py``):
 * ``higher`` — ``higher.innerloop_ctx(model, SGD, copy_initial_weights=False, track_higher_grads=not first_order)``.
   ``copy_initial_weights=False`` is essential: with ``True`` (a seed project's bug) the fast weights start from a
   detached copy and the meta-gradient never reaches the model. With ``track_higher_grads=False`` higher detaches
-  the fast weights, so for first order we take ∇L_query at the adapted weights and attach it to θ ourselves.
+  the fast weights, so for first order we take ∇L_query at the adapted weights and attach it to θ ourselves,
+  when the caller backpropagates (so a GradScaler's scale reaches that gradient too).
 * ``func`` — :mod:`cxr_tools.methods.maml.functional` (``torch.func.functional_call`` + ``torch.autograd.grad``),
   no extra dependency; the fallback of ``auto``.
 
@@ -23,6 +24,7 @@ import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from types import ModuleType
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -135,8 +137,7 @@ def higher_task(
         if cfg.first_order:
             fast = [fp for fp, t in zip(fmodel.parameters(), trainable, strict=True) if t]
             meta = [p for p in model.parameters() if p.requires_grad]
-            grads = torch.autograd.grad(query_loss, fast, allow_unused=True)
-            query_loss = _with_gradient(query_loss, meta, grads)
+            query_loss = _FirstOrder.apply(query_loss.detach(), (query_loss, fast), *meta)
     return TaskOutput(query_loss, losses, logits.detach())
 
 
@@ -157,11 +158,24 @@ def func_task(model: nn.Module, task: TaskTensors, cfg: MamlConfig, loss_fn: Los
     return TaskOutput(loss_fn(logits, qy), losses, logits.detach())
 
 
-def _with_gradient(value: Tensor, params: Sequence[Tensor], grads: Sequence[Tensor | None]) -> Tensor:
-    """``value`` (detached) whose backward deposits ``grads`` on ``params``: value + <θ, g> − stop(<θ, g>)."""
-    terms = [(p * g.detach()).sum() for p, g in zip(params, grads, strict=True) if g is not None]
-    dot = sum(terms, value.new_zeros(()))
-    return value.detach() + dot - dot.detach()
+class _FirstOrder(torch.autograd.Function):
+    """The query loss's value, whose backward deposits ∇L_query at the fast weights on θ (first-order MAML).
+
+    The gradient is taken when the caller backpropagates, with the caller's upstream gradient as
+    ``grad_outputs``: under fp16 AMP that is the GradScaler's scale (times the task weight), so the fp16
+    gradient is computed scaled, as every other backward pass is, and tiny values do not underflow.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, value: Tensor, graph: tuple[Tensor, list[Tensor]], *meta: Tensor) -> Tensor:
+        ctx.graph = graph  # the query loss with its graph to the fast weights, and those weights (same shapes)
+        return value.clone()
+
+    @staticmethod
+    def backward(ctx: Any, upstream: Tensor) -> tuple[Tensor | None, ...]:
+        loss, fast = ctx.graph
+        ctx.graph = None
+        return (None, None, *torch.autograd.grad(loss, fast, grad_outputs=upstream, allow_unused=True))
 
 
 TaskFunction = Callable[[nn.Module, TaskTensors, MamlConfig, LossFn], TaskOutput]
