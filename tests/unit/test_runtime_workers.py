@@ -100,4 +100,5 @@ def test_the_session_check_finds_an_orphan_by_its_token_and_ignores_other_sessio
         for p in (ours, other):
             p.kill()
             p.wait()
-    assert leftovers(root=-1, token=token, grace=5) == []
+    # the two are gone (the session's own fork server or tracker may be alive mid-session: the end check stops them)
+    assert not {p.pid for p in leftovers(root=-1, token=token, grace=5)} & {ours.pid, other.pid}
