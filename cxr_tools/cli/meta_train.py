@@ -126,6 +126,14 @@ def meta_train(
             "Rerun the same command to resume.\n"
         )
     exit_if_interrupted(result.status)  # 128 + signal: `&&` and afterok stop at a preempted run
+    if result.failed_collapse:
+        c = result.collapse
+        sys.stderr.write(
+            f"Meta-training collapsed to the label prior at meta-step {c['from_step']} (loss {c['loss']:.4f} vs the "
+            f"prior's {c['prior_loss']:.4f}) and no weights beat the prior on meta-validation: {result.run_dir} "
+            "is not a usable model. Lower --meta-lr, or raise --inner-lr / --adapt-steps.\n"
+        )
+        raise typer.Exit(1)
 
 
 def _render(console: Console, result: Any) -> None:
@@ -141,6 +149,16 @@ def _render(console: Console, result: Any) -> None:
     table.add_row("pool images train/val/test", "/".join(str(result.pool_sizes[k]) for k in ("train", "val", "test")))
     if result.best_val_auc is not None:
         table.add_row("best meta-val AUC", f"{result.best_val_auc:.4f} (meta-step {result.best_step})")
+    if result.validation:
+        table.add_row("weights selected by", str(result.validation.get("selection")))
+    if result.collapse is not None:
+        c = result.collapse
+        back = c.get("recovered_at_step")
+        table.add_row(
+            "COLLAPSED",
+            f"to the label prior from meta-step {c['from_step']}"
+            + (f", recovered at {back}" if back else ", never recovered"),
+        )
     table.add_row("tasks/s", f"{result.tasks_per_second:.2f}")
     table.add_row("seconds", f"{result.seconds:.1f}")
     if result.model_dir is not None:

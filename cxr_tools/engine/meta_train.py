@@ -33,6 +33,7 @@ The run directory gets ``RUN/meta_split.json`` (readable with :func:`~cxr_tools.
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -40,6 +41,7 @@ from typing import TYPE_CHECKING, Any
 
 from cxr_tools.data.episodes import EpisodeOptions
 from cxr_tools.errors import ConfigError
+from cxr_tools.methods.collapse import CollapseWatch, beats_prior
 from cxr_tools.methods.maml.config import ENGINES, MamlConfig
 from cxr_tools.runtime.options import RunOptions
 from cxr_tools.runtime.progress import Progress, null_progress
@@ -52,6 +54,8 @@ if TYPE_CHECKING:
     from cxr_tools.data.episodes import Episode, EpisodeSampler
     from cxr_tools.data.splits import MetaSplit
     from cxr_tools.runtime.lifecycle import RuntimeContext
+
+log = logging.getLogger(__name__)
 
 RUN_KIND = "meta-train"
 VAL_EPISODES_FILE = "val_episodes.json"
@@ -128,6 +132,13 @@ class MetaTrainResult:
     tasks_per_second: float
     val_episodes_hash: str | None = None
     last_metrics: dict[str, float] = field(default_factory=dict)
+    validation: dict[str, Any] = field(default_factory=dict)
+    collapse: dict[str, Any] | None = None
+
+    @property
+    def failed_collapse(self) -> bool:
+        """The run collapsed to the label prior and its selected weights never beat the prior on validation."""
+        return self.collapse is not None and not self.collapse.get("beats_prior_on_validation", False)
 
 
 def _validate_config(config: MetaTrainConfig) -> MamlConfig:
@@ -168,7 +179,7 @@ def meta_train(config: MetaTrainConfig, progress: Progress | None = None) -> Met
     val_list = (
         val_sampler.fixed_list(config.val_episodes, seed=derive_seed(config.seed, _VAL_KEY)) if val_sampler else []
     )
-    data = _MetaData(cache, train_sampler, val_list, split, pools)
+    data = _MetaData(cache, train_sampler, val_list, split, pools, _validation_info(config, val_sampler, split))
     return run_in_context(config, lambda ctx: _fit(config, maml, ctx, data, progress))
 
 
@@ -181,6 +192,23 @@ class _MetaData:
     val_list: list[Episode]
     split: MetaSplit
     pools: dict[str, np.ndarray]
+    validation: dict[str, Any]
+
+
+def _validation_info(config: MetaTrainConfig, val_sampler: EpisodeSampler | None, split: MetaSplit) -> dict[str, Any]:
+    """How the weights are selected (run.json ``validation``): the meta-val episodes' ways and negatives."""
+    if val_sampler is None:
+        return {"episodes": 0, "selection": "none (--val-episodes 0): the final weights are kept"}
+    ways = val_sampler.spec.ways
+    return {
+        "episodes": config.val_episodes,
+        "ways": ways,
+        "requested_ways": config.ways,
+        "classes": list(val_sampler.classes),
+        "negatives": "meta-val images with none of the episode's classes",
+        "selection": "best meta-val AUC"
+        + ("" if ways == config.ways else f" on {ways}-way episodes ({config.ways}-way cannot be formed)"),
+    }
 
 
 def _fit(
@@ -207,7 +235,7 @@ def _fit(
     if dist.is_main:
         save_meta_split(run.path, data.split)
         if val_list:
-            about = {"split": "val", "spec": vars(data.train_sampler.spec)}
+            about = {"split": "val", "spec": {**vars(data.train_sampler.spec), "ways": data.validation["ways"]}}
             save_episode_list(run.path / VAL_EPISODES_FILE, val_list, about, fingerprint=cache.manifest_hash)
     total_steps = -(-config.episodes // config.meta_batch)
     epochs = -(-total_steps // config.val_every)
@@ -221,10 +249,16 @@ def _fit(
         first = epoch * config.val_every
         return range(first + start, min(first + config.val_every, total_steps))
 
+    watch = CollapseWatch()
+
     def step_fn(step: int) -> dict[str, float]:
         session["tasks"] += config.meta_batch
         keys = [(config.seed, _TRAIN_KEY, step, t) for t in my_tasks]
-        return meta_gradient(model, data.train_sampler, cache, keys, maml, device) if my_tasks else {}
+        values = meta_gradient(model, data.train_sampler, cache, keys, maml, device) if my_tasks else {}
+        warning = watch.update(step + 1, values)
+        if warning and dist.is_main:
+            log.warning("%s", warning)
+        return values
 
     def sync(m: nn.Module) -> None:
         average_gradients(m, dist, weight=float(len(my_tasks)))
@@ -239,6 +273,8 @@ def _fit(
         step_fn=step_fn, batches_fn=batches_fn, validate_fn=validate_fn if val_list else None,
         max_epochs=epochs, max_steps=total_steps, monitor="val_auc" if val_list else None, mode="max",
         grad_clip=config.grad_clip, manual_backward=True, grad_sync_fn=sync if dist.distributed else None,
+        extra_state=lambda: {"collapse": watch.state_dict()},
+        load_extra_state=lambda state: watch.load_state_dict(state.get("collapse") or {}),
     )  # fmt: skip
     result = lifecycle.fit(
         loop,
@@ -248,8 +284,15 @@ def _fit(
     )
     model_dir = None
     selected = "last"
+    collapse = watch.report()
     if result.status == "completed" and dist.is_main:
         selected = lifecycle.load_selected(run, model)
+        if collapse is not None:
+            best = lifecycle.best_record(run) if val_list else {}
+            collapse["beats_prior_on_validation"] = beats_prior(
+                best.get("val_auc") if selected == "best" else None, best.get("val_auc_ci95")
+            )
+        run.update_info(validation=data.validation, collapse=collapse)
         settings = {k: getattr(config, k) for k in ("ways", "shots", "queries", "meta_batch", "meta_lr")}
         extra = {
             "maml": {**asdict(maml), **settings},
@@ -258,6 +301,8 @@ def _fit(
             "pool_seed": config.pool_seed,
             "pool_sizes": pool_sizes,
             "weights": "best meta-val AUC" if selected == "best" else "last meta-step",
+            "validation": data.validation,
+            "collapse": collapse,
             "best_val_auc": result.best_metric,
             "meta_steps": result.steps,
             "val_episodes": len(val_list),
@@ -291,4 +336,6 @@ def _fit(
         tasks_per_second=session["tasks"] / result.seconds if result.seconds > 0 else 0.0,
         val_episodes_hash=val_hash,
         last_metrics=dict(result.last_metrics),
+        validation=data.validation,
+        collapse=collapse,
     )
