@@ -127,7 +127,7 @@ def meta_train(
         )
     exit_if_interrupted(result.status)  # 128 + signal: `&&` and afterok stop at a preempted run
     if result.failed_collapse:
-        c = result.collapse
+        c = result.collapse or {}
         sys.stderr.write(
             f"Meta-training collapsed to the label prior at meta-step {c['from_step']} (loss {c['loss']:.4f} vs the "
             f"prior's {c['prior_loss']:.4f}) and no weights beat the prior on meta-validation: {result.run_dir} "

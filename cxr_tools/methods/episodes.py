@@ -142,7 +142,9 @@ def output_health(episodes: Sequence[Episode], query_logits: Sequence[torch.Tens
     adapted query scores (columns with positives and negatives); ``output_spread`` the standard deviation of the
     adapted query logits across the query images.
     """
-    priors, aucs, spreads = [], [], []
+    priors: list[float] = []
+    aucs: list[float] = []
+    spreads: list[float] = []
     for ep, logits in zip(episodes, query_logits, strict=True):
         targets = np.asarray(ep.query_targets, dtype=np.float64)
         scores = logits.detach().float().cpu().numpy().astype(np.float64)[:, : targets.shape[1]]
