@@ -606,3 +606,20 @@ def validation_sampler(
         "Give meta-val at least two classes with enough images (--meta-split), add images without them (e.g. a "
         "'No Finding' folder), or pass --val-episodes 0 to keep the final weights knowingly.",
     )
+
+
+def validation_record(val_sampler: Any, requested_ways: int, episodes: int) -> dict[str, Any]:
+    """How a meta-training run selects its weights (run.json ``validation``): the meta-val episodes' ways,
+    classes and negatives, from :func:`validation_sampler`'s sampler (None: no validation, asked for)."""
+    if val_sampler is None:
+        return {"episodes": 0, "selection": "none (--val-episodes 0): the final weights are kept"}
+    ways = int(val_sampler.spec.ways)
+    fewer = "" if ways == requested_ways else f" on {ways}-way episodes ({requested_ways}-way cannot be formed)"
+    return {
+        "episodes": episodes,
+        "ways": ways,
+        "requested_ways": requested_ways,
+        "classes": list(val_sampler.classes),
+        "negatives": "meta-val images with none of the episode's classes",
+        "selection": f"best meta-val AUC{fewer}",
+    }

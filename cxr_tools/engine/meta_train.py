@@ -2,30 +2,21 @@
 
 What a run does (docs/science.md):
 
-* **Meta-split.** Classes are split into meta-train / meta-val / meta-test (``--meta-split``; default: the split
-  saved in the cache, else MetaChest for NIH label spaces) and the cache's images into disjoint pools
-  (:func:`~cxr_tools.data.splits.meta_split_pools`, by patient). Training episodes come *only* from the meta-train
-  classes and pool, validation episodes *only* from the meta-val ones; the meta-test classes and images are never
-  read (:func:`~cxr_tools.data.splits.check_pools` re-checks the pools before training, and the samplers never
-  see the other pools).
-* **Episodes and budget.** ``--episodes`` is the meta-training budget in episodes (tasks); one meta-step takes
-  ``--meta-batch`` of them, so a run makes ``ceil(episodes / meta_batch)`` meta-steps. Task ``t`` of meta-step
-  ``s`` is drawn with the generator ``(seed, s, t)`` alone, so resuming after a kill and sharding tasks over DDP
-  ranks need no sampler state.
-* **Head.** The model has ``--ways`` outputs and every episode re-uses them: output ``j`` scores the episode's
-  ``j``-th class (classes in split order). This is standard N-way MAML: the head's initialisation is meta-learned
-  to be a good starting point for *any* class in slot ``j`` and is re-adapted per episode, so the head itself
-  carries no class identity. The loss is BCE-with-logits over the episode's multi-hot targets (findings are not
-  mutually exclusive).
-* **Normalisation.** conv4 uses GroupNorm; BatchNorm backbones (e.g. an ImageNet or supervised ``--init``) run
-  with frozen running statistics during adaptation and scoring (:mod:`cxr_tools.methods.maml.norm`), so a query's
-  score never depends on its batch-mates.
-* **Validation.** Every ``--val-every`` meta-steps, ``--val-episodes`` fixed, seeded meta-val episodes (the list
-  and its hash are saved in ``RUN/val_episodes.json``) are adapted with the training inner loop and scored; the
-  mean per-episode AUC picks ``checkpoints/best.pt`` and the weights written to ``RUN/model/``.
-* **Runtime.** The shared run lifecycle (:mod:`cxr_tools.runtime.lifecycle`) gives resume (bit-identical on CPU),
-  SIGTERM/SIGUSR1 preemption with ``--requeue``, ``metrics.jsonl``, progress and DDP: under torchrun the tasks of
-  a meta-batch are sharded over ranks and their meta-gradients averaged (weighted by tasks per rank).
+* **Meta-split.** Classes go to meta-train / meta-val / meta-test (``--meta-split``; default: the cache's split,
+  else MetaChest for NIH labels), images to disjoint pools by patient (:func:`~cxr_tools.data.splits.meta_split_pools`,
+  re-checked by ``check_pools``). Training episodes come only from the meta-train classes and pool, validation
+  episodes only from the meta-val ones; meta-test classes and images are never read.
+* **Episodes and budget.** ``--episodes`` tasks, ``--meta-batch`` per meta-step: ``ceil(episodes / meta_batch)``
+  meta-steps. Task ``t`` of meta-step ``s`` is drawn with the generator ``(seed, s, t)`` alone, so resuming and
+  sharding tasks over DDP ranks need no sampler state.
+* **Head.** ``--ways`` outputs; output ``j`` scores the episode's ``j``-th class (slots shuffled per task), so the
+  meta-learned head carries no class identity and is re-adapted per episode. BCE-with-logits over multi-hot
+  targets; BatchNorm on frozen running statistics (:mod:`cxr_tools.methods.maml.norm`).
+* **Validation.** Every ``--val-every`` meta-steps, ``--val-episodes`` fixed meta-val episodes (fewer-way ones
+  when ``--ways`` cannot be formed: ``splits.validation_sampler``) pick the weights by mean AUC. A run stuck at
+  the label prior is reported (:mod:`cxr_tools.methods.collapse`).
+* **Runtime.** :mod:`cxr_tools.runtime.lifecycle`: resume (bit-identical on CPU), preemption (``--requeue``),
+  ``metrics.jsonl``, progress, DDP (a meta-batch's tasks sharded over ranks, meta-gradients averaged).
 
 The run directory gets ``RUN/meta_split.json`` (readable with :func:`~cxr_tools.data.splits.load_meta_split`) and
 ``RUN/model/`` (training kind ``maml``; the MAML settings, meta-split and cache manifest hash in ``model.json``).
@@ -33,7 +24,6 @@ The run directory gets ``RUN/meta_split.json`` (readable with :func:`~cxr_tools.
 
 from __future__ import annotations
 
-import logging
 import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -41,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 from cxr_tools.data.episodes import EpisodeOptions
 from cxr_tools.errors import ConfigError
-from cxr_tools.methods.collapse import CollapseWatch, beats_prior
+from cxr_tools.methods.collapse import CollapseWatch
 from cxr_tools.methods.maml.config import ENGINES, MamlConfig
 from cxr_tools.runtime.options import RunOptions
 from cxr_tools.runtime.progress import Progress, null_progress
@@ -54,8 +44,6 @@ if TYPE_CHECKING:
     from cxr_tools.data.episodes import Episode, EpisodeSampler
     from cxr_tools.data.splits import MetaSplit
     from cxr_tools.runtime.lifecycle import RuntimeContext
-
-log = logging.getLogger(__name__)
 
 RUN_KIND = "meta-train"
 VAL_EPISODES_FILE = "val_episodes.json"
@@ -135,11 +123,6 @@ class MetaTrainResult:
     validation: dict[str, Any] = field(default_factory=dict)
     collapse: dict[str, Any] | None = None
 
-    @property
-    def failed_collapse(self) -> bool:
-        """The run collapsed to the label prior and its selected weights never beat the prior on validation."""
-        return self.collapse is not None and not self.collapse.get("beats_prior_on_validation", False)
-
 
 def _validate_config(config: MetaTrainConfig) -> MamlConfig:
     checks = (
@@ -162,7 +145,7 @@ def _validate_config(config: MetaTrainConfig) -> MamlConfig:
 def meta_train(config: MetaTrainConfig, progress: Progress | None = None) -> MetaTrainResult:
     """Meta-train a model with (first-order) MAML; see the module docstring for what is written where."""
     from cxr_tools.data.cache import open_cache
-    from cxr_tools.data.splits import meta_samplers
+    from cxr_tools.data.splits import meta_samplers, validation_record
     from cxr_tools.methods.maml import resolve_engine
     from cxr_tools.runtime.lifecycle import run_in_context
     from cxr_tools.runtime.seeding import derive_seed
@@ -171,15 +154,13 @@ def meta_train(config: MetaTrainConfig, progress: Progress | None = None) -> Met
     maml = _validate_config(config)
     spec = config.episode_spec
     cache = open_cache(config.cache)
-    # The pools are checked for leaks; only the meta-train and meta-val pools reach a sampler.
     split, train_sampler, val_sampler, pools = meta_samplers(
         cache, config.meta_split, config.pool_seed, spec, validation=config.val_episodes > 0
     )
     maml = MamlConfig(maml.inner_lr, maml.adapt_steps, maml.first_order, resolve_engine(maml.engine))
-    val_list = (
-        val_sampler.fixed_list(config.val_episodes, seed=derive_seed(config.seed, _VAL_KEY)) if val_sampler else []
-    )
-    data = _MetaData(cache, train_sampler, val_list, split, pools, _validation_info(config, val_sampler, split))
+    val_list = val_sampler.fixed_list(config.val_episodes, derive_seed(config.seed, _VAL_KEY)) if val_sampler else []
+    validation = validation_record(val_sampler, config.ways, config.val_episodes)
+    data = _MetaData(cache, train_sampler, val_list, split, pools, validation)
     return run_in_context(config, lambda ctx: _fit(config, maml, ctx, data, progress))
 
 
@@ -192,23 +173,7 @@ class _MetaData:
     val_list: list[Episode]
     split: MetaSplit
     pools: dict[str, np.ndarray]
-    validation: dict[str, Any]
-
-
-def _validation_info(config: MetaTrainConfig, val_sampler: EpisodeSampler | None, split: MetaSplit) -> dict[str, Any]:
-    """How the weights are selected (run.json ``validation``): the meta-val episodes' ways and negatives."""
-    if val_sampler is None:
-        return {"episodes": 0, "selection": "none (--val-episodes 0): the final weights are kept"}
-    ways = val_sampler.spec.ways
-    return {
-        "episodes": config.val_episodes,
-        "ways": ways,
-        "requested_ways": config.ways,
-        "classes": list(val_sampler.classes),
-        "negatives": "meta-val images with none of the episode's classes",
-        "selection": "best meta-val AUC"
-        + ("" if ways == config.ways else f" on {ways}-way episodes ({config.ways}-way cannot be formed)"),
-    }
+    validation: dict[str, Any]  # how the weights are selected (run.json ``validation``)
 
 
 def _fit(
@@ -255,9 +220,7 @@ def _fit(
         session["tasks"] += config.meta_batch
         keys = [(config.seed, _TRAIN_KEY, step, t) for t in my_tasks]
         values = meta_gradient(model, data.train_sampler, cache, keys, maml, device) if my_tasks else {}
-        warning = watch.update(step + 1, values)
-        if warning and dist.is_main:
-            log.warning("%s", warning)
+        watch.update(step + 1, values, announce=dist.is_main)
         return values
 
     def sync(m: nn.Module) -> None:
@@ -284,14 +247,10 @@ def _fit(
     )
     model_dir = None
     selected = "last"
-    collapse = watch.report()
+    collapse = watch.report()  # without validation's verdict unless the run completed
     if result.status == "completed" and dist.is_main:
         selected = lifecycle.load_selected(run, model)
-        if collapse is not None:
-            best = lifecycle.best_record(run) if val_list else {}
-            collapse["beats_prior_on_validation"] = beats_prior(
-                best.get("val_auc") if selected == "best" else None, best.get("val_auc_ci95")
-            )
+        collapse = watch.report(lifecycle.best_record(run) if selected == "best" else {})
         run.update_info(validation=data.validation, collapse=collapse)
         settings = {k: getattr(config, k) for k in ("ways", "shots", "queries", "meta_batch", "meta_lr")}
         extra = {

@@ -13,9 +13,12 @@ consecutive meta-steps are flat. Torch-free: the numbers come from
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
+
+log = logging.getLogger(__name__)
 
 #: Consecutive flat meta-steps that make a collapse.
 STRETCH = 20
@@ -55,8 +58,9 @@ class CollapseWatch:
     collapse: dict[str, Any] | None = None
     recovered_at_step: int | None = None
 
-    def update(self, step: int, values: Mapping[str, float]) -> str | None:
-        """Account meta-step ``step`` (1-based); return a warning the first time the run collapses."""
+    def update(self, step: int, values: Mapping[str, float], *, announce: bool = False) -> str | None:
+        """Account meta-step ``step`` (1-based); return a warning the first time the run collapses (and log it
+        when ``announce``: the main process of a distributed run)."""
         if not is_flat(values):
             if self.collapse is not None and self.recovered_at_step is None and self.flat:
                 self.recovered_at_step = step
@@ -70,17 +74,25 @@ class CollapseWatch:
             return None
         loss, prior = self.sums[0] / self.flat, self.sums[1] / self.flat
         self.collapse = {"from_step": self.since, "detected_at_step": step, "loss": loss, "prior_loss": prior}
-        return (
+        message = (
             f"Meta-training collapsed to the label prior: for {STRETCH} meta-steps since step {self.since} the query "
             f"loss ({loss:.4f}) sat at the prior's cross-entropy ({prior:.4f}) and the outputs no longer separate "
             "the classes (query AUC < 0.6). Lower --meta-lr, or raise --inner-lr / --adapt-steps."
         )
+        if announce:
+            log.warning("%s", message)
+        return message
 
-    def report(self) -> dict[str, Any] | None:
-        """What run.json records: the collapse and whether (and when) the run came out of it, or None."""
+    def report(self, best: Mapping[str, Any] | None = None) -> dict[str, Any] | None:
+        """What run.json records: the collapse, whether (and when) the run came out of it and, given the metrics
+        record of the selected weights' validation (``best``; empty without one), whether they beat the prior;
+        None without a collapse."""
         if self.collapse is None:
             return None
-        return {**self.collapse, "stretch": STRETCH, "recovered_at_step": self.recovered_at_step}
+        out = {**self.collapse, "stretch": STRETCH, "recovered_at_step": self.recovered_at_step}
+        if best is not None:
+            out["beats_prior_on_validation"] = beats_prior(best.get("val_auc"), best.get("val_auc_ci95"))
+        return out
 
     def state_dict(self) -> dict[str, Any]:
         return {
@@ -107,3 +119,9 @@ def beats_prior(val_auc: float | None, val_auc_ci95: float | None) -> bool:
         return False
     ci = val_auc_ci95 if val_auc_ci95 is not None and val_auc_ci95 == val_auc_ci95 else 0.0
     return val_auc - ci > 0.5
+
+
+def unusable(collapse: Mapping[str, Any] | None) -> bool:
+    """A run that collapsed and whose selected weights never beat the prior on validation (``cxr meta-train``
+    exits 1)."""
+    return collapse is not None and not collapse.get("beats_prior_on_validation", False)

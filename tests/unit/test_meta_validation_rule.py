@@ -13,7 +13,7 @@ from cxr_tools.data.cache import open_cache
 from cxr_tools.data.episodes import EpisodeSpec
 from cxr_tools.data.splits import meta_samplers
 from cxr_tools.errors import DataError
-from cxr_tools.methods.collapse import STRETCH, CollapseWatch, beats_prior, is_flat
+from cxr_tools.methods.collapse import STRETCH, CollapseWatch, beats_prior, is_flat, unusable
 
 CLASSES = ("a", "b", "c", "d", "e", "f", "g")
 
@@ -87,3 +87,10 @@ def test_a_learning_or_slowly_starting_run_is_not_flat():
 
 def test_beating_the_prior_on_validation():
     assert beats_prior(0.8, 0.05) and not beats_prior(0.52, 0.05) and not beats_prior(None, None)
+    watch = CollapseWatch()
+    for s in range(1, STRETCH + 1):
+        watch.update(s, _step(0.6365, 0.5))
+    assert unusable(watch.report({"val_auc": 0.5, "val_auc_ci95": 0.0}))
+    assert unusable(watch.report({}))  # no validated weights: nothing beat the prior
+    assert not unusable(watch.report({"val_auc": 0.9, "val_auc_ci95": 0.02}))  # best weights came before it
+    assert not unusable(None)
