@@ -62,7 +62,7 @@ def _overall_auc(res: subprocess.CompletedProcess[str]) -> float:
 
 
 #: What meta-training must gain over a random initialisation adapted with the same inner loop, in mean AUC over
-#: the same 60 meta-test episodes of the three unseen classes (measured: about +0.10; see docs/science.md).
+#: the same 60 meta-test episodes of the three unseen classes (measured: 0.919 vs 0.868, +0.05; docs/science.md).
 MARGIN = 0.03
 
 
