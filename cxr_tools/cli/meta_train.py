@@ -52,7 +52,7 @@ def meta_train(
     inner_lr: Annotated[float, typer.Option("--inner-lr", help="Step size of the inner (adaptation) SGD steps.")] = (
         0.01
     ),
-    meta_lr: Annotated[float, typer.Option("--meta-lr", help="Adam learning rate of the meta-update.")] = 0.001,
+    meta_lr: Annotated[float, typer.Option("--meta-lr", help="Adam learning rate of the meta-update.")] = 0.0001,
     adapt_steps: Annotated[int, typer.Option("--adapt-steps", min=0, help="Inner SGD steps per episode.")] = 5,
     meta_batch: Annotated[int, typer.Option("--meta-batch", min=1, help="Episodes per meta-step.")] = 4,
     episodes: Annotated[

@@ -79,7 +79,7 @@ class MetaTrainConfig(RunOptions, EpisodeOptions):
     output: Path
     queries: int = field(default=10, kw_only=True)
     inner_lr: float = 0.01
-    meta_lr: float = 0.001
+    meta_lr: float = 0.0001
     adapt_steps: int = 5
     meta_batch: int = 4
     episodes: int = 20000
@@ -136,7 +136,7 @@ def _validate_config(config: MetaTrainConfig) -> MamlConfig:
         if isinstance(value, bool) or not isinstance(value, int) or value < low:
             raise ConfigError(f"--{name.replace('_', '-')} must be an integer >= {low}, got {value!r}.")
     if not (isinstance(config.meta_lr, (int, float)) and math.isfinite(config.meta_lr) and config.meta_lr > 0):
-        raise ConfigError(f"--meta-lr must be a number > 0, got {config.meta_lr!r}.", "Try --meta-lr 0.001.")
+        raise ConfigError(f"--meta-lr must be a number > 0, got {config.meta_lr!r}.", "Try --meta-lr 0.0001.")
     if config.engine not in ENGINES:
         raise ConfigError(f"Unknown MAML engine {config.engine!r}.", f"Choose one of: {', '.join(ENGINES)}.")
     return MamlConfig(config.inner_lr, config.adapt_steps, config.first_order, config.engine)
