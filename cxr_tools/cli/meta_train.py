@@ -52,7 +52,7 @@ def meta_train(
     inner_lr: Annotated[float, typer.Option("--inner-lr", help="Step size of the inner (adaptation) SGD steps.")] = (
         0.01
     ),
-    meta_lr: Annotated[float, typer.Option("--meta-lr", help="Adam learning rate of the meta-update.")] = 0.001,
+    meta_lr: Annotated[float, typer.Option("--meta-lr", help="Adam learning rate of the meta-update.")] = 0.0001,
     adapt_steps: Annotated[int, typer.Option("--adapt-steps", min=0, help="Inner SGD steps per episode.")] = 5,
     meta_batch: Annotated[int, typer.Option("--meta-batch", min=1, help="Episodes per meta-step.")] = 4,
     episodes: Annotated[
@@ -126,6 +126,16 @@ def meta_train(
             "Rerun the same command to resume.\n"
         )
     exit_if_interrupted(result.status)  # 128 + signal: `&&` and afterok stop at a preempted run
+    from cxr_tools.methods.collapse import unusable
+
+    if unusable(result.collapse):
+        c = result.collapse or {}
+        sys.stderr.write(
+            f"Meta-training collapsed to the label prior at meta-step {c['from_step']} (loss {c['loss']:.4f} vs the "
+            f"prior's {c['prior_loss']:.4f}) and no weights beat the prior on meta-validation: {result.run_dir} "
+            "is not a usable model. Lower --meta-lr, or raise --inner-lr / --adapt-steps.\n"
+        )
+        raise typer.Exit(1)
 
 
 def _render(console: Console, result: Any) -> None:
@@ -141,6 +151,16 @@ def _render(console: Console, result: Any) -> None:
     table.add_row("pool images train/val/test", "/".join(str(result.pool_sizes[k]) for k in ("train", "val", "test")))
     if result.best_val_auc is not None:
         table.add_row("best meta-val AUC", f"{result.best_val_auc:.4f} (meta-step {result.best_step})")
+    if result.validation:
+        table.add_row("weights selected by", str(result.validation.get("selection")))
+    if result.collapse is not None:
+        c = result.collapse
+        back = c.get("recovered_at_step")
+        table.add_row(
+            "COLLAPSED",
+            f"to the label prior from meta-step {c['from_step']}"
+            + (f", recovered at {back}" if back else ", never recovered"),
+        )
     table.add_row("tasks/s", f"{result.tasks_per_second:.2f}")
     table.add_row("seconds", f"{result.seconds:.1f}")
     if result.model_dir is not None:

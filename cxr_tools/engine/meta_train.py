@@ -2,30 +2,21 @@
 
 What a run does (docs/science.md):
 
-* **Meta-split.** Classes are split into meta-train / meta-val / meta-test (``--meta-split``; default: the split
-  saved in the cache, else MetaChest for NIH label spaces) and the cache's images into disjoint pools
-  (:func:`~cxr_tools.data.splits.meta_split_pools`, by patient). Training episodes come *only* from the meta-train
-  classes and pool, validation episodes *only* from the meta-val ones; the meta-test classes and images are never
-  read (:func:`~cxr_tools.data.splits.check_pools` re-checks the pools before training, and the samplers never
-  see the other pools).
-* **Episodes and budget.** ``--episodes`` is the meta-training budget in episodes (tasks); one meta-step takes
-  ``--meta-batch`` of them, so a run makes ``ceil(episodes / meta_batch)`` meta-steps. Task ``t`` of meta-step
-  ``s`` is drawn with the generator ``(seed, s, t)`` alone, so resuming after a kill and sharding tasks over DDP
-  ranks need no sampler state.
-* **Head.** The model has ``--ways`` outputs and every episode re-uses them: output ``j`` scores the episode's
-  ``j``-th class (classes in split order). This is standard N-way MAML: the head's initialisation is meta-learned
-  to be a good starting point for *any* class in slot ``j`` and is re-adapted per episode, so the head itself
-  carries no class identity. The loss is BCE-with-logits over the episode's multi-hot targets (findings are not
-  mutually exclusive).
-* **Normalisation.** conv4 uses GroupNorm; BatchNorm backbones (e.g. an ImageNet or supervised ``--init``) run
-  with frozen running statistics during adaptation and scoring (:mod:`cxr_tools.methods.maml.norm`), so a query's
-  score never depends on its batch-mates.
-* **Validation.** Every ``--val-every`` meta-steps, ``--val-episodes`` fixed, seeded meta-val episodes (the list
-  and its hash are saved in ``RUN/val_episodes.json``) are adapted with the training inner loop and scored; the
-  mean per-episode AUC picks ``checkpoints/best.pt`` and the weights written to ``RUN/model/``.
-* **Runtime.** The shared run lifecycle (:mod:`cxr_tools.runtime.lifecycle`) gives resume (bit-identical on CPU),
-  SIGTERM/SIGUSR1 preemption with ``--requeue``, ``metrics.jsonl``, progress and DDP: under torchrun the tasks of
-  a meta-batch are sharded over ranks and their meta-gradients averaged (weighted by tasks per rank).
+* **Meta-split.** Classes go to meta-train / meta-val / meta-test (``--meta-split``; default: the cache's split,
+  else MetaChest for NIH labels), images to disjoint pools by patient (:func:`~cxr_tools.data.splits.meta_split_pools`,
+  re-checked by ``check_pools``). Training episodes come only from the meta-train classes and pool, validation
+  episodes only from the meta-val ones; meta-test classes and images are never read.
+* **Episodes and budget.** ``--episodes`` tasks, ``--meta-batch`` per meta-step: ``ceil(episodes / meta_batch)``
+  meta-steps. Task ``t`` of meta-step ``s`` is drawn with the generator ``(seed, s, t)`` alone, so resuming and
+  sharding tasks over DDP ranks need no sampler state.
+* **Head.** ``--ways`` outputs; output ``j`` scores the episode's ``j``-th class (slots shuffled per task), so the
+  meta-learned head carries no class identity and is re-adapted per episode. BCE-with-logits over multi-hot
+  targets; BatchNorm on frozen running statistics (:mod:`cxr_tools.methods.maml.norm`).
+* **Validation.** Every ``--val-every`` meta-steps, ``--val-episodes`` fixed meta-val episodes (fewer-way ones
+  when ``--ways`` cannot be formed: ``splits.validation_sampler``) pick the weights by mean AUC. A run stuck at
+  the label prior is reported (:mod:`cxr_tools.methods.collapse`).
+* **Runtime.** :mod:`cxr_tools.runtime.lifecycle`: resume (bit-identical on CPU), preemption (``--requeue``),
+  ``metrics.jsonl``, progress, DDP (a meta-batch's tasks sharded over ranks, meta-gradients averaged).
 
 The run directory gets ``RUN/meta_split.json`` (readable with :func:`~cxr_tools.data.splits.load_meta_split`) and
 ``RUN/model/`` (training kind ``maml``; the MAML settings, meta-split and cache manifest hash in ``model.json``).
@@ -41,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 from cxr_tools.data.episodes import EpisodeOptions
 from cxr_tools.errors import ConfigError
+from cxr_tools.methods.collapse import CollapseWatch
 from cxr_tools.methods.maml.config import ENGINES, MamlConfig
 from cxr_tools.runtime.options import RunOptions
 from cxr_tools.runtime.progress import Progress, null_progress
@@ -88,7 +80,7 @@ class MetaTrainConfig(RunOptions, EpisodeOptions):
     output: Path
     queries: int = field(default=10, kw_only=True)
     inner_lr: float = 0.01
-    meta_lr: float = 0.001
+    meta_lr: float = 0.0001
     adapt_steps: int = 5
     meta_batch: int = 4
     episodes: int = 20000
@@ -129,6 +121,8 @@ class MetaTrainResult:
     tasks_per_second: float
     val_episodes_hash: str | None = None
     last_metrics: dict[str, float] = field(default_factory=dict)
+    validation: dict[str, Any] = field(default_factory=dict)
+    collapse: dict[str, Any] | None = None
 
 
 def _validate_config(config: MetaTrainConfig) -> MamlConfig:
@@ -143,7 +137,7 @@ def _validate_config(config: MetaTrainConfig) -> MamlConfig:
         if isinstance(value, bool) or not isinstance(value, int) or value < low:
             raise ConfigError(f"--{name.replace('_', '-')} must be an integer >= {low}, got {value!r}.")
     if not (isinstance(config.meta_lr, (int, float)) and math.isfinite(config.meta_lr) and config.meta_lr > 0):
-        raise ConfigError(f"--meta-lr must be a number > 0, got {config.meta_lr!r}.", "Try --meta-lr 0.001.")
+        raise ConfigError(f"--meta-lr must be a number > 0, got {config.meta_lr!r}.", "Try --meta-lr 0.0001.")
     if config.engine not in ENGINES:
         raise ConfigError(f"Unknown MAML engine {config.engine!r}.", f"Choose one of: {', '.join(ENGINES)}.")
     return MamlConfig(config.inner_lr, config.adapt_steps, config.first_order, config.engine)
@@ -152,7 +146,7 @@ def _validate_config(config: MetaTrainConfig) -> MamlConfig:
 def meta_train(config: MetaTrainConfig, progress: Progress | None = None) -> MetaTrainResult:
     """Meta-train a model with (first-order) MAML; see the module docstring for what is written where."""
     from cxr_tools.data.cache import open_cache
-    from cxr_tools.data.splits import meta_samplers
+    from cxr_tools.data.splits import meta_samplers, validation_record
     from cxr_tools.methods.maml import resolve_engine
     from cxr_tools.runtime.lifecycle import run_in_context
     from cxr_tools.runtime.seeding import derive_seed
@@ -161,15 +155,13 @@ def meta_train(config: MetaTrainConfig, progress: Progress | None = None) -> Met
     maml = _validate_config(config)
     spec = config.episode_spec
     cache = open_cache(config.cache)
-    # The pools are checked for leaks; only the meta-train and meta-val pools reach a sampler.
     split, train_sampler, val_sampler, pools = meta_samplers(
         cache, config.meta_split, config.pool_seed, spec, validation=config.val_episodes > 0
     )
     maml = MamlConfig(maml.inner_lr, maml.adapt_steps, maml.first_order, resolve_engine(maml.engine))
-    val_list = (
-        val_sampler.fixed_list(config.val_episodes, seed=derive_seed(config.seed, _VAL_KEY)) if val_sampler else []
-    )
-    data = _MetaData(cache, train_sampler, val_list, split, pools)
+    val_list = val_sampler.fixed_list(config.val_episodes, derive_seed(config.seed, _VAL_KEY)) if val_sampler else []
+    validation = validation_record(val_sampler, config.ways, config.val_episodes)
+    data = _MetaData(cache, train_sampler, val_list, split, pools, validation)
     return run_in_context(config, lambda ctx: _fit(config, maml, ctx, data, progress))
 
 
@@ -182,6 +174,7 @@ class _MetaData:
     val_list: list[Episode]
     split: MetaSplit
     pools: dict[str, np.ndarray]
+    validation: dict[str, Any]  # how the weights are selected (run.json ``validation``)
 
 
 def _fit(
@@ -208,7 +201,7 @@ def _fit(
     if dist.is_main:
         save_meta_split(run.path, data.split)
         if val_list:
-            about = {"split": "val", "spec": vars(data.train_sampler.spec)}
+            about = {"split": "val", "spec": {**vars(data.train_sampler.spec), "ways": data.validation["ways"]}}
             save_episode_list(run.path / VAL_EPISODES_FILE, val_list, about, fingerprint=cache.manifest_hash)
     total_steps = -(-config.episodes // config.meta_batch)
     epochs = -(-total_steps // config.val_every)
@@ -222,10 +215,14 @@ def _fit(
         first = epoch * config.val_every
         return range(first + start, min(first + config.val_every, total_steps))
 
+    watch = CollapseWatch()
+
     def step_fn(step: int, backward: Callable[[torch.Tensor], None]) -> dict[str, float]:
         session["tasks"] += config.meta_batch
         keys = [(config.seed, _TRAIN_KEY, step, t) for t in my_tasks]
-        return meta_gradient(model, data.train_sampler, cache, keys, maml, device, backward) if my_tasks else {}
+        values = meta_gradient(model, data.train_sampler, cache, keys, maml, device, backward) if my_tasks else {}
+        watch.update(step + 1, values, announce=dist.is_main)
+        return values
 
     def sync(m: nn.Module) -> None:
         average_gradients(m, dist, weight=float(len(my_tasks)))
@@ -240,6 +237,8 @@ def _fit(
         step_fn=step_fn, batches_fn=batches_fn, validate_fn=validate_fn if val_list else None,
         max_epochs=epochs, max_steps=total_steps, monitor="val_auc" if val_list else None, mode="max",
         grad_clip=config.grad_clip, manual_backward=True, grad_sync_fn=sync if dist.distributed else None,
+        extra_state=lambda: {"collapse": watch.state_dict()},
+        load_extra_state=lambda state: watch.load_state_dict(state.get("collapse") or {}),
     )  # fmt: skip
     result = lifecycle.fit(
         loop,
@@ -249,8 +248,11 @@ def _fit(
     )
     model_dir = None
     selected = "last"
+    collapse = watch.report()  # without validation's verdict unless the run completed
     if result.status == "completed" and dist.is_main:
         selected = lifecycle.load_selected(run, model)
+        collapse = watch.report(lifecycle.best_record(run) if selected == "best" else {})
+        run.update_info(validation=data.validation, collapse=collapse)
         settings = {k: getattr(config, k) for k in ("ways", "shots", "queries", "meta_batch", "meta_lr")}
         extra = {
             "maml": {**asdict(maml), **settings},
@@ -259,6 +261,8 @@ def _fit(
             "pool_seed": config.pool_seed,
             "pool_sizes": pool_sizes,
             "weights": "best meta-val AUC" if selected == "best" else "last meta-step",
+            "validation": data.validation,
+            "collapse": collapse,
             "best_val_auc": result.best_metric,
             "meta_steps": result.steps,
             "val_episodes": len(val_list),
@@ -292,4 +296,6 @@ def _fit(
         tasks_per_second=session["tasks"] / result.seconds if result.seconds > 0 else 0.0,
         val_episodes_hash=val_hash,
         last_metrics=dict(result.last_metrics),
+        validation=data.validation,
+        collapse=collapse,
     )

@@ -55,17 +55,22 @@ def evaluate_episodes(
     from cxr_tools.methods.maml import adapt, multilabel_bce
 
     norm = str(getattr(model, "normalisation", "unit"))
+    width = getattr(model, "num_classes", None)
     model.eval()
     out = []
     for ep in episodes:
         sx, sy, qx, qy = episode_tensors(cache, ep, norm, device)
+        ways = sy.shape[1]
+        if isinstance(width, int) and width > ways:  # fewer-way (validation) episodes: unused outputs masked out
+            sy, qy = _pad_unknown(sy, width), _pad_unknown(qy, width)
         adapted = adapt(model, sx, sy, maml)
         with torch.no_grad():
             logits = adapted(qx)
             before = model(qx)  # the initialisation itself, in eval mode (BatchNorm on running statistics)
             loss_after = float(multilabel_bce(logits, qy))
             loss_before = float(multilabel_bce(before, qy))
-        per_class = episode_metrics(ep.query_targets, torch.sigmoid(logits).cpu().numpy(), ep.classes, None)
+        scores = torch.sigmoid(logits[:, :ways]).cpu().numpy()
+        per_class = episode_metrics(ep.query_targets, scores, ep.classes, None)
         out.append(
             {
                 "auc": float(np.nanmean([m["auc"] for m in per_class.values()])),
@@ -77,6 +82,15 @@ def evaluate_episodes(
             }
         )
     return out
+
+
+def _pad_unknown(targets: torch.Tensor, width: int) -> torch.Tensor:
+    """``targets`` ``[n, w]`` widened to ``[n, width]`` with NaN ("unknown": no loss, no gradient) columns, so a
+    model with ``width`` outputs adapts to a ``w``-way episode in its first ``w`` outputs."""
+    import torch
+
+    pad = torch.full((targets.shape[0], width - targets.shape[1]), float("nan"), dtype=targets.dtype)
+    return torch.cat([targets, pad.to(targets.device)], dim=1)
 
 
 def summarise_episodes(records: Sequence[dict[str, float]], prefix: str = "") -> dict[str, float]:
@@ -105,8 +119,9 @@ def meta_gradient(
     ``backward`` backpropagates each task's loss (the training loop's GradScaler-aware one; default
     ``loss.backward()``).
 
-    Fills the ``.grad`` of ``model`` (:func:`~cxr_tools.methods.maml.meta_backward`) and returns the meta-loss
-    and, with adaptation steps, the mean support loss before the first and after the last inner step. A task
+    Fills the ``.grad`` of ``model`` (:func:`~cxr_tools.methods.maml.meta_backward`) and returns the meta-loss,
+    the numbers :func:`output_health` gives (what :mod:`cxr_tools.methods.collapse` watches) and, with
+    adaptation steps, the mean support loss before the first and after the last inner step. A task
     depends on its key alone, so resuming and sharding tasks over ranks need no sampler state; its class slots
     are shuffled (``shuffle=True``), so no head output is tied to one class.
     """
@@ -116,8 +131,44 @@ def meta_gradient(
     norm = str(getattr(model, "normalisation", "unit"))
     episodes = [sampler.sample(numpy_generator(*key), shuffle=True) for key in keys]
     info = meta_backward(model, [episode_tensors(cache, ep, norm, device) for ep in episodes], maml, backward=backward)
-    values = {"loss": info.loss}
+    values = {"loss": info.loss, **output_health(episodes, [t.query_logits for t in info.tasks])}
     if maml.adapt_steps:
         values["support_loss_before"] = float(np.mean([t.support_losses[0] for t in info.tasks]))
         values["support_loss_last_step"] = float(np.mean([t.support_losses[-1] for t in info.tasks]))
     return values
+
+
+def output_health(episodes: Sequence[Episode], query_logits: Sequence[torch.Tensor]) -> dict[str, float]:
+    """Whether the adapted outputs still say something, means over the tasks of a meta-step.
+
+    ``prior_loss`` is the cross-entropy of predicting each column's positive rate for every query (the loss of a
+    network collapsed to the label prior: 0.6365 for one positive in three); ``query_auc`` the AUC of the
+    adapted query scores (columns with positives and negatives); ``output_spread`` the standard deviation of the
+    adapted query logits across the query images.
+    """
+    priors: list[float] = []
+    aucs: list[float] = []
+    spreads: list[float] = []
+    for ep, logits in zip(episodes, query_logits, strict=True):
+        targets = np.asarray(ep.query_targets, dtype=np.float64)
+        scores = logits.detach().float().cpu().numpy().astype(np.float64)[:, : targets.shape[1]]
+        rate = np.clip(targets.mean(axis=0), 1e-6, 1 - 1e-6)
+        priors.append(float(np.mean(-(rate * np.log(rate) + (1 - rate) * np.log(1 - rate)))))
+        aucs.extend(_auc(targets[:, j] > 0.5, scores[:, j]) for j in range(targets.shape[1]))
+        spreads.append(float(scores.std(axis=0).mean()) if len(scores) > 1 else 0.0)
+    known = [a for a in aucs if a == a]
+    return {
+        "prior_loss": float(np.mean(priors)),
+        "query_auc": float(np.mean(known)) if known else float("nan"),
+        "output_spread": float(np.mean(spreads)),
+    }
+
+
+def _auc(positive: np.ndarray, scores: np.ndarray) -> float:
+    """Mann-Whitney AUC with ties counted half; NaN without both positives and negatives."""
+    n_pos, n_neg = int(positive.sum()), int((~positive).sum())
+    if not n_pos or not n_neg:
+        return float("nan")
+    greater = (scores[positive][:, None] > scores[~positive][None, :]).sum()
+    ties = (scores[positive][:, None] == scores[~positive][None, :]).sum()
+    return float((greater + 0.5 * ties) / (n_pos * n_neg))

@@ -76,12 +76,16 @@ def _runs() -> Iterator[Entry]:
     for path in run_dirs():
         info = read_run_info(path) or {}
         kind = str(info.get("kind") or path.parent.name)
+        metric = _best(path, kind)
+        collapse = info.get("collapse")
+        if isinstance(collapse, dict):  # meta-train: the run collapsed to the label prior (methods/collapse.py)
+            metric = "; ".join([*([metric] if metric else []), f"COLLAPSED at step {collapse.get('from_step')}"])
         yield Entry(
             kind,
             path.relative_to(root).as_posix(),
             str(live_status(path, info) or "incomplete"),
             info.get("end_time") or info.get("start_time"),
-            _best(path, kind),
+            metric,
             path,
         )
         yield from _evaluations(sorted(path.glob("eval*")), root)

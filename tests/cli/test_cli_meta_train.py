@@ -71,7 +71,7 @@ def test_flags_reach_the_engine(captured, tmp_path):
         2,
         10,
         0.01,
-        0.001,
+        0.0001,
         5,
         4,
     )
