@@ -93,7 +93,8 @@ def render(console: Console, result: Any) -> None:
     table = Table(
         title=f"cxr compare: {name}, mean [95% CI] over {result.episodes} shared episodes",
         caption=f"episode list {result.episode_list_hash}; Δ = method − {escape(result.reference)}, paired over "
-        "episodes; p Holm-adjusted over one family (overall and per class); * per class: significant",
+        f"episodes; Δ intervals per comparison (they exclude 0 exactly when the raw p < 0.05); p Holm-adjusted over "
+        f"one family of {len(result.tests)} tests (overall and per class); * per class: significant",
         box=box.SIMPLE_HEAD,
     )
     table.add_column("#", justify="right", no_wrap=True)

@@ -174,7 +174,8 @@ def comparison_markdown(result: Any) -> str:
     lines = [
         f"# Comparison on {result.episodes} episodes (episode list {result.episode_list_hash})",
         "",
-        f"Δ = method − {result.reference}, paired over episodes (seed-averaged); p Holm-adjusted over one family "
+        f"Δ = method − {result.reference}, paired over episodes (seed-averaged); Δ intervals per comparison (they "
+        f"exclude 0 exactly when the raw p < 0.05); p Holm-adjusted over one family of {len(result.tests)} tests "
         "(every test below, overall and per class). Intervals and tests: one variance model (episodes, support and "
         f"query patients — {result.patients} distinct — and, for seed groups, training seeds; docs/science.md).",
         *(f"Note: {n}." for n in getattr(result, "notes", ())),
