@@ -126,9 +126,7 @@ def meta_train(
             "Rerun the same command to resume.\n"
         )
     exit_if_interrupted(result.status)  # 128 + signal: `&&` and afterok stop at a preempted run
-    from cxr_tools.methods.collapse import unusable
-
-    if unusable(result.collapse):
+    if result.unusable:
         c = result.collapse or {}
         sys.stderr.write(
             f"Meta-training collapsed to the label prior at meta-step {c['from_step']} (loss {c['loss']:.4f} vs the "

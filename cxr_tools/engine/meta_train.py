@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 from cxr_tools.data.episodes import EpisodeOptions
 from cxr_tools.errors import ConfigError
-from cxr_tools.methods.collapse import CollapseWatch
+from cxr_tools.methods.collapse import CollapseWatch, unusable
 from cxr_tools.methods.maml.config import ENGINES, MamlConfig
 from cxr_tools.runtime.options import RunOptions
 from cxr_tools.runtime.progress import Progress, null_progress
@@ -123,6 +123,11 @@ class MetaTrainResult:
     last_metrics: dict[str, float] = field(default_factory=dict)
     validation: dict[str, Any] = field(default_factory=dict)
     collapse: dict[str, Any] | None = None
+
+    @property
+    def unusable(self) -> bool:
+        """Collapsed, and no selected weights beat the prior on validation: ``cxr meta-train`` exits 1."""
+        return unusable(self.collapse)
 
 
 def _validate_config(config: MetaTrainConfig) -> MamlConfig:

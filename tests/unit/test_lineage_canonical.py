@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 
 import pytest
+from lineage_helpers import META
+from lineage_helpers import make_model as _model
 
 from cxr_tools.data.labels import canonical_label as data_canonical_label
 from cxr_tools.models import list_models, model_card
@@ -16,19 +18,8 @@ from cxr_tools.models.lineage import (
     patient_key,
     pretraining_notes,
     read_lineage,
-    write_lineage,
 )
 from cxr_tools.vocabulary import NIH_LABELS, canonical_label, label_key
-
-META = {"training": "supervised", "labels": ["A", "B"], "cache_manifest_hash": "h1", "preprocessing": {"size": 32}}
-
-
-def _model(folder, meta, **kw):
-    """A model folder holding only what lineage reads: model.json (+ the patients file write_lineage makes)."""
-    record = write_lineage(folder, meta, **kw)
-    doc = {"format": "cxr-model", "format_version": 1, **meta, "lineage": record}
-    (folder / "model.json").write_text(json.dumps(doc))
-    return record
 
 
 def _leak(folder, record, classes, patients=()):

@@ -6,6 +6,8 @@ import json
 
 import pandas as pd
 import pytest
+from lineage_helpers import META
+from lineage_helpers import make_model as _model
 
 from cxr_tools.data.splits import patients_of
 from cxr_tools.models.lineage import (
@@ -18,16 +20,6 @@ from cxr_tools.models.lineage import (
     trained_classes,
     write_lineage,
 )
-
-META = {"training": "supervised", "labels": ["A", "B"], "cache_manifest_hash": "h1", "preprocessing": {"size": 32}}
-
-
-def _model(folder, meta, **kw):
-    """A model folder holding only what lineage reads: model.json (+ the patients file write_lineage makes)."""
-    record = write_lineage(folder, meta, **kw)
-    doc = {"format": "cxr-model", "format_version": 1, **meta, "lineage": record}
-    (folder / "model.json").write_text(json.dumps(doc))
-    return record
 
 
 def test_patients_digest_ignores_order_and_duplicates_and_compares_strings():
