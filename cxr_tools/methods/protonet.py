@@ -24,9 +24,9 @@ released code (github.com/bereml/meta-cxr, ``method/protonet.py``: ``compute_pro
 ``cxr meta-train --algorithm protonet`` trains the embedding with this loss on the same episodes as MAML
 (:func:`protonet_gradient`); ``cxr evaluate`` scores a protonet run with the ``prototype`` method under this
 rule (:class:`MeanDistanceScorer`); :func:`base_prototypes` gives the prototypes of known (meta-train) classes
-for generalized episodes. Two safeguards the released code lacks: the distance's square root is taken of
-``max(squared distance, 1e-12)`` so a one-shot support image sitting exactly on its own prototype has a finite
-(zero) gradient, and a class without a positive support image is an error rather than a division by zero.
+for generalized episodes. Two safeguards the released code lacks: a distance of exactly 0 (a one-shot support
+image is its class's prototype) gets a zero gradient instead of the square root's infinite one (NaN weights), and
+a class without a positive support image is an error rather than a division by zero.
 """
 
 from __future__ import annotations
@@ -52,7 +52,6 @@ ALGORITHMS: tuple[str, ...] = ("maml", "fomaml", "protonet")
 RULE = "mean-distance"
 #: MetaChest's embedding size: pooled backbone features averaged down to this many numbers (fewer stay as is).
 EMBEDDING_DIM = 128
-_EPS = 1e-12
 
 EmbedFn = Callable[["Tensor"], "Tensor"]
 
@@ -103,8 +102,11 @@ def positive_prototypes(embeddings: Tensor, targets: Tensor) -> Tensor:
 
 def distances(embeddings: Tensor, protos: Tensor) -> Tensor:
     """``[n, ways]`` Euclidean distances (not squared), with a finite gradient at distance 0."""
+    import torch
+
     sq = (embeddings[:, None, :] - protos[None, :, :]).pow(2).sum(dim=2)
-    return sq.clamp_min(_EPS).sqrt()
+    nonzero = sq > 0  # sqrt's gradient at 0 is infinite: take it only where the distance is positive
+    return torch.where(nonzero, torch.where(nonzero, sq, torch.ones_like(sq)).sqrt(), torch.zeros_like(sq))
 
 
 def support_threshold(support: Tensor, protos: Tensor) -> Tensor:
