@@ -78,7 +78,7 @@ _COMMON = {
 CONTROLLED: dict[str, frozenset[str]] = {
     "train": frozenset(_COMMON | {"--model", "--classes"}),
     "train-siamese": frozenset(_COMMON | {"--backbone", "--classes", "--backbone-from"}),
-    "meta-train": frozenset(_COMMON | {"--ways", "--shots", "--backbone", "--init", "--algorithm", "--first-order"}),
+    "meta-train": frozenset(_COMMON | {"--ways", "--shots", "--backbone", "--init", "--algorithm"}),
     "evaluate": frozenset(
         _COMMON | {"--data", "--method", "--ways", "--shots", "--queries", "--episodes", "--backbone", "--match"}
     ),
@@ -321,6 +321,11 @@ def _method(
             )
         # a flag given twice: the method's value wins (the last one), the plan's over the kind's defaults
         options[command] = KIND_OPTIONS.get(kind, {}).get(command, ()) + shared[sec] + own
+    if kind == "protonet" and "--first-order" in options["meta-train"]:
+        raise PlanError(
+            f"'first_order' reaches method '{name}' (protonet) in {where}: it is a MAML option.",
+            "Set it in the MAML methods' own meta_train sections, or use method fomaml.",
+        )
     if spec.get("train_shots") is not None and kind not in EPISODIC_KINDS:
         raise PlanError(
             f"Key 'methods.{name}.train_shots' in {where}: only meta-train kinds (MAML, protonet) train per shot count."
