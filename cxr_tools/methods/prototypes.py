@@ -53,9 +53,13 @@ EmbedFn = Callable[["Tensor"], "Tensor"]
 
 def embedding_function(model: nn.Module, meta: Mapping[str, Any] | None) -> tuple[EmbedFn, str]:
     """``(embed, distance)`` for a run's model: its L2-normalised embedding (:func:`~cxr_tools.models.siamese.embedder`)
-    and the prototype distance: cosine for a Siamese run trained with it, else the squared Euclidean distance."""
+    and the prototype distance: cosine for a Siamese run trained with it, else the squared Euclidean distance; a
+    protonet run's trained embedding and plain Euclidean distance (:mod:`cxr_tools.methods.protonet`)."""
+    from cxr_tools.methods.protonet import embedding_fn, is_protonet
     from cxr_tools.models.siamese import embedder, trained_distance
 
+    if is_protonet(meta):
+        return embedding_fn(model, meta), "euclidean"
     return embedder(model, meta), "cosine" if trained_distance(meta) == "cosine" else "euclidean"
 
 

@@ -9,7 +9,6 @@ import pytest
 import torch
 
 from cxr_tools.errors import ModelError
-from cxr_tools.methods.prototypes import PrototypeAdapter
 from cxr_tools.methods.protonet import (
     embed,
     leave_one_out_logits,
@@ -17,6 +16,7 @@ from cxr_tools.methods.protonet import (
     protonet_logits,
     protonet_loss,
 )
+from cxr_tools.methods.prototypes import PrototypeAdapter
 from cxr_tools.models.registry import create_model
 
 # Support: two positives of class 0 at (0,0) and (2,0); one image of classes 0 and 1 at (1,3); a negative at (4,4).
@@ -106,3 +106,19 @@ def test_prototype_adapter_scores_a_protonet_run_with_its_rule_batch_independent
     assert torch.allclose(scorer.predict(x[6:7]), probs[:1], atol=1e-6)  # no batch effects
     assert adapter.temperature == 1.0  # the trained rule has no temperature
     assert scorer.support_scores(x[:6], sy).shape == (6, 2)
+
+
+def test_build_adapter_gives_a_protonet_run_its_trained_embedding_and_rule():
+    from cxr_tools.methods.adapters import AdaptConfig, build_adapter, describe
+
+    torch.manual_seed(0)
+    model = create_model("conv4-tiny", num_classes=2).eval()
+    meta = {"training": "protonet", "extra": {"protonet": {"rule": "mean-distance", "embedding_dim": 4}}}
+    adapter = build_adapter(model, meta, ways=3)
+    x = torch.rand(3, 1, 32, 32)
+    with torch.no_grad():
+        expected = embed(model, x, 4)  # 8 conv4-tiny features averaged down to 4, not L2-normalised
+    assert adapter.method == "prototype" and describe(adapter)["rule"] == "mean-distance"
+    assert expected.shape == (3, 4) and torch.allclose(adapter.embeddings(x), expected, atol=1e-6)
+    other = build_adapter(model, {"training": "supervised"}, ways=3, config=AdaptConfig(method="prototype"))
+    assert other.rule == "pos-neg" and "rule" not in describe(other)  # other runs' prototypes are unchanged
