@@ -127,7 +127,7 @@ def test_a_changed_setting_changes_the_fingerprints_downstream_only(tmp_path):
     assert all(same_device[i].fingerprint == before[i].fingerprint for i in before)
 
 
-@pytest.mark.parametrize("name", ["phantoms.yaml", "nih.yaml"])
+@pytest.mark.parametrize("name", ["phantoms.yaml", "nih.yaml", "metachest.yaml", "metachest-phantoms.yaml"])
 def test_the_shipped_examples_are_valid_plans(name):
     plan = load_plan(EXAMPLES / name, command_flags())
     assert plan.methods and expand(plan)
