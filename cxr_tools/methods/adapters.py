@@ -381,15 +381,8 @@ def build_adapter(
     if method == "prototype":
         embed, distance = embedding_function(model, meta)
         rule = "mean-distance" if training == "protonet" else "pos-neg"
-        return PrototypeAdapter(
-            embed,
-            model,
-            ways,
-            distance=distance,
-            temperature=config.temperature,
-            batch_size=config.batch_size,
-            rule=rule,
-        )
+        t, n = config.temperature, config.batch_size
+        return PrototypeAdapter(embed, model, ways, distance=distance, temperature=t, batch_size=n, rule=rule)
     if method == "linear-probe":
         return linear_probe_adapter(model, meta, ways, batch_size=config.batch_size)
     steps, lr = finetune_settings(config, meta)

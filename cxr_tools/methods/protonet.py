@@ -62,7 +62,8 @@ def embed(model: nn.Module, x: Tensor, dim: int = EMBEDDING_DIM) -> Tensor:
 
     if not hasattr(model, "forward_features"):
         raise ModelError(f"{type(model).__name__} has no forward_features(); ProtoNet-ML needs a zoo model.")
-    features = model.forward_features(x).flatten(1)
+    forward_features: Any = model.forward_features
+    features = forward_features(x).flatten(1)
     if features.shape[1] > dim:
         features = F.adaptive_avg_pool1d(features[:, None, :], dim)[:, 0, :]
     return features
