@@ -18,8 +18,8 @@ EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "benchmark" / "meta
 
 def test_the_metachest_phantom_plan_runs_and_reports_both_methods(tmp_path):
     plan = yaml.safe_load(EXAMPLE.read_text(encoding="utf-8"))
-    # the example's settings, scaled to a 200-image cache: fewer shots, queries and episodes, one thread
-    plan.update(cache=str(make_eval_cache(tmp_path)), output=str(tmp_path / "out"), shots=[1, 2], queries=3)
+    # the example's settings, scaled to a 200-image cache: one shot count, fewer queries and episodes, one thread
+    plan.update(cache=str(make_eval_cache(tmp_path)), output=str(tmp_path / "out"), shots=[2], queries=3)
     plan.update(episodes=6, threads=1)
     plan["methods"]["protonet"]["train_shots"] = 2
     plan["meta_train"].update(episodes=4)
@@ -32,7 +32,7 @@ def test_the_metachest_phantom_plan_runs_and_reports_both_methods(tmp_path):
     assert {s["status"] for s in steps.values()} == {"done"}
     assert [i for i in steps if i.startswith("meta-train/")] == ["meta-train/protonet-conv4-tiny-2shot-seed0"]
     out = tmp_path / "out" / "evaluations"
-    proto = json.loads((out / "1shot" / "protonet" / "seed0" / "summary.json").read_text())["settings"]
+    proto = json.loads((out / "2shot" / "protonet" / "seed0" / "summary.json").read_text())["settings"]
     assert proto["method"] == "prototype" and proto["rule"] == "mean-distance"
     transfer = json.loads((out / "2shot" / "transfer" / "seed0" / "summary.json").read_text())["settings"]
     assert (transfer["method"], transfer["mode"], transfer["steps"], transfer["lr"]) == ("finetune", "head", 100, 0.005)
