@@ -246,7 +246,7 @@ def _fit(
         first = epoch * config.val_every
         return range(first + start, min(first + config.val_every, total_steps))
 
-    watch = CollapseWatch()
+    watch = CollapseWatch(advice="Lower --meta-lr.") if protonet else CollapseWatch()
 
     def step_fn(step: int, backward: Callable[[torch.Tensor], None]) -> dict[str, float]:
         session["tasks"] += config.meta_batch

@@ -122,3 +122,13 @@ def test_build_adapter_gives_a_protonet_run_its_trained_embedding_and_rule():
     assert expected.shape == (3, 4) and torch.allclose(adapter.embeddings(x), expected, atol=1e-6)
     other = build_adapter(model, {"training": "supervised"}, ways=3, config=AdaptConfig(method="prototype"))
     assert other.rule == "pos-neg" and "rule" not in describe(other)  # other runs' prototypes are unchanged
+
+
+def test_a_protonet_collapse_warning_gives_advice_that_applies_to_it():
+    from cxr_tools.methods.collapse import STRETCH, CollapseWatch
+
+    flat = {"loss": 0.64, "prior_loss": 0.6365, "query_auc": 0.5, "output_spread": 0.1}
+    watch = CollapseWatch(advice="Lower --meta-lr.")
+    messages = [watch.update(step, flat) for step in range(1, STRETCH + 1)]
+    assert messages[:-1] == [None] * (STRETCH - 1)
+    assert messages[-1].endswith("(query AUC < 0.6). Lower --meta-lr.") and "--inner-lr" not in messages[-1]
