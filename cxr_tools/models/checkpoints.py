@@ -128,7 +128,10 @@ def save_model_dir(model: nn.Module, meta: Mapping[str, Any], path: str | os.Pat
 
     out = Path(path)
     out.mkdir(parents=True, exist_ok=True)
-    tensors = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+    skip = tuple(getattr(model, "unsaved_prefixes", ()))  # a frozen foundation encoder reloads from its source
+    tensors = {
+        k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items() if not (skip and k.startswith(skip))
+    }
     with atomic_path(out / WEIGHTS_FILE) as tmp:
         save_file(tensors, str(tmp), metadata={"format": MODEL_FORMAT, "architecture": name})
     doc = {
@@ -213,7 +216,7 @@ def load_model_dir(path: str | os.PathLike[str], map_location: str | torch.devic
         raise ModelError(
             f"Cannot read {weights}, it is damaged ({exc}).", "Copy the model folder again, or retrain it."
         ) from exc
-    load_state_strict(model, state, source=str(weights))
+    load_state_strict(model, state, source=str(weights), skip_prefixes=tuple(getattr(model, "unsaved_prefixes", ())))
     model.pretrained = meta.get("pretrained")
     model.normalisation = meta["input"]["normalisation"]
     model.image_size = meta["input"]["image_size"]
