@@ -143,6 +143,8 @@ class FoundationEncoder(Classifier):
         self.frozen = True
         self.features_frozen = True
         self.encoder.eval()
+        # how the run reloads: the same encoder files (checked by checksum), frozen, head from the model folder
+        self.model_args = {**getattr(self, "model_args", {}), "frozen": True, "encoder_sha256": self.fingerprint}
 
     @property
     def unsaved_prefixes(self) -> tuple[str, ...]:
@@ -201,12 +203,15 @@ def offline() -> bool:
 
 
 def _hub_cache() -> str:
-    try:
-        from huggingface_hub import constants
+    """The Hugging Face hub cache, read from the environment now (``HF_HUB_CACHE``, else ``HF_HOME/hub``), so a
+    process that sets it after importing huggingface_hub still finds its files."""
+    if os.environ.get("HF_HUB_CACHE"):
+        return os.environ["HF_HUB_CACHE"]
+    if os.environ.get("HF_HOME"):
+        return str(Path(os.environ["HF_HOME"]) / "hub")
+    from huggingface_hub import constants
 
-        return str(constants.HF_HUB_CACHE)
-    except ImportError:  # pragma: no cover - huggingface_hub comes with transformers
-        return "~/.cache/huggingface/hub"
+    return str(constants.HF_HUB_CACHE)
 
 
 def _library_of(folder: Path) -> str | None:
@@ -252,7 +257,9 @@ def resolve_folder(name: str) -> Path:
             "Foundation encoders need transformers and open_clip.", "pip install 'cxr-tools[foundation]'."
         ) from exc
     try:
-        cached = Path(snapshot_download(source, allow_patterns=list(_DOWNLOAD), local_files_only=True))
+        cached = Path(
+            snapshot_download(source, allow_patterns=list(_DOWNLOAD), local_files_only=True, cache_dir=_hub_cache())
+        )
         if _library_of(cached) is not None and any((cached / f).is_file() for f in _WEIGHT_FILES):
             return cached
     except Exception:  # not in the cache (LocalEntryNotFoundError) or an invalid repo id
@@ -264,7 +271,7 @@ def resolve_folder(name: str) -> Path:
         )
     log.info("downloading encoder %s into the Hugging Face cache", source)
     try:
-        folder = Path(snapshot_download(source, allow_patterns=list(_DOWNLOAD)))
+        folder = Path(snapshot_download(source, allow_patterns=list(_DOWNLOAD), cache_dir=_hub_cache()))
     except Exception as exc:  # no network, unknown or gated repo
         raise ModelError(
             f"Could not download encoder {source}: {str(exc).splitlines()[0]}.", _files_hint(name, source)
@@ -460,10 +467,10 @@ def create_encoder(
         )
     model = _build(name, folder, num_classes)
     model.fingerprint = fingerprint
+    model.model_name = name if not name.startswith(PREFIX) or _is_repo(name) else f"{PREFIX}{folder}"
+    model.model_args = {"num_classes": int(num_classes)}
     if frozen:
         model.freeze_encoder()
-    model.model_name = name if not name.startswith(PREFIX) or _is_repo(name) else f"{PREFIX}{folder}"
-    model.model_args = {"frozen": True, "encoder_sha256": fingerprint} if frozen else {}
     model.pretrained = model.model_name
     model.normalisation = "unit"
     model.image_size = int(max(model.contract.size))
