@@ -17,7 +17,9 @@ A method is ``NAME: {method: KIND, ...}`` (``method`` defaults to ``NAME``, so `
 variants of one kind can sit side by side) with the same command sections, ``backbones``, ``train_shots``
 (meta-train once at this shot count and evaluate that run at every shot count; default: meta-train per shot
 count) and, for ``scratch``, ``match`` (a MAML-kind method of the plan whose adaptation budget — as its first
-seed's evaluation used it, evaluation options included — and episodes it copies).
+seed's evaluation used it, evaluation options included — and episodes it copies). The ``encoder-linear-probe``,
+``encoder-prototype`` and ``encoder-fine-tune`` kinds score pretrained foundation encoders without training; their
+own ``backbones`` name the encoders (``hf:DIR``, ``hf:ORG/NAME`` or presets such as ``rad-dino``).
 Section keys are the commands' own flags (``--checkpoint-every-steps`` is ``checkpoint_every_steps``), checked
 as the flags are; flags the plan sets itself (outputs, seeds, shots, ways, the cache...) are refused there.
 """
@@ -42,8 +44,13 @@ METHODS: dict[str, tuple[tuple[str, ...], str]] = {
     "linear-probe": (("train",), "linear-probe"),
     "pixels": ((), "pixels"),
     "scratch": ((), "scratch"),
+    # a pretrained foundation encoder scored on frozen features, no training (its backbones: hf:DIR or presets)
+    "encoder-linear-probe": ((), "linear-probe"),
+    "encoder-prototype": ((), "prototype"),
+    "encoder-fine-tune": ((), "finetune"),
 }
 META_KINDS = frozenset({"maml", "fomaml", "maml-from-siamese"})
+ENCODER_KINDS = frozenset({"encoder-linear-probe", "encoder-prototype", "encoder-fine-tune"})
 SECTIONS: dict[str, str] = {
     "train": "train",
     "train_siamese": "train-siamese",
@@ -315,6 +322,8 @@ def _method(
     if spec.get("match") is not None and kind != "scratch":
         raise PlanError(f"Key 'methods.{name}.match' in {where}: only scratch copies another method's budget.")
     own_backbones = spec.get("backbones")
+    if kind in ENCODER_KINDS:
+        own_backbones = _encoders(own_backbones, name, where)
     return MethodPlan(
         name=name,
         kind=kind,
@@ -327,6 +336,26 @@ def _method(
         else _int(spec["train_shots"], f"methods.{name}.train_shots", where),
         match=None if spec.get("match") is None else str(spec["match"]),
     )
+
+
+def _encoders(raw: Any, name: str, where: str) -> list[str]:
+    """An encoder row's own ``backbones``: foundation encoders only (``hf:PATH`` made absolute, as the cache is)."""
+    from cxr_tools.models.encoders import PREFIX, is_encoder
+
+    names = list(_names(raw, f"methods.{name}.backbones", where)) if raw else []
+    bad = [b for b in names if not is_encoder(b)]
+    if not names or bad:
+        raise PlanError(
+            f"'methods.{name}.backbones' in {where} must list foundation encoders"
+            + (f"; not: {', '.join(bad)}." if bad else "."),
+            "Use hf:DIR, hf:ORG/NAME or a preset (`cxr models` lists them), e.g. backbones: [rad-dino].",
+        )
+    out = []
+    for b in names:
+        path = b[len(PREFIX) :]
+        local = b.startswith(PREFIX) and (path.startswith((".", "~", "/")) or Path(path).expanduser().exists())
+        out.append(f"{PREFIX}{Path(path).expanduser().absolute()}" if local else b)
+    return out
 
 
 def _slurm(raw: Any, where: str) -> SlurmPlan:

@@ -13,9 +13,11 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from benchmark_fixtures import cxr, write_plan
 from cli_helpers import assert_one_line_error
 from evaluate_factory import SPLIT, make_eval_cache
 from predict_fixtures import write_png
+from script_modules import REPO, load_script
 from typer.testing import CliRunner
 
 from cxr_tools.cli.app import app
@@ -28,6 +30,7 @@ open_clip = pytest.importorskip("open_clip")
 
 torch.set_num_threads(1)
 runner = CliRunner()
+TINY = load_script(REPO / "examples" / "benchmark" / "tiny_encoder.py", "tiny_encoder")
 SPLIT_TEST = list(SPLIT.test)
 SIDE = 28  # the tiny encoders' input size (2 x 2 patches of 14 px)
 FAST = ["--episodes", "3", "--shots", "2", "--queries", "3", "--device", "cpu", "--no-plots", "--steps", "5"]
@@ -43,22 +46,8 @@ def _card(source: str = "", classes: tuple[str, ...] = ()) -> dict:
 
 def save_dinov2(folder: Path, *, card: dict | None = None, resize: int = SIDE) -> Path:
     """A randomly initialised DINOv2 (hidden 32, 2 layers, patch 14) and its BitImageProcessor, as
-    ``save_pretrained`` writes them; ``card`` is written as the folder's data card."""
-    torch.manual_seed(0)
-    config = transformers.Dinov2Config(
-        hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, patch_size=14, image_size=SIDE
-    )
-    transformers.Dinov2Model(config).save_pretrained(folder)
-    transformers.BitImageProcessor(
-        size={"shortest_edge": resize},
-        crop_size={"height": SIDE, "width": SIDE},
-        do_center_crop=True,
-        image_mean=[0.5, 0.4, 0.3],
-        image_std=[0.2, 0.25, 0.3],
-    ).save_pretrained(folder)
-    if card is not None:
-        (folder / DATACARD_FILE).write_text(json.dumps(card))
-    return folder
+    ``save_pretrained`` writes them (the phantom benchmark's tiny encoder); ``card`` becomes its data card."""
+    return TINY.save_tiny_dinov2(folder, side=SIDE, resize=resize, card=card)
 
 
 def save_open_clip(folder: Path) -> tuple[Path, torch.nn.Module]:
@@ -102,7 +91,7 @@ def test_grey_images_are_fed_as_the_processor_feeds_their_rgb_copy(env):
     rgb = [np.repeat(g[..., None], 3, axis=2) for g in grey]
     expected = processor(images=rgb, return_tensors="pt")["pixel_values"]
     got = model.prepare(torch.from_numpy(grey).float().div(255).unsqueeze(1))
-    assert got.shape == expected.shape == (2, 3, SIDE, SIDE)
+    assert got.shape == expected.shape == (2, 3, SIDE, SIDE) and TINY.DATACARD == DATACARD_FILE
     assert torch.allclose(got, expected, atol=1e-5)
     # a larger cache image is resized (shortest side) and centre-cropped to the encoder's size
     resized = save_dinov2(tmp / "dino-resize", resize=SIDE + 4)
@@ -305,3 +294,17 @@ def test_cxr_models_lists_the_presets_with_their_data_cards():
         assert needle in res.stdout
     data = json.loads(runner.invoke(app, ["models", "biomedclip", "--json"]).stdout)
     assert data["encoders"][0]["library"] == "open_clip" and data["encoders"][0]["embedding_size"] == 512
+
+
+@pytest.mark.slow
+def test_the_benchmark_runs_an_encoder_row_beside_pixels_on_the_same_episodes(env, tmp_path):
+    _, cache, dino = env
+    methods = {"pixels": {}, "encoder": {"method": "encoder-linear-probe", "backbones": [f"hf:{dino}"]}}
+    plan = write_plan(tmp_path / "plan.yaml", cache, tmp_path / "out", shots=[1], seeds=1, methods=methods)
+    res = cxr("benchmark", "run", str(plan))
+    assert res.returncode == 0, res.stderr
+    evaluations = tmp_path / "out" / "evaluations" / "1shot"
+    pixels = json.loads((evaluations / "pixels" / "summary.json").read_text())
+    encoder = json.loads((evaluations / "encoder" / "summary.json").read_text())
+    assert encoder["kind"] == "encoder" and encoder["episode_list_hash"] == pixels["episode_list_hash"]
+    assert (tmp_path / "out" / "compare" / "1shot").is_dir()
