@@ -256,6 +256,15 @@ def test_train_freeze_saves_the_head_reloads_offline_predicts_and_refuses_other_
     x = torch.rand(2, 1, 32, 32)
     assert torch.allclose(model.forward_features(x), fresh.forward_features(x), atol=1e-6)  # encoder untouched
 
+    from cxr_tools.webapp.service import RunService  # cxr app's Classify tab: scores and Grad-CAM overlays
+
+    service = RunService(run, "cpu")
+    upload = write_png(tmp_path / "upload.png", np.random.default_rng(2).integers(0, 256, (48, 40), dtype=np.uint8))
+    scored = service.classify([upload])
+    assert scored.errors == [""] and scored.probs[0].shape == (2,)
+    overlay = service.cam(service.decode(upload), "B")
+    assert overlay.ndim == 3 and overlay.shape[2] == 3
+
     images = tmp_path / "images"
     rng = np.random.default_rng(0)
     for i in range(3):
