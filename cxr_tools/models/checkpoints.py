@@ -85,7 +85,8 @@ def load_state_strict(
 # --- model folders ------------------------------------------------------------------------------------------
 
 
-def _sha256(path: Path) -> str:
+def file_sha256(path: Path) -> str:
+    """The sha256 of a file's bytes, read in 1 MiB chunks (model weights, encoder files)."""
     h = hashlib.sha256()
     with open(path, "rb") as fh:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
@@ -154,7 +155,7 @@ def save_model_dir(model: nn.Module, meta: Mapping[str, Any], path: str | os.Pat
         "extra": dict(meta.get("extra") or {}),
         "lineage": meta.get("lineage"),  # what this run and its parents trained on: cxr_tools/models/lineage.py
         "weights_file": WEIGHTS_FILE,
-        "weights_sha256": _sha256(out / WEIGHTS_FILE),
+        "weights_sha256": file_sha256(out / WEIGHTS_FILE),
         "tool_version": __version__,
         "torch_version": torch.__version__.split("+")[0],
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
@@ -202,7 +203,7 @@ def load_model_dir(path: str | os.PathLike[str], map_location: str | torch.devic
     if not weights.is_file():
         raise ModelError(f"{weights} is missing.", "The model folder is incomplete; re-export it.")
     expected = meta.get("weights_sha256")
-    if expected and _sha256(weights) != expected:
+    if expected and file_sha256(weights) != expected:
         raise ModelError(
             f"{weights} does not match the checksum in model.json: the file is damaged or was replaced.",
             "Copy the model folder again from where it was trained, or retrain it.",

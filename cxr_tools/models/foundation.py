@@ -73,6 +73,7 @@ _DOWNLOAD = (
     "open_clip_model.safetensors",
     "open_clip_pytorch_model.bin",
 )
+EXTRA_HINT = "pip install 'cxr-tools[foundation]' (transformers, open_clip_torch, timm)."
 _SHARD = re.compile(r"^model-\d+-of-\d+\.safetensors$")
 _OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
 _OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -195,6 +196,10 @@ class FoundationEncoder(Classifier):
         return torch.cat(parts) if parts else torch.empty(0, self.num_features)
 
 
+def _extra_missing(package: str) -> ModelError:
+    return ModelError(f"Foundation encoders need {package}, which is not installed.", EXTRA_HINT)
+
+
 def offline() -> bool:
     """Whether downloads are off: ``CXR_OFFLINE`` or Hugging Face's own ``HF_HUB_OFFLINE``."""
     from cxr_tools.models.pretrained import offline as cxr_offline
@@ -253,9 +258,7 @@ def resolve_folder(name: str) -> Path:
     try:
         from huggingface_hub import snapshot_download
     except ImportError as exc:  # pragma: no cover - an install without the foundation extra
-        raise ModelError(
-            "Foundation encoders need transformers and open_clip.", "pip install 'cxr-tools[foundation]'."
-        ) from exc
+        raise _extra_missing("huggingface_hub") from exc
     try:
         cached = Path(
             snapshot_download(source, allow_patterns=list(_DOWNLOAD), local_files_only=True, cache_dir=_hub_cache())
@@ -283,11 +286,10 @@ def resolve_folder(name: str) -> Path:
 
 @functools.lru_cache(maxsize=16)
 def _file_sha256(path: str, size: int, mtime: float) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 22), b""):
-            h.update(chunk)
-    return h.hexdigest()
+    """A weight file's sha256, computed once per process for one (path, size, mtime)."""
+    from cxr_tools.models.checkpoints import file_sha256
+
+    return file_sha256(Path(path))
 
 
 def weights_fingerprint(folder: Path) -> str:
@@ -344,9 +346,7 @@ def _load_transformers(folder: Path) -> tuple[nn.Module, Callable[..., torch.Ten
     try:
         from transformers import AutoConfig, AutoImageProcessor, AutoModel
     except ImportError as exc:  # pragma: no cover - an install without the foundation extra
-        raise ModelError(
-            "Encoders in transformers format need transformers.", "pip install 'cxr-tools[foundation]'."
-        ) from exc
+        raise _extra_missing("transformers") from exc
     with _quiet_libraries():
         try:
             config = AutoConfig.from_pretrained(folder, local_files_only=True)
@@ -384,9 +384,7 @@ def _load_open_clip(folder: Path) -> tuple[nn.Module, Callable[..., torch.Tensor
         from open_clip.factory import load_state_dict
         from open_clip.model import _build_vision_tower
     except ImportError as exc:  # pragma: no cover - an install without the foundation extra
-        raise ModelError(
-            "Encoders in open_clip format need open_clip_torch.", "pip install 'cxr-tools[foundation]'."
-        ) from exc
+        raise _extra_missing("open_clip_torch") from exc
     weights = next((folder / f for f in _WEIGHT_FILES if f.startswith("open_clip") and (folder / f).is_file()), None)
     try:
         doc = json.loads((folder / "open_clip_config.json").read_text(encoding="utf-8"))
