@@ -317,3 +317,16 @@ def test_the_benchmark_runs_an_encoder_row_beside_pixels_on_the_same_episodes(en
     encoder = json.loads((evaluations / "encoder" / "summary.json").read_text())
     assert encoder["kind"] == "encoder" and encoder["episode_list_hash"] == pixels["episode_list_hash"]
     assert (tmp_path / "out" / "compare" / "1shot").is_dir()
+
+
+def test_an_encoder_backbone_is_refused_with_a_run_or_for_scratch(env, tmp_path):
+    from cxr_tools.engine.evaluate import EvaluateConfig, evaluate
+    from cxr_tools.errors import ConfigError
+
+    _, cache, dino = env
+    base = {"data": cache, "backbone": f"hf:{dino}", "output": tmp_path / "x", "episodes": 2, "device": "cpu"}
+    with pytest.raises(ConfigError, match="Pass either a run or --backbone ENCODER"):
+        evaluate(EvaluateConfig(run=tmp_path, method="linear-probe", **base))
+    with pytest.raises(ConfigError, match="trains from random weights"):
+        evaluate(EvaluateConfig(method="scratch", **base))
+    assert not (tmp_path / "x").exists()
