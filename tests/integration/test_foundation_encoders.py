@@ -114,6 +114,25 @@ def test_embedding_is_the_pooled_output_batch_independent_and_dtype_agnostic(env
     assert torch.allclose(emb, model.embed(images[:, 0].float() / 255, batch_size=2), atol=1e-5)
 
 
+def test_a_two_tower_siglip_keeps_its_vision_tower_and_its_image_features(tmp_path):
+    torch.manual_seed(0)
+    small = {"hidden_size": 16, "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 32}
+    config = transformers.SiglipConfig(
+        text_config={**small, "vocab_size": 64, "max_position_embeddings": 8, "bos_token_id": 1, "eos_token_id": 2},
+        vision_config={**small, "image_size": 32, "patch_size": 16},
+    )
+    reference = transformers.SiglipModel(config).eval()
+    reference.save_pretrained(tmp_path / "siglip")
+    transformers.SiglipImageProcessor(size={"height": 32, "width": 32}).save_pretrained(tmp_path / "siglip")
+    model = create_model(f"hf:{tmp_path / 'siglip'}", num_classes=0)
+    assert model.encoder.text_model is None and model.contract.size == (32, 32) and model.contract.resize == 0
+    images = torch.rand(2, 1, 48, 48)
+    with torch.no_grad():
+        out = reference.get_image_features(pixel_values=model.prepare(images))
+    expected = out if isinstance(out, torch.Tensor) else out.pooler_output  # the attention-pooled image embedding
+    assert torch.allclose(model.embed(images), expected, atol=1e-5)
+
+
 def test_open_clip_folder_loads_its_vision_tower_only(tmp_path):
     folder, reference = save_open_clip(tmp_path / "clip")
     model = create_model(f"hf:{folder}", num_classes=0)
