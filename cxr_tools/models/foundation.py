@@ -107,6 +107,9 @@ class FoundationEncoder(Classifier):
     ``embed_fn(encoder, pixels) -> [n, d]`` computes the architecture's image embedding from prepared pixels.
     """
 
+    _mean: torch.Tensor
+    _std: torch.Tensor
+
     def __init__(
         self,
         encoder: nn.Module,
@@ -229,7 +232,8 @@ def _library_of(folder: Path) -> str | None:
 
 def _files_hint(name: str, repo: str | None) -> str:
     preset = preset_of(name)
-    files = OPEN_CLIP_FILES if preset is not None and preset.library == "open_clip" else TRANSFORMERS_FILES
+    open_clip = preset is not None and preset.library == "open_clip"
+    files: tuple[str, ...] = OPEN_CLIP_FILES if open_clip else TRANSFORMERS_FILES
     if preset is None and repo is not None:
         files = (*TRANSFORMERS_FILES, "or", *OPEN_CLIP_FILES)
     what = " ".join(files)
@@ -367,8 +371,9 @@ def _load_transformers(folder: Path) -> tuple[nn.Module, Callable[..., torch.Ten
 
 
 def _transformers_embedding(model: nn.Module, pixels: torch.Tensor) -> torch.Tensor:
-    if hasattr(model, "get_image_features"):
-        out: Any = model.get_image_features(pixel_values=pixels)
+    net: Any = model
+    if hasattr(net, "get_image_features"):
+        out: Any = net.get_image_features(pixel_values=pixels)
         if isinstance(out, torch.Tensor):
             return out
     else:
