@@ -123,11 +123,15 @@ class Flag:
 
 @dataclass(frozen=True)
 class CommandFlags:
-    """The flags of the ``cxr`` commands a plan may set, by command and config key, plus a value check (the
-    CLI passes both, taken from the commands themselves; without them section keys are not checked)."""
+    """The flags of the ``cxr`` commands a plan may set, by command and config key, plus a value check and the
+    encoder-name check (the CLI passes them, taken from the commands and the model zoo; without them section keys
+    and encoder names are not checked)."""
 
     flags: Mapping[str, Mapping[str, Flag]] = field(default_factory=dict)
     check: Callable[[str, str, Any], None] | None = None
+    #: whether a name is a foundation encoder (``cxr_tools.models.encoders.is_encoder``, passed by the CLI: the
+    #: benchmark layer does not import models); None accepts every name of an encoder row.
+    is_encoder: Callable[[str], bool] | None = None
 
 
 @dataclass(frozen=True)
@@ -323,7 +327,7 @@ def _method(
         raise PlanError(f"Key 'methods.{name}.match' in {where}: only scratch copies another method's budget.")
     own_backbones = spec.get("backbones")
     if kind in ENCODER_KINDS:
-        own_backbones = _encoders(own_backbones, name, where)
+        own_backbones = _encoders(own_backbones, name, where, commands.is_encoder)
     return MethodPlan(
         name=name,
         kind=kind,
@@ -338,12 +342,10 @@ def _method(
     )
 
 
-def _encoders(raw: Any, name: str, where: str) -> list[str]:
+def _encoders(raw: Any, name: str, where: str, is_encoder: Callable[[str], bool] | None) -> list[str]:
     """An encoder row's own ``backbones``: foundation encoders only (``hf:PATH`` made absolute, as the cache is)."""
-    from cxr_tools.models.encoders import PREFIX, is_encoder
-
     names = list(_names(raw, f"methods.{name}.backbones", where)) if raw else []
-    bad = [b for b in names if not is_encoder(b)]
+    bad = [b for b in names if is_encoder is not None and not is_encoder(b)]
     if not names or bad:
         raise PlanError(
             f"'methods.{name}.backbones' in {where} must list foundation encoders"
@@ -352,9 +354,9 @@ def _encoders(raw: Any, name: str, where: str) -> list[str]:
         )
     out = []
     for b in names:
-        path = b[len(PREFIX) :]
-        local = b.startswith(PREFIX) and (path.startswith((".", "~", "/")) or Path(path).expanduser().exists())
-        out.append(f"{PREFIX}{Path(path).expanduser().absolute()}" if local else b)
+        path = b.removeprefix("hf:")
+        local = b.startswith("hf:") and (path.startswith((".", "~", "/")) or Path(path).expanduser().exists())
+        out.append(f"hf:{Path(path).expanduser().absolute()}" if local else b)
     return out
 
 

@@ -143,6 +143,7 @@ def test_encoder_rows_evaluate_their_encoders_without_training(tmp_path, monkeyp
         "proto": {"method": "encoder-prototype", "backbones": ["dinov2-small"]},
     }
     steps = _steps(_plan(tmp_path, methods=methods))
+    flags = command_flags()
     rad = steps["evaluate/1shot/rad-rad-dino"]
     assert rad.deps == () and rad.args[:2] == ("--backbone", "rad-dino")
     assert rad.args[rad.args.index("--method") + 1] == "linear-probe"
@@ -151,7 +152,7 @@ def test_encoder_rows_evaluate_their_encoders_without_training(tmp_path, monkeyp
     proto = steps["evaluate/1shot/proto"]
     assert proto.args[proto.args.index("--method") + 1] == "prototype"
     assert not [s for s in steps if s.startswith(("train", "meta-train"))]
+    with pytest.raises(PlanError, match="must list foundation encoders; not: conv4"):
+        load_plan(_plan(tmp_path, methods={"x": {"method": "encoder-prototype", "backbones": ["conv4"]}}), flags)
     with pytest.raises(PlanError, match="must list foundation encoders"):
-        load_plan(_plan(tmp_path, methods={"x": {"method": "encoder-prototype", "backbones": ["conv4"]}}))
-    with pytest.raises(PlanError, match="must list foundation encoders"):
-        load_plan(_plan(tmp_path, methods={"x": {"method": "encoder-prototype"}}))
+        load_plan(_plan(tmp_path, methods={"x": {"method": "encoder-prototype"}}), flags)
