@@ -36,6 +36,8 @@ from typing import Any
 from cxr_tools.models.datacards import DataCard, TrainingData
 
 PREFIX = "hf:"
+#: open_clip's spelling of a Hugging Face repo, accepted as a synonym of ``hf:``.
+HUB_PREFIX = "hf-hub:"
 #: A data card a local encoder folder may hold (``DataCard.record()`` layout: title, reference, data).
 DATACARD_FILE = "cxr_datacard.json"
 
@@ -187,15 +189,18 @@ _BY_REPO = {p.repo.lower(): p for p in PRESETS.values()}
 
 
 def is_encoder(name: str | None) -> bool:
-    """Whether ``name`` is an ``hf:`` backbone or a preset."""
-    return bool(name) and (str(name).startswith(PREFIX) or str(name) in PRESETS)
+    """Whether ``name`` is an ``hf:`` (or open_clip's ``hf-hub:``) backbone or a preset."""
+    return bool(name) and (str(name).startswith((PREFIX, HUB_PREFIX)) or str(name) in PRESETS)
 
 
 def encoder_source(name: str) -> str:
     """What to load for ``name``: a preset's repo id, else the text after ``hf:`` (a folder or a repo id)."""
     if name in PRESETS:
         return PRESETS[name].repo
-    return name[len(PREFIX) :] if name.startswith(PREFIX) else name
+    for prefix in (PREFIX, HUB_PREFIX):
+        if name.startswith(prefix):
+            return name[len(prefix) :]
+    return name
 
 
 def preset_of(name: str) -> EncoderPreset | None:

@@ -21,6 +21,7 @@ def test_presets_are_named_by_name_or_repo_id_and_hf_names_are_encoders():
         preset_of("hf:microsoft/rad-dino") is PRESETS["rad-dino"] and encoder_source("rad-dino") == "microsoft/rad-dino"
     )
     assert is_encoder("hf:/models/x") and is_encoder("siglip") and not is_encoder("resnet18") and not is_encoder(None)
+    assert preset_of("hf-hub:microsoft/BiomedCLIP-PubMedBERT_256-vit_base_patch16_224") is PRESETS["biomedclip"]
     assert preset_of("hf:/models/x") is None and PRESETS["biomedclip"].library == "open_clip"
 
 
