@@ -271,6 +271,11 @@ def merge(config: MergeConfig, progress: Progress | None = None) -> PreprocessRe
             "--merge got shard caches and whole caches together.",
             "Join the --shard parts of a run first, then merge the whole caches of different datasets.",
         )
+    if not any(sharded) and len(config.shards) < 2:
+        raise CacheError(
+            f"{config.shards[0]} is not a shard (made without --shard), and one dataset is nothing to merge.",
+            "Pass every --shard part of a run, or the caches of two or more datasets.",
+        )
     if not any(sharded):
         check_datasets(config.shards)  # before the output is claimed: a wrong input costs nothing
     claim(decide(out, replace(CACHE_SPEC, resumable=False), overwrite=config.overwrite))
