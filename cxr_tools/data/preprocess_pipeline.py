@@ -83,13 +83,19 @@ def process_chunk(task: ChunkTask) -> ChunkResult:
     return ChunkResult(task.start, len(task.paths), images[:kept].copy(), tuple(rejected))
 
 
-def decode_only(paths: Sequence[str]) -> int:
-    """Grey ``cv2.imread`` of every path, pixels dropped: the decode-only limit the benchmark compares against."""
+def decode_only(paths: Sequence[str], decoder: str = "opencv") -> int:
+    """Decode every path and drop the pixels: grey ``cv2.imread`` (``opencv``, the limit ``benchmarks/preprocess.py``
+    compares ``cxr preprocess`` with) or libspng on the file's bytes (``spng``, what preprocess decodes PNGs with)."""
     import cv2
 
     n = 0
     for p in paths:
-        if cv2.imread(p, cv2.IMREAD_GRAYSCALE) is not None:
+        if decoder == "spng":
+            from cxr_tools.data.imaging import decode_png_spng
+
+            with open(p, "rb") as fh:
+                n += decode_png_spng(fh.read()) is not None
+        elif cv2.imread(p, cv2.IMREAD_GRAYSCALE) is not None:
             n += 1
     return n
 
