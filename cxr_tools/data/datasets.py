@@ -30,13 +30,13 @@ import numpy as np
 
 from cxr_tools import __version__
 from cxr_tools.data import cache as cache_mod
+from cxr_tools.data.shards import copy_images
 from cxr_tools.errors import CacheError
 from cxr_tools.runtime.progress import Progress, null_progress
 from cxr_tools.vocabulary import canonical_label
 
 #: The columns whose values are qualified with the dataset name in a cache of several datasets.
 QUALIFIED_COLUMNS: tuple[str, ...] = ("image_id", "patient_id", "study")
-_COPY_BLOCK = 256
 
 
 def dataset_name(manifest: Mapping[str, Any]) -> str:
@@ -165,19 +165,7 @@ def merge_datasets(
         first = readers[0]
         index, labels = merged_index(readers)
         out = Path(output)
-        height, width = first.image_shape
-        with (
-            cache_mod.ImageStoreWriter(out, first.storage, len(index), height, width) as store,
-            progress.task("merge", total=len(index)) as task,
-        ):
-            row = 0
-            for r in readers:
-                for start in range(0, len(r), _COPY_BLOCK):
-                    block = r.read(np.arange(start, min(start + _COPY_BLOCK, len(r))))
-                    store.write_block(row, block)
-                    row += len(block)
-                    task.advance(len(block))
-            store.flush(durable=True)
+        copy_images(readers, out, progress)
         rejected = pd.concat([cache_mod.read_rejected(r.path) for r in readers], ignore_index=True)
         cache_mod.write_index(out, index, labels)
         cache_mod.write_rejected(out, rejected.itertuples(index=False, name=None))
