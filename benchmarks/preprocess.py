@@ -22,6 +22,7 @@ import json
 import math
 import os
 import platform
+import resource
 import shutil
 import statistics
 import subprocess
@@ -107,6 +108,43 @@ def time_engine(src: Path, out: Path, workers: int, storage: str = "hdf5") -> fl
     return elapsed
 
 
+# --- CPU per image ----------------------------------------------------------------------------------------------
+
+_CPU_CODE = """
+import sys, cv2
+cv2.setNumThreads(1)
+from cxr_tools.data.imaging import ImageOps
+from cxr_tools.data.preprocess_pipeline import ChunkTask, decode_only, process_chunk
+paths, method = tuple(sys.argv[2:]), sys.argv[1]
+if method == "imread":
+    decode_only(paths)
+elif method == "spng":
+    decode_only(paths, decoder="spng")
+elif method == "worker":
+    process_chunk(ChunkTask(0, paths, ImageOps()))
+"""
+CPU_METHODS = ("imread", "spng", "worker")
+
+
+def cpu_per_image(paths: list[str], rounds: int) -> dict[str, float]:
+    """CPU ms per image of each method in a fresh one-process interpreter (what a worker does), less the same
+    interpreter's start and imports; rounds alternate, the median is kept. CPU time, unlike wall time, barely
+    moves with what else runs on a shared machine."""
+
+    def cpu(method: str) -> float:
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
+        subprocess.run([sys.executable, "-c", _CPU_CODE, method, *paths], check=True, cwd=ROOT)
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        return (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
+
+    samples: dict[str, list[float]] = {m: [] for m in CPU_METHODS}
+    for _ in range(rounds):
+        base = cpu("none")
+        for m in CPU_METHODS:
+            samples[m].append((cpu(m) - base) / len(paths) * 1000)
+    return {m: round(statistics.median(v), 2) for m, v in samples.items()}
+
+
 # --- memory ---------------------------------------------------------------------------------------------------
 
 
@@ -153,7 +191,7 @@ def read_speed(cache: Path, n: int = 4000, batch: int = 64) -> dict[str, float]:
 
 
 def markdown(res: dict) -> str:
-    t = res["throughput"]
+    t, c = res["throughput"], res["cpu_ms_per_image"]
     lines = [
         "## Preprocess",
         "",
@@ -175,6 +213,12 @@ def markdown(res: dict) -> str:
         "",
         "The back-to-back triples (limit, libspng, engine run one after the other) show the spread of a shared "
         "machine.",
+        "",
+        f"CPU per image in one fresh process (what a worker does; start and imports subtracted; median of "
+        f"{t['repeats']} alternating rounds over {res['cpu_images']} of the files): grey `cv2.imread` "
+        f"{c['imread']:.2f} ms, libspng decode {c['spng']:.2f} ms, the engine's worker (decode → crop/resize → "
+        f"CLAHE) {c['worker']:.2f} ms: CPU-bound ratios libspng / `cv2.imread` "
+        f"{c['imread'] / c['spng']:.2f}, worker / `cv2.imread` {c['imread'] / c['worker']:.2f}.",
         "",
         "Peak memory of the engine in a fresh process (256² output, HDF5; larger sets reuse the PNGs through "
         "symlinked copies):",
@@ -220,6 +264,7 @@ def main() -> None:
     ap.add_argument("--images", type=int, default=300, help="images for the throughput run")
     ap.add_argument("--workers", type=int, default=available_cores())
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--cpu-images", type=int, default=60, help="images for the CPU-per-image measurement")
     ap.add_argument("--sizes", default="200,800", help="dataset sizes (rows) for the memory measurement")
     ap.add_argument("--data", type=Path, default=Path(tempfile.gettempdir()) / "cxr-bench")
     ap.add_argument("--docs", type=Path, default=None, help="update the Preprocess section of this Markdown file")
@@ -258,6 +303,9 @@ def main() -> None:
             "paired_ratios": [round(a / b, 3) for a, b in zip(dec, eng, strict=True)],
         }
         print(json.dumps(throughput), file=sys.stderr)
+        cpu = cpu_per_image(paths[: args.cpu_images], args.repeats)
+        cpu_images = min(args.cpu_images, len(paths))
+        print(json.dumps(cpu), file=sys.stderr)
 
         memory = []
         for n in sizes:
@@ -271,7 +319,15 @@ def main() -> None:
         reads = {"rows": len(paths), "hdf5": read_speed(work / "c_h5"), "memmap": read_speed(work / "c_mm")}
         machine = f"{platform.machine()} Linux, {os.cpu_count()} cores, Python {platform.python_version()}"
         load = [round(load_before, 2), round(os.getloadavg()[0], 2)]
-        res = {"machine": machine, "load_average": load, "throughput": throughput, "memory": memory, "reads": reads}
+        res = {
+            "machine": machine,
+            "load_average": load,
+            "throughput": throughput,
+            "cpu_ms_per_image": cpu,
+            "cpu_images": cpu_images,
+            "memory": memory,
+            "reads": reads,
+        }
         section = markdown(res)
         print(section)
         if args.json:
