@@ -252,7 +252,8 @@ def update_docs(path: Path, section: str) -> None:
     if start is None:
         new = text.rstrip("\n") + "\n\n" + section
     else:
-        end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines))
+        # up to the next section or sub-section (other benchmarks' sub-sections such as --jpeg-draft stay)
+        end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith(("## ", "### "))), len(lines))
         new = "\n".join([*lines[:start], *section.rstrip("\n").splitlines(), "", *lines[end:]]).rstrip("\n") + "\n"
     tmp = path.with_suffix(".md.tmp")
     tmp.write_text(new)
