@@ -103,6 +103,9 @@ def test_images_of_the_evaluated_dataset_without_its_classes_are_a_note_not_a_le
     assert len(notes) == 1 and "CheXpert" in notes[0] and "densenet121-res224-chex" in notes[0]
     assert pretraining_notes({**meta, "lineage": record}, {"kind": "nih"}) == []
     assert pretraining_notes({**META, "lineage": record | {"weights": None}}, "chexpert") == []
+    merged = {"kind": "merged", "datasets": [{"name": "nih", "kind": "nih"}, {"name": "chexpert", "kind": "chexpert"}]}
+    assert pretraining_notes({**meta, "lineage": record}, merged) == notes  # a cache of several datasets: each one
+    assert pretraining_notes({**meta, "lineage": record}, {"kind": "merged", "datasets": [{"kind": "nih"}]}) == []
 
 
 # --- bypass 2: class names ----------------------------------------------------------------------------------------
