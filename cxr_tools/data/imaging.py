@@ -135,32 +135,15 @@ class ImageOps:
 
 
 _local = threading.local()
-_SCRATCH_MAX = 64 << 20  # files up to 64 MiB are read into a reused per-thread buffer
-
-
-def _scratch(size: int) -> bytearray:
-    """A per-thread read buffer of at least ``size`` bytes (fresh allocations page-fault on every file)."""
-    buf: bytearray | None = getattr(_local, "scratch", None)
-    if size > _SCRATCH_MAX:
-        return bytearray(size)
-    if buf is None or len(buf) < size:
-        buf = _local.scratch = bytearray(max(size, 1 << 20))
-    return buf
 
 
 def _read_bytes(path: Path) -> np.ndarray:
-    """The file's bytes as a uint8 view of a reused buffer: valid until the next call in this thread."""
+    """The file's bytes as a read-only uint8 view of one ``bytes`` object (its ``.base``, which pyspng and pydicom
+    take without a copy). One ``read`` into a new object: measured ~0.2 ms less per 500 KB PNG than ``readinto`` a
+    reused buffer followed by a copy (glibc reuses the freed block, so the new object does not page-fault)."""
     try:
         with open(path, "rb", buffering=0) as fh:
-            size = os.fstat(fh.fileno()).st_size
-            buf = _scratch(size)
-            view = memoryview(buf)
-            n = 0
-            while n < size:
-                got = fh.readinto(view[n:size])
-                if not got:
-                    break
-                n += got
+            data = fh.read()
     except FileNotFoundError:
         raise ImageDecodeError(path, "file not found") from None
     except IsADirectoryError:
@@ -169,9 +152,15 @@ def _read_bytes(path: Path) -> np.ndarray:
         raise ImageDecodeError(path, "permission denied") from None
     except OSError as exc:
         raise ImageDecodeError(path, f"cannot read file ({exc.strerror or exc})") from None
-    if n == 0:
+    if not data:
         raise ImageDecodeError(path, "empty file (0 bytes)")
-    return np.frombuffer(buf, dtype=np.uint8, count=n)
+    return np.frombuffer(data, dtype=np.uint8)
+
+
+def _file_bytes(buf: np.ndarray) -> bytes:
+    """The ``bytes`` behind a :func:`_read_bytes` view (no copy), or a copy of any other array."""
+    base = buf.base
+    return base if isinstance(base, bytes) and len(base) == buf.size else buf.tobytes()
 
 
 def _is_dicom(path: Path, buf: np.ndarray) -> bool:
@@ -239,7 +228,7 @@ def _decode_raster(path: Path, buf: np.ndarray) -> np.ndarray:
     if reason:
         raise ImageDecodeError(path, reason)
     if buf[:8].tobytes() == _PNG_SIGNATURE:
-        arr = decode_png_spng(buf.tobytes())
+        arr = decode_png_spng(_file_bytes(buf))
         if arr is not None:
             return arr
     try:
@@ -373,7 +362,7 @@ def decode_image(path: str | os.PathLike[str], draft_min_side: int | None = None
     if _is_dicom(path, buf):
         from cxr_tools.data.dicom_pixels import decode_dicom
 
-        return decode_dicom(path, buf.tobytes())
+        return decode_dicom(path, _file_bytes(buf))
     if draft_min_side:
         factor = _jpeg_draft_factor(buf, draft_min_side)
         if factor > 1:
@@ -393,7 +382,7 @@ def _jpeg_draft_factor(buf: np.ndarray, min_side: int) -> int:
     from PIL import Image, UnidentifiedImageError
 
     try:
-        with Image.open(io.BytesIO(buf.tobytes())) as im:  # reads the header only
+        with Image.open(io.BytesIO(_file_bytes(buf))) as im:  # reads the header only
             if im.format != "JPEG" or im.mode not in ("L", "RGB", "YCbCr", "CMYK"):
                 return 1
             side = min(im.size)
