@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -89,6 +89,8 @@ class EvaluateConfig(EpisodeOptions):
         finetune: ``head`` or ``all`` (fine-tune method).
         episodes, seed: the fixed episode list (with ways, shots, queries, images_per_patient and meta_split:
             :class:`~cxr_tools.data.episodes.EpisodeOptions`).
+        seen_ways: generalized episodes (MetaChest): this many meta-train classes join the ``ways`` meta-test
+            ones in every episode (0: standard episodes, every class new; docs/science.md).
         threshold: the threshold rule of F1 / precision / recall and the confusion matrices: ``support`` (chosen
             per episode and class on the support set), a probability, or ``none`` (AUC and AP only).
         pool_seed: seed of the meta-split pools (None = the run's, else 0: what training used).
@@ -114,6 +116,7 @@ class EvaluateConfig(EpisodeOptions):
     finetune: str = "head"
     episodes: int = 600
     seed: int = 0
+    seen_ways: int = 0
     threshold: str | float = "support"
     pool_seed: int | None = None
     backbone: str | None = None
@@ -160,6 +163,9 @@ class EvaluateResult:
     files: tuple[Path, ...] = field(default_factory=tuple)
     leak: str | None = None
     lineage_notes: tuple[str, ...] = ()  # external weights that saw the evaluated images, not its classes
+    seen_ways: int = 0
+    seen_classes: tuple[str, ...] = ()
+    generalized: dict[str, Any] | None = None  # seen / unseen / harmonic per metric (generalized episodes)
 
 
 def evaluate(config: EvaluateConfig, progress: Progress | None = None) -> EvaluateResult:
@@ -176,7 +182,7 @@ def evaluate(config: EvaluateConfig, progress: Progress | None = None) -> Evalua
     rule = parse_rule(config.threshold)
     check_options(config.episodes, config.pairs, config.bootstrap)
     adapt_cfg = fields_from(AdaptConfig, config)
-    spec = config.episode_spec
+    spec = replace(config.episode_spec, seen_ways=config.seen_ways)
     cache = open_cache(config.data)
     model, meta = (None, None) if config.run is None else load_run(Path(config.run))
     kind = str(meta.get("training")) if meta is not None else None
@@ -197,8 +203,9 @@ def evaluate(config: EvaluateConfig, progress: Progress | None = None) -> Evalua
 
     set_threads(config.threads)
     device = resolve_device(config.device)
+    seen = [c for c in split.train if any(c in ep.seen for ep in episodes)]
     adapter = build_adapter(
-        model, meta, config.ways, adapt_cfg, backbone=backbone, device=device, **match_arguments(matched)
+        model, meta, spec.total_ways, adapt_cfg, backbone=backbone, device=device, **match_arguments(matched)
     )
     settings = describe(adapter)
     out = Path(config.output) if config.output else default_output(config.run, label, kind)
@@ -215,6 +222,7 @@ def evaluate(config: EvaluateConfig, progress: Progress | None = None) -> Evalua
             "shots": config.shots,
             "queries": config.queries,
             "seed": config.seed,
+            **({"seen_ways": config.seen_ways} if config.seen_ways else {}),
         },
         fingerprint=cache.fingerprint,
     )
@@ -250,8 +258,8 @@ def evaluate(config: EvaluateConfig, progress: Progress | None = None) -> Evalua
             model, meta, cache, split, pool, normalisation, device, config.pairs, config.seed, progress
         )
 
-    per_class, overall, variance, files = write_results(
-        out, records, scores, cache, list(split.test), episodes, rule, title=label if config.plots else None
+    per_class, overall, variance, files, generalized = write_results(
+        out, records, scores, cache, list(split.test), episodes, rule, label if config.plots else None, seen
     )
     seconds = time.perf_counter() - began
     run_path = Path(config.run) if config.run is not None else None
@@ -286,6 +294,9 @@ def evaluate(config: EvaluateConfig, progress: Progress | None = None) -> Evalua
         "threshold": rule.label,
         "threshold_rule": describe_rule(rule),
         "classes": list(split.test),
+        "seen_ways": config.seen_ways,
+        "seen_classes": seen,
+        "generalized": generalized,
         "metrics": list(metrics_of(rule)),
         "per_class": per_class,
         "overall": overall,
@@ -298,9 +309,10 @@ def evaluate(config: EvaluateConfig, progress: Progress | None = None) -> Evalua
     files.append(atomic_write_json(out / SUMMARY, json_safe(summary)))
     journal.remove()
     kept = {k: summary[k] for k in ("name", "method", "method_label", "kind", "episodes", "ways", "shots",
-                                      "queries", "seed", "threshold", "pairs", "leak")}  # fmt: skip
+                                      "queries", "seed", "threshold", "pairs", "leak", "seen_ways")}  # fmt: skip
     return EvaluateResult(
         output=out, run=run_path, cache=Path(config.data), episode_list_hash=ep_hash, classes=tuple(split.test),
         per_class=json_safe(per_class), overall=json_safe(overall), seconds=seconds,
-        files=tuple([out / EPISODES_JSON, *files]), lineage_notes=tuple(notes), **kept,
+        files=tuple([out / EPISODES_JSON, *files]), lineage_notes=tuple(notes), seen_classes=tuple(seen),
+        generalized=json_safe(generalized), **kept,
     )  # fmt: skip
