@@ -123,8 +123,8 @@ def test_seen_classes_of_a_supervised_run_are_scored_by_its_trained_head(evaluat
 def test_compare_ranks_on_the_harmonic_mean_and_refuses_it_on_standard_evaluations(evaluated):
     tmp, cache, run, _ = evaluated
     pixels = tmp / "pixels"
-    res = runner.invoke(app, ["evaluate", "--method", "pixels", "--data", str(cache), "-o", str(pixels), *FAST,
-                              *GENERALIZED])  # fmt: skip
+    args = ["evaluate", "--method", "pixels", "--data", str(cache), "-o", str(pixels), *FAST, *GENERALIZED]
+    res = runner.invoke(app, args)
     assert res.exit_code == 0, res.output
     out = runner.invoke(app, ["compare", str(run / "eval"), str(pixels), "--metric", "auc-harmonic", "--json"])
     assert out.exit_code == 0, out.output
