@@ -51,6 +51,8 @@ log = logging.getLogger(__name__)
 EPISODE_LIST_VERSION = 2
 _MAX_CHECKED_COMBINATIONS = 64  # class combinations checked one by one when the sampler is built
 _ATTEMPTS = 20  # draws of an episode's patients before its classes are declared too short
+#: Labels that are no finding: generalized episodes neither exclude an image for them nor deny it as a negative.
+NOT_FINDINGS: tuple[str, ...] = (NO_FINDING, "Support Devices")
 
 
 @dataclass(frozen=True)
@@ -418,7 +420,8 @@ class GeneralizedSampler(EpisodeSampler):
     Following MetaChest's episode generator:
 
     * an image carrying (positive or uncertain) **any** finding of the cache's label space outside the episode's
-      classes is excluded, so a target never hides a finding the episode does not name;
+      classes is excluded, so a target never hides a finding the episode does not name (:data:`NOT_FINDINGS`,
+      "No Finding" and CheXpert's "Support Devices", are not findings);
     * the negatives are "No Finding" images: images carrying no finding at all;
     * every class, seen or unseen, gets ``shots`` support and ``queries`` query positives, patient-disjoint as in
       :class:`EpisodeSampler` (one patient, one side, one slot).
@@ -463,7 +466,7 @@ class GeneralizedSampler(EpisodeSampler):
             )
         self._n_unseen = len(unseen)
         names = list(label_names)
-        findings = [j for j, name in enumerate(names) if name != NO_FINDING]
+        findings = [j for j, name in enumerate(names) if name not in NOT_FINDINGS]
         raw = np.asarray(raw_labels, dtype=np.float32)
         self._carried_all = ((raw[:, findings] == 1) | (raw[:, findings] == -1)).sum(axis=1)
         super().__init__(raw_labels, label_names, [*unseen, *seen], pool_rows, spec, patients=patients)
