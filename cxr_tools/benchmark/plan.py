@@ -4,7 +4,9 @@ Top-level keys (``examples/benchmark/phantoms.yaml`` and ``nih.yaml`` are whole,
 
 ``cache`` and ``output`` (required; relative paths are taken from the current directory, like every ``cxr``
 path), ``methods`` (required: a mapping of row names to method settings), ``shots`` (required, e.g.
-``[1, 5, 10]``), ``meta_split`` (default ``auto``), ``backbones`` (default ``[conv4]``), ``ways`` (2),
+``[1, 5, 10]``), ``meta_split`` (default ``auto``), ``backbones`` (default ``[conv4]``), ``ways`` (2; a list runs
+each), ``seen_ways`` (0: standard episodes; a list runs each: generalized episodes with that many meta-train
+classes beside the ``ways`` new ones, compared on the harmonic mean of seen and unseen AUC; ``metachest.yaml``),
 ``queries`` (15), ``seeds`` (training seeds of the trained methods: a list, or a count ``n`` meaning ``0..n-1``;
 default ``[0, 1]``, so every trained row's interval and tests include the seed-to-seed variance; with one seed
 the report says its verdicts are about those trained models), ``episodes`` (600),
@@ -81,6 +83,7 @@ _TOP = {
     "meta_split",
     "backbones",
     "ways",
+    "seen_ways",
     "queries",
     "seeds",
     "episodes",
@@ -158,7 +161,7 @@ class Plan:
     meta_split: str
     methods: tuple[MethodPlan, ...]
     shots: tuple[int, ...]
-    ways: int
+    ways: tuple[int, ...]
     queries: int
     seeds: tuple[int, ...]
     episodes: int
@@ -167,6 +170,17 @@ class Plan:
     device: str
     threads: int | None
     slurm: SlurmPlan
+    seen_ways: tuple[int, ...] = (0,)
+
+    @property
+    def settings(self) -> tuple[tuple[int, int], ...]:
+        """Every ``(ways, seen_ways)`` episode shape the plan evaluates, in plan order."""
+        return tuple((w, s) for w in self.ways for s in self.seen_ways)
+
+    @property
+    def grid(self) -> bool:
+        """Whether the plan has several episode shapes or generalized ones: its outputs then name the shape."""
+        return len(self.settings) > 1 or self.seen_ways != (0,)
 
 
 def load_plan(path: str | Path, commands: CommandFlags | None = None) -> Plan:
@@ -216,7 +230,8 @@ def load_plan(path: str | Path, commands: CommandFlags | None = None) -> Plan:
         meta_split=str(data.get("meta_split") or "auto"),
         methods=tuple(plans),
         shots=_ints(data["shots"], "shots", where, 1),
-        ways=_int(data.get("ways", 2), "ways", where),
+        ways=_ints(data.get("ways", 2), "ways", where, 1),
+        seen_ways=_ints(data.get("seen_ways", 0), "seen_ways", where, 0),
         queries=_int(data.get("queries", 15), "queries", where),
         seeds=seeds,
         episodes=_int(data.get("episodes", 600), "episodes", where),

@@ -520,17 +520,32 @@ class GeneralizedSampler(EpisodeSampler):
                 f"{'; '.join(short_unseen)}.",
                 hint,
             )
-        keep = [j for j in range(self._n_unseen, len(self.classes)) if self._enough(capacity[j][1])]
+        # A seen class is kept when it fills its slots beside every combination of unseen classes, counting only
+        # its images with no finding besides its own and the unseen ones (what any episode with it may use).
+        unseen_sets = list(itertools.combinations(range(self._n_unseen), self.spec.ways))
+        keep = []
+        for j in range(self._n_unseen, len(self.classes)):
+            if not self._enough(capacity[j][1]):
+                continue
+            if len(unseen_sets) <= _MAX_CHECKED_COMBINATIONS and not all(
+                self._enough(self._capacity(self._positives(j, np.asarray([*u, j])))[1]) for u in unseen_sets
+            ):
+                continue
+            keep.append(j)
         if len(keep) < self.spec.seen_ways:
             short = [f"{self.classes[j]}: {self._count_text(*capacity[j])}" for j in everything[self._n_unseen :]]
             raise DataError(
-                f"Too few seen (meta-train) classes have patients in this pool with no other finding for "
-                f"{self.spec.seen_ways} seen ways ({self._need_text()}): {'; '.join(short)}.",
+                f"Too few seen (meta-train) classes have enough patients in this pool with no other finding for "
+                f"{self.spec.seen_ways} seen ways ({self._need_text()}; with any {self.spec.ways} unseen classes): "
+                f"{'; '.join(short)}.",
                 hint,
             )
         if len(keep) < len(self.classes) - self._n_unseen:
             self.dropped = tuple(c for j, c in enumerate(self.classes) if j >= self._n_unseen and j not in keep)
-            log.warning("Seen classes left out of these episodes, too few patients: %s.", ", ".join(self.dropped))
+            log.warning(
+                "Seen classes left out of these episodes, too few patients with no other finding: %s.",
+                ", ".join(self.dropped),
+            )
             cols = [*range(self._n_unseen), *keep]
             self.classes = tuple(self.classes[j] for j in cols)
             self._positive, self._uncertain = self._positive[:, cols], self._uncertain[:, cols]

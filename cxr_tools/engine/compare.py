@@ -220,7 +220,9 @@ def _rank(
     scopes: list[str | None] = [None, *(c for c in classes if c in present)]
     matrices = {(e.name, c): _matrix(e, metric, c, episodes) for e in entries for c in scopes}
     stats = {(e.name, c): estimate(matrices[e.name, c], design, seeded=_trained(e)) for e in entries for c in scopes}
-    shown = METRICS if rule is not None else THRESHOLD_FREE
+    shown = list(METRICS if rule is not None else THRESHOLD_FREE)
+    if all(s.get("seen_ways") for en in entries for s in en.summaries):  # generalized: every part's mean too
+        shown += [f"auc-{p}" for p in ("seen", "unseen", "harmonic")]
     others = {
         e.name: {m: estimate(_matrix(e, m, None, episodes), design, seeded=_trained(e)).mean for m in shown}
         for e in entries
