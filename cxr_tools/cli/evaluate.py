@@ -201,9 +201,10 @@ def evaluate(
 ) -> None:
     """Few-shot evaluation of a run on the meta-test classes: per-class AUC, AP, F1/precision/recall, 95% CIs.
 
-    The episode list depends only on the cache, meta-split, --ways/--shots/--queries/--images-per-patient, --episodes
-    and --seed, so every method evaluated with the same options sees the same episodes (cxr compare checks the
-    hash); support and query never share a patient. Writes
+    The episode list depends only on the cache, meta-split, --ways/--seen-ways/--shots/--queries/--images-per-patient,
+    --episodes and --seed, so every method evaluated with the same options sees the same episodes (cxr compare checks
+    the hash); support and query never share a patient. --seen-ways adds meta-train classes (generalized episodes,
+    MetaChest): the table then also shows seen, unseen and their harmonic mean. Writes
     summary.json, episodes.csv, scores.csv, episodes.json and plots/ to RUN/eval (or -o).
     """
     with handle_errors():

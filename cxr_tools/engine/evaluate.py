@@ -7,6 +7,11 @@
   ``episodes.json``; ``cxr compare`` refuses evaluations whose hashes differ.
 * **Per episode** the method adapts and scores (:mod:`cxr_tools.eval.episode_runs`); aggregates per class and
   overall (the unit ``cxr compare`` pairs on); Siamese runs also get pair metrics.
+* **Generalized episodes** (``seen_ways``; MetaChest, docs/science.md): ``seen_ways`` meta-train classes join the
+  ``ways`` meta-test ones, images still from the meta-test pool
+  (:class:`~cxr_tools.data.episodes.GeneralizedSampler`); a supervised run scores them with its trained head
+  (:meth:`~cxr_tools.methods.finetune.FinetuneAdapter.with_seen`); summary.json adds ``generalized`` (seen,
+  unseen, harmonic mean per metric, :func:`~cxr_tools.eval.report.generalized_summary`).
 * **Thresholds** (``threshold``, :mod:`cxr_tools.eval.thresholds`): ``support`` (default) chooses each episode's
   threshold per class on the support set's scores after adaptation; a number fixes it; ``none`` drops F1 /
   precision / recall. The rule is an evaluation setting: summary.json records it and a resume needs the same.
