@@ -427,9 +427,9 @@ class GeneralizedSampler(EpisodeSampler):
       :class:`EpisodeSampler` (one patient, one side, one slot).
 
     ``classes`` holds the unseen classes then the seen ones (the target columns' order); episodes put their
-    unseen classes first. Seen classes too short of patients in this pool (it holds meta-test patients, so a
-    meta-train finding is there only alongside) are left out (logged, :attr:`dropped`) as long as
-    ``spec.seen_ways`` remain; an unseen class is never left out.
+    unseen classes first. A seen class is kept when enough patients of this pool (meta-test patients, so a
+    meta-train finding is rarer there) have films with that finding alone; the others are left out (logged,
+    :attr:`dropped`) as long as ``spec.seen_ways`` remain. An unseen class is never left out.
 
     Args:
         unseen: the classes the model never learned (meta-test).
@@ -520,30 +520,21 @@ class GeneralizedSampler(EpisodeSampler):
                 f"{'; '.join(short_unseen)}.",
                 hint,
             )
-        # A seen class is kept when it fills its slots beside every combination of unseen classes, counting only
-        # its images with no finding besides its own and the unseen ones (what any episode with it may use).
-        unseen_sets = list(itertools.combinations(range(self._n_unseen), self.spec.ways))
-        keep = []
-        for j in range(self._n_unseen, len(self.classes)):
-            if not self._enough(capacity[j][1]):
-                continue
-            if len(unseen_sets) <= _MAX_CHECKED_COMBINATIONS and not all(
-                self._enough(self._capacity(self._positives(j, np.asarray([*u, j])))[1]) for u in unseen_sets
-            ):
-                continue
-            keep.append(j)
+        # A seen class is kept when enough patients have films with that finding alone: those films suit every
+        # episode with the class and no other slot can take them, so its slots always fill.
+        alone = {j: self._capacity(self._positives(j, np.asarray([j]))) for j in everything[self._n_unseen :]}
+        keep = [j for j in alone if self._enough(alone[j][1])]
         if len(keep) < self.spec.seen_ways:
-            short = [f"{self.classes[j]}: {self._count_text(*capacity[j])}" for j in everything[self._n_unseen :]]
+            short = [f"{self.classes[j]}: {self._count_text(*alone[j])}" for j in alone]
             raise DataError(
-                f"Too few seen (meta-train) classes have enough patients in this pool with no other finding for "
-                f"{self.spec.seen_ways} seen ways ({self._need_text()}; with any {self.spec.ways} unseen classes): "
-                f"{'; '.join(short)}.",
+                f"Too few seen (meta-train) classes have enough patients in this pool with films of that finding "
+                f"alone for {self.spec.seen_ways} seen ways ({self._need_text()}): {'; '.join(short)}.",
                 hint,
             )
         if len(keep) < len(self.classes) - self._n_unseen:
             self.dropped = tuple(c for j, c in enumerate(self.classes) if j >= self._n_unseen and j not in keep)
             log.warning(
-                "Seen classes left out of these episodes, too few patients with no other finding: %s.",
+                "Seen classes left out of these episodes, too few patients with films of that finding alone: %s.",
                 ", ".join(self.dropped),
             )
             cols = [*range(self._n_unseen), *keep]

@@ -32,7 +32,7 @@ GENERALIZED = ["--seen-ways", "2", "--ways", "2"]
 @pytest.fixture(scope="module")
 def evaluated(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("generalized")
-    cache = make_eval_cache(tmp)
+    cache = make_eval_cache(tmp, n=300)  # enough films of each meta-train finding alone for 2 seen ways
     run = make_run(tmp, cache, "supervised")
     res = runner.invoke(app, ["evaluate", str(run), "--data", str(cache), *FAST, *GENERALIZED], terminal_width=220)
     assert res.exit_code == 0, res.output

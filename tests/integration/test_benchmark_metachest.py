@@ -18,7 +18,7 @@ pytestmark = pytest.mark.slow
 def test_the_phantom_metachest_grid_runs_and_reports_seen_unseen_and_harmonic(tmp_path):
     plan = yaml.safe_load((REPO / "examples" / "benchmark" / "metachest-phantoms.yaml").read_text(encoding="utf-8"))
     assert [1, 1] in plan["shapes"] and [2, 2] in plan["shapes"]
-    cache, output = make_eval_cache(tmp_path), tmp_path / "out"
+    cache, output = make_eval_cache(tmp_path, n=300), tmp_path / "out"
     plan.update(
         cache=str(cache),
         output=str(output),
