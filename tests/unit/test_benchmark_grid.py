@@ -16,16 +16,15 @@ from cxr_tools.cli.benchmark import command_flags
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "benchmark"
 
 
-def _plan(tmp_path: Path, **changes) -> Path:
-    data = {"cache": "cache", "output": "out", "shots": [1, 5], "seeds": 1, "methods": {"pixels": {}, "maml": {}}}
-    data.update(changes)
-    path = tmp_path / "plan.yaml"
-    path.write_text(yaml.safe_dump(data, sort_keys=False))
-    return path
+def _load(tmp_path: Path, **changes):
+    """The checked plan of a small two-method plan with ``changes``."""
+    base = {"cache": "cache", "output": "out", "shots": [1, 5], "seeds": 1, "methods": {"pixels": {}, "maml": {}}}
+    (tmp_path / "plan.yaml").write_text(yaml.safe_dump({**base, **changes}, sort_keys=False))
+    return load_plan(tmp_path / "plan.yaml", command_flags())
 
 
-def _steps(path: Path):
-    return {s.id: s for s in expand(load_plan(path, command_flags()))}
+def _steps(tmp_path: Path, **changes):
+    return {s.id: s for s in expand(_load(tmp_path, **changes))}
 
 
 def _flag(step, name):
@@ -48,7 +47,7 @@ def test_the_metachest_grid_is_the_papers_shapes_and_shots():
 
 
 def test_grid_columns_name_the_shape_and_pass_seen_ways(tmp_path):
-    steps = _steps(_plan(tmp_path, shapes=[[1, 1], [2, 0]]))
+    steps = _steps(tmp_path, shapes=[[1, 1], [2, 0]])
     ev = steps["evaluate/1way-1seen-5shot/pixels"]
     assert (_flag(ev, "--ways"), _flag(ev, "--seen-ways"), _flag(ev, "--shots")) == ("1", "1", "5")
     assert _flag(steps["evaluate/2way-5shot/pixels"], "--seen-ways") is None
@@ -61,12 +60,12 @@ def test_grid_columns_name_the_shape_and_pass_seen_ways(tmp_path):
 
 
 def test_seen_ways_and_ways_lists_form_a_product(tmp_path):
-    plan = load_plan(_plan(tmp_path, ways=[2, 3], seen_ways=[0, 1]), command_flags())
+    plan = _load(tmp_path, ways=[2, 3], seen_ways=[0, 1])
     assert plan.settings == ((2, 0), (2, 1), (3, 0), (3, 1))
 
 
 def test_a_plan_of_one_standard_shape_keeps_its_names(tmp_path):
-    steps = _steps(_plan(tmp_path))
+    steps = _steps(tmp_path)
     assert "evaluate/1shot/pixels" in steps and "compare/5shot" in steps
     assert "meta-train/maml-conv4-1shot-seed0" in steps
 
@@ -84,5 +83,5 @@ def test_a_plan_of_one_standard_shape_keeps_its_names(tmp_path):
 )
 def test_bad_shapes_are_one_line_naming_the_key(tmp_path, changes, needle):
     with pytest.raises(PlanError) as info:
-        load_plan(_plan(tmp_path, **changes), command_flags())
+        _load(tmp_path, **changes)
     assert needle in info.value.message + (info.value.hint or "")
