@@ -40,13 +40,23 @@ METHODS: dict[str, tuple[tuple[str, ...], str]] = {
     "maml": (("meta-train",), "maml"),
     "fomaml": (("meta-train",), "maml"),
     "maml-from-siamese": (("train-siamese", "meta-train"), "maml"),
+    "protonet": (("meta-train",), "prototype"),
     "siamese-prototype": (("train-siamese",), "prototype"),
     "fine-tune": (("train",), "finetune"),
+    "transfer": (("train",), "finetune"),
     "linear-probe": (("train",), "linear-probe"),
     "pixels": ((), "pixels"),
     "scratch": ((), "scratch"),
 }
 META_KINDS = frozenset({"maml", "fomaml", "maml-from-siamese"})
+#: Kinds trained by ``cxr meta-train`` (per shot count, or once with ``train_shots``).
+EPISODIC_KINDS = META_KINDS | {"protonet"}
+#: Options a kind's commands get before the plan's own (which win): ``transfer`` is MetaChest's transfer-learning
+#: baseline (Montalvo-Lezama & Fuentes-Pineda 2026, "BatchBased"): the supervised run on the meta-train classes,
+#: then per episode a fresh head trained alone on the support set, 100 steps at learning rate 0.005.
+KIND_OPTIONS: dict[str, dict[str, tuple[str, ...]]] = {
+    "transfer": {"evaluate": ("--finetune", "head", "--steps", "100", "--lr", "0.005")},
+}
 SECTIONS: dict[str, str] = {
     "train": "train",
     "train_siamese": "train-siamese",
@@ -71,7 +81,7 @@ _COMMON = {
 CONTROLLED: dict[str, frozenset[str]] = {
     "train": frozenset(_COMMON | {"--model", "--classes"}),
     "train-siamese": frozenset(_COMMON | {"--backbone", "--classes", "--backbone-from"}),
-    "meta-train": frozenset(_COMMON | {"--ways", "--shots", "--backbone", "--init"}),
+    "meta-train": frozenset(_COMMON | {"--ways", "--shots", "--backbone", "--init", "--algorithm"}),
     "evaluate": frozenset(
         _COMMON
         | {"--data", "--method", "--ways", "--seen-ways", "--shots", "--queries", "--episodes", "--backbone", "--match"}
@@ -332,9 +342,17 @@ def _method(
                 f"Key 'methods.{name}.{sec}' in {where}: method {kind} runs no `cxr {command}`.",
                 f"Sections for {kind}: {', '.join(s for s, c in SECTIONS.items() if c in needs)}.",
             )
-        options[command] = shared[sec] + own  # a flag given twice: the method's value wins (the last one)
-    if spec.get("train_shots") is not None and kind not in META_KINDS:
-        raise PlanError(f"Key 'methods.{name}.train_shots' in {where}: only MAML kinds meta-train per shot count.")
+        # a flag given twice: the method's value wins (the last one), the plan's over the kind's defaults
+        options[command] = KIND_OPTIONS.get(kind, {}).get(command, ()) + shared[sec] + own
+    if kind == "protonet" and "--first-order" in options["meta-train"]:
+        raise PlanError(
+            f"'first_order' reaches method '{name}' (protonet) in {where}: it is a MAML option.",
+            "Set it in the MAML methods' own meta_train sections, or use method fomaml.",
+        )
+    if spec.get("train_shots") is not None and kind not in EPISODIC_KINDS:
+        raise PlanError(
+            f"Key 'methods.{name}.train_shots' in {where}: only meta-train kinds (MAML, protonet) train per shot count."
+        )
     if spec.get("match") is not None and kind != "scratch":
         raise PlanError(f"Key 'methods.{name}.match' in {where}: only scratch copies another method's budget.")
     own_backbones = spec.get("backbones")

@@ -137,7 +137,7 @@ class _Builder:
             base = method.kind
             arch = ["--init", str(init.output)] if init is not None else ["--backbone", backbone]
             args = [str(p.cache), "--ways", str(ways), "--shots", str(shots), "--queries", str(p.queries), *arch]
-            args += ["--first-order"] if method.kind == "fomaml" else []
+            args += {"fomaml": ["--first-order"], "protonet": ["--algorithm", "protonet"]}.get(method.kind, [])
         else:
             base = _RUN_NAMES[command]
             arch = ["--model" if command == "train" else "--backbone", backbone]

@@ -1,4 +1,8 @@
-"""Engine of ``cxr meta-train CACHE -o RUN``: (first-order) MAML on the meta-train classes of a cache.
+"""Engine of ``cxr meta-train CACHE -o RUN``: (first-order) MAML or ProtoNet-ML on the meta-train classes of a cache.
+
+``--algorithm maml | fomaml | protonet`` (``--first-order`` = ``fomaml``). ProtoNet-ML (MetaChest's multi-label
+prototypical network, :mod:`cxr_tools.methods.protonet`) trains the embedding on the same episodes, validation,
+collapse watch and runtime as MAML; only the per-episode loss differs (no head, no inner loop).
 
 What a run does (docs/science.md):
 
@@ -19,7 +23,8 @@ What a run does (docs/science.md):
   ``metrics.jsonl``, progress, DDP (a meta-batch's tasks sharded over ranks, meta-gradients averaged).
 
 The run directory gets ``RUN/meta_split.json`` (readable with :func:`~cxr_tools.data.splits.load_meta_split`) and
-``RUN/model/`` (training kind ``maml``; the MAML settings, meta-split and cache manifest hash in ``model.json``).
+``RUN/model/`` (training kind ``maml`` or ``protonet``; the algorithm's settings, meta-split and cache manifest hash
+in ``model.json``).
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ from cxr_tools.data.episodes import EpisodeOptions
 from cxr_tools.errors import ConfigError
 from cxr_tools.methods.collapse import CollapseWatch, unusable
 from cxr_tools.methods.maml.config import ENGINES, MamlConfig
+from cxr_tools.methods.protonet import ALGORITHMS
 from cxr_tools.runtime.options import RunOptions
 from cxr_tools.runtime.progress import Progress, null_progress
 
@@ -60,7 +66,9 @@ class MetaTrainConfig(RunOptions, EpisodeOptions):
         output: the run directory to write.
         ways, shots, queries (default 10 here), images_per_patient, meta_split: the episodes of meta-training and
             meta-validation (:class:`~cxr_tools.data.episodes.EpisodeOptions`).
-        inner_lr, adapt_steps, first_order, engine: the MAML inner loop (:class:`MamlConfig`).
+        algorithm: ``maml``, ``fomaml`` or ``protonet`` (:mod:`cxr_tools.methods.protonet`).
+        inner_lr, adapt_steps, first_order, engine: the MAML inner loop (:class:`MamlConfig`); ``first_order``
+            is the older spelling of ``algorithm: fomaml``.
         meta_lr: Adam learning rate of the outer (meta) update.
         meta_batch: episodes per meta-step.
         episodes: meta-training budget in episodes; ``ceil(episodes / meta_batch)`` meta-steps are made.
@@ -85,6 +93,7 @@ class MetaTrainConfig(RunOptions, EpisodeOptions):
     meta_batch: int = 4
     episodes: int = 20000
     first_order: bool = False
+    algorithm: str = "maml"
     backbone: str | None = None
     init: str | None = None
     engine: str = "auto"
@@ -123,6 +132,7 @@ class MetaTrainResult:
     last_metrics: dict[str, float] = field(default_factory=dict)
     validation: dict[str, Any] = field(default_factory=dict)
     collapse: dict[str, Any] | None = None
+    algorithm: str = "maml"
 
     @property
     def unusable(self) -> bool:
@@ -145,7 +155,17 @@ def _validate_config(config: MetaTrainConfig) -> MamlConfig:
         raise ConfigError(f"--meta-lr must be a number > 0, got {config.meta_lr!r}.", "Try --meta-lr 0.0001.")
     if config.engine not in ENGINES:
         raise ConfigError(f"Unknown MAML engine {config.engine!r}.", f"Choose one of: {', '.join(ENGINES)}.")
-    return MamlConfig(config.inner_lr, config.adapt_steps, config.first_order, config.engine)
+    return MamlConfig(config.inner_lr, config.adapt_steps, resolve_algorithm(config) == "fomaml", config.engine)
+
+
+def resolve_algorithm(config: MetaTrainConfig) -> str:
+    """``maml``, ``fomaml`` or ``protonet``: ``--algorithm``, with ``--first-order`` turning ``maml`` into
+    ``fomaml``."""
+    if config.algorithm not in ALGORITHMS:
+        raise ConfigError(f"Unknown --algorithm {config.algorithm!r}.", f"Choose one of: {', '.join(ALGORITHMS)}.")
+    if config.first_order and config.algorithm == "protonet":
+        raise ConfigError("--first-order is a MAML option; ProtoNet-ML has no inner loop.", "Drop --first-order.")
+    return "fomaml" if config.first_order else config.algorithm
 
 
 def meta_train(config: MetaTrainConfig, progress: Progress | None = None) -> MetaTrainResult:
@@ -163,10 +183,12 @@ def meta_train(config: MetaTrainConfig, progress: Progress | None = None) -> Met
     split, train_sampler, val_sampler, pools = meta_samplers(
         cache, config.meta_split, config.pool_seed, spec, validation=config.val_episodes > 0
     )
-    maml = MamlConfig(maml.inner_lr, maml.adapt_steps, maml.first_order, resolve_engine(maml.engine))
+    algorithm = resolve_algorithm(config)
+    engine = resolve_engine(maml.engine) if algorithm != "protonet" else "func"  # protonet: plain autograd
+    maml = MamlConfig(maml.inner_lr, maml.adapt_steps, maml.first_order, engine)
     val_list = val_sampler.fixed_list(config.val_episodes, derive_seed(config.seed, _VAL_KEY)) if val_sampler else []
     validation = validation_record(val_sampler, config.ways, config.val_episodes)
-    data = _MetaData(cache, train_sampler, val_list, split, pools, validation)
+    data = _MetaData(cache, train_sampler, val_list, split, pools, validation, algorithm)
     return run_in_context(config, lambda ctx: _fit(config, maml, ctx, data, progress))
 
 
@@ -180,6 +202,7 @@ class _MetaData:
     split: MetaSplit
     pools: dict[str, np.ndarray]
     validation: dict[str, Any]  # how the weights are selected (run.json ``validation``)
+    algorithm: str = "maml"
 
 
 def _fit(
@@ -192,6 +215,7 @@ def _fit(
     from cxr_tools.data.splits import patients_of, save_meta_split
     from cxr_tools.methods.episodes import evaluate_episodes, meta_gradient, summarise_episodes
     from cxr_tools.methods.maml import check_batch_independent
+    from cxr_tools.methods.protonet import EMBEDDING_DIM, RULE, evaluate_protonet_episodes, protonet_gradient
     from cxr_tools.models import save_model_dir
     from cxr_tools.models.factory import initial_model
     from cxr_tools.models.lineage import write_lineage
@@ -203,7 +227,9 @@ def _fit(
     check_batch_independent(model)
     model.to(device)
     run = lifecycle.open_run_dir(config, RUN_KIND, ctx)
+    protonet = data.algorithm == "protonet"
     if dist.is_main:
+        run.update_info(algorithm=data.algorithm)  # `cxr runs` tells MAML and ProtoNet-ML runs apart
         save_meta_split(run.path, data.split)
         if val_list:
             about = {"split": "val", "spec": {**vars(data.train_sampler.spec), "ways": data.validation["ways"]}}
@@ -220,12 +246,17 @@ def _fit(
         first = epoch * config.val_every
         return range(first + start, min(first + config.val_every, total_steps))
 
-    watch = CollapseWatch()
+    watch = CollapseWatch(advice="Lower --meta-lr.") if protonet else CollapseWatch()
 
     def step_fn(step: int, backward: Callable[[torch.Tensor], None]) -> dict[str, float]:
         session["tasks"] += config.meta_batch
         keys = [(config.seed, _TRAIN_KEY, step, t) for t in my_tasks]
-        values = meta_gradient(model, data.train_sampler, cache, keys, maml, device, backward) if my_tasks else {}
+        if not my_tasks:
+            values: dict[str, float] = {}
+        elif protonet:
+            values = protonet_gradient(model, data.train_sampler, cache, keys, device, backward)
+        else:
+            values = meta_gradient(model, data.train_sampler, cache, keys, maml, device, backward)
         watch.update(step + 1, values, announce=dist.is_main)
         return values
 
@@ -234,7 +265,10 @@ def _fit(
 
     def validate_fn() -> dict[str, float]:
         mine = [val_list[i] for i in shard_indices(len(val_list), dist.rank, dist.world_size)]
-        parts = gather_objects(evaluate_episodes(model, cache, mine, maml, device), dist)
+        if protonet:
+            parts = gather_objects(evaluate_protonet_episodes(model, cache, mine, device), dist)
+        else:
+            parts = gather_objects(evaluate_episodes(model, cache, mine, maml, device), dist)
         return summarise_episodes([r for part in parts for r in part], prefix="val_")
 
     loop = lifecycle.make_loop(
@@ -245,11 +279,13 @@ def _fit(
         extra_state=lambda: {"collapse": watch.state_dict()},
         load_extra_state=lambda state: watch.load_state_dict(state.get("collapse") or {}),
     )  # fmt: skip
+    order = {"maml": "second order", "fomaml": "first order"}.get(data.algorithm, data.algorithm)
     result = lifecycle.fit(
         loop,
         f"Out of memory meta-training {config.meta_batch} tasks of {data.train_sampler.spec.images} images at "
-        f"{min(cache.image_shape)} px ({'first' if config.first_order else 'second'} order) on {device}.",
-        "Lower --meta-batch, --queries or --adapt-steps, use --first-order, or a cache at a smaller --size.",
+        f"{min(cache.image_shape)} px ({order}) on {device}.",
+        "Lower --meta-batch or --queries, or use a cache at a smaller --size"
+        + ("." if protonet else "; or lower --adapt-steps, or use --algorithm fomaml."),
     )
     model_dir = None
     selected = "last"
@@ -259,9 +295,16 @@ def _fit(
         collapse = watch.report(lifecycle.best_record(run) if selected == "best" else {})
         run.update_info(validation=data.validation, collapse=collapse)
         settings = {k: getattr(config, k) for k in ("ways", "shots", "queries", "meta_batch", "meta_lr")}
+        if protonet:
+            rule = {"rule": RULE, "distance": "euclidean", "embedding_dim": EMBEDDING_DIM}
+            algo: dict[str, Any] = {"protonet": {**rule, **settings}, "head": "unused: scored by prototypes"}
+        else:
+            algo = {
+                "maml": {**asdict(maml), **settings},
+                "head": "episode slots: output j scores the episode's j-th class; adapt before scoring",
+            }
         extra = {
-            "maml": {**asdict(maml), **settings},
-            "head": "episode slots: output j scores the episode's j-th class; adapt before scoring",
+            **algo,
             "meta_split": data.split.to_dict(),
             "pool_seed": config.pool_seed,
             "pool_sizes": pool_sizes,
@@ -275,7 +318,7 @@ def _fit(
             **origin,
         }
         patients = patients_of(cache.index, data.pools["train"], *([data.pools["val"]] if val_list else []))
-        meta = lifecycle.model_meta(cache, model, [], "maml", extra)
+        meta = lifecycle.model_meta(cache, model, [], "protonet" if protonet else "maml", extra)
         meta["lineage"] = write_lineage(
             run.model_dir, meta, run=run.path, patients=patients, meta_split=data.split.to_dict(),
             pool="meta-train+meta-val" if val_list else "meta-train", pool_seed=config.pool_seed,
@@ -287,7 +330,7 @@ def _fit(
         run_dir=Path(config.output),
         status=result.status,
         model_dir=model_dir,
-        engine=maml.engine,
+        engine=maml.engine if not protonet else "none",
         meta_steps=result.steps,
         total_meta_steps=total_steps,
         episodes_seen=result.steps * config.meta_batch,
@@ -303,4 +346,5 @@ def _fit(
         last_metrics=dict(result.last_metrics),
         validation=data.validation,
         collapse=collapse,
+        algorithm=data.algorithm,
     )

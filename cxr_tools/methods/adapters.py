@@ -9,7 +9,8 @@ method     what ``fit`` does                                                modu
 maml       MAML inner loop from the run's meta-learned weights (its inner    :mod:`cxr_tools.methods.maml`
            lr / steps), Finn et al. 2017
 prototype  per class, a positive and a negative prototype of the support     :mod:`.prototypes`
-           embeddings; softmax over negative distances (Snell et al. 2017)
+           embeddings; softmax over negative distances (Snell et al. 2017);
+           a protonet run: its trained ProtoNet-ML rule (MetaChest)          :mod:`.protonet`
 finetune   a fresh ``ways``-output head (``head``) or the whole network      :mod:`.finetune`
            (``all``) trained on the support set with BCE-with-logits
 scratch    the same architecture randomly initialised (seeded per episode),  :mod:`.scratch`
@@ -71,6 +72,7 @@ RUNLESS_METHODS: tuple[str, ...] = ("scratch", "pixels")
 #: The method ``auto`` picks for each training kind of ``model.json``.
 AUTO_METHOD: dict[str, str] = {
     "maml": "maml",
+    "protonet": "prototype",
     "siamese": "prototype",
     "supervised": "finetune",
     "finetune": "finetune",
@@ -379,9 +381,9 @@ def build_adapter(
         return MamlAdapter(model, ways, maml_settings(meta, config), batch_size=config.batch_size)
     if method == "prototype":
         embed, distance = embedding_function(model, meta)
-        return PrototypeAdapter(
-            embed, model, ways, distance=distance, temperature=config.temperature, batch_size=config.batch_size
-        )
+        rule = "mean-distance" if training == "protonet" else "pos-neg"
+        t, n = config.temperature, config.batch_size
+        return PrototypeAdapter(embed, model, ways, distance=distance, temperature=t, batch_size=n, rule=rule)
     if method == "linear-probe":
         return linear_probe_adapter(model, meta, ways, batch_size=config.batch_size)
     steps, lr = finetune_settings(config, meta)
@@ -435,6 +437,8 @@ def describe(adapter: Adapter) -> dict[str, Any]:
     for key in ("architecture", "mode", "steps", "lr", "distance", "temperature"):
         if hasattr(adapter, key):
             out[key] = getattr(adapter, key)
+    if getattr(adapter, "rule", "pos-neg") != "pos-neg":  # a protonet run's trained rule (methods/protonet.py)
+        out["rule"] = adapter.rule  # type: ignore[attr-defined]
     if adapter.method == "finetune":
         out["optimiser"] = "adam"
     settings = getattr(adapter, "settings", None)

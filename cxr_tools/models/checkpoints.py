@@ -38,7 +38,7 @@ MODEL_FORMAT = "cxr-model"
 MODEL_FORMAT_VERSION = 1
 MODEL_JSON = "model.json"
 WEIGHTS_FILE = "model.safetensors"
-TRAINING_KINDS = ("supervised", "siamese", "maml", "finetune", "scratch")
+TRAINING_KINDS = ("supervised", "siamese", "maml", "protonet", "finetune", "scratch")
 _SHOW = 5
 
 

@@ -35,7 +35,7 @@ def test_the_metachest_grid_is_the_papers_shapes_and_shots():
     plan = load_plan(EXAMPLES / "metachest.yaml", command_flags())
     totals = sorted({w + s for w, s in plan.settings})
     assert totals == [3, 4, 5] and len(plan.settings) == 12  # n-way 3..5, n-unseen 1..n-way
-    assert all(1 <= w <= 5 for w, _ in plan.settings) and plan.shots == (1, 5, 15, 30) and plan.queries == 15
+    assert all(1 <= w <= 5 for w, _ in plan.settings) and plan.shots == (1, 5, 15, 30) and plan.queries == 30
     assert plan.meta_split == "metachest"
     steps = expand(plan)
     compares = [s for s in steps if s.command == "compare"]
@@ -44,6 +44,8 @@ def test_the_metachest_grid_is_the_papers_shapes_and_shots():
         assert _flag(c, "--metric") == ("auc-harmonic" if c.seen_ways else "auc")
     trains = [s for s in steps if s.command == "train"]
     assert len(trains) == 3  # one supervised run per seed serves every shape and shot count
+    metas = [s for s in steps if s.command == "meta-train"]
+    assert len(metas) == 3 * 3  # ProtoNet-ML: one 30-shot run per seed and episode size (3, 4, 5 classes)
 
 
 def test_grid_columns_name_the_shape_and_pass_seen_ways(tmp_path):
