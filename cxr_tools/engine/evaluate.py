@@ -212,7 +212,11 @@ def evaluate(config: EvaluateConfig, progress: Progress | None = None) -> Evalua
     adapter = build_adapter(
         model, meta, spec.total_ways, adapt_cfg, backbone=backbone, device=device, **match_arguments(matched)
     )
+    if seen and model is not None:
+        known_seen(adapter, model, meta, cache, split, pool_seed, seen)
     settings = describe(adapter)
+    if seen:
+        settings["seen_classes"] = seen_knowledge(adapter)
     out = Path(config.output) if config.output else default_output(config.run, label, kind)
     out = claim(decide(out, EVALUATION_SPEC, overwrite=config.overwrite, resume=config.resume))
     if config.resume:
@@ -321,3 +325,24 @@ def evaluate(config: EvaluateConfig, progress: Progress | None = None) -> Evalua
         files=tuple([out / EPISODES_JSON, *files]), lineage_notes=tuple(notes), seen_classes=tuple(seen),
         generalized=json_safe(generalized), **kept,
     )  # fmt: skip
+
+
+def known_seen(adapter: Any, model: Any, meta: Any, cache: Any, split: Any, pool_seed: int, seen: list[str]) -> None:
+    """Give a protonet run's prototype adapter the base prototypes of the seen classes: the mean trained embedding
+    of the meta-train pool's images positive for each (the pool the run trained on; docs/science.md)."""
+    if getattr(adapter, "rule", None) != "mean-distance":
+        return
+    from cxr_tools.data.splits import meta_split_pools
+    from cxr_tools.methods.protonet import base_prototypes
+
+    rows = meta_split_pools(cache.index, cache.labels, split, seed=pool_seed)["train"]
+    adapter.known = dict(zip(seen, base_prototypes(model, meta, cache, rows, seen), strict=True))
+
+
+def seen_knowledge(adapter: Any) -> str:
+    """summary.json ``settings.seen_classes``: what a generalized evaluation scored the seen classes with."""
+    if getattr(adapter, "known", None) and getattr(adapter, "rule", None) == "mean-distance":
+        return "base prototypes: the trained embedding's mean over the meta-train pool's positives"
+    if adapter.method == "finetune":
+        return "the run's trained head rows (frozen)"
+    return "the episode's support set, like the unseen classes"

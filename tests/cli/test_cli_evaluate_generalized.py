@@ -138,3 +138,28 @@ def test_compare_ranks_on_the_harmonic_mean_and_refuses_it_on_standard_evaluatio
         assert res.exit_code == 0, res.output
     refused = runner.invoke(app, ["compare", *map(str, standard), "--metric", "auc-seen"])
     assert_one_line_error(refused, "needs generalized evaluations", "--seen-ways")
+
+
+def test_a_protonet_run_scores_seen_classes_against_its_base_prototypes(evaluated):
+    tmp, cache, _, _ = evaluated
+    from cxr_tools.data.splits import meta_split_pools
+    from cxr_tools.methods.protonet import MeanDistanceScorer, base_prototypes, distances
+    from cxr_tools.models import load_model_dir
+
+    run = make_run(tmp, cache, "protonet", ways=4)
+    res = runner.invoke(app, ["evaluate", str(run), "--data", str(cache), *FAST, *GENERALIZED])
+    assert res.exit_code == 0, res.output
+    summary = json.loads((run / "eval" / "summary.json").read_text())
+    assert summary["settings"]["rule"] == "mean-distance"
+    assert summary["settings"]["seen_classes"].startswith("base prototypes")
+
+    model, meta = load_model_dir(run)
+    reader = open_cache(cache)
+    train = meta_split_pools(reader.index, reader.labels, SPLIT, seed=0)["train"]
+    base = base_prototypes(model, meta, reader, train, ["A", "B"])
+    support = torch.randn(6, base.shape[1])
+    targets = torch.tensor([[1, 0, 1, 0], [0, 1, 0, 1], [1, 0, 0, 0], [0, 1, 0, 0], [0, 0, 0, 0], [0, 0, 1, 1.0]])
+    scorer = MeanDistanceScorer(None, support, targets, fixed=base)
+    assert torch.equal(scorer.protos[2:], base)  # the seen columns' prototypes are the base ones
+    expected = torch.sigmoid(scorer.tau - distances(support, base))
+    assert torch.allclose(scorer.support_scores(None, targets)[:, 2:], expected)
