@@ -20,7 +20,9 @@ A method is ``NAME: {method: KIND, ...}`` (``method`` defaults to ``NAME``, so `
 variants of one kind can sit side by side) with the same command sections, ``backbones``, ``train_shots``
 (meta-train once at this shot count and evaluate that run at every shot count; default: meta-train per shot
 count) and, for ``scratch``, ``match`` (a MAML-kind method of the plan whose adaptation budget — as its first
-seed's evaluation used it, evaluation options included — and episodes it copies).
+seed's evaluation used it, evaluation options included — and episodes it copies). The ``encoder-linear-probe``,
+``encoder-prototype`` and ``encoder-fine-tune`` kinds score pretrained foundation encoders without training; their
+own ``backbones`` name the encoders (``hf:DIR``, ``hf:ORG/NAME`` or presets such as ``rad-dino``).
 Section keys are the commands' own flags (``--checkpoint-every-steps`` is ``checkpoint_every_steps``), checked
 as the flags are; flags the plan sets itself (outputs, seeds, shots, ways, the cache...) are refused there.
 """
@@ -47,6 +49,10 @@ METHODS: dict[str, tuple[tuple[str, ...], str]] = {
     "linear-probe": (("train",), "linear-probe"),
     "pixels": ((), "pixels"),
     "scratch": ((), "scratch"),
+    # a pretrained foundation encoder scored on frozen features, no training (its backbones: hf:DIR or presets)
+    "encoder-linear-probe": ((), "linear-probe"),
+    "encoder-prototype": ((), "prototype"),
+    "encoder-fine-tune": ((), "finetune"),
 }
 META_KINDS = frozenset({"maml", "fomaml", "maml-from-siamese"})
 #: Kinds trained by ``cxr meta-train`` (per shot count, or once with ``train_shots``).
@@ -57,6 +63,7 @@ EPISODIC_KINDS = META_KINDS | {"protonet"}
 KIND_OPTIONS: dict[str, dict[str, tuple[str, ...]]] = {
     "transfer": {"evaluate": ("--finetune", "head", "--steps", "100", "--lr", "0.005")},
 }
+ENCODER_KINDS = frozenset({"encoder-linear-probe", "encoder-prototype", "encoder-fine-tune"})
 SECTIONS: dict[str, str] = {
     "train": "train",
     "train_siamese": "train-siamese",
@@ -132,11 +139,15 @@ class Flag:
 
 @dataclass(frozen=True)
 class CommandFlags:
-    """The flags of the ``cxr`` commands a plan may set, by command and config key, plus a value check (the
-    CLI passes both, taken from the commands themselves; without them section keys are not checked)."""
+    """The flags of the ``cxr`` commands a plan may set, by command and config key, plus a value check and the
+    encoder-name check (the CLI passes them, taken from the commands and the model zoo; without them section keys
+    and encoder names are not checked)."""
 
     flags: Mapping[str, Mapping[str, Flag]] = field(default_factory=dict)
     check: Callable[[str, str, Any], None] | None = None
+    #: whether a name is a foundation encoder (``cxr_tools.models.encoders.is_encoder``, passed by the CLI: the
+    #: benchmark layer does not import models); None accepts every name of an encoder row.
+    is_encoder: Callable[[str], bool] | None = None
 
 
 @dataclass(frozen=True)
@@ -356,6 +367,8 @@ def _method(
     if spec.get("match") is not None and kind != "scratch":
         raise PlanError(f"Key 'methods.{name}.match' in {where}: only scratch copies another method's budget.")
     own_backbones = spec.get("backbones")
+    if kind in ENCODER_KINDS:
+        own_backbones = _encoders(own_backbones, name, where, commands.is_encoder)
     return MethodPlan(
         name=name,
         kind=kind,
@@ -368,6 +381,24 @@ def _method(
         else _int(spec["train_shots"], f"methods.{name}.train_shots", where),
         match=None if spec.get("match") is None else str(spec["match"]),
     )
+
+
+def _encoders(raw: Any, name: str, where: str, is_encoder: Callable[[str], bool] | None) -> list[str]:
+    """An encoder row's own ``backbones``: foundation encoders only (``hf:PATH`` made absolute, as the cache is)."""
+    names = list(_names(raw, f"methods.{name}.backbones", where)) if raw else []
+    bad = [b for b in names if is_encoder is not None and not is_encoder(b)]
+    if not names or bad:
+        raise PlanError(
+            f"'methods.{name}.backbones' in {where} must list foundation encoders"
+            + (f"; not: {', '.join(bad)}." if bad else "."),
+            "Use hf:DIR, hf:ORG/NAME or a preset (`cxr models` lists them), e.g. backbones: [rad-dino].",
+        )
+    out = []
+    for b in names:
+        path = b.removeprefix("hf:")
+        local = b.startswith("hf:") and (path.startswith((".", "~", "/")) or Path(path).expanduser().exists())
+        out.append(f"hf:{Path(path).expanduser().absolute()}" if local else b)
+    return out
 
 
 def _slurm(raw: Any, where: str) -> SlurmPlan:

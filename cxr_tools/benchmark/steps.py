@@ -29,7 +29,7 @@ import json
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from cxr_tools.benchmark.plan import META_KINDS, METHODS, MethodPlan, Plan, PlanError
+from cxr_tools.benchmark.plan import ENCODER_KINDS, META_KINDS, METHODS, MethodPlan, Plan, PlanError
 
 #: Flags whose value does not change a step's result (their change never redoes a step).
 BOOKKEEPING = frozenset({"--device", "--threads"})
@@ -68,7 +68,7 @@ def expand(plan: Plan) -> list[Step]:
     evals: dict[tuple[int, int, int], dict[str, list[Step]]] = {c: {} for c in columns}
     for method in plan.methods:
         for backbone in method.backbones or (None,):
-            label = method.name if len(method.backbones) <= 1 else f"{method.name}-{backbone}"
+            label = method.name if len(method.backbones) <= 1 else f"{method.name}-{_label_part(str(backbone))}"
             trains = bool(METHODS[method.kind][0])
             for w, sw, k in columns:
                 for seed in plan.seeds if trains else (None,):
@@ -77,6 +77,11 @@ def expand(plan: Plan) -> list[Step]:
     for w, sw, k in columns:
         builder.compare(k, evals[w, sw, k], (w, sw))
     return builder.finish()
+
+
+def _label_part(backbone: str) -> str:
+    """A backbone as part of a row label and folder name: an ``hf:`` folder or repo id by its last part."""
+    return Path(backbone.removeprefix("hf:")).name if "/" in backbone else backbone.removeprefix("hf:")
 
 
 def command_line(step: Step, mode: str, requeue: bool = False) -> list[str]:
@@ -176,6 +181,8 @@ class _Builder:
         if seed is not None and backbone is not None:
             run = self.run_for(method, backbone, shots, seed, ways + seen_ways)
             head = [str(run.output)]
+        elif method.kind in ENCODER_KINDS:  # a pretrained encoder: evaluated on its own, nothing trained
+            head = ["--backbone", str(backbone)]
         elif method.kind == "scratch":
             head = ["--backbone", str(backbone)]
             if method.match is not None:  # its first seed's evaluation: the budget it used, overrides included

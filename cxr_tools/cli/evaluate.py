@@ -126,7 +126,13 @@ def evaluate(
     ] = None,
     backbone: Annotated[
         str | None,
-        typer.Option("--backbone", help="Architecture for --method scratch without a run.", show_default="conv4"),
+        typer.Option(
+            "--backbone",
+            help="Without a run: the architecture of --method scratch, or a foundation encoder (hf:DIR, "
+            "hf:ORG/NAME or a preset such as rad-dino; `cxr models`) that --method linear-probe|prototype|finetune "
+            "scores on frozen pretrained weights.",
+            show_default="conv4",
+        ),
     ] = None,
     steps: Annotated[
         int | None,

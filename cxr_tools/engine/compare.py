@@ -307,12 +307,22 @@ def _rank(
         threshold=rule,
         all_positive=all_positive(entries[0].tables[0]) if rule is not None else None,
         patients=design.patients,
-        notes=tuple(n for n in (design_note,) if n),
+        notes=tuple(n for n in (design_note, *_lineage_notes(entries)) if n),
     )
     if config.output is None:
         return result
     files = write_comparison(result, Path(config.output), overwrite=config.overwrite)
     return CompareResult(**{**result.__dict__, "files": tuple(files)})
+
+
+def _lineage_notes(entries: Sequence[Entry]) -> list[str]:
+    """Each method's pretraining notes (an encoder that has seen the evaluated dataset's images), as its
+    evaluations recorded them, so a comparison names them as ``cxr evaluate`` did."""
+    out = []
+    for e in entries:
+        for note in dict.fromkeys(str(n) for s in e.summaries for n in s.get("lineage_notes") or []):
+            out.append(f"{e.name}: {note}")
+    return out
 
 
 def _reference(spec: str | None, entries: Sequence[Entry]) -> str | None:

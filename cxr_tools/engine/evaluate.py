@@ -87,7 +87,8 @@ class EvaluateConfig(EpisodeOptions):
 
     Attributes:
         data: the cache to evaluate on.
-        run: a finished run directory (or its ``model/`` folder); None only for ``method=scratch`` / ``pixels``.
+        run: a finished run directory (or its ``model/`` folder); None for ``method=scratch`` / ``pixels``, and for
+            ``linear-probe`` / ``prototype`` / ``finetune`` of a foundation encoder named by ``backbone``.
         output: evaluation directory (default ``RUN/eval`` or ``RUN/eval-<method>``; required without a run).
         method: ``auto`` (from the run's training kind), ``maml``, ``prototype``, ``finetune``, ``scratch``,
             ``pixels`` or ``linear-probe``.
@@ -99,7 +100,8 @@ class EvaluateConfig(EpisodeOptions):
         threshold: the threshold rule of F1 / precision / recall and the confusion matrices: ``support`` (chosen
             per episode and class on the support set), a probability, or ``none`` (AUC and AP only).
         pool_seed: seed of the meta-split pools (None = the run's, else 0: what training used).
-        backbone: architecture of ``scratch`` without a run (default conv4).
+        backbone: architecture of ``scratch`` without a run (default conv4), or the foundation encoder
+            (``hf:PATH_OR_REPO_ID`` or a preset) that ``linear-probe`` / ``prototype`` / ``finetune`` score.
         steps, lr: fine-tuning budget (default per mode); inner_lr, adapt_steps: MAML / scratch budget
             (default the MAML run's, else 0.01 and 5 for MAML; scratch has no default without a run);
             temperature: prototype softmax temperature.
@@ -179,7 +181,14 @@ def evaluate(config: EvaluateConfig, progress: Progress | None = None) -> Evalua
     from cxr_tools.data.episodes import EPISODE_LIST_VERSION, save_episode_list
     from cxr_tools.eval.report import metrics_of
     from cxr_tools.eval.thresholds import describe_rule, parse_rule
-    from cxr_tools.methods.adapters import RUNLESS_METHODS, AdaptConfig, build_adapter, describe, resolve_method
+    from cxr_tools.methods.adapters import (
+        ENCODER_METHODS,
+        RUNLESS_METHODS,
+        AdaptConfig,
+        build_adapter,
+        describe,
+        resolve_method,
+    )
     from cxr_tools.runtime.devices import describe_device, explain_out_of_memory, resolve_device, set_threads
 
     progress = null_progress(progress)
@@ -189,11 +198,15 @@ def evaluate(config: EvaluateConfig, progress: Progress | None = None) -> Evalua
     adapt_cfg = fields_from(AdaptConfig, config)
     spec = replace(config.episode_spec, seen_ways=config.seen_ways)
     cache = open_cache(config.data)
-    model, meta = (None, None) if config.run is None else load_run(Path(config.run))
+    model, meta = _model_to_evaluate(config)
     kind = str(meta.get("training")) if meta is not None else None
     method = resolve_method(config.method, kind)
     if method not in RUNLESS_METHODS and meta is None:
-        raise ConfigError(f"--method {method} needs a run to evaluate.", "Pass RUN, or use --method scratch|pixels.")
+        raise ConfigError(
+            f"--method {method} needs a run to evaluate.",
+            "Pass RUN, use --method scratch|pixels, or score a foundation encoder: --method "
+            f"{'|'.join(ENCODER_METHODS)} --backbone hf:DIR (or a preset, `cxr models`).",
+        )
     label = f"finetune-{config.finetune}" if method == "finetune" else method
     if meta is not None:
         check_data_fits(meta, cache)
@@ -311,6 +324,7 @@ def evaluate(config: EvaluateConfig, progress: Progress | None = None) -> Evalua
         "overall": overall,
         "variance": variance,
         "pairs": pairs,
+        "encoder": (meta or {}).get("extra", {}).get("encoder") if kind == "encoder" else None,
         "leak": leak,
         "lineage_notes": notes,
         **provenance(seconds, describe_device(device)),
@@ -325,6 +339,32 @@ def evaluate(config: EvaluateConfig, progress: Progress | None = None) -> Evalua
         files=tuple([out / EPISODES_JSON, *files]), lineage_notes=tuple(notes), seen_classes=tuple(seen),
         generalized=json_safe(generalized), **kept,
     )  # fmt: skip
+
+
+def _model_to_evaluate(config: EvaluateConfig) -> tuple[Any, dict[str, Any] | None]:
+    """``(model, meta)`` of the run, else of the foundation encoder ``--backbone`` names for a method that scores
+    frozen features (:func:`~cxr_tools.models.foundation.encoder_run`), else ``(None, None)``."""
+    from cxr_tools.methods.adapters import ENCODER_METHODS
+    from cxr_tools.models.encoders import is_encoder
+
+    encoder = is_encoder(config.backbone)
+    if config.run is not None:
+        if encoder:
+            raise ConfigError(
+                f"--backbone {config.backbone} names an encoder, but RUN {config.run} is evaluated.",
+                "Pass either a run or --backbone ENCODER (without a run), not both.",
+            )
+        return load_run(Path(config.run))
+    if encoder and config.method == "scratch":
+        raise ConfigError(
+            f"--method scratch trains from random weights; {config.backbone} is a pretrained encoder.",
+            f"Use --method {'|'.join(ENCODER_METHODS)} to score the encoder, or a zoo --backbone for scratch.",
+        )
+    if encoder and config.method in ENCODER_METHODS:
+        from cxr_tools.models.foundation import encoder_run
+
+        return encoder_run(str(config.backbone))
+    return None, None
 
 
 def known_seen(adapter: Any, model: Any, meta: Any, cache: Any, split: Any, pool_seed: int, seen: list[str]) -> None:
@@ -343,6 +383,6 @@ def seen_knowledge(adapter: Any) -> str:
     """summary.json ``settings.seen_classes``: what a generalized evaluation scored the seen classes with."""
     if getattr(adapter, "known", None) and getattr(adapter, "rule", None) == "mean-distance":
         return "base prototypes: the trained embedding's mean over the meta-train pool's positives"
-    if adapter.method == "finetune":
+    if adapter.method == "finetune" and getattr(adapter, "known", ()):
         return "the run's trained head rows (frozen)"
     return "the episode's support set, like the unseen classes"

@@ -69,6 +69,8 @@ if TYPE_CHECKING:
 METHODS: tuple[str, ...] = ("maml", "prototype", "finetune", "scratch", "pixels", "linear-probe")
 #: Methods that need no trained run (``scratch`` builds its network, ``pixels`` has none).
 RUNLESS_METHODS: tuple[str, ...] = ("scratch", "pixels")
+#: Methods that evaluate a pretrained foundation encoder without a run (``--backbone hf:...`` or a preset).
+ENCODER_METHODS: tuple[str, ...] = ("linear-probe", "prototype", "finetune")
 #: The method ``auto`` picks for each training kind of ``model.json``.
 AUTO_METHOD: dict[str, str] = {
     "maml": "maml",

@@ -84,7 +84,10 @@ class FinetuneAdapter:
 
     def with_seen(self, seen: Sequence[str]) -> FinetuneAdapter:
         """This adapter for a generalized episode whose last ``len(seen)`` classes are ``seen``: they keep the
-        run's trained head rows (module docstring)."""
+        run's trained head rows (module docstring). A model without named head classes (a foundation encoder) knows
+        none: its seen classes are fitted on the support set like the unseen ones."""
+        if not self.known:
+            return self
         missing = [c for c in seen if c not in self.known]
         if missing:
             raise ModelError(

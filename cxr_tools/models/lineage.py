@@ -66,6 +66,26 @@ def patients_digest(patients: Iterable[str]) -> tuple[list[str], str]:
     return ids, hashlib.sha256("\n".join(ids).encode("utf-8")).hexdigest()
 
 
+EMPTY_PATIENTS = patients_digest(())[1]
+
+
+def encoder_record(name: str, source: str) -> dict[str, Any]:
+    """The lineage record of a pretrained encoder evaluated without a run of this tool: no classes, no patients of
+    any cache, and the encoder's data card (:func:`~cxr_tools.models.datacards.card_record`) as its weights."""
+    return {
+        "version": LINEAGE_VERSION,
+        "run": name,
+        "path": source,
+        "training": "pretrained encoder",
+        "cache": {"manifest_hash": None, "preprocessing": {}},
+        "classes": [],
+        "pool": {"name": "none", "meta_split": None, "pool_seed": None},
+        "patients": {"count": 0, "sha256": EMPTY_PATIENTS},
+        "weights": card_record(name),
+        "parents": [],
+    }
+
+
 def write_lineage(
     model_dir: str | Path,
     meta: Mapping[str, Any],
@@ -215,6 +235,8 @@ def find_leak(
             return leak
         digest = str((node.get("patients") or {}).get("sha256") or "")
         ids = patient_sets.get(digest)
+        if ids is None and digest == EMPTY_PATIENTS:  # trained on no patient of any cache (a pretrained encoder)
+            ids = []
         if ids is None or patients_digest(ids)[1] != digest:
             return f"{who} lists its patients in {PATIENTS_FILE}, but they are missing or altered there"
         shared = [(test[k], str(p)) for p in ids if (k := patient_key(p)) in test]
@@ -245,11 +267,13 @@ def pretraining_notes(meta: Mapping[str, Any], source: Any) -> list[str]:
     if "weights" not in record and meta.get("pretrained"):
         record = {**record, "weights": card_record(meta.get("pretrained"))}
     notes = []
+    encoder = record.get("training") == "pretrained encoder"
     for run, card in external_weights(record):
         seen = sorted({str(d.get("dataset")) for d in card.get("data") or [] if d.get("source") == source})
+        who = "the encoder is" if encoder else f"run '{run}' started from"
         if seen:
             notes.append(
-                f"run '{run}' started from {card.get('title') or card.get('name')}, trained on images of "
+                f"{who} {card.get('title') or card.get('name')}, trained on images of "
                 f"{', '.join(seen)} as evaluated here (with labels for other classes than the meta-test ones, or "
                 "none): its encoder has seen these images"
             )

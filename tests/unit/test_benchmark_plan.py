@@ -149,3 +149,27 @@ def test_scratch_matches_the_first_seed_evaluation_of_its_method_and_waits_for_i
         "compare/1shot",
         "compare/5shot",
     }
+
+
+def test_encoder_rows_evaluate_their_encoders_without_training(tmp_path, monkeypatch):
+    (tmp_path / "enc").mkdir()
+    monkeypatch.chdir(tmp_path)
+    methods = {
+        "pixels": {},
+        "rad": {"method": "encoder-linear-probe", "backbones": ["rad-dino", "hf:./enc"]},
+        "proto": {"method": "encoder-prototype", "backbones": ["dinov2-small"]},
+    }
+    steps = _steps(_plan(tmp_path, methods=methods))
+    flags = command_flags()
+    rad = steps["evaluate/1shot/rad-rad-dino"]
+    assert rad.deps == () and rad.args[:2] == ("--backbone", "rad-dino")
+    assert rad.args[rad.args.index("--method") + 1] == "linear-probe"
+    local = steps["evaluate/5shot/rad-enc"]
+    assert local.args[1] == f"hf:{tmp_path / 'enc'}"  # made absolute, as the cache path is
+    proto = steps["evaluate/1shot/proto"]
+    assert proto.args[proto.args.index("--method") + 1] == "prototype"
+    assert not [s for s in steps if s.startswith(("train", "meta-train"))]
+    with pytest.raises(PlanError, match="must list foundation encoders; not: conv4"):
+        load_plan(_plan(tmp_path, methods={"x": {"method": "encoder-prototype", "backbones": ["conv4"]}}), flags)
+    with pytest.raises(PlanError, match="must list foundation encoders"):
+        load_plan(_plan(tmp_path, methods={"x": {"method": "encoder-prototype"}}), flags)
