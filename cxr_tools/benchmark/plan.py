@@ -4,7 +4,10 @@ Top-level keys (``examples/benchmark/phantoms.yaml`` and ``nih.yaml`` are whole,
 
 ``cache`` and ``output`` (required; relative paths are taken from the current directory, like every ``cxr``
 path), ``methods`` (required: a mapping of row names to method settings), ``shots`` (required, e.g.
-``[1, 5, 10]``), ``meta_split`` (default ``auto``), ``backbones`` (default ``[conv4]``), ``ways`` (2),
+``[1, 5, 10]``), ``meta_split`` (default ``auto``), ``backbones`` (default ``[conv4]``), ``ways`` (2; a list runs
+each), ``seen_ways`` (0: standard episodes; a list runs each: generalized episodes with that many meta-train
+classes beside the ``ways`` new ones, compared on the harmonic mean of seen and unseen AUC), or instead of both
+``shapes`` (a list of ``[ways, seen_ways]`` pairs, for a grid that is no product: MetaChest's ``metachest.yaml``),
 ``queries`` (15), ``seeds`` (training seeds of the trained methods: a list, or a count ``n`` meaning ``0..n-1``;
 default ``[0, 1]``, so every trained row's interval and tests include the seed-to-seed variance; with one seed
 the report says its verdicts are about those trained models), ``episodes`` (600),
@@ -87,7 +90,8 @@ CONTROLLED: dict[str, frozenset[str]] = {
     "train-siamese": frozenset(_COMMON | {"--backbone", "--classes", "--backbone-from"}),
     "meta-train": frozenset(_COMMON | {"--ways", "--shots", "--backbone", "--init", "--algorithm"}),
     "evaluate": frozenset(
-        _COMMON | {"--data", "--method", "--ways", "--shots", "--queries", "--episodes", "--backbone", "--match"}
+        _COMMON
+        | {"--data", "--method", "--ways", "--seen-ways", "--shots", "--queries", "--episodes", "--backbone", "--match"}
     ),
 }
 _TOP = {
@@ -98,6 +102,8 @@ _TOP = {
     "meta_split",
     "backbones",
     "ways",
+    "seen_ways",
+    "shapes",
     "queries",
     "seeds",
     "episodes",
@@ -179,7 +185,7 @@ class Plan:
     meta_split: str
     methods: tuple[MethodPlan, ...]
     shots: tuple[int, ...]
-    ways: int
+    ways: tuple[int, ...]
     queries: int
     seeds: tuple[int, ...]
     episodes: int
@@ -188,6 +194,18 @@ class Plan:
     device: str
     threads: int | None
     slurm: SlurmPlan
+    seen_ways: tuple[int, ...] = (0,)
+    shapes: tuple[tuple[int, int], ...] = ()
+
+    @property
+    def settings(self) -> tuple[tuple[int, int], ...]:
+        """Every ``(ways, seen_ways)`` episode shape the plan evaluates, in plan order."""
+        return self.shapes or tuple((w, s) for w in self.ways for s in self.seen_ways)
+
+    @property
+    def grid(self) -> bool:
+        """Whether the plan has several episode shapes or generalized ones: its outputs then name the shape."""
+        return len(self.settings) > 1 or any(s for _, s in self.settings)
 
 
 def load_plan(path: str | Path, commands: CommandFlags | None = None) -> Plan:
@@ -230,6 +248,9 @@ def load_plan(path: str | Path, commands: CommandFlags | None = None) -> Plan:
         else _ints(seeds_raw, "seeds", where, 0)
     )
     threads = data.get("threads")
+    shapes = _shapes(data.get("shapes"), where)
+    if shapes and ("ways" in data or "seen_ways" in data):
+        raise PlanError(f"Plan {where} gives both 'shapes' and 'ways' / 'seen_ways'.", "Keep one of them.")
     return Plan(
         path=path,
         cache=Path(str(data["cache"])).expanduser().absolute(),
@@ -237,7 +258,9 @@ def load_plan(path: str | Path, commands: CommandFlags | None = None) -> Plan:
         meta_split=str(data.get("meta_split") or "auto"),
         methods=tuple(plans),
         shots=_ints(data["shots"], "shots", where, 1),
-        ways=_int(data.get("ways", 2), "ways", where),
+        ways=tuple(dict.fromkeys(w for w, _ in shapes)) if shapes else _ints(data.get("ways", 2), "ways", where, 1),
+        seen_ways=_ints(data.get("seen_ways", 0), "seen_ways", where, 0),
+        shapes=shapes,
         queries=_int(data.get("queries", 15), "queries", where),
         seeds=seeds,
         episodes=_int(data.get("episodes", 600), "episodes", where),
@@ -396,6 +419,22 @@ def _slurm(raw: Any, where: str) -> SlurmPlan:
         mem=None if raw.get("mem") is None else str(raw["mem"]),
         extra=tuple(str(x) for x in (extra if isinstance(extra, (list, tuple)) else [extra])),
     )
+
+
+def _shapes(value: Any, where: str) -> tuple[tuple[int, int], ...]:
+    """``shapes``: distinct ``[ways, seen_ways]`` pairs (``ways`` >= 1 new classes, ``seen_ways`` >= 0 known ones)."""
+    if value is None:
+        return ()
+    if not isinstance(value, (list, tuple)) or not value:
+        raise PlanError(f"'shapes' in {where} must list [ways, seen_ways] pairs.", "E.g. shapes: [[1, 2], [3, 0]].")
+    out = []
+    for item in value:
+        if not isinstance(item, (list, tuple)) or len(item) != 2:
+            raise PlanError(f"'shapes' in {where}: {item!r} is no [ways, seen_ways] pair.", "E.g. [2, 1].")
+        out.append((_int(item[0], "shapes (ways)", where, 1), _int(item[1], "shapes (seen_ways)", where, 0)))
+    if len(set(out)) != len(out):
+        raise PlanError(f"'shapes' in {where} repeats a pair.", "List each [ways, seen_ways] pair once.")
+    return tuple(out)
 
 
 def _int(value: Any, key: str, where: str, minimum: int = 1) -> int:

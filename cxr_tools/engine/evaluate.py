@@ -7,6 +7,11 @@
   ``episodes.json``; ``cxr compare`` refuses evaluations whose hashes differ.
 * **Per episode** the method adapts and scores (:mod:`cxr_tools.eval.episode_runs`); aggregates per class and
   overall (the unit ``cxr compare`` pairs on); Siamese runs also get pair metrics.
+* **Generalized episodes** (``seen_ways``; MetaChest, docs/science.md): ``seen_ways`` meta-train classes join the
+  ``ways`` meta-test ones, images still from the meta-test pool
+  (:class:`~cxr_tools.data.episodes.GeneralizedSampler`); a supervised run scores them with its trained head
+  (:meth:`~cxr_tools.methods.finetune.FinetuneAdapter.with_seen`); summary.json adds ``generalized`` (seen,
+  unseen, harmonic mean per metric, :func:`~cxr_tools.eval.report.generalized_summary`).
 * **Thresholds** (``threshold``, :mod:`cxr_tools.eval.thresholds`): ``support`` (default) chooses each episode's
   threshold per class on the support set's scores after adaptation; a number fixes it; ``none`` drops F1 /
   precision / recall. The rule is an evaluation setting: summary.json records it and a resume needs the same.
@@ -23,7 +28,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -90,6 +95,8 @@ class EvaluateConfig(EpisodeOptions):
         finetune: ``head`` or ``all`` (fine-tune method).
         episodes, seed: the fixed episode list (with ways, shots, queries, images_per_patient and meta_split:
             :class:`~cxr_tools.data.episodes.EpisodeOptions`).
+        seen_ways: generalized episodes (MetaChest): this many meta-train classes join the ``ways`` meta-test
+            ones in every episode (0: standard episodes, every class new; docs/science.md).
         threshold: the threshold rule of F1 / precision / recall and the confusion matrices: ``support`` (chosen
             per episode and class on the support set), a probability, or ``none`` (AUC and AP only).
         pool_seed: seed of the meta-split pools (None = the run's, else 0: what training used).
@@ -116,6 +123,7 @@ class EvaluateConfig(EpisodeOptions):
     finetune: str = "head"
     episodes: int = 600
     seed: int = 0
+    seen_ways: int = 0
     threshold: str | float = "support"
     pool_seed: int | None = None
     backbone: str | None = None
@@ -162,6 +170,9 @@ class EvaluateResult:
     files: tuple[Path, ...] = field(default_factory=tuple)
     leak: str | None = None
     lineage_notes: tuple[str, ...] = ()  # external weights that saw the evaluated images, not its classes
+    seen_ways: int = 0
+    seen_classes: tuple[str, ...] = ()
+    generalized: dict[str, Any] | None = None  # seen / unseen / harmonic per metric (generalized episodes)
 
 
 def evaluate(config: EvaluateConfig, progress: Progress | None = None) -> EvaluateResult:
@@ -185,7 +196,7 @@ def evaluate(config: EvaluateConfig, progress: Progress | None = None) -> Evalua
     rule = parse_rule(config.threshold)
     check_options(config.episodes, config.pairs, config.bootstrap)
     adapt_cfg = fields_from(AdaptConfig, config)
-    spec = config.episode_spec
+    spec = replace(config.episode_spec, seen_ways=config.seen_ways)
     cache = open_cache(config.data)
     model, meta = _model_to_evaluate(config)
     kind = str(meta.get("training")) if meta is not None else None
@@ -210,10 +221,15 @@ def evaluate(config: EvaluateConfig, progress: Progress | None = None) -> Evalua
 
     set_threads(config.threads)
     device = resolve_device(config.device)
+    seen = [c for c in split.train if any(c in ep.seen for ep in episodes)]
     adapter = build_adapter(
-        model, meta, config.ways, adapt_cfg, backbone=backbone, device=device, **match_arguments(matched)
+        model, meta, spec.total_ways, adapt_cfg, backbone=backbone, device=device, **match_arguments(matched)
     )
+    if seen and model is not None:
+        known_seen(adapter, model, meta, cache, split, pool_seed, seen)
     settings = describe(adapter)
+    if seen:
+        settings["seen_classes"] = seen_knowledge(adapter)
     out = Path(config.output) if config.output else default_output(config.run, label, kind)
     out = claim(decide(out, EVALUATION_SPEC, overwrite=config.overwrite, resume=config.resume))
     if config.resume:
@@ -228,6 +244,7 @@ def evaluate(config: EvaluateConfig, progress: Progress | None = None) -> Evalua
             "shots": config.shots,
             "queries": config.queries,
             "seed": config.seed,
+            **({"seen_ways": config.seen_ways} if config.seen_ways else {}),
         },
         fingerprint=cache.fingerprint,
     )
@@ -263,8 +280,8 @@ def evaluate(config: EvaluateConfig, progress: Progress | None = None) -> Evalua
             model, meta, cache, split, pool, normalisation, device, config.pairs, config.seed, progress
         )
 
-    per_class, overall, variance, files = write_results(
-        out, records, scores, cache, list(split.test), episodes, rule, title=label if config.plots else None
+    per_class, overall, variance, files, generalized = write_results(
+        out, records, scores, cache, list(split.test), episodes, rule, label if config.plots else None, seen
     )
     seconds = time.perf_counter() - began
     run_path = Path(config.run) if config.run is not None else None
@@ -299,6 +316,9 @@ def evaluate(config: EvaluateConfig, progress: Progress | None = None) -> Evalua
         "threshold": rule.label,
         "threshold_rule": describe_rule(rule),
         "classes": list(split.test),
+        "seen_ways": config.seen_ways,
+        "seen_classes": seen,
+        "generalized": generalized,
         "metrics": list(metrics_of(rule)),
         "per_class": per_class,
         "overall": overall,
@@ -312,11 +332,12 @@ def evaluate(config: EvaluateConfig, progress: Progress | None = None) -> Evalua
     files.append(atomic_write_json(out / SUMMARY, json_safe(summary)))
     journal.remove()
     kept = {k: summary[k] for k in ("name", "method", "method_label", "kind", "episodes", "ways", "shots",
-                                      "queries", "seed", "threshold", "pairs", "leak")}  # fmt: skip
+                                      "queries", "seed", "threshold", "pairs", "leak", "seen_ways")}  # fmt: skip
     return EvaluateResult(
         output=out, run=run_path, cache=Path(config.data), episode_list_hash=ep_hash, classes=tuple(split.test),
         per_class=json_safe(per_class), overall=json_safe(overall), seconds=seconds,
-        files=tuple([out / EPISODES_JSON, *files]), lineage_notes=tuple(notes), **kept,
+        files=tuple([out / EPISODES_JSON, *files]), lineage_notes=tuple(notes), seen_classes=tuple(seen),
+        generalized=json_safe(generalized), **kept,
     )  # fmt: skip
 
 
@@ -344,3 +365,24 @@ def _model_to_evaluate(config: EvaluateConfig) -> tuple[Any, dict[str, Any] | No
 
         return encoder_run(str(config.backbone))
     return None, None
+
+
+def known_seen(adapter: Any, model: Any, meta: Any, cache: Any, split: Any, pool_seed: int, seen: list[str]) -> None:
+    """Give a protonet run's prototype adapter the base prototypes of the seen classes: the mean trained embedding
+    of the meta-train pool's images positive for each (the pool the run trained on; docs/science.md)."""
+    if getattr(adapter, "rule", None) != "mean-distance":
+        return
+    from cxr_tools.data.splits import meta_split_pools
+    from cxr_tools.methods.protonet import base_prototypes
+
+    rows = meta_split_pools(cache.index, cache.labels, split, seed=pool_seed)["train"]
+    adapter.known = dict(zip(seen, base_prototypes(model, meta, cache, rows, seen), strict=True))
+
+
+def seen_knowledge(adapter: Any) -> str:
+    """summary.json ``settings.seen_classes``: what a generalized evaluation scored the seen classes with."""
+    if getattr(adapter, "known", None) and getattr(adapter, "rule", None) == "mean-distance":
+        return "base prototypes: the trained embedding's mean over the meta-train pool's positives"
+    if adapter.method == "finetune" and getattr(adapter, "known", ()):
+        return "the run's trained head rows (frozen)"
+    return "the episode's support set, like the unseen classes"

@@ -377,7 +377,8 @@ def build_adapter(
             if run_ways != ways:
                 raise ModelError(
                     f"The MAML run was meta-trained with --ways {run_ways}; its head has {run_ways} episode slots.",
-                    f"Evaluate with --ways {run_ways}, or meta-train with --ways {ways}.",
+                    f"Evaluate with {run_ways} classes per episode (--ways, plus --seen-ways for generalized "
+                    f"episodes), or meta-train with --ways {ways}.",
                 )
         return MamlAdapter(model, ways, maml_settings(meta, config), batch_size=config.batch_size)
     if method == "prototype":
@@ -388,7 +389,10 @@ def build_adapter(
     if method == "linear-probe":
         return linear_probe_adapter(model, meta, ways, batch_size=config.batch_size)
     steps, lr = finetune_settings(config, meta)
-    return FinetuneAdapter(model, ways, mode=config.finetune, steps=steps, lr=lr, batch_size=config.batch_size)
+    known = [str(c) for c in meta.get("labels") or ()]  # the trained head's classes (generalized episodes)
+    return FinetuneAdapter(
+        model, ways, mode=config.finetune, steps=steps, lr=lr, batch_size=config.batch_size, known=known
+    )
 
 
 def _scratch_adapter(

@@ -153,14 +153,21 @@ class MeanDistanceScorer:
     """Scores queries with a protonet run's trained rule: ``sigmoid(τ - d(z_q, p_c))`` for one support set.
 
     ``adapter`` is the :class:`~cxr_tools.methods.prototypes.PrototypeAdapter` (its ``embeddings``); ``support``
-    and ``targets`` the support set's embeddings and targets (CPU float32).
+    and ``targets`` the support set's embeddings and targets (CPU float32); ``fixed``: base prototypes that replace
+    the support's for the last classes (the seen classes of a generalized episode; :func:`base_prototypes`).
     """
 
-    def __init__(self, adapter: Any, support: Tensor, targets: Tensor) -> None:
+    def __init__(self, adapter: Any, support: Tensor, targets: Tensor, fixed: Tensor | None = None) -> None:
+        import torch
+
         self.adapter = adapter
         self.support = support
         self.targets = targets
-        self.protos = positive_prototypes(support, targets)
+        self.fixed = fixed  # base prototypes of the last classes (seen ones of a generalized episode), else None
+        protos = positive_prototypes(support, targets)
+        if fixed is not None:
+            protos = torch.cat([protos[: len(protos) - len(fixed)], fixed.to(protos.dtype)])
+        self.protos = protos
         self.tau = support_threshold(support, self.protos)
 
     def predict(self, x: Tensor) -> Tensor:
@@ -171,7 +178,11 @@ class MeanDistanceScorer:
     def support_scores(self, support_x: Tensor, support_y: Tensor) -> Tensor:
         import torch
 
-        return torch.sigmoid(leave_one_out_logits(self.support, support_y.detach().float().cpu()))
+        logits = leave_one_out_logits(self.support, support_y.detach().float().cpu())
+        if self.fixed is not None:  # base prototypes owe nothing to the support: no image to leave out
+            k = len(self.fixed)
+            logits[:, -k:] = self.tau - distances(self.support, self.fixed.to(self.support.dtype))
+        return torch.sigmoid(logits)
 
 
 def protonet_gradient(

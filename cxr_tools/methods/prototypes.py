@@ -34,7 +34,8 @@ only, ``sigmoid(τ - ||z_q - p_c||)`` with ``τ`` chosen on the support set, no 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+import copy
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from cxr_tools.errors import ConfigError, ModelError
@@ -151,6 +152,24 @@ class PrototypeAdapter:
         self.batch_size = batch_size
         if rule == "mean-distance":
             self.support_scoring = "leave-one-out (each support image against the rule built from the others)"
+        #: Base prototypes of known classes (a protonet run's, set by ``cxr evaluate`` for generalized episodes).
+        self.known: dict[str, Tensor] = {}
+        self.seen_prototypes: Tensor | None = None
+
+    def with_seen(self, seen: Sequence[str]) -> PrototypeAdapter:
+        """This adapter for a generalized episode whose last ``len(seen)`` classes are ``seen``: with base
+        prototypes in :attr:`known` (``mean-distance`` rule), those classes use them instead of the support's
+        (docs/science.md, "Generalized episodes"); without, the support's like the unseen ones."""
+        if not self.known or self.rule != "mean-distance":
+            return self
+        missing = [c for c in seen if c not in self.known]
+        if missing:
+            raise ModelError(f"No base prototype of the seen class(es) {', '.join(missing)}.", "Report this as a bug.")
+        import torch
+
+        clone = copy.copy(self)
+        clone.seen_prototypes = torch.stack([self.known[c] for c in seen])
+        return clone
 
     def embeddings(self, x: Tensor) -> Tensor:
         """Embeddings of ``x`` in eval mode, ``batch_size`` at a time (CPU float32)."""
@@ -162,7 +181,7 @@ class PrototypeAdapter:
         if self.rule == "mean-distance":
             from cxr_tools.methods.protonet import MeanDistanceScorer
 
-            return MeanDistanceScorer(self, emb, support_y.detach().float().cpu())
+            return MeanDistanceScorer(self, emb, support_y.detach().float().cpu(), fixed=self.seen_prototypes)
         proto_pos, proto_neg = prototypes(emb, support_y.detach().float().cpu())
         return PrototypeScorer(self, proto_pos, proto_neg, emb)
 
