@@ -179,7 +179,9 @@ class EmbeddingStore:
                 log.warning("Not replacing %s: cxr did not write it as features of this key.", path)
                 return
         with atomic_path(path, suffix=".npz") as tmp, open(tmp, "wb") as fh:
-            np.savez(fh, key=np.array(json.dumps(key, sort_keys=True)), rows=entry.rows, features=entry.features.numpy())
+            np.savez(
+                fh, key=np.array(json.dumps(key, sort_keys=True)), rows=entry.rows, features=entry.features.numpy()
+            )
 
 
 def _read_file(path: Path) -> tuple[Any, np.ndarray, np.ndarray] | None:
