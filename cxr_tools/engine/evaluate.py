@@ -246,7 +246,7 @@ def evaluate(config: EvaluateConfig, progress: Progress | None = None) -> Evalua
             "Lower --queries or --shots, or evaluate on a cache at a smaller --size; finished episodes are kept and "
             "a rerun resumes.",
         ):
-            features = frozen_features(config, adapter, cache, meta, normalisation, device)
+            features = embedding_cache_for(config, adapter, cache, meta, normalisation, device)
             records, scores = run_episodes(
                 adapter, cache, episodes, normalisation, device, config.seed, rule, progress, journal, features
             )
@@ -314,7 +314,7 @@ def evaluate(config: EvaluateConfig, progress: Progress | None = None) -> Evalua
     )  # fmt: skip
 
 
-def frozen_features(
+def embedding_cache_for(
     config: EvaluateConfig, adapter: Any, cache: Any, meta: dict[str, Any] | None, normalisation: str, device: Any
 ) -> Any:
     """The embedding cache of a frozen-feature method (None for the others, or with ``embed_once`` off)."""

@@ -62,8 +62,6 @@ SUPPORT_SCORING = (
     "negative)"
 )
 
-FeatureFn = Callable[["Tensor"], "Tensor"]
-
 
 class LogisticScorer:
     """Scores features with the per-class logistic regressions fitted on one support set's features;
@@ -252,22 +250,6 @@ def pixel_rows(x: Tensor) -> Tensor:
     return x.detach().float().cpu().reshape(len(x), -1)
 
 
-def frozen_features(model: nn.Module, meta: Mapping[str, Any] | None) -> tuple[FeatureFn, str]:
-    """``(features, source)``: a Siamese run's L2-normalised embedding, else the backbone's pooled features."""
-    import torch.nn.functional as F
-
-    if not hasattr(model, "forward_features"):
-        raise ModelError(f"{type(model).__name__} has no forward_features(); a linear probe needs a zoo model.")
-    net: Any = model
-    if meta is not None and meta.get("training") == "siamese":
-
-        def embedding(x: Tensor) -> Tensor:
-            return F.normalize(net(x).float(), dim=1)
-
-        return embedding, "embedding"
-    return (lambda x: net.forward_features(x).float()), "backbone"
-
-
 def pixels_adapter(ways: int, *, c: float = DEFAULT_C, standardise: bool = True) -> LogisticAdapter:
     """The ``pixels`` baseline: logistic regression on the flattened images."""
     return LogisticAdapter("pixels", pixel_rows, ways, c=c, standardise=standardise, feature_source="pixels")
@@ -282,14 +264,17 @@ def linear_probe_adapter(
     standardise: bool = True,
     batch_size: int = 256,
 ) -> LogisticAdapter:
-    """The ``linear-probe`` baseline: logistic regression on ``model``'s frozen features (:func:`frozen_features`).
+    """The ``linear-probe`` baseline: logistic regression on ``model``'s frozen features.
 
     A Siamese run's features are its L2-normalised output, else the backbone's ``forward_features``: the
     :class:`~cxr_tools.methods.embedding_cache.FeatureSource` (``output`` / ``forward_features``) whose rows
     ``cxr evaluate`` computes once and shares with the other frozen-feature methods."""
     from cxr_tools.methods.embedding_cache import model_source
+    from cxr_tools.models.siamese import is_siamese
 
-    _, kind = frozen_features(model, meta)
+    if not hasattr(model, "forward_features"):
+        raise ModelError(f"{type(model).__name__} has no forward_features(); a linear probe needs a zoo model.")
+    kind = "embedding" if is_siamese(meta) else "backbone"
     model.eval()
     source = model_source(model, "output" if kind == "embedding" else "forward_features", batch_size)
     post = normalise_rows if kind == "embedding" else None
