@@ -311,12 +311,33 @@ def run_weights(meta: Mapping[str, Any]) -> str:
     return json.dumps(weights_fingerprint(meta), sort_keys=True)
 
 
+def channels_last(source: FeatureSource) -> FeatureSource:
+    """The same source on a ``channels_last`` copy of its model (the run's model is left as it is), for a
+    :func:`model_source`; any other source unchanged. Embedding a pool this way was 1.4-1.7x faster for conv4 on a
+    CPU (benchmarks/evaluate_cache.py); the features agree within float rounding."""
+    import copy
+
+    import torch
+
+    if source.name not in ("forward_features", "output"):
+        return source
+    clone = copy.deepcopy(source.module).to(memory_format=torch.channels_last)
+    return model_source(clone, source.name, source.batch_size)
+
+
 def zoo_embedder(source: FeatureSource, weights: str, normalisation: str, device: Any) -> Embedder:
-    """An :class:`Embedder` of a zoo model's feature source on cache images in ``normalisation``."""
+    """An :class:`Embedder` of a zoo model's feature source on cache images in ``normalisation``, run on a
+    ``channels_last`` copy of the model (:func:`channels_last`)."""
+    import torch
+
     from cxr_tools.models.inputs import to_model_input
 
+    fast: list[FeatureSource] = []  # the copy is made on the first rows to embed, not when all are stored
+
     def fn(images: np.ndarray) -> Tensor:
-        return source(to_model_input(images, normalisation, device))
+        if not fast:
+            fast.append(channels_last(source))
+        return fast[0](to_model_input(images, normalisation, device).contiguous(memory_format=torch.channels_last))
 
     return Embedder(fn, weights=weights, function=f"{source.name}|{normalisation}", batch_size=source.batch_size)
 
