@@ -130,3 +130,17 @@ def test_a_foreign_file_under_a_feature_name_is_left_alone(world, tmp_path, capl
     assert got.shape == (2, 2) and sum(calls) == 2
     assert target.read_bytes() == b"not ours" and "Not replacing" in caplog.text
     assert sorted(p.name for p in folder.iterdir()) == [target.name]  # no temporary file left behind
+
+
+def test_memory_keeps_the_most_recent_keys_within_its_budget(world):
+    _, cache, _ = world
+    reader = open_cache(cache)
+    store = EmbeddingStore(memory_bytes=1)  # room for one key only
+    first, first_calls = _counting_embedder("w1")
+    second, _ = _counting_embedder("w2")
+    store.features_for(first, [1, 2], reader)
+    store.features_for(first, [1, 2], reader)
+    assert sum(first_calls) == 2  # kept while it is the only key
+    store.features_for(second, [1], reader)
+    store.features_for(first, [1, 2], reader)
+    assert sum(first_calls) == 4  # dropped for the newer key, then embedded again
