@@ -313,7 +313,7 @@ def run_weights(meta: Mapping[str, Any]) -> str:
 
 def channels_last(source: FeatureSource) -> FeatureSource:
     """The same source on a ``channels_last`` copy of its model (the run's model is left as it is), for a
-    :func:`model_source`; any other source unchanged. Embedding a pool this way was 1.4-1.7x faster for conv4 on a
+    :func:`model_source`; any other source unchanged. Embedding a pool this way was 1.3-2.3x faster for conv4 on a
     CPU (benchmarks/evaluate_cache.py); the features agree within float rounding."""
     import copy
 
