@@ -173,6 +173,24 @@ def evaluate(
         ),
     ] = 1000,
     plots: Annotated[bool, typer.Option("--plots/--no-plots", help="Write the PNG plots.")] = True,
+    embed_once: Annotated[
+        bool,
+        typer.Option(
+            "--embed-once/--embed-per-episode",
+            help="linear-probe / prototype / finetune head: embed each pool image once and index its features per "
+            "episode (the same scores within float rounding), or embed every episode's images again (to compare).",
+        ),
+    ] = True,
+    features_dir: Annotated[
+        Path | None,
+        typer.Option(
+            "--features-dir",
+            help="Keep the frozen features of linear-probe / prototype / finetune head here (one file per weights, "
+            "feature function and cache content), so later evaluations of the same run on the same cache embed "
+            "nothing again. Each image is embedded once per evaluation either way.",
+            show_default="memory only",
+        ),
+    ] = None,
     device: DeviceOpt = "auto",
     threads: ThreadsOpt = None,
     overwrite: OverwriteOpt = False,

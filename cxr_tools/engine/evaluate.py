@@ -109,6 +109,11 @@ class EvaluateConfig(EpisodeOptions):
         pairs: Siamese pair-set size (0 = none).
         bootstrap: deprecated and ignored (intervals come from :mod:`cxr_tools.eval.variance`).
         plots: write the PNG plots.
+        embed_once: frozen-feature methods (linear-probe, prototype, finetune head) embed each pool image once and
+            index its rows per episode (:mod:`cxr_tools.methods.embedding_cache`; same scores within float
+            rounding); False embeds every episode's images again.
+        features_dir: also keep those features in this folder (one file per weights, function and cache
+            content), reused by later evaluations of the same run on the same cache.
         device, threads: where to compute.
         overwrite: replace a complete evaluation in ``output``.
         resume: continue an interrupted evaluation in ``output`` after its finished episodes (same settings).
@@ -136,6 +141,8 @@ class EvaluateConfig(EpisodeOptions):
     pairs: int = 1000
     bootstrap: int = 1000
     plots: bool = True
+    embed_once: bool = True
+    features_dir: Path | None = None
     device: str = "auto"
     threads: int | None = None
     overwrite: bool = False
@@ -269,8 +276,9 @@ def evaluate(config: EvaluateConfig, progress: Progress | None = None) -> Evalua
             "Lower --queries or --shots, or evaluate on a cache at a smaller --size; finished episodes are kept and "
             "a rerun resumes.",
         ):
+            features = embedding_cache_for(config, adapter, cache, meta, normalisation, device)
             records, scores = run_episodes(
-                adapter, cache, episodes, normalisation, device, config.seed, rule, progress, journal
+                adapter, cache, episodes, normalisation, device, config.seed, rule, progress, journal, features
             )
     finally:
         journal.close()
@@ -386,3 +394,15 @@ def seen_knowledge(adapter: Any) -> str:
     if adapter.method == "finetune" and getattr(adapter, "known", ()):
         return "the run's trained head rows (frozen)"
     return "the episode's support set, like the unseen classes"
+
+
+def embedding_cache_for(
+    config: EvaluateConfig, adapter: Any, cache: Any, meta: dict[str, Any] | None, normalisation: str, device: Any
+) -> Any:
+    """The embedding cache of a frozen-feature method (None for the others, or with ``embed_once`` off)."""
+    from cxr_tools.methods.embedding_cache import episode_features, run_weights, store_for
+
+    if not config.embed_once or meta is None:
+        return None
+    store = store_for(config.features_dir)
+    return episode_features(adapter, cache, run_weights(meta), normalisation, device, store)

@@ -33,6 +33,7 @@ if TYPE_CHECKING:
     from cxr_tools.data.splits import MetaSplit
     from cxr_tools.eval.journal import EpisodeJournal
     from cxr_tools.eval.thresholds import ThresholdRule
+    from cxr_tools.methods.embedding_cache import EpisodeFeatures
 
 PAIR_KEY = 104729  # seed key of the Siamese pair set, apart from the episodes' (seed, i)
 EPISODES_CSV = "episodes.csv"
@@ -77,9 +78,14 @@ def run_episodes(
     rule: ThresholdRule,
     progress: Progress,
     journal: EpisodeJournal,
+    features: EpisodeFeatures | None = None,
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Adapt and score every episode (reusing the journal's finished ones): ``episodes.csv`` and ``scores.csv``
-    rows in episode order. The thresholds of ``rule`` come from the support set's scores alone."""
+    rows in episode order. The thresholds of ``rule`` come from the support set's scores alone.
+
+    With ``features`` (a frozen-feature method), the images of every episode left to run are embedded once
+    (or found in its store) and each episode indexes their rows: the same scores, without embedding an image
+    again per episode (:mod:`cxr_tools.methods.embedding_cache`)."""
     from cxr_tools.eval.metrics import episode_metrics
     from cxr_tools.eval.thresholds import episode_thresholds
     from cxr_tools.methods.episodes import episode_tensors
@@ -88,6 +94,8 @@ def run_episodes(
     records: list[dict[str, Any]] = []
     scores: list[dict[str, Any]] = []
     aucs: list[float] = []
+    if features is not None:
+        features.prepare([ep for i, ep in enumerate(episodes) if i not in journal.done], progress)
     with progress.task("evaluate", total=len(episodes)) as task:
         for i, ep in enumerate(episodes):
             if i in journal.done:
@@ -97,10 +105,14 @@ def run_episodes(
                 aucs.append(float(np.nanmean([r["auc"] for r in done_records])))
                 task.advance()
                 continue
-            sx, sy, qx, _ = episode_tensors(cache, ep, normalisation, device)
             # generalized episodes: a method that knows the seen classes (a trained head) scores them from that
             fitter = adapter.with_seen(ep.seen) if ep.seen and hasattr(adapter, "with_seen") else adapter
-            scorer = fitter.fit(sx, sy, generator=make_generator(seed, i))
+            if features is not None:
+                sx, sy, qx = features.tensors(ep)
+                scorer = fitter.fit_features(sx, sy, generator=make_generator(seed, i))
+            else:
+                sx, sy, qx, _ = episode_tensors(cache, ep, normalisation, device)
+                scorer = fitter.fit(sx, sy, generator=make_generator(seed, i))
             probs = scorer.predict(qx).numpy().astype(np.float64)
             cuts = None
             if rule.thresholded:

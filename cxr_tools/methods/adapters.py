@@ -247,6 +247,43 @@ class SupportAsQueries:
         return self.predict(support_x)
 
 
+class FeatureScorer(Protocol):
+    """A scorer over features (rows of a frozen function of the images) instead of images."""
+
+    def predict(self, features: Tensor) -> Tensor: ...
+
+    def support_scores(self, support_features: Tensor, support_y: Tensor) -> Tensor: ...
+
+
+class EmbeddedScorer:
+    """A :class:`FeatureScorer` used on images: each batch is embedded with ``embed`` first (the support set's
+    features, computed at ``fit``, are reused for its own scores).
+
+    Frozen-feature adapters (linear probe, prototypes, fine-tuned head) are ``fit_features`` on features plus
+    this wrapper, so ``cxr evaluate`` can feed them cached features (:mod:`cxr_tools.methods.embedding_cache`)
+    through exactly the computation their image path runs."""
+
+    def __init__(self, embed: Any, scorer: FeatureScorer, support_x: Tensor, support_features: Tensor) -> None:
+        self.embed = embed
+        self.scorer = scorer
+        self._support = (support_x, support_features)
+
+    def predict(self, x: Tensor) -> Tensor:
+        return self.scorer.predict(self.embed(x))
+
+    def support_scores(self, support_x: Tensor, support_y: Tensor) -> Tensor:
+        feats = self._support[1] if support_x is self._support[0] else self.embed(support_x)
+        return self.scorer.support_scores(feats, support_y)
+
+
+def fit_embedded(
+    adapter: Any, embed: Any, support_x: Tensor, support_y: Tensor, generator: torch.Generator | None
+) -> Scorer:
+    """``adapter.fit_features`` on ``embed(support_x)``, wrapped to score images (:class:`EmbeddedScorer`)."""
+    feats = embed(support_x)
+    return EmbeddedScorer(embed, adapter.fit_features(feats, support_y, generator=generator), support_x, feats)
+
+
 class ModuleScorer(SupportAsQueries):
     """Scores with ``sigmoid(fn(x))`` in eval mode, in chunks, without gradients."""
 
@@ -351,7 +388,7 @@ def build_adapter(
     """
     from cxr_tools.methods.finetune import FinetuneAdapter
     from cxr_tools.methods.logistic import linear_probe_adapter, pixels_adapter
-    from cxr_tools.methods.prototypes import PrototypeAdapter, embedding_function
+    from cxr_tools.methods.prototypes import prototype_adapter
 
     config = config or AdaptConfig()
     if ways < 1:
@@ -382,10 +419,9 @@ def build_adapter(
                 )
         return MamlAdapter(model, ways, maml_settings(meta, config), batch_size=config.batch_size)
     if method == "prototype":
-        embed, distance = embedding_function(model, meta)
         rule = "mean-distance" if training == "protonet" else "pos-neg"
         t, n = config.temperature, config.batch_size
-        return PrototypeAdapter(embed, model, ways, distance=distance, temperature=t, batch_size=n, rule=rule)
+        return prototype_adapter(model, meta, ways, temperature=t, batch_size=n, rule=rule)
     if method == "linear-probe":
         return linear_probe_adapter(model, meta, ways, batch_size=config.batch_size)
     steps, lr = finetune_settings(config, meta)

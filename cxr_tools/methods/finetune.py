@@ -32,6 +32,7 @@ from cxr_tools.errors import ConfigError, ModelError
 from cxr_tools.methods.adapters import (
     SupportAsQueries,
     check_support,
+    fit_embedded,
     fresh_linear,
     model_device,
     predict_in_chunks,
@@ -98,11 +99,20 @@ class FinetuneAdapter:
         clone = copy.copy(self)
         clone.seen_rows = tuple(self.known.index(c) for c in seen)
         return clone
+        self.feature_post = None
+
+    @property
+    def feature_source(self) -> Any:
+        """The frozen backbone features a ``head`` fit trains on (shared with the linear probe); None for ``all``,
+        which trains the network itself."""
+        from cxr_tools.methods.embedding_cache import model_source
+
+        return model_source(self.model, "forward_features", self.batch_size) if self.mode == "head" else None
 
     def fit(self, support_x: Tensor, support_y: Tensor, *, generator: torch.Generator | None = None) -> Any:
         check_support(support_y, self.ways)
         if self.mode == "head":
-            return self._fit_head(support_x, support_y, generator)
+            return fit_embedded(self, self.feature_source, support_x, support_y, generator)
         return self._fit_all(support_x, support_y, generator)
 
     def _new_head(self, in_features: int, generator: torch.Generator | None, device: Any) -> tuple[Any, Any]:
@@ -113,21 +123,19 @@ class FinetuneAdapter:
             return new, new
         return split_head(new, _known_rows(self.model, self.seen_rows, device)), new
 
-    def _fit_head(self, support_x: Tensor, support_y: Tensor, generator: torch.Generator | None) -> Any:
-        import torch
-
-        model: Any = self.model
-        with torch.no_grad():
-            feats = torch.cat(
-                [
-                    model.forward_features(support_x[i : i + self.batch_size]).float()
-                    for i in range(0, len(support_x), self.batch_size)
-                ]
-            )
+    def fit_features(
+        self, support_features: Tensor, support_y: Tensor, *, generator: torch.Generator | None = None
+    ) -> Any:
+        """A fresh head trained on the frozen support features ``[n, D]`` (``head`` mode); it scores features.
+        In a generalized episode the seen classes keep the run's trained rows, frozen (:meth:`with_seen`)."""
+        if self.mode != "head":
+            raise ConfigError("Only --finetune head trains on frozen features.", "Use fit() for --finetune all.")
+        check_support(support_y, self.ways)
+        feats = support_features.detach().float()
         head, new = self._new_head(feats.shape[1], generator, feats.device)
-        targets = support_y[:, : new.out_features]
+        targets = support_y[:, : new.out_features].to(feats.device)
         train_full_batch(new, new.parameters(), lambda: new(feats), targets, self.steps, self.lr)
-        return _HeadScorer(model, head.eval(), self.batch_size)
+        return _HeadScorer(head.eval())
 
     def _fit_all(self, support_x: Tensor, support_y: Tensor, generator: torch.Generator | None) -> Any:
         from cxr_tools.methods.maml.norm import frozen_batchnorm
@@ -214,16 +222,13 @@ def train_full_batch(module: nn.Module, params: Any, logits_fn: Any, targets: Te
 
 
 class _HeadScorer(SupportAsQueries):
-    def __init__(self, model: nn.Module, head: nn.Module, batch_size: int) -> None:
-        self.model: Any = model
+    """Scores frozen features with the trained head (the support set in-sample, as queries are)."""
+
+    def __init__(self, head: nn.Module) -> None:
         self.head = head
-        self.batch_size = batch_size
 
     def predict(self, x: Tensor) -> Tensor:
-        def logits(chunk: Tensor) -> Tensor:
-            return self.head(self.model.forward_features(chunk).float())
-
-        return predict_in_chunks(logits, self.model, x, self.batch_size)
+        return predict_in_chunks(self.head, self.head, x, len(x) or 1)
 
 
 class _NetScorer(SupportAsQueries):

@@ -40,11 +40,13 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from cxr_tools.errors import ConfigError, ModelError
-from cxr_tools.methods.adapters import check_support, outputs_in_chunks
+from cxr_tools.methods.adapters import check_support, fit_embedded
 
 if TYPE_CHECKING:
     import torch
     from torch import Tensor, nn
+
+    from cxr_tools.methods.embedding_cache import FeatureSource
 
 #: Inverse L2 strength of the logistic regression (scikit-learn's default: no tuning on the meta-test classes).
 DEFAULT_C = 1.0
@@ -60,40 +62,24 @@ SUPPORT_SCORING = (
     "negative)"
 )
 
-FeatureFn = Callable[["Tensor"], "Tensor"]
-
 
 class LogisticScorer:
-    """Scores images with the per-class logistic regressions fitted on one support set; ``support_scores`` are
-    cross-validated on that support set (module docstring)."""
+    """Scores features with the per-class logistic regressions fitted on one support set's features;
+    ``support_scores`` are cross-validated on that support set (module docstring)."""
 
-    def __init__(
-        self,
-        features: Callable[[Tensor], np.ndarray],
-        scaler: Any,
-        classifiers: list[Any],
-        *,
-        support: tuple[Tensor, np.ndarray, np.ndarray] | None = None,
-        c: float = DEFAULT_C,
-        standardise: bool = True,
-    ) -> None:
-        self.features = features
+    def __init__(self, scaler: Any, classifiers: list[Any], *, c: float = DEFAULT_C, standardise: bool = True) -> None:
         self.scaler = scaler
         self.classifiers = classifiers
-        self._support = support
         self.c = c
         self.standardise = standardise
 
-    def support_scores(self, support_x: Tensor, support_y: Tensor) -> Tensor:
+    def support_scores(self, support_features: Tensor, support_y: Tensor) -> Tensor:
         """Out-of-fold probabilities ``[n, ways]`` of the support images (in-sample for a class that cannot be
         cross-validated, and for an image whose target is unknown)."""
         import torch
         from threadpoolctl import threadpool_limits
 
-        if self._support is not None and self._support[0] is support_x:
-            feats = self._support[1]  # the features fit computed: no second forward pass
-        else:
-            feats = self.features(support_x)
+        feats = as_float64(support_features)
         targets = support_y.detach().float().cpu().numpy()
         with threadpool_limits(1):
             scaled = self.scaler.transform(feats) if self.scaler is not None else feats
@@ -105,12 +91,12 @@ class LogisticScorer:
                     out[known, j] = scores[known]
         return torch.from_numpy(out.astype(np.float32))
 
-    def predict(self, x: Tensor) -> Tensor:
+    def predict(self, features: Tensor) -> Tensor:
         """Probabilities float32 ``[n, ways]`` (CPU), one column per episode class."""
         import torch
         from threadpoolctl import threadpool_limits
 
-        feats = self.features(x)
+        feats = as_float64(features)
         if len(feats) == 0:
             raise ModelError("Nothing to score: the image batch is empty.")
         with threadpool_limits(1):
@@ -120,6 +106,11 @@ class LogisticScorer:
         return torch.from_numpy(np.stack(columns, axis=1).astype(np.float32))
 
 
+def as_float64(features: Tensor) -> np.ndarray:
+    """Feature rows as the float64 numpy matrix scikit-learn fits on."""
+    return features.detach().float().cpu().numpy().astype(np.float64)
+
+
 class LogisticAdapter:
     """Per-class logistic regression on fixed features of the support set (module docstring).
 
@@ -127,39 +118,49 @@ class LogisticAdapter:
 
     Args:
         method: ``pixels`` or ``linear-probe`` (recorded by :func:`~cxr_tools.methods.adapters.describe`).
-        features: images ``[n, 1, H, W]`` -> float64 features ``[n, D]`` (numpy).
+        embed: images ``[n, 1, H, W]`` -> float32 features ``[n, D]`` (CPU tensor).
         ways: classes per support set.
         c: inverse regularisation strength.
         standardise: standardise features with the support set's statistics.
         feature_source: what the features are (recorded), e.g. ``pixels`` or ``backbone``.
+        source, post: the frozen network function behind ``embed`` (what cached features are keyed by) and what
+            turns its rows into ``embed``'s (None: as they are), so that ``embed(x) == post(source(x))``.
     """
 
     def __init__(
         self,
         method: str,
-        features: Callable[[Tensor], np.ndarray],
+        embed: Callable[[Tensor], Tensor],
         ways: int,
         *,
         c: float = DEFAULT_C,
         standardise: bool = True,
         feature_source: str = "pixels",
         model: nn.Module | None = None,
+        source: FeatureSource | None = None,
+        post: Callable[[Tensor], Tensor] | None = None,
     ) -> None:
         if not c > 0:
             raise ConfigError(f"The logistic-regression C must be > 0 (got {c}).")
         self.method = method
-        self.features = features
+        self.embed = embed
         self.ways = ways
         self.c = float(c)
         self.standardise = bool(standardise)
-        self.feature_source = feature_source
+        self.feature_source = source
+        self.feature_post = post
+        self.features_kind = feature_source
         self.model = model
         self.support_scoring = SUPPORT_SCORING
+
+    def features(self, x: Tensor) -> np.ndarray:
+        """The float64 features of images ``x`` the regressions are fitted on."""
+        return as_float64(self.embed(x))
 
     def settings(self) -> dict[str, Any]:
         """What ``summary.json`` records about the fit."""
         return {
-            "features": self.feature_source,
+            "features": self.features_kind,
             "classifier": "logistic-regression",
             "C": self.c,
             "standardise": self.standardise,
@@ -167,26 +168,29 @@ class LogisticAdapter:
             "max_iter": MAX_ITER,
         }
 
-    def fit(self, support_x: Tensor, support_y: Tensor, *, generator: torch.Generator | None = None) -> LogisticScorer:
+    def fit(self, support_x: Tensor, support_y: Tensor, *, generator: torch.Generator | None = None) -> Any:
+        """Fit on the support images' features; the scorer takes images."""
+        return fit_embedded(self, self.embed, support_x, support_y, generator)
+
+    def fit_features(
+        self, support_features: Tensor, support_y: Tensor, *, generator: torch.Generator | None = None
+    ) -> LogisticScorer:
+        """Fit on support features ``[n, D]`` (the rows :meth:`embed` gives); the scorer takes features."""
         from sklearn.exceptions import ConvergenceWarning
         from sklearn.preprocessing import StandardScaler
         from threadpoolctl import threadpool_limits
 
         check_support(support_y, self.ways)
-        feats = self.features(support_x)
+        feats = as_float64(support_features)
         targets = support_y.detach().float().cpu().numpy()
         # one BLAS thread: on a busy machine, threads on a 20 x 2304 problem made each fit 10x slower
         with threadpool_limits(1), warnings.catch_warnings():
             warnings.simplefilter("ignore", ConvergenceWarning)  # a few iterations short changes no metric
             scaler = StandardScaler().fit(feats) if self.standardise else None
-            raw = feats
             if scaler is not None:
                 feats = scaler.transform(feats)
             classifiers = [self._fit_class(feats, targets[:, j], j) for j in range(self.ways)]
-        support = (support_x, raw, targets)
-        return LogisticScorer(
-            self.features, scaler, classifiers, support=support, c=self.c, standardise=self.standardise
-        )
+        return LogisticScorer(scaler, classifiers, c=self.c, standardise=self.standardise)
 
     def _fit_class(self, feats: np.ndarray, target: np.ndarray, j: int) -> Any:
         """The binary logistic regression of class column ``j`` (NaN targets left out)."""
@@ -238,28 +242,17 @@ def cross_validated_scores(
 
 def pixel_features(x: Tensor) -> np.ndarray:
     """The flattened images ``[n, H*W]`` as float64."""
-    return x.detach().float().cpu().reshape(len(x), -1).numpy().astype(np.float64)
+    return as_float64(pixel_rows(x))
 
 
-def frozen_features(model: nn.Module, meta: Mapping[str, Any] | None) -> tuple[FeatureFn, str]:
-    """``(features, source)``: a Siamese run's L2-normalised embedding, else the backbone's pooled features."""
-    import torch.nn.functional as F
-
-    if not hasattr(model, "forward_features"):
-        raise ModelError(f"{type(model).__name__} has no forward_features(); a linear probe needs a zoo model.")
-    net: Any = model
-    if meta is not None and meta.get("training") == "siamese":
-
-        def embedding(x: Tensor) -> Tensor:
-            return F.normalize(net(x).float(), dim=1)
-
-        return embedding, "embedding"
-    return (lambda x: net.forward_features(x).float()), "backbone"
+def pixel_rows(x: Tensor) -> Tensor:
+    """The flattened images ``[n, H*W]`` as float32 on the CPU."""
+    return x.detach().float().cpu().reshape(len(x), -1)
 
 
 def pixels_adapter(ways: int, *, c: float = DEFAULT_C, standardise: bool = True) -> LogisticAdapter:
     """The ``pixels`` baseline: logistic regression on the flattened images."""
-    return LogisticAdapter("pixels", pixel_features, ways, c=c, standardise=standardise, feature_source="pixels")
+    return LogisticAdapter("pixels", pixel_rows, ways, c=c, standardise=standardise, feature_source="pixels")
 
 
 def linear_probe_adapter(
@@ -271,13 +264,35 @@ def linear_probe_adapter(
     standardise: bool = True,
     batch_size: int = 256,
 ) -> LogisticAdapter:
-    """The ``linear-probe`` baseline: logistic regression on ``model``'s frozen features (:func:`frozen_features`)."""
-    fn, source = frozen_features(model, meta)
+    """The ``linear-probe`` baseline: logistic regression on ``model``'s frozen features.
+
+    A Siamese run's features are its L2-normalised output, else the backbone's ``forward_features``: the
+    :class:`~cxr_tools.methods.embedding_cache.FeatureSource` (``output`` / ``forward_features``) whose rows
+    ``cxr evaluate`` computes once and shares with the other frozen-feature methods."""
+    from cxr_tools.methods.embedding_cache import model_source
+    from cxr_tools.models.siamese import is_siamese
+
+    if not hasattr(model, "forward_features"):
+        raise ModelError(f"{type(model).__name__} has no forward_features(); a linear probe needs a zoo model.")
+    kind = "embedding" if is_siamese(meta) else "backbone"
     model.eval()
-
-    def features(x: Tensor) -> np.ndarray:
-        return outputs_in_chunks(fn, model, x, batch_size).numpy().astype(np.float64)
-
+    source = model_source(model, "output" if kind == "embedding" else "forward_features", batch_size)
+    post = normalise_rows if kind == "embedding" else None
     return LogisticAdapter(
-        "linear-probe", features, ways, c=c, standardise=standardise, feature_source=source, model=model
+        "linear-probe",
+        source.then(post),
+        ways,
+        c=c,
+        standardise=standardise,
+        feature_source=kind,
+        model=model,
+        source=source,
+        post=post,
     )
+
+
+def normalise_rows(features: Tensor) -> Tensor:
+    """Rows of unit L2 length (what a Siamese embedding is compared with)."""
+    import torch.nn.functional as F
+
+    return F.normalize(features, dim=1)

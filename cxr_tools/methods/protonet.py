@@ -58,12 +58,18 @@ EmbedFn = Callable[["Tensor"], "Tensor"]
 
 def embed(model: nn.Module, x: Tensor, dim: int = EMBEDDING_DIM) -> Tensor:
     """ProtoNet-ML embeddings ``[n, min(D, dim)]`` of images ``x`` (module docstring)."""
-    import torch.nn.functional as F
-
     if not hasattr(model, "forward_features"):
         raise ModelError(f"{type(model).__name__} has no forward_features(); ProtoNet-ML needs a zoo model.")
     forward_features: Any = model.forward_features
-    features = forward_features(x).flatten(1)
+    return pool(forward_features(x), dim)
+
+
+def pool(features: Tensor, dim: int = EMBEDDING_DIM) -> Tensor:
+    """Backbone features ``[n, ...]`` averaged down to at most ``dim`` numbers per row (their
+    ``AdaptiveAvgPool1d``): what ``cxr evaluate`` applies to a protonet run's cached backbone features."""
+    import torch.nn.functional as F
+
+    features = features.flatten(1)
     if features.shape[1] > dim:
         features = F.adaptive_avg_pool1d(features[:, None, :], dim)[:, 0, :]
     return features
@@ -150,17 +156,17 @@ def leave_one_out_logits(support: Tensor, support_y: Tensor) -> Tensor:
 
 
 class MeanDistanceScorer:
-    """Scores queries with a protonet run's trained rule: ``sigmoid(τ - d(z_q, p_c))`` for one support set.
+    """Scores query embeddings with a protonet run's trained rule: ``sigmoid(τ - d(z_q, p_c))`` for one support set.
 
-    ``adapter`` is the :class:`~cxr_tools.methods.prototypes.PrototypeAdapter` (its ``embeddings``); ``support``
-    and ``targets`` the support set's embeddings and targets (CPU float32); ``fixed``: base prototypes that replace
-    the support's for the last classes (the seen classes of a generalized episode; :func:`base_prototypes`).
+    ``support`` and ``targets`` are the support set's embeddings and targets (CPU float32); ``fixed``: base
+    prototypes that replace the support's for the last classes (the seen classes of a generalized episode;
+    :func:`base_prototypes`). Like every frozen-feature scorer it takes embeddings (the prototype adapter wraps it
+    to take images: :func:`~cxr_tools.methods.adapters.fit_embedded`).
     """
 
-    def __init__(self, adapter: Any, support: Tensor, targets: Tensor, fixed: Tensor | None = None) -> None:
+    def __init__(self, support: Tensor, targets: Tensor, fixed: Tensor | None = None) -> None:
         import torch
 
-        self.adapter = adapter
         self.support = support
         self.targets = targets
         self.fixed = fixed  # base prototypes of the last classes (seen ones of a generalized episode), else None
@@ -170,12 +176,12 @@ class MeanDistanceScorer:
         self.protos = protos
         self.tau = support_threshold(support, self.protos)
 
-    def predict(self, x: Tensor) -> Tensor:
+    def predict(self, features: Tensor) -> Tensor:
         import torch
 
-        return torch.sigmoid(self.tau - distances(self.adapter.embeddings(x), self.protos))
+        return torch.sigmoid(self.tau - distances(features, self.protos))
 
-    def support_scores(self, support_x: Tensor, support_y: Tensor) -> Tensor:
+    def support_scores(self, support_features: Tensor, support_y: Tensor) -> Tensor:
         import torch
 
         logits = leave_one_out_logits(self.support, support_y.detach().float().cpu())

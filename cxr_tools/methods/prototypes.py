@@ -35,15 +35,18 @@ only, ``sigmoid(τ - ||z_q - p_c||)`` with ``τ`` chosen on the support set, no 
 from __future__ import annotations
 
 import copy
+import functools
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from cxr_tools.errors import ConfigError, ModelError
-from cxr_tools.methods.adapters import check_support, outputs_in_chunks
+from cxr_tools.methods.adapters import check_support, fit_embedded, outputs_in_chunks
 
 if TYPE_CHECKING:
     import torch
     from torch import Tensor, nn
+
+    from cxr_tools.methods.embedding_cache import FeatureSource
 
 PROTOTYPE_DISTANCES: tuple[str, ...] = ("euclidean", "cosine")
 #: Decision rules: ``pos-neg`` (positive and negative prototypes, above) and ``mean-distance`` (ProtoNet-ML's).
@@ -62,6 +65,42 @@ def embedding_function(model: nn.Module, meta: Mapping[str, Any] | None) -> tupl
     if is_protonet(meta):
         return embedding_fn(model, meta), "euclidean"
     return embedder(model, meta), "cosine" if trained_distance(meta) == "cosine" else "euclidean"
+
+
+def prototype_adapter(
+    model: nn.Module,
+    meta: Mapping[str, Any] | None,
+    ways: int,
+    *,
+    temperature: float = 0.1,
+    batch_size: int = 256,
+    rule: str = "pos-neg",
+) -> PrototypeAdapter:
+    """Prototypes on a run's embedding (:func:`embedding_function`), with its shared feature source: a Siamese
+    run's ``output``, else ``forward_features``, L2-normalised (what ``cxr evaluate`` caches); a protonet run's
+    ``forward_features`` pooled to its trained width."""
+    from cxr_tools.methods.embedding_cache import model_source
+    from cxr_tools.methods.logistic import normalise_rows
+    from cxr_tools.methods.protonet import EMBEDDING_DIM, is_protonet, pool, protonet_settings
+    from cxr_tools.models.siamese import is_siamese
+
+    embed, distance = embedding_function(model, meta)
+    source = model_source(model, "output" if is_siamese(meta) else "forward_features", batch_size)
+    post: Callable[[Tensor], Tensor] = normalise_rows
+    if is_protonet(meta):
+        dim = int(protonet_settings(meta).get("embedding_dim", EMBEDDING_DIM))
+        post = functools.partial(pool, dim=dim)
+    return PrototypeAdapter(
+        embed,
+        model,
+        ways,
+        distance=distance,
+        temperature=temperature,
+        batch_size=batch_size,
+        rule=rule,
+        source=source,
+        post=post,
+    )
 
 
 def prototypes(embeddings: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
@@ -121,6 +160,9 @@ class PrototypeAdapter:
         distance: ``euclidean`` (squared) or ``cosine``.
         temperature: softmax temperature ``T`` (``pos-neg`` only; the trained rule has none: recorded as 1).
         rule: ``pos-neg`` (module docstring) or ``mean-distance`` (a protonet run's trained rule).
+        source, post: the frozen network function behind ``embed`` (what cached features are keyed by) and what
+            turns its rows into ``embed``'s (an L2 normalisation, ProtoNet-ML's pooling), or None when ``embed`` is
+            not a shared one.
     """
 
     method = "prototype"
@@ -136,6 +178,8 @@ class PrototypeAdapter:
         temperature: float = 0.1,
         batch_size: int = 256,
         rule: str = "pos-neg",
+        source: FeatureSource | None = None,
+        post: Callable[[Tensor], Tensor] | None = None,
     ) -> None:
         if rule not in PROTOTYPE_RULES:
             raise ConfigError(f"Unknown prototype rule '{rule}'.", f"Use {', '.join(PROTOTYPE_RULES)}.")
@@ -152,6 +196,8 @@ class PrototypeAdapter:
         self.batch_size = batch_size
         if rule == "mean-distance":
             self.support_scoring = "leave-one-out (each support image against the rule built from the others)"
+        self.feature_source = source
+        self.feature_post = post
         #: Base prototypes of known classes (a protonet run's, set by ``cxr evaluate`` for generalized episodes).
         self.known: dict[str, Tensor] = {}
         self.seen_prototypes: Tensor | None = None
@@ -176,14 +222,22 @@ class PrototypeAdapter:
         return outputs_in_chunks(self.embed, self.module, x, self.batch_size)
 
     def fit(self, support_x: Tensor, support_y: Tensor, *, generator: torch.Generator | None = None) -> Any:
+        """Prototypes of the support images' embeddings; the scorer takes images."""
+        return fit_embedded(self, self.embeddings, support_x, support_y, generator)
+
+    def fit_features(
+        self, support_features: Tensor, support_y: Tensor, *, generator: torch.Generator | None = None
+    ) -> PrototypeScorer:
+        """Prototypes of support embeddings ``[n, D]`` (the rows :meth:`embeddings` gives); the scorer takes
+        embeddings."""
         check_support(support_y, self.ways)
-        emb = self.embeddings(support_x)
+        targets = support_y.detach().float().cpu()
         if self.rule == "mean-distance":
             from cxr_tools.methods.protonet import MeanDistanceScorer
 
-            return MeanDistanceScorer(self, emb, support_y.detach().float().cpu(), fixed=self.seen_prototypes)
-        proto_pos, proto_neg = prototypes(emb, support_y.detach().float().cpu())
-        return PrototypeScorer(self, proto_pos, proto_neg, emb)
+            return MeanDistanceScorer(support_features, targets, fixed=self.seen_prototypes)
+        proto_pos, proto_neg = prototypes(support_features, targets)
+        return PrototypeScorer(self, proto_pos, proto_neg)
 
 
 def leave_one_out_prototypes(embeddings: Tensor, targets: Tensor, i: int) -> tuple[Tensor, Tensor]:
@@ -208,32 +262,31 @@ def leave_one_out_prototypes(embeddings: Tensor, targets: Tensor, i: int) -> tup
 
 
 class PrototypeScorer:
-    """Scores queries against the prototypes of one support set (and that set leave-one-out)."""
+    """Scores embeddings against the prototypes of one support set (and that set leave-one-out)."""
 
-    def __init__(self, adapter: PrototypeAdapter, proto_pos: Tensor, proto_neg: Tensor, support: Tensor) -> None:
+    def __init__(self, adapter: PrototypeAdapter, proto_pos: Tensor, proto_neg: Tensor) -> None:
         self.adapter = adapter
         self.proto_pos = proto_pos
         self.proto_neg = proto_neg
-        self.support = support
 
-    def support_scores(self, support_x: Tensor, support_y: Tensor) -> Tensor:
+    def support_scores(self, support_features: Tensor, support_y: Tensor) -> Tensor:
         """Each support image's probabilities against the prototypes of the others (module docstring)."""
         import torch
 
         a = self.adapter
         targets = support_y.detach().float().cpu()
         rows = []
-        for i in range(len(self.support)):
-            pos, neg = leave_one_out_prototypes(self.support, targets, i)
+        for i in range(len(support_features)):
+            pos, neg = leave_one_out_prototypes(support_features, targets, i)
             rows.append(
                 prototype_probabilities(
-                    self.support[i : i + 1], pos, neg, distance=a.distance, temperature=a.temperature
+                    support_features[i : i + 1], pos, neg, distance=a.distance, temperature=a.temperature
                 )
             )
         return torch.cat(rows)
 
-    def predict(self, x: Tensor) -> Tensor:
+    def predict(self, features: Tensor) -> Tensor:
         a = self.adapter
         return prototype_probabilities(
-            a.embeddings(x), self.proto_pos, self.proto_neg, distance=a.distance, temperature=a.temperature
+            features, self.proto_pos, self.proto_neg, distance=a.distance, temperature=a.temperature
         )

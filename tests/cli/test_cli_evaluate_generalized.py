@@ -159,7 +159,7 @@ def test_a_protonet_run_scores_seen_classes_against_its_base_prototypes(evaluate
     base = base_prototypes(model, meta, reader, train, ["A", "B"])
     support = torch.randn(6, base.shape[1])
     targets = torch.tensor([[1, 0, 1, 0], [0, 1, 0, 1], [1, 0, 0, 0], [0, 1, 0, 0], [0, 0, 0, 0], [0, 0, 1, 1.0]])
-    scorer = MeanDistanceScorer(None, support, targets, fixed=base)
+    scorer = MeanDistanceScorer(support, targets, fixed=base)
     assert torch.equal(scorer.protos[2:], base)  # the seen columns' prototypes are the base ones
     expected = torch.sigmoid(scorer.tau - distances(support, base))
-    assert torch.allclose(scorer.support_scores(None, targets)[:, 2:], expected)
+    assert torch.allclose(scorer.support_scores(support, targets)[:, 2:], expected)
