@@ -25,7 +25,7 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 from cxr_tools.config import fields_from
 from cxr_tools.data.episodes import EpisodeOptions
@@ -57,9 +57,13 @@ from cxr_tools.runtime.fs import atomic_write_json
 from cxr_tools.runtime.outputs import OutputSpec, claim, decide, previous_release
 from cxr_tools.runtime.progress import Progress, null_progress
 
+if TYPE_CHECKING:
+    from cxr_tools.runtime.estimate import RunPlan
+
 log = logging.getLogger(__name__)
 
 SUMMARY = "summary.json"
+QUICK_TRY = "cxr evaluate --episodes 100 (wider intervals)"
 EPISODES_JSON = "episodes.json"
 SUMMARY_FORMAT = "cxr-eval"
 SUMMARY_VERSION = 1
@@ -164,12 +168,23 @@ class EvaluateResult:
 
 def evaluate(config: EvaluateConfig, progress: Progress | None = None) -> EvaluateResult:
     """Evaluate one method on the fixed meta-test episodes; see the module docstring."""
+    return cast("EvaluateResult", _evaluate(config, progress, dry_run=False))
+
+
+def plan_evaluate(config: EvaluateConfig) -> RunPlan:
+    """``cxr evaluate --dry-run``: the plan and its estimate from the first episodes, timed with a throwaway
+    journal in a temporary folder; the output folder is not touched."""
+    return cast("RunPlan", _evaluate(config, None, dry_run=True))
+
+
+def _evaluate(config: EvaluateConfig, progress: Progress | None, dry_run: bool) -> EvaluateResult | RunPlan:
     from cxr_tools.data.cache import open_cache
     from cxr_tools.data.episodes import EPISODE_LIST_VERSION, save_episode_list
     from cxr_tools.eval.report import metrics_of
     from cxr_tools.eval.thresholds import describe_rule, parse_rule
     from cxr_tools.methods.adapters import RUNLESS_METHODS, AdaptConfig, build_adapter, describe, resolve_method
     from cxr_tools.runtime.devices import describe_device, explain_out_of_memory, resolve_device, set_threads
+    from cxr_tools.runtime.estimate import Estimate, EstimatingProgress
 
     progress = null_progress(progress)
     began = time.perf_counter()
@@ -202,6 +217,9 @@ def evaluate(config: EvaluateConfig, progress: Progress | None = None) -> Evalua
     )
     settings = describe(adapter)
     out = Path(config.output) if config.output else default_output(config.run, label, kind)
+    if dry_run:
+        timing = (adapter, cache, episodes, normalisation, device, config.seed, rule)
+        return _dry_run(config, out, label, backbone, len(pool), timing)
     out = claim(decide(out, EVALUATION_SPEC, overwrite=config.overwrite, resume=config.resume))
     if config.resume:
         check_resumable(out)
@@ -239,8 +257,11 @@ def evaluate(config: EvaluateConfig, progress: Progress | None = None) -> Evalua
             "Lower --queries or --shots, or evaluate on a cache at a smaller --size; finished episodes are kept and "
             "a rerun resumes.",
         ):
+            timed = EstimatingProgress(
+                progress, "evaluate", describe_device(device), Estimate.log, hint=QUICK_TRY, skip=len(journal.done)
+            )
             records, scores = run_episodes(
-                adapter, cache, episodes, normalisation, device, config.seed, rule, progress, journal
+                adapter, cache, episodes, normalisation, device, config.seed, rule, timed, journal
             )
     finally:
         journal.close()
@@ -304,3 +325,45 @@ def evaluate(config: EvaluateConfig, progress: Progress | None = None) -> Evalua
         per_class=json_safe(per_class), overall=json_safe(overall), seconds=seconds,
         files=tuple([out / EPISODES_JSON, *files]), lineage_notes=tuple(notes), **kept,
     )  # fmt: skip
+
+
+def _dry_run(
+    config: EvaluateConfig, out: Path, label: str, backbone: str | None, pool: int, timing: tuple[Any, ...]
+) -> RunPlan:
+    """The plan of ``cxr evaluate --dry-run``, its estimate timed on the first episodes (``timing``: the arguments
+    of :func:`~cxr_tools.eval.episode_runs.run_episodes` before its progress) with a journal in a temporary
+    folder, stopped as soon as the estimate is known."""
+    import tempfile
+
+    from cxr_tools.runtime.devices import describe_device
+    from cxr_tools.runtime.estimate import Estimate, EstimatingProgress, RunPlan
+    from cxr_tools.runtime.progress import NullProgress
+
+    found: list[Estimate] = []
+
+    def stop(estimate: Estimate) -> None:
+        found.append(estimate)
+        raise _Measured
+
+    device = describe_device(timing[4])
+    began = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="cxr-dry-run-") as folder:
+        journal = EpisodeJournal(Path(folder), {"dry_run": True}, resume=False)
+        try:
+            run_episodes(*timing, EstimatingProgress(NullProgress(), "evaluate", device, stop, hint=QUICK_TRY), journal)
+        except _Measured:
+            pass
+        finally:
+            journal.close()
+    if not found:  # every episode ran before an estimate was due: the whole evaluation was measured
+        found.append(Estimate(time.monotonic() - began, len(timing[2]), "episodes", device, QUICK_TRY))
+    plan = [
+        ("data", f"{config.data}: {pool} meta-test pool images"),
+        ("model", f"{config.run or '-'}: method {label}" + (f", {backbone}" if backbone else "")),
+        ("episodes", f"{config.episodes} of {config.ways}-way {config.shots}-shot, {config.queries} queries"),
+    ]
+    return RunPlan("evaluate", out, device, tuple(plan), found[0] if found else None)
+
+
+class _Measured(Exception):
+    """Ends the episodes of a dry run once their estimate is known."""

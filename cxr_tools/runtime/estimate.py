@@ -9,9 +9,10 @@ only the epoch's. Everything here is arithmetic on wall-clock seconds; torch is 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -216,3 +217,73 @@ class UnitTimer:
         if self.measured >= 3:
             return (self.seconds - self.first) / (self.measured - 1)
         return self.seconds / self.measured
+
+
+class EstimatingProgress:
+    """A :class:`~cxr_tools.runtime.progress.Progress` that passes everything on and, on the task called ``task``,
+    times its units (the first ``skip`` ones, e.g. episodes a resumed run reads back from its journal, are not
+    work) and hands ``on_estimate`` one :class:`Estimate` once three units took 2 s or one took 10 s.
+
+    ``cxr evaluate`` logs it; ``--dry-run`` raises from ``on_estimate`` to stop after measuring.
+    """
+
+    def __init__(
+        self,
+        inner: Any,
+        task: str,
+        device: str,
+        on_estimate: Callable[[Estimate], None],
+        *,
+        hint: str = "",
+        skip: int = 0,
+        unit: str = "episodes",
+    ) -> None:
+        self.inner = inner
+        self.name = task
+        self.device = device
+        self.on_estimate: Callable[[Estimate], None] | None = on_estimate
+        self.hint = hint
+        self.skip = skip
+        self.unit = unit
+
+    @contextlib.contextmanager
+    def task(self, description: str, total: float | None = None) -> Iterator[Any]:
+        with self.inner.task(description, total) as inner:
+            if description != self.name or not total:
+                yield inner
+                return
+            yield _EstimatingTask(self, inner, int(total))
+
+
+class _EstimatingTask:
+    def __init__(self, owner: EstimatingProgress, inner: Any, total: int) -> None:
+        self.owner, self.inner = owner, inner
+        self.timer = UnitTimer(total)
+        self.seen = 0
+        self.last = time.monotonic()
+
+    def advance(self, n: float = 1) -> None:
+        self.inner.advance(n)
+        now = time.monotonic()
+        self.seen += int(n)
+        if self.seen <= self.owner.skip:
+            self.timer.done = self.seen  # read back, not measured
+        else:
+            self.timer.add(now - self.last, int(n))
+        self.last = now
+        timer, owner = self.timer, self.owner
+        if owner.on_estimate is None or not (
+            (timer.measured >= 3 and timer.seconds >= 2.0) or (timer.measured and timer.seconds >= 10.0)
+        ):
+            return
+        rate = timer.per_unit() or 0.0
+        callback, owner.on_estimate = owner.on_estimate, None
+        remaining = owner.skip > 0
+        left = max(0, timer.total - timer.done) * rate
+        callback(Estimate(left, timer.measured, owner.unit, owner.device, owner.hint, remaining=remaining))
+
+    def set_total(self, total: float | None) -> None:
+        self.inner.set_total(total)
+
+    def set_postfix(self, text: str) -> None:
+        self.inner.set_postfix(text)

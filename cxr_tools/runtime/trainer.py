@@ -182,7 +182,7 @@ class TrainLoop:
             raise ConfigError("max_epochs and max_steps must be >= 1.")
         if options.early_stopping is not None and options.monitor is None:
             raise ConfigError("Early stopping needs a monitored metric (e.g. --monitor val_auc).")
-        self.run = run
+        self._run = run
         self.model = model
         self.optimizer = optimizer
         self.schedule = scheduler
@@ -245,6 +245,13 @@ class TrainLoop:
         self._measuring = False
 
     # --- public -------------------------------------------------------------------------------------------
+    @property
+    def run(self) -> RunDir:
+        """The run directory (a loop built without one can only :meth:`measure`)."""
+        if self._run is None:
+            raise TypeError("This TrainLoop has no run directory: it can only measure().")
+        return self._run
+
     def fit(self) -> TrainResult:
         """Train (resuming from ``last.pt`` when there is one) until done or interrupted."""
         started = time.monotonic()
