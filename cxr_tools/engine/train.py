@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING, Any, cast
 import numpy as np
 
 from cxr_tools.errors import ConfigError, DataError
-from cxr_tools.runtime.lifecycle import FitReport
+from cxr_tools.runtime.lifecycle import FitReport, plan_in_context
 from cxr_tools.runtime.options import TrainingOptions, check_training_options
 from cxr_tools.runtime.progress import Progress
 
@@ -101,10 +101,8 @@ def train(config: TrainConfig, progress: Progress | None = None) -> TrainRunResu
 
 def plan_train(config: TrainConfig) -> RunPlan:
     """``cxr train --dry-run``: the plan and its estimate from a few steps timed in memory; nothing is written."""
-    from cxr_tools.runtime.lifecycle import run_in_context
-
     _check_config(config)
-    return cast("RunPlan", run_in_context(config, lambda ctx: _train(config, ctx, None, dry_run=True)))
+    return plan_in_context(config, lambda ctx: _train(config, ctx, None, dry_run=True))
 
 
 def _train(

@@ -28,7 +28,7 @@ import numpy as np
 
 from cxr_tools.config import check_at_least
 from cxr_tools.errors import ConfigError, DataError
-from cxr_tools.runtime.lifecycle import FitReport
+from cxr_tools.runtime.lifecycle import FitReport, plan_in_context
 from cxr_tools.runtime.options import TrainingOptions, check_training_options
 from cxr_tools.runtime.progress import Progress
 
@@ -105,10 +105,8 @@ def train_siamese(config: SiameseConfig, progress: Progress | None = None) -> Si
 def plan_train_siamese(config: SiameseConfig) -> RunPlan:
     """``cxr train-siamese --dry-run``: the plan and its estimate from a few steps timed in memory; nothing is
     written."""
-    from cxr_tools.runtime.lifecycle import run_in_context
-
     _check_config(config)
-    return cast("RunPlan", run_in_context(config, lambda ctx: _train_siamese(config, ctx, None, dry_run=True)))
+    return plan_in_context(config, lambda ctx: _train_siamese(config, ctx, None, dry_run=True))
 
 
 def _train_siamese(

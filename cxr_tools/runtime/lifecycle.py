@@ -136,6 +136,11 @@ def run_in_context(options: RunOptions, body: Callable[[RuntimeContext], R]) -> 
         ctx.close(completed)
 
 
+def plan_in_context(options: RunOptions, body: Callable[[RuntimeContext], Any]) -> RunPlan:
+    """:func:`run_in_context` for a trainer's ``--dry-run`` body, which returns its :class:`RunPlan`."""
+    return cast("RunPlan", run_in_context(options, body))
+
+
 def open_run_dir(config: Any, kind: str, ctx: RuntimeContext) -> RunDir:
     """Create or reopen the run directory ``config.output`` (rank 0 writes; every rank learns the outcome).
 
