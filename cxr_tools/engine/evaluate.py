@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
@@ -218,8 +219,11 @@ def _evaluate(config: EvaluateConfig, progress: Progress | None, dry_run: bool) 
     settings = describe(adapter)
     out = Path(config.output) if config.output else default_output(config.run, label, kind)
     if dry_run:
-        timing = (adapter, cache, episodes, normalisation, device, config.seed, rule)
-        return _dry_run(config, out, label, backbone, len(pool), timing)
+
+        def timing(timed: Progress, journal: EpisodeJournal) -> object:
+            return run_episodes(adapter, cache, episodes, normalisation, device, config.seed, rule, timed, journal)
+
+        return _dry_run(config, out, (label, backbone, len(pool)), describe_device(device), timing)
     out = claim(decide(out, EVALUATION_SPEC, overwrite=config.overwrite, resume=config.resume))
     if config.resume:
         check_resumable(out)
@@ -328,14 +332,17 @@ def _evaluate(config: EvaluateConfig, progress: Progress | None, dry_run: bool) 
 
 
 def _dry_run(
-    config: EvaluateConfig, out: Path, label: str, backbone: str | None, pool: int, timing: tuple[Any, ...]
+    config: EvaluateConfig,
+    out: Path,
+    what: tuple[str, str | None, int],
+    device: str,
+    timing: Callable[[Progress, EpisodeJournal], object],
 ) -> RunPlan:
-    """The plan of ``cxr evaluate --dry-run``, its estimate timed on the first episodes (``timing``: the arguments
-    of :func:`~cxr_tools.eval.episode_runs.run_episodes` before its progress) with a journal in a temporary
-    folder, stopped as soon as the estimate is known."""
+    """The plan of ``cxr evaluate --dry-run`` (``what``: method label, backbone, meta-test pool size), its
+    estimate timed on the first episodes (``timing`` runs them) with a journal in a temporary folder, stopped as
+    soon as the estimate is known."""
     import tempfile
 
-    from cxr_tools.runtime.devices import describe_device
     from cxr_tools.runtime.estimate import Estimate, EstimatingProgress, RunPlan
     from cxr_tools.runtime.progress import NullProgress
 
@@ -345,18 +352,18 @@ def _dry_run(
         found.append(estimate)
         raise _Measured
 
-    device = describe_device(timing[4])
+    label, backbone, pool = what
     began = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="cxr-dry-run-") as folder:
         journal = EpisodeJournal(Path(folder), {"dry_run": True}, resume=False)
         try:
-            run_episodes(*timing, EstimatingProgress(NullProgress(), "evaluate", device, stop, hint=QUICK_TRY), journal)
+            timing(EstimatingProgress(NullProgress(), "evaluate", device, stop, hint=QUICK_TRY), journal)
         except _Measured:
             pass
         finally:
             journal.close()
     if not found:  # every episode ran before an estimate was due: the whole evaluation was measured
-        found.append(Estimate(time.monotonic() - began, len(timing[2]), "episodes", device, QUICK_TRY))
+        found.append(Estimate(time.monotonic() - began, config.episodes, "episodes", device, QUICK_TRY))
     plan = [
         ("data", f"{config.data}: {pool} meta-test pool images"),
         ("model", f"{config.run or '-'}: method {label}" + (f", {backbone}" if backbone else "")),

@@ -142,12 +142,14 @@ class ForwardClock:
         self.skip = skip
         self._stamps: list[float] = []
         self._handle: Any = None
+        self._cuda = False
         self._on_prediction: Callable[[float, int], None] | None = None
 
     def start(self, on_prediction: Callable[[float, int], None]) -> None:
         """Hook the model for the next step; ``on_prediction`` receives the predicted step seconds."""
         self._on_prediction = on_prediction
         self._stamps.clear()
+        self._cuda = any(p.is_cuda for p in self.model.parameters())
         self._handle = self.model.register_forward_pre_hook(self._tick)
 
     def stop(self) -> None:
@@ -157,6 +159,10 @@ class ForwardClock:
             self._handle = None
 
     def _tick(self, module: Any, args: Any) -> None:
+        if self._cuda:  # kernels run asynchronously: time what they did, not when they were queued
+            import torch
+
+            torch.cuda.synchronize()
         self._stamps.append(time.monotonic())
         needed = self.skip + 2  # the skipped warm-up interval(s), then one measured inner step
         if len(self._stamps) == needed and self._on_prediction is not None:

@@ -385,6 +385,10 @@ class TrainLoop:
             probe.start(self._predicted)
         try:
             values = self._train_step(batch)
+            if timer is not None and self._announced is None and self.device.type == "cuda":
+                import torch
+
+                torch.cuda.synchronize(self.device)  # until estimated, time the step's kernels, not their launch
         finally:
             if probe is not None:
                 probe.stop()
