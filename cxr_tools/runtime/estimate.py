@@ -130,7 +130,7 @@ class ForwardClock:
     everything; on a CPU at 256 px one meta-step takes minutes. The clock times the interval between two forward
     calls of the first task's inner loop (one inner step: forward and gradient; the first interval, which pays
     for warm-up, is skipped) and multiplies it by ``units_per_step``, the step's cost in inner steps that the
-    trainer models (e.g. second-order MAML: the backward through K inner steps costs about 2.2 K more). It calls
+    trainer models (:func:`maml_step_units`). It calls
     ``on_prediction(seconds, measured_units)`` once, from inside the step, and removes its hook.
     """
 
@@ -174,10 +174,11 @@ class ForwardClock:
 
 def maml_step_units(adapt_steps: int, meta_batch: int, first_order: bool) -> float:
     """A MAML meta-step's cost in inner steps (forward and gradient on a support set), measured on 2 CPU cores
-    with conv4 and ResNet-18 (docs/benchmarks.md): per task the ``K`` inner steps, the query forward and the
-    backward through the adapted weights, which for second order costs about 2.2 K inner steps more."""
+    with conv4 and ResNet-18 at 64 and 128 px (``benchmarks/estimate.py``, docs/benchmarks.md): per task the
+    ``K`` inner steps, then the query forward and the backward through the adapted weights, which costs about
+    2 K + 1 inner steps more for second order and about 2.3 for first order."""
     k = max(1, adapt_steps)
-    per_task = (3.2 * k + 1.0) if not first_order else (k + 0.7)
+    per_task = (3.0 * k + 1.0) if not first_order else (k + 2.3)
     return per_task * meta_batch
 
 
