@@ -56,7 +56,8 @@ def make_run(
     preprocessing: dict[str, Any] | None = None,
     lineage: bool = True,
 ) -> Path:
-    """A finished run directory ``tmp_path/name`` with ``model/`` of training ``kind`` (maml/siamese/supervised).
+    """A finished run directory ``tmp_path/name`` with ``model/`` of training ``kind`` (maml/protonet/siamese/
+    supervised).
 
     With ``lineage`` the model records, as a trainer would, its classes and the patients of the meta-train pool
     (pool seed 0; MAML: meta-train and meta-val pools), so evaluate accepts it unless its classes leak.
@@ -72,6 +73,10 @@ def make_run(
             "meta_split": SPLIT.to_dict(),
             "pool_seed": 0,
         }
+    elif kind == "protonet":
+        model = create_model("conv4-tiny", num_classes=ways, norm=norm)
+        head_labels = []
+        base = {"protonet": {"rule": "mean-distance", "ways": ways}, "meta_split": SPLIT.to_dict(), "pool_seed": 0}
     elif kind == "siamese":
         model = create_model("conv4-tiny", num_classes=8, norm=norm)
         head_labels = []
@@ -91,7 +96,7 @@ def make_run(
     }
     if lineage:
         pools = meta_split_pools(reader.index, reader.labels, SPLIT, seed=0)
-        used = [pools["train"], pools["val"]] if kind == "maml" else [pools["train"]]
+        used = [pools["train"], pools["val"]] if kind in ("maml", "protonet") else [pools["train"]]
         meta["lineage"] = write_lineage(
             run / "model", meta, run=run, patients=patients_of(reader.index, *used), pool="meta-train",
             meta_split=SPLIT.to_dict(), pool_seed=0,

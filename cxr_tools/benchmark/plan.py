@@ -4,7 +4,10 @@ Top-level keys (``examples/benchmark/phantoms.yaml`` and ``nih.yaml`` are whole,
 
 ``cache`` and ``output`` (required; relative paths are taken from the current directory, like every ``cxr``
 path), ``methods`` (required: a mapping of row names to method settings), ``shots`` (required, e.g.
-``[1, 5, 10]``), ``meta_split`` (default ``auto``), ``backbones`` (default ``[conv4]``), ``ways`` (2),
+``[1, 5, 10]``), ``meta_split`` (default ``auto``), ``backbones`` (default ``[conv4]``), ``ways`` (2; a list runs
+each), ``seen_ways`` (0: standard episodes; a list runs each: generalized episodes with that many meta-train
+classes beside the ``ways`` new ones, compared on the harmonic mean of seen and unseen AUC), or instead of both
+``shapes`` (a list of ``[ways, seen_ways]`` pairs, for a grid that is no product: MetaChest's ``metachest.yaml``),
 ``queries`` (15), ``seeds`` (training seeds of the trained methods: a list, or a count ``n`` meaning ``0..n-1``;
 default ``[0, 1]``, so every trained row's interval and tests include the seed-to-seed variance; with one seed
 the report says its verdicts are about those trained models), ``episodes`` (600),
@@ -17,7 +20,9 @@ A method is ``NAME: {method: KIND, ...}`` (``method`` defaults to ``NAME``, so `
 variants of one kind can sit side by side) with the same command sections, ``backbones``, ``train_shots``
 (meta-train once at this shot count and evaluate that run at every shot count; default: meta-train per shot
 count) and, for ``scratch``, ``match`` (a MAML-kind method of the plan whose adaptation budget — as its first
-seed's evaluation used it, evaluation options included — and episodes it copies).
+seed's evaluation used it, evaluation options included — and episodes it copies). The ``encoder-linear-probe``,
+``encoder-prototype`` and ``encoder-fine-tune`` kinds score pretrained foundation encoders without training; their
+own ``backbones`` name the encoders (``hf:DIR``, ``hf:ORG/NAME`` or presets such as ``rad-dino``).
 Section keys are the commands' own flags (``--checkpoint-every-steps`` is ``checkpoint_every_steps``), checked
 as the flags are; flags the plan sets itself (outputs, seeds, shots, ways, the cache...) are refused there.
 """
@@ -37,13 +42,28 @@ METHODS: dict[str, tuple[tuple[str, ...], str]] = {
     "maml": (("meta-train",), "maml"),
     "fomaml": (("meta-train",), "maml"),
     "maml-from-siamese": (("train-siamese", "meta-train"), "maml"),
+    "protonet": (("meta-train",), "prototype"),
     "siamese-prototype": (("train-siamese",), "prototype"),
     "fine-tune": (("train",), "finetune"),
+    "transfer": (("train",), "finetune"),
     "linear-probe": (("train",), "linear-probe"),
     "pixels": ((), "pixels"),
     "scratch": ((), "scratch"),
+    # a pretrained foundation encoder scored on frozen features, no training (its backbones: hf:DIR or presets)
+    "encoder-linear-probe": ((), "linear-probe"),
+    "encoder-prototype": ((), "prototype"),
+    "encoder-fine-tune": ((), "finetune"),
 }
 META_KINDS = frozenset({"maml", "fomaml", "maml-from-siamese"})
+#: Kinds trained by ``cxr meta-train`` (per shot count, or once with ``train_shots``).
+EPISODIC_KINDS = META_KINDS | {"protonet"}
+#: Options a kind's commands get before the plan's own (which win): ``transfer`` is MetaChest's transfer-learning
+#: baseline (Montalvo-Lezama & Fuentes-Pineda 2026, "BatchBased"): the supervised run on the meta-train classes,
+#: then per episode a fresh head trained alone on the support set, 100 steps at learning rate 0.005.
+KIND_OPTIONS: dict[str, dict[str, tuple[str, ...]]] = {
+    "transfer": {"evaluate": ("--finetune", "head", "--steps", "100", "--lr", "0.005")},
+}
+ENCODER_KINDS = frozenset({"encoder-linear-probe", "encoder-prototype", "encoder-fine-tune"})
 SECTIONS: dict[str, str] = {
     "train": "train",
     "train_siamese": "train-siamese",
@@ -68,9 +88,10 @@ _COMMON = {
 CONTROLLED: dict[str, frozenset[str]] = {
     "train": frozenset(_COMMON | {"--model", "--classes"}),
     "train-siamese": frozenset(_COMMON | {"--backbone", "--classes", "--backbone-from"}),
-    "meta-train": frozenset(_COMMON | {"--ways", "--shots", "--backbone", "--init"}),
+    "meta-train": frozenset(_COMMON | {"--ways", "--shots", "--backbone", "--init", "--algorithm"}),
     "evaluate": frozenset(
-        _COMMON | {"--data", "--method", "--ways", "--shots", "--queries", "--episodes", "--backbone", "--match"}
+        _COMMON
+        | {"--data", "--method", "--ways", "--seen-ways", "--shots", "--queries", "--episodes", "--backbone", "--match"}
     ),
 }
 _TOP = {
@@ -81,6 +102,8 @@ _TOP = {
     "meta_split",
     "backbones",
     "ways",
+    "seen_ways",
+    "shapes",
     "queries",
     "seeds",
     "episodes",
@@ -116,11 +139,15 @@ class Flag:
 
 @dataclass(frozen=True)
 class CommandFlags:
-    """The flags of the ``cxr`` commands a plan may set, by command and config key, plus a value check (the
-    CLI passes both, taken from the commands themselves; without them section keys are not checked)."""
+    """The flags of the ``cxr`` commands a plan may set, by command and config key, plus a value check and the
+    encoder-name check (the CLI passes them, taken from the commands and the model zoo; without them section keys
+    and encoder names are not checked)."""
 
     flags: Mapping[str, Mapping[str, Flag]] = field(default_factory=dict)
     check: Callable[[str, str, Any], None] | None = None
+    #: whether a name is a foundation encoder (``cxr_tools.models.encoders.is_encoder``, passed by the CLI: the
+    #: benchmark layer does not import models); None accepts every name of an encoder row.
+    is_encoder: Callable[[str], bool] | None = None
 
 
 @dataclass(frozen=True)
@@ -158,7 +185,7 @@ class Plan:
     meta_split: str
     methods: tuple[MethodPlan, ...]
     shots: tuple[int, ...]
-    ways: int
+    ways: tuple[int, ...]
     queries: int
     seeds: tuple[int, ...]
     episodes: int
@@ -167,6 +194,18 @@ class Plan:
     device: str
     threads: int | None
     slurm: SlurmPlan
+    seen_ways: tuple[int, ...] = (0,)
+    shapes: tuple[tuple[int, int], ...] = ()
+
+    @property
+    def settings(self) -> tuple[tuple[int, int], ...]:
+        """Every ``(ways, seen_ways)`` episode shape the plan evaluates, in plan order."""
+        return self.shapes or tuple((w, s) for w in self.ways for s in self.seen_ways)
+
+    @property
+    def grid(self) -> bool:
+        """Whether the plan has several episode shapes or generalized ones: its outputs then name the shape."""
+        return len(self.settings) > 1 or any(s for _, s in self.settings)
 
 
 def load_plan(path: str | Path, commands: CommandFlags | None = None) -> Plan:
@@ -209,6 +248,9 @@ def load_plan(path: str | Path, commands: CommandFlags | None = None) -> Plan:
         else _ints(seeds_raw, "seeds", where, 0)
     )
     threads = data.get("threads")
+    shapes = _shapes(data.get("shapes"), where)
+    if shapes and ("ways" in data or "seen_ways" in data):
+        raise PlanError(f"Plan {where} gives both 'shapes' and 'ways' / 'seen_ways'.", "Keep one of them.")
     return Plan(
         path=path,
         cache=Path(str(data["cache"])).expanduser().absolute(),
@@ -216,7 +258,9 @@ def load_plan(path: str | Path, commands: CommandFlags | None = None) -> Plan:
         meta_split=str(data.get("meta_split") or "auto"),
         methods=tuple(plans),
         shots=_ints(data["shots"], "shots", where, 1),
-        ways=_int(data.get("ways", 2), "ways", where),
+        ways=tuple(dict.fromkeys(w for w, _ in shapes)) if shapes else _ints(data.get("ways", 2), "ways", where, 1),
+        seen_ways=_ints(data.get("seen_ways", 0), "seen_ways", where, 0),
+        shapes=shapes,
         queries=_int(data.get("queries", 15), "queries", where),
         seeds=seeds,
         episodes=_int(data.get("episodes", 600), "episodes", where),
@@ -309,12 +353,22 @@ def _method(
                 f"Key 'methods.{name}.{sec}' in {where}: method {kind} runs no `cxr {command}`.",
                 f"Sections for {kind}: {', '.join(s for s, c in SECTIONS.items() if c in needs)}.",
             )
-        options[command] = shared[sec] + own  # a flag given twice: the method's value wins (the last one)
-    if spec.get("train_shots") is not None and kind not in META_KINDS:
-        raise PlanError(f"Key 'methods.{name}.train_shots' in {where}: only MAML kinds meta-train per shot count.")
+        # a flag given twice: the method's value wins (the last one), the plan's over the kind's defaults
+        options[command] = KIND_OPTIONS.get(kind, {}).get(command, ()) + shared[sec] + own
+    if kind == "protonet" and "--first-order" in options["meta-train"]:
+        raise PlanError(
+            f"'first_order' reaches method '{name}' (protonet) in {where}: it is a MAML option.",
+            "Set it in the MAML methods' own meta_train sections, or use method fomaml.",
+        )
+    if spec.get("train_shots") is not None and kind not in EPISODIC_KINDS:
+        raise PlanError(
+            f"Key 'methods.{name}.train_shots' in {where}: only meta-train kinds (MAML, protonet) train per shot count."
+        )
     if spec.get("match") is not None and kind != "scratch":
         raise PlanError(f"Key 'methods.{name}.match' in {where}: only scratch copies another method's budget.")
     own_backbones = spec.get("backbones")
+    if kind in ENCODER_KINDS:
+        own_backbones = _encoders(own_backbones, name, where, commands.is_encoder)
     return MethodPlan(
         name=name,
         kind=kind,
@@ -327,6 +381,24 @@ def _method(
         else _int(spec["train_shots"], f"methods.{name}.train_shots", where),
         match=None if spec.get("match") is None else str(spec["match"]),
     )
+
+
+def _encoders(raw: Any, name: str, where: str, is_encoder: Callable[[str], bool] | None) -> list[str]:
+    """An encoder row's own ``backbones``: foundation encoders only (``hf:PATH`` made absolute, as the cache is)."""
+    names = list(_names(raw, f"methods.{name}.backbones", where)) if raw else []
+    bad = [b for b in names if is_encoder is not None and not is_encoder(b)]
+    if not names or bad:
+        raise PlanError(
+            f"'methods.{name}.backbones' in {where} must list foundation encoders"
+            + (f"; not: {', '.join(bad)}." if bad else "."),
+            "Use hf:DIR, hf:ORG/NAME or a preset (`cxr models` lists them), e.g. backbones: [rad-dino].",
+        )
+    out = []
+    for b in names:
+        path = b.removeprefix("hf:")
+        local = b.startswith("hf:") and (path.startswith((".", "~", "/")) or Path(path).expanduser().exists())
+        out.append(f"hf:{Path(path).expanduser().absolute()}" if local else b)
+    return out
 
 
 def _slurm(raw: Any, where: str) -> SlurmPlan:
@@ -347,6 +419,22 @@ def _slurm(raw: Any, where: str) -> SlurmPlan:
         mem=None if raw.get("mem") is None else str(raw["mem"]),
         extra=tuple(str(x) for x in (extra if isinstance(extra, (list, tuple)) else [extra])),
     )
+
+
+def _shapes(value: Any, where: str) -> tuple[tuple[int, int], ...]:
+    """``shapes``: distinct ``[ways, seen_ways]`` pairs (``ways`` >= 1 new classes, ``seen_ways`` >= 0 known ones)."""
+    if value is None:
+        return ()
+    if not isinstance(value, (list, tuple)) or not value:
+        raise PlanError(f"'shapes' in {where} must list [ways, seen_ways] pairs.", "E.g. shapes: [[1, 2], [3, 0]].")
+    out = []
+    for item in value:
+        if not isinstance(item, (list, tuple)) or len(item) != 2:
+            raise PlanError(f"'shapes' in {where}: {item!r} is no [ways, seen_ways] pair.", "E.g. [2, 1].")
+        out.append((_int(item[0], "shapes (ways)", where, 1), _int(item[1], "shapes (seen_ways)", where, 0)))
+    if len(set(out)) != len(out):
+        raise PlanError(f"'shapes' in {where} repeats a pair.", "List each [ways, seen_ways] pair once.")
+    return tuple(out)
 
 
 def _int(value: Any, key: str, where: str, minimum: int = 1) -> int:

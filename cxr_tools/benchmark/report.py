@@ -1,4 +1,5 @@
-"""The benchmark report: the paper's table and figures, read from the ``cxr compare`` output of each shot count.
+"""The benchmark report: the paper's table and figures, read from the ``cxr compare`` output of each column (a shot
+count, or a shot count of one episode shape in a grid plan such as ``metachest.yaml``).
 
 No statistic is computed here. Every number is a field of ``compare/Kshot/comparison.json``: a method's mean
 AUC with compare's seed-aware interval (a method trained with several seeds is one ``--group``, so its interval
@@ -6,7 +7,8 @@ includes the between-seed variance), its paired difference from the reference me
 p-value, its mean AP, its per-class AUCs, and compare's paired tests. Rows are matched to the plan's methods by
 their evaluation directories, never by display name. Written: ``report.md``, ``report.csv``, ``report.json``,
 ``report.html`` (self-contained, images inlined), ``auc_vs_shots.png`` (interval bands) and ``per_class_auc.png``
-(a heat map per shot count).
+(a heat map per column). A column of generalized episodes (``seen_ways``) reports compare's ``auc-harmonic`` (the
+harmonic mean of seen and unseen AUC, with its interval) as its AUC, and the seen and unseen means beside it.
 """
 
 from __future__ import annotations
@@ -38,7 +40,8 @@ REPORT_SPEC = OutputSpec(
 
 @dataclass(frozen=True)
 class Cell:
-    """One method at one shot count, as compare reported it."""
+    """One method in one column (a shot count, of one episode shape in a grid), as compare reported it; for
+    generalized episodes ``auc`` is the harmonic mean of ``seen`` and ``unseen`` AUC."""
 
     method: str
     shots: int
@@ -55,6 +58,9 @@ class Cell:
     best: bool
     per_class: dict[str, float]
     comparison: str
+    column: str = ""
+    seen: float | None = None
+    unseen: float | None = None
 
 
 @dataclass(frozen=True)
@@ -67,35 +73,43 @@ class Report:
     classes: tuple[str, ...]
     cells: tuple[Cell, ...]
     tests: tuple[dict[str, Any], ...]
-    episodes: dict[int, int]
-    missing: tuple[int, ...] = ()
+    episodes: dict[str, int]
+    missing: tuple[str, ...] = ()
+    columns: tuple[str, ...] = ()
     output: Path | None = None
     files: tuple[Path, ...] = field(default_factory=tuple)
 
 
 def build_report(steps: Sequence[Step], reference: str) -> Report:
-    """The report of every shot count whose comparison is finished (the others are listed in ``missing``)."""
+    """The report of every column whose comparison is finished (the others are listed in ``missing``)."""
     label_of = {str(Path(s.output).resolve()): s.method for s in steps if s.command == "evaluate"}
     methods = list(dict.fromkeys(s.method for s in steps if s.command == "evaluate" and s.method))
-    compares = sorted((s for s in steps if s.command == "compare"), key=lambda s: s.shots or 0)
+    compares = [s for s in steps if s.command == "compare"]
+    if all(s.column is None for s in compares):  # steps of an older plan expansion: one column per shot count
+        compares.sort(key=lambda s: s.shots or 0)
     cells: list[Cell] = []
     tests: list[dict[str, Any]] = []
-    episodes: dict[int, int] = {}
-    missing, classes = [], []
+    episodes: dict[str, int] = {}
+    missing: list[str] = []
+    classes: list[str] = []
+    shots: list[int] = []
     ref_label = next((m for m in methods if m == reference or m.startswith(f"{reference}-")), reference)
     for step in compares:
         path, k = Path(step.output) / "comparison.json", int(step.shots or 0)
+        column = step.column or f"{k}shot"
         if not path.is_file():
-            missing.append(k)
+            missing.append(column)
             continue
         data = json.loads(path.read_text(encoding="utf-8"))
-        episodes[k] = int(data["episodes"])
+        episodes[column] = int(data["episodes"])
+        shots += [k] if k not in shots else []
         classes += [c for c in data.get("classes", []) if c not in classes]
         names: dict[str, str] = {}
         shot_cells = []
         for row in data["rows"]:
             label = label_of.get(str(Path(row["eval_dirs"][0]).resolve()), row["name"])
             names[row["name"]] = label
+            others = row.get("others") or {}
             shot_cells.append(
                 Cell(
                     method=label,
@@ -105,7 +119,7 @@ def build_report(steps: Sequence[Step], reference: str) -> Report:
                     low=row["low"],
                     high=row["high"],
                     interval=row["interval"],
-                    ap=(row.get("others") or {}).get("ap"),
+                    ap=others.get("ap"),
                     seeds=len(row["eval_dirs"]),
                     diff=row.get("diff"),
                     p_value=row.get("p_value"),
@@ -113,6 +127,9 @@ def build_report(steps: Sequence[Step], reference: str) -> Report:
                     best=False,
                     per_class={c: v.get("mean") for c, v in (row.get("per_class") or {}).items()},
                     comparison=str(path),
+                    column=column,
+                    seen=others.get("auc-seen"),
+                    unseen=others.get("auc-unseen"),
                 )
             )
         top = max((c.auc for c in shot_cells if _finite(c.auc)), default=math.nan)
@@ -122,6 +139,7 @@ def build_report(steps: Sequence[Step], reference: str) -> Report:
                 tests.append(
                     {
                         "shots": k,
+                        "column": column,
                         "a": names.get(t["a"], t["a"]),
                         "b": names.get(t["b"], t["b"]),
                         **{key: t[key] for key in ("diff", "ci95", "n", "p_raw", "p_value", "significant", "note")},
@@ -136,14 +154,23 @@ def build_report(steps: Sequence[Step], reference: str) -> Report:
         )
     return Report(
         tuple(methods),
-        tuple(sorted(episodes)),
+        tuple(sorted(shots)),
         ref_label,
         tuple(classes),
         tuple(cells),
         tuple(tests),
         episodes,
         tuple(missing),
+        tuple(episodes),
     )
+
+
+def column_title(column: str) -> str:
+    """``5shot`` -> ``5-shot``; ``3way-2seen-5shot`` -> ``3-way + 2 seen, 5-shot`` (a grid plan's column)."""
+    parts = column.split("-")
+    shots = parts[-1].replace("shot", "-shot")
+    shape = [p.replace("way", "-way") if p.endswith("way") else p.replace("seen", " seen") for p in parts[:-1]]
+    return (" + ".join(shape) + ", " if shape else "") + shots
 
 
 def table_rows(report: Report) -> list[dict[str, Any]]:
@@ -151,8 +178,11 @@ def table_rows(report: Report) -> list[dict[str, Any]]:
     return [
         {
             "method": c.method,
+            "column": c.column,
             "shots": c.shots,
             "auc": c.auc,
+            "auc_seen": c.seen,
+            "auc_unseen": c.unseen,
             "ci95": c.ci95,
             "low": c.low,
             "high": c.high,
@@ -179,25 +209,37 @@ def cell_text(c: Cell, reference: str) -> str:
     return text + ("*" if c.significant else "")
 
 
+def _generalized(report: Report) -> list[str]:
+    """The columns of generalized episodes (their cells carry seen and unseen means)."""
+    return [k for k in report.columns if any(c.column == k and c.seen is not None for c in report.cells)]
+
+
 def markdown(report: Report, images: Sequence[str] = ()) -> str:
-    by = {(c.method, c.shots): c for c in report.cells}
+    by = {(c.method, c.column): c for c in report.cells}
+    generalized = _generalized(report)
     lines = [
         "# Few-shot benchmark",
         "",
-        f"Mean AUC [95% interval] per method and shot count; bold: best of the column; * differs from "
-        f"{report.reference} (paired over the shared episodes, Holm-adjusted p < 0.05 over each shot count's "
+        f"Mean AUC [95% interval] per method and column; bold: best of the column; * differs from "
+        f"{report.reference} (paired over the shared episodes, Holm-adjusted p < 0.05 over each column's "
         "family). Intervals and tests: one variance model (episodes, support and query patients, and the "
         "between-seed variance of methods trained with several seeds); a method trained with one seed speaks "
         "for that trained model, not the method. Episodes: "
-        + ", ".join(f"{k}-shot {n}" for k, n in report.episodes.items())
-        + ".",
+        + ", ".join(f"{column_title(k)} {n}" for k, n in report.episodes.items())
+        + "."
+        + (
+            " Columns with seen classes (generalized episodes) give the harmonic mean of the seen and unseen "
+            "AUC, with its delta-method interval (docs/science.md)."
+            if generalized
+            else ""
+        ),
         "",
-        "| method | " + " | ".join(f"{k}-shot" for k in report.shots) + " |",
-        "|---|" + "---:|" * len(report.shots),
+        "| method | " + " | ".join(column_title(k) for k in report.columns) + " |",
+        "|---|" + "---:|" * len(report.columns),
     ]
     for m in report.methods:
         cells = []
-        for k in report.shots:
+        for k in report.columns:
             c = by.get((m, k))
             cells.append(
                 ""
@@ -206,17 +248,32 @@ def markdown(report: Report, images: Sequence[str] = ()) -> str:
             )
         lines.append(f"| {m} | " + " | ".join(cells) + " |")
     if report.missing:
-        lines += ["", f"Not finished yet: {', '.join(f'{k}-shot' for k in report.missing)}."]
+        lines += ["", f"Not finished yet: {', '.join(column_title(k) for k in report.missing)}."]
+    if generalized:
+        lines += [
+            "",
+            "## Generalized episodes: seen / unseen / harmonic mean AUC",
+            "",
+            "| method | " + " | ".join(column_title(k) for k in generalized) + " |",
+            "|---|" + "---:|" * len(generalized),
+        ]
+        for m in report.methods:
+            parts = [by.get((m, k)) for k in generalized]
+            lines.append(
+                f"| {m} | "
+                + " | ".join("" if c is None else f"{_f(c.seen)} / {_f(c.unseen)} / {_f(c.auc)}" for c in parts)
+                + " |"
+            )
     lines += [
         "",
-        f"## Paired tests against {report.reference} (overall; Holm over each shot count's family)",
+        f"## Paired tests against {report.reference} (overall; Holm over each column's family)",
         "",
-        "| shots | method − reference | Δ AUC [95% CI] | p (raw) | p (Holm) | significant |",
-        "|---:|---|---:|---:|---:|---|",
+        "| column | method − reference | Δ AUC [95% CI] | p (raw) | p (Holm) | significant |",
+        "|---|---|---:|---:|---:|---|",
     ]
     for t in report.tests:
         lines.append(
-            f"| {t['shots']} | {t['a']} − {t['b']} | {t['diff']:+.3f} [{t['low']:+.3f}, "
+            f"| {_test_column(t)} | {t['a']} − {t['b']} | {t['diff']:+.3f} [{t['low']:+.3f}, "
             f"{t['high']:+.3f}] | {_p(t['p_raw'])} | {_p(t['p_value'])} | "
             f"{'yes' if t['significant'] else 'no'} |"
         )
@@ -252,13 +309,19 @@ def _plot_shots(report: Report, path: Path) -> Path:
 
     fig = new_figure(6.0, 4.0)
     ax = fig.add_subplot(1, 1, 1)
+    shapes = list(dict.fromkeys(_shape(c.column) for c in report.cells))
     for m in report.methods:
-        cs = sorted((c for c in report.cells if c.method == m), key=lambda c: c.shots)
-        if not cs:
-            continue
-        x = [c.shots for c in cs]
-        (line,) = ax.plot(x, [c.auc for c in cs], marker="o", label=m)
-        ax.fill_between(x, [c.low for c in cs], [c.high for c in cs], alpha=0.2, color=line.get_color())
+        for shape in shapes:  # one line per method and episode shape (a grid plan has several)
+            cs = sorted(
+                (c for c in report.cells if c.method == m and _shape(c.column) == shape),
+                key=lambda c: c.shots,
+            )
+            if not cs:
+                continue
+            x = [c.shots for c in cs]
+            label = f"{m} ({column_title(shape + '-0shot').rsplit(',', 1)[0]})" if shape else m
+            (line,) = ax.plot(x, [c.auc for c in cs], marker="o", label=label)
+            ax.fill_between(x, [c.low for c in cs], [c.high for c in cs], alpha=0.2, color=line.get_color())
     ax.axhline(0.5, color="grey", lw=0.8, ls="--")
     ax.set_xticks(list(report.shots))
     ax.set_xlabel("shots (K)")
@@ -273,10 +336,10 @@ def _plot_classes(report: Report, path: Path) -> Path:
 
     from cxr_tools.eval.plots import new_figure, save_figure
 
-    n, classes, methods = len(report.shots), list(report.classes), list(report.methods)
+    n, classes, methods = len(report.columns), list(report.classes), list(report.methods)
     fig = new_figure(max(4.0, 0.9 * len(classes) + 2.5) * n, 0.45 * len(methods) + 2.0)
-    by = {(c.method, c.shots): c for c in report.cells}
-    for i, k in enumerate(report.shots):
+    by = {(c.method, c.column): c for c in report.cells}
+    for i, k in enumerate(report.columns):
         ax = fig.add_subplot(1, n, i + 1)
         grid = np.array(
             [[_num((by[(m, k)].per_class if (m, k) in by else {}).get(c)) for c in classes] for m in methods]
@@ -295,24 +358,25 @@ def _plot_classes(report: Report, path: Path) -> Path:
                 )
         ax.set_xticks(np.arange(len(classes)), classes, rotation=45, ha="right", fontsize=8)
         ax.set_yticks(np.arange(len(methods)), methods if i == 0 else [""] * len(methods), fontsize=8)
-        ax.set_title(f"{k}-shot: AUC per class", fontsize=9)
+        ax.set_title(f"{column_title(k)}: AUC per class", fontsize=9)
     fig.colorbar(image, ax=fig.axes, fraction=0.02, pad=0.02)
     return save_figure(fig, path)
 
 
 def _html(report: Report, images: Sequence[Path]) -> str:
-    by = {(c.method, c.shots): c for c in report.cells}
-    head = "".join(f"<th>{k}-shot</th>" for k in report.shots)
+    by = {(c.method, c.column): c for c in report.cells}
+    head = "".join(f"<th>{html.escape(column_title(k))}</th>" for k in report.columns)
     rows = []
     for m in report.methods:
         tds = []
-        for k in report.shots:
+        for k in report.columns:
             c = by.get((m, k))
             text = "" if c is None else html.escape(cell_text(c, report.reference))
             tds.append(f"<td><b>{text}</b></td>" if c is not None and c.best else f"<td>{text}</td>")
         rows.append(f"<tr><th>{html.escape(m)}</th>{''.join(tds)}</tr>")
     tests = "".join(
-        f"<tr><td>{t['shots']}</td><td>{html.escape(t['a'])} − {html.escape(t['b'])}</td><td>{t['diff']:+.3f} "
+        f"<tr><td>{html.escape(_test_column(t))}</td><td>{html.escape(t['a'])} − {html.escape(t['b'])}</td>"
+        f"<td>{t['diff']:+.3f} "
         f"[{t['low']:+.3f}, {t['high']:+.3f}]</td><td>{_p(t['p_value'])}</td>"
         f"<td>{'yes' if t['significant'] else 'no'}</td></tr>"
         for t in report.tests
@@ -331,7 +395,7 @@ def _html(report: Report, images: Sequence[Path]) -> str:
         "body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}td,th{border:1px solid #ccc;"
         "padding:4px 8px;text-align:right}img{max-width:100%}</style></head><body><h1>Few-shot benchmark</h1>"
         f"<p>{note}</p><table><tr><th>method</th>{head}</tr>{''.join(rows)}</table>"
-        f"<h2>Paired tests against {html.escape(report.reference)} (Holm)</h2><table><tr><th>shots</th>"
+        f"<h2>Paired tests against {html.escape(report.reference)} (Holm)</h2><table><tr><th>column</th>"
         f"<th>pair</th><th>Δ AUC [95% CI]</th><th>p (Holm)</th><th>significant</th></tr>{tests}</table>"
         f"{imgs}</body></html>\n"
     )
@@ -341,6 +405,20 @@ def _p(p: float | None) -> str:
     from cxr_tools.eval.metrics import format_p
 
     return format_p(p).removeprefix("p = ").removeprefix("p ")
+
+
+def _test_column(test: dict[str, Any]) -> str:
+    """The column title of a paired test (reports of older versions name only the shot count)."""
+    return column_title(test.get("column") or f"{test['shots']}shot")
+
+
+def _shape(column: str) -> str:
+    """The episode shape of a grid column (``3way-2seen-5shot`` -> ``3way-2seen``); ``""`` for ``5shot``."""
+    return column.rsplit("-", 1)[0] if "-" in column else ""
+
+
+def _f(v: float | None) -> str:
+    return "n/a" if v is None or not math.isfinite(v) else f"{v:.3f}"
 
 
 def _num(v: Any) -> float:

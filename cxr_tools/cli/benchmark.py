@@ -170,7 +170,9 @@ def command_flags() -> Any:
             flag = Flag(longs[0], off, bool(getattr(p, "is_bool_flag", False)), bool(p.multiple))
             keys.update({key: flag for key in _spellings(p)})
         flags[name] = keys
-    return CommandFlags(flags=flags, check=check_option)
+    from cxr_tools.models.encoders import is_encoder
+
+    return CommandFlags(flags=flags, check=check_option, is_encoder=is_encoder)
 
 
 @functools.cache

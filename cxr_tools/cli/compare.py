@@ -31,7 +31,14 @@ def compare(
     output: Annotated[
         Path | None, output_option("Write comparison.csv, comparison.md, comparison.png and comparison.json here.")
     ] = None,
-    metric: Annotated[str, typer.Option("--metric", help="Ranking metric: auc, ap, f1, precision or recall.")] = "auc",
+    metric: Annotated[
+        str,
+        typer.Option(
+            "--metric",
+            help="Ranking metric: auc, ap, f1, precision or recall; on generalized evaluations (--seen-ways) "
+            "also auc-seen, auc-unseen, auc-harmonic (any metric before the dash).",
+        ),
+    ] = "auc",
     groups: Annotated[
         list[str] | None,
         typer.Option(

@@ -95,14 +95,18 @@ def training_paths(ctx: typer.Context, kind: str, label: str) -> None:
 
 def evaluate_paths(ctx: typer.Context) -> None:
     """``--data`` as a path or cache name (or the only cache); RUN as a path or run name, else the latest
-    completed run (not for the run-less methods); ``-o`` of a run-less evaluation else
-    ``$CXR_RUNS/evaluate/<cache>-<method>-<N>w<K>s-<hash>`` (with a run, the engine's ``RUN/eval``)."""
+    completed run (not for the run-less methods, nor with a foundation encoder as ``--backbone``); ``-o`` of a
+    run-less evaluation else ``$CXR_RUNS/evaluate/<cache>-<method>-<N>w<K>s-<hash>`` (with a run, the engine's
+    ``RUN/eval``)."""
     from cxr_tools import workspace
 
     settings = _significant(ctx)
     method = str(ctx.params.get("method"))
     run = ctx.params.get("run")
-    if run is not None or method not in RUNLESS_METHODS:
+    from cxr_tools.models.encoders import is_encoder
+
+    encoder = is_encoder(ctx.params.get("backbone"))  # --backbone hf:... / a preset: the encoder is evaluated
+    if run is not None or (method not in RUNLESS_METHODS and not encoder):
         choice = workspace.choose_run(
             run, config_source(ctx, "run"), kinds=workspace.TRAINING_KINDS, purpose=f"--method {method} needs a run"
         )

@@ -86,6 +86,17 @@ def evaluate(
     ] = "head",
     episodes: Annotated[int, typer.Option("--episodes", min=1, help="Number of fixed, seeded episodes.")] = 600,
     ways: Annotated[int, typer.Option("--ways", min=1, help="Meta-test classes per episode (N).")] = 2,
+    seen_ways: Annotated[
+        int,
+        typer.Option(
+            "--seen-ways",
+            min=0,
+            help="Generalized episodes (MetaChest): add this many meta-train classes, scored with what the model "
+            "knows of them, to the --ways new ones; images still from the meta-test patients, none carrying a "
+            "finding outside the episode's classes, 'No Finding' images as negatives. Reports seen, unseen and "
+            "their harmonic mean.",
+        ),
+    ] = 0,
     shots: ShotsOpt = 5,
     queries: QueriesOpt = 15,
     images_per_patient: ImagesPerPatientOpt = 1,
@@ -117,7 +128,13 @@ def evaluate(
     ] = None,
     backbone: Annotated[
         str | None,
-        typer.Option("--backbone", help="Architecture for --method scratch without a run.", show_default="conv4"),
+        typer.Option(
+            "--backbone",
+            help="Without a run: the architecture of --method scratch, or a foundation encoder (hf:DIR, "
+            "hf:ORG/NAME or a preset such as rad-dino; `cxr models`) that --method linear-probe|prototype|finetune "
+            "scores on frozen pretrained weights.",
+            show_default="conv4",
+        ),
     ] = None,
     steps: Annotated[
         int | None,
@@ -193,9 +210,10 @@ def evaluate(
 ) -> None:
     """Few-shot evaluation of a run on the meta-test classes: per-class AUC, AP, F1/precision/recall, 95% CIs.
 
-    The episode list depends only on the cache, meta-split, --ways/--shots/--queries/--images-per-patient, --episodes
-    and --seed, so every method evaluated with the same options sees the same episodes (cxr compare checks the
-    hash); support and query never share a patient. Writes
+    The episode list depends only on the cache, meta-split, --ways/--seen-ways/--shots/--queries/--images-per-patient,
+    --episodes and --seed, so every method evaluated with the same options sees the same episodes (cxr compare checks
+    the hash); support and query never share a patient. --seen-ways adds meta-train classes (generalized episodes,
+    MetaChest): the table then also shows seen, unseen and their harmonic mean. Writes
     summary.json, episodes.csv, scores.csv, episodes.json and plots/ to RUN/eval (or -o).
     """
     with handle_errors():
@@ -230,8 +248,10 @@ def render(console: Console, result: Any) -> None:
     longest = max([len("overall"), *(len(c) for c in result.per_class)])
     if console.width < longest + 16 + 22 * len(metrics):
         metrics = [m for m in metrics if m in ("auc", "ap", "f1")]
+    seen_ways = int(getattr(result, "seen_ways", 0) or 0)
+    shape = f"{result.ways}-way + {seen_ways} seen" if seen_ways else f"{result.ways}-way"
     title = (
-        f"cxr evaluate: {result.name} — {result.episodes} episodes, {result.ways}-way {result.shots}-shot "
+        f"cxr evaluate: {result.name} — {result.episodes} episodes, {shape} {result.shots}-shot "
         f"{result.queries}-query; mean [95% interval]; threshold rule {result.threshold}"
     )
     table = Table(title=title, box=box.SIMPLE_HEAD, caption=f"episode list {result.episode_list_hash}")
@@ -240,9 +260,22 @@ def render(console: Console, result: Any) -> None:
     table.add_column("patients", justify="right", no_wrap=True)
     for m in metrics:
         table.add_column(metric_header(m, result.threshold), justify="right", no_wrap=True)
+    generalized = getattr(result, "generalized", None)
+    seen = set((generalized or {}).get("seen_classes") or ())
     for cls, values in result.per_class.items():
         first = values[metrics[0]] if metrics else {}
-        table.add_row(cls, str(first.get("n", 0)), str(first.get("patients", "")), *[_cell(values[m]) for m in metrics])
+        name = f"{cls} (seen)" if cls in seen else cls
+        table.add_row(
+            name, str(first.get("n", 0)), str(first.get("patients", "")), *[_cell(values[m]) for m in metrics]
+        )
+    if generalized:
+        for part in ("seen", "unseen", "harmonic"):
+            values = generalized[part]
+            first = values[metrics[0]] if metrics else {}
+            label = "harmonic mean" if part == "harmonic" else f"{part} classes"
+            table.add_row(
+                label, str(first.get("n", 0)), str(first.get("patients", "")), *[_cell(values[m]) for m in metrics]
+            )
     first = result.overall[metrics[0]] if metrics else {}
     table.add_row(
         "overall",
@@ -264,6 +297,12 @@ def render(console: Console, result: Any) -> None:
             "after adaptation; optimistic, but the queries never enter it); see episodes.csv's threshold column."
         )
     _print_intervals(console, result.overall, metrics, result.threshold)
+    if generalized:
+        console.print(
+            "Generalized episodes: 'seen classes' / 'unseen classes' average each episode's meta-train / meta-test "
+            "classes; 'harmonic mean' is 2·seen·unseen/(seen+unseen) of those means, its interval by the delta "
+            "method (docs/science.md)."
+        )
     if result.pairs:
         p = result.pairs
         console.print(

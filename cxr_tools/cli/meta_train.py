@@ -1,4 +1,4 @@
-"""``cxr meta-train CACHE -o RUN``: MAML / first-order MAML on the meta-train classes of a cache."""
+"""``cxr meta-train CACHE -o RUN``: MAML, first-order MAML or ProtoNet-ML on the meta-train classes of a cache."""
 
 from __future__ import annotations
 
@@ -63,8 +63,16 @@ def meta_train(
             "--episodes", min=1, help="Meta-training budget in episodes; ceil(episodes / meta-batch) meta-steps."
         ),
     ] = 20000,
+    algorithm: Annotated[
+        str,
+        typer.Option(
+            "--algorithm",
+            help="maml, fomaml (first-order MAML: faster, lighter, approximate) or protonet (ProtoNet-ML, MetaChest's "
+            "multi-label prototypical network: trains the embedding; evaluated with prototypes).",
+        ),
+    ] = "maml",
     first_order: Annotated[
-        bool, typer.Option("--first-order", help="First-order MAML (FOMAML): faster, lighter, approximate.")
+        bool, typer.Option("--first-order", help="Same as --algorithm fomaml (kept for older scripts and configs).")
     ] = False,
     backbone: Annotated[
         str | None,
@@ -108,7 +116,8 @@ def meta_train(
     quiet: QuietOpt = False,
     dry_run: DryRunOpt = False,
 ) -> None:
-    """Meta-learn an initialisation with MAML on the meta-train classes; validate on the meta-val classes.
+    """Meta-learn on the meta-train classes (MAML / FOMAML: an initialisation; ProtoNet-ML: an embedding scored by
+    class prototypes); validate on the meta-val classes.
 
     Episodes: N classes, K positives per class plus K negatives (none of the N) in the support set, Q likewise
     in the query set, multi-hot BCE targets. Meta-test classes and images are never used. Writes RUN/model/
@@ -118,7 +127,7 @@ def meta_train(
         from cxr_tools.engine.meta_train import MetaTrainConfig
         from cxr_tools.engine.meta_train import meta_train as run_meta_train
 
-        training_paths(ctx, "meta-train", f"{ways}w{shots}s")
+        training_paths(ctx, "meta-train", ("protonet-" if algorithm == "protonet" else "") + f"{ways}w{shots}s")
         cfg = config_from_params(MetaTrainConfig, ctx.params)
         if dry_run:
             from cxr_tools.engine.meta_train import plan_meta_train
@@ -139,7 +148,8 @@ def meta_train(
         sys.stderr.write(
             f"Meta-training collapsed to the label prior at meta-step {c['from_step']} (loss {c['loss']:.4f} vs the "
             f"prior's {c['prior_loss']:.4f}) and no weights beat the prior on meta-validation: {result.run_dir} "
-            "is not a usable model. Lower --meta-lr, or raise --inner-lr / --adapt-steps.\n"
+            "is not a usable model. Lower --meta-lr"
+            + (".\n" if result.algorithm == "protonet" else ", or raise --inner-lr / --adapt-steps.\n")
         )
         raise typer.Exit(1)
 
@@ -149,7 +159,9 @@ def _render(console: Console, result: Any) -> None:
     table.add_column("what")
     table.add_column("value")
     split = result.meta_split
-    table.add_row("engine", result.engine)
+    table.add_row("algorithm", result.algorithm)
+    if result.algorithm != "protonet":
+        table.add_row("engine", result.engine)
     table.add_row("meta-steps", f"{result.meta_steps}/{result.total_meta_steps} ({result.episodes_seen} episodes)")
     table.add_row("meta-train classes", ", ".join(split["train"]))
     table.add_row("meta-val classes", ", ".join(split["val"]))

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -53,10 +53,21 @@ def models(
                 str(card.num_features),
                 ",".join(w.name for w in card.weights) or "-",
             )
-        console.print(table)
+        if result.models:
+            console.print(table)
+        if result.encoders:
+            console.print(_encoder_table(result.encoders))
+            console.print(
+                "Foundation encoders: --backbone NAME or hf:DIR / hf:ORG/NAME (files from a local folder or the "
+                "Hugging Face cache; CXR_OFFLINE=1 never downloads); pip install 'cxr-tools[foundation]'.",
+                markup=False,
+            )
         console.print("`cxr models NAME` shows one model's card.")
 
     def render_card(console: Console) -> None:
+        if result.encoders:
+            _render_preset(console, result.encoders[0])
+            return
         card = result.models[0]
         rows = [
             ("name", card.name),
@@ -81,3 +92,42 @@ def models(
         console.print(table)
 
     emit(result, json_output, render_card if result.detail else render_table)
+
+
+def _trained_on(preset: Any) -> str:
+    return "; ".join(d.dataset for d in preset.card.data)
+
+
+def _encoder_table(encoders: Any) -> Table:
+    table = Table(title="foundation encoders (--backbone NAME)")
+    for column in ("name", "repo", "library", "input", "embedding", "licence", "trained on"):
+        table.add_column(column, no_wrap=column == "name")
+    for p in encoders:
+        table.add_row(
+            p.name, p.repo, p.library, f"1×{p.image_size} → 3 ch", str(p.embedding_size), p.licence, _trained_on(p)
+        )
+    return table
+
+
+def _render_preset(console: Console, preset: Any) -> None:
+    table = Table(title=f"foundation encoder: {preset.name}", show_header=False)
+    table.add_column("field", style="bold")
+    table.add_column("value")
+    rows = [
+        ("name", f"{preset.name} (= --backbone hf:{preset.repo})"),
+        ("repo", preset.repo),
+        ("library", preset.library),
+        ("licence", preset.licence),
+        ("parameters", preset.params),
+        ("input", f"grey replicated to 3 channels; {preset.input} (the processor's values are read at load time)"),
+        ("embedding", f"{preset.embedding_size}: {preset.embedding}"),
+        ("data card", preset.card.title),
+    ]
+    for key, value in rows:
+        table.add_row(key, value)
+    for d in preset.card.data:
+        labels = f"labels: {', '.join(d.classes)}" if d.classes else "no class labels"
+        seen = f"; images of source '{d.source}'" if d.source else ""
+        table.add_row("", f"{d.dataset} ({labels}{seen})")
+    table.add_row("reference", preset.card.reference)
+    console.print(table)

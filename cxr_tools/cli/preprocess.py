@@ -1,6 +1,7 @@
 """``cxr preprocess SRC -o CACHE``: decode a dataset once into an HDF5 or memory-mapped cache.
 
-``cxr preprocess --merge PART... -o CACHE`` joins the partial caches of ``--shard i/n`` runs.
+``cxr preprocess --merge PART... -o CACHE`` joins the partial caches of ``--shard i/n`` runs, or the caches of
+different datasets into one cache with a dataset column (``--merge NIH_CACHE CHEXPERT_CACHE -o MERGED``).
 """
 
 from __future__ import annotations
@@ -52,7 +53,7 @@ def preprocess(
         list[Path] | None,
         typer.Argument(
             help="Dataset directory or its name in $CXR_DATA (NIH, CheXpert, image folder, DICOM folder, synthetic); "
-            "with --merge, the shard caches to join.",
+            "with --merge, the shard caches to join, or the caches of different datasets.",
             show_default="the only dataset in $CXR_DATA",
         ),
     ] = None,
@@ -104,7 +105,12 @@ def preprocess(
         ),
     ] = None,
     merge: Annotated[
-        bool, typer.Option("--merge", help="Join the shard caches given as SRC into one cache at -o.")
+        bool,
+        typer.Option(
+            "--merge",
+            help="Join the caches given as SRC into one cache at -o: the --shard parts of one run, or caches of "
+            "different datasets (dataset column, dataset:id patient ids, canonical labels).",
+        ),
     ] = False,
     chunk_size: Annotated[int, typer.Option("--chunk-size", min=1, help="Images per work item.")] = 32,
     commit_seconds: Annotated[
@@ -137,7 +143,7 @@ def preprocess(
             if len(src) != 1:
                 raise ConfigError(
                     f"preprocess takes one dataset directory, got {len(src)}.",
-                    "Pass --merge to join shard caches.",
+                    "Preprocess each dataset into its own cache, then join them with --merge.",
                 )
             cfg = config_from_params(
                 PreprocessConfig, ctx.params, src=src[0], views=_split_list(views), fractions=_fractions(fractions)
@@ -155,6 +161,8 @@ def preprocess(
         if result.shard:
             what += f" (shard {result.shard})"
         console.print(f"{what}, {len(result.labels)} labels, from a {result.source_kind} source")
+        if result.datasets:
+            console.print("datasets: " + ", ".join(f"{k} {v} images" for k, v in result.datasets.items()))
         if result.resumed_from:
             console.print(f"Resumed after {result.resumed_from} inputs already done.")
         if result.rejected:

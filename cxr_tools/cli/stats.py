@@ -99,6 +99,13 @@ def _render(console: Console, result: Any) -> None:
     for name, s in result.splits.items():
         splits.add_row(name, str(s.images), str(s.patients))
     console.print(splits)
+    if result.datasets:
+        datasets = Table(title="Datasets")
+        for col in ("dataset", "images", "patients", *split_names):
+            datasets.add_column(col, justify="left" if col == "dataset" else "right")
+        for name, d in result.datasets.items():
+            datasets.add_row(name, str(d.images), str(d.patients), *(str(d.splits.get(s, 0)) for s in split_names))
+        console.print(datasets)
 
     small = Table(title="Labels per image / views")
     small.add_column("positive labels")

@@ -190,7 +190,23 @@ def train(
     ctx: typer.Context,
     cache: CacheArg = None,
     output: RunOpt = None,
-    model: Annotated[str, typer.Option("--model", "-m", help="Zoo model (`cxr models` lists them).")] = "resnet18",
+    model: Annotated[
+        str,
+        typer.Option(
+            "--model",
+            "-m",
+            "--backbone",
+            help="Zoo model or foundation encoder (hf:DIR, hf:ORG/NAME, or a preset; `cxr models` lists them).",
+        ),
+    ] = "resnet18",
+    freeze: Annotated[
+        bool,
+        typer.Option(
+            "--freeze",
+            help="Train the head only, on the model's frozen (pretrained) features; a foundation encoder's run then "
+            "saves only its head and reloads the encoder from its source.",
+        ),
+    ] = False,
     uncertainty: Annotated[
         str, typer.Option("--uncertainty", help="Uncertain labels: ignore (masked out of the loss), zeros, ones.")
     ] = "ignore",

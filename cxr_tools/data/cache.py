@@ -54,8 +54,11 @@ INDEX_META_COLUMNS: tuple[str, ...] = (
     "age",
     "split",
 )
+#: Column of a cache holding several datasets (``cxr preprocess --merge``): the dataset each row came from. Its
+#: ``image_id``, ``patient_id`` and ``study`` are then qualified, ``DATASET:ID`` (:mod:`cxr_tools.data.datasets`).
+DATASET_COLUMN = "dataset"
 # Read these as strings so ids like "00000001" keep their zeros.
-_STRING_COLUMNS = ("image_id", "source_path", "patient_id", "study", "view", "sex", "split")
+_STRING_COLUMNS = ("image_id", "source_path", "patient_id", "study", "view", "sex", "split", DATASET_COLUMN)
 
 
 def is_complete(path: str | Path) -> bool:
@@ -205,14 +208,14 @@ def manifest_hash(manifest: dict[str, Any]) -> str:
 PIXELS_DIGEST = "pixels_sha256"
 #: Version of :func:`content_digests` (part of every fingerprint, so a change of recipe never collides).
 CONTENT_VERSION = 1
-_DIGEST_BLOCK_BYTES = 64 << 20
+_DIGEST_BLOCK_BYTES = 16 << 20  # as the checksum blocks: the writer's memory stays flat
 
 
 def pixel_digest(cache_dir: str | Path, storage: str) -> str:
     """sha256 of a cache's pixels: ``uint8 N x H x W`` then every image's bytes in row order (C order).
 
     Independent of the storage kind (HDF5 or ``.npy`` give the same digest for the same pixels) and read in
-    blocks of ~64 MiB, so memory stays flat; ~1.5 GB/s, a few seconds for a 224 px NIH cache.
+    blocks of ~16 MiB, so memory stays flat; ~1.5 GB/s, a few seconds for a 224 px NIH cache.
     """
     path = Path(cache_dir) / STORE_FILES[storage]
     if storage == "hdf5":
@@ -285,13 +288,15 @@ SPLIT_NAMES: tuple[str, ...] = ("train", "val", "test")
 
 
 def write_index(cache_dir: str | Path, index: Any, labels: Sequence[str]) -> Path:
-    """Write ``index.csv`` atomically: :data:`INDEX_META_COLUMNS` then ``labels``, labels as 1 / 0 / -1 / empty."""
+    """Write ``index.csv`` atomically: :data:`INDEX_META_COLUMNS`, :data:`DATASET_COLUMN` when the index has it,
+    then ``labels``, labels as 1 / 0 / -1 / empty."""
     import pandas as pd
 
     missing = [c for c in (*INDEX_META_COLUMNS, *labels) if c not in index.columns]
     if missing:
         raise CacheError(f"The index lacks column(s) {', '.join(missing)}.")
-    df = index.loc[:, [*INDEX_META_COLUMNS, *labels]].copy()
+    extra = [DATASET_COLUMN] if DATASET_COLUMN in index.columns else []
+    df = index.loc[:, [*INDEX_META_COLUMNS, *extra, *labels]].copy()
     df["row"] = df["row"].astype("int64")
     df["age"] = _maybe_int(pd.to_numeric(df["age"], errors="coerce"))
     for col in labels:
@@ -339,13 +344,17 @@ def count_index(index: Any, *, rejected: int, inputs: int) -> dict[str, Any]:
     per_split = {name: int((splits == name).sum()) for name in SPLIT_NAMES}
     for name in sorted(set(splits) - set(SPLIT_NAMES)):
         per_split[name or "none"] = int((splits == name).sum())
-    return {
+    counts: dict[str, Any] = {
         "inputs": int(inputs),
         "images": len(index),
         "patients": int(index["patient_id"].fillna("").astype(str).nunique()),
         "rejected": int(rejected),
         "splits": per_split,
     }
+    if DATASET_COLUMN in index.columns:  # a cache of several datasets: images and patients of each
+        groups = index.groupby(index[DATASET_COLUMN].astype(str), sort=False)["patient_id"]
+        counts["datasets"] = {str(k): {"images": int(g.size), "patients": int(g.nunique())} for k, g in groups}
+    return counts
 
 
 class ImageStoreWriter:

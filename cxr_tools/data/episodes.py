@@ -42,6 +42,7 @@ import numpy as np
 
 from cxr_tools.errors import DataError
 from cxr_tools.runtime.fs import atomic_write_json
+from cxr_tools.vocabulary import NO_FINDING
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +51,8 @@ log = logging.getLogger(__name__)
 EPISODE_LIST_VERSION = 2
 _MAX_CHECKED_COMBINATIONS = 64  # class combinations checked one by one when the sampler is built
 _ATTEMPTS = 20  # draws of an episode's patients before its classes are declared too short
+#: Labels that are no finding: generalized episodes neither exclude an image for them nor deny it as a negative.
+NOT_FINDINGS: tuple[str, ...] = (NO_FINDING, "Support Devices")
 
 
 @dataclass(frozen=True)
@@ -60,16 +63,24 @@ class EpisodeSpec:
     shots: int = 5
     queries: int = 15
     images_per_patient: int = 1
+    seen_ways: int = 0
 
     def __post_init__(self) -> None:
         for name in ("ways", "shots", "queries", "images_per_patient"):
             if getattr(self, name) < 1:
                 raise DataError(f"--{name.replace('_', '-')} must be at least 1 (got {getattr(self, name)}).")
+        if self.seen_ways < 0:
+            raise DataError(f"--seen-ways must be >= 0 (got {self.seen_ways}).")
+
+    @property
+    def total_ways(self) -> int:
+        """Classes of one episode: ``ways`` unseen plus ``seen_ways`` seen ones."""
+        return self.ways + self.seen_ways
 
     @property
     def images(self) -> int:
         """Support plus query images of one episode: K (then Q) per class plus as many negatives."""
-        return (self.ways + 1) * (self.shots + self.queries)
+        return (self.total_ways + 1) * (self.shots + self.queries)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -105,6 +116,8 @@ class Episode:
         support_rows / query_rows: cache rows (int64).
         support_targets / query_targets: float32 [n, ways] multi-hot.
         images_per_patient: the cap it was drawn with (part of the list's identity).
+        seen: the classes of ``classes`` that are *seen* (meta-train classes of a generalized episode, after the
+            unseen ones); empty for a standard episode.
     """
 
     classes: tuple[str, ...]
@@ -113,13 +126,22 @@ class Episode:
     query_rows: np.ndarray
     query_targets: np.ndarray
     images_per_patient: int = 1
+    seen: tuple[str, ...] = ()
+
+    @property
+    def unseen(self) -> tuple[str, ...]:
+        """The episode's new (meta-test) classes."""
+        return tuple(c for c in self.classes if c not in self.seen)
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "classes": list(self.classes),
             "support_rows": self.support_rows.tolist(),
             "query_rows": self.query_rows.tolist(),
         }
+        if self.seen:  # absent from standard episodes, so their lists keep their hashes
+            out["seen"] = list(self.seen)
+        return out
 
 
 def index_patients(index: Any, column: str = "patient_id") -> np.ndarray:
@@ -348,11 +370,18 @@ class EpisodeSampler:
             query.append(drawn[1])
         return support, query
 
+    def _pick(self, rng: np.random.Generator, shuffle: bool) -> np.ndarray:
+        """The episode's class indices, in slot order."""
+        picked = rng.choice(len(self.classes), size=self.spec.ways, replace=False)
+        return picked if shuffle else np.sort(picked)
+
+    def _seen_names(self, picked: np.ndarray) -> tuple[str, ...]:
+        """The seen classes among ``picked`` (none in a standard episode)."""
+        return ()
+
     def sample(self, rng: np.random.Generator, shuffle: bool = False) -> Episode:
         """Draw one episode; ``shuffle`` puts its classes in a random slot order (meta-training tasks)."""
-        picked = rng.choice(len(self.classes), size=self.spec.ways, replace=False)
-        if not shuffle:
-            picked = np.sort(picked)
+        picked = self._pick(rng, shuffle)
         slots = [(f"class {self.classes[j]}", self._positives(j, picked)) for j in picked]
         slots.append(("the negatives", self._negatives(picked)))
         for _ in range(_ATTEMPTS):  # slots compete for patients with several findings: a tight pool may need a redraw
@@ -376,11 +405,165 @@ class EpisodeSampler:
             query_rows=self._rows[q_idx],
             query_targets=pos[q_idx].astype(np.float32),
             images_per_patient=self.spec.images_per_patient,
+            seen=self._seen_names(picked),
         )
 
     def fixed_list(self, n: int, seed: int) -> list[Episode]:
         """``n`` reproducible episodes: episode ``i`` depends only on ``(seed, i)``."""
         return [self.sample(np.random.default_rng([seed, i])) for i in range(n)]
+
+
+class GeneralizedSampler(EpisodeSampler):
+    """Generalized few-shot episodes (MetaChest, Montalvo-Lezama & Fuentes-Pineda 2026): ``spec.ways`` unseen
+    classes plus ``spec.seen_ways`` seen ones, drawn from one pool (the meta-test pool at evaluation).
+
+    Following MetaChest's episode generator:
+
+    * an image carrying (positive or uncertain) **any** finding of the cache's label space outside the episode's
+      classes is excluded, so a target never hides a finding the episode does not name (:data:`NOT_FINDINGS`,
+      "No Finding" and CheXpert's "Support Devices", are not findings);
+    * the negatives are "No Finding" images: images carrying no finding at all;
+    * every class, seen or unseen, gets ``shots`` support and ``queries`` query positives, patient-disjoint as in
+      :class:`EpisodeSampler` (one patient, one side, one slot).
+
+    ``classes`` holds the unseen classes then the seen ones (the target columns' order); episodes put their
+    unseen classes first. A seen class is kept when enough patients of this pool (meta-test patients, so a
+    meta-train finding is rarer there) have films with that finding alone; the others are left out (logged,
+    :attr:`dropped`) as long as ``spec.seen_ways`` remain. An unseen class is never left out.
+
+    Args:
+        unseen: the classes the model never learned (meta-test).
+        seen: the classes it learned (meta-train).
+        (others as :class:`EpisodeSampler`)
+    """
+
+    def __init__(
+        self,
+        raw_labels: np.ndarray,
+        label_names: Sequence[str],
+        unseen: Sequence[str],
+        seen: Sequence[str],
+        pool_rows: np.ndarray | Sequence[int],
+        spec: EpisodeSpec,
+        *,
+        patients: np.ndarray | Sequence[str],
+    ) -> None:
+        if spec.seen_ways < 1:
+            raise DataError("Generalized episodes need --seen-ways of at least 1.", "Report this as a bug.")
+        if spec.seen_ways > len(seen):
+            raise DataError(
+                f"--seen-ways {spec.seen_ways} asks for more seen classes than meta-train has ({len(seen)}: "
+                f"{', '.join(seen)}).",
+                "Lower --seen-ways.",
+            )
+        shared = sorted(set(unseen) & set(seen))
+        if shared:
+            raise DataError(f"Class(es) {', '.join(shared)} are both seen and unseen.", "Fix the meta-split.")
+        if spec.ways > len(unseen):
+            raise DataError(
+                f"--ways {spec.ways} asks for more classes than the split has ({len(unseen)}: {', '.join(unseen)}).",
+                "Lower --ways or use a split with more classes.",
+            )
+        self._n_unseen = len(unseen)
+        names = list(label_names)
+        findings = [j for j, name in enumerate(names) if name not in NOT_FINDINGS]
+        raw = np.asarray(raw_labels, dtype=np.float32)
+        self._carried_all = ((raw[:, findings] == 1) | (raw[:, findings] == -1)).sum(axis=1)
+        super().__init__(raw_labels, label_names, [*unseen, *seen], pool_rows, spec, patients=patients)
+
+    @property
+    def unseen(self) -> tuple[str, ...]:
+        return self.classes[: self._n_unseen]
+
+    @property
+    def seen(self) -> tuple[str, ...]:
+        return self.classes[self._n_unseen :]
+
+    # --- candidates: nothing outside the episode's classes --------------------------------------------------------
+
+    def _outside(self, candidates: np.ndarray, picked: np.ndarray) -> np.ndarray:
+        """Whether each candidate carries a finding outside the classes ``picked``."""
+        inside = (self._positive[candidates][:, picked] | self._uncertain[candidates][:, picked]).sum(axis=1)
+        return self._pool_carried[candidates] > inside
+
+    def _positives(self, j: int, picked: np.ndarray) -> np.ndarray:
+        members = super()._positives(j, picked)
+        return members[~self._outside(members, picked)]
+
+    def _negatives(self, picked: np.ndarray) -> np.ndarray:
+        return np.flatnonzero(self._pool_carried == 0)
+
+    def _pick(self, rng: np.random.Generator, shuffle: bool) -> np.ndarray:
+        unseen = np.sort(rng.choice(self._n_unseen, size=self.spec.ways, replace=False))
+        seen = self._n_unseen + np.sort(rng.choice(len(self.seen), size=self.spec.seen_ways, replace=False))
+        return np.concatenate([unseen, seen])
+
+    def _seen_names(self, picked: np.ndarray) -> tuple[str, ...]:
+        return tuple(self.classes[j] for j in picked if j >= self._n_unseen)
+
+    # --- feasibility ------------------------------------------------------------------------------------------
+
+    def _check_feasible(self) -> None:
+        """Refuse unseen classes or negatives too short to fill an episode; leave out short seen classes."""
+        self._pool_carried = self._carried_all[self._rows]
+        everything = np.arange(len(self.classes))
+        hint = "Lower --shots/--queries or --seen-ways, allow more images per patient, or use a larger dataset."
+        capacity = [self._capacity(self._positives(j, everything)) for j in everything]
+        short_unseen = [
+            f"{self.classes[j]}: {self._count_text(*capacity[j])}"
+            for j in range(self._n_unseen)
+            if not self._enough(capacity[j][1])
+        ]
+        if short_unseen:
+            raise DataError(
+                f"Too few patients with only episode findings for generalized episodes ({self._need_text()}): "
+                f"{'; '.join(short_unseen)}.",
+                hint,
+            )
+        # A seen class is kept when enough patients have films with that finding alone: those films suit every
+        # episode with the class and no other slot can take them, so its slots always fill.
+        alone = {j: self._capacity(self._positives(j, np.asarray([j]))) for j in everything[self._n_unseen :]}
+        keep = [j for j in alone if self._enough(alone[j][1])]
+        if len(keep) < self.spec.seen_ways:
+            short = [f"{self.classes[j]}: {self._count_text(*alone[j])}" for j in alone]
+            raise DataError(
+                f"Too few seen (meta-train) classes have enough patients in this pool with films of that finding "
+                f"alone for {self.spec.seen_ways} seen ways ({self._need_text()}): {'; '.join(short)}.",
+                hint,
+            )
+        if len(keep) < len(self.classes) - self._n_unseen:
+            self.dropped = tuple(c for j, c in enumerate(self.classes) if j >= self._n_unseen and j not in keep)
+            log.warning(
+                "Seen classes left out of these episodes, too few patients with films of that finding alone: %s.",
+                ", ".join(self.dropped),
+            )
+            cols = [*range(self._n_unseen), *keep]
+            self.classes = tuple(self.classes[j] for j in cols)
+            self._positive, self._uncertain = self._positive[:, cols], self._uncertain[:, cols]
+            self._members = [self._members[j] for j in cols]
+        patients, negatives = self._capacity(self._negatives(everything))
+        if not self._enough(negatives):
+            raise DataError(
+                f"Too few 'No Finding' images (no finding at all) for the negatives: "
+                f"{self._count_text(patients, negatives)} ({self._need_text()}).",
+                "Use a dataset with 'No Finding' images, or lower --shots/--queries.",
+            )
+        n_seen = len(self.classes) - self._n_unseen
+        if (
+            math.comb(self._n_unseen, self.spec.ways) * math.comb(n_seen, self.spec.seen_ways)
+            > _MAX_CHECKED_COMBINATIONS
+        ):
+            return  # too many combinations: a short one is reported when drawn
+        for unseen in itertools.combinations(range(self._n_unseen), self.spec.ways):
+            for seen in itertools.combinations(range(self._n_unseen, len(self.classes)), self.spec.seen_ways):
+                picked = np.asarray([*unseen, *seen])
+                problem = self._combination_problem(picked)
+                if problem:
+                    raise DataError(
+                        f"Generalized episodes of {' + '.join(self.classes[j] for j in picked)} cannot be drawn: "
+                        f"{problem}.",
+                        hint,
+                    )
 
 
 def episode_list_hash(episodes: Sequence[Episode], fingerprint: str) -> str:
@@ -455,7 +638,10 @@ def load_episode_list(
         s = np.asarray(item["support_rows"], dtype=np.int64)
         q = np.asarray(item["query_rows"], dtype=np.int64)
         lab = lab_all[:, cols] == 1
-        out.append(Episode(tuple(item["classes"]), s, lab[s].astype(np.float32), q, lab[q].astype(np.float32), cap))
+        seen = tuple(item.get("seen") or ())
+        out.append(
+            Episode(tuple(item["classes"]), s, lab[s].astype(np.float32), q, lab[q].astype(np.float32), cap, seen)
+        )
     if episode_list_hash(out, recorded) != data.get("hash"):
         raise DataError(f"Episode list {path} does not match its hash.", "Regenerate it; do not edit it by hand.")
     return out

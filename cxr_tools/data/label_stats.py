@@ -38,6 +38,17 @@ class SplitStats:
     patients: int
 
 
+@dataclass(frozen=True)
+class DatasetStats:
+    """Counts of one dataset of a cache of several datasets: images, patients, images per split, positive images
+    per label (labels the dataset does not mark are left out)."""
+
+    images: int
+    patients: int
+    splits: dict[str, int] = field(default_factory=dict)
+    positives: dict[str, int] = field(default_factory=dict)
+
+
 def compute_stats(index: Any, labels: list[str]) -> dict[str, Any]:
     """The numbers of :class:`StatsResult` from an index DataFrame (pure; no files)."""
     import pandas as pd
@@ -89,7 +100,29 @@ def compute_stats(index: Any, labels: list[str]) -> dict[str, Any]:
         "splits": {s: SplitStats(int(split_images[k]), int(split_patients[k])) for k, s in enumerate(split_names)},
         "views": _value_counts(index["view"], "unknown"),
         "cooccurrence": tuple(tuple(int(v) for v in row) for row in co),
+        "datasets": _per_dataset(index, raw, labels, [split_names[c] for c in split_code]),
     }
+
+
+def _per_dataset(index: Any, raw: np.ndarray, labels: list[str], splits: list[str]) -> dict[str, DatasetStats]:
+    """:class:`DatasetStats` per value of the ``dataset`` column (none when the cache holds one dataset)."""
+    if "dataset" not in index.columns:
+        return {}
+    names = index["dataset"].fillna("").astype(str).to_numpy(dtype=object)
+    patients = index["patient_id"].fillna("").astype(str).to_numpy(dtype=object)
+    split_of = np.asarray(splits, dtype=object)
+    out = {}
+    for name in dict.fromkeys(names):
+        rows = names == name
+        marked = ~np.isnan(raw[rows]).all(axis=0) if rows.any() else np.zeros(len(labels), dtype=bool)
+        kinds, counts = np.unique(split_of[rows].astype(str), return_counts=True)
+        out[str(name)] = DatasetStats(
+            images=int(rows.sum()),
+            patients=len(set(patients[rows])),
+            splits={str(k): int(v) for k, v in zip(kinds, counts, strict=True)},
+            positives={lab: int((raw[rows, j] == 1).sum()) for j, lab in enumerate(labels) if marked[j]},
+        )
+    return out
 
 
 def _cleaned_codes(column: Any, empty: str) -> tuple[np.ndarray, list[str]]:

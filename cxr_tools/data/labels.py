@@ -50,12 +50,16 @@ def parse_nih_findings(cell: str, *, source: str = "Finding Labels") -> list[str
     return out
 
 
-# MetaChest (Montalvo-Lezama et al.) class-disjoint meta-split of the NIH findings; docs/science.md.
+# MetaChest's class-disjoint meta-split (Montalvo-Lezama & Fuentes-Pineda 2026; the mtrn / mval / mtst lists of
+# their repository's config.toml), classes spelled as NIH does; docs/science.md. Its meta-train class Lung Opacity
+# comes from CheXpert / MIMIC-CXR / PadChest: a cache without it (NIH alone) leaves it out (METACHEST_OPTIONAL).
 METACHEST_SPLIT: dict[str, tuple[str, ...]] = {
-    "train": ("Effusion", "Infiltration", "Atelectasis", "Nodule", "Mass", "Pleural_Thickening"),
+    "train": ("Effusion", "Lung Opacity", "Infiltration", "Atelectasis", "Nodule", "Mass", "Pleural_Thickening"),
     "val": ("Emphysema", "Fibrosis", "Hernia"),
     "test": ("Cardiomegaly", "Edema", "Pneumothorax", "Consolidation", "Pneumonia"),
 }
+#: MetaChest classes a label space may lack (then left out of the split): NIH has no Lung Opacity.
+METACHEST_OPTIONAL: tuple[str, ...] = ("Lung Opacity",)
 
 
 UNCERTAINTY_POLICIES = ("ignore", "zeros", "ones")

@@ -83,13 +83,19 @@ def process_chunk(task: ChunkTask) -> ChunkResult:
     return ChunkResult(task.start, len(task.paths), images[:kept].copy(), tuple(rejected))
 
 
-def decode_only(paths: Sequence[str]) -> int:
-    """``cv2.imread`` every path and drop the pixels: the decode-only limit the benchmark compares against."""
+def decode_only(paths: Sequence[str], decoder: str = "opencv") -> int:
+    """Decode every path and drop the pixels: grey ``cv2.imread`` (``opencv``, the limit ``benchmarks/preprocess.py``
+    compares ``cxr preprocess`` with) or libspng on the file's bytes (``spng``, what preprocess decodes PNGs with)."""
     import cv2
 
     n = 0
     for p in paths:
-        if cv2.imread(p, cv2.IMREAD_UNCHANGED) is not None:
+        if decoder == "spng":
+            from cxr_tools.data.imaging import decode_png_spng
+
+            with open(p, "rb") as fh:
+                n += decode_png_spng(fh.read()) is not None
+        elif cv2.imread(p, cv2.IMREAD_GRAYSCALE) is not None:
             n += 1
     return n
 
@@ -118,7 +124,9 @@ def _context() -> Any:
     methods = multiprocessing.get_all_start_methods()
     if "forkserver" in methods:
         ctx = multiprocessing.get_context("forkserver")
-        ctx.set_forkserver_preload(["cxr_tools.data.preprocess_pipeline", "cxr_tools.data.imaging", "cv2", "numpy"])
+        # a module that is not installed (pyspng is optional at run time) is skipped by the forkserver
+        preload = ["cxr_tools.data.preprocess_pipeline", "cxr_tools.data.imaging", "cv2", "pyspng", "numpy"]
+        ctx.set_forkserver_preload(preload)
         return ctx
     return multiprocessing.get_context("spawn")
 

@@ -112,6 +112,26 @@ def check_shards(readers: Sequence[cache_mod.CacheReader]) -> list[cache_mod.Cac
     return [r for _, r in ordered]
 
 
+def copy_images(readers: Sequence[cache_mod.CacheReader], output: Path, progress: Progress) -> None:
+    """Write the images of ``readers``, one after the other, into a new store in ``output`` (the first reader's
+    storage kind), in blocks so memory stays flat; durable when it returns."""
+    first = readers[0]
+    height, width = first.image_shape
+    total = sum(len(r) for r in readers)
+    with (
+        cache_mod.ImageStoreWriter(output, first.storage, total, height, width) as store,
+        progress.task("merge", total=total) as task,
+    ):
+        row = 0
+        for r in readers:
+            for start in range(0, len(r), _COPY_BLOCK):
+                block = r.read(np.arange(start, min(start + _COPY_BLOCK, len(r))))
+                store.write_block(row, block)
+                row += len(block)
+                task.advance(len(block))
+        store.flush(durable=True)
+
+
 def merge_shards(
     shard_dirs: Sequence[str | Path], output: str | Path, progress: Progress | None = None
 ) -> dict[str, Any]:
@@ -126,21 +146,8 @@ def merge_shards(
     try:
         first = readers[0]
         storage = first.storage
-        height, width = first.image_shape
-        total = sum(len(r) for r in readers)
         out = Path(output)
-        with (
-            cache_mod.ImageStoreWriter(out, storage, total, height, width) as store,
-            progress.task("merge", total=total) as task,
-        ):
-            row = 0
-            for r in readers:
-                for start in range(0, len(r), _COPY_BLOCK):
-                    block = r.read(np.arange(start, min(start + _COPY_BLOCK, len(r))))
-                    store.write_block(row, block)
-                    row += len(block)
-                    task.advance(len(block))
-            store.flush(durable=True)
+        copy_images(readers, out, progress)
         index = pd.concat([r.index for r in readers], ignore_index=True)
         index["row"] = np.arange(len(index), dtype=np.int64)
         rejected = pd.concat([cache_mod.read_rejected(r.path) for r in readers], ignore_index=True)

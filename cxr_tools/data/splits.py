@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from cxr_tools.data.labels import METACHEST_SPLIT, canonical_label
+from cxr_tools.data.labels import METACHEST_OPTIONAL, METACHEST_SPLIT, canonical_label
 from cxr_tools.errors import ConfigError, DataError, InputError
 from cxr_tools.runtime.fs import atomic_write_json
 
@@ -232,12 +232,17 @@ def check_patient_disjoint(index: Any, *, split_column: str = "split", patient_c
 
 @dataclass(frozen=True)
 class MetaSplit:
-    """Class-disjoint meta-train / meta-val / meta-test class sets (docs/science.md)."""
+    """Class-disjoint meta-train / meta-val / meta-test class sets (docs/science.md).
+
+    ``optional``: classes :meth:`resolve` leaves out (logged) when the label space lacks them, e.g. MetaChest's
+    Lung Opacity on an NIH cache; any other unknown class is an error.
+    """
 
     train: tuple[str, ...]
     val: tuple[str, ...]
     test: tuple[str, ...]
     name: str = "custom"
+    optional: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         for split in SPLITS:
@@ -282,6 +287,8 @@ class MetaSplit:
                     resolved.append(c)
                 elif canonical_label(c) in canon:
                     resolved.append(canon[canonical_label(c)])
+                elif c in self.optional:
+                    log.debug("Meta-split %s: %s is not in this label space; left out of meta-%s.", self.name, c, split)
                 else:
                     unknown.append(c)
             out[split] = tuple(resolved)
@@ -296,8 +303,13 @@ class MetaSplit:
         return {"name": self.name, "train": list(self.train), "val": list(self.val), "test": list(self.test)}
 
 
+#: MetaChest's split (data/labels.py); on a label space without Lung Opacity (NIH) meta-train has the other six.
 METACHEST = MetaSplit(
-    train=METACHEST_SPLIT["train"], val=METACHEST_SPLIT["val"], test=METACHEST_SPLIT["test"], name="metachest"
+    train=METACHEST_SPLIT["train"],
+    val=METACHEST_SPLIT["val"],
+    test=METACHEST_SPLIT["test"],
+    name="metachest",
+    optional=METACHEST_OPTIONAL,
 )
 
 

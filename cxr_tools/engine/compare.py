@@ -61,7 +61,8 @@ class CompareConfig:
     Attributes:
         inputs: evaluation directories, or run directories with an ``eval/`` evaluation.
         output: directory for comparison.{csv,md,png,json} (None = print only).
-        metric: the ranking metric (auc, ap, f1, precision, recall).
+        metric: the ranking metric (auc, ap, f1, precision, recall); on generalized evaluations also
+            ``METRIC-seen``, ``METRIC-unseen`` and ``METRIC-harmonic`` (:func:`~cxr_tools.eval.report.metric_series`).
         overwrite: replace an existing comparison in ``output``.
         groups: explicit seed groups ``NAME=PATH,PATH,...`` (paths as for ``inputs``; added to them).
         auto_group: group evaluations that differ only in the training seed.
@@ -132,8 +133,15 @@ class CompareResult:
 
 def compare(config: CompareConfig) -> CompareResult:
     """Rank the evaluations of ``config.inputs`` (and ``config.groups``); see the module docstring."""
-    if config.metric not in METRICS:
-        raise ConfigError(f"Unknown metric '{config.metric}'.", f"Use one of: {', '.join(METRICS)}.")
+    from cxr_tools.eval.report import split_metric
+
+    base, part = split_metric(config.metric)
+    if base not in METRICS:
+        raise ConfigError(
+            f"Unknown metric '{config.metric}'.",
+            f"Use one of: {', '.join(METRICS)}; on generalized evaluations also e.g. auc-seen, auc-unseen, "
+            "auc-harmonic.",
+        )
     explicit = [parse_group(g) for g in config.groups]
     if not config.inputs and not explicit:
         raise ConfigError("Nothing to compare.", "Pass one or more evaluated runs or evaluation directories.")
@@ -151,7 +159,15 @@ def compare(config: CompareConfig) -> CompareResult:
     summaries = [s for _, s, _ in loaded.values()]
     check_versions(dirs, summaries)
     check_same_cache(dirs, summaries)
-    check_same_episodes(dirs, summaries, config.metric)
+    check_same_episodes(dirs, summaries, base)
+    if part is not None:
+        standard = [str(d) for d, s in zip(dirs, summaries, strict=True) if not s.get("seen_ways")]
+        if standard:
+            raise ConfigError(
+                f"--metric {config.metric} needs generalized evaluations (cxr evaluate --seen-ways); these are "
+                f"standard: {', '.join(standard)}.",
+                f"Compare on --metric {base}, or evaluate with --seen-ways.",
+            )
     entries = make_entries(loaded, explicit, config.auto_group)
     first_dir = next(iter(loaded.values()))[0]
     return _rank(entries, summaries[0], first_dir, config, shared_rule(summaries))
@@ -164,15 +180,15 @@ def _matrix(entry: Entry, metric: str, cls: str | None, episodes: Any) -> Any:
     """Scores ``[seeds, episodes]`` of ``metric`` (episode means, or ``cls``'s rows; NaN where absent)."""
     import numpy as np
 
-    from cxr_tools.eval.report import episode_means
+    from cxr_tools.eval.report import metric_series, split_metric
 
     rows = []
     for table in entry.tables:
         if cls is None:
-            series = episode_means(table, metric)
+            series = metric_series(table, metric)
         else:
             sub = table[table["class"] == cls]
-            series = sub.groupby("episode", sort=True)[metric].mean()
+            series = sub.groupby("episode", sort=True)[split_metric(metric)[0]].mean()
         rows.append(series.reindex(episodes).to_numpy(dtype=float))
     return np.vstack(rows)
 
@@ -194,12 +210,19 @@ def _rank(
     if len(n_eps) != 1:
         raise DataError("The evaluations hold different numbers of episodes despite one episode list.", "Re-run them.")
     design, design_note = load_design(first_dir, episodes)
-    classes = tuple(first.get("classes") or [])
+    from cxr_tools.eval.report import split_metric
+
+    part = split_metric(metric)[1]
+    unseen, seen = list(first.get("classes") or []), list(first.get("seen_classes") or [])
+    # per class: a part's own classes (none for the harmonic mean, a property of the two groups only)
+    classes = tuple({None: unseen + seen, "seen": seen, "unseen": unseen, "harmonic": []}[part])
     present = {c for e in entries for t in e.tables for c in t["class"].unique()}
     scopes: list[str | None] = [None, *(c for c in classes if c in present)]
     matrices = {(e.name, c): _matrix(e, metric, c, episodes) for e in entries for c in scopes}
     stats = {(e.name, c): estimate(matrices[e.name, c], design, seeded=_trained(e)) for e in entries for c in scopes}
-    shown = METRICS if rule is not None else THRESHOLD_FREE
+    shown = list(METRICS if rule is not None else THRESHOLD_FREE)
+    if all(s.get("seen_ways") for en in entries for s in en.summaries):  # generalized: every part's mean too
+        shown += [f"auc-{p}" for p in ("seen", "unseen", "harmonic")]
     others = {
         e.name: {m: estimate(_matrix(e, m, None, episodes), design, seeded=_trained(e)).mean for m in shown}
         for e in entries
@@ -284,12 +307,22 @@ def _rank(
         threshold=rule,
         all_positive=all_positive(entries[0].tables[0]) if rule is not None else None,
         patients=design.patients,
-        notes=tuple(n for n in (design_note,) if n),
+        notes=tuple(n for n in (design_note, *_lineage_notes(entries)) if n),
     )
     if config.output is None:
         return result
     files = write_comparison(result, Path(config.output), overwrite=config.overwrite)
     return CompareResult(**{**result.__dict__, "files": tuple(files)})
+
+
+def _lineage_notes(entries: Sequence[Entry]) -> list[str]:
+    """Each method's pretraining notes (an encoder that has seen the evaluated dataset's images), as its
+    evaluations recorded them, so a comparison names them as ``cxr evaluate`` did."""
+    out = []
+    for e in entries:
+        for note in dict.fromkeys(str(n) for s in e.summaries for n in s.get("lineage_notes") or []):
+            out.append(f"{e.name}: {note}")
+    return out
 
 
 def _reference(spec: str | None, entries: Sequence[Entry]) -> str | None:

@@ -7,6 +7,11 @@
   ``episodes.json``; ``cxr compare`` refuses evaluations whose hashes differ.
 * **Per episode** the method adapts and scores (:mod:`cxr_tools.eval.episode_runs`); aggregates per class and
   overall (the unit ``cxr compare`` pairs on); Siamese runs also get pair metrics.
+* **Generalized episodes** (``seen_ways``; MetaChest, docs/science.md): ``seen_ways`` meta-train classes join the
+  ``ways`` meta-test ones, images still from the meta-test pool
+  (:class:`~cxr_tools.data.episodes.GeneralizedSampler`); a supervised run scores them with its trained head
+  (:meth:`~cxr_tools.methods.finetune.FinetuneAdapter.with_seen`); summary.json adds ``generalized`` (seen,
+  unseen, harmonic mean per metric, :func:`~cxr_tools.eval.report.generalized_summary`).
 * **Thresholds** (``threshold``, :mod:`cxr_tools.eval.thresholds`): ``support`` (default) chooses each episode's
   threshold per class on the support set's scores after adaptation; a number fixes it; ``none`` drops F1 /
   precision / recall. The rule is an evaluation setting: summary.json records it and a resume needs the same.
@@ -24,7 +29,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
@@ -87,17 +92,21 @@ class EvaluateConfig(EpisodeOptions):
 
     Attributes:
         data: the cache to evaluate on.
-        run: a finished run directory (or its ``model/`` folder); None only for ``method=scratch`` / ``pixels``.
+        run: a finished run directory (or its ``model/`` folder); None for ``method=scratch`` / ``pixels``, and for
+            ``linear-probe`` / ``prototype`` / ``finetune`` of a foundation encoder named by ``backbone``.
         output: evaluation directory (default ``RUN/eval`` or ``RUN/eval-<method>``; required without a run).
         method: ``auto`` (from the run's training kind), ``maml``, ``prototype``, ``finetune``, ``scratch``,
             ``pixels`` or ``linear-probe``.
         finetune: ``head`` or ``all`` (fine-tune method).
         episodes, seed: the fixed episode list (with ways, shots, queries, images_per_patient and meta_split:
             :class:`~cxr_tools.data.episodes.EpisodeOptions`).
+        seen_ways: generalized episodes (MetaChest): this many meta-train classes join the ``ways`` meta-test
+            ones in every episode (0: standard episodes, every class new; docs/science.md).
         threshold: the threshold rule of F1 / precision / recall and the confusion matrices: ``support`` (chosen
             per episode and class on the support set), a probability, or ``none`` (AUC and AP only).
         pool_seed: seed of the meta-split pools (None = the run's, else 0: what training used).
-        backbone: architecture of ``scratch`` without a run (default conv4).
+        backbone: architecture of ``scratch`` without a run (default conv4), or the foundation encoder
+            (``hf:PATH_OR_REPO_ID`` or a preset) that ``linear-probe`` / ``prototype`` / ``finetune`` score.
         steps, lr: fine-tuning budget (default per mode); inner_lr, adapt_steps: MAML / scratch budget
             (default the MAML run's, else 0.01 and 5 for MAML; scratch has no default without a run);
             temperature: prototype softmax temperature.
@@ -119,6 +128,7 @@ class EvaluateConfig(EpisodeOptions):
     finetune: str = "head"
     episodes: int = 600
     seed: int = 0
+    seen_ways: int = 0
     threshold: str | float = "support"
     pool_seed: int | None = None
     backbone: str | None = None
@@ -165,6 +175,9 @@ class EvaluateResult:
     files: tuple[Path, ...] = field(default_factory=tuple)
     leak: str | None = None
     lineage_notes: tuple[str, ...] = ()  # external weights that saw the evaluated images, not its classes
+    seen_ways: int = 0
+    seen_classes: tuple[str, ...] = ()
+    generalized: dict[str, Any] | None = None  # seen / unseen / harmonic per metric (generalized episodes)
 
 
 def evaluate(config: EvaluateConfig, progress: Progress | None = None) -> EvaluateResult:
@@ -183,7 +196,14 @@ def _evaluate(config: EvaluateConfig, progress: Progress | None, dry_run: bool) 
     from cxr_tools.data.episodes import EPISODE_LIST_VERSION, save_episode_list
     from cxr_tools.eval.report import metrics_of
     from cxr_tools.eval.thresholds import describe_rule, parse_rule
-    from cxr_tools.methods.adapters import RUNLESS_METHODS, AdaptConfig, build_adapter, describe, resolve_method
+    from cxr_tools.methods.adapters import (
+        ENCODER_METHODS,
+        RUNLESS_METHODS,
+        AdaptConfig,
+        build_adapter,
+        describe,
+        resolve_method,
+    )
     from cxr_tools.runtime.devices import describe_device, explain_out_of_memory, resolve_device, set_threads
     from cxr_tools.runtime.estimate import Estimate, EstimatingProgress
 
@@ -192,13 +212,17 @@ def _evaluate(config: EvaluateConfig, progress: Progress | None, dry_run: bool) 
     rule = parse_rule(config.threshold)
     check_options(config.episodes, config.pairs, config.bootstrap)
     adapt_cfg = fields_from(AdaptConfig, config)
-    spec = config.episode_spec
+    spec = replace(config.episode_spec, seen_ways=config.seen_ways)
     cache = open_cache(config.data)
-    model, meta = (None, None) if config.run is None else load_run(Path(config.run))
+    model, meta = _model_to_evaluate(config)
     kind = str(meta.get("training")) if meta is not None else None
     method = resolve_method(config.method, kind)
     if method not in RUNLESS_METHODS and meta is None:
-        raise ConfigError(f"--method {method} needs a run to evaluate.", "Pass RUN, or use --method scratch|pixels.")
+        raise ConfigError(
+            f"--method {method} needs a run to evaluate.",
+            "Pass RUN, use --method scratch|pixels, or score a foundation encoder: --method "
+            f"{'|'.join(ENCODER_METHODS)} --backbone hf:DIR (or a preset, `cxr models`).",
+        )
     label = f"finetune-{config.finetune}" if method == "finetune" else method
     if meta is not None:
         check_data_fits(meta, cache)
@@ -213,10 +237,15 @@ def _evaluate(config: EvaluateConfig, progress: Progress | None, dry_run: bool) 
 
     set_threads(config.threads)
     device = resolve_device(config.device)
+    seen = [c for c in split.train if any(c in ep.seen for ep in episodes)]
     adapter = build_adapter(
-        model, meta, config.ways, adapt_cfg, backbone=backbone, device=device, **match_arguments(matched)
+        model, meta, spec.total_ways, adapt_cfg, backbone=backbone, device=device, **match_arguments(matched)
     )
+    if seen and model is not None:
+        known_seen(adapter, model, meta, cache, split, pool_seed, seen)
     settings = describe(adapter)
+    if seen:
+        settings["seen_classes"] = seen_knowledge(adapter)
     out = Path(config.output) if config.output else default_output(config.run, label, kind)
     if dry_run:
 
@@ -237,6 +266,7 @@ def _evaluate(config: EvaluateConfig, progress: Progress | None, dry_run: bool) 
             "shots": config.shots,
             "queries": config.queries,
             "seed": config.seed,
+            **({"seen_ways": config.seen_ways} if config.seen_ways else {}),
         },
         fingerprint=cache.fingerprint,
     )
@@ -275,8 +305,8 @@ def _evaluate(config: EvaluateConfig, progress: Progress | None, dry_run: bool) 
             model, meta, cache, split, pool, normalisation, device, config.pairs, config.seed, progress
         )
 
-    per_class, overall, variance, files = write_results(
-        out, records, scores, cache, list(split.test), episodes, rule, title=label if config.plots else None
+    per_class, overall, variance, files, generalized = write_results(
+        out, records, scores, cache, list(split.test), episodes, rule, label if config.plots else None, seen
     )
     seconds = time.perf_counter() - began
     run_path = Path(config.run) if config.run is not None else None
@@ -311,11 +341,15 @@ def _evaluate(config: EvaluateConfig, progress: Progress | None, dry_run: bool) 
         "threshold": rule.label,
         "threshold_rule": describe_rule(rule),
         "classes": list(split.test),
+        "seen_ways": config.seen_ways,
+        "seen_classes": seen,
+        "generalized": generalized,
         "metrics": list(metrics_of(rule)),
         "per_class": per_class,
         "overall": overall,
         "variance": variance,
         "pairs": pairs,
+        "encoder": (meta or {}).get("extra", {}).get("encoder") if kind == "encoder" else None,
         "leak": leak,
         "lineage_notes": notes,
         **provenance(seconds, describe_device(device)),
@@ -323,11 +357,12 @@ def _evaluate(config: EvaluateConfig, progress: Progress | None, dry_run: bool) 
     files.append(atomic_write_json(out / SUMMARY, json_safe(summary)))
     journal.remove()
     kept = {k: summary[k] for k in ("name", "method", "method_label", "kind", "episodes", "ways", "shots",
-                                      "queries", "seed", "threshold", "pairs", "leak")}  # fmt: skip
+                                      "queries", "seed", "threshold", "pairs", "leak", "seen_ways")}  # fmt: skip
     return EvaluateResult(
         output=out, run=run_path, cache=Path(config.data), episode_list_hash=ep_hash, classes=tuple(split.test),
         per_class=json_safe(per_class), overall=json_safe(overall), seconds=seconds,
-        files=tuple([out / EPISODES_JSON, *files]), lineage_notes=tuple(notes), **kept,
+        files=tuple([out / EPISODES_JSON, *files]), lineage_notes=tuple(notes), seen_classes=tuple(seen),
+        generalized=json_safe(generalized), **kept,
     )  # fmt: skip
 
 
@@ -374,3 +409,50 @@ def _dry_run(
 
 class _Measured(Exception):
     """Ends the episodes of a dry run once their estimate is known."""
+
+
+def _model_to_evaluate(config: EvaluateConfig) -> tuple[Any, dict[str, Any] | None]:
+    """``(model, meta)`` of the run, else of the foundation encoder ``--backbone`` names for a method that scores
+    frozen features (:func:`~cxr_tools.models.foundation.encoder_run`), else ``(None, None)``."""
+    from cxr_tools.methods.adapters import ENCODER_METHODS
+    from cxr_tools.models.encoders import is_encoder
+
+    encoder = is_encoder(config.backbone)
+    if config.run is not None:
+        if encoder:
+            raise ConfigError(
+                f"--backbone {config.backbone} names an encoder, but RUN {config.run} is evaluated.",
+                "Pass either a run or --backbone ENCODER (without a run), not both.",
+            )
+        return load_run(Path(config.run))
+    if encoder and config.method == "scratch":
+        raise ConfigError(
+            f"--method scratch trains from random weights; {config.backbone} is a pretrained encoder.",
+            f"Use --method {'|'.join(ENCODER_METHODS)} to score the encoder, or a zoo --backbone for scratch.",
+        )
+    if encoder and config.method in ENCODER_METHODS:
+        from cxr_tools.models.foundation import encoder_run
+
+        return encoder_run(str(config.backbone))
+    return None, None
+
+
+def known_seen(adapter: Any, model: Any, meta: Any, cache: Any, split: Any, pool_seed: int, seen: list[str]) -> None:
+    """Give a protonet run's prototype adapter the base prototypes of the seen classes: the mean trained embedding
+    of the meta-train pool's images positive for each (the pool the run trained on; docs/science.md)."""
+    if getattr(adapter, "rule", None) != "mean-distance":
+        return
+    from cxr_tools.data.splits import meta_split_pools
+    from cxr_tools.methods.protonet import base_prototypes
+
+    rows = meta_split_pools(cache.index, cache.labels, split, seed=pool_seed)["train"]
+    adapter.known = dict(zip(seen, base_prototypes(model, meta, cache, rows, seen), strict=True))
+
+
+def seen_knowledge(adapter: Any) -> str:
+    """summary.json ``settings.seen_classes``: what a generalized evaluation scored the seen classes with."""
+    if getattr(adapter, "known", None) and getattr(adapter, "rule", None) == "mean-distance":
+        return "base prototypes: the trained embedding's mean over the meta-train pool's positives"
+    if adapter.method == "finetune" and getattr(adapter, "known", ()):
+        return "the run's trained head rows (frozen)"
+    return "the episode's support set, like the unseen classes"

@@ -1,4 +1,8 @@
-"""Engine of ``cxr meta-train CACHE -o RUN``: (first-order) MAML on the meta-train classes of a cache.
+"""Engine of ``cxr meta-train CACHE -o RUN``: (first-order) MAML or ProtoNet-ML on the meta-train classes of a cache.
+
+``--algorithm maml | fomaml | protonet`` (``--first-order`` = ``fomaml``). ProtoNet-ML (MetaChest's multi-label
+prototypical network, :mod:`cxr_tools.methods.protonet`) trains the embedding on the same episodes, validation,
+collapse watch and runtime as MAML; only the per-episode loss differs (no head, no inner loop).
 
 What a run does (docs/science.md):
 
@@ -19,7 +23,8 @@ What a run does (docs/science.md):
   ``metrics.jsonl``, progress, DDP (a meta-batch's tasks sharded over ranks, meta-gradients averaged).
 
 The run directory gets ``RUN/meta_split.json`` (readable with :func:`~cxr_tools.data.splits.load_meta_split`) and
-``RUN/model/`` (training kind ``maml``; the MAML settings, meta-split and cache manifest hash in ``model.json``).
+``RUN/model/`` (training kind ``maml`` or ``protonet``; the algorithm's settings, meta-split and cache manifest hash
+in ``model.json``).
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ from cxr_tools.data.episodes import EpisodeOptions
 from cxr_tools.errors import ConfigError
 from cxr_tools.methods.collapse import CollapseWatch, unusable
 from cxr_tools.methods.maml.config import ENGINES, MamlConfig
+from cxr_tools.methods.protonet import ALGORITHMS
 from cxr_tools.runtime.options import RunOptions
 from cxr_tools.runtime.progress import Progress, null_progress
 
@@ -48,6 +54,7 @@ if TYPE_CHECKING:
     from cxr_tools.runtime.lifecycle import RuntimeContext
 
 RUN_KIND = "meta-train"
+_ORDER = {"maml": "second order", "fomaml": "first order"}
 VAL_EPISODES_FILE = "val_episodes.json"
 _VAL_KEY, _TRAIN_KEY = 7919, 1  # seed keys: fixed meta-val episodes, training tasks (kept apart)
 
@@ -61,7 +68,9 @@ class MetaTrainConfig(RunOptions, EpisodeOptions):
         output: the run directory to write.
         ways, shots, queries (default 10 here), images_per_patient, meta_split: the episodes of meta-training and
             meta-validation (:class:`~cxr_tools.data.episodes.EpisodeOptions`).
-        inner_lr, adapt_steps, first_order, engine: the MAML inner loop (:class:`MamlConfig`).
+        algorithm: ``maml``, ``fomaml`` or ``protonet`` (:mod:`cxr_tools.methods.protonet`).
+        inner_lr, adapt_steps, first_order, engine: the MAML inner loop (:class:`MamlConfig`); ``first_order``
+            is the older spelling of ``algorithm: fomaml``.
         meta_lr: Adam learning rate of the outer (meta) update.
         meta_batch: episodes per meta-step.
         episodes: meta-training budget in episodes; ``ceil(episodes / meta_batch)`` meta-steps are made.
@@ -86,6 +95,7 @@ class MetaTrainConfig(RunOptions, EpisodeOptions):
     meta_batch: int = 4
     episodes: int = 20000
     first_order: bool = False
+    algorithm: str = "maml"
     backbone: str | None = None
     init: str | None = None
     engine: str = "auto"
@@ -124,6 +134,7 @@ class MetaTrainResult:
     last_metrics: dict[str, float] = field(default_factory=dict)
     validation: dict[str, Any] = field(default_factory=dict)
     collapse: dict[str, Any] | None = None
+    algorithm: str = "maml"
 
     @property
     def unusable(self) -> bool:
@@ -146,7 +157,17 @@ def _validate_config(config: MetaTrainConfig) -> MamlConfig:
         raise ConfigError(f"--meta-lr must be a number > 0, got {config.meta_lr!r}.", "Try --meta-lr 0.0001.")
     if config.engine not in ENGINES:
         raise ConfigError(f"Unknown MAML engine {config.engine!r}.", f"Choose one of: {', '.join(ENGINES)}.")
-    return MamlConfig(config.inner_lr, config.adapt_steps, config.first_order, config.engine)
+    return MamlConfig(config.inner_lr, config.adapt_steps, resolve_algorithm(config) == "fomaml", config.engine)
+
+
+def resolve_algorithm(config: MetaTrainConfig) -> str:
+    """``maml``, ``fomaml`` or ``protonet``: ``--algorithm``, with ``--first-order`` turning ``maml`` into
+    ``fomaml``."""
+    if config.algorithm not in ALGORITHMS:
+        raise ConfigError(f"Unknown --algorithm {config.algorithm!r}.", f"Choose one of: {', '.join(ALGORITHMS)}.")
+    if config.first_order and config.algorithm == "protonet":
+        raise ConfigError("--first-order is a MAML option; ProtoNet-ML has no inner loop.", "Drop --first-order.")
+    return "fomaml" if config.first_order else config.algorithm
 
 
 def meta_train(config: MetaTrainConfig, progress: Progress | None = None) -> MetaTrainResult:
@@ -174,10 +195,12 @@ def _meta_train(config: MetaTrainConfig, progress: Progress | None, dry_run: boo
     split, train_sampler, val_sampler, pools = meta_samplers(
         cache, config.meta_split, config.pool_seed, spec, validation=config.val_episodes > 0
     )
-    maml = MamlConfig(maml.inner_lr, maml.adapt_steps, maml.first_order, resolve_engine(maml.engine))
+    algorithm = resolve_algorithm(config)
+    engine = resolve_engine(maml.engine) if algorithm != "protonet" else "func"  # protonet: plain autograd
+    maml = MamlConfig(maml.inner_lr, maml.adapt_steps, maml.first_order, engine)
     val_list = val_sampler.fixed_list(config.val_episodes, derive_seed(config.seed, _VAL_KEY)) if val_sampler else []
     validation = validation_record(val_sampler, config.ways, config.val_episodes)
-    data = _MetaData(cache, train_sampler, val_list, split, pools, validation)
+    data = _MetaData(cache, train_sampler, val_list, split, pools, validation, algorithm)
     return run_in_context(config, lambda ctx: _fit(config, maml, ctx, data, progress, dry_run))
 
 
@@ -191,6 +214,7 @@ class _MetaData:
     split: MetaSplit
     pools: dict[str, np.ndarray]
     validation: dict[str, Any]  # how the weights are selected (run.json ``validation``)
+    algorithm: str = "maml"
 
 
 def _fit(
@@ -203,12 +227,13 @@ def _fit(
     from cxr_tools.data.splits import patients_of, save_meta_split
     from cxr_tools.methods.episodes import evaluate_episodes, meta_gradient, summarise_episodes
     from cxr_tools.methods.maml import check_batch_independent
+    from cxr_tools.methods.protonet import EMBEDDING_DIM, RULE, evaluate_protonet_episodes, protonet_gradient
     from cxr_tools.models import save_model_dir
     from cxr_tools.models.factory import initial_model
     from cxr_tools.models.lineage import write_lineage
     from cxr_tools.runtime import lifecycle
     from cxr_tools.runtime.distributed import average_gradients, gather_objects, shard_indices
-    from cxr_tools.runtime.estimate import maml_estimate, quick_try
+    from cxr_tools.runtime.estimate import EstimateSettings, maml_estimate, quick_try
     from cxr_tools.runtime.trainer import LoopParts
 
     dist, device, cache, val_list = ctx.dist, ctx.device, data.cache, data.val_list
@@ -216,7 +241,9 @@ def _fit(
     check_batch_independent(model)
     model.to(device)
     run = None if dry_run else lifecycle.open_run_dir(config, RUN_KIND, ctx)
+    protonet = data.algorithm == "protonet"
     if dist.is_main and run is not None:
+        run.update_info(algorithm=data.algorithm)  # `cxr runs` tells MAML and ProtoNet-ML runs apart
         save_meta_split(run.path, data.split)
         if val_list:
             about = {"split": "val", "spec": {**vars(data.train_sampler.spec), "ways": data.validation["ways"]}}
@@ -233,12 +260,17 @@ def _fit(
         first = epoch * config.val_every
         return range(first + start, min(first + config.val_every, total_steps))
 
-    watch = CollapseWatch()
+    watch = CollapseWatch(advice="Lower --meta-lr.") if protonet else CollapseWatch()
 
     def step_fn(step: int, backward: Callable[[torch.Tensor], None]) -> dict[str, float]:
         session["tasks"] += config.meta_batch
         keys = [(config.seed, _TRAIN_KEY, step, t) for t in my_tasks]
-        values = meta_gradient(model, data.train_sampler, cache, keys, maml, device, backward) if my_tasks else {}
+        if not my_tasks:
+            values: dict[str, float] = {}
+        elif protonet:
+            values = protonet_gradient(model, data.train_sampler, cache, keys, device, backward)
+        else:
+            values = meta_gradient(model, data.train_sampler, cache, keys, maml, device, backward)
         watch.update(step + 1, values, announce=dist.is_main)
         return values
 
@@ -247,7 +279,10 @@ def _fit(
 
     def validate_fn() -> dict[str, float]:
         mine = [val_list[i] for i in shard_indices(len(val_list), dist.rank, dist.world_size)]
-        parts = gather_objects(evaluate_episodes(model, cache, mine, maml, device), dist)
+        if protonet:
+            parts = gather_objects(evaluate_protonet_episodes(model, cache, mine, device), dist)
+        else:
+            parts = gather_objects(evaluate_episodes(model, cache, mine, maml, device), dist)
         return summarise_episodes([r for part in parts for r in part], prefix="val_")
 
     parts = LoopParts(
@@ -261,7 +296,11 @@ def _fit(
     )
     side = int(min(cache.image_shape))
     hint = quick_try("meta-train", "--backbone conv4 --episodes 200", side)
-    estimate = maml_estimate(model, maml.adapt_steps, len(my_tasks), maml.first_order, len(val_list), hint)
+    estimate = (
+        EstimateSettings("meta-step", hint)
+        if protonet
+        else maml_estimate(model, maml.adapt_steps, len(my_tasks), maml.first_order, len(val_list), hint)
+    )
     loop = lifecycle.make_loop(
         config,
         ctx,
@@ -279,11 +318,13 @@ def _fit(
     )
     if run is None:
         return lifecycle.dry_run(loop, RUN_KIND, config.output, ctx, _plan(config, maml, data, total_steps, side))
+    order = _ORDER.get(data.algorithm, data.algorithm)
     result = lifecycle.fit(
         loop,
         f"Out of memory meta-training {config.meta_batch} tasks of {data.train_sampler.spec.images} images at "
-        f"{min(cache.image_shape)} px ({'first' if config.first_order else 'second'} order) on {device}.",
-        "Lower --meta-batch, --queries or --adapt-steps, use --first-order, or a cache at a smaller --size.",
+        f"{min(cache.image_shape)} px ({order}) on {device}.",
+        "Lower --meta-batch or --queries, or use a cache at a smaller --size"
+        + ("." if protonet else "; or lower --adapt-steps, or use --algorithm fomaml."),
     )
     model_dir = None
     selected = "last"
@@ -293,9 +334,16 @@ def _fit(
         collapse = watch.report(lifecycle.best_record(run) if selected == "best" else {})
         run.update_info(validation=data.validation, collapse=collapse)
         settings = {k: getattr(config, k) for k in ("ways", "shots", "queries", "meta_batch", "meta_lr")}
+        if protonet:
+            rule = {"rule": RULE, "distance": "euclidean", "embedding_dim": EMBEDDING_DIM}
+            algo: dict[str, Any] = {"protonet": {**rule, **settings}, "head": "unused: scored by prototypes"}
+        else:
+            algo = {
+                "maml": {**asdict(maml), **settings},
+                "head": "episode slots: output j scores the episode's j-th class; adapt before scoring",
+            }
         extra = {
-            "maml": {**asdict(maml), **settings},
-            "head": "episode slots: output j scores the episode's j-th class; adapt before scoring",
+            **algo,
             "meta_split": data.split.to_dict(),
             "pool_seed": config.pool_seed,
             "pool_sizes": pool_sizes,
@@ -309,7 +357,7 @@ def _fit(
             **origin,
         }
         patients = patients_of(cache.index, data.pools["train"], *([data.pools["val"]] if val_list else []))
-        meta = lifecycle.model_meta(cache, model, [], "maml", extra)
+        meta = lifecycle.model_meta(cache, model, [], "protonet" if protonet else "maml", extra)
         meta["lineage"] = write_lineage(
             run.model_dir, meta, run=run.path, patients=patients, meta_split=data.split.to_dict(),
             pool="meta-train+meta-val" if val_list else "meta-train", pool_seed=config.pool_seed,
@@ -321,7 +369,7 @@ def _fit(
         run_dir=Path(config.output),
         status=result.status,
         model_dir=model_dir,
-        engine=maml.engine,
+        engine=maml.engine if not protonet else "none",
         meta_steps=result.steps,
         total_meta_steps=total_steps,
         episodes_seen=result.steps * config.meta_batch,
@@ -337,22 +385,21 @@ def _fit(
         last_metrics=dict(result.last_metrics),
         validation=data.validation,
         collapse=collapse,
+        algorithm=data.algorithm,
     )
 
 
 def _plan(config: MetaTrainConfig, maml: MamlConfig, data: _MetaData, steps: int, side: int) -> list[tuple[str, str]]:
     """The rows ``cxr meta-train --dry-run`` prints (with its estimate)."""
     pools = "/".join(str(len(data.pools[k])) for k in ("train", "val", "test"))
-    order = "first" if maml.first_order else "second"
+    steps_of = f"{steps} of {config.meta_batch} tasks, {data.algorithm}"
+    if data.algorithm != "protonet":
+        steps_of += f" ({_ORDER[data.algorithm]}), {maml.adapt_steps} inner steps, engine {maml.engine}"
     return [
         ("data", f"{config.cache}: {side} px, pool images train/val/test {pools}"),
         ("classes", f"meta-train {', '.join(data.split.train)}; meta-val {', '.join(data.split.val)}"),
         ("model", f"{config.backbone or config.init or 'conv4'} (init {config.init or 'random'})"),
         ("episodes", f"{config.ways}-way {config.shots}-shot, {config.queries} queries; {config.episodes} episodes"),
-        (
-            "meta-steps",
-            f"{steps} of {config.meta_batch} tasks, {maml.adapt_steps} inner steps, {order} order, "
-            f"engine {maml.engine}",
-        ),
+        ("meta-steps", steps_of),
         ("validation", f"{len(data.val_list)} meta-val episodes every {config.val_every} meta-steps"),
     ]

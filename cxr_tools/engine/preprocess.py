@@ -34,6 +34,7 @@ import numpy as np
 from cxr_tools.config import fields_from
 from cxr_tools.data import cache as cache_mod
 from cxr_tools.data.cache_build import CACHE_SPEC, assign_split_column, build_manifest, fill_store
+from cxr_tools.data.datasets import check_datasets, merge_datasets
 from cxr_tools.data.preprocess_pipeline import Journal, JournalState, available_cores, run_fingerprints
 from cxr_tools.data.shards import merge_shards, parse_shard, shard_range
 from cxr_tools.errors import CacheError, ConfigError, DataError
@@ -115,11 +116,13 @@ class PreprocessResult:
     rejected_file: Path | None = None
     seconds: float = 0.0
     inputs_per_second: float = 0.0
+    datasets: dict[str, int] = field(default_factory=dict)  # images per dataset of a cache of several datasets
 
 
 @dataclass(frozen=True)
 class MergeConfig:
-    """Settings of ``cxr preprocess --merge``: shard caches (any order) into one cache at ``output``."""
+    """Settings of ``cxr preprocess --merge``: shard caches (any order), or caches of different datasets (in the
+    order given), into one cache at ``output``."""
 
     shards: tuple[Path, ...]
     output: Path
@@ -253,15 +256,33 @@ def _preprocess(config: PreprocessConfig, progress: Progress | None) -> Preproce
 
 
 def merge(config: MergeConfig, progress: Progress | None = None) -> PreprocessResult:
-    """Merge the shard caches of one ``--shard i/n`` run into one cache, identical to an unsharded run."""
+    """Merge caches into one: the shard caches of one ``--shard i/n`` run (identical to an unsharded run), or
+    complete caches of different datasets (:mod:`cxr_tools.data.datasets`: a dataset column, qualified ids,
+    canonical labels). Which one is told by the inputs: all shards, or none."""
     started = time.perf_counter()
     if not config.shards:
-        raise ConfigError("No shard caches given to merge.", "Pass every shard directory.")
+        raise ConfigError("No caches given to merge.", "Pass the shard directories, or the caches of each dataset.")
     out = Path(config.output)
     if any(Path(s).resolve() == out.resolve() for s in config.shards):
-        raise ConfigError(f"The merge output {out} is one of the shards.", "Choose a new -o directory.")
+        raise ConfigError(f"The merge output {out} is one of the inputs.", "Choose a new -o directory.")
+    sharded = [bool(cache_mod.read_tables(s)[0].get("shard")) for s in config.shards]
+    if any(sharded) and not all(sharded):
+        raise ConfigError(
+            "--merge got shard caches and whole caches together.",
+            "Join the --shard parts of a run first, then merge the whole caches of different datasets.",
+        )
+    if not any(sharded) and len(config.shards) < 2:
+        raise CacheError(
+            f"{config.shards[0]} is not a shard (made without --shard), and one dataset is nothing to merge.",
+            "Pass every --shard part of a run, or the caches of two or more datasets.",
+        )
+    if not any(sharded):
+        check_datasets(config.shards)  # before the output is claimed: a wrong input costs nothing
     claim(decide(out, replace(CACHE_SPEC, resumable=False), overwrite=config.overwrite))
-    manifest = merge_shards(config.shards, out, progress)
+    if all(sharded):
+        manifest = merge_shards(config.shards, out, progress)
+    else:
+        manifest = merge_datasets(config.shards, out, progress)
     seconds = time.perf_counter() - started
     return _result(out, manifest, seconds=seconds, rate=manifest["counts"]["images"] / seconds if seconds else 0.0)
 
@@ -286,6 +307,7 @@ def _result(
         rejected_file=out / cache_mod.REJECTED,
         seconds=round(seconds, 3),
         inputs_per_second=round(rate, 1),
+        datasets={k: int(v["images"]) for k, v in (counts.get("datasets") or {}).items()},
     )
 
 

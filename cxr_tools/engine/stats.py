@@ -10,12 +10,12 @@ not a statistics folder cxr wrote is refused (:data:`STATS_SPEC`).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from cxr_tools import config as cfg
 from cxr_tools.data.cache import read_tables, verify_cache
-from cxr_tools.data.label_stats import LabelStats, SplitStats, compute_stats
+from cxr_tools.data.label_stats import DatasetStats, LabelStats, SplitStats, compute_stats
 from cxr_tools.errors import CxrError
 from cxr_tools.runtime.fs import atomic_write_text
 from cxr_tools.runtime.outputs import OutputSpec, claim, decide
@@ -50,6 +50,7 @@ class StatsResult:
     cooccurrence: tuple[tuple[int, ...], ...]  # [L, L] images positive for both; diagonal = images per label
     out: Path | None
     plots: tuple[Path, ...]
+    datasets: dict[str, DatasetStats] = field(default_factory=dict)  # a cache of several datasets: each one's
 
 
 @dataclass(frozen=True)

@@ -63,6 +63,7 @@ class TrainConfig(TrainingOptions):
         uncertainty: ``ignore``, ``zeros`` or ``ones``.
         balance: ``none``, ``sampler`` (class-balanced draws) or ``weights`` (BCE ``pos_weight``).
         max_pos_weight: cap on ``pos_weight`` with ``balance=weights``.
+        freeze: train the head only on frozen pretrained features (``--freeze``; foundation encoders).
         Training length, optimiser, schedule and run handling: :class:`TrainingOptions`.
     """
 
@@ -76,6 +77,7 @@ class TrainConfig(TrainingOptions):
     uncertainty: str = "ignore"
     balance: str = "none"
     max_pos_weight: float | None = None
+    freeze: bool = False
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -142,6 +144,10 @@ def _train(
     model = create_for_images(
         config.model, side, f"cache {cache.path}", num_classes=len(labels), norm=config.norm, weights=config.weights
     )
+    if config.freeze:
+        from cxr_tools.models.backbones import freeze_features
+
+        freeze_features(model)
     net, optimizer, schedule = lifecycle.make_optimisation(model, ctx, config, steps_per_epoch=global_batches)
     sampler = BalancedSampler(train_t, seed=config.seed, mask=train_m) if config.balance == "sampler" else None
     pos_weight = None
@@ -231,6 +237,7 @@ def _train(
             "monitor": monitor,
             "best_metric": fit.best_metric,
             "finetune": finetune_record("head"),
+            "frozen_features": config.freeze,
             **validation_thresholds(labels, lifecycle.best_record(run)),
         }
         meta = lifecycle.model_meta(cache, model, labels, "supervised", extra)

@@ -29,7 +29,11 @@ COMPARISON_SPEC = OutputSpec(
 
 
 def metric_name(metric: str, rule: str | None = None) -> str:
-    """``AUC``, ``AP``; a thresholded metric names its threshold rule when given (``f1@support``)."""
+    """``AUC``, ``AP``; a thresholded metric names its threshold rule when given (``f1@support``); a generalized
+    part follows it (``AUC seen``, ``AUC harmonic``)."""
+    base, _, part = metric.rpartition("-")
+    if base and part in ("seen", "unseen", "harmonic"):
+        return f"{metric_name(base, rule)} {part}"
     if metric in ("auc", "ap"):
         return metric.upper()
     name = "F1" if metric == "f1" else metric

@@ -98,7 +98,9 @@ def run_episodes(
                 task.advance()
                 continue
             sx, sy, qx, _ = episode_tensors(cache, ep, normalisation, device)
-            scorer = adapter.fit(sx, sy, generator=make_generator(seed, i))
+            # generalized episodes: a method that knows the seen classes (a trained head) scores them from that
+            fitter = adapter.with_seen(ep.seen) if ep.seen and hasattr(adapter, "with_seen") else adapter
+            scorer = fitter.fit(sx, sy, generator=make_generator(seed, i))
             probs = scorer.predict(qx).numpy().astype(np.float64)
             cuts = None
             if rule.thresholded:
@@ -110,10 +112,12 @@ def run_episodes(
             for j, cls in enumerate(ep.classes):
                 y = ep.query_targets[:, j]
                 cut = {} if cuts is None else {"threshold": float(cuts[j])}
+                group = {"group": "seen" if cls in ep.seen else "unseen"} if ep.seen else {}
                 ep_records.append(
                     {
                         "episode": i,
                         "class": cls,
+                        **group,
                         "positives": int(y.sum()),
                         "negatives": int(len(y) - y.sum()),
                         **cut,
@@ -209,12 +213,14 @@ def write_results(
     episodes: Sequence[Episode],
     rule: ThresholdRule,
     title: str | None,
-) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any], list[Path]]:
+    seen: Sequence[str] = (),
+) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any], list[Path], dict[str, Any] | None]:
     """Write ``episodes.csv``, ``scores.csv`` (with each query's patient), ``episode_patients.csv`` and, with a
-    ``title``, the plots; return ``(per_class, overall, variance record, files)``, what summary.json records."""
+    ``title``, the plots; return ``(per_class, overall, variance record, files, generalized)``, what summary.json
+    records (``generalized``: seen / unseen / harmonic, None for standard episodes; ``seen``: the seen classes)."""
     import pandas as pd
 
-    from cxr_tools.eval.report import aggregate, evaluation_plots, metrics_of, write_table
+    from cxr_tools.eval.report import aggregate, evaluation_plots, generalized_summary, metrics_of, write_table
     from cxr_tools.eval.variance import design_from_tables
 
     table = pd.DataFrame.from_records(records)
@@ -223,7 +229,12 @@ def write_results(
     patients = episode_patients(cache, episodes)
     design = design_from_tables(patients, range(len(episodes)))
     metrics = metrics_of(rule)
-    per_class, overall = aggregate(table, list(classes), metrics, design)
+    per_class, overall = aggregate(table, [*classes, *seen], metrics, design)
+    generalized = None
+    if seen:
+        generalized = generalized_summary(
+            table, metrics, design, [c for c in seen if c in per_class], [c for c in classes if c in per_class]
+        )
     files = [
         write_table(out / EPISODES_CSV, table),
         write_table(out / SCORES_CSV, score_table),
@@ -231,7 +242,7 @@ def write_results(
     ]
     if title is not None:
         files += evaluation_plots(out / PLOTS_DIR, score_table, per_class, overall, rule, title=title)
-    return per_class, overall, variance_record(design), files
+    return per_class, overall, variance_record(design), files, generalized
 
 
 def provenance(seconds: float, device: str) -> dict[str, Any]:

@@ -10,6 +10,13 @@ equals the evaluation's ``summary.json``:
   episodes, support and query patients; ``[low, high]`` contains the estimate;
 * the threshold-free metrics (AUC, AP) come first; F1 / precision / recall are measured at the threshold rule's
   thresholds (per episode and class with ``support``; :mod:`cxr_tools.eval.thresholds`) and absent with ``none``;
+* generalized episodes (a ``group`` column: ``seen`` / ``unseen``) also give, per metric, the seen and the unseen
+  series (per episode, the mean over its seen, resp. unseen, classes) and their harmonic mean
+  ``H = 2 S U / (S + U)`` of the two means, whose interval comes from the delta method: the per-episode series
+  ``H + a (s_e - S) + b (u_e - U)`` with ``a = dH/dS = 2U^2/(S+U)^2`` and ``b = dH/dU = 2S^2/(S+U)^2`` has mean
+  ``H`` and, fitted by the same variance model, the linearised variance of ``H`` (episodes, patients, seeds and
+  the covariance of the seen and unseen means included). ``cxr compare`` ranks on them as ``auc-seen``,
+  ``auc-unseen``, ``auc-harmonic`` (any measured metric before the dash).
 """
 
 from __future__ import annotations
@@ -41,6 +48,73 @@ def episode_means(table: Any, metric: str) -> Any:
     """Per episode, the mean of ``metric`` over its classes (a Series indexed by episode, sorted)."""
     values = table[["episode", metric]].astype({metric: float})
     return values.groupby("episode", sort=True)[metric].mean()  # pandas' mean skips NaN
+
+
+#: The parts of a generalized evaluation, each a per-episode series of every metric (module docstring).
+GENERALIZED_PARTS: tuple[str, ...] = ("seen", "unseen", "harmonic")
+
+
+def split_metric(name: str) -> tuple[str, str | None]:
+    """``"auc-harmonic"`` -> ``("auc", "harmonic")``; a plain metric -> ``(name, None)``."""
+    base, _, part = name.rpartition("-")
+    if base and part in GENERALIZED_PARTS:
+        return base, part
+    return name, None
+
+
+def is_generalized(table: Any) -> bool:
+    """Whether an ``episodes.csv`` table comes from generalized episodes (seen and unseen classes)."""
+    return "group" in table.columns and bool((table["group"] == "seen").any())
+
+
+def metric_series(table: Any, name: str) -> Any:
+    """Per episode (a Series indexed by episode, sorted): the episode mean of a metric, or of its seen / unseen
+    classes, or the delta-method series of their harmonic mean (``auc-seen``, ``auc-unseen``, ``auc-harmonic``;
+    module docstring). NaN where an episode has no finite value."""
+    import pandas as pd
+
+    metric, part = split_metric(name)
+    if part is None:
+        return episode_means(table, metric)
+    episodes = np.sort(table["episode"].unique())
+    seen = episode_means(table[table["group"] == "seen"], metric).reindex(episodes)
+    unseen = episode_means(table[table["group"] == "unseen"], metric).reindex(episodes)
+    if part == "seen":
+        return seen
+    if part == "unseen":
+        return unseen
+    s, u = seen.to_numpy(dtype=float), unseen.to_numpy(dtype=float)
+    both = np.isfinite(s) & np.isfinite(u)
+    out = np.full(len(episodes), np.nan)
+    if both.any():
+        big_s, big_u = float(s[both].mean()), float(u[both].mean())
+        total = big_s + big_u
+        if total > 0:
+            h = 2 * big_s * big_u / total
+            a, b = 2 * big_u**2 / total**2, 2 * big_s**2 / total**2
+            out[both] = h + a * (s[both] - big_s) + b * (u[both] - big_u)
+        else:
+            out[both] = 0.0
+    return pd.Series(out, index=episodes, name=name)
+
+
+def generalized_summary(
+    table: Any, metrics: Sequence[str], design: EpisodeDesign, seen: Sequence[str], unseen: Sequence[str]
+) -> dict[str, Any]:
+    """summary.json's ``generalized``: the seen and unseen classes and, per part (seen, unseen, harmonic) and
+    metric, the estimate with the variance model's interval."""
+    out: dict[str, Any] = {
+        "seen_classes": list(seen),
+        "unseen_classes": list(unseen),
+        "method": "harmonic mean of the seen and unseen means; interval by the delta method (docs/science.md)",
+    }
+    for part in GENERALIZED_PARTS:
+        out[part] = {}
+        for m in metrics:
+            series = metric_series(table, f"{m}-{part}")
+            at = series.index.to_numpy(dtype=np.int64)
+            out[part][m] = estimate(series.to_numpy()[None], design, at, seeded=False).record()
+    return out
 
 
 def aggregate(

@@ -243,11 +243,12 @@ def check_no_leak(
     raise DataError(f"Leak: {leak}, so its few-shot scores on the meta-test split would be inflated.", hint)
 
 
-def check_rows(episodes: Sequence[Episode], pool: np.ndarray, classes: Sequence[str]) -> None:
-    """Every image an episode reads lies in the meta-test pool, every class is a meta-test class."""
+def check_rows(episodes: Sequence[Episode], pool: np.ndarray, classes: Sequence[str], seen: Sequence[str] = ()) -> None:
+    """Every image an episode reads lies in the meta-test pool, every unseen class is a meta-test class and every
+    seen one a meta-train class."""
     for ep in episodes:
         rows = np.concatenate([ep.support_rows, ep.query_rows])
-        if not np.isin(rows, pool).all() or not set(ep.classes) <= set(classes):
+        if not np.isin(rows, pool).all() or not set(ep.unseen) <= set(classes) or not set(ep.seen) <= set(seen):
             raise DataError("An episode left the meta-test classes or pool.", "Report this as a bug.")
 
 
@@ -255,17 +256,24 @@ def meta_test_episodes(
     cache: CacheReader, split: MetaSplit, pool: np.ndarray, spec: EpisodeSpec, count: int, seed: int
 ) -> tuple[list[Episode], str]:
     """The fixed, seeded episode list on the meta-test classes and pool, checked, and its hash (addressed by the
-    cache's content fingerprint, so an identical re-preprocessed cache gives the same hash)."""
-    from cxr_tools.data.episodes import EpisodeSampler, episode_list_hash, index_patients
+    cache's content fingerprint, so an identical re-preprocessed cache gives the same hash).
 
+    With ``spec.seen_ways`` the episodes are generalized (:class:`~cxr_tools.data.episodes.GeneralizedSampler`):
+    ``seen_ways`` meta-train classes join the ``ways`` meta-test ones, images still from the meta-test pool."""
+    from cxr_tools.data.episodes import EpisodeSampler, GeneralizedSampler, episode_list_hash, index_patients
+
+    patients = index_patients(cache.index)
     try:
-        sampler = EpisodeSampler(
-            cache.raw_labels(), cache.labels, split.test, pool, spec, patients=index_patients(cache.index)
-        )
+        if spec.seen_ways:
+            sampler: EpisodeSampler = GeneralizedSampler(
+                cache.raw_labels(), cache.labels, split.test, split.train, pool, spec, patients=patients
+            )
+        else:
+            sampler = EpisodeSampler(cache.raw_labels(), cache.labels, split.test, pool, spec, patients=patients)
     except DataError as exc:
         raise DataError(f"Meta-test classes/pool: {exc.message}", exc.hint) from None
     episodes = sampler.fixed_list(count, seed)
-    check_rows(episodes, pool, split.test)
+    check_rows(episodes, pool, split.test, split.train)
     return episodes, episode_list_hash(episodes, cache.fingerprint)
 
 

@@ -9,7 +9,8 @@ method     what ``fit`` does                                                modu
 maml       MAML inner loop from the run's meta-learned weights (its inner    :mod:`cxr_tools.methods.maml`
            lr / steps), Finn et al. 2017
 prototype  per class, a positive and a negative prototype of the support     :mod:`.prototypes`
-           embeddings; softmax over negative distances (Snell et al. 2017)
+           embeddings; softmax over negative distances (Snell et al. 2017);
+           a protonet run: its trained ProtoNet-ML rule (MetaChest)          :mod:`.protonet`
 finetune   a fresh ``ways``-output head (``head``) or the whole network      :mod:`.finetune`
            (``all``) trained on the support set with BCE-with-logits
 scratch    the same architecture randomly initialised (seeded per episode),  :mod:`.scratch`
@@ -68,9 +69,12 @@ if TYPE_CHECKING:
 METHODS: tuple[str, ...] = ("maml", "prototype", "finetune", "scratch", "pixels", "linear-probe")
 #: Methods that need no trained run (``scratch`` builds its network, ``pixels`` has none).
 RUNLESS_METHODS: tuple[str, ...] = ("scratch", "pixels")
+#: Methods that evaluate a pretrained foundation encoder without a run (``--backbone hf:...`` or a preset).
+ENCODER_METHODS: tuple[str, ...] = ("linear-probe", "prototype", "finetune")
 #: The method ``auto`` picks for each training kind of ``model.json``.
 AUTO_METHOD: dict[str, str] = {
     "maml": "maml",
+    "protonet": "prototype",
     "siamese": "prototype",
     "supervised": "finetune",
     "finetune": "finetune",
@@ -373,18 +377,22 @@ def build_adapter(
             if run_ways != ways:
                 raise ModelError(
                     f"The MAML run was meta-trained with --ways {run_ways}; its head has {run_ways} episode slots.",
-                    f"Evaluate with --ways {run_ways}, or meta-train with --ways {ways}.",
+                    f"Evaluate with {run_ways} classes per episode (--ways, plus --seen-ways for generalized "
+                    f"episodes), or meta-train with --ways {ways}.",
                 )
         return MamlAdapter(model, ways, maml_settings(meta, config), batch_size=config.batch_size)
     if method == "prototype":
         embed, distance = embedding_function(model, meta)
-        return PrototypeAdapter(
-            embed, model, ways, distance=distance, temperature=config.temperature, batch_size=config.batch_size
-        )
+        rule = "mean-distance" if training == "protonet" else "pos-neg"
+        t, n = config.temperature, config.batch_size
+        return PrototypeAdapter(embed, model, ways, distance=distance, temperature=t, batch_size=n, rule=rule)
     if method == "linear-probe":
         return linear_probe_adapter(model, meta, ways, batch_size=config.batch_size)
     steps, lr = finetune_settings(config, meta)
-    return FinetuneAdapter(model, ways, mode=config.finetune, steps=steps, lr=lr, batch_size=config.batch_size)
+    known = [str(c) for c in meta.get("labels") or ()]  # the trained head's classes (generalized episodes)
+    return FinetuneAdapter(
+        model, ways, mode=config.finetune, steps=steps, lr=lr, batch_size=config.batch_size, known=known
+    )
 
 
 def _scratch_adapter(
@@ -431,6 +439,8 @@ def describe(adapter: Adapter) -> dict[str, Any]:
     for key in ("architecture", "mode", "steps", "lr", "distance", "temperature"):
         if hasattr(adapter, key):
             out[key] = getattr(adapter, key)
+    if getattr(adapter, "rule", "pos-neg") != "pos-neg":  # a protonet run's trained rule (methods/protonet.py)
+        out["rule"] = adapter.rule  # type: ignore[attr-defined]
     if adapter.method == "finetune":
         out["optimiser"] = "adam"
     settings = getattr(adapter, "settings", None)

@@ -50,6 +50,7 @@ class CollapseWatch:
         collapse: the first collapse: ``from_step`` (where its stretch began), ``detected_at_step``, ``prior_loss``
             and ``loss`` (means over the stretch); None if none.
         recovered_at_step: the first non-flat meta-step after the collapse (None while it lasts).
+        advice: what the warning tells the user to change (MAML's inner loop by default; ProtoNet-ML has none).
     """
 
     flat: int = 0
@@ -57,6 +58,7 @@ class CollapseWatch:
     sums: tuple[float, float] = (0.0, 0.0)
     collapse: dict[str, Any] | None = None
     recovered_at_step: int | None = None
+    advice: str = "Lower --meta-lr, or raise --inner-lr / --adapt-steps."
 
     def update(self, step: int, values: Mapping[str, float], *, announce: bool = False) -> str | None:
         """Account meta-step ``step`` (1-based); return a warning the first time the run collapses (and log it
@@ -77,7 +79,7 @@ class CollapseWatch:
         message = (
             f"Meta-training collapsed to the label prior: for {STRETCH} meta-steps since step {self.since} the query "
             f"loss ({loss:.4f}) sat at the prior's cross-entropy ({prior:.4f}) and the outputs no longer separate "
-            "the classes (query AUC < 0.6). Lower --meta-lr, or raise --inner-lr / --adapt-steps."
+            f"the classes (query AUC < 0.6). {self.advice}"
         )
         if announce:
             log.warning("%s", message)

@@ -94,13 +94,15 @@ def _pad_unknown(targets: torch.Tensor, width: int) -> torch.Tensor:
 
 
 def summarise_episodes(records: Sequence[dict[str, float]], prefix: str = "") -> dict[str, float]:
-    """Means over episode records of :func:`evaluate_episodes`: ``auc`` with its 95% CI half-width (``auc_ci95``),
-    and ``ap`` and the losses (NaN-aware), each name prefixed with ``prefix``."""
+    """Means over episode records of :func:`evaluate_episodes` (or ProtoNet-ML's, which have ``query_loss``):
+    ``auc`` with its 95% CI half-width (``auc_ci95``), and ``ap`` and the losses the records have (NaN-aware),
+    each name prefixed with ``prefix``."""
     from cxr_tools.eval.metrics import mean_ci
 
     auc = mean_ci([r["auc"] for r in records])
     out = {f"{prefix}auc": auc.mean, f"{prefix}auc_ci95": auc.ci95}
-    for key in ("ap", "query_loss_before", "query_loss_after", "support_loss_before", "support_loss_after"):
+    keys = ("ap", "query_loss", "query_loss_before", "query_loss_after", "support_loss_before", "support_loss_after")
+    for key in (k for k in keys if records and all(k in r for r in records)):
         out[f"{prefix}{key}"] = float(np.nanmean([r[key] for r in records]))
     return out
 

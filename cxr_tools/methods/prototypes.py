@@ -26,11 +26,16 @@ against prototypes built from the other support images, so it is not scored agai
 (with one shot, its own positive prototype would be itself, at distance 0). A class the image is the only
 positive (or only negative) of keeps that image's full-set prototype. The embedding is computed once, so this
 costs n small matrix products.
+
+**ProtoNet-ML runs** (``cxr meta-train --algorithm protonet``) are scored with the rule they were trained with
+instead (``rule="mean-distance"``, :mod:`cxr_tools.methods.protonet`): their own embedding, positive prototypes
+only, ``sigmoid(τ - ||z_q - p_c||)`` with ``τ`` chosen on the support set, no temperature.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+import copy
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from cxr_tools.errors import ConfigError, ModelError
@@ -41,15 +46,21 @@ if TYPE_CHECKING:
     from torch import Tensor, nn
 
 PROTOTYPE_DISTANCES: tuple[str, ...] = ("euclidean", "cosine")
+#: Decision rules: ``pos-neg`` (positive and negative prototypes, above) and ``mean-distance`` (ProtoNet-ML's).
+PROTOTYPE_RULES: tuple[str, ...] = ("pos-neg", "mean-distance")
 
 EmbedFn = Callable[["Tensor"], "Tensor"]
 
 
 def embedding_function(model: nn.Module, meta: Mapping[str, Any] | None) -> tuple[EmbedFn, str]:
     """``(embed, distance)`` for a run's model: its L2-normalised embedding (:func:`~cxr_tools.models.siamese.embedder`)
-    and the prototype distance: cosine for a Siamese run trained with it, else the squared Euclidean distance."""
+    and the prototype distance: cosine for a Siamese run trained with it, else the squared Euclidean distance; a
+    protonet run's trained embedding and plain Euclidean distance (:mod:`cxr_tools.methods.protonet`)."""
+    from cxr_tools.methods.protonet import embedding_fn, is_protonet
     from cxr_tools.models.siamese import embedder, trained_distance
 
+    if is_protonet(meta):
+        return embedding_fn(model, meta), "euclidean"
     return embedder(model, meta), "cosine" if trained_distance(meta) == "cosine" else "euclidean"
 
 
@@ -108,7 +119,8 @@ class PrototypeAdapter:
         module: the network behind ``embed`` (put in eval mode while embedding).
         ways: classes per support set.
         distance: ``euclidean`` (squared) or ``cosine``.
-        temperature: softmax temperature ``T``.
+        temperature: softmax temperature ``T`` (``pos-neg`` only; the trained rule has none: recorded as 1).
+        rule: ``pos-neg`` (module docstring) or ``mean-distance`` (a protonet run's trained rule).
     """
 
     method = "prototype"
@@ -123,7 +135,10 @@ class PrototypeAdapter:
         distance: str = "euclidean",
         temperature: float = 0.1,
         batch_size: int = 256,
+        rule: str = "pos-neg",
     ) -> None:
+        if rule not in PROTOTYPE_RULES:
+            raise ConfigError(f"Unknown prototype rule '{rule}'.", f"Use {', '.join(PROTOTYPE_RULES)}.")
         if distance not in PROTOTYPE_DISTANCES:
             raise ConfigError(f"Unknown prototype distance '{distance}'.", f"Use {', '.join(PROTOTYPE_DISTANCES)}.")
         if not temperature > 0:
@@ -132,8 +147,29 @@ class PrototypeAdapter:
         self.module = module
         self.ways = ways
         self.distance = distance
-        self.temperature = float(temperature)
+        self.rule = rule
+        self.temperature = float(temperature) if rule == "pos-neg" else 1.0
         self.batch_size = batch_size
+        if rule == "mean-distance":
+            self.support_scoring = "leave-one-out (each support image against the rule built from the others)"
+        #: Base prototypes of known classes (a protonet run's, set by ``cxr evaluate`` for generalized episodes).
+        self.known: dict[str, Tensor] = {}
+        self.seen_prototypes: Tensor | None = None
+
+    def with_seen(self, seen: Sequence[str]) -> PrototypeAdapter:
+        """This adapter for a generalized episode whose last ``len(seen)`` classes are ``seen``: with base
+        prototypes in :attr:`known` (``mean-distance`` rule), those classes use them instead of the support's
+        (docs/science.md, "Generalized episodes"); without, the support's like the unseen ones."""
+        if not self.known or self.rule != "mean-distance":
+            return self
+        missing = [c for c in seen if c not in self.known]
+        if missing:
+            raise ModelError(f"No base prototype of the seen class(es) {', '.join(missing)}.", "Report this as a bug.")
+        import torch
+
+        clone = copy.copy(self)
+        clone.seen_prototypes = torch.stack([self.known[c] for c in seen])
+        return clone
 
     def embeddings(self, x: Tensor) -> Tensor:
         """Embeddings of ``x`` in eval mode, ``batch_size`` at a time (CPU float32)."""
@@ -142,6 +178,10 @@ class PrototypeAdapter:
     def fit(self, support_x: Tensor, support_y: Tensor, *, generator: torch.Generator | None = None) -> Any:
         check_support(support_y, self.ways)
         emb = self.embeddings(support_x)
+        if self.rule == "mean-distance":
+            from cxr_tools.methods.protonet import MeanDistanceScorer
+
+            return MeanDistanceScorer(self, emb, support_y.detach().float().cpu(), fixed=self.seen_prototypes)
         proto_pos, proto_neg = prototypes(emb, support_y.detach().float().cpu())
         return PrototypeScorer(self, proto_pos, proto_neg, emb)
 

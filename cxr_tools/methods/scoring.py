@@ -35,7 +35,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 #: Training kinds whose head does not name findings: they score only after adapting to a support set.
-NEEDS_SUPPORT: tuple[str, ...] = ("maml", "siamese")
+NEEDS_SUPPORT: tuple[str, ...] = ("maml", "protonet", "siamese")
 
 
 @dataclass(frozen=True)

@@ -103,6 +103,16 @@ class Classifier(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.forward_features(x))
 
+    def train(self, mode: bool = True) -> Classifier:
+        """``nn.Module.train``; a model whose features are frozen (:func:`freeze_features`) keeps every layer but
+        the head in eval mode, so dropout and BatchNorm statistics never change the frozen features."""
+        super().train(mode)
+        if getattr(self, "features_frozen", False):
+            for name, child in self.named_children():
+                if name != "head":
+                    child.eval()
+        return self
+
 
 class ConvNet(Classifier):
     """Stacked blocks of [conv3x3, norm, ReLU, maxpool2] then global average pooling.
@@ -250,3 +260,17 @@ def freeze_batchnorm(model: nn.Module, freeze_affine: bool = False) -> nn.Module
 
 
 set_bn_eval = freeze_batchnorm
+
+
+def freeze_features(model: nn.Module) -> nn.Module:
+    """Train ``model``'s head only (``cxr train --freeze``): every other weight stops learning and stays in eval
+    mode (:meth:`Classifier.train`). A foundation encoder also saves only its head (it reloads from its source)."""
+    freeze = getattr(model, "freeze_encoder", None)
+    if callable(freeze):
+        freeze()
+        return model
+    for name, p in model.named_parameters():
+        if not name.startswith("head."):
+            p.requires_grad_(False)
+    model.features_frozen = True  # type: ignore[assignment]
+    return model.train(model.training)

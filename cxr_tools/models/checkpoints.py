@@ -38,7 +38,7 @@ MODEL_FORMAT = "cxr-model"
 MODEL_FORMAT_VERSION = 1
 MODEL_JSON = "model.json"
 WEIGHTS_FILE = "model.safetensors"
-TRAINING_KINDS = ("supervised", "siamese", "maml", "finetune", "scratch")
+TRAINING_KINDS = ("supervised", "siamese", "maml", "protonet", "finetune", "scratch")
 _SHOW = 5
 
 
@@ -85,7 +85,8 @@ def load_state_strict(
 # --- model folders ------------------------------------------------------------------------------------------
 
 
-def _sha256(path: Path) -> str:
+def file_sha256(path: Path) -> str:
+    """The sha256 of a file's bytes, read in 1 MiB chunks (model weights, encoder files)."""
     h = hashlib.sha256()
     with open(path, "rb") as fh:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
@@ -128,7 +129,10 @@ def save_model_dir(model: nn.Module, meta: Mapping[str, Any], path: str | os.Pat
 
     out = Path(path)
     out.mkdir(parents=True, exist_ok=True)
-    tensors = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+    skip = tuple(getattr(model, "unsaved_prefixes", ()))  # a frozen foundation encoder reloads from its source
+    tensors = {
+        k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items() if not (skip and k.startswith(skip))
+    }
     with atomic_path(out / WEIGHTS_FILE) as tmp:
         save_file(tensors, str(tmp), metadata={"format": MODEL_FORMAT, "architecture": name})
     doc = {
@@ -151,7 +155,7 @@ def save_model_dir(model: nn.Module, meta: Mapping[str, Any], path: str | os.Pat
         "extra": dict(meta.get("extra") or {}),
         "lineage": meta.get("lineage"),  # what this run and its parents trained on: cxr_tools/models/lineage.py
         "weights_file": WEIGHTS_FILE,
-        "weights_sha256": _sha256(out / WEIGHTS_FILE),
+        "weights_sha256": file_sha256(out / WEIGHTS_FILE),
         "tool_version": __version__,
         "torch_version": torch.__version__.split("+")[0],
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
@@ -199,7 +203,7 @@ def load_model_dir(path: str | os.PathLike[str], map_location: str | torch.devic
     if not weights.is_file():
         raise ModelError(f"{weights} is missing.", "The model folder is incomplete; re-export it.")
     expected = meta.get("weights_sha256")
-    if expected and _sha256(weights) != expected:
+    if expected and file_sha256(weights) != expected:
         raise ModelError(
             f"{weights} does not match the checksum in model.json: the file is damaged or was replaced.",
             "Copy the model folder again from where it was trained, or retrain it.",
@@ -213,7 +217,7 @@ def load_model_dir(path: str | os.PathLike[str], map_location: str | torch.devic
         raise ModelError(
             f"Cannot read {weights}, it is damaged ({exc}).", "Copy the model folder again, or retrain it."
         ) from exc
-    load_state_strict(model, state, source=str(weights))
+    load_state_strict(model, state, source=str(weights), skip_prefixes=tuple(getattr(model, "unsaved_prefixes", ())))
     model.pretrained = meta.get("pretrained")
     model.normalisation = meta["input"]["normalisation"]
     model.image_size = meta["input"]["image_size"]

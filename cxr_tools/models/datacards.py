@@ -153,11 +153,17 @@ CARDS: dict[str, DataCard] = {
 
 def card_record(weights: str | None) -> dict[str, Any] | None:
     """The data card of weight source ``weights`` as a lineage record stores it: None for random
-    initialisation; ``{"name": ..., "data": None}`` for weights without a card (evaluation cannot check them)."""
+    initialisation; a foundation encoder's card (:mod:`cxr_tools.models.encoders`) for ``hf:`` / preset names;
+    ``{"name": ..., "data": None}`` for weights without a card (evaluation cannot check them)."""
     if weights in (None, "", "none"):
         return None
     card = CARDS.get(str(weights))
-    return card.record() if card is not None else {"name": str(weights), "data": None}
+    if card is not None:
+        return card.record()
+    from cxr_tools.models.encoders import encoder_card, is_encoder
+
+    encoder = encoder_card(str(weights)) if is_encoder(str(weights)) else None
+    return encoder if encoder is not None else {"name": str(weights), "data": None}
 
 
 def recorded_classes(record: Mapping[str, Any]) -> list[str]:

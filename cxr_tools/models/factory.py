@@ -25,8 +25,11 @@ def create_for_images(name: str, image_side: int, where: str, **overrides: Any) 
 
     ``where`` names the images in the error (e.g. ``cache PATH``).
     """
+    from cxr_tools.models.encoders import is_encoder
     from cxr_tools.models.registry import create_model, model_card
 
+    if is_encoder(name):  # resizes any image to its own input size
+        return create_model(name, **overrides)
     card = model_card(name)  # unknown names: a ModelError with suggestions
     if image_side < card.min_image_size:
         raise ConfigError(

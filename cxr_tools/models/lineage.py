@@ -21,7 +21,9 @@ Comparisons are canonical. Class names compare by :func:`cxr_tools.vocabulary.la
 ``Pneumonia``, ``Pleural Effusion`` = ``Effusion``). Patient ids compare by :func:`patient_key`: case-folded,
 each run of digits without its leading zeros, because sources write one patient differently (NIH pads its
 numeric ids to 8 digits, ``00000001``; the DICOM source keeps ``PatientID`` as written, often ``1``; CheXpert
-writes ``patient00001``). The stored ids stay as the sources wrote them; only the comparison is canonical.
+writes ``patient00001``). The stored ids stay as the sources wrote them; only the comparison is canonical. A cache
+of several datasets qualifies its ids (``nih:00000001``): qualified ids of two datasets are two patients, and an
+unqualified id is compared with its id in every dataset (:func:`qualified_patient_key`).
 External weights compare by their data card: weights whose labels taught a meta-test class leak it.
 
 Everything here works on plain values (patient ids, class names, ``model.json`` dicts); the data layer supplies
@@ -64,6 +66,26 @@ def patients_digest(patients: Iterable[str]) -> tuple[list[str], str]:
     """``(sorted unique ids, sha256)``: the hash of the newline-joined sorted ids, as strings."""
     ids = sorted({str(p) for p in patients})
     return ids, hashlib.sha256("\n".join(ids).encode("utf-8")).hexdigest()
+
+
+EMPTY_PATIENTS = patients_digest(())[1]
+
+
+def encoder_record(name: str, source: str) -> dict[str, Any]:
+    """The lineage record of a pretrained encoder evaluated without a run of this tool: no classes, no patients of
+    any cache, and the encoder's data card (:func:`~cxr_tools.models.datacards.card_record`) as its weights."""
+    return {
+        "version": LINEAGE_VERSION,
+        "run": name,
+        "path": source,
+        "training": "pretrained encoder",
+        "cache": {"manifest_hash": None, "preprocessing": {}},
+        "classes": [],
+        "pool": {"name": "none", "meta_split": None, "pool_seed": None},
+        "patients": {"count": 0, "sha256": EMPTY_PATIENTS},
+        "weights": card_record(name),
+        "parents": [],
+    }
 
 
 def write_lineage(
@@ -180,6 +202,30 @@ def patient_key(patient: str) -> str:
     return _DIGITS.sub(lambda m: m.group(0).lstrip("0") or "0", str(patient).strip().casefold())
 
 
+_QUALIFIED = re.compile(r"^([a-z][a-z0-9-]*):(.+)$")
+
+
+def qualified_patient_key(patient: str) -> tuple[str | None, str]:
+    """``(dataset, key)`` of a patient id: a cache of several datasets writes ``DATASET:ID``
+    (:mod:`cxr_tools.data.datasets`); a one-dataset cache writes ``ID`` (dataset None). ``key`` is
+    :func:`patient_key` of the id."""
+    m = _QUALIFIED.match(str(patient).strip())
+    return (m.group(1), patient_key(m.group(2))) if m else (None, patient_key(patient))
+
+
+def _same_patient(patient: str, test_ids: Mapping[str, Mapping[str | None, str]]) -> str | None:
+    """The meta-test id (as written) that ``patient`` is, or None. Qualified ids of two datasets never match; an
+    unqualified id (from a one-dataset cache, whose dataset the id does not say) matches its id in any dataset,
+    so a model trained on one dataset is checked against a merged cache, and the other way round, conservatively."""
+    dataset, key = qualified_patient_key(patient)
+    found = test_ids.get(key)
+    if not found:
+        return None
+    if dataset is None:
+        return next(iter(found.values()))
+    return found.get(dataset) or found.get(None)
+
+
 def find_leak(
     meta: Mapping[str, Any],
     patient_sets: Mapping[str, Sequence[str]],
@@ -196,13 +242,14 @@ def find_leak(
     """
     record = meta.get("lineage")
     classes = {label_key(c): str(c) for c in test_classes}
+    test_ids: dict[str, dict[str | None, str]] = {}  # canonical id -> dataset (None: unqualified) -> id as written
+    for p in test_patients:
+        dataset, key = qualified_patient_key(p)
+        test_ids.setdefault(key, {}).setdefault(dataset, str(p))
     if not isinstance(record, Mapping):
         own = _overlap(trained_classes(meta), classes)
         what = f"; its own classes include meta-test class(es) {_few(own)}" if own else ""
         return f"the run has no lineage record (trained by an older cxr-tools): it cannot be checked{what}"
-    test: dict[str, str] = {}
-    for p in test_patients:
-        test.setdefault(patient_key(p), str(p))
     for node, depth in walk(record):
         who = _who(node, depth)
         if node.get("missing"):
@@ -215,9 +262,11 @@ def find_leak(
             return leak
         digest = str((node.get("patients") or {}).get("sha256") or "")
         ids = patient_sets.get(digest)
+        if ids is None and digest == EMPTY_PATIENTS:  # trained on no patient of any cache (a pretrained encoder)
+            ids = []
         if ids is None or patients_digest(ids)[1] != digest:
             return f"{who} lists its patients in {PATIENTS_FILE}, but they are missing or altered there"
-        shared = [(test[k], str(p)) for p in ids if (k := patient_key(p)) in test]
+        shared = [(m, str(p)) for p in ids if (m := _same_patient(p, test_ids)) is not None]
         if shared:
             same = next(((a, b) for a, b in shared if a != b), None)
             how = f" (ids compared canonically: its '{same[1]}' is '{same[0]}' here)" if same else ""
@@ -239,17 +288,22 @@ def pretraining_notes(meta: Mapping[str, Any], source: Any) -> list[str]:
 
     ``source`` is the evaluated cache's ``manifest["source"]`` (its ``kind``: ``nih``, ``chexpert`` ...)."""
     record = meta.get("lineage")
-    source = source.get("kind") if isinstance(source, Mapping) else source
-    if not source or not isinstance(record, Mapping):
+    kinds = {source.get("kind")} if isinstance(source, Mapping) else {source}
+    if isinstance(source, Mapping) and source.get("kind") == "merged":  # a cache of several datasets: each one's
+        kinds = {d.get("kind") for d in source.get("datasets") or [] if isinstance(d, Mapping)}
+    kinds.discard(None)
+    if not kinds or not isinstance(record, Mapping):
         return []
     if "weights" not in record and meta.get("pretrained"):
         record = {**record, "weights": card_record(meta.get("pretrained"))}
     notes = []
+    encoder = record.get("training") == "pretrained encoder"
     for run, card in external_weights(record):
-        seen = sorted({str(d.get("dataset")) for d in card.get("data") or [] if d.get("source") == source})
+        seen = sorted({str(d.get("dataset")) for d in card.get("data") or [] if d.get("source") in kinds})
+        who = "the encoder is" if encoder else f"run '{run}' started from"
         if seen:
             notes.append(
-                f"run '{run}' started from {card.get('title') or card.get('name')}, trained on images of "
+                f"{who} {card.get('title') or card.get('name')}, trained on images of "
                 f"{', '.join(seen)} as evaluated here (with labels for other classes than the meta-test ones, or "
                 "none): its encoder has seen these images"
             )

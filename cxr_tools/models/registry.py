@@ -178,9 +178,12 @@ def list_models(pattern: str | None = None) -> list[str]:
 
 
 def is_model(name: str) -> bool:
-    """Whether ``name`` is registered."""
+    """Whether ``name`` is registered, or names a foundation encoder (``hf:...`` or a preset,
+    :mod:`cxr_tools.models.encoders`)."""
+    from cxr_tools.models.encoders import is_encoder
+
     _ensure_zoo()
-    return name in _REGISTRY
+    return name in _REGISTRY or is_encoder(name)
 
 
 def create_model(name: str, **overrides: Any) -> Classifier:
@@ -195,8 +198,14 @@ def create_model(name: str, **overrides: Any) -> Classifier:
         >>> model(torch.rand(4, 1, 32, 32)).shape
         torch.Size([4, 2])
     """
-    entry = _entry(name)
+    from cxr_tools.models.encoders import is_encoder
+
     kwargs = {k: v for k, v in overrides.items() if v is not None}
+    if is_encoder(name):  # a foundation encoder, loaded with its own library
+        from cxr_tools.models.foundation import create_encoder
+
+        return create_encoder(name, **kwargs)
+    entry = _entry(name)
     if kwargs.get("weights") == "none":
         del kwargs["weights"]
     weights = kwargs.get("weights")
@@ -226,8 +235,37 @@ def create_model(name: str, **overrides: Any) -> Classifier:
 
 
 def model_card(name: str) -> ModelCard:
-    """The :class:`ModelCard` of ``name`` (parameter count computed once, on the meta device)."""
+    """The :class:`ModelCard` of ``name`` (parameter count computed once, on the meta device); a foundation
+    encoder's is read from the encoder itself (loaded once)."""
+    from cxr_tools.models.encoders import is_encoder
+
+    if is_encoder(name):
+        return _encoder_card(name)
     return _card(name)
+
+
+@functools.cache
+def _encoder_card(name: str) -> ModelCard:
+    from cxr_tools.models.encoders import preset_of
+    from cxr_tools.models.foundation import create_encoder
+
+    model = create_encoder(name, num_classes=1)
+    preset = preset_of(name)
+    return ModelCard(
+        name=name,
+        family="foundation",
+        in_chans=1,
+        image_size=int(model.image_size),
+        min_image_size=16,
+        normalisation="unit",
+        num_features=int(model.num_features),
+        num_classes=1,
+        num_params=sum(p.numel() for p in model.parameters()),
+        norm="layer",
+        weights=(),
+        notes=f"{model.library} encoder from {model.source}; input {model.contract.record()}"
+        + (f"; preset {preset.name} ({preset.licence})" if preset else ""),
+    )
 
 
 @functools.cache

@@ -7,8 +7,10 @@ that score. The computation is Captum's :class:`~captum.attr.LayerGradCam` (a ma
 
 * **Which layer** (:func:`target_layer`, the one place that decides it): the last feature map before global
   pooling, per zoo family: conv4 / simple-cnn the last block's ReLU (before its max-pool, so at twice the
-  resolution), ResNet ``layer4``, DenseNet the final ``features`` (after ``norm5``). A Siamese wrapper's
-  backbone is explained the same way.
+  resolution), ResNet ``layer4``, DenseNet the final ``features`` (after ``norm5``); a foundation encoder (a
+  vision transformer) its patch embedding, the one spatial map it has, weighted by gradients that pass through
+  every attention layer (the map covers the encoder's centre crop, stretched over the image). A Siamese
+  wrapper's backbone is explained the same way.
 * **Independent findings**: each class's map comes from its own logit (the sigmoid's input), never from a
   softmax across findings, so two co-occurring findings each get their own map.
 * **Batch independence**: the model runs in eval mode (BatchNorm on running statistics), so an image's map
@@ -55,6 +57,14 @@ def target_layer(model: nn.Module) -> nn.Module:
         return net.layer4
     if isinstance(net, TorchvisionDenseNet):
         return net.features
+    from cxr_tools.models.foundation import FoundationEncoder
+
+    if isinstance(net, FoundationEncoder):
+        # A vision transformer has one feature map: its patch embedding (the last conv); the gradient reaches it
+        # through every attention layer, so the map shows the patches that raise the finding's logit.
+        convs = [m for m in net.encoder.modules() if isinstance(m, nn.Conv2d)]
+        if convs:
+            return convs[-1]
     raise ModelError(
         f"No Grad-CAM layer is known for {type(net).__name__}.", "Use a zoo model (see `cxr models`) for saliency."
     )

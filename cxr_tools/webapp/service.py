@@ -34,7 +34,7 @@ from cxr_tools.errors import ConfigError, InputError, ModelError
 log = logging.getLogger(__name__)
 
 #: Training kinds with no finding head (they score only after adapting; see methods/scoring.py).
-NEEDS_SUPPORT = ("maml", "siamese")
+NEEDS_SUPPORT = ("maml", "protonet", "siamese")
 #: A colour upload whose channels differ by more than this (mean absolute difference, 8-bit) is not an X-ray.
 COLOUR_TOLERANCE = 12.0
 #: Support folder names ``cxr predict --support`` treats as negatives (data/inputs.py); a finding may not use one.

@@ -77,6 +77,8 @@ def _runs() -> Iterator[Entry]:
         info = read_run_info(path) or {}
         kind = str(info.get("kind") or path.parent.name)
         metric = _best(path, kind)
+        if info.get("algorithm") not in (None, "maml"):  # meta-train: fomaml or protonet (methods/protonet.py)
+            metric = " ".join([str(info["algorithm"]), *([metric] if metric else [])])
         collapse = info.get("collapse")
         if isinstance(collapse, dict):  # meta-train: the run collapsed to the label prior (methods/collapse.py)
             metric = "; ".join([*([metric] if metric else []), f"COLLAPSED at step {collapse.get('from_step')}"])

@@ -49,7 +49,7 @@ def test_meta_train_dry_run_estimates_from_inner_steps_and_writes_nothing(cache,
     plan = _plan([*args, "--shots", "3", "--queries", "2", "--episodes", "400", "--engine", "func"])
     assert plan["command"] == "meta-train" and plan["output"] == str(run) and plan["device"] == "cpu"
     rows = dict(plan["plan"])
-    assert rows["meta-steps"].startswith("100 of 4 tasks, 5 inner steps, second order")
+    assert rows["meta-steps"] == "100 of 4 tasks, maml (second order), 5 inner steps, engine func"
     assert plan["estimate"]["unit"] == "inner steps" and plan["estimate"]["measured"] == 1
     assert plan["estimate"]["seconds"] > 0
     assert not run.exists()

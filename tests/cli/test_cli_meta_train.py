@@ -173,3 +173,32 @@ def test_checkpoint_and_log_flags_share_the_trainers_vocabulary(captured, tmp_pa
     assert result.exit_code == 0, result.output
     cfg = captured["cfg"]
     assert (cfg.checkpoint_every_steps, cfg.checkpoint_every_minutes, cfg.log_every_steps) == expected
+
+
+@pytest.mark.parametrize(
+    ("flags", "expected"),
+    [
+        ([], "maml"),
+        (["--first-order"], "fomaml"),
+        (["--algorithm", "fomaml"], "fomaml"),
+        (["--algorithm", "protonet"], "protonet"),
+    ],
+)
+def test_algorithm_and_its_first_order_alias(captured, tmp_path, flags, expected):
+    from cxr_tools.engine.meta_train import resolve_algorithm
+
+    result = runner.invoke(app, ["meta-train", str(tmp_path / "c"), "-o", str(tmp_path / "r"), *flags, "--json"])
+    assert result.exit_code == 0, result.output
+    assert resolve_algorithm(captured["cfg"]) == expected
+
+
+@pytest.mark.parametrize(
+    ("flags", "needles"),
+    [
+        (["--algorithm", "reptile"], ["Unknown --algorithm 'reptile'", "maml, fomaml, protonet"]),
+        (["--algorithm", "protonet", "--first-order"], ["--first-order is a MAML option", "Drop --first-order"]),
+    ],
+)
+def test_a_bad_algorithm_is_one_line(tmp_path, flags, needles):
+    line = _one_error_line(_run(_cache(tmp_path), tmp_path / "r", "--meta-split", SPLIT, *flags))
+    assert all(n in line for n in needles) and not (tmp_path / "r").exists()

@@ -30,13 +30,14 @@ def _free_port() -> int:
 
 
 @pytest.mark.distributed
-def test_two_ranks_match_one_process(tmp_path):
+@pytest.mark.parametrize("algorithm", ["maml", "protonet"])
+def test_two_ranks_match_one_process(tmp_path, algorithm):
     torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent)) or shutil.which("torchrun")
     if torchrun is None:
         pytest.skip("torchrun is not installed")
     cache = tiny_cache(tmp_path)
     run = tmp_path / "ddp"
-    cfg = tiny_config(cache, run, **OPTIONS)
+    cfg = tiny_config(cache, run, **OPTIONS, algorithm=algorithm)
     config = tmp_path / "mt.yaml"
     config.write_text(
         yaml.safe_dump({k: v for k, v in dataclasses.asdict(cfg).items() if k not in {"cache", "output", "pool_seed"}})
@@ -53,7 +54,7 @@ def test_two_ranks_match_one_process(tmp_path):
     info = json.loads((run / "run.json").read_text())
     assert info["status"] == "completed" and info["world_size"] == 2
 
-    single = meta_train(tiny_config(cache, tmp_path / "single", **OPTIONS))
+    single = meta_train(tiny_config(cache, tmp_path / "single", **OPTIONS, algorithm=algorithm))
     assert single.status == "completed"
     got, want = weights(run), weights(tmp_path / "single")
     for key, value in want.items():

@@ -1,5 +1,5 @@
 """`cxr meta-train` as a real process: SIGTERM mid-run writes last.pt and exits as interrupted; rerunning the same
-command resumes to exactly the weights of an uninterrupted run (CPU)."""
+command resumes to exactly the weights of an uninterrupted run (CPU), for MAML and ProtoNet-ML alike."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import torch
 import yaml
 from meta_train_fixtures import tiny_cache, tiny_config, weights
@@ -40,13 +41,15 @@ def _steps_logged(run: Path) -> int:
     return sum(1 for line in path.read_text().splitlines() if '"kind": "step"' in line)
 
 
-def test_sigterm_then_rerun_resumes_to_identical_weights(tmp_path):
+@pytest.mark.parametrize("algorithm", ["maml", "protonet"])
+def test_sigterm_then_rerun_resumes_to_identical_weights(tmp_path, algorithm):
     cache = tiny_cache(tmp_path)
-    reference = meta_train(tiny_config(cache, tmp_path / "ref", **OPTIONS))
+    options = {**OPTIONS, "algorithm": algorithm}
+    reference = meta_train(tiny_config(cache, tmp_path / "ref", **options))
     assert reference.status == "completed" and reference.meta_steps == 8
 
     run = tmp_path / "run"
-    config = _config_file(tiny_config(cache, run, **OPTIONS), tmp_path / "mt.yaml")
+    config = _config_file(tiny_config(cache, run, **options), tmp_path / "mt.yaml")
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen(
         _command(cache, run, config), cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True

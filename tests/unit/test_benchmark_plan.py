@@ -42,7 +42,9 @@ def _steps(path: Path):
     ("changes", "needles"),
     [
         ({"shotz": [1]}, ["'shotz'", "Did you mean 'shots'"]),
-        ({"methods": {"protonet": {}}}, ["Unknown method 'protonet'", "methods.protonet"]),
+        ({"methods": {"matchnet": {}}}, ["Unknown method 'matchnet'", "methods.matchnet"]),
+        ({"methods": {"protonet": {}}}, ["'first_order' reaches method 'protonet'", "fomaml"]),
+        ({"methods": {"protonet": {"meta_train": {"algorithm": "maml"}}}}, ["algorithm", "set by the plan itself"]),
         ({"methods": {"maml": {"meta_train": {"inner_lrr": 0.1}}}}, ["methods.maml.meta_train.inner_lrr", "inner_lr"]),
         ({"train": {"output": "x"}}, ["'train.output'", "set by the plan itself"]),
         ({"evaluate": {"episodes": 3}}, ["'evaluate.episodes'", "set by the plan itself"]),
@@ -96,6 +98,21 @@ def test_train_shots_meta_trains_once_and_siamese_runs_are_shared(tmp_path):
     assert steps["meta-train/maml-from-siamese-conv4-5shot-seed0"].deps == ("train-siamese/siamese-conv4-seed0",)
 
 
+def test_protonet_meta_trains_per_shot_and_transfer_fine_tunes_the_shared_supervised_run(tmp_path):
+    methods = {"protonet": {}, "transfer": {"evaluate": {"steps": 7}}, "fine-tune": {}}
+    steps = _steps(_plan(tmp_path, methods=methods, meta_train={"episodes": 40}))
+    proto = steps["meta-train/protonet-conv4-5shot-seed0"]
+    assert proto.args[proto.args.index("--algorithm") + 1] == "protonet" and "--first-order" not in proto.args
+    ev = steps["evaluate/5shot/protonet/seed0"]
+    assert ev.args[ev.args.index("--method") + 1] == "prototype" and ev.deps == (proto.id,)
+    # MetaChest's transfer learning: the fine-tune row's supervised run, a fresh head, 100 steps at lr 0.005
+    tl, ft = steps["evaluate/5shot/transfer/seed1"], steps["evaluate/5shot/fine-tune/seed1"]
+    assert tl.deps == ft.deps == ("train/supervised-conv4-seed1",)
+    assert tl.args[tl.args.index("--method") + 1] == "finetune"
+    assert [tl.args[i + 1] for i, a in enumerate(tl.args) if a == "--steps"] == ["100", "7"]  # the plan's wins
+    assert tl.args[tl.args.index("--lr") + 1] == "0.005" and "--lr" not in ft.args
+
+
 def test_a_changed_setting_changes_the_fingerprints_downstream_only(tmp_path):
     before = _steps(_plan(tmp_path))
     after = _steps(_plan(tmp_path, train={"epochs": 3}))
@@ -110,7 +127,7 @@ def test_a_changed_setting_changes_the_fingerprints_downstream_only(tmp_path):
     assert all(same_device[i].fingerprint == before[i].fingerprint for i in before)
 
 
-@pytest.mark.parametrize("name", ["phantoms.yaml", "nih.yaml"])
+@pytest.mark.parametrize("name", ["phantoms.yaml", "nih.yaml", "metachest.yaml", "metachest-phantoms.yaml"])
 def test_the_shipped_examples_are_valid_plans(name):
     plan = load_plan(EXAMPLES / name, command_flags())
     assert plan.methods and expand(plan)
@@ -132,3 +149,27 @@ def test_scratch_matches_the_first_seed_evaluation_of_its_method_and_waits_for_i
         "compare/1shot",
         "compare/5shot",
     }
+
+
+def test_encoder_rows_evaluate_their_encoders_without_training(tmp_path, monkeypatch):
+    (tmp_path / "enc").mkdir()
+    monkeypatch.chdir(tmp_path)
+    methods = {
+        "pixels": {},
+        "rad": {"method": "encoder-linear-probe", "backbones": ["rad-dino", "hf:./enc"]},
+        "proto": {"method": "encoder-prototype", "backbones": ["dinov2-small"]},
+    }
+    steps = _steps(_plan(tmp_path, methods=methods))
+    flags = command_flags()
+    rad = steps["evaluate/1shot/rad-rad-dino"]
+    assert rad.deps == () and rad.args[:2] == ("--backbone", "rad-dino")
+    assert rad.args[rad.args.index("--method") + 1] == "linear-probe"
+    local = steps["evaluate/5shot/rad-enc"]
+    assert local.args[1] == f"hf:{tmp_path / 'enc'}"  # made absolute, as the cache path is
+    proto = steps["evaluate/1shot/proto"]
+    assert proto.args[proto.args.index("--method") + 1] == "prototype"
+    assert not [s for s in steps if s.startswith(("train", "meta-train"))]
+    with pytest.raises(PlanError, match="must list foundation encoders; not: conv4"):
+        load_plan(_plan(tmp_path, methods={"x": {"method": "encoder-prototype", "backbones": ["conv4"]}}), flags)
+    with pytest.raises(PlanError, match="must list foundation encoders"):
+        load_plan(_plan(tmp_path, methods={"x": {"method": "encoder-prototype"}}), flags)

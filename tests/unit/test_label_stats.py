@@ -63,6 +63,32 @@ def reference(index: Any, labels: tuple[str, ...]) -> dict[str, Any]:
             tuple(sum(1 for *_, v in rows if v[a] == 1 and v[b] == 1) for b in range(len(labels)))
             for a in range(len(labels))
         ),
+        "datasets": per_dataset_reference(index, labels, [s for _, s, _, _ in rows]),
+    }
+
+
+def per_dataset_reference(index: Any, labels: tuple[str, ...], splits: list[str]) -> dict[str, Any]:
+    if "dataset" not in index.columns:
+        return {}
+    out: dict[str, Any] = {}
+    for i, (_, r) in enumerate(index.iterrows()):
+        d = out.setdefault(str(r["dataset"]), {"images": 0, "patients": set(), "splits": Counter(), "values": []})
+        d["images"] += 1
+        d["patients"].add("" if pd.isna(r["patient_id"]) else str(r["patient_id"]))
+        d["splits"][splits[i]] += 1
+        d["values"].append([r[lab] for lab in labels])
+    return {
+        name: {
+            "images": d["images"],
+            "patients": len(d["patients"]),
+            "splits": dict(d["splits"]),
+            "positives": {
+                lab: sum(1 for v in d["values"] if v[j] == 1)
+                for j, lab in enumerate(labels)
+                if any(not pd.isna(v[j]) for v in d["values"])
+            },
+        }
+        for name, d in out.items()
     }
 
 
@@ -70,6 +96,7 @@ def as_plain(numbers: dict[str, Any]) -> dict[str, Any]:
     out = dict(numbers)
     out["labels"] = [asdict(s) for s in numbers["labels"]]
     out["splits"] = {k: asdict(v) for k, v in numbers["splits"].items()}
+    out["datasets"] = {k: asdict(v) for k, v in numbers["datasets"].items()}
     return out
 
 
@@ -96,6 +123,18 @@ def test_matches_the_row_by_row_reference(seed):
     want = reference(index, LABELS)
     assert got == want
     assert list(got["views"]) == list(want["views"]) and list(got["splits"]) == list(want["splits"])  # order too
+
+
+def test_counts_per_dataset_match_the_reference():
+    """A cache of several datasets: a label one dataset does not mark (all empty on its rows) is left out of its
+    positives."""
+    index = random_index(4)
+    index["dataset"] = ["nih" if i % 3 else "chexpert" for i in range(len(index))]
+    index.loc[index["dataset"] == "chexpert", LABELS[0]] = np.nan
+    got = as_plain(compute_stats(index, list(LABELS)))
+    assert got == reference(index, LABELS)
+    assert set(got["datasets"]) == {"nih", "chexpert"} and LABELS[0] not in got["datasets"]["chexpert"]["positives"]
+    assert sum(d["images"] for d in got["datasets"].values()) == len(index)
 
 
 def test_no_labels_and_no_rows():

@@ -103,6 +103,9 @@ def test_images_of_the_evaluated_dataset_without_its_classes_are_a_note_not_a_le
     assert len(notes) == 1 and "CheXpert" in notes[0] and "densenet121-res224-chex" in notes[0]
     assert pretraining_notes({**meta, "lineage": record}, {"kind": "nih"}) == []
     assert pretraining_notes({**META, "lineage": record | {"weights": None}}, "chexpert") == []
+    merged = {"kind": "merged", "datasets": [{"name": "nih", "kind": "nih"}, {"name": "chexpert", "kind": "chexpert"}]}
+    assert pretraining_notes({**meta, "lineage": record}, merged) == notes  # a cache of several datasets: each one
+    assert pretraining_notes({**meta, "lineage": record}, {"kind": "merged", "datasets": [{"kind": "nih"}]}) == []
 
 
 # --- bypass 2: class names ----------------------------------------------------------------------------------------
@@ -146,3 +149,23 @@ def test_distinct_patients_stay_distinct(tmp_path):
     assert patient_key("00000010") != patient_key("1") and patient_key("0") == patient_key("000")
     record = _model(tmp_path / "m", META, run=tmp_path / "run", patients=["00000010", "patient00002"])
     assert _leak(tmp_path / "m", record, ["Z"], ["1", "100", "patient00020", "2"]) is None
+
+
+@pytest.mark.parametrize(
+    ("trained", "tested", "leaks"),
+    [
+        ("nih:00000001", "chexpert:1", False),  # two datasets' patient 1: two patients
+        ("nih:00000001", "nih:1", True),
+        ("nih:00000001", "1", True),  # a one-dataset cache does not say which dataset: compared in every one
+        ("00000001", "chexpert:1", True),
+        ("nih:00000002", "nih:1", False),
+    ],
+)
+def test_dataset_qualified_patient_ids_of_a_merged_cache(tmp_path, trained, tested, leaks):
+    """A cache of several datasets writes DATASET:ID; the leak check keeps datasets apart, conservatively when one
+    side's dataset is unknown."""
+    record = _model(tmp_path / "m", META, run=tmp_path / "run", patients=[trained])
+    leak = _leak(tmp_path / "m", record, ["Z"], [tested, "nih:99"])
+    assert (leak is not None) == leaks, leak
+    if leaks:
+        assert "1 patient(s) of the meta-test pool" in leak

@@ -119,3 +119,16 @@ def test_full_size_models_at_224(name):
     model = create_model(name, num_classes=14).eval()
     with torch.no_grad():
         assert model(_images(1, 12, 224)).shape == (1, 14)
+
+
+def test_freeze_features_trains_the_head_only_and_keeps_the_rest_in_eval_mode():
+    from cxr_tools.models.backbones import freeze_features
+
+    model = create_model("simple-cnn", num_classes=2)
+    freeze_features(model).train()
+    assert [n for n, p in model.named_parameters() if p.requires_grad] == ["head.weight", "head.bias"]
+    bn = next(m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d))
+    before = bn.running_mean.clone()
+    assert model.head.training and not model.features.training and not model.drop.training
+    model(torch.rand(4, 1, 32, 32)).sum().backward()  # BatchNorm statistics and dropout stay frozen
+    assert torch.equal(bn.running_mean, before) and model.features[0].weight.grad is None

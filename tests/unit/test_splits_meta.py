@@ -67,10 +67,11 @@ def test_metachest_default_and_negatives_reach_every_pool():
     rng = np.random.default_rng(0)
     index = _random_index(rng, 600)
     pools = meta_split_pools(index, NIH_LABELS, parse_meta_split(None), seed=1)
+    nih = METACHEST.resolve(NIH_LABELS)  # MetaChest's split without Lung Opacity, which NIH lacks
     for name, rows in pools.items():
-        negatives = ~_carries(index, rows, METACHEST.all_classes)
+        negatives = ~_carries(index, rows, nih.all_classes)
         assert negatives.sum() > 0, name
-        positives = _carries(index, rows, METACHEST.classes(name))
+        positives = _carries(index, rows, nih.classes(name))
         assert positives.sum() > 0, name
     assert {k: v.tolist() for k, v in meta_split_pools(index, NIH_LABELS, METACHEST, seed=1).items()} == {
         k: v.tolist() for k, v in pools.items()
@@ -127,11 +128,11 @@ def test_save_and_load_round_trip(tmp_path):
     assert load_meta_split(tmp_path) is None
     path = save_meta_split(tmp_path, METACHEST, labels=NIH_LABELS)
     assert path == tmp_path / META_SPLIT_FILE
-    assert load_meta_split(tmp_path) == METACHEST
+    assert load_meta_split(tmp_path) == METACHEST.resolve(NIH_LABELS)  # Lung Opacity left out on NIH
     assert not list(tmp_path.glob(".*tmp"))  # atomic: no temporary left behind
     with pytest.raises(ConfigError):
         save_meta_split(tmp_path, MetaSplit(("X",), ("Y",), ("Z",)), labels=NIH_LABELS)
-    assert load_meta_split(tmp_path) == METACHEST  # failed save left the old file
+    assert load_meta_split(tmp_path) == METACHEST.resolve(NIH_LABELS)  # failed save left the old file
     (tmp_path / META_SPLIT_FILE).write_text('{"version": 99}')
     with pytest.raises(DataError, match="unsupported"):
         load_meta_split(tmp_path)
@@ -145,3 +146,19 @@ def test_real_nih_excerpt_pools():
     assert not _carries(index, pools["train"], METACHEST.val + METACHEST.test).any()
     for rows in pools.values():
         assert len(rows) > 0
+
+
+def test_metachest_is_the_papers_split_with_lung_opacity_where_the_labels_have_it():
+    """Montalvo-Lezama & Fuentes-Pineda (2026), mtrn / mval / mtst of their repository's config.toml."""
+    paper = {
+        "train": {"Effusion", "Lung Opacity", "Atelectasis", "Infiltration", "Nodule", "Mass", "Pleural_Thickening"},
+        "val": {"Emphysema", "Fibrosis", "Hernia"},
+        "test": {"Cardiomegaly", "Edema", "Pneumothorax", "Consolidation", "Pneumonia"},
+    }
+    assert {k: set(METACHEST.classes(k)) for k in paper} == paper
+    nih = parse_meta_split("metachest", NIH_LABELS)
+    assert set(nih.train) == paper["train"] - {"Lung Opacity"} and set(nih.test) == paper["test"]
+    merged = parse_meta_split("metachest", [*NIH_LABELS, "Lung Opacity"])
+    assert "Lung Opacity" in merged.train
+    with pytest.raises(ConfigError, match="not in the label space"):
+        parse_meta_split("metachest", [c for c in NIH_LABELS if c != "Hernia"])  # only Lung Opacity may be absent
