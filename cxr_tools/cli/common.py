@@ -188,6 +188,14 @@ ThreadsOpt = Annotated[
     int | None, typer.Option("--threads", min=1, help="CPU threads for torch.", show_default="torch's default")
 ]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")]
+DryRunOpt = Annotated[
+    bool,
+    typer.Option(
+        "--dry-run",
+        help="Print the plan (data, model, steps, output folder, device) and the estimated time from a few units "
+        "timed in memory; run nothing, write nothing.",
+    ),
+]
 MetaSplitOpt = Annotated[
     str,
     typer.Option(
@@ -313,6 +321,25 @@ def emit(result: Any, as_json: bool, render: Callable[[Console], None]) -> None:
         sys.stdout.write(cfg.to_json(result) + "\n")
     else:
         render(stdout_console())
+
+
+def emit_plan(plan: Any, as_json: bool) -> None:
+    """Print a ``--dry-run`` :class:`~cxr_tools.runtime.estimate.RunPlan`: a table and the estimate, or JSON."""
+    if as_json:
+        sys.stdout.write(cfg.to_json(plan) + "\n")
+        return
+    from rich.table import Table
+
+    table = Table(title=f"cxr {plan.command} --dry-run: the plan (nothing was written)", show_header=False)
+    table.add_column("what")
+    table.add_column("value")
+    for what, value in plan.plan:
+        table.add_row(what, value)
+    table.add_row("output folder", str(plan.output))
+    table.add_row("device", plan.device)
+    estimate = plan.estimate.message() if plan.estimate is not None else "none (the run's length is not known)"
+    table.add_row("time", estimate)
+    stdout_console().print(table)
 
 
 def exit_partial(failed: int, what: str) -> None:

@@ -12,6 +12,7 @@ from rich.table import Table
 from cxr_tools.cli.common import (
     ConfigOpt,
     DeviceOpt,
+    DryRunOpt,
     ImagesPerPatientOpt,
     JsonOpt,
     OverwriteOpt,
@@ -22,6 +23,7 @@ from cxr_tools.cli.common import (
     ThreadsOpt,
     config_from_params,
     emit,
+    emit_plan,
     handle_errors,
     output_option,
     progress_for,
@@ -222,6 +224,7 @@ def evaluate(
     config: ConfigOpt = None,
     json_output: JsonOpt = False,
     quiet: QuietOpt = False,
+    dry_run: DryRunOpt = False,
 ) -> None:
     """Few-shot evaluation of a run on the meta-test classes: per-class AUC, AP, F1/precision/recall, 95% CIs.
 
@@ -240,6 +243,11 @@ def evaluate(
         cfg = config_from_params(EvaluateConfig, ctx.params)
         if cfg.data is None:
             raise ConfigError("No cache given.", "Pass --data CACHE (a directory written by cxr preprocess).")
+        if dry_run:
+            from cxr_tools.engine.evaluate import plan_evaluate
+
+            emit_plan(plan_evaluate(cfg), json_output)
+            return
         result = run_evaluate(cfg, progress_for(quiet))
 
     emit(result, json_output, lambda console: render(console, result))

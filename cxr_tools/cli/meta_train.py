@@ -12,6 +12,7 @@ from rich.table import Table
 from cxr_tools.cli.common import (
     ConfigOpt,
     DeviceOpt,
+    DryRunOpt,
     ImagesPerPatientOpt,
     JsonOpt,
     MetaSplitOpt,
@@ -24,6 +25,7 @@ from cxr_tools.cli.common import (
     ThreadsOpt,
     config_from_params,
     emit,
+    emit_plan,
     exit_if_interrupted,
     handle_errors,
     progress_for,
@@ -112,6 +114,7 @@ def meta_train(
     config: ConfigOpt = None,
     json_output: JsonOpt = False,
     quiet: QuietOpt = False,
+    dry_run: DryRunOpt = False,
 ) -> None:
     """Meta-learn on the meta-train classes (MAML / FOMAML: an initialisation; ProtoNet-ML: an embedding scored by
     class prototypes); validate on the meta-val classes.
@@ -126,6 +129,11 @@ def meta_train(
 
         training_paths(ctx, "meta-train", ("protonet-" if algorithm == "protonet" else "") + f"{ways}w{shots}s")
         cfg = config_from_params(MetaTrainConfig, ctx.params)
+        if dry_run:
+            from cxr_tools.engine.meta_train import plan_meta_train
+
+            emit_plan(plan_meta_train(cfg), json_output)
+            return
         result = run_meta_train(cfg, progress_for(quiet))
 
     emit(result, json_output, lambda console: _render(console, result))

@@ -2,7 +2,8 @@
 
 Both implement :class:`cxr_tools.runtime.progress.Progress`. The plain reporter writes one line when a task
 starts, at most one every ``interval`` seconds while it runs, and one when it ends, so a log file stays
-readable: no carriage returns, no colour codes.
+readable: no carriage returns, no colour codes. A task's own remaining time reads in days, hours and minutes;
+a training loop adds the whole run's (``run ~2 days 5 h left``) to its postfix.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
+from cxr_tools.runtime.estimate import format_duration
 from cxr_tools.runtime.progress import NullProgress, Task
 from cxr_tools.runtime.progress import Progress as ProgressProtocol
 
@@ -85,7 +87,7 @@ class _PlainTask:
             parts.append(f"{self.done:g} done")
         parts.append(f"{elapsed:.0f}s elapsed")
         if self.total and rate > 0 and self.done < self.total:
-            parts.append(f"~{(self.total - self.done) / rate:.0f}s left")
+            parts.append(f"~{format_duration((self.total - self.done) / rate)} left")
         if self.postfix:
             parts.append(self.postfix)
         return ", ".join(parts)

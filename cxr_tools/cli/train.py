@@ -19,6 +19,7 @@ from rich.table import Table
 from cxr_tools.cli.common import (
     ConfigOpt,
     DeviceOpt,
+    DryRunOpt,
     JsonOpt,
     OverwriteOpt,
     PoolSeedOpt,
@@ -28,6 +29,7 @@ from cxr_tools.cli.common import (
     WorkersOpt,
     config_from_params,
     emit,
+    emit_plan,
     exit_if_interrupted,
     handle_errors,
     progress_for,
@@ -218,6 +220,7 @@ def train(
     config: ConfigOpt = None,
     json_output: JsonOpt = False,
     quiet: QuietOpt = False,
+    dry_run: DryRunOpt = False,
     **options: Any,
 ) -> None:
     """Train a multi-label classifier (one sigmoid per finding, BCE) with per-class validation AUC.
@@ -231,6 +234,11 @@ def train(
 
         training_paths(ctx, "train", model)
         cfg = config_from_params(TrainConfig, ctx.params, classes=split_classes(options["classes"]))
+        if dry_run:
+            from cxr_tools.engine.train import plan_train
+
+            emit_plan(plan_train(cfg), json_output)
+            return
         result = train_engine(cfg, progress_for(quiet))
 
     if result.rank == 0:  # under torchrun every rank returns; one report

@@ -11,10 +11,12 @@ from rich.table import Table
 
 from cxr_tools.cli.common import (
     ConfigOpt,
+    DryRunOpt,
     JsonOpt,
     QuietOpt,
     config_from_params,
     emit,
+    emit_plan,
     exit_if_interrupted,
     handle_errors,
     progress_for,
@@ -62,6 +64,7 @@ def train_siamese(
     config: ConfigOpt = None,
     json_output: JsonOpt = False,
     quiet: QuietOpt = False,
+    dry_run: DryRunOpt = False,
     **options: Any,
 ) -> None:
     """Train a Siamese network (Hadsell et al. contrastive loss) on balanced, patient-disjoint image pairs.
@@ -80,6 +83,11 @@ def train_siamese(
             classes=split_classes(options["classes"]),
             views=tuple(v.strip() for v in views.split(",")),
         )
+        if dry_run:
+            from cxr_tools.engine.train_siamese import plan_train_siamese
+
+            emit_plan(plan_train_siamese(cfg), json_output)
+            return
         result = engine(cfg, progress_for(quiet))
 
     if result.rank == 0:  # under torchrun every rank returns; one report

@@ -28,9 +28,10 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 from cxr_tools.config import fields_from
 from cxr_tools.data.episodes import EpisodeOptions
@@ -62,9 +63,13 @@ from cxr_tools.runtime.fs import atomic_write_json
 from cxr_tools.runtime.outputs import OutputSpec, claim, decide, previous_release
 from cxr_tools.runtime.progress import Progress, null_progress
 
+if TYPE_CHECKING:
+    from cxr_tools.runtime.estimate import RunPlan
+
 log = logging.getLogger(__name__)
 
 SUMMARY = "summary.json"
+QUICK_TRY = "cxr evaluate --episodes 100 (wider intervals)"
 EPISODES_JSON = "episodes.json"
 SUMMARY_FORMAT = "cxr-eval"
 SUMMARY_VERSION = 1
@@ -184,6 +189,16 @@ class EvaluateResult:
 
 def evaluate(config: EvaluateConfig, progress: Progress | None = None) -> EvaluateResult:
     """Evaluate one method on the fixed meta-test episodes; see the module docstring."""
+    return cast("EvaluateResult", _evaluate(config, progress, dry_run=False))
+
+
+def plan_evaluate(config: EvaluateConfig) -> RunPlan:
+    """``cxr evaluate --dry-run``: the plan and its estimate from the first episodes, timed with a throwaway
+    journal in a temporary folder; the output folder is not touched."""
+    return cast("RunPlan", _evaluate(config, None, dry_run=True))
+
+
+def _evaluate(config: EvaluateConfig, progress: Progress | None, dry_run: bool) -> EvaluateResult | RunPlan:
     from cxr_tools.data.cache import open_cache
     from cxr_tools.data.episodes import EPISODE_LIST_VERSION, save_episode_list
     from cxr_tools.eval.report import metrics_of
@@ -197,6 +212,7 @@ def evaluate(config: EvaluateConfig, progress: Progress | None = None) -> Evalua
         resolve_method,
     )
     from cxr_tools.runtime.devices import describe_device, explain_out_of_memory, resolve_device, set_threads
+    from cxr_tools.runtime.estimate import Estimate, EstimatingProgress
 
     progress = null_progress(progress)
     began = time.perf_counter()
@@ -238,6 +254,12 @@ def evaluate(config: EvaluateConfig, progress: Progress | None = None) -> Evalua
     if seen:
         settings["seen_classes"] = seen_knowledge(adapter)
     out = Path(config.output) if config.output else default_output(config.run, label, kind)
+    if dry_run:
+
+        def timing(timed: Progress, journal: EpisodeJournal) -> object:
+            return run_episodes(adapter, cache, episodes, normalisation, device, config.seed, rule, timed, journal)
+
+        return _dry_run(config, out, (label, backbone, len(pool)), describe_device(device), timing)
     out = claim(decide(out, EVALUATION_SPEC, overwrite=config.overwrite, resume=config.resume))
     if config.resume:
         check_resumable(out)
@@ -277,8 +299,11 @@ def evaluate(config: EvaluateConfig, progress: Progress | None = None) -> Evalua
             "a rerun resumes.",
         ):
             features = embedding_cache_for(config, adapter, cache, meta, normalisation, device)
+            timed = EstimatingProgress(
+                progress, "evaluate", describe_device(device), Estimate.log, hint=QUICK_TRY, skip=len(journal.done)
+            )
             records, scores = run_episodes(
-                adapter, cache, episodes, normalisation, device, config.seed, rule, progress, journal, features
+                adapter, cache, episodes, normalisation, device, config.seed, rule, timed, journal, features
             )
     finally:
         journal.close()
@@ -347,6 +372,51 @@ def evaluate(config: EvaluateConfig, progress: Progress | None = None) -> Evalua
         files=tuple([out / EPISODES_JSON, *files]), lineage_notes=tuple(notes), seen_classes=tuple(seen),
         generalized=json_safe(generalized), **kept,
     )  # fmt: skip
+
+
+def _dry_run(
+    config: EvaluateConfig,
+    out: Path,
+    what: tuple[str, str | None, int],
+    device: str,
+    timing: Callable[[Progress, EpisodeJournal], object],
+) -> RunPlan:
+    """The plan of ``cxr evaluate --dry-run`` (``what``: method label, backbone, meta-test pool size), its
+    estimate timed on the first episodes (``timing`` runs them) with a journal in a temporary folder, stopped as
+    soon as the estimate is known."""
+    import tempfile
+
+    from cxr_tools.runtime.estimate import Estimate, EstimatingProgress, RunPlan
+    from cxr_tools.runtime.progress import NullProgress
+
+    found: list[Estimate] = []
+
+    def stop(estimate: Estimate) -> None:
+        found.append(estimate)
+        raise _Measured
+
+    label, backbone, pool = what
+    began = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="cxr-dry-run-") as folder:
+        journal = EpisodeJournal(Path(folder), {"dry_run": True}, resume=False)
+        try:
+            timing(EstimatingProgress(NullProgress(), "evaluate", device, stop, hint=QUICK_TRY), journal)
+        except _Measured:
+            pass
+        finally:
+            journal.close()
+    if not found:  # every episode ran before an estimate was due: the whole evaluation was measured
+        found.append(Estimate(time.monotonic() - began, config.episodes, "episodes", device, QUICK_TRY))
+    plan = [
+        ("data", f"{config.data}: {pool} meta-test pool images"),
+        ("model", f"{config.run or '-'}: method {label}" + (f", {backbone}" if backbone else "")),
+        ("episodes", f"{config.episodes} of {config.ways}-way {config.shots}-shot, {config.queries} queries"),
+    ]
+    return RunPlan("evaluate", out, device, tuple(plan), found[0] if found else None)
+
+
+class _Measured(Exception):
+    """Ends the episodes of a dry run once their estimate is known."""
 
 
 def _model_to_evaluate(config: EvaluateConfig) -> tuple[Any, dict[str, Any] | None]:

@@ -33,7 +33,7 @@ import math
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from cxr_tools.data.episodes import EpisodeOptions
 from cxr_tools.errors import ConfigError
@@ -50,9 +50,11 @@ if TYPE_CHECKING:
     from cxr_tools.data.cache import CacheReader
     from cxr_tools.data.episodes import Episode, EpisodeSampler
     from cxr_tools.data.splits import MetaSplit
+    from cxr_tools.runtime.estimate import RunPlan
     from cxr_tools.runtime.lifecycle import RuntimeContext
 
 RUN_KIND = "meta-train"
+_ORDER = {"maml": "second order", "fomaml": "first order"}
 VAL_EPISODES_FILE = "val_episodes.json"
 _VAL_KEY, _TRAIN_KEY = 7919, 1  # seed keys: fixed meta-val episodes, training tasks (kept apart)
 
@@ -170,6 +172,16 @@ def resolve_algorithm(config: MetaTrainConfig) -> str:
 
 def meta_train(config: MetaTrainConfig, progress: Progress | None = None) -> MetaTrainResult:
     """Meta-train a model with (first-order) MAML; see the module docstring for what is written where."""
+    return cast("MetaTrainResult", _meta_train(config, progress, dry_run=False))
+
+
+def plan_meta_train(config: MetaTrainConfig) -> RunPlan:
+    """``cxr meta-train --dry-run``: the plan and its estimate from the first meta-step's first inner steps (or
+    a few meta-steps), timed in memory; nothing is written."""
+    return cast("RunPlan", _meta_train(config, None, dry_run=True))
+
+
+def _meta_train(config: MetaTrainConfig, progress: Progress | None, dry_run: bool) -> MetaTrainResult | RunPlan:
     from cxr_tools.data.cache import open_cache
     from cxr_tools.data.splits import meta_samplers, validation_record
     from cxr_tools.methods.maml import resolve_engine
@@ -189,7 +201,7 @@ def meta_train(config: MetaTrainConfig, progress: Progress | None = None) -> Met
     val_list = val_sampler.fixed_list(config.val_episodes, derive_seed(config.seed, _VAL_KEY)) if val_sampler else []
     validation = validation_record(val_sampler, config.ways, config.val_episodes)
     data = _MetaData(cache, train_sampler, val_list, split, pools, validation, algorithm)
-    return run_in_context(config, lambda ctx: _fit(config, maml, ctx, data, progress))
+    return run_in_context(config, lambda ctx: _fit(config, maml, ctx, data, progress, dry_run))
 
 
 @dataclass(frozen=True)
@@ -206,8 +218,8 @@ class _MetaData:
 
 
 def _fit(
-    config: MetaTrainConfig, maml: MamlConfig, ctx: RuntimeContext, data: _MetaData, progress: Progress
-) -> MetaTrainResult:
+    config: MetaTrainConfig, maml: MamlConfig, ctx: RuntimeContext, data: _MetaData, progress: Progress, dry_run: bool
+) -> MetaTrainResult | RunPlan:
     """The body of :func:`meta_train`, run by :func:`~cxr_tools.runtime.lifecycle.run_in_context`."""
     import torch
 
@@ -221,14 +233,16 @@ def _fit(
     from cxr_tools.models.lineage import write_lineage
     from cxr_tools.runtime import lifecycle
     from cxr_tools.runtime.distributed import average_gradients, gather_objects, shard_indices
+    from cxr_tools.runtime.estimate import EstimateSettings, maml_estimate, quick_try
+    from cxr_tools.runtime.trainer import LoopParts
 
     dist, device, cache, val_list = ctx.dist, ctx.device, data.cache, data.val_list
     model, origin = initial_model(config.init, config.backbone, config.ways, int(cache.image_shape[0]))
     check_batch_independent(model)
     model.to(device)
-    run = lifecycle.open_run_dir(config, RUN_KIND, ctx)
+    run = None if dry_run else lifecycle.open_run_dir(config, RUN_KIND, ctx)
     protonet = data.algorithm == "protonet"
-    if dist.is_main:
+    if dist.is_main and run is not None:
         run.update_info(algorithm=data.algorithm)  # `cxr runs` tells MAML and ProtoNet-ML runs apart
         save_meta_split(run.path, data.split)
         if val_list:
@@ -242,7 +256,7 @@ def _fit(
     val_hash = episode_list_hash(val_list, cache.manifest_hash) if val_list else None
     pool_sizes = {name: len(rows) for name, rows in data.pools.items()}
 
-    def batches_fn(epoch: int, start: int = 0) -> range:
+    def batches_fn(epoch: int, start: int) -> range:
         first = epoch * config.val_every
         return range(first + start, min(first + config.val_every, total_steps))
 
@@ -271,15 +285,40 @@ def _fit(
             parts = gather_objects(evaluate_episodes(model, cache, mine, maml, device), dist)
         return summarise_episodes([r for part in parts for r in part], prefix="val_")
 
-    loop = lifecycle.make_loop(
-        config, ctx, run, model, optimizer, progress,
-        step_fn=step_fn, batches_fn=batches_fn, validate_fn=validate_fn if val_list else None,
-        max_epochs=epochs, max_steps=total_steps, monitor="val_auc" if val_list else None, mode="max",
-        grad_clip=config.grad_clip, manual_backward=True, grad_sync_fn=sync if dist.distributed else None,
+    parts = LoopParts(
+        step_fn,
+        batches_fn,
+        validate_fn if val_list else None,
+        manual_backward=True,
+        grad_sync_fn=sync if dist.distributed else None,
         extra_state=lambda: {"collapse": watch.state_dict()},
         load_extra_state=lambda state: watch.load_state_dict(state.get("collapse") or {}),
-    )  # fmt: skip
-    order = {"maml": "second order", "fomaml": "first order"}.get(data.algorithm, data.algorithm)
+    )
+    side = int(min(cache.image_shape))
+    hint = quick_try("meta-train", "--backbone conv4 --episodes 200", side)
+    estimate = (
+        EstimateSettings("meta-step", hint)
+        if protonet
+        else maml_estimate(model, maml.adapt_steps, len(my_tasks), maml.first_order, len(val_list), hint)
+    )
+    loop = lifecycle.make_loop(
+        config,
+        ctx,
+        run,
+        model,
+        optimizer,
+        progress if run is not None else None,
+        parts,
+        max_epochs=epochs,
+        max_steps=total_steps,
+        monitor="val_auc" if val_list else None,
+        mode="max",
+        grad_clip=config.grad_clip,
+        estimate=estimate,
+    )
+    if run is None:
+        return lifecycle.dry_run(loop, RUN_KIND, config.output, ctx, _plan(config, maml, data, total_steps, side))
+    order = _ORDER.get(data.algorithm, data.algorithm)
     result = lifecycle.fit(
         loop,
         f"Out of memory meta-training {config.meta_batch} tasks of {data.train_sampler.spec.images} images at "
@@ -348,3 +387,19 @@ def _fit(
         collapse=collapse,
         algorithm=data.algorithm,
     )
+
+
+def _plan(config: MetaTrainConfig, maml: MamlConfig, data: _MetaData, steps: int, side: int) -> list[tuple[str, str]]:
+    """The rows ``cxr meta-train --dry-run`` prints (with its estimate)."""
+    pools = "/".join(str(len(data.pools[k])) for k in ("train", "val", "test"))
+    steps_of = f"{steps} of {config.meta_batch} tasks, {data.algorithm}"
+    if data.algorithm != "protonet":
+        steps_of += f" ({_ORDER[data.algorithm]}), {maml.adapt_steps} inner steps, engine {maml.engine}"
+    return [
+        ("data", f"{config.cache}: {side} px, pool images train/val/test {pools}"),
+        ("classes", f"meta-train {', '.join(data.split.train)}; meta-val {', '.join(data.split.val)}"),
+        ("model", f"{config.backbone or config.init or 'conv4'} (init {config.init or 'random'})"),
+        ("episodes", f"{config.ways}-way {config.shots}-shot, {config.queries} queries; {config.episodes} episodes"),
+        ("meta-steps", steps_of),
+        ("validation", f"{len(data.val_list)} meta-val episodes every {config.val_every} meta-steps"),
+    ]

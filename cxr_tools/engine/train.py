@@ -33,16 +33,17 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 
 from cxr_tools.errors import ConfigError, DataError
-from cxr_tools.runtime.lifecycle import FitReport
+from cxr_tools.runtime.lifecycle import FitReport, plan_in_context
 from cxr_tools.runtime.options import TrainingOptions, check_training_options
 from cxr_tools.runtime.progress import Progress
 
 if TYPE_CHECKING:
+    from cxr_tools.runtime.estimate import RunPlan
     from cxr_tools.runtime.lifecycle import RuntimeContext
 
 log = logging.getLogger(__name__)
@@ -97,11 +98,20 @@ def train(config: TrainConfig, progress: Progress | None = None) -> TrainRunResu
     from cxr_tools.runtime.lifecycle import run_in_context
 
     _check_config(config)
-    return run_in_context(config, lambda ctx: _train(config, ctx, progress))
+    return cast("TrainRunResult", run_in_context(config, lambda ctx: _train(config, ctx, progress)))
 
 
-def _train(config: TrainConfig, ctx: RuntimeContext, progress: Progress | None) -> TrainRunResult:
-    """The body of :func:`train`, run by :func:`~cxr_tools.runtime.lifecycle.run_in_context`."""
+def plan_train(config: TrainConfig) -> RunPlan:
+    """``cxr train --dry-run``: the plan and its estimate from a few steps timed in memory; nothing is written."""
+    _check_config(config)
+    return plan_in_context(config, lambda ctx: _train(config, ctx, None, dry_run=True))
+
+
+def _train(
+    config: TrainConfig, ctx: RuntimeContext, progress: Progress | None, dry_run: bool = False
+) -> TrainRunResult | RunPlan:
+    """The body of :func:`train` (and of :func:`plan_train`), run by
+    :func:`~cxr_tools.runtime.lifecycle.run_in_context`."""
     import torch
 
     from cxr_tools.data.labels import apply_uncertainty
@@ -113,7 +123,9 @@ def _train(config: TrainConfig, ctx: RuntimeContext, progress: Progress | None) 
     from cxr_tools.models.registry import normalise
     from cxr_tools.runtime import lifecycle
     from cxr_tools.runtime.devices import autocast_context
+    from cxr_tools.runtime.estimate import EstimateSettings, quick_try
     from cxr_tools.runtime.seeding import numpy_generator
+    from cxr_tools.runtime.trainer import LoopParts
 
     cache, labels, train_rows, val_rows = open_training_data(
         config.cache, config.classes, config.meta_split, config.pool_seed
@@ -149,7 +161,7 @@ def _train(config: TrainConfig, ctx: RuntimeContext, progress: Progress | None) 
             return sampler.indices(epoch)
         return numpy_generator(config.seed, epoch).permutation(n_train)
 
-    def batches_fn(epoch: int, start: int = 0) -> Any:
+    def batches_fn(epoch: int, start: int) -> Any:
         plan = plan_batches(order(epoch), config.batch_size, ctx.dist)[start:]
         return make_batch_loader(data, [(epoch, p) for p in plan], config.workers, ctx.device)
 
@@ -183,11 +195,26 @@ def _train(config: TrainConfig, ctx: RuntimeContext, progress: Progress | None) 
     if not has_val:
         log.warning("The cache has no val split: no validation; the final weights become the model.")
     monitor, mode = ("val_auc", "max") if has_val else ("train_loss", "min")
+    parts = LoopParts(step_fn, batches_fn, validate_fn if has_val else None)
+    estimate = EstimateSettings(
+        hint=quick_try("train", "--model conv4 --epochs 3", side), validation_steps=len(val_rows) / val_batch / 3
+    )
+    if dry_run:
+        probe = lifecycle.epoch_loop(
+            config, ctx, None, net, optimizer, schedule, None, parts, monitor=monitor, mode=mode, estimate=estimate
+        )
+        steps = min(global_batches * config.epochs, config.max_steps or global_batches * config.epochs)
+        epochs = f"{config.epochs} epochs of {global_batches} batches of {config.batch_size}"
+        plan = [
+            ("data", f"{config.cache}: {n_train} train / {len(val_rows)} val images at {side} px"),
+            ("model", f"{config.model}, {len(labels)} outputs ({', '.join(labels)})"),
+            ("steps", f"{steps} ({epochs})"),
+        ]
+        return lifecycle.dry_run(probe, "train", config.output, ctx, plan)
     run = lifecycle.open_run_dir(replace(config, cache=Path(config.cache).resolve()), "train", ctx)
     loop = lifecycle.epoch_loop(
-        config, ctx, run, net, optimizer, schedule, progress, monitor=monitor, mode=mode,
-        step_fn=step_fn, batches_fn=batches_fn, validate_fn=validate_fn if has_val else None,
-    )  # fmt: skip
+        config, ctx, run, net, optimizer, schedule, progress, parts, monitor=monitor, mode=mode, estimate=estimate
+    )
     fit = lifecycle.fit(
         loop,
         f"Out of memory training with batch size {config.batch_size} at {side} px on {ctx.device}.",

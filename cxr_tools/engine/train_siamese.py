@@ -22,17 +22,18 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 
 from cxr_tools.config import check_at_least
 from cxr_tools.errors import ConfigError, DataError
-from cxr_tools.runtime.lifecycle import FitReport
+from cxr_tools.runtime.lifecycle import FitReport, plan_in_context
 from cxr_tools.runtime.options import TrainingOptions, check_training_options
 from cxr_tools.runtime.progress import Progress
 
 if TYPE_CHECKING:
+    from cxr_tools.runtime.estimate import RunPlan
     from cxr_tools.runtime.lifecycle import RuntimeContext
 
 log = logging.getLogger(__name__)
@@ -98,11 +99,21 @@ def train_siamese(config: SiameseConfig, progress: Progress | None = None) -> Si
     from cxr_tools.runtime.lifecycle import run_in_context
 
     _check_config(config)
-    return run_in_context(config, lambda ctx: _train_siamese(config, ctx, progress))
+    return cast("SiameseResult", run_in_context(config, lambda ctx: _train_siamese(config, ctx, progress)))
 
 
-def _train_siamese(config: SiameseConfig, ctx: RuntimeContext, progress: Progress | None) -> SiameseResult:
-    """The body of :func:`train_siamese`, run by :func:`~cxr_tools.runtime.lifecycle.run_in_context`."""
+def plan_train_siamese(config: SiameseConfig) -> RunPlan:
+    """``cxr train-siamese --dry-run``: the plan and its estimate from a few steps timed in memory; nothing is
+    written."""
+    _check_config(config)
+    return plan_in_context(config, lambda ctx: _train_siamese(config, ctx, None, dry_run=True))
+
+
+def _train_siamese(
+    config: SiameseConfig, ctx: RuntimeContext, progress: Progress | None, dry_run: bool = False
+) -> SiameseResult | RunPlan:
+    """The body of :func:`train_siamese` (and of :func:`plan_train_siamese`), run by
+    :func:`~cxr_tools.runtime.lifecycle.run_in_context`."""
     from cxr_tools.data.pairs import PairSampler
     from cxr_tools.data.selection import open_training_data
     from cxr_tools.data.torch_data import Augment, CacheImages, EpochPairs, PairBatches, make_batch_loader
@@ -111,7 +122,9 @@ def _train_siamese(config: SiameseConfig, ctx: RuntimeContext, progress: Progres
     from cxr_tools.models.registry import normalise
     from cxr_tools.models.siamese import SiameseNet
     from cxr_tools.runtime import lifecycle
+    from cxr_tools.runtime.estimate import EstimateSettings, quick_try
     from cxr_tools.runtime.seeding import numpy_generator
+    from cxr_tools.runtime.trainer import LoopParts
 
     cache, labels, train_rows, val_rows = open_training_data(
         config.cache, config.classes, config.meta_split, config.pool_seed
@@ -143,7 +156,7 @@ def _train_siamese(config: SiameseConfig, ctx: RuntimeContext, progress: Progres
     data = PairBatches(images, EpochPairs(train_pairs, per_epoch, config.seed))
     norm_kind = str(backbone.normalisation)
 
-    def batches_fn(epoch: int, start: int = 0) -> Any:
+    def batches_fn(epoch: int, start: int) -> Any:
         keys = []
         for b in range(start, n_batches):
             pos = np.arange(b * config.batch_size, (b + 1) * config.batch_size, dtype=np.int64)
@@ -168,11 +181,28 @@ def _train_siamese(config: SiameseConfig, ctx: RuntimeContext, progress: Progres
             net_model, images, val_set, val_batch, ctx.device, norm_kind, config.margin, config.distance, config.amp
         )
 
+    parts = LoopParts(step_fn, batches_fn, validate_fn if has_val else None)
+    side = int(min(cache.image_shape))
+    val_images = 2 * len(val_set) if val_set is not None else 0
+    estimate = EstimateSettings(
+        hint=quick_try("train-siamese", "--backbone conv4 --epochs 3", side),
+        validation_steps=val_images / (2 * val_batch) / 3,
+    )
+    if dry_run:
+        probe = lifecycle.epoch_loop(
+            config, ctx, None, net, optimizer, schedule, None, parts, monitor=monitor, mode=mode, estimate=estimate
+        )
+        steps = min(n_batches * config.epochs, config.max_steps or n_batches * config.epochs)
+        plan = [
+            ("data", f"{config.cache}: {per_epoch} pairs per epoch, {val_images // 2} val pairs, at {side} px"),
+            ("model", f"{config.backbone}, {config.embedding_dim}-d embedding, {config.distance} distance"),
+            ("steps", f"{steps} ({config.epochs} epochs of {n_batches} batches of {config.batch_size} pairs)"),
+        ]
+        return lifecycle.dry_run(probe, "train-siamese", config.output, ctx, plan)
     run = lifecycle.open_run_dir(replace(config, cache=Path(config.cache).resolve()), "train-siamese", ctx)
     loop = lifecycle.epoch_loop(
-        config, ctx, run, net, optimizer, schedule, progress, monitor=monitor, mode=mode,
-        step_fn=step_fn, batches_fn=batches_fn, validate_fn=validate_fn if has_val else None,
-    )  # fmt: skip
+        config, ctx, run, net, optimizer, schedule, progress, parts, monitor=monitor, mode=mode, estimate=estimate
+    )
     fit = lifecycle.fit(
         loop,
         f"Out of memory training with batch size {config.batch_size} at {min(cache.image_shape)} px on {ctx.device}.",

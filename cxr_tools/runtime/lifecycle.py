@@ -30,10 +30,11 @@ if TYPE_CHECKING:
     import torch
 
     from cxr_tools.runtime.distributed import DistInfo
+    from cxr_tools.runtime.estimate import RunPlan
     from cxr_tools.runtime.options import RunOptions, TrainingOptions
     from cxr_tools.runtime.progress import Progress
     from cxr_tools.runtime.rundir import RunDir
-    from cxr_tools.runtime.trainer import TrainLoop, TrainResult
+    from cxr_tools.runtime.trainer import LoopParts, TrainLoop, TrainResult
 
 log = logging.getLogger(__name__)
 R = TypeVar("R")
@@ -135,6 +136,11 @@ def run_in_context(options: RunOptions, body: Callable[[RuntimeContext], R]) -> 
         ctx.close(completed)
 
 
+def plan_in_context(options: RunOptions, body: Callable[[RuntimeContext], Any]) -> RunPlan:
+    """:func:`run_in_context` for a trainer's ``--dry-run`` body, which returns its :class:`RunPlan`."""
+    return cast("RunPlan", run_in_context(options, body))
+
+
 def open_run_dir(config: Any, kind: str, ctx: RuntimeContext) -> RunDir:
     """Create or reopen the run directory ``config.output`` (rank 0 writes; every rank learns the outcome).
 
@@ -174,33 +180,50 @@ def open_run_dir(config: Any, kind: str, ctx: RuntimeContext) -> RunDir:
 def make_loop(
     options: RunOptions,
     ctx: RuntimeContext,
-    run: RunDir,
+    run: RunDir | None,
     model: Any,
     optimizer: Any,
     progress: Progress | None,
-    **loop_args: Any,
+    parts: LoopParts,
+    *,
+    scheduler: Any = None,
+    **settings: Any,
 ) -> TrainLoop:
-    """The :class:`~cxr_tools.runtime.trainer.TrainLoop` of a trainer with the run options applied.
+    """The :class:`~cxr_tools.runtime.trainer.TrainLoop` of a trainer's ``parts`` with the run options applied.
 
-    ``loop_args`` are the trainer's own parts (``step_fn``, ``batches_fn``, ``validate_fn``, ``max_epochs``,
-    ``monitor``, ...); checkpoint policy, requeue, device, AMP, process group and logging come from ``options``.
+    ``settings`` are the trainer's own :class:`~cxr_tools.runtime.trainer.LoopOptions` (``max_epochs``,
+    ``monitor``, ``estimate``, ...); checkpoint policy, requeue, AMP and logging come from ``options``, device and
+    process group from ``ctx``. ``run`` is None for a loop that only :meth:`~TrainLoop.measure` s (``--dry-run``).
     """
     from cxr_tools.runtime.checkpointing import CheckpointPolicy
-    from cxr_tools.runtime.trainer import TrainLoop
+    from cxr_tools.runtime.trainer import LoopOptions, TrainLoop
 
+    loop_options = LoopOptions(
+        checkpoint=CheckpointPolicy(options.checkpoint_every_steps, options.checkpoint_every_minutes),
+        requeue=options.requeue,
+        amp=options.amp,
+        log_every_steps=options.log_every_steps,
+        **settings,
+    )
     return TrainLoop(
         run,
         model,
         optimizer,
-        checkpoint=CheckpointPolicy(options.checkpoint_every_steps, options.checkpoint_every_minutes),
+        parts,
+        loop_options,
+        scheduler=scheduler,
         progress=progress,
-        requeue=options.requeue,
         device=ctx.device,
-        amp=options.amp,
         dist=ctx.dist,
-        log_every_steps=options.log_every_steps,
-        **loop_args,
     )
+
+
+def dry_run(loop: TrainLoop, command: str, output: Any, ctx: RuntimeContext, plan: list[tuple[str, str]]) -> RunPlan:
+    """What ``--dry-run`` reports: the trainer's ``plan`` rows and the estimate from a few steps timed in memory
+    (:meth:`~cxr_tools.runtime.trainer.TrainLoop.measure`); no run directory is opened or written."""
+    from cxr_tools.runtime.estimate import RunPlan
+
+    return RunPlan(command, Path(output), ctx.device_name, tuple(plan), loop.measure())
 
 
 def fit(loop: TrainLoop, oom_message: str, oom_hint: str) -> TrainResult:
@@ -319,18 +342,19 @@ def make_optimisation(
 def epoch_loop(
     options: TrainingOptions,
     ctx: RuntimeContext,
-    run: RunDir,
+    run: RunDir | None,
     net: Any,
     optimizer: Any,
     schedule: Any,
     progress: Progress | None,
+    parts: LoopParts,
     *,
     monitor: str,
     mode: str,
-    **loop_args: Any,
+    **settings: Any,
 ) -> TrainLoop:
     """:func:`make_loop` for the epoch-based trainers: epochs, max steps, schedule and early stopping of
-    ``options``; ``loop_args`` are the trainer's ``step_fn``, ``batches_fn`` and ``validate_fn``."""
+    ``options``; ``settings`` are further :class:`~cxr_tools.runtime.trainer.LoopOptions` (``estimate``)."""
     from cxr_tools.runtime.checkpointing import EarlyStopping
 
     return make_loop(
@@ -340,11 +364,12 @@ def epoch_loop(
         net,
         optimizer,
         progress,
+        parts,
         scheduler=schedule,
         max_epochs=options.epochs,
         max_steps=options.max_steps,
         monitor=monitor,
         mode=mode,
         early_stopping=EarlyStopping(options.patience, mode=mode) if options.patience else None,
-        **loop_args,
+        **settings,
     )

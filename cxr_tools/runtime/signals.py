@@ -22,7 +22,7 @@ import os
 import signal
 import subprocess
 import threading
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from types import FrameType
 from typing import Any
 
@@ -122,14 +122,20 @@ class PreemptionHandler:
         self._received: int | None = None
         self._previous: dict[int, Any] = {}
         self.installed = False
+        #: Called with the signal number when the first stop signal arrives, so the stop is said at once (the
+        #: training loop says when it will take effect and what a second Ctrl-C does).
+        self.on_signal: Callable[[int], None] | None = None
 
-    # The handler: record only. Assigning an attribute is safe at any bytecode boundary.
+    # The handler: record (assigning an attribute is safe at any bytecode boundary) and say so (on_signal logs).
     def _handle(self, signum: int, frame: FrameType | None) -> None:
         if signum == signal.SIGINT and self._received is not None:
             raise KeyboardInterrupt  # Ctrl-C again while the loop winds down: stop now
-        if self._received is None:
+        first = self._received is None
+        if first:
             self._received = signum
         _remember(signum)
+        if first and self.on_signal is not None:
+            self.on_signal(signum)
 
     def __enter__(self) -> PreemptionHandler:
         if threading.current_thread() is not threading.main_thread():

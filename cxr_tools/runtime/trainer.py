@@ -1,27 +1,28 @@
 """A small epoch/step training loop that every trainer plugs into.
 
-The trainer supplies what is specific to it - ``step_fn(batch)`` returning the loss, ``batches_fn(epoch)``
-yielding the epoch's batches, ``validate_fn()`` returning metrics - and :class:`TrainLoop` supplies what
-users rely on everywhere: AMP, gradient clipping, DDP-aware gradient sync, LR schedules, ``metrics.jsonl``,
-``last.pt`` on a step/time policy and at every epoch end, ``best.pt`` on the monitored metric, early
-stopping, progress, and preemption (SIGTERM/SIGUSR1 -> checkpoint -> status ``interrupted`` -> optional
-SLURM requeue).
+The trainer supplies what is specific to it (:class:`LoopParts`) - ``step_fn(batch)`` returning the loss,
+``batches_fn(epoch, start)`` yielding the epoch's batches, ``validate_fn()`` returning metrics - and
+:class:`TrainLoop`, run with :class:`LoopOptions`, supplies what users rely on everywhere: AMP, gradient
+clipping, DDP-aware gradient sync, LR schedules, ``metrics.jsonl``, ``last.pt`` on a step/time policy and at
+every epoch end, ``best.pt`` on the monitored metric, early stopping, progress with the whole run's remaining
+time, a once-printed estimate of the run's duration (:mod:`cxr_tools.runtime.estimate`), and preemption
+(SIGTERM/SIGUSR1/Ctrl-C -> said at once -> checkpoint at the step's end -> status ``interrupted`` -> optional
+SLURM requeue; a second Ctrl-C stops at once).
 
 Resume is bit-identical on CPU: ``last.pt`` holds the model, optimizer, schedule, scaler, every RNG state
 (per rank), the loop position (epoch, batch within the epoch), the running epoch sums, early-stopping and
 best-metric state, and how many metrics lines were written. For that to hold, ``batches_fn(epoch)`` must
 depend only on ``epoch`` and the run's seed (build its sampler from
-:func:`~cxr_tools.runtime.seeding.make_generator` ``(seed, epoch)``, never from global RNG); if it accepts a
-``start`` keyword it is called as ``batches_fn(epoch, start=k)`` on resume and must skip the first ``k``
-batches itself (cheaper than loading them), otherwise the loop skips them.
+:func:`~cxr_tools.runtime.seeding.make_generator` ``(seed, epoch)``, never from global RNG); on resume it is
+called as ``batches_fn(epoch, k)`` and skips the first ``k`` batches itself (cheaper than loading them).
 """
 
 from __future__ import annotations
 
 import inspect
-import itertools
 import logging
 import math
+import signal
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -40,6 +41,7 @@ from cxr_tools.runtime.checkpointing import (
 )
 from cxr_tools.runtime.devices import AmpSettings, autocast_context, make_grad_scaler, resolve_amp
 from cxr_tools.runtime.distributed import SINGLE, DistInfo, average_gradients, broadcast_object, gather_objects
+from cxr_tools.runtime.estimate import Estimate, EstimateSettings, UnitTimer, format_duration
 from cxr_tools.runtime.progress import NullProgress, Progress, null_progress
 from cxr_tools.runtime.rundir import RunDir
 from cxr_tools.runtime.schedules import LRSchedule
@@ -72,113 +74,153 @@ class TrainResult:
     last_metrics: dict[str, float] = field(default_factory=dict)
 
 
-class TrainLoop:
-    """Epoch/step loop with checkpointing, resume, preemption, AMP and DDP; see the module docstring.
+@dataclass(frozen=True)
+class LoopParts:
+    """What a trainer supplies to :class:`TrainLoop`: its step, its batches, its validation.
 
-    Args:
-        run: the run directory (from :func:`~cxr_tools.runtime.rundir.open_run`).
-        model: the model, possibly wrapped in DistributedDataParallel.
-        optimizer: a torch optimizer.
-        scheduler: an :class:`LRSchedule` from :func:`make_scheduler` (or None).
-        step_fn: ``batch -> {"loss": tensor, other: float or tensor...}``; the loop runs it under autocast,
-            then does backward, gradient sync, clipping, the optimizer and schedule steps. With
-            ``manual_backward`` the function fills ``.grad`` itself (e.g. MAML meta-gradients) and ``loss`` may
-            be a float; it is called as ``step_fn(batch, backward=fn)`` when it accepts a ``backward`` keyword,
-            and must then backpropagate every loss with ``fn(loss)``, which goes through the loop's GradScaler
-            (fp16 AMP: the loss is scaled so tiny gradients do not underflow, and ``scaler.step`` unscales
-            exactly what was scaled). A manual step without that keyword is refused under fp16 AMP.
-        batches_fn: ``epoch -> iterable of batches`` (0-based epoch), deterministic given epoch and seed.
-        validate_fn: ``() -> {name: float}``, called on every rank after each epoch (rank 0's values are used
-            by all ranks). It must switch the model to eval mode itself; the loop switches back.
+    Attributes:
+        step_fn: ``batch -> {"loss": tensor, other: float or tensor...}``; the loop runs it under autocast, then
+            does backward, gradient sync, clipping, the optimizer and schedule steps. With ``manual_backward``
+            the function fills ``.grad`` itself (e.g. MAML meta-gradients) and ``loss`` may be a float; it is
+            called as ``step_fn(batch, backward=fn)`` when it accepts a ``backward`` keyword, and must then
+            backpropagate every loss with ``fn(loss)``, which goes through the loop's GradScaler (fp16 AMP: the
+            loss is scaled so tiny gradients do not underflow, and ``scaler.step`` unscales exactly what was
+            scaled). A manual step without that keyword is refused under fp16 AMP.
+        batches_fn: ``(epoch, start) -> iterable of batches``: epoch ``epoch``'s batches (0-based) from batch
+            ``start`` on (``start`` > 0 on resume: skipping is the trainer's, which can do it without loading
+            them); deterministic given epoch and seed.
+        validate_fn: ``() -> {name: float}``, called on every rank after each epoch (rank 0's values are used by
+            all ranks). It must switch the model to eval mode itself; the loop switches back.
+        manual_backward: see ``step_fn``.
+        grad_sync_fn: how gradients are synchronised over ranks (default: averaged for a non-DDP model under a
+            process group, :func:`average_gradients`).
+        extra_state, load_extra_state: save/restore trainer state (e.g. a stateful sampler) in ``last.pt``.
+    """
+
+    step_fn: Callable[..., Mapping[str, Any]]
+    batches_fn: Callable[[int, int], Iterable[Any]]
+    validate_fn: Callable[[], Mapping[str, float]] | None = None
+    manual_backward: bool = False
+    grad_sync_fn: Callable[[torch.nn.Module], None] | None = None
+    extra_state: Callable[[], Mapping[str, Any]] | None = None
+    load_extra_state: Callable[[Mapping[str, Any]], None] | None = None
+
+
+@dataclass(frozen=True)
+class LoopOptions:
+    """How :class:`TrainLoop` runs the parts.
+
+    Attributes:
         max_epochs, max_steps: stop after whichever comes first (at least one is needed).
         monitor, mode: metric of the epoch record (``val_auc``, ``train_loss``...) that picks ``best.pt``.
         early_stopping: an :class:`EarlyStopping` on ``monitor``.
         checkpoint: when to write ``last.pt`` within epochs (epoch ends and signals always write).
         grad_clip: max global gradient norm (None = no clipping).
-        device, amp: AMP is used only on CUDA (``amp`` may be a bool or :class:`AmpSettings`).
-        dist: this process's :class:`DistInfo`; a non-DDP model gets its gradients averaged over ranks
-            (:func:`average_gradients`) unless ``grad_sync_fn`` says otherwise.
-        preemption: a handler to poll; by default the loop installs one (``handle_signals``) with ``requeue``.
+        amp: mixed precision, used only on CUDA (a bool or :class:`AmpSettings`).
         log_every_steps: write a ``kind: "step"`` metrics record every N steps (0 = only epoch records).
             Step values stay on the device between records (no host sync per step): they are read at records,
             checkpoints, epoch ends and, for the progress line, at most once a second.
-        extra_state, load_extra_state: save/restore trainer state (e.g. a stateful sampler) in ``last.pt``.
+        handle_signals, requeue: install a :class:`PreemptionHandler` (unless one is given), with SLURM requeue.
+        estimate: how the run's time is estimated and announced (:mod:`cxr_tools.runtime.estimate`).
+    """
+
+    max_epochs: int | None = None
+    max_steps: int | None = None
+    monitor: str | None = None
+    mode: str = "max"
+    early_stopping: EarlyStopping | None = None
+    checkpoint: CheckpointPolicy | None = None
+    grad_clip: float | None = None
+    amp: bool | AmpSettings = False
+    log_every_steps: int = 50
+    handle_signals: bool = True
+    requeue: bool = False
+    estimate: EstimateSettings = field(default_factory=EstimateSettings)
+
+
+class _Measured(Exception):
+    """Raised from inside a step by :meth:`TrainLoop.measure` once the step's duration is predicted."""
+
+
+class TrainLoop:
+    """Epoch/step loop with checkpointing, resume, preemption, AMP, DDP and time estimates; see the module
+    docstring.
+
+    Args:
+        run: the run directory (from :func:`~cxr_tools.runtime.rundir.open_run`); None only to :meth:`measure`.
+        model: the model, possibly wrapped in DistributedDataParallel.
+        optimizer: a torch optimizer.
+        parts: the trainer's step, batches and validation (:class:`LoopParts`).
+        options: epochs, steps, monitoring, checkpoints, AMP, logging, signals (:class:`LoopOptions`).
+        scheduler: an :class:`LRSchedule` from :func:`make_scheduler` (or None).
+        progress: where progress goes (default none).
+        preemption: a handler to poll; by default the loop installs one (``options.handle_signals``).
+        device: where the model is (default CPU); ``dist``: this process's :class:`DistInfo`.
     """
 
     def __init__(
         self,
-        run: RunDir,
+        run: RunDir | None,
         model: torch.nn.Module,
         optimizer: torch.optim.Optimizer,
-        scheduler: LRSchedule | None = None,
+        parts: LoopParts,
+        options: LoopOptions,
         *,
-        step_fn: Callable[..., Mapping[str, Any]],
-        batches_fn: Callable[..., Iterable[Any]],
-        validate_fn: Callable[[], Mapping[str, float]] | None = None,
-        max_epochs: int | None = None,
-        max_steps: int | None = None,
-        monitor: str | None = None,
-        mode: str = "max",
-        early_stopping: EarlyStopping | None = None,
-        checkpoint: CheckpointPolicy | None = None,
+        scheduler: LRSchedule | None = None,
         progress: Progress | None = None,
         preemption: PreemptionHandler | None = None,
-        handle_signals: bool = True,
-        requeue: bool = False,
-        grad_clip: float | None = None,
         device: torch.device | None = None,
-        amp: bool | AmpSettings = False,
         dist: DistInfo | None = None,
-        manual_backward: bool = False,
-        grad_sync_fn: Callable[[torch.nn.Module], None] | None = None,
-        log_every_steps: int = 50,
-        extra_state: Callable[[], Mapping[str, Any]] | None = None,
-        load_extra_state: Callable[[Mapping[str, Any]], None] | None = None,
     ) -> None:
         import torch
 
-        if max_epochs is None and max_steps is None:
+        if options.max_epochs is None and options.max_steps is None:
             raise ConfigError("Training needs max_epochs or max_steps.")
-        if (max_epochs is not None and max_epochs < 1) or (max_steps is not None and max_steps < 1):
+        if (options.max_epochs is not None and options.max_epochs < 1) or (
+            options.max_steps is not None and options.max_steps < 1
+        ):
             raise ConfigError("max_epochs and max_steps must be >= 1.")
-        if early_stopping is not None and monitor is None:
+        if options.early_stopping is not None and options.monitor is None:
             raise ConfigError("Early stopping needs a monitored metric (e.g. --monitor val_auc).")
-        self.run = run
+        self._run = run
         self.model = model
         self.optimizer = optimizer
         self.schedule = scheduler
-        self.step_fn = step_fn
-        self.batches_fn = batches_fn
-        self.validate_fn = validate_fn
-        self.max_epochs = max_epochs
-        self.max_steps = max_steps
-        self.monitor = monitor
-        self.best = BestTracker(monitor or "", mode) if monitor else None
-        self.early_stopping = early_stopping
-        self.policy = checkpoint if checkpoint is not None else CheckpointPolicy()
+        self.parts = parts
+        self.step_fn = parts.step_fn
+        self.batches_fn = parts.batches_fn
+        self.validate_fn = parts.validate_fn
+        self.max_epochs = options.max_epochs
+        self.max_steps = options.max_steps
+        self.monitor = options.monitor
+        self.best = BestTracker(options.monitor, options.mode) if options.monitor else None
+        self.early_stopping = options.early_stopping
+        self.policy = options.checkpoint if options.checkpoint is not None else CheckpointPolicy()
         self.dist = dist or SINGLE
         self.progress = null_progress(progress) if self.dist.is_main else NullProgress()
         self.preemption = preemption
-        self.handle_signals = handle_signals
-        self.requeue = requeue
-        self.grad_clip = grad_clip
+        self.handle_signals = options.handle_signals
+        self.requeue = options.requeue
+        self.grad_clip = options.grad_clip
         self.device = device if device is not None else torch.device("cpu")
+        amp = options.amp
         self.amp = amp if isinstance(amp, AmpSettings) else resolve_amp(self.device, amp)
         self.scaler = make_grad_scaler(self.device, self.amp)
-        self.manual_backward = manual_backward
-        self._passes_backward = manual_backward and _accepts_keyword(step_fn, "backward")
-        if manual_backward and self.scaler.is_enabled() and not self._passes_backward:
+        self.manual_backward = parts.manual_backward
+        self._passes_backward = parts.manual_backward and _accepts_keyword(parts.step_fn, "backward")
+        if parts.manual_backward and self.scaler.is_enabled() and not self._passes_backward:
             raise TypeError(
                 "With fp16 AMP a manual-backward step_fn must take a `backward` keyword and backpropagate with it "
                 "(the GradScaler has to scale what it later unscales)."
             )
+        grad_sync_fn = parts.grad_sync_fn
         if grad_sync_fn is None and self.dist.distributed and not hasattr(model, "module"):
             grad_sync_fn = lambda m: average_gradients(m, self.dist)  # noqa: E731
         self.grad_sync_fn = grad_sync_fn
-        self.log_every_steps = log_every_steps
-        self.extra_state = extra_state
-        self.load_extra_state = load_extra_state
-        self._takes_start = _accepts_keyword(batches_fn, "start")
+        self.log_every_steps = options.log_every_steps
+        self.extra_state = parts.extra_state
+        self.load_extra_state = parts.load_extra_state
+        self.estimate = options.estimate
         # loop position and running state (all saved in last.pt)
         self.epoch = 0
         self.batch_in_epoch = 0
@@ -191,8 +233,25 @@ class TrainLoop:
         self.last_metrics: dict[str, float] = {}
         self.resumed = False
         self._postfix_at = 0.0
+        # time (never saved): the run's clock, the once-printed estimate, the step in progress
+        self._timer: UnitTimer | None = None
+        self._validation_seconds: float | None = None
+        self._predicted_step: float | None = None
+        self._announced: Estimate | None = None
+        self._step_started: float | None = None
+        self._saved: tuple[int, float] | None = None
+        self._clock_planned = False
+        self._epochs_total: int | None = None
+        self._measuring = False
 
     # --- public -------------------------------------------------------------------------------------------
+    @property
+    def run(self) -> RunDir:
+        """The run directory (a loop built without one can only :meth:`measure`)."""
+        if self._run is None:
+            raise TypeError("This TrainLoop has no run directory: it can only measure().")
+        return self._run
+
     def fit(self) -> TrainResult:
         """Train (resuming from ``last.pt`` when there is one) until done or interrupted."""
         started = time.monotonic()
@@ -200,6 +259,8 @@ class TrainLoop:
         owns_handler = handler is None and self.handle_signals
         if owns_handler:
             handler = PreemptionHandler(TRAINER_SIGNALS, requeue=self.requeue)
+        if handler is not None and self.dist.is_main:
+            handler.on_signal = self._announce_stop
         try:
             if owns_handler and handler is not None:
                 handler.__enter__()
@@ -223,6 +284,8 @@ class TrainLoop:
                     self.run.set_status("failed", error=f"{type(exc).__name__}: {exc}")
                 raise
         finally:
+            if handler is not None:
+                handler.on_signal = None
             if owns_handler and handler is not None:
                 handler.__exit__(None, None, None)
 
@@ -232,6 +295,7 @@ class TrainLoop:
         while not self._done():
             self.model.train()
             batches, total = self._batches(self.epoch, self.batch_in_epoch)
+            self._start_clock(total)
             label = f"epoch {self.epoch + 1}" + (f"/{self.max_epochs}" if self.max_epochs else "")
             with self.progress.task(label, total=total) as task:
                 if self.batch_in_epoch:
@@ -239,7 +303,7 @@ class TrainLoop:
                 for batch in batches:
                     if self.max_steps is not None and self.step >= self.max_steps:
                         break
-                    values = self._train_step(batch)
+                    values = self._timed_step(batch)
                     self.step += 1
                     self.batch_in_epoch += 1
                     self._accumulate(values)
@@ -249,7 +313,7 @@ class TrainLoop:
                         host = _to_host(values)  # the only host sync between steps
                         self._check_finite(host.get("loss"))
                         if "loss" in host:
-                            task.set_postfix(f"loss={host['loss']:.4f}")
+                            task.set_postfix(f"loss={host['loss']:.4f}" + self._run_left())
                             self._postfix_at = time.monotonic()
                         if record:
                             self._log(
@@ -268,6 +332,165 @@ class TrainLoop:
                 return _signal_name(handler)
         return None
 
+    def measure(self, *, steps: int = 3, seconds: float = 20.0) -> Estimate | None:
+        """Time the first steps of epoch 0 in memory and estimate the whole run (``--dry-run``).
+
+        Nothing is written (no run directory is needed); the model and optimizer take real steps, so throw them
+        away afterwards. Stops after ``steps`` steps, after ``seconds``, or as soon as the estimate's probe
+        predicted the first step (a step too long to wait for is cut short). None when the run's length is not
+        known before it runs.
+        """
+        self.model.train()
+        batches, total = self._batches(0, 0)
+        self._start_clock(total)
+        if self._timer is None:
+            return None
+        self._measuring = True
+        try:
+            for batch in batches:
+                self._timed_step(batch)
+                if self._timer.measured >= steps or self._timer.seconds >= seconds:
+                    break
+        except _Measured:
+            return self._estimate(1, self.estimate.probe.unit if self.estimate.probe else "steps")
+        finally:
+            self._measuring = False
+        return self._estimate(self._timer.measured, f"{self.estimate.step_name}s")
+
+    # --- time ---------------------------------------------------------------------------------------------
+    def _start_clock(self, epoch_total: int | None) -> None:
+        """Plan the run's steps and validations once, when the first epoch's length is known."""
+        if self._timer is not None or self._clock_planned:
+            return
+        self._clock_planned = True
+        run_total = self.max_epochs * epoch_total if self.max_epochs is not None and epoch_total else None
+        if self.max_steps is not None:
+            run_total = self.max_steps if run_total is None else min(run_total, self.max_steps)
+        if run_total is None:
+            return
+        self._timer = UnitTimer(run_total, done=self.step)
+        epochs = self.max_epochs
+        if epoch_total:
+            by_steps = -(-run_total // epoch_total)
+            epochs = by_steps if epochs is None else min(epochs, by_steps)
+        self._epochs_total = epochs
+
+    def _timed_step(self, batch: Any) -> dict[str, Any]:
+        """:meth:`_train_step`, timed; the first step runs under the estimate's probe when there is one."""
+        began = time.monotonic()
+        self._step_started = began
+        timer = self._timer
+        probe = self.estimate.probe if timer is not None and timer.measured == 0 and self.dist.is_main else None
+        if probe is not None:
+            probe.start(self._predicted)
+        try:
+            values = self._train_step(batch)
+            if timer is not None and self._announced is None and self.device.type == "cuda":
+                import torch
+
+                torch.cuda.synchronize(self.device)  # until estimated, time the step's kernels, not their launch
+        finally:
+            if probe is not None:
+                probe.stop()
+            self._step_started = None
+        if timer is not None:
+            timer.add(time.monotonic() - began)
+            if not self._measuring and self.dist.is_main:
+                self._after_step()
+        return values
+
+    def _predicted(self, seconds: float, measured: int) -> None:
+        """The probe's prediction of the first step: announce the run's estimate at once (or end a measure)."""
+        self._predicted_step = seconds
+        if self._measuring:
+            raise _Measured
+        unit = self.estimate.probe.unit if self.estimate.probe is not None else "steps"
+        self._announce(self._estimate(measured, unit))
+
+    def _after_step(self) -> None:
+        """Announce the estimate once enough steps are measured; correct a probe's prediction once when the first
+        whole step says it was off by more than half."""
+        timer = self._timer
+        assert timer is not None
+        if self._announced is None:
+            if (timer.measured >= 3 and timer.seconds >= 2.0) or timer.seconds >= 10.0:
+                self._announce(self._estimate(timer.measured, f"{self.estimate.step_name}s"))
+            return
+        if timer.measured == 1 and self._predicted_step:
+            ratio = timer.seconds / self._predicted_step
+            if ratio > 1.5 or ratio < 1 / 1.5:
+                estimate = self._estimate(1, f"{self.estimate.step_name}s")
+                if estimate is not None:
+                    log.info(
+                        "The first %s took %s, not the predicted %s: %s.",
+                        self.estimate.step_name,
+                        format_duration(timer.seconds),
+                        format_duration(self._predicted_step),
+                        estimate.message(),
+                    )
+
+    def _announce(self, estimate: Estimate | None) -> None:
+        if estimate is not None and self._announced is None:
+            self._announced = estimate
+            estimate.log()
+
+    def _estimate(self, measured: int, unit: str) -> Estimate | None:
+        left = self._seconds_left()
+        if left is None:
+            return None
+        return Estimate(left, measured, unit, str(self.device), self.estimate.hint, remaining=self.resumed)
+
+    def _step_seconds(self) -> float | None:
+        """Measured seconds per step (else the probe's prediction, else None)."""
+        per = self._timer.per_unit() if self._timer is not None else None
+        return per if per is not None else self._predicted_step
+
+    def _seconds_left(self) -> float | None:
+        """The whole run's remaining seconds: its steps and validations."""
+        per = self._step_seconds()
+        if per is None or self._timer is None:
+            return None
+        validations = 0
+        if self.validate_fn is not None and self._epochs_total is not None:
+            validations = max(0, self._epochs_total - self.epoch)
+        one = self._validation_seconds if self._validation_seconds is not None else self.estimate.validation_steps * per
+        return max(0, self._timer.total - self.step) * per + validations * one
+
+    def _run_left(self) -> str:
+        """The progress postfix's whole-run ETA (empty until one step is measured)."""
+        left = self._seconds_left() if self._timer is not None and self._timer.measured else None
+        return "" if left is None else f", run ~{format_duration(left)} left"
+
+    def _announce_stop(self, signum: int) -> None:
+        """Say at once what the first stop signal does: the step ends, last.pt is saved (and what Ctrl-C again does)."""
+        step = self.estimate.step_name
+        now = time.monotonic()
+        started = self._step_started
+        if started is None:
+            what = f"at the next {step} boundary"
+        else:
+            expected = self._step_seconds()
+            if expected is None:
+                what = f"after the current {step} (its duration is not measured yet)"
+            elif expected - (now - started) > 0:
+                what = f"after the current {step} (about {format_duration(expected - (now - started))} left of it)"
+            else:
+                what = f"after the current {step} (it is taking longer than the {format_duration(expected)} expected)"
+        if signum != signal.SIGINT:
+            log.warning("%s: stopping %s, then saving last.pt.", signal.Signals(signum).name, what)
+            return
+        if self._saved is not None:
+            at, when = self._saved
+            resume = f"a rerun then resumes from {step} {at}, saved {format_duration(now - when)} ago"
+        else:
+            resume = "nothing is saved yet, so a rerun then starts over"
+        log.warning(
+            "Ctrl-C: stopping %s, then saving last.pt; rerun the same command to resume. "
+            "Press Ctrl-C again to stop at once (%s).",
+            what,
+            resume,
+        )
+
     def _done(self) -> bool:
         if self.stopped_early:
             return True
@@ -277,13 +500,9 @@ class TrainLoop:
 
     def _batches(self, epoch: int, start: int) -> tuple[Iterable[Any], int | None]:
         """The epoch's batches from batch ``start`` on, and the epoch's total number of batches if known."""
-        if self._takes_start:
-            rest = self.batches_fn(epoch, start=start)
-            remaining = _length(rest)
-            return rest, None if remaining is None else remaining + start
-        batches = self.batches_fn(epoch)
-        total = _length(batches)
-        return (itertools.islice(batches, start, None) if start else batches), total
+        rest = self.batches_fn(epoch, start)
+        remaining = _length(rest)
+        return rest, None if remaining is None else remaining + start
 
     def _train_step(self, batch: Any) -> dict[str, Any]:
         """One optimizer step; the step's values as floats or detached device tensors (not read here)."""
@@ -332,7 +551,10 @@ class TrainLoop:
         self._check_finite(_to_host(self.epoch_sums).get("loss"))
         record: dict[str, Any] = {"kind": "epoch", "epoch": self.epoch + 1, "step": self.step, "lr": self._lr()}
         record.update({f"train_{k}": v for k, v in self._epoch_means().items()})
+        began = time.monotonic()
         val = self._validate()
+        if self.validate_fn is not None:
+            self._validation_seconds = time.monotonic() - began
         record.update(val)
         self.last_metrics = {k: v for k, v in record.items() if k not in {"kind", "epoch", "step"}}
         value = None
@@ -445,6 +667,7 @@ class TrainLoop:
                 extra,
             )
         self.policy.mark_saved(self.step)
+        self._saved = (self.step, time.monotonic())
 
     def _resume(self) -> None:
         path = self.run.last_checkpoint
@@ -482,6 +705,7 @@ class TrainLoop:
         if self.dist.is_main:
             self.run.truncate_metrics(keep=self.metrics_lines)
         self.policy.mark_saved(self.step)
+        self._saved = (self.step, time.monotonic())
         self.resumed = True
         log.info(
             "Resumed %s at epoch %d, batch %d (step %d).", self.run.path, self.epoch + 1, self.batch_in_epoch, self.step

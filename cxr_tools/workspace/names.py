@@ -30,6 +30,7 @@ TRAINING_KINDS = ("train", "train-siamese", "meta-train")
 #: Parameters that never name an output: where it goes, how it is shown, and the inputs named otherwise.
 NOT_IN_NAME = frozenset(
     {"output", "config", "json_output", "quiet", "cache", "data", "run", "src", "merge", "chunk_size", "commit_seconds"}
+    | {"dry_run"}
 )
 _HASH_CHARS = 8
 

@@ -57,6 +57,8 @@ OVERRIDES: dict[tuple[str, str], Any] = {
     ("evaluate", "threshold"): "0.3",  # a rule: support, a probability or none
     ("predict", "threshold"): "0.3",
     ("app", "auth"): "user:pass",  # USER:PASS, checked by AppConfig
+    # --dry-run plans instead of running (tests/cli/test_cli_estimate.py)
+    **{(command, "dry_run"): False for command in ("train", "train-siamese", "meta-train", "evaluate")},
 }
 # Values written in YAML's own form where the flag takes a text: the file must give the same config.
 YAML_FORMS: dict[tuple[str, str], Any] = {

@@ -24,7 +24,7 @@ from cxr_tools.runtime.devices import set_threads
 from cxr_tools.runtime.distributed import barrier, cleanup, init_distributed, shard_indices, wrap_ddp
 from cxr_tools.runtime.rundir import open_run
 from cxr_tools.runtime.seeding import derive_seed, make_generator, seed_everything
-from cxr_tools.runtime.trainer import TrainLoop
+from cxr_tools.runtime.trainer import LoopOptions, LoopParts, TrainLoop
 
 N, DIM, GLOBAL_BATCH, EPOCHS, SEED, LR = 16, 4, 8, 2, 3, 0.1
 
@@ -64,8 +64,8 @@ def run_phase(out: Path, phase: str, info, *, ddp: bool, dropout: bool = False, 
     )
     barrier(info)
 
-    def batches_fn(epoch: int):
-        for idx in global_batches(epoch):
+    def batches_fn(epoch: int, start: int):
+        for idx in global_batches(epoch)[start:]:
             mine = idx[shard_indices(len(idx), info.rank, info.world_size)]
             yield x[mine], y[mine]
 
@@ -82,12 +82,9 @@ def run_phase(out: Path, phase: str, info, *, ddp: bool, dropout: bool = False, 
         run,
         net,
         optimizer,
-        step_fn=step_fn,
-        batches_fn=batches_fn,
-        max_epochs=EPOCHS,
+        LoopParts(step_fn, batches_fn),
+        LoopOptions(max_epochs=EPOCHS, checkpoint=CheckpointPolicy(every_minutes=None), log_every_steps=1),
         dist=info,
-        checkpoint=CheckpointPolicy(every_minutes=None),
-        log_every_steps=1,
     )
     result = loop.fit()
     barrier(info)

@@ -23,7 +23,7 @@ from cxr_tools.runtime.devices import set_threads
 from cxr_tools.runtime.rundir import open_run
 from cxr_tools.runtime.schedules import make_scheduler
 from cxr_tools.runtime.seeding import make_generator, seed_everything
-from cxr_tools.runtime.trainer import TrainLoop, TrainResult
+from cxr_tools.runtime.trainer import LoopOptions, LoopParts, TrainLoop, TrainResult
 
 N_TRAIN, N_VAL, DIM, BATCH = 48, 16, 8, 8
 
@@ -74,9 +74,9 @@ def train(
     run = open_run(run_path, "test-tiny", cfg, overwrite=overwrite, device="cpu")
     calls = {"n": 0, "val": 0}
 
-    def batches_fn(epoch: int):
+    def batches_fn(epoch: int, start: int):
         order = torch.randperm(N_TRAIN, generator=make_generator(cfg.seed, epoch))
-        return [(x[order[i : i + BATCH]], y[order[i : i + BATCH]]) for i in range(0, N_TRAIN, BATCH)]
+        return [(x[order[i : i + BATCH]], y[order[i : i + BATCH]]) for i in range(0, N_TRAIN, BATCH)][start:]
 
     def step_fn(batch):
         calls["n"] += 1
@@ -101,14 +101,7 @@ def train(
         return {"val_loss": val_loss}
 
     monitor, mode = ("val_score", "max") if val_sequence is not None else ("val_loss", "min")
-    loop = TrainLoop(
-        run,
-        model,
-        optimizer,
-        schedule,
-        step_fn=step_fn,
-        batches_fn=batches_fn,
-        validate_fn=validate_fn,
+    options = LoopOptions(
         max_epochs=cfg.epochs,
         monitor=monitor,
         mode=mode,
@@ -117,6 +110,7 @@ def train(
         requeue=cfg.requeue,
         log_every_steps=1,
     )
+    loop = TrainLoop(run, model, optimizer, LoopParts(step_fn, batches_fn, validate_fn), options, scheduler=schedule)
     return loop.fit(), model
 
 

@@ -14,12 +14,20 @@ from cxr_tools.errors import ConfigError
 from cxr_tools.runtime.checkpointing import CheckpointPolicy
 from cxr_tools.runtime.progress import RecordingProgress
 from cxr_tools.runtime.rundir import open_run
-from cxr_tools.runtime.trainer import TrainLoop
+from cxr_tools.runtime.trainer import LoopOptions, LoopParts, TrainLoop
 
 
 @dataclasses.dataclass(frozen=True)
 class Cfg:
     name: str = "t"
+
+
+def _loop(run, model, opt, *, progress=None, **kw):
+    """A TrainLoop from one keyword set: the LoopParts fields go to its parts, the rest to its options."""
+    names = {f.name for f in dataclasses.fields(LoopParts)}
+    parts = LoopParts(**{k: v for k, v in kw.items() if k in names})
+    options = LoopOptions(**{k: v for k, v in kw.items() if k not in names})
+    return TrainLoop(run, model, opt, parts, options, progress=progress)
 
 
 def _parts(tmp_path, **loop_kw):
@@ -33,7 +41,11 @@ def _parts(tmp_path, **loop_kw):
     def step_fn(batch):
         return {"loss": torch.nn.functional.mse_loss(model(batch[0]), batch[1]), "n": len(batch[0])}
 
-    kw = {"step_fn": step_fn, "batches_fn": lambda epoch: batches, "checkpoint": CheckpointPolicy(every_minutes=None)}
+    kw = {
+        "step_fn": step_fn,
+        "batches_fn": lambda epoch, start: batches[start:],
+        "checkpoint": CheckpointPolicy(every_minutes=None),
+    }
     kw.update(loop_kw)
     return run, model, opt, kw
 
@@ -41,7 +53,7 @@ def _parts(tmp_path, **loop_kw):
 def test_max_steps_stops_mid_epoch_and_validates(tmp_path):
     run, model, opt, kw = _parts(tmp_path, validate_fn=lambda: {"val_x": 1.0}, log_every_steps=0)
     progress = RecordingProgress()
-    result = TrainLoop(run, model, opt, max_steps=6, progress=progress, **kw).fit()
+    result = _loop(run, model, opt, max_steps=6, progress=progress, **kw).fit()
     assert result.status == "completed" and result.steps == 6 and result.epochs == 2
     records = run.read_metrics()
     assert [(r["epoch"], r["step"]) for r in records] == [(1, 4), (2, 6)]
@@ -51,14 +63,14 @@ def test_max_steps_stops_mid_epoch_and_validates(tmp_path):
 
 def test_batches_fn_with_start_is_asked_to_skip_on_resume(tmp_path):
     straight_run, model, opt, kw = _parts(tmp_path / "a")
-    TrainLoop(straight_run, model, opt, max_epochs=2, **kw).fit()
+    _loop(straight_run, model, opt, max_epochs=2, **kw).fit()
     expected = model.weight.detach().clone()
 
     run, model, opt, kw = _parts(tmp_path / "b")
-    batches = kw["batches_fn"](0)
+    batches = kw["batches_fn"](0, 0)
     calls = []
 
-    def batches_fn(epoch, start=0):
+    def batches_fn(epoch, start):
         calls.append((epoch, start))
         return batches[start:]
 
@@ -70,11 +82,11 @@ def test_batches_fn_with_start_is_asked_to_skip_on_resume(tmp_path):
 
     step_fn, kw["n"] = kw["step_fn"], 0
     loop_kw = {"batches_fn": batches_fn, "checkpoint": kw["checkpoint"], "max_epochs": 2}
-    first = TrainLoop(run, model, opt, step_fn=stop_at_two, **loop_kw).fit()
+    first = _loop(run, model, opt, step_fn=stop_at_two, **loop_kw).fit()
     assert first.status == "interrupted" and first.steps == 3
     run, model, opt, kw = _parts(tmp_path / "b")
     calls.clear()
-    TrainLoop(run, model, opt, step_fn=kw["step_fn"], **loop_kw).fit()
+    _loop(run, model, opt, step_fn=kw["step_fn"], **loop_kw).fit()
     assert calls == [(0, 3), (1, 0)]
     assert torch.equal(model.weight, expected)
 
@@ -87,7 +99,7 @@ def test_manual_backward_and_grad_clip(tmp_path):
         loss.backward()
         return {"loss": loss.item()}
 
-    result = TrainLoop(
+    result = _loop(
         run,
         model,
         opt,
@@ -105,13 +117,13 @@ def test_manual_backward_and_grad_clip(tmp_path):
 def test_errors_say_what_is_wrong(tmp_path):
     run, model, opt, kw = _parts(tmp_path)
     with pytest.raises(ConfigError, match="max_epochs or max_steps"):
-        TrainLoop(run, model, opt, **kw)
+        _loop(run, model, opt, **kw)
     with pytest.raises(ConfigError, match="monitored metric"):
         from cxr_tools.runtime.checkpointing import EarlyStopping
 
-        TrainLoop(run, model, opt, max_epochs=1, early_stopping=EarlyStopping(2), **kw)
+        _loop(run, model, opt, max_epochs=1, early_stopping=EarlyStopping(2), **kw)
     with pytest.raises(ConfigError, match="'val_auc' was not reported"):
-        TrainLoop(run, model, opt, max_epochs=1, monitor="val_auc", **kw).fit()
+        _loop(run, model, opt, max_epochs=1, monitor="val_auc", **kw).fit()
     assert json.loads(run.run_json_path.read_text())["status"] == "failed"
 
 
@@ -122,7 +134,7 @@ def test_diverging_loss_is_reported(tmp_path):
         return {"loss": model(batch[0]).sum() * float("nan")}
 
     with pytest.raises(ConfigError, match="diverged"):
-        TrainLoop(run, model, opt, max_epochs=1, **{**kw, "step_fn": step_fn}).fit()
+        _loop(run, model, opt, max_epochs=1, **{**kw, "step_fn": step_fn}).fit()
 
 
 def _meta_loop(
@@ -159,12 +171,12 @@ def _meta_loop(
     def plain_step_fn(step):
         return {"loss": meta_backward(model, tasks(step), cfg, loss_fn).loss}
 
-    loop = TrainLoop(
+    loop = _loop(
         open_run(tmp_path / name, "test", Cfg()),
         model,
         torch.optim.SGD(model.parameters(), lr=0.5 / loss_scale),
         step_fn=step_fn if manual_keyword else plain_step_fn,
-        batches_fn=lambda epoch: range(epoch * 2, epoch * 2 + 2),
+        batches_fn=lambda epoch, start: range(epoch * 2 + start, epoch * 2 + 2),
         max_steps=4,
         manual_backward=True,
         amp=amp,
@@ -255,14 +267,14 @@ def test_step_values_stay_on_the_device_between_records(tmp_path):
                 reads.append(func.__name__)
             return super().__torch_function__(func, types, args, kwargs or {})
 
-    batches = kw["batches_fn"](0) * 10  # 40 steps in one epoch
+    batches = kw["batches_fn"](0, 0) * 10  # 40 steps in one epoch
 
     def step_fn(batch):
         loss = torch.nn.functional.mse_loss(model(batch[0]), batch[1])
         return {"loss": loss.as_subclass(Counted), "n": len(batch[0])}
 
-    kw.update(step_fn=step_fn, batches_fn=lambda epoch: batches)
-    TrainLoop(run, model, opt, max_epochs=1, log_every_steps=20, **kw).fit()
+    kw.update(step_fn=step_fn, batches_fn=lambda epoch, start: batches[start:])
+    _loop(run, model, opt, max_epochs=1, log_every_steps=20, **kw).fit()
     steps = [r for r in run.read_metrics() if r["kind"] == "step"]
     assert [r["step"] for r in steps] == [20, 40] and all(isinstance(r["loss"], float) for r in steps)
     # two step records, the epoch record (finite check + means) and the progress line (at most once a second)
