@@ -36,7 +36,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))  # proctree, also when loaded as a 
 
 from proctree import communicate_sampled  # noqa: E402
 
-from cxr_tools.data.preprocess_pipeline import available_cores, decode_only, ordered_map  # noqa: E402
+from cxr_tools.data.decoding.pipeline import available_cores, decode_only, ordered_map  # noqa: E402
 
 CHUNK = 32
 
@@ -130,7 +130,7 @@ def measure_memory(src: Path, out: Path, workers: int) -> dict[str, float]:
 
 
 def read_speed(cache: Path, n: int = 4000, batch: int = 64) -> dict[str, float]:
-    from cxr_tools.data.cache import open_cache
+    from cxr_tools.data.caches.format import open_cache
 
     rng = np.random.default_rng(0)
     with open_cache(cache) as c:

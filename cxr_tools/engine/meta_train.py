@@ -3,9 +3,10 @@
 What a run does (docs/science.md):
 
 * **Meta-split.** Classes go to meta-train / meta-val / meta-test (``--meta-split``; default: the cache's split,
-  else MetaChest for NIH labels), images to disjoint pools by patient (:func:`~cxr_tools.data.splits.meta_split_pools`,
-  re-checked by ``check_pools``). Training episodes come only from the meta-train classes and pool, validation
-  episodes only from the meta-val ones; meta-test classes and images are never read.
+  else MetaChest for NIH labels), images to disjoint pools by patient
+  (:func:`~cxr_tools.data.splits.meta.meta_split_pools`, re-checked by ``check_pools``). Training episodes come
+  only from the meta-train classes and pool, validation episodes only from the meta-val ones; meta-test classes
+  and images are never read.
 * **Episodes and budget.** ``--episodes`` tasks, ``--meta-batch`` per meta-step: ``ceil(episodes / meta_batch)``
   meta-steps. Task ``t`` of meta-step ``s`` is drawn with the generator ``(seed, s, t)`` alone, so resuming and
   sharding tasks over DDP ranks need no sampler state.
@@ -18,7 +19,7 @@ What a run does (docs/science.md):
 * **Runtime.** :mod:`cxr_tools.runtime.lifecycle`: resume (bit-identical on CPU), preemption (``--requeue``),
   ``metrics.jsonl``, progress, DDP (a meta-batch's tasks sharded over ranks, meta-gradients averaged).
 
-The run directory gets ``RUN/meta_split.json`` (readable with :func:`~cxr_tools.data.splits.load_meta_split`) and
+The run directory gets ``RUN/meta_split.json`` (readable with :func:`~cxr_tools.data.splits.meta.load_meta_split`) and
 ``RUN/model/`` (training kind ``maml``; the MAML settings, meta-split and cache manifest hash in ``model.json``).
 """
 
@@ -30,7 +31,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from cxr_tools.data.episodes import EpisodeOptions
+from cxr_tools.data.sampling.episodes import EpisodeOptions
 from cxr_tools.errors import ConfigError
 from cxr_tools.methods.collapse import CollapseWatch, unusable
 from cxr_tools.methods.maml.config import ENGINES, MamlConfig
@@ -41,9 +42,9 @@ if TYPE_CHECKING:
     import numpy as np
     from torch import nn
 
-    from cxr_tools.data.cache import CacheReader
-    from cxr_tools.data.episodes import Episode, EpisodeSampler
-    from cxr_tools.data.splits import MetaSplit
+    from cxr_tools.data.caches.format import CacheReader
+    from cxr_tools.data.sampling.episodes import Episode, EpisodeSampler
+    from cxr_tools.data.splits.meta import MetaSplit
     from cxr_tools.runtime.lifecycle import RuntimeContext
 
 RUN_KIND = "meta-train"
@@ -59,7 +60,7 @@ class MetaTrainConfig(RunOptions, EpisodeOptions):
         cache: the cache directory (``cxr preprocess`` output).
         output: the run directory to write.
         ways, shots, queries (default 10 here), images_per_patient, meta_split: the episodes of meta-training and
-            meta-validation (:class:`~cxr_tools.data.episodes.EpisodeOptions`).
+            meta-validation (:class:`~cxr_tools.data.sampling.episodes.EpisodeOptions`).
         inner_lr, adapt_steps, first_order, engine: the MAML inner loop (:class:`MamlConfig`).
         meta_lr: Adam learning rate of the outer (meta) update.
         meta_batch: episodes per meta-step.
@@ -150,8 +151,8 @@ def _validate_config(config: MetaTrainConfig) -> MamlConfig:
 
 def meta_train(config: MetaTrainConfig, progress: Progress | None = None) -> MetaTrainResult:
     """Meta-train a model with (first-order) MAML; see the module docstring for what is written where."""
-    from cxr_tools.data.cache import open_cache
-    from cxr_tools.data.splits import meta_samplers, validation_record
+    from cxr_tools.data.caches.format import open_cache
+    from cxr_tools.data.sampling.meta_samplers import meta_samplers, validation_record
     from cxr_tools.methods.maml import resolve_engine
     from cxr_tools.runtime.lifecycle import run_in_context
     from cxr_tools.runtime.seeding import derive_seed
@@ -188,8 +189,9 @@ def _fit(
     """The body of :func:`meta_train`, run by :func:`~cxr_tools.runtime.lifecycle.run_in_context`."""
     import torch
 
-    from cxr_tools.data.episodes import episode_list_hash, save_episode_list
-    from cxr_tools.data.splits import patients_of, save_meta_split
+    from cxr_tools.data.sampling.episodes import episode_list_hash, save_episode_list
+    from cxr_tools.data.splits.meta import save_meta_split
+    from cxr_tools.data.splits.patients import patients_of
     from cxr_tools.methods.episodes import evaluate_episodes, meta_gradient, summarise_episodes
     from cxr_tools.methods.maml import check_batch_independent
     from cxr_tools.models import save_model_dir

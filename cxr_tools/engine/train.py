@@ -3,14 +3,14 @@
 One sigmoid output per finding and BCE-with-logits (findings are not mutually exclusive: no softmax). The
 uncertainty policy is applied at load time (``ignore`` masks uncertain entries out of the loss and out of
 the validation AUC, ``zeros`` / ``ones`` map them). ``--balance sampler`` draws class-balanced batches
-(:class:`~cxr_tools.data.sampling.BalancedSampler`, within the train split), ``--balance weights`` uses
+(:class:`~cxr_tools.data.sampling.balance.BalancedSampler`, within the train split), ``--balance weights`` uses
 ``pos_weight`` = negatives / positives per class. Validation computes the ROC AUC of every class on the val
 split after each epoch, in eval mode; their mean (``val_auc``) picks ``best.pt``, drives early stopping, and
 the best weights become ``RUN/model/``, whose card records (``extra.finetune``) the fine-tune budget ``cxr
 evaluate RUN`` adapts it with, so ``cxr evaluate --method scratch --match RUN`` copies the real budget.
 
 ``--classes base`` trains the meta-split's meta-train classes only, on the meta-train image pool (images
-carrying no meta-val / meta-test finding, :func:`~cxr_tools.data.splits.meta_split_pools` with ``--pool-seed``):
+carrying no meta-val / meta-test finding, :func:`~cxr_tools.data.splits.meta.meta_split_pools` with ``--pool-seed``):
 the pre-training of the few-shot fine-tune baseline, whose held-out classes must never have been trained,
 neither as a head column nor through their images.
 
@@ -22,7 +22,7 @@ is the *global* batch: under ``torchrun`` each global batch is split over the ra
 processes see the same batches. Images of a batch are read from the cache in one call.
 
 This module is orchestration only: the run lifecycle is :mod:`cxr_tools.runtime.lifecycle`, the batches
-:mod:`cxr_tools.data.torch_data`, the rows and classes :mod:`cxr_tools.data.selection`, the loss
+:mod:`cxr_tools.data.sampling.batches`, the rows and classes :mod:`cxr_tools.data.sampling.selection`, the loss
 :mod:`cxr_tools.methods.losses` and the AUC :func:`cxr_tools.eval.metrics.class_metrics`.
 """
 
@@ -103,9 +103,9 @@ def _train(config: TrainConfig, ctx: RuntimeContext, progress: Progress | None) 
     import torch
 
     from cxr_tools.data.labels import apply_uncertainty
-    from cxr_tools.data.sampling import BalancedSampler, class_weights
-    from cxr_tools.data.selection import open_training_data
-    from cxr_tools.data.torch_data import Augment, LabelledBatches, batch_count, make_batch_loader, plan_batches
+    from cxr_tools.data.sampling.balance import BalancedSampler, class_weights
+    from cxr_tools.data.sampling.batches import Augment, LabelledBatches, batch_count, make_batch_loader, plan_batches
+    from cxr_tools.data.sampling.selection import open_training_data
     from cxr_tools.methods.losses import masked_bce
     from cxr_tools.models.factory import create_for_images
     from cxr_tools.models.registry import normalise
@@ -190,8 +190,8 @@ def _train(config: TrainConfig, ctx: RuntimeContext, progress: Progress | None) 
     model_dir = None
     if fit.status == "completed" and ctx.dist.is_main:
         lifecycle.load_selected(run, model)
-        from cxr_tools.data.selection import pool_record
-        from cxr_tools.data.splits import patients_of
+        from cxr_tools.data.sampling.selection import pool_record
+        from cxr_tools.data.splits.patients import patients_of
         from cxr_tools.methods.adapters import finetune_record
         from cxr_tools.models.checkpoints import save_model_dir
         from cxr_tools.models.lineage import write_lineage

@@ -2,7 +2,7 @@
 
 Twin zoo backbones with shared weights, a linear projection to ``--embedding-dim`` and L2 normalisation
 (:mod:`cxr_tools.models.siamese`), trained with the Hadsell et al. (2006) contrastive loss
-(:mod:`cxr_tools.methods.contrastive`) on pairs from :class:`~cxr_tools.data.pairs.PairSampler`: balanced
+(:mod:`cxr_tools.methods.contrastive`) on pairs from :class:`~cxr_tools.data.sampling.pairs.PairSampler`: balanced
 positives / negatives, never two images of one patient, frontal views only, drawn from the index alone.
 
 Each epoch draws ``pairs_per_epoch`` training pairs from ``numpy_generator(seed, epoch)`` (so resume is
@@ -103,9 +103,9 @@ def train_siamese(config: SiameseConfig, progress: Progress | None = None) -> Si
 
 def _train_siamese(config: SiameseConfig, ctx: RuntimeContext, progress: Progress | None) -> SiameseResult:
     """The body of :func:`train_siamese`, run by :func:`~cxr_tools.runtime.lifecycle.run_in_context`."""
-    from cxr_tools.data.pairs import PairSampler
-    from cxr_tools.data.selection import open_training_data
-    from cxr_tools.data.torch_data import Augment, CacheImages, EpochPairs, PairBatches, make_batch_loader
+    from cxr_tools.data.sampling.batches import Augment, CacheImages, EpochPairs, PairBatches, make_batch_loader
+    from cxr_tools.data.sampling.pairs import PairSampler
+    from cxr_tools.data.sampling.selection import open_training_data
     from cxr_tools.methods.contrastive import contrastive_loss
     from cxr_tools.methods.pair_validation import validate_pairs, validation_pairs
     from cxr_tools.models.registry import normalise
@@ -182,8 +182,8 @@ def _train_siamese(config: SiameseConfig, ctx: RuntimeContext, progress: Progres
     model_dir = None
     if fit.status == "completed" and ctx.dist.is_main:
         lifecycle.load_selected(run, net_model)
-        from cxr_tools.data.selection import pool_record
-        from cxr_tools.data.splits import patients_of
+        from cxr_tools.data.sampling.selection import pool_record
+        from cxr_tools.data.splits.patients import patients_of
         from cxr_tools.models.checkpoints import save_model_dir
         from cxr_tools.models.lineage import write_lineage
 
@@ -226,7 +226,7 @@ def _train_siamese(config: SiameseConfig, ctx: RuntimeContext, progress: Progres
 
 
 def _check_config(config: SiameseConfig) -> None:
-    from cxr_tools.data.pairs import PAIR_RULES
+    from cxr_tools.data.sampling.pairs import PAIR_RULES
     from cxr_tools.methods.contrastive import check_margin
     from cxr_tools.models.factory import check_model_name
     from cxr_tools.models.siamese import check_distance

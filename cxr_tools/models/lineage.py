@@ -25,7 +25,7 @@ writes ``patient00001``). The stored ids stay as the sources wrote them; only th
 External weights compare by their data card: weights whose labels taught a meta-test class leak it.
 
 Everything here works on plain values (patient ids, class names, ``model.json`` dicts); the data layer supplies
-the ids (:func:`cxr_tools.data.splits.patients_of`), the engines decide what to refuse.
+the ids (:func:`cxr_tools.data.splits.patients.patients_of`), the engines decide what to refuse.
 """
 
 from __future__ import annotations

@@ -257,7 +257,7 @@ def model_meta(cache: Any, model: Any, labels: Sequence[str], kind: str, extra: 
     """The ``meta`` of ``save_model_dir`` for a model trained on ``cache``: the one model-card builder.
 
     Args:
-        cache: the :class:`~cxr_tools.data.cache.CacheReader` trained on (manifest hash, image size,
+        cache: the :class:`~cxr_tools.data.caches.format.CacheReader` trained on (manifest hash, image size,
             preprocessing: what a later ``cxr evaluate`` / ``cxr predict`` checks its inputs against).
         model: the trained model (its ``normalisation`` is the input contract; its ``pretrained`` weight source
             goes into the lineage record, with the data card of those weights).

@@ -23,7 +23,7 @@ import pytest
 from predict_fixtures import make_model_dir
 from script_modules import REPO
 
-from cxr_tools.data.cache import JOURNAL
+from cxr_tools.data.caches.format import JOURNAL
 from cxr_tools.data.synthetic import SyntheticConfig, generate
 from cxr_tools.engine.preprocess import PreprocessConfig, preprocess
 

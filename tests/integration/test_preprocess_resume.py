@@ -15,7 +15,7 @@ import pytest
 from interrupting_progress import Interrupt
 from preprocess_fixtures import add_bad_inputs, assert_same_cache, make_nih
 
-from cxr_tools.data.cache import is_complete
+from cxr_tools.data.caches.format import is_complete
 from cxr_tools.engine.preprocess import JOURNAL, PreprocessConfig, preprocess
 from cxr_tools.errors import CacheError, InputError, OutputExistsError
 

@@ -16,9 +16,9 @@ from quirks_corpus import CLASS, gradient, make_quirks
 from typer.testing import CliRunner
 
 from cxr_tools.cli.app import app
-from cxr_tools.data.cache import open_cache
-from cxr_tools.data.imaging import ImageDecodeError, ImageOps, decode_image, load_image
-from cxr_tools.data.inputs import list_inputs
+from cxr_tools.data.caches.format import open_cache
+from cxr_tools.data.decoding.imaging import ImageDecodeError, ImageOps, decode_image, load_image
+from cxr_tools.data.predict_io.inputs import list_inputs
 from cxr_tools.engine.predict import PredictConfig, run_predict
 from cxr_tools.engine.preprocess import PreprocessConfig, preprocess
 

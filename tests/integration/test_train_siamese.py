@@ -13,8 +13,8 @@ from train_fixtures import assert_same_weights, cxr_command, run_until, syntheti
 from typer.testing import CliRunner
 
 from cxr_tools.cli.app import app
-from cxr_tools.data.cache import open_cache
-from cxr_tools.data.pairs import PairSampler
+from cxr_tools.data.caches.format import open_cache
+from cxr_tools.data.sampling.pairs import PairSampler
 from cxr_tools.engine.train import TrainConfig, train
 from cxr_tools.engine.train_siamese import VAL_PAIRS_KEY, SiameseConfig, _make_backbone, train_siamese
 from cxr_tools.errors import ModelError

@@ -10,7 +10,7 @@ import h5py
 import numpy as np
 import pytest
 
-from cxr_tools.data.cache import H5_DATASET, ImageStoreWriter, open_h5_readonly
+from cxr_tools.data.caches.format import H5_DATASET, ImageStoreWriter, open_h5_readonly
 from cxr_tools.errors import CacheError
 
 

@@ -47,7 +47,7 @@ class ChunkTask:
 
     start: int
     paths: tuple[str, ...]
-    ops: Any  # cxr_tools.data.imaging.ImageOps (picklable, frozen)
+    ops: Any  # cxr_tools.data.decoding.imaging.ImageOps (picklable, frozen)
 
 
 @dataclass(frozen=True)
@@ -62,7 +62,7 @@ class ChunkResult:
 
 def process_chunk(task: ChunkTask) -> ChunkResult:
     """Decode and preprocess every input of ``task``; unreadable inputs are reported, never raised."""
-    from cxr_tools.data.imaging import load_image
+    from cxr_tools.data.decoding.imaging import load_image
 
     size = int(task.ops.size)
     images = np.empty((len(task.paths), size, size), dtype=np.uint8)
@@ -118,7 +118,9 @@ def _context() -> Any:
     methods = multiprocessing.get_all_start_methods()
     if "forkserver" in methods:
         ctx = multiprocessing.get_context("forkserver")
-        ctx.set_forkserver_preload(["cxr_tools.data.preprocess_pipeline", "cxr_tools.data.imaging", "cv2", "numpy"])
+        ctx.set_forkserver_preload(
+            ["cxr_tools.data.decoding.pipeline", "cxr_tools.data.decoding.imaging", "cv2", "numpy"]
+        )
         return ctx
     return multiprocessing.get_context("spawn")
 

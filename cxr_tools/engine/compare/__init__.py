@@ -20,7 +20,7 @@ difference is that model fitted to the episode-wise difference plus both groups'
 and interval agree. All pairs, or all against ``--reference``, overall and per class, form ONE Holm family; a
 difference is significant when its adjusted p < 0.05. A trained method compared from one run is marked: the
 verdict is about that trained model. Every output shows a summary's ``leak`` and the adaptation budget. Written to
-``OUT/comparison.{csv,md,png,json}`` when an output directory is given (:mod:`cxr_tools.eval.compare_output`).
+``OUT/comparison.{csv,md,png,json}`` when an output directory is given (:mod:`cxr_tools.engine.compare.output`).
 """
 
 from __future__ import annotations
@@ -31,8 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cxr_tools.errors import ConfigError, DataError
-from cxr_tools.eval.compare_inputs import (
+from cxr_tools.engine.compare.inputs import (
     MIN_EPISODE_LIST_VERSION,
     Entry,
     check_same_cache,
@@ -45,7 +44,8 @@ from cxr_tools.eval.compare_inputs import (
     parse_group,
     shared_rule,
 )
-from cxr_tools.eval.compare_output import all_positive, verdict, write_comparison
+from cxr_tools.engine.compare.output import all_positive, verdict, write_comparison
+from cxr_tools.errors import ConfigError, DataError
 from cxr_tools.eval.metrics import METRICS, THRESHOLD_FREE
 
 #: Said of a trained method compared from one run: its training-seed variance is unknown.

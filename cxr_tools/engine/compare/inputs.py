@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from cxr_tools.data.episodes import EPISODE_LIST_VERSION
+from cxr_tools.data.sampling.episodes import EPISODE_LIST_VERSION
 from cxr_tools.errors import ConfigError, DataError, InputError
 from cxr_tools.eval.metrics import METRICS, THRESHOLD_FREE
 from cxr_tools.eval.thresholds import THRESHOLDED

@@ -5,17 +5,18 @@
   meta-test classes and pool; episode ``i`` is drawn from ``(seed, i)`` alone. The list depends on the cache,
   split, pool seed, ways/shots/queries and seed — never on the method or the run — and is saved with its hash as
   ``episodes.json``; ``cxr compare`` refuses evaluations whose hashes differ.
-* **Per episode** the method adapts and scores (:mod:`cxr_tools.eval.episode_runs`); aggregates per class and
+* **Per episode** the method adapts and scores (:mod:`cxr_tools.engine.evaluate.episodes`); aggregates per class and
   overall (the unit ``cxr compare`` pairs on); Siamese runs also get pair metrics.
 * **Thresholds** (``threshold``, :mod:`cxr_tools.eval.thresholds`): ``support`` (default) chooses each episode's
   threshold per class on the support set's scores after adaptation; a number fixes it; ``none`` drops F1 /
   precision / recall. The rule is an evaluation setting: summary.json records it and a resume needs the same.
 * **Refusals** (unfinished run, a cache that does not fit, a leaking lineage unless ``--allow-leak``):
-  :mod:`cxr_tools.eval.run_inputs`.
+  :mod:`cxr_tools.engine.evaluate.runs`.
 
 Writes ``OUT/episodes.json``, ``episodes.csv``, ``scores.csv``, ``plots/*.png`` and, last, ``summary.json`` (its
 presence marks a complete evaluation, which :data:`EVALUATION_SPEC` lets only ``overwrite`` replace). Each
-finished episode is journalled so a rerun continues an interrupted evaluation (:mod:`cxr_tools.eval.journal`).
+finished episode is journalled so a rerun continues an interrupted evaluation
+(:mod:`cxr_tools.engine.evaluate.journal`).
 ``OUT`` defaults to ``RUN/eval`` (``RUN/eval-<method>`` for another method).
 """
 
@@ -28,17 +29,16 @@ from pathlib import Path
 from typing import Any
 
 from cxr_tools.config import fields_from
-from cxr_tools.data.episodes import EpisodeOptions
-from cxr_tools.errors import ConfigError
-from cxr_tools.eval.episode_runs import (
+from cxr_tools.data.sampling.episodes import EpisodeOptions
+from cxr_tools.engine.evaluate.episodes import (
     json_safe,
     pair_metrics,
     provenance,
     run_episodes,
     write_results,
 )
-from cxr_tools.eval.journal import JOURNAL, EpisodeJournal, check_resumable
-from cxr_tools.eval.run_inputs import (
+from cxr_tools.engine.evaluate.journal import JOURNAL, EpisodeJournal, check_resumable
+from cxr_tools.engine.evaluate.runs import (
     architecture_for,
     check_data_fits,
     check_no_leak,
@@ -52,6 +52,7 @@ from cxr_tools.eval.run_inputs import (
     resolve_split,
     run_name,
 )
+from cxr_tools.errors import ConfigError
 from cxr_tools.models.lineage import pretraining_notes
 from cxr_tools.runtime.fs import atomic_write_json
 from cxr_tools.runtime.outputs import OutputSpec, claim, decide, previous_release
@@ -88,7 +89,7 @@ class EvaluateConfig(EpisodeOptions):
             ``pixels`` or ``linear-probe``.
         finetune: ``head`` or ``all`` (fine-tune method).
         episodes, seed: the fixed episode list (with ways, shots, queries, images_per_patient and meta_split:
-            :class:`~cxr_tools.data.episodes.EpisodeOptions`).
+            :class:`~cxr_tools.data.sampling.episodes.EpisodeOptions`).
         threshold: the threshold rule of F1 / precision / recall and the confusion matrices: ``support`` (chosen
             per episode and class on the support set), a probability, or ``none`` (AUC and AP only).
         pool_seed: seed of the meta-split pools (None = the run's, else 0: what training used).
@@ -164,8 +165,8 @@ class EvaluateResult:
 
 def evaluate(config: EvaluateConfig, progress: Progress | None = None) -> EvaluateResult:
     """Evaluate one method on the fixed meta-test episodes; see the module docstring."""
-    from cxr_tools.data.cache import open_cache
-    from cxr_tools.data.episodes import EPISODE_LIST_VERSION, save_episode_list
+    from cxr_tools.data.caches.format import open_cache
+    from cxr_tools.data.sampling.episodes import EPISODE_LIST_VERSION, save_episode_list
     from cxr_tools.eval.report import metrics_of
     from cxr_tools.eval.thresholds import describe_rule, parse_rule
     from cxr_tools.methods.adapters import RUNLESS_METHODS, AdaptConfig, build_adapter, describe, resolve_method

@@ -9,11 +9,11 @@
   episode's mean over its classes; each with the interval of the variance model (:mod:`cxr_tools.eval.variance`:
   episodes, support and query patients), fitted on the design written to ``episode_patients.csv``.
 * **Siamese runs** also get the pair AUC and the similarity accuracy (at the run's validation threshold) on a
-  fixed balanced pair set from the meta-test pool (:class:`~cxr_tools.data.pairs.PairSampler`), embedded with
+  fixed balanced pair set from the meta-test pool (:class:`~cxr_tools.data.sampling.pairs.PairSampler`), embedded with
   :func:`~cxr_tools.models.siamese.embedder`.
 
 Episode ``i`` draws its randomness from ``(seed, i)`` alone and the pair set from its own seed key, so results
-do not depend on an interruption (:mod:`cxr_tools.eval.journal`).
+do not depend on an interruption (:mod:`cxr_tools.engine.evaluate.journal`).
 """
 
 from __future__ import annotations
@@ -28,10 +28,10 @@ import numpy as np
 from cxr_tools.runtime.progress import Progress
 
 if TYPE_CHECKING:
-    from cxr_tools.data.cache import CacheReader
-    from cxr_tools.data.episodes import Episode
-    from cxr_tools.data.splits import MetaSplit
-    from cxr_tools.eval.journal import EpisodeJournal
+    from cxr_tools.data.caches.format import CacheReader
+    from cxr_tools.data.sampling.episodes import Episode
+    from cxr_tools.data.splits.meta import MetaSplit
+    from cxr_tools.engine.evaluate.journal import EpisodeJournal
     from cxr_tools.eval.thresholds import ThresholdRule
 
 PAIR_KEY = 104729  # seed key of the Siamese pair set, apart from the episodes' (seed, i)
@@ -149,7 +149,7 @@ def pair_metrics(
     """Pair AUC and similarity accuracy of a Siamese run on a fixed balanced pair set from the meta-test pool."""
     import torch
 
-    from cxr_tools.data.pairs import PairSampler
+    from cxr_tools.data.sampling.pairs import PairSampler
     from cxr_tools.eval.metrics import class_metrics, mean_ci
     from cxr_tools.models.inputs import to_model_input
     from cxr_tools.models.siamese import embedder, similarity, trained_distance

@@ -22,9 +22,9 @@ import numpy as np
 from cxr_tools.errors import ConfigError, DataError, ModelError
 
 if TYPE_CHECKING:
-    from cxr_tools.data.cache import CacheReader
-    from cxr_tools.data.episodes import Episode, EpisodeSpec
-    from cxr_tools.data.splits import MetaSplit
+    from cxr_tools.data.caches.format import CacheReader
+    from cxr_tools.data.sampling.episodes import Episode, EpisodeSpec
+    from cxr_tools.data.splits.meta import MetaSplit
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +72,7 @@ def resolve_split(
 ) -> MetaSplit:
     """``auto``: the MAML run's meta-split; without a run, the ``--match`` run's (its evaluation's, else the one it
     trained with); else the cache's saved one, else MetaChest. Any other ``spec`` is parsed."""
-    from cxr_tools.data.splits import parse_meta_split, resolve_meta_split
+    from cxr_tools.data.splits.meta import parse_meta_split, resolve_meta_split
 
     auto = (spec or "auto").strip().lower() == "auto"
     run_split = ((meta or {}).get("extra") or {}).get("meta_split")
@@ -218,7 +218,7 @@ def check_no_leak(
     return that as one line instead (None: no leak; nothing to check without trained weights)."""
     if meta is None:
         return None
-    from cxr_tools.data.splits import patients_of
+    from cxr_tools.data.splits.patients import patients_of
     from cxr_tools.models.lineage import find_leak, load_patient_sets
 
     sets = load_patient_sets(meta["path"]) if meta.get("path") else {}
@@ -256,7 +256,7 @@ def meta_test_episodes(
 ) -> tuple[list[Episode], str]:
     """The fixed, seeded episode list on the meta-test classes and pool, checked, and its hash (addressed by the
     cache's content fingerprint, so an identical re-preprocessed cache gives the same hash)."""
-    from cxr_tools.data.episodes import EpisodeSampler, episode_list_hash, index_patients
+    from cxr_tools.data.sampling.episodes import EpisodeSampler, episode_list_hash, index_patients
 
     try:
         sampler = EpisodeSampler(
@@ -310,7 +310,7 @@ def meta_test_pool(
 ) -> tuple[int, np.ndarray]:
     """``(pool_seed, rows)`` of the meta-test pool; the pool seed defaults to the one the run recorded, else (no
     run) the ``--match`` run's evaluation's or training's, else 0."""
-    from cxr_tools.data.splits import meta_split_pools
+    from cxr_tools.data.splits.meta import meta_split_pools
     from cxr_tools.models.lineage import recorded_pool_seed
 
     if pool_seed is None and meta is None and matched is not None:
