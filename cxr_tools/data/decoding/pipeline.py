@@ -186,8 +186,15 @@ def run_fingerprints(
     """``(inputs_sha256, run fingerprint)`` of a preprocess run: a resume must match both (same inputs, metadata,
     image operations, storage format, shard, split seed and fractions)."""
     inputs_sha = fingerprint({"ids": list(table["image_id"]), "paths": list(table["source_path"])})
-    run = {"inputs": inputs_sha, "metadata": metadata_sha256, "ops": ops.to_dict(), "format": storage,
-           "shard": shard, "seed": seed, "fractions": list(fractions)}  # fmt: skip
+    run = {
+        "inputs": inputs_sha,
+        "metadata": metadata_sha256,
+        "ops": ops.to_dict(),
+        "format": storage,
+        "shard": shard,
+        "seed": seed,
+        "fractions": list(fractions),
+    }
     return inputs_sha, fingerprint(run)
 
 

@@ -20,9 +20,28 @@ THRESHOLD_METRICS = THRESHOLDED
 #: Episode lists older than this were image-disjoint only, not patient-disjoint.
 MIN_EPISODE_LIST_VERSION = EPISODE_LIST_VERSION
 #: Training-config keys that do not make two runs different methods (besides the seed).
-_BOOKKEEPING = frozenset({"seed", "output", "out", "run_dir", "resume", "overwrite", "device", "threads", "workers",
-                          "num_workers", "requeue", "quiet", "progress", "amp", "log_every", "log_every_steps",
-                          "checkpoint_every_steps", "checkpoint_every_minutes"})  # fmt: skip
+_BOOKKEEPING = frozenset(
+    {
+        "seed",
+        "output",
+        "out",
+        "run_dir",
+        "resume",
+        "overwrite",
+        "device",
+        "threads",
+        "workers",
+        "num_workers",
+        "requeue",
+        "quiet",
+        "progress",
+        "amp",
+        "log_every",
+        "log_every_steps",
+        "checkpoint_every_steps",
+        "checkpoint_every_minutes",
+    }
+)
 
 
 @dataclass
@@ -106,8 +125,11 @@ def parse_group(spec: str) -> tuple[str, list[Path]]:
 
 
 def check_versions(dirs: Sequence[Path], summaries: Sequence[dict[str, Any]]) -> None:
-    old = [str(d) for d, s in zip(dirs, summaries, strict=True)
-           if int(s.get("episode_list_version") or 0) < MIN_EPISODE_LIST_VERSION]  # fmt: skip
+    old = [
+        str(d)
+        for d, s in zip(dirs, summaries, strict=True)
+        if int(s.get("episode_list_version") or 0) < MIN_EPISODE_LIST_VERSION
+    ]
     if old:
         raise DataError(
             f"{', '.join(old)} used the old episode lists (before version {MIN_EPISODE_LIST_VERSION}), whose "

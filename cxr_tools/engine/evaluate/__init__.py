@@ -298,10 +298,33 @@ def evaluate(config: EvaluateConfig, progress: Progress | None = None) -> Evalua
     }
     files.append(atomic_write_json(out / SUMMARY, json_safe(summary)))
     journal.remove()
-    kept = {k: summary[k] for k in ("name", "method", "method_label", "kind", "episodes", "ways", "shots",
-                                      "queries", "seed", "threshold", "pairs", "leak")}  # fmt: skip
+    kept = {
+        k: summary[k]
+        for k in (
+            "name",
+            "method",
+            "method_label",
+            "kind",
+            "episodes",
+            "ways",
+            "shots",
+            "queries",
+            "seed",
+            "threshold",
+            "pairs",
+            "leak",
+        )
+    }
     return EvaluateResult(
-        output=out, run=run_path, cache=Path(config.data), episode_list_hash=ep_hash, classes=tuple(split.test),
-        per_class=json_safe(per_class), overall=json_safe(overall), seconds=seconds,
-        files=tuple([out / EPISODES_JSON, *files]), lineage_notes=tuple(notes), **kept,
-    )  # fmt: skip
+        output=out,
+        run=run_path,
+        cache=Path(config.data),
+        episode_list_hash=ep_hash,
+        classes=tuple(split.test),
+        per_class=json_safe(per_class),
+        overall=json_safe(overall),
+        seconds=seconds,
+        files=tuple([out / EPISODES_JSON, *files]),
+        lineage_notes=tuple(notes),
+        **kept,
+    )
