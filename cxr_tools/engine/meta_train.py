@@ -194,7 +194,7 @@ def _fit(
     from cxr_tools.data.splits.patients import patients_of
     from cxr_tools.methods.episodes import evaluate_episodes, meta_gradient, summarise_episodes
     from cxr_tools.methods.maml import check_batch_independent
-    from cxr_tools.models import save_model_dir
+    from cxr_tools.models.checkpoints import model_meta, save_model_dir
     from cxr_tools.models.factory import initial_model
     from cxr_tools.models.lineage import write_lineage
     from cxr_tools.runtime import lifecycle
@@ -240,13 +240,25 @@ def _fit(
         return summarise_episodes([r for part in parts for r in part], prefix="val_")
 
     loop = lifecycle.make_loop(
-        config, ctx, run, model, optimizer, progress,
-        step_fn=step_fn, batches_fn=batches_fn, validate_fn=validate_fn if val_list else None,
-        max_epochs=epochs, max_steps=total_steps, monitor="val_auc" if val_list else None, mode="max",
-        grad_clip=config.grad_clip, manual_backward=True, grad_sync_fn=sync if dist.distributed else None,
+        config,
+        ctx,
+        run,
+        model,
+        optimizer,
+        progress,
+        step_fn=step_fn,
+        batches_fn=batches_fn,
+        validate_fn=validate_fn if val_list else None,
+        max_epochs=epochs,
+        max_steps=total_steps,
+        monitor="val_auc" if val_list else None,
+        mode="max",
+        grad_clip=config.grad_clip,
+        manual_backward=True,
+        grad_sync_fn=sync if dist.distributed else None,
         extra_state=lambda: {"collapse": watch.state_dict()},
         load_extra_state=lambda state: watch.load_state_dict(state.get("collapse") or {}),
-    )  # fmt: skip
+    )
     result = lifecycle.fit(
         loop,
         f"Out of memory meta-training {config.meta_batch} tasks of {data.train_sampler.spec.images} images at "
@@ -277,12 +289,17 @@ def _fit(
             **origin,
         }
         patients = patients_of(cache.index, data.pools["train"], *([data.pools["val"]] if val_list else []))
-        meta = lifecycle.model_meta(cache, model, [], "maml", extra)
+        meta = model_meta(cache, model, [], "maml", extra)
         meta["lineage"] = write_lineage(
-            run.model_dir, meta, run=run.path, patients=patients, meta_split=data.split.to_dict(),
-            pool="meta-train+meta-val" if val_list else "meta-train", pool_seed=config.pool_seed,
+            run.model_dir,
+            meta,
+            run=run.path,
+            patients=patients,
+            meta_split=data.split.to_dict(),
+            pool="meta-train+meta-val" if val_list else "meta-train",
+            pool_seed=config.pool_seed,
             parents=[origin["init"]] if origin.get("init") not in ("random", "imagenet") else [],
-        )  # fmt: skip
+        )
         save_model_dir(model, meta, run.model_dir)
         model_dir = Path(run.model_dir)
     return MetaTrainResult(

@@ -179,9 +179,19 @@ def _train(config: TrainConfig, ctx: RuntimeContext, progress: Progress | None) 
     monitor, mode = ("val_auc", "max") if has_val else ("train_loss", "min")
     run = lifecycle.open_run_dir(replace(config, cache=Path(config.cache).resolve()), "train", ctx)
     loop = lifecycle.epoch_loop(
-        config, ctx, run, net, optimizer, schedule, progress, monitor=monitor, mode=mode,
-        step_fn=step_fn, batches_fn=batches_fn, validate_fn=validate_fn if has_val else None,
-    )  # fmt: skip
+        config,
+        ctx,
+        run,
+        net,
+        optimizer,
+        schedule,
+        progress,
+        monitor=monitor,
+        mode=mode,
+        step_fn=step_fn,
+        batches_fn=batches_fn,
+        validate_fn=validate_fn if has_val else None,
+    )
     fit = lifecycle.fit(
         loop,
         f"Out of memory training with batch size {config.batch_size} at {side} px on {ctx.device}.",
@@ -193,7 +203,7 @@ def _train(config: TrainConfig, ctx: RuntimeContext, progress: Progress | None) 
         from cxr_tools.data.sampling.selection import pool_record
         from cxr_tools.data.splits.patients import patients_of
         from cxr_tools.methods.adapters import finetune_record
-        from cxr_tools.models.checkpoints import save_model_dir
+        from cxr_tools.models.checkpoints import model_meta, save_model_dir
         from cxr_tools.models.lineage import write_lineage
 
         extra = {
@@ -206,24 +216,28 @@ def _train(config: TrainConfig, ctx: RuntimeContext, progress: Progress | None) 
             "finetune": finetune_record("head"),
             **validation_thresholds(labels, lifecycle.best_record(run)),
         }
-        meta = lifecycle.model_meta(cache, model, labels, "supervised", extra)
+        meta = model_meta(cache, model, labels, "supervised", extra)
         meta["lineage"] = write_lineage(
-            run.model_dir, meta, run=run.path, patients=patients_of(cache.index, train_rows, val_rows),
+            run.model_dir,
+            meta,
+            run=run.path,
+            patients=patients_of(cache.index, train_rows, val_rows),
             **pool_record(cache, config),
-        )  # fmt: skip
+        )
         save_model_dir(model, meta, run.model_dir)
         model_dir = run.model_dir
     best = lifecycle.best_record(run)
     return TrainRunResult(
-        **lifecycle.fit_report(run, model_dir, fit, ctx, samples=session_steps[0] * config.batch_size,
-                               train_images=n_train),
+        **lifecycle.fit_report(
+            run, model_dir, fit, ctx, samples=session_steps[0] * config.batch_size, train_images=n_train
+        ),
         model=config.model,
         labels=tuple(labels),
         monitor=monitor,
         best_metric=fit.best_metric,
         val_auc={lab: lifecycle.finite_or_none(best.get(f"val_auc/{lab}")) for lab in labels},
         val_images=len(val_rows),
-    )  # fmt: skip
+    )
 
 
 def _check_config(config: TrainConfig) -> None:

@@ -170,9 +170,19 @@ def _train_siamese(config: SiameseConfig, ctx: RuntimeContext, progress: Progres
 
     run = lifecycle.open_run_dir(replace(config, cache=Path(config.cache).resolve()), "train-siamese", ctx)
     loop = lifecycle.epoch_loop(
-        config, ctx, run, net, optimizer, schedule, progress, monitor=monitor, mode=mode,
-        step_fn=step_fn, batches_fn=batches_fn, validate_fn=validate_fn if has_val else None,
-    )  # fmt: skip
+        config,
+        ctx,
+        run,
+        net,
+        optimizer,
+        schedule,
+        progress,
+        monitor=monitor,
+        mode=mode,
+        step_fn=step_fn,
+        batches_fn=batches_fn,
+        validate_fn=validate_fn if has_val else None,
+    )
     fit = lifecycle.fit(
         loop,
         f"Out of memory training with batch size {config.batch_size} at {min(cache.image_shape)} px on {ctx.device}.",
@@ -184,7 +194,7 @@ def _train_siamese(config: SiameseConfig, ctx: RuntimeContext, progress: Progres
         lifecycle.load_selected(run, net_model)
         from cxr_tools.data.sampling.selection import pool_record
         from cxr_tools.data.splits.patients import patients_of
-        from cxr_tools.models.checkpoints import save_model_dir
+        from cxr_tools.models.checkpoints import model_meta, save_model_dir
         from cxr_tools.models.lineage import write_lineage
 
         extra = {
@@ -201,16 +211,21 @@ def _train_siamese(config: SiameseConfig, ctx: RuntimeContext, progress: Progres
             "backbone_from": str(config.backbone_from) if config.backbone_from else None,
             "best_epoch": fit.best_epoch,
         }
-        meta = lifecycle.model_meta(cache, backbone, [], "siamese", extra)
+        meta = model_meta(cache, backbone, [], "siamese", extra)
         meta["lineage"] = write_lineage(
-            run.model_dir, meta, run=run.path, patients=patients_of(cache.index, train_rows, val_rows),
-            parents=[config.backbone_from] if config.backbone_from else [], **pool_record(cache, config),
-        )  # fmt: skip
+            run.model_dir,
+            meta,
+            run=run.path,
+            patients=patients_of(cache.index, train_rows, val_rows),
+            parents=[config.backbone_from] if config.backbone_from else [],
+            **pool_record(cache, config),
+        )
         save_model_dir(backbone, meta, run.model_dir)
         model_dir = run.model_dir
     return SiameseResult(
-        **lifecycle.fit_report(run, model_dir, fit, ctx, samples=session_steps[0] * config.batch_size,
-                               train_images=train_pairs.num_images),
+        **lifecycle.fit_report(
+            run, model_dir, fit, ctx, samples=session_steps[0] * config.batch_size, train_images=train_pairs.num_images
+        ),
         backbone=str(backbone.model_name),
         embedding_dim=config.embedding_dim,
         distance=config.distance,
@@ -222,7 +237,7 @@ def _train_siamese(config: SiameseConfig, ctx: RuntimeContext, progress: Progres
         val_threshold=lifecycle.finite_or_none(best.get("val_threshold")),
         val_pairs=len(val_set) if val_set is not None else 0,
         val_pairs_hash=val_set.digest() if val_set is not None else "",
-    )  # fmt: skip
+    )
 
 
 def _check_config(config: SiameseConfig) -> None:
