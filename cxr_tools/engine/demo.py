@@ -20,6 +20,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+from cxr_tools.data.synthetic import SyntheticConfig, generate
+from cxr_tools.engine.compare import CompareConfig, compare
+from cxr_tools.engine.evaluate import EvaluateConfig, evaluate
+from cxr_tools.engine.meta_train import MetaTrainConfig, meta_train
+from cxr_tools.engine.preprocess import PreprocessConfig, preprocess
+from cxr_tools.engine.train import TrainConfig, train
+from cxr_tools.engine.train_siamese import SiameseConfig, train_siamese
 from cxr_tools.errors import OutputExistsError
 from cxr_tools.runtime.outputs import OutputSpec, prepare
 from cxr_tools.runtime.progress import Progress, null_progress
@@ -113,13 +120,6 @@ def make_plan(config: DemoConfig) -> DemoPlan:
 
 def run_demo(config: DemoConfig, progress: Progress | None = None) -> DemoResult:
     """Run the pipeline in ``config.workdir`` (refused when it holds a previous demo, unless ``overwrite``)."""
-    from cxr_tools.data.synthetic import SyntheticConfig, generate
-    from cxr_tools.engine.compare import CompareConfig, compare
-    from cxr_tools.engine.evaluate import EvaluateConfig, evaluate
-    from cxr_tools.engine.meta_train import MetaTrainConfig, meta_train
-    from cxr_tools.engine.preprocess import PreprocessConfig, preprocess
-    from cxr_tools.engine.train import TrainConfig, train
-    from cxr_tools.engine.train_siamese import SiameseConfig, train_siamese
 
     progress = null_progress(progress)
     plan = make_plan(config)

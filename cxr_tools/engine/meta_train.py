@@ -31,12 +31,27 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from cxr_tools.data.sampling.episodes import EpisodeOptions
+import torch
+
+from cxr_tools.data.caches.format import open_cache
+from cxr_tools.data.sampling.episodes import EpisodeOptions, episode_list_hash, save_episode_list
+from cxr_tools.data.sampling.meta_samplers import meta_samplers, validation_record
+from cxr_tools.data.splits.meta import save_meta_split
+from cxr_tools.data.splits.patients import patients_of
 from cxr_tools.errors import ConfigError
 from cxr_tools.methods.collapse import CollapseWatch, unusable
+from cxr_tools.methods.episodes import evaluate_episodes, meta_gradient, summarise_episodes
+from cxr_tools.methods.maml import check_batch_independent, resolve_engine
 from cxr_tools.methods.maml.config import ENGINES, MamlConfig
+from cxr_tools.models.checkpoints import model_meta, save_model_dir
+from cxr_tools.models.factory import initial_model
+from cxr_tools.models.lineage import write_lineage
+from cxr_tools.runtime import lifecycle
+from cxr_tools.runtime.distributed import average_gradients, gather_objects, shard_indices
+from cxr_tools.runtime.lifecycle import run_in_context
 from cxr_tools.runtime.options import RunOptions
 from cxr_tools.runtime.progress import Progress, null_progress
+from cxr_tools.runtime.seeding import derive_seed
 
 if TYPE_CHECKING:
     import numpy as np
@@ -151,11 +166,6 @@ def _validate_config(config: MetaTrainConfig) -> MamlConfig:
 
 def meta_train(config: MetaTrainConfig, progress: Progress | None = None) -> MetaTrainResult:
     """Meta-train a model with (first-order) MAML; see the module docstring for what is written where."""
-    from cxr_tools.data.caches.format import open_cache
-    from cxr_tools.data.sampling.meta_samplers import meta_samplers, validation_record
-    from cxr_tools.methods.maml import resolve_engine
-    from cxr_tools.runtime.lifecycle import run_in_context
-    from cxr_tools.runtime.seeding import derive_seed
 
     progress = null_progress(progress)
     maml = _validate_config(config)
@@ -187,18 +197,6 @@ def _fit(
     config: MetaTrainConfig, maml: MamlConfig, ctx: RuntimeContext, data: _MetaData, progress: Progress
 ) -> MetaTrainResult:
     """The body of :func:`meta_train`, run by :func:`~cxr_tools.runtime.lifecycle.run_in_context`."""
-    import torch
-
-    from cxr_tools.data.sampling.episodes import episode_list_hash, save_episode_list
-    from cxr_tools.data.splits.meta import save_meta_split
-    from cxr_tools.data.splits.patients import patients_of
-    from cxr_tools.methods.episodes import evaluate_episodes, meta_gradient, summarise_episodes
-    from cxr_tools.methods.maml import check_batch_independent
-    from cxr_tools.models.checkpoints import model_meta, save_model_dir
-    from cxr_tools.models.factory import initial_model
-    from cxr_tools.models.lineage import write_lineage
-    from cxr_tools.runtime import lifecycle
-    from cxr_tools.runtime.distributed import average_gradients, gather_objects, shard_indices
 
     dist, device, cache, val_list = ctx.dist, ctx.device, data.cache, data.val_list
     model, origin = initial_model(config.init, config.backbone, config.ways, int(cache.image_shape[0]))

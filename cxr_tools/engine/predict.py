@@ -44,7 +44,10 @@ from cxr_tools.data.predict_io.predictions import (
 )
 from cxr_tools.errors import ConfigError, InputError
 from cxr_tools.eval.thresholds import resolve_thresholds
+from cxr_tools.methods.adapters import resolve_method
 from cxr_tools.methods.score_stream import score_into
+from cxr_tools.methods.scoring import SupportOptions, load_scorer, weights_fingerprint
+from cxr_tools.runtime.devices import resolve_device
 from cxr_tools.runtime.outputs import OutputSpec, decide, json_record
 from cxr_tools.runtime.progress import Progress, null_progress
 from cxr_tools.workspace.choice import choice_path
@@ -162,9 +165,6 @@ def run_predict(config: PredictConfig, progress: Progress | None = None) -> Pred
             f"No images found in {config.input}{extra}.",
             "Give a folder with PNG / JPEG / DICOM files, an image file, or a CSV list of paths.",
         )
-    from cxr_tools.methods.adapters import resolve_method
-    from cxr_tools.methods.scoring import SupportOptions, load_scorer
-    from cxr_tools.runtime.devices import resolve_device
 
     support = None
     if config.support is not None:
@@ -266,7 +266,6 @@ def _settings(
     items: Sequence[InputItem],
 ) -> dict[str, Any]:
     """What the rows depend on: a partial output is resumed only when all of it is unchanged."""
-    from cxr_tools.methods.scoring import weights_fingerprint
 
     return {
         "model": str(Path(str(meta.get("path"))).resolve()),

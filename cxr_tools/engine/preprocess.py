@@ -35,7 +35,9 @@ from cxr_tools.config import fields_from
 from cxr_tools.data.caches import format as cache_mod
 from cxr_tools.data.caches.build import CACHE_SPEC, assign_split_column, build_manifest, fill_store
 from cxr_tools.data.caches.shards import merge_shards, parse_shard, shard_range
+from cxr_tools.data.decoding.imaging import ImageOps
 from cxr_tools.data.decoding.pipeline import Journal, JournalState, available_cores, run_fingerprints
+from cxr_tools.data.sources import load_source
 from cxr_tools.errors import CacheError, ConfigError, DataError
 from cxr_tools.runtime.outputs import claim, decide, restart
 from cxr_tools.runtime.progress import Progress, null_progress
@@ -141,8 +143,6 @@ def preprocess(config: PreprocessConfig, progress: Progress | None = None) -> Pr
 
 
 def _preprocess(config: PreprocessConfig, progress: Progress | None) -> PreprocessResult:
-    from cxr_tools.data.decoding.imaging import ImageOps
-
     started = time.perf_counter()
     progress = null_progress(progress)
     ops = fields_from(ImageOps, config)
@@ -290,6 +290,4 @@ def _result(
 
 
 def _load_source(config: PreprocessConfig) -> Any:
-    from cxr_tools.data.sources import load_source
-
     return load_source(Path(config.src), config.source, views=tuple(config.views), metadata=config.metadata)

@@ -17,6 +17,11 @@ from pathlib import Path
 import numpy as np
 
 from cxr_tools.data.decoding.for_model import model_ops
+from cxr_tools.data.decoding.imaging import load_image
+from cxr_tools.models import load_model_dir
+from cxr_tools.models.inputs import to_model_input
+from cxr_tools.models.siamese import score_pair
+from cxr_tools.runtime.devices import resolve_device
 
 
 @dataclass(frozen=True)
@@ -59,11 +64,6 @@ def run_similarity(config: SimilarityConfig) -> SimilarityResult:
         ImageDecodeError: an image cannot be read (an :class:`~cxr_tools.errors.InputError`).
         ModelError: the model folder is missing or broken.
     """
-    from cxr_tools.data.decoding.imaging import load_image
-    from cxr_tools.models import load_model_dir
-    from cxr_tools.models.inputs import to_model_input
-    from cxr_tools.models.siamese import score_pair
-    from cxr_tools.runtime.devices import resolve_device
 
     device = resolve_device(config.device)
     model, meta = load_model_dir(config.model, map_location=device)

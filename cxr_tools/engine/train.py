@@ -36,11 +36,24 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import torch
 
+from cxr_tools.data.labels import UNCERTAINTY_POLICIES, apply_uncertainty
+from cxr_tools.data.sampling.balance import BalancedSampler, class_weights
+from cxr_tools.data.sampling.batches import Augment, LabelledBatches, batch_count, make_batch_loader, plan_batches
+from cxr_tools.data.sampling.selection import open_training_data
 from cxr_tools.errors import ConfigError, DataError
-from cxr_tools.runtime.lifecycle import FitReport
+from cxr_tools.eval.metrics import class_metrics
+from cxr_tools.eval.thresholds import choose_threshold
+from cxr_tools.methods.losses import masked_bce
+from cxr_tools.models.factory import check_model_name, create_for_images
+from cxr_tools.models.registry import normalise
+from cxr_tools.runtime import lifecycle
+from cxr_tools.runtime.devices import autocast_context
+from cxr_tools.runtime.lifecycle import FitReport, run_in_context
 from cxr_tools.runtime.options import TrainingOptions, check_training_options
 from cxr_tools.runtime.progress import Progress
+from cxr_tools.runtime.seeding import numpy_generator
 
 if TYPE_CHECKING:
     from cxr_tools.runtime.lifecycle import RuntimeContext
@@ -92,7 +105,6 @@ class TrainRunResult(FitReport):
 
 def train(config: TrainConfig, progress: Progress | None = None) -> TrainRunResult:
     """Train the supervised baseline described by ``config`` (module docstring); resumes an incomplete run."""
-    from cxr_tools.runtime.lifecycle import run_in_context
 
     _check_config(config)
     return run_in_context(config, lambda ctx: _train(config, ctx, progress))
@@ -100,18 +112,6 @@ def train(config: TrainConfig, progress: Progress | None = None) -> TrainRunResu
 
 def _train(config: TrainConfig, ctx: RuntimeContext, progress: Progress | None) -> TrainRunResult:
     """The body of :func:`train`, run by :func:`~cxr_tools.runtime.lifecycle.run_in_context`."""
-    import torch
-
-    from cxr_tools.data.labels import apply_uncertainty
-    from cxr_tools.data.sampling.balance import BalancedSampler, class_weights
-    from cxr_tools.data.sampling.batches import Augment, LabelledBatches, batch_count, make_batch_loader, plan_batches
-    from cxr_tools.data.sampling.selection import open_training_data
-    from cxr_tools.methods.losses import masked_bce
-    from cxr_tools.models.factory import create_for_images
-    from cxr_tools.models.registry import normalise
-    from cxr_tools.runtime import lifecycle
-    from cxr_tools.runtime.devices import autocast_context
-    from cxr_tools.runtime.seeding import numpy_generator
 
     cache, labels, train_rows, val_rows = open_training_data(
         config.cache, config.classes, config.meta_split, config.pool_seed
@@ -241,9 +241,6 @@ def _train(config: TrainConfig, ctx: RuntimeContext, progress: Progress | None) 
 
 
 def _check_config(config: TrainConfig) -> None:
-    from cxr_tools.data.labels import UNCERTAINTY_POLICIES
-    from cxr_tools.models.factory import check_model_name
-
     if config.uncertainty not in UNCERTAINTY_POLICIES:
         raise ConfigError(
             f"Unknown uncertainty policy '{config.uncertainty}'.", f"Use one of: {', '.join(UNCERTAINTY_POLICIES)}."
@@ -264,8 +261,6 @@ def validation_metrics(
     NaN when the val split holds one class only. The threshold maximises F1 on the val split
     (:func:`~cxr_tools.eval.thresholds.choose_threshold`); the best epoch's are saved in the model card.
     """
-    from cxr_tools.eval.metrics import class_metrics
-    from cxr_tools.eval.thresholds import choose_threshold
 
     out: dict[str, float] = {"val_loss": loss_sum / max(1.0, float(mask.sum()))}
     aucs = []
@@ -284,7 +279,6 @@ def validation_metrics(
 def validation_thresholds(labels: Sequence[str], best: dict[str, Any]) -> dict[str, Any]:
     """The model card's ``thresholds`` (per label, chosen on the val split at the selected epoch; None where none
     could be) and their ``threshold_rule``: what ``cxr predict`` decides with when it has no support set."""
-    from cxr_tools.runtime import lifecycle
 
     chosen = {label: lifecycle.finite_or_none(best.get(f"val_threshold/{label}")) for label in labels}
     if not any(v is not None for v in chosen.values()):

@@ -27,10 +27,20 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from cxr_tools.config import check_at_least
+from cxr_tools.data.sampling.batches import Augment, CacheImages, EpochPairs, PairBatches, make_batch_loader
+from cxr_tools.data.sampling.pairs import PAIR_RULES, PairSampler
+from cxr_tools.data.sampling.selection import open_training_data
 from cxr_tools.errors import ConfigError, DataError
-from cxr_tools.runtime.lifecycle import FitReport
+from cxr_tools.methods.contrastive import check_margin, contrastive_loss
+from cxr_tools.methods.pair_validation import validate_pairs, validation_pairs
+from cxr_tools.models.factory import backbone_from_run, check_model_name, create_for_images
+from cxr_tools.models.registry import normalise
+from cxr_tools.models.siamese import SiameseNet, check_distance
+from cxr_tools.runtime import lifecycle
+from cxr_tools.runtime.lifecycle import FitReport, run_in_context
 from cxr_tools.runtime.options import TrainingOptions, check_training_options
 from cxr_tools.runtime.progress import Progress
+from cxr_tools.runtime.seeding import numpy_generator
 
 if TYPE_CHECKING:
     from cxr_tools.runtime.lifecycle import RuntimeContext
@@ -95,7 +105,6 @@ class SiameseResult(FitReport):
 
 def train_siamese(config: SiameseConfig, progress: Progress | None = None) -> SiameseResult:
     """Train the Siamese network described by ``config`` (module docstring); resumes an incomplete run."""
-    from cxr_tools.runtime.lifecycle import run_in_context
 
     _check_config(config)
     return run_in_context(config, lambda ctx: _train_siamese(config, ctx, progress))
@@ -103,15 +112,6 @@ def train_siamese(config: SiameseConfig, progress: Progress | None = None) -> Si
 
 def _train_siamese(config: SiameseConfig, ctx: RuntimeContext, progress: Progress | None) -> SiameseResult:
     """The body of :func:`train_siamese`, run by :func:`~cxr_tools.runtime.lifecycle.run_in_context`."""
-    from cxr_tools.data.sampling.batches import Augment, CacheImages, EpochPairs, PairBatches, make_batch_loader
-    from cxr_tools.data.sampling.pairs import PairSampler
-    from cxr_tools.data.sampling.selection import open_training_data
-    from cxr_tools.methods.contrastive import contrastive_loss
-    from cxr_tools.methods.pair_validation import validate_pairs, validation_pairs
-    from cxr_tools.models.registry import normalise
-    from cxr_tools.models.siamese import SiameseNet
-    from cxr_tools.runtime import lifecycle
-    from cxr_tools.runtime.seeding import numpy_generator
 
     cache, labels, train_rows, val_rows = open_training_data(
         config.cache, config.classes, config.meta_split, config.pool_seed
@@ -241,11 +241,6 @@ def _train_siamese(config: SiameseConfig, ctx: RuntimeContext, progress: Progres
 
 
 def _check_config(config: SiameseConfig) -> None:
-    from cxr_tools.data.sampling.pairs import PAIR_RULES
-    from cxr_tools.methods.contrastive import check_margin
-    from cxr_tools.models.factory import check_model_name
-    from cxr_tools.models.siamese import check_distance
-
     check_distance(config.distance)
     if config.pair_rule not in PAIR_RULES:
         raise ConfigError(f"Unknown --pair-rule '{config.pair_rule}'.", f"Use one of: {', '.join(PAIR_RULES)}.")
@@ -259,7 +254,6 @@ def _check_config(config: SiameseConfig) -> None:
 
 def _make_backbone(config: SiameseConfig, cache: Any) -> Any:
     """The twin backbone with its projection head; from ``--backbone-from`` when given."""
-    from cxr_tools.models.factory import backbone_from_run, create_for_images
 
     side, where = int(min(cache.image_shape)), f"cache {cache.path}"
     if config.backbone_from is None:

@@ -31,6 +31,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from cxr_tools.engine.compare.inputs import (
     MIN_EPISODE_LIST_VERSION,
     Entry,
@@ -46,7 +48,10 @@ from cxr_tools.engine.compare.inputs import (
 )
 from cxr_tools.engine.compare.output import all_positive, verdict, write_comparison
 from cxr_tools.errors import ConfigError, DataError
+from cxr_tools.eval.comparison import budget_text, pair_tests
 from cxr_tools.eval.metrics import METRICS, THRESHOLD_FREE
+from cxr_tools.eval.report import episode_means
+from cxr_tools.eval.variance import difference, estimate
 
 #: Said of a trained method compared from one run: its training-seed variance is unknown.
 ONE_SEED_NOTE = "one trained model (one seed): the verdict is about this model, not the method"
@@ -162,9 +167,6 @@ def compare(config: CompareConfig) -> CompareResult:
 
 def _matrix(entry: Entry, metric: str, cls: str | None, episodes: Any) -> Any:
     """Scores ``[seeds, episodes]`` of ``metric`` (episode means, or ``cls``'s rows; NaN where absent)."""
-    import numpy as np
-
-    from cxr_tools.eval.report import episode_means
 
     rows = []
     for table in entry.tables:
@@ -185,8 +187,6 @@ def _trained(entry: Entry) -> bool:
 def _rank(
     entries: list[Entry], first: dict[str, Any], first_dir: Path, config: CompareConfig, rule: str | None
 ) -> CompareResult:
-    from cxr_tools.eval.comparison import budget_text, pair_tests
-    from cxr_tools.eval.variance import difference, estimate
 
     metric = config.metric
     episodes = sorted({int(e) for en in entries for t in en.tables for e in t["episode"].unique()})

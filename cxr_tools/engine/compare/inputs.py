@@ -11,10 +11,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
+import yaml
+
 from cxr_tools.data.sampling.episodes import EPISODE_LIST_VERSION
 from cxr_tools.errors import ConfigError, DataError, InputError
 from cxr_tools.eval.metrics import METRICS, THRESHOLD_FREE
 from cxr_tools.eval.thresholds import THRESHOLDED
+from cxr_tools.eval.variance import design_from_tables
 
 THRESHOLD_METRICS = THRESHOLDED
 #: Episode lists older than this were image-disjoint only, not patient-disjoint.
@@ -73,8 +77,6 @@ def find_evaluation(path: Path) -> Path:
 
 
 def load_evaluation(eval_dir: Path) -> tuple[dict[str, Any], Any]:
-    import pandas as pd
-
     try:
         summary = json.loads((eval_dir / "summary.json").read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as exc:
@@ -100,9 +102,6 @@ QUERY_ONLY_NOTE = (
 def load_design(eval_dir: Path, episodes: Sequence[int]) -> tuple[Any, str]:
     """The variance model's design (which patients each episode used) of an evaluation, and a note when it is
     partial: ``episode_patients.csv``, else the query patients of ``scores.csv`` (older evaluations)."""
-    import pandas as pd
-
-    from cxr_tools.eval.variance import design_from_tables
 
     path = eval_dir / "episode_patients.csv"
     if path.is_file():
@@ -256,7 +255,6 @@ def shared_rule(summaries: Sequence[dict[str, Any]]) -> str | None:
 
 def run_config(summary: dict[str, Any], eval_dir: Path) -> tuple[dict[str, Any] | None, Any]:
     """``(training config without bookkeeping keys, seed)`` of an evaluation's run (None without a config)."""
-    import yaml
 
     candidates = []
     if summary.get("run"):

@@ -29,7 +29,8 @@ from pathlib import Path
 from typing import Any
 
 from cxr_tools.config import fields_from
-from cxr_tools.data.sampling.episodes import EpisodeOptions
+from cxr_tools.data.caches.format import open_cache
+from cxr_tools.data.sampling.episodes import EPISODE_LIST_VERSION, EpisodeOptions, save_episode_list
 from cxr_tools.engine.evaluate.episodes import (
     json_safe,
     pair_metrics,
@@ -53,7 +54,11 @@ from cxr_tools.engine.evaluate.runs import (
     run_name,
 )
 from cxr_tools.errors import ConfigError
+from cxr_tools.eval.report import metrics_of
+from cxr_tools.eval.thresholds import describe_rule, parse_rule
+from cxr_tools.methods.adapters import RUNLESS_METHODS, AdaptConfig, build_adapter, describe, resolve_method
 from cxr_tools.models.lineage import pretraining_notes
+from cxr_tools.runtime.devices import describe_device, explain_out_of_memory, resolve_device, set_threads
 from cxr_tools.runtime.fs import atomic_write_json
 from cxr_tools.runtime.outputs import OutputSpec, claim, decide, previous_release
 from cxr_tools.runtime.progress import Progress, null_progress
@@ -165,12 +170,6 @@ class EvaluateResult:
 
 def evaluate(config: EvaluateConfig, progress: Progress | None = None) -> EvaluateResult:
     """Evaluate one method on the fixed meta-test episodes; see the module docstring."""
-    from cxr_tools.data.caches.format import open_cache
-    from cxr_tools.data.sampling.episodes import EPISODE_LIST_VERSION, save_episode_list
-    from cxr_tools.eval.report import metrics_of
-    from cxr_tools.eval.thresholds import describe_rule, parse_rule
-    from cxr_tools.methods.adapters import RUNLESS_METHODS, AdaptConfig, build_adapter, describe, resolve_method
-    from cxr_tools.runtime.devices import describe_device, explain_out_of_memory, resolve_device, set_threads
 
     progress = null_progress(progress)
     began = time.perf_counter()

@@ -18,14 +18,28 @@ do not depend on an interruption (:mod:`cxr_tools.engine.evaluate.journal`).
 
 from __future__ import annotations
 
+import datetime as dt
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import pandas as pd
+import torch
 
+from cxr_tools import __version__
+from cxr_tools.data.sampling.pairs import PairSampler
+from cxr_tools.eval.metrics import class_metrics, episode_metrics, mean_ci
+from cxr_tools.eval.report import aggregate, evaluation_plots, metrics_of, write_table
+from cxr_tools.eval.thresholds import episode_thresholds
+from cxr_tools.eval.variance import design_from_tables
+from cxr_tools.methods.episodes import episode_tensors
+from cxr_tools.models.inputs import to_model_input
+from cxr_tools.models.siamese import embedder, similarity, trained_distance
 from cxr_tools.runtime.progress import Progress
+from cxr_tools.runtime.seeding import make_generator, numpy_generator
+from cxr_tools.runtime.versions import library_versions
 
 if TYPE_CHECKING:
     from cxr_tools.data.caches.format import CacheReader
@@ -44,7 +58,6 @@ PLOTS_DIR = "plots"
 def episode_patients(cache: CacheReader, episodes: Sequence[Episode]) -> Any:
     """``episode_patients.csv``: every patient of every episode with its role (``support`` / ``query``), the
     design the variance model (:mod:`cxr_tools.eval.variance`) needs to count patients reused across episodes."""
-    import pandas as pd
 
     ids = cache.index["patient_id"].astype(str).to_numpy()
     frames = []
@@ -80,10 +93,6 @@ def run_episodes(
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Adapt and score every episode (reusing the journal's finished ones): ``episodes.csv`` and ``scores.csv``
     rows in episode order. The thresholds of ``rule`` come from the support set's scores alone."""
-    from cxr_tools.eval.metrics import episode_metrics
-    from cxr_tools.eval.thresholds import episode_thresholds
-    from cxr_tools.methods.episodes import episode_tensors
-    from cxr_tools.runtime.seeding import make_generator
 
     records: list[dict[str, Any]] = []
     scores: list[dict[str, Any]] = []
@@ -147,13 +156,6 @@ def pair_metrics(
     progress: Progress,
 ) -> dict[str, Any]:
     """Pair AUC and similarity accuracy of a Siamese run on a fixed balanced pair set from the meta-test pool."""
-    import torch
-
-    from cxr_tools.data.sampling.pairs import PairSampler
-    from cxr_tools.eval.metrics import class_metrics, mean_ci
-    from cxr_tools.models.inputs import to_model_input
-    from cxr_tools.models.siamese import embedder, similarity, trained_distance
-    from cxr_tools.runtime.seeding import numpy_generator
 
     extra = dict(meta.get("extra") or {})
     rule = str(extra.get("pair_rule") or "same-set")
@@ -212,10 +214,6 @@ def write_results(
 ) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any], list[Path]]:
     """Write ``episodes.csv``, ``scores.csv`` (with each query's patient), ``episode_patients.csv`` and, with a
     ``title``, the plots; return ``(per_class, overall, variance record, files)``, what summary.json records."""
-    import pandas as pd
-
-    from cxr_tools.eval.report import aggregate, evaluation_plots, metrics_of, write_table
-    from cxr_tools.eval.variance import design_from_tables
 
     table = pd.DataFrame.from_records(records)
     score_table = pd.DataFrame.from_records(scores)
@@ -236,12 +234,6 @@ def write_results(
 
 def provenance(seconds: float, device: str) -> dict[str, Any]:
     """What summary.json records about how and when it was computed."""
-    import datetime as dt
-
-    import torch
-
-    from cxr_tools import __version__
-    from cxr_tools.runtime.versions import library_versions
 
     return {
         "seconds": round(seconds, 3),
