@@ -1,4 +1,4 @@
-"""GPU smoke check: every training and inference command runs on CUDA with mixed precision, and is right (issue 22).
+"""GPU smoke check: every training and inference command runs on CUDA with mixed precision, and is right.
 
 On a tiny synthetic NIH-layout dataset (``cxr download synthetic``, preprocessed to a 32 px cache) it runs, on
 one device, for a few steps each:

@@ -1,4 +1,4 @@
-"""Every command stopped by a real signal exits 128 + the signal after a clean stop (issue 11), so
+"""Every command stopped by a real signal exits 128 + the signal after a clean stop, so
 ``cxr train ... && cxr evaluate ...`` and ``--dependency=afterok`` stop at an unfinished output.
 
 Each test starts the real CLI in a subprocess, waits until it is demonstrably mid-work (its journal, partial file

@@ -1,4 +1,4 @@
-"""Episodes addressed by the cache's content (issue 20, part 6): a byte-identical re-preprocessed cache gives the
+"""Episodes addressed by the cache's content: a byte-identical re-preprocessed cache gives the
 same episodes and ``cxr compare`` accepts it; a cache whose pixels or labels differ is refused, naming what."""
 
 from __future__ import annotations

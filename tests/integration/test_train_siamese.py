@@ -73,7 +73,7 @@ def test_sigterm_then_rerun_ends_with_the_uninterrupted_weights(cache, tmp_path)
     proc = run_until(cxr_command(*args, "-o", str(run)), run, steps=5)
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=60)
-    assert proc.returncode == 143, err  # 128 + SIGTERM: a preempted run is not a success (issue 11)
+    assert proc.returncode == 143, err  # 128 + SIGTERM: a preempted run is not a success
     assert json.loads((run / "run.json").read_text())["status"] == "interrupted"
     rerun = runner.invoke(app, [*args, "-o", str(run), "--json"])
     assert rerun.exit_code == 0, rerun.output

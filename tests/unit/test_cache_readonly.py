@@ -1,4 +1,4 @@
-"""Caches on shared file systems (issue 11): HDF5 is read without HDF5's file locks, and an unreadable store is
+"""Caches on shared file systems: HDF5 is read without HDF5's file locks, and an unreadable store is
 reported, never taken for "no store"."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Meta-validation is always possible or refused, never skipped in silence (issue 21 item 2), and the collapse
+"""Meta-validation is always possible or refused, never skipped in silence, and the collapse
 watch of meta-training (item 3), on real caches written by the cache factory."""
 
 from __future__ import annotations
