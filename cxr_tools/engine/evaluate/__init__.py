@@ -5,8 +5,9 @@
   meta-test classes and pool; episode ``i`` is drawn from ``(seed, i)`` alone. The list depends on the cache,
   split, pool seed, ways/shots/queries and seed — never on the method or the run — and is saved with its hash as
   ``episodes.json``; ``cxr compare`` refuses evaluations whose hashes differ.
-* **Per episode** the method adapts and scores (:mod:`cxr_tools.engine.evaluate.episodes`); aggregates per class and
-  overall (the unit ``cxr compare`` pairs on); Siamese runs also get pair metrics.
+* **Per episode** the method adapts and scores (:mod:`cxr_tools.engine.evaluate.episodes`); aggregates per class
+  and overall (:mod:`cxr_tools.engine.evaluate.summary`; the unit ``cxr compare`` pairs on); Siamese runs also
+  get pair metrics.
 * **Thresholds** (``threshold``, :mod:`cxr_tools.eval.thresholds`): ``support`` (default) chooses each episode's
   threshold per class on the support set's scores after adaptation; a number fixes it; ``none`` drops F1 /
   precision / recall. The rule is an evaluation setting: summary.json records it and a resume needs the same.
@@ -31,13 +32,7 @@ from typing import Any
 from cxr_tools.config import fields_from
 from cxr_tools.data.caches.format import open_cache
 from cxr_tools.data.sampling.episodes import EPISODE_LIST_VERSION, EpisodeOptions, save_episode_list
-from cxr_tools.engine.evaluate.episodes import (
-    json_safe,
-    pair_metrics,
-    provenance,
-    run_episodes,
-    write_results,
-)
+from cxr_tools.engine.evaluate.episodes import pair_metrics, run_episodes
 from cxr_tools.engine.evaluate.journal import JOURNAL, EpisodeJournal, check_resumable
 from cxr_tools.engine.evaluate.runs import (
     architecture_for,
@@ -53,6 +48,7 @@ from cxr_tools.engine.evaluate.runs import (
     resolve_split,
     run_name,
 )
+from cxr_tools.engine.evaluate.summary import json_safe, provenance, write_results
 from cxr_tools.errors import ConfigError
 from cxr_tools.eval.report import metrics_of
 from cxr_tools.eval.thresholds import describe_rule, parse_rule
