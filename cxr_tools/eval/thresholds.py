@@ -1,4 +1,8 @@
-"""The decision threshold of F1 / precision / recall: one rule, chosen once, used by evaluate, predict and train.
+"""The decision threshold of F1 / precision / recall: one grammar, one module, used by evaluate, predict and train.
+
+``--threshold`` is one grammar: ``support``, ``none`` or a probability everywhere (:func:`parse_rule`);
+``cxr predict`` also takes ``auto`` (its default) and per-label values ``A=0.3,B=0.6``
+(:func:`resolve_thresholds`, :func:`parse_thresholds`), since it writes a ``_pred`` column per label.
 
 A few-shot model's scores are ranked well long before they are calibrated: in a 2-way episode each class sees
 one positive per two negatives, so after adaptation most scores sit below 0.5 and a fixed 0.5 reports "nothing
