@@ -11,7 +11,7 @@ import pytest
 import torch
 from meta_train_fixtures import SPLIT, tiny_cache, tiny_config, weights
 
-import cxr_tools.data.sampling.episodes as episodes_mod
+import cxr_tools.data.sampling.meta_samplers as samplers_mod
 from cxr_tools.data.caches.format import open_cache
 from cxr_tools.data.sampling.episodes import EpisodeSampler
 from cxr_tools.data.splits.meta import load_meta_split, meta_split_pools, parse_meta_split
@@ -42,7 +42,7 @@ def trained(tmp_path_factory):
     cache = tiny_cache(tmp)
     RecordingSampler.made = []
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(episodes_mod, "EpisodeSampler", RecordingSampler)  # what meta_split_sampler builds
+        mp.setattr(samplers_mod, "EpisodeSampler", RecordingSampler)  # what meta_split_sampler builds
         result = meta_train(tiny_config(cache, tmp / "run"))
     return cache, tmp / "run", result, list(RecordingSampler.made)
 
