@@ -24,7 +24,7 @@ $(STAMP): pyproject.toml Makefile | $(BIN)/python
 	$(PIP) install --quiet --upgrade pip setuptools wheel
 	$(PIP) install --quiet -e '.[dev,app,foundation]'
 	@# learn2learn 0.2.0: regenerate its Cython files (its shipped C does not build on Python >= 3.11) and
-	@# install it without its numpy<2 pin (qpth); gym/scipy/tqdm/requests are what it imports. See ENVIRONMENT notes.
+	@# install it without its numpy<2 pin (qpth); gym/scipy/tqdm/requests are what it imports.
 	$(BIN)/python -c "import learn2learn" >/dev/null 2>&1 || ( \
 	  $(PIP) install --quiet Cython gym scipy tqdm requests && \
 	  $(PIP) install --quiet --no-deps learn2learn==0.2.0 --config-settings=--build-option=build_ext )

@@ -38,7 +38,7 @@ sys.path.insert(0, str(ROOT))
 
 def make_cache(data: Path, patients: int, png_size: int, size: int) -> Path:
     """A phantom dataset of ``patients`` at ``png_size`` and its ``size`` px cache (both reused when present)."""
-    from cxr_tools.data.cache import is_complete
+    from cxr_tools.data.caches.format import is_complete
     from cxr_tools.data.synthetic import SyntheticConfig, generate
     from cxr_tools.engine.preprocess import PreprocessConfig, preprocess
 
@@ -57,7 +57,7 @@ def model_run(work: Path, arch: str, cache: Path) -> Path:
     """A seeded random ``arch`` supervised model folder fitting ``cache`` (a stand-in for a finished run)."""
     import torch
 
-    from cxr_tools.data.cache import open_cache
+    from cxr_tools.data.caches.format import open_cache
     from cxr_tools.models import create_model, save_model_dir
 
     reader = open_cache(cache)
@@ -87,7 +87,7 @@ def evaluate_once(cache: Path, run: Path, out: Path, method: str, episodes: int,
 
 def predict_once(cache: Path, run: Path, out: Path, device: str) -> tuple[float, int]:
     """Seconds of one ``run_predict`` over every cache image's source PNG, and the image count."""
-    from cxr_tools.data.cache import open_cache
+    from cxr_tools.data.caches.format import open_cache
     from cxr_tools.engine.predict import PredictConfig, run_predict
 
     reader = open_cache(cache)
@@ -105,7 +105,7 @@ def embedding_variants(cache: Path, run: Path, rows: list[int], device: str, rep
 
     import torch
 
-    from cxr_tools.data.cache import open_cache
+    from cxr_tools.data.caches.format import open_cache
     from cxr_tools.models import load_model_dir
     from cxr_tools.models.inputs import to_model_input
 
@@ -160,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     import torch
 
-    from cxr_tools.data.cache import open_cache
+    from cxr_tools.data.caches.format import open_cache
     from cxr_tools.methods import embedding_cache
 
     cache = make_cache(args.data, args.patients, args.png_size, args.size)

@@ -1,4 +1,4 @@
-"""GPU smoke check: every training and inference command runs on CUDA with mixed precision, and is right (issue 22).
+"""GPU smoke check: every training and inference command runs on CUDA with mixed precision, and is right.
 
 On a tiny synthetic NIH-layout dataset (``cxr download synthetic``, preprocessed to a 32 px cache) it runs, on
 one device, for a few steps each:
@@ -164,9 +164,9 @@ def meta_gradients(cache: Path, device: str, checks: list[Check]) -> None:
     """One meta-batch of real episodes: the meta-gradient under bf16 and fp16 autocast against float32's."""
     import torch
 
-    from cxr_tools.data.cache import open_cache
-    from cxr_tools.data.episodes import EpisodeOptions
-    from cxr_tools.data.splits import meta_samplers
+    from cxr_tools.data.caches.format import open_cache
+    from cxr_tools.data.sampling.episodes import EpisodeOptions
+    from cxr_tools.data.sampling.meta_samplers import meta_samplers
     from cxr_tools.methods.episodes import meta_gradient
     from cxr_tools.methods.maml import MamlConfig
     from cxr_tools.models.factory import initial_model

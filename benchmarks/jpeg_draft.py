@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cxr_tools.data.preprocess_pipeline import available_cores
+from cxr_tools.data.decoding.pipeline import available_cores
 
 SHAPE = (2828, 2320)  # rows, columns of a typical CheXpert frontal view
 
@@ -65,7 +65,7 @@ def main() -> None:
     ap.add_argument("--data", type=Path, default=Path(tempfile.gettempdir()) / "cxr-bench")
     args = ap.parse_args()
 
-    from cxr_tools.data.cache import open_cache
+    from cxr_tools.data.caches.format import open_cache
 
     src = jpeg_folder(args.data, args.images)
     mean_kb = statistics.mean(p.stat().st_size for p in src.rglob("*.jpg")) / 1024

@@ -74,7 +74,7 @@ class CheckResult:
 
 def make_cache(workdir: Path, patients: int, size: int, seed: int) -> Path:
     """Synthetic phantoms → preprocessed cache (reused when already there)."""
-    from cxr_tools.data.cache import is_complete
+    from cxr_tools.data.caches.format import is_complete
     from cxr_tools.data.synthetic import SyntheticConfig, generate
     from cxr_tools.engine.preprocess import PreprocessConfig, preprocess
 
@@ -92,9 +92,10 @@ def run_check(cfg: CheckConfig) -> CheckResult:
     import numpy as np
     import torch
 
-    from cxr_tools.data.cache import open_cache
-    from cxr_tools.data.episodes import EpisodeSpec, episode_list_hash, index_patients
-    from cxr_tools.data.splits import meta_split_pools, meta_split_sampler, resolve_meta_split
+    from cxr_tools.data.caches.format import open_cache
+    from cxr_tools.data.sampling.episodes import EpisodeSpec, episode_list_hash, index_patients
+    from cxr_tools.data.sampling.meta_samplers import meta_split_sampler
+    from cxr_tools.data.splits.meta import meta_split_pools, resolve_meta_split
     from cxr_tools.engine.meta_train import MetaTrainConfig, meta_train
     from cxr_tools.eval.metrics import mean_ci, paired_difference
     from cxr_tools.methods.episodes import evaluate_episodes

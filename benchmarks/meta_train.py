@@ -1,4 +1,4 @@
-"""Tasks per second of ``cxr meta-train``'s engine ÷ a bare learn2learn loop (issue 5, Measure); goal ≥ 1.0.
+"""Tasks per second of ``cxr meta-train``'s engine ÷ a bare learn2learn loop; goal ≥ 1.0.
 
 Setting: conv4 (the zoo's, GroupNorm) on 84 px images, 2-way 7-shot episodes with 15 queries per class (support
 21 images, query 45 with the negatives), 5 inner steps, meta-batch 4, Adam, float32, second and first order.

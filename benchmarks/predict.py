@@ -36,7 +36,7 @@ sys.path.insert(0, str(ROOT))
 
 # torch is imported inside the functions: decoding workers re-import this main module (forkserver), and the
 # `cxr` entry point they re-import in real use does not import torch either.
-from cxr_tools.data.preprocess_pipeline import available_cores  # noqa: E402
+from cxr_tools.data.decoding.pipeline import available_cores  # noqa: E402
 
 
 def png_files(data: Path, n: int, size: int) -> list[Path]:
@@ -58,7 +58,7 @@ def png_files(data: Path, n: int, size: int) -> list[Path]:
 def model_folder(work: Path, arch: str, size: int) -> Path:
     import torch
 
-    from cxr_tools.data.imaging import ImageOps
+    from cxr_tools.data.decoding.imaging import ImageOps
     from cxr_tools.models import create_model, save_model_dir
 
     torch.manual_seed(0)

@@ -39,7 +39,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))  # proctree, also when loaded as a 
 
 from proctree import communicate_sampled  # noqa: E402
 
-from cxr_tools.data.preprocess_pipeline import available_cores, decode_only, ordered_map  # noqa: E402
+from cxr_tools.data.decoding.pipeline import available_cores, decode_only, ordered_map  # noqa: E402
 
 CHUNK = 32
 
@@ -113,8 +113,8 @@ def time_engine(src: Path, out: Path, workers: int, storage: str = "hdf5") -> fl
 _CPU_CODE = """
 import sys, cv2
 cv2.setNumThreads(1)
-from cxr_tools.data.imaging import ImageOps
-from cxr_tools.data.preprocess_pipeline import ChunkTask, decode_only, process_chunk
+from cxr_tools.data.decoding.imaging import ImageOps
+from cxr_tools.data.decoding.pipeline import ChunkTask, decode_only, process_chunk
 paths, method = tuple(sys.argv[2:]), sys.argv[1]
 if method == "imread":
     decode_only(paths)
@@ -170,7 +170,7 @@ def measure_memory(src: Path, out: Path, workers: int) -> dict[str, float]:
 
 
 def read_speed(cache: Path, n: int = 4000, batch: int = 64) -> dict[str, float]:
-    from cxr_tools.data.cache import open_cache
+    from cxr_tools.data.caches.format import open_cache
 
     rng = np.random.default_rng(0)
     with open_cache(cache) as c:

@@ -14,7 +14,7 @@ Measured, each stage as the project's own engine runs it:
    peak PSS of the whole process tree (sampled from /proc every 20 ms), on a tenth of the images and on all
    of them (flat = the same peak for both);
 2. opening the cache and its index, ``cxr stats`` (engine and the CLI in a fresh process), the meta-split
-   pools (:func:`~cxr_tools.data.splits.meta_samplers`, with the leak checks and sampler set-up);
+   pools (:func:`~cxr_tools.data.sampling.meta_samplers.meta_samplers`, with the leak checks and sampler set-up);
 3. episode sampling rate from the meta-train pool, and meta-train's per-step time outside the model
    (sampling + cache reads + tensor conversion) against a whole meta-gradient step (conv4, 2-way 5-shot,
    10 queries, 5 inner steps, meta-batch 4: the CLI defaults; one torch thread);
@@ -188,9 +188,9 @@ def timed(fn, *args, **kwargs):  # type: ignore[no-untyped-def]
 
 
 def index_stages(cache_dir: Path, shots: int, queries: int) -> dict[str, float]:
-    from cxr_tools.data.cache import open_cache
-    from cxr_tools.data.episodes import EpisodeSpec
-    from cxr_tools.data.splits import meta_samplers
+    from cxr_tools.data.caches.format import open_cache
+    from cxr_tools.data.sampling.episodes import EpisodeSpec
+    from cxr_tools.data.sampling.meta_samplers import meta_samplers
     from cxr_tools.engine.stats import StatsConfig, run_stats
 
     out: dict[str, float] = {}
@@ -279,7 +279,7 @@ def predict_stage(work: Path, src: Path, n: int, model_dir: Path) -> dict[str, f
 def model_folder(path: Path, size: int) -> Path:
     import torch
 
-    from cxr_tools.data.imaging import ImageOps
+    from cxr_tools.data.decoding.imaging import ImageOps
     from cxr_tools.data.labels import NIH_LABELS
     from cxr_tools.models import create_model, save_model_dir
 

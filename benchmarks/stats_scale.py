@@ -10,8 +10,8 @@ from its own ``cxr_tools`` copy; without it only this checkout is measured. Alte
 1. the CLI, ``python -m cxr_tools stats CACHE --out TMP`` (plots on) and with ``--no-plots``: wall time and
    CPU time (user + system: what a loaded machine divides among its jobs);
 2. its parts, CPU seconds each (less swayed by the load than wall time), in the engine's order: importing
-   pandas, reading the manifest and ``index.csv`` (:func:`~cxr_tools.data.cache.read_tables`),
-   :func:`~cxr_tools.data.label_stats.compute_stats`, importing matplotlib's Agg canvas, and each plot.
+   pandas, reading the manifest and ``index.csv`` (:func:`~cxr_tools.data.caches.format.read_tables`),
+   :func:`~cxr_tools.data.caches.label_stats.compute_stats`, importing matplotlib's Agg canvas, and each plot.
 
 Printed: the median and, in brackets, the minimum (the least disturbed run) of each figure per version, the
 load average around the run (a loaded machine stretches every figure; the ratios carry over), and whether
@@ -50,10 +50,10 @@ import pandas
 import cxr_tools
 times["package"] = cxr_tools.__file__
 t = lap("import_pandas_cpu_s", t)
-from cxr_tools.data.cache import read_tables
+from cxr_tools.data.caches.format import read_tables
 manifest, index = read_tables(cache)
 t = lap("read_index_cpu_s", t)
-from cxr_tools.data.label_stats import compute_stats
+from cxr_tools.data.caches.label_stats import compute_stats
 labels = [str(x) for x in manifest["labels"]]
 numbers = compute_stats(index, labels)
 t = lap("compute_stats_cpu_s", t)

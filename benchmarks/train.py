@@ -1,4 +1,4 @@
-"""Samples/s of the ``cxr train`` and ``cxr train-siamese`` engines ÷ a bare PyTorch loop (issue 4, Measure).
+"""Samples/s of the ``cxr train`` and ``cxr train-siamese`` engines ÷ a bare PyTorch loop.
 
 Setting: a synthetic NIH-layout dataset preprocessed to a 64 px HDF5 cache (90/5/5 patient split), the conv4
 backbone (4 × [conv3×3 64, GroupNorm, ReLU, maxpool 2]), batch 32, AdamW (lr 1e-3, weight decay 1e-4),

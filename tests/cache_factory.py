@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from cxr_tools.data.cache import (
+from cxr_tools.data.caches.format import (
     INDEX,
     INDEX_META_COLUMNS,
     PIXELS_DIGEST,

@@ -14,8 +14,9 @@ import numpy as np
 import torch
 from cache_factory import make_cache, make_index
 
-from cxr_tools.data.cache import open_cache
-from cxr_tools.data.splits import MetaSplit, meta_split_pools, patients_of, save_meta_split
+from cxr_tools.data.caches.format import open_cache
+from cxr_tools.data.splits.meta import MetaSplit, meta_split_pools, save_meta_split
+from cxr_tools.data.splits.patients import patients_of
 from cxr_tools.models import create_model, save_model_dir
 from cxr_tools.models.lineage import write_lineage
 

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from dicom_fixtures import dx_dataset, set_pixels
 
-from cxr_tools.data.imaging import ImageOps
+from cxr_tools.data.decoding.imaging import ImageOps
 from cxr_tools.models import create_model, save_model_dir
 
 SIZE = 32

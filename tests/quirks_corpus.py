@@ -2,7 +2,7 @@
 
 :func:`make_quirks` writes them under ``root/<class>/`` (a class-per-folder layout, so ``cxr preprocess`` reads
 it as a ``folder`` source and ``cxr predict`` as an image folder) and returns what each must become: decoded
-(``KEPT``, with the 2-D shape :func:`~cxr_tools.data.imaging.decode_image` gives) or refused with a reason
+(``KEPT``, with the 2-D shape :func:`~cxr_tools.data.decoding.imaging.decode_image` gives) or refused with a reason
 containing a given text (``REFUSED``).
 """
 

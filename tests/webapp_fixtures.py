@@ -14,7 +14,7 @@ from predict_fixtures import phantom, write_png
 from typer.testing import CliRunner
 
 from cxr_tools.cli.app import app
-from cxr_tools.data.cache import open_cache
+from cxr_tools.data.caches.format import open_cache
 
 FAST_EVAL = ["--episodes", "3", "--shots", "2", "--queries", "3", "--device", "cpu", "--steps", "5"]
 

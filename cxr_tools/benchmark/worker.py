@@ -60,16 +60,25 @@ def run_step(output: Path, step_id: str) -> tuple[int, int | None]:
     previous = {s: signal.signal(s, forward) for s in FORWARDED}  # before "running": no signal is lost
     try:
         running = {"host": socket.gethostname(), "pid": os.getpid(), "job_id": job, "start": now(), "end": None}
-        state = _write(output, state.with_(status="running", exit_code=None, reason="", log=str(log),
-                                           attempts=state.attempts + 1, **running))  # fmt: skip
+        state = _write(
+            output,
+            state.with_(
+                status="running", exit_code=None, reason="", log=str(log), attempts=state.attempts + 1, **running
+            ),
+        )
         argv = [sys.executable, "-m", "cxr_tools", *state.argv]
         with open(log, "ab") as fh:
             fh.write(
                 f"=== {state.start} attempt {state.attempts} on {state.host}: cxr {shlex.join(state.argv)}\n".encode()
             )
             fh.flush()
-            proc = subprocess.Popen(argv, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True,
-                                    preexec_fn=_die_with_parent if sys.platform == "linux" else None)  # fmt: skip
+            proc = subprocess.Popen(
+                argv,
+                stdout=fh,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                preexec_fn=_die_with_parent if sys.platform == "linux" else None,
+            )
             started = time.monotonic()
             if received:  # a signal came while the command was starting
                 proc.send_signal(received[0])

@@ -216,16 +216,6 @@ ImagesPerPatientOpt = Annotated[
         help="Most images one patient contributes to an episode (support and query never share a patient).",
     ),
 ]
-CheckpointEveryStepsOpt = Annotated[
-    int | None,
-    typer.Option("--checkpoint-every-steps", min=1, help="Write last.pt every N steps.", show_default=False),
-]
-CheckpointEveryMinutesOpt = Annotated[
-    float | None, typer.Option("--checkpoint-every-minutes", min=0.01, help="Write last.pt every M minutes.")
-]
-LogEveryStepsOpt = Annotated[
-    int, typer.Option("--log-every-steps", min=0, help="A metrics.jsonl record every N steps (0 = none).")
-]
 
 
 def output_option(help: str, *old_names: str, show_default: bool | str = False) -> Any:

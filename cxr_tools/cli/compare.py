@@ -87,7 +87,7 @@ def render(console: Console, result: Any) -> None:
     from rich import box
     from rich.markup import escape
 
-    from cxr_tools.eval.compare_output import LEAK_MARK, diff_text, interval_text, metric_name, p_cell
+    from cxr_tools.engine.compare.output import LEAK_MARK, diff_text, interval_text, metric_name, p_cell
 
     name = metric_name(result.metric, result.threshold)
     names = [escape(f"{row.name} {LEAK_MARK}" if row.leak else row.name) for row in result.rows]
@@ -149,7 +149,7 @@ def _print_all_metrics(console: Console, result: Any, names: list[str]) -> None:
     """Every metric's mean per method: AUC and AP first, then F1 / precision / recall named with the rule."""
     from rich import box
 
-    from cxr_tools.eval.compare_output import metric_columns, rule_note
+    from cxr_tools.engine.compare.output import metric_columns, rule_note
 
     columns = metric_columns(result)
     if len(columns) < 2:

@@ -69,7 +69,7 @@ ClassesOpt = Annotated[
         show_default="all",
     ),
 ]
-MetaSplitOpt = Annotated[
+BaseMetaSplitOpt = Annotated[
     str | None,
     typer.Option(
         "--meta-split",
@@ -141,7 +141,7 @@ def _training_options(
     weights: WeightsOpt = None,
     norm: NormOpt = None,
     classes: ClassesOpt = None,
-    meta_split: MetaSplitOpt = None,
+    meta_split: BaseMetaSplitOpt = None,
     pool_seed: PoolSeedOpt = 0,
     epochs: EpochsOpt = 10,
     max_steps: MaxStepsOpt = None,

@@ -16,8 +16,10 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from cxr_tools.benchmark.execute import decide, run_local
 from cxr_tools.benchmark.plan import CommandFlags, Plan, SlurmPlan, load_plan
 from cxr_tools.benchmark.report import Report, build_report, write_report
+from cxr_tools.benchmark.slurm import refresh
 from cxr_tools.benchmark.state import StepState, all_states, log_path, output_complete, process_alive
 from cxr_tools.benchmark.steps import Step, expand
 from cxr_tools.errors import ConfigError
@@ -104,7 +106,6 @@ def run_benchmark(
     config: BenchmarkRunConfig, progress: Progress | None = None, commands: CommandFlags | None = None
 ) -> RunResult:
     """Execute (or submit) every step of the plan that is not done; see the module docstring."""
-    from cxr_tools.benchmark.execute import decide, run_local
 
     if config.executor not in EXECUTORS:
         raise ConfigError(f"Unknown executor '{config.executor}'.", f"Use one of: {', '.join(EXECUTORS)}.")
@@ -143,7 +144,6 @@ def _slurm_settings(plan: SlurmPlan, config: BenchmarkRunConfig) -> SlurmPlan:
 
 def benchmark_status(config: BenchmarkStatusConfig, commands: CommandFlags | None = None) -> StatusResult:
     """Every step of the plan with its status, reason and log path."""
-    from cxr_tools.benchmark.slurm import refresh
 
     plan, steps = load(config.plan, commands)
     states = refresh(all_states(plan.output), plan.output)

@@ -20,6 +20,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+from cxr_tools.data.synthetic import SyntheticConfig, generate
+from cxr_tools.engine.compare import CompareConfig, compare
+from cxr_tools.engine.evaluate import EvaluateConfig, evaluate
+from cxr_tools.engine.meta_train import MetaTrainConfig, meta_train
+from cxr_tools.engine.preprocess import PreprocessConfig, preprocess
+from cxr_tools.engine.train import TrainConfig, train
+from cxr_tools.engine.train_siamese import SiameseConfig, train_siamese
 from cxr_tools.errors import OutputExistsError
 from cxr_tools.runtime.outputs import OutputSpec, prepare
 from cxr_tools.runtime.progress import Progress, null_progress
@@ -113,13 +120,6 @@ def make_plan(config: DemoConfig) -> DemoPlan:
 
 def run_demo(config: DemoConfig, progress: Progress | None = None) -> DemoResult:
     """Run the pipeline in ``config.workdir`` (refused when it holds a previous demo, unless ``overwrite``)."""
-    from cxr_tools.data.synthetic import SyntheticConfig, generate
-    from cxr_tools.engine.compare import CompareConfig, compare
-    from cxr_tools.engine.evaluate import EvaluateConfig, evaluate
-    from cxr_tools.engine.meta_train import MetaTrainConfig, meta_train
-    from cxr_tools.engine.preprocess import PreprocessConfig, preprocess
-    from cxr_tools.engine.train import TrainConfig, train
-    from cxr_tools.engine.train_siamese import SiameseConfig, train_siamese
 
     progress = null_progress(progress)
     plan = make_plan(config)
@@ -159,8 +159,14 @@ def run_demo(config: DemoConfig, progress: Progress | None = None) -> DemoResult
         "maml-siamese-init": runs_dir / "maml-siamese-init",
     }
     # Both base trainings share the cache, the base classes and the budget; only the network differs.
-    base: dict[str, Any] = {"cache": cache_dir, "classes": ("base",), "epochs": plan.epochs, "batch_size": 32,
-                            "lr": 2e-3, **common}  # fmt: skip
+    base: dict[str, Any] = {
+        "cache": cache_dir,
+        "classes": ("base",),
+        "epochs": plan.epochs,
+        "batch_size": 32,
+        "lr": 2e-3,
+        **common,
+    }
     stage(
         "supervised base training",
         lambda: train(TrainConfig(output=runs["supervised"], model=plan.backbone, balance="sampler", **base), progress),
@@ -171,11 +177,15 @@ def run_demo(config: DemoConfig, progress: Progress | None = None) -> DemoResult
     stage(
         "supervised, second seed",
         lambda: train(
-            TrainConfig(output=runs["supervised-seed1"], model=plan.backbone, balance="sampler",
-                        **{**base, "seed": config.seed + 1}),
+            TrainConfig(
+                output=runs["supervised-seed1"],
+                model=plan.backbone,
+                balance="sampler",
+                **{**base, "seed": config.seed + 1},
+            ),
             progress,
         ),
-    )  # fmt: skip
+    )
     stage(
         "siamese training",
         lambda: train_siamese(
@@ -222,12 +232,18 @@ def run_demo(config: DemoConfig, progress: Progress | None = None) -> DemoResult
     }
     evals = {name: path / "eval" for name, path in runs.items()}
     baselines = {
-        "scratch": EvaluateConfig(data=cache_dir, method="scratch", match=runs["maml"], output=work / "eval-scratch",
-                                  **episode),
+        "scratch": EvaluateConfig(
+            data=cache_dir, method="scratch", match=runs["maml"], output=work / "eval-scratch", **episode
+        ),
         "pixels": EvaluateConfig(data=cache_dir, method="pixels", output=work / "eval-pixels", **episode),
-        "linear-probe": EvaluateConfig(data=cache_dir, run=runs["supervised"], method="linear-probe",
-                                       output=runs["supervised"] / "eval-linear-probe", **episode),
-    }  # fmt: skip
+        "linear-probe": EvaluateConfig(
+            data=cache_dir,
+            run=runs["supervised"],
+            method="linear-probe",
+            output=runs["supervised"] / "eval-linear-probe",
+            **episode,
+        ),
+    }
     start = time.perf_counter()
     for name, path in runs.items():
         evaluate(EvaluateConfig(data=cache_dir, run=path, output=evals[name], **episode), progress)

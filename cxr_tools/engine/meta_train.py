@@ -7,9 +7,10 @@ collapse watch and runtime as MAML; only the per-episode loss differs (no head, 
 What a run does (docs/science.md):
 
 * **Meta-split.** Classes go to meta-train / meta-val / meta-test (``--meta-split``; default: the cache's split,
-  else MetaChest for NIH labels), images to disjoint pools by patient (:func:`~cxr_tools.data.splits.meta_split_pools`,
-  re-checked by ``check_pools``). Training episodes come only from the meta-train classes and pool, validation
-  episodes only from the meta-val ones; meta-test classes and images are never read.
+  else MetaChest for NIH labels), images to disjoint pools by patient
+  (:func:`~cxr_tools.data.splits.meta.meta_split_pools`, re-checked by ``check_pools``). Training episodes come
+  only from the meta-train classes and pool, validation episodes only from the meta-val ones; meta-test classes
+  and images are never read.
 * **Episodes and budget.** ``--episodes`` tasks, ``--meta-batch`` per meta-step: ``ceil(episodes / meta_batch)``
   meta-steps. Task ``t`` of meta-step ``s`` is drawn with the generator ``(seed, s, t)`` alone, so resuming and
   sharding tasks over DDP ranks need no sampler state.
@@ -22,7 +23,7 @@ What a run does (docs/science.md):
 * **Runtime.** :mod:`cxr_tools.runtime.lifecycle`: resume (bit-identical on CPU), preemption (``--requeue``),
   ``metrics.jsonl``, progress, DDP (a meta-batch's tasks sharded over ranks, meta-gradients averaged).
 
-The run directory gets ``RUN/meta_split.json`` (readable with :func:`~cxr_tools.data.splits.load_meta_split`) and
+The run directory gets ``RUN/meta_split.json`` (readable with :func:`~cxr_tools.data.splits.meta.load_meta_split`) and
 ``RUN/model/`` (training kind ``maml`` or ``protonet``; the algorithm's settings, meta-split and cache manifest hash
 in ``model.json``).
 """
@@ -35,21 +36,38 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
-from cxr_tools.data.episodes import EpisodeOptions
+import torch
+
+from cxr_tools.data.caches.format import open_cache
+from cxr_tools.data.sampling.episodes import EpisodeOptions, episode_list_hash, save_episode_list
+from cxr_tools.data.sampling.meta_samplers import meta_samplers, validation_record
+from cxr_tools.data.splits.meta import save_meta_split
+from cxr_tools.data.splits.patients import patients_of
 from cxr_tools.errors import ConfigError
 from cxr_tools.methods.collapse import CollapseWatch, unusable
+from cxr_tools.methods.episodes import evaluate_episodes, meta_gradient, summarise_episodes
+from cxr_tools.methods.maml import check_batch_independent, resolve_engine
 from cxr_tools.methods.maml.config import ENGINES, MamlConfig
-from cxr_tools.methods.protonet import ALGORITHMS
+from cxr_tools.methods.protonet import ALGORITHMS, EMBEDDING_DIM, RULE, evaluate_protonet_episodes, protonet_gradient
+from cxr_tools.models.checkpoints import model_meta
+from cxr_tools.models.factory import initial_model
+from cxr_tools.models.lineage import write_lineage
+from cxr_tools.runtime import lifecycle
+from cxr_tools.runtime.distributed import average_gradients, gather_objects, shard_indices
+from cxr_tools.runtime.estimate import EstimateSettings, maml_estimate, quick_try
+from cxr_tools.runtime.lifecycle import run_in_context
 from cxr_tools.runtime.options import RunOptions
 from cxr_tools.runtime.progress import Progress, null_progress
+from cxr_tools.runtime.seeding import derive_seed
+from cxr_tools.runtime.trainer import LoopParts
 
 if TYPE_CHECKING:
     import numpy as np
     from torch import nn
 
-    from cxr_tools.data.cache import CacheReader
-    from cxr_tools.data.episodes import Episode, EpisodeSampler
-    from cxr_tools.data.splits import MetaSplit
+    from cxr_tools.data.caches.format import CacheReader
+    from cxr_tools.data.sampling.episodes import Episode, EpisodeSampler
+    from cxr_tools.data.splits.meta import MetaSplit
     from cxr_tools.runtime.estimate import RunPlan
     from cxr_tools.runtime.lifecycle import RuntimeContext
 
@@ -67,7 +85,7 @@ class MetaTrainConfig(RunOptions, EpisodeOptions):
         cache: the cache directory (``cxr preprocess`` output).
         output: the run directory to write.
         ways, shots, queries (default 10 here), images_per_patient, meta_split: the episodes of meta-training and
-            meta-validation (:class:`~cxr_tools.data.episodes.EpisodeOptions`).
+            meta-validation (:class:`~cxr_tools.data.sampling.episodes.EpisodeOptions`).
         algorithm: ``maml``, ``fomaml`` or ``protonet`` (:mod:`cxr_tools.methods.protonet`).
         inner_lr, adapt_steps, first_order, engine: the MAML inner loop (:class:`MamlConfig`); ``first_order``
             is the older spelling of ``algorithm: fomaml``.
@@ -182,12 +200,6 @@ def plan_meta_train(config: MetaTrainConfig) -> RunPlan:
 
 
 def _meta_train(config: MetaTrainConfig, progress: Progress | None, dry_run: bool) -> MetaTrainResult | RunPlan:
-    from cxr_tools.data.cache import open_cache
-    from cxr_tools.data.splits import meta_samplers, validation_record
-    from cxr_tools.methods.maml import resolve_engine
-    from cxr_tools.runtime.lifecycle import run_in_context
-    from cxr_tools.runtime.seeding import derive_seed
-
     progress = null_progress(progress)
     maml = _validate_config(config)
     spec = config.episode_spec
@@ -221,20 +233,8 @@ def _fit(
     config: MetaTrainConfig, maml: MamlConfig, ctx: RuntimeContext, data: _MetaData, progress: Progress, dry_run: bool
 ) -> MetaTrainResult | RunPlan:
     """The body of :func:`meta_train`, run by :func:`~cxr_tools.runtime.lifecycle.run_in_context`."""
-    import torch
 
-    from cxr_tools.data.episodes import episode_list_hash, save_episode_list
-    from cxr_tools.data.splits import patients_of, save_meta_split
-    from cxr_tools.methods.episodes import evaluate_episodes, meta_gradient, summarise_episodes
-    from cxr_tools.methods.maml import check_batch_independent
-    from cxr_tools.methods.protonet import EMBEDDING_DIM, RULE, evaluate_protonet_episodes, protonet_gradient
     from cxr_tools.models import save_model_dir
-    from cxr_tools.models.factory import initial_model
-    from cxr_tools.models.lineage import write_lineage
-    from cxr_tools.runtime import lifecycle
-    from cxr_tools.runtime.distributed import average_gradients, gather_objects, shard_indices
-    from cxr_tools.runtime.estimate import EstimateSettings, maml_estimate, quick_try
-    from cxr_tools.runtime.trainer import LoopParts
 
     dist, device, cache, val_list = ctx.dist, ctx.device, data.cache, data.val_list
     model, origin = initial_model(config.init, config.backbone, config.ways, int(cache.image_shape[0]))
@@ -357,12 +357,17 @@ def _fit(
             **origin,
         }
         patients = patients_of(cache.index, data.pools["train"], *([data.pools["val"]] if val_list else []))
-        meta = lifecycle.model_meta(cache, model, [], "protonet" if protonet else "maml", extra)
+        meta = model_meta(cache, model, [], "protonet" if protonet else "maml", extra)
         meta["lineage"] = write_lineage(
-            run.model_dir, meta, run=run.path, patients=patients, meta_split=data.split.to_dict(),
-            pool="meta-train+meta-val" if val_list else "meta-train", pool_seed=config.pool_seed,
+            run.model_dir,
+            meta,
+            run=run.path,
+            patients=patients,
+            meta_split=data.split.to_dict(),
+            pool="meta-train+meta-val" if val_list else "meta-train",
+            pool_seed=config.pool_seed,
             parents=[origin["init"]] if origin.get("init") not in ("random", "imagenet") else [],
-        )  # fmt: skip
+        )
         save_model_dir(model, meta, run.model_dir)
         model_dir = Path(run.model_dir)
     return MetaTrainResult(

@@ -2,15 +2,16 @@
 
 Orchestration only; the parts live where they belong:
 
-* **The model's own preprocessing** (:mod:`cxr_tools.data.decode`): the operations recorded in ``model.json``,
-  decoded by ``cxr preprocess``'s own function and scaled by :func:`~cxr_tools.models.inputs.to_model_input`,
-  so a file reaches the model as exactly the tensor it would have been after ``preprocess`` + training.
+* **The model's own preprocessing** (:mod:`cxr_tools.data.decoding.for_model`): the operations recorded in
+  ``model.json``, decoded by ``cxr preprocess``'s own function and scaled by
+  :func:`~cxr_tools.models.inputs.to_model_input`, so a file reaches the model as exactly the tensor it would
+  have been after ``preprocess`` + training.
 * **Streaming** (:mod:`cxr_tools.methods.score_stream`): inputs are decoded on worker processes (``workers``)
   while the parent runs the model on full batches, so memory stays flat and decoding overlaps inference.
 * **Scores** (:mod:`cxr_tools.methods.scoring`): eval mode, no batch effects; with ``support`` the run is first
   adapted to a labelled support set and the output columns are the support set's classes.
-* **Resumable** (:mod:`cxr_tools.data.predictions`): rows are appended to a hidden partial file and renamed to
-  the output at the end; a rerun after ``kill -9``, a SLURM time limit or Ctrl-C continues after the last
+* **Resumable** (:mod:`cxr_tools.data.predict_io.predictions`): rows are appended to a hidden partial file and
+  renamed to the output at the end; a rerun after ``kill -9``, a SLURM time limit or Ctrl-C continues after the last
   complete row when the settings are the same, and ends with the same file.
 * **Honest partial failure.** A file that cannot be read (missing, corrupt, not an image) gets a row with empty
   probabilities and the reason in ``error``; the run continues. The result counts them; the CLI exits 3.
@@ -18,7 +19,7 @@ Orchestration only; the parts live where they belong:
 The CSV (docs/design.md, "Predictions CSV"): ``path``, one probability column per class, ``<class>_pred``
 columns (0/1), ``error``; one row per input in input order; complete whenever it exists. The thresholds of the
 ``_pred`` columns (by default chosen on the support set, else the run's validation thresholds, else 0.5;
-:func:`~cxr_tools.data.predictions.resolve_thresholds`) and their rule go to ``<name>.thresholds.json`` beside
+:func:`~cxr_tools.eval.thresholds.resolve_thresholds`) and their rule go to ``<name>.thresholds.json`` beside
 it; ``threshold="none"`` leaves both out.
 """
 
@@ -32,18 +33,21 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from cxr_tools.config import check_at_least
-from cxr_tools.data.decode import model_ops
-from cxr_tools.data.inputs import InputItem, list_inputs
-from cxr_tools.data.predictions import (
+from cxr_tools.data.decoding.for_model import model_ops
+from cxr_tools.data.predict_io.inputs import InputItem, list_inputs
+from cxr_tools.data.predict_io.predictions import (
     PredictionsWriter,
     fingerprint_inputs,
     fingerprint_path,
     header,
-    resolve_thresholds,
     thresholds_path,
 )
 from cxr_tools.errors import ConfigError, InputError
+from cxr_tools.eval.thresholds import resolve_thresholds
+from cxr_tools.methods.adapters import resolve_method
 from cxr_tools.methods.score_stream import score_into
+from cxr_tools.methods.scoring import SupportOptions, load_scorer, weights_fingerprint
+from cxr_tools.runtime.devices import resolve_device
 from cxr_tools.runtime.outputs import OutputSpec, decide, json_record
 from cxr_tools.runtime.progress import Progress, null_progress
 from cxr_tools.workspace.choice import choice_path
@@ -161,9 +165,6 @@ def run_predict(config: PredictConfig, progress: Progress | None = None) -> Pred
             f"No images found in {config.input}{extra}.",
             "Give a folder with PNG / JPEG / DICOM files, an image file, or a CSV list of paths.",
         )
-    from cxr_tools.methods.adapters import resolve_method
-    from cxr_tools.methods.scoring import SupportOptions, load_scorer
-    from cxr_tools.runtime.devices import resolve_device
 
     support = None
     if config.support is not None:
@@ -207,7 +208,7 @@ def run_predict(config: PredictConfig, progress: Progress | None = None) -> Pred
     finally:
         writer.close()
     if cams is not None:  # Grad-CAM overlays: the inputs decoded again, explained by the run's own head
-        from cxr_tools.data.decode import decode_stream
+        from cxr_tools.data.decoding.for_model import decode_stream
 
         for start, block, rejected in decode_stream(inputs.items, ops, workers=0, chunk=config.batch_size):
             cams.write(scorer.model, meta, block, start, rejected, inputs.items, thresholds)
@@ -265,7 +266,6 @@ def _settings(
     items: Sequence[InputItem],
 ) -> dict[str, Any]:
     """What the rows depend on: a partial output is resumed only when all of it is unchanged."""
-    from cxr_tools.methods.scoring import weights_fingerprint
 
     return {
         "model": str(Path(str(meta.get("path"))).resolve()),

@@ -9,9 +9,9 @@ How the run is shaped so that it scales and survives clusters:
 
 * **Streaming, flat memory.** Inputs are decoded in chunks on a process pool (``--workers``, default every
   available core) with a bounded number of chunks in flight; the parent writes them to the store in input
-  order with ``pwrite`` (:class:`~cxr_tools.data.cache.ImageStoreWriter`). Nothing holds all images.
+  order with ``pwrite`` (:class:`~cxr_tools.data.caches.format.ImageStoreWriter`). Nothing holds all images.
 * **Resumable after ``kill -9``.** After each flush of the store the parent appends the progress to a journal
-  (:class:`~cxr_tools.data.preprocess_pipeline.Journal`); ``--resume`` redoes only the unjournaled tail, and
+  (:class:`~cxr_tools.data.decoding.pipeline.Journal`); ``--resume`` redoes only the unjournaled tail, and
   because inputs map to rows deterministically the result is identical to an uninterrupted run.
 * **Shardable.** ``--shard i/n`` processes a contiguous block of the input list into a complete partial cache;
   :func:`merge` concatenates the shards into the cache one unsharded run would have written.
@@ -32,11 +32,13 @@ from typing import Any
 import numpy as np
 
 from cxr_tools.config import fields_from
-from cxr_tools.data import cache as cache_mod
-from cxr_tools.data.cache_build import CACHE_SPEC, assign_split_column, build_manifest, fill_store
-from cxr_tools.data.datasets import check_datasets, merge_datasets
-from cxr_tools.data.preprocess_pipeline import Journal, JournalState, available_cores, run_fingerprints
-from cxr_tools.data.shards import merge_shards, parse_shard, shard_range
+from cxr_tools.data.caches import format as cache_mod
+from cxr_tools.data.caches.build import CACHE_SPEC, assign_split_column, build_manifest, fill_store
+from cxr_tools.data.caches.datasets import check_datasets, merge_datasets
+from cxr_tools.data.caches.shards import merge_shards, parse_shard, shard_range
+from cxr_tools.data.decoding.imaging import ImageOps
+from cxr_tools.data.decoding.pipeline import Journal, JournalState, available_cores, run_fingerprints
+from cxr_tools.data.sources import load_source
 from cxr_tools.errors import CacheError, ConfigError, DataError
 from cxr_tools.runtime.outputs import claim, decide, restart
 from cxr_tools.runtime.progress import Progress, null_progress
@@ -63,7 +65,7 @@ class PreprocessConfig:
         metadata: a metadata CSV overriding the one found in ``src``.
         views: views to keep (``frontal``, ``lateral``, ``all`` or codes such as ``PA``, ``AP``).
         size, crop, clahe, clahe_clip, clahe_tile, brightness, jpeg_draft: the image operations
-            (:class:`~cxr_tools.data.imaging.ImageOps`).
+            (:class:`~cxr_tools.data.decoding.imaging.ImageOps`).
         format: ``hdf5`` or ``memmap``.
         seed, fractions: patient-disjoint split when no official split exists.
         workers: decoding processes; None = every available core, 0 = in this process.
@@ -144,8 +146,6 @@ def preprocess(config: PreprocessConfig, progress: Progress | None = None) -> Pr
 
 
 def _preprocess(config: PreprocessConfig, progress: Progress | None) -> PreprocessResult:
-    from cxr_tools.data.imaging import ImageOps
-
     started = time.perf_counter()
     progress = null_progress(progress)
     ops = fields_from(ImageOps, config)
@@ -257,7 +257,7 @@ def _preprocess(config: PreprocessConfig, progress: Progress | None) -> Preproce
 
 def merge(config: MergeConfig, progress: Progress | None = None) -> PreprocessResult:
     """Merge caches into one: the shard caches of one ``--shard i/n`` run (identical to an unsharded run), or
-    complete caches of different datasets (:mod:`cxr_tools.data.datasets`: a dataset column, qualified ids,
+    complete caches of different datasets (:mod:`cxr_tools.data.caches.datasets`: a dataset column, qualified ids,
     canonical labels). Which one is told by the inputs: all shards, or none."""
     started = time.perf_counter()
     if not config.shards:
@@ -312,6 +312,4 @@ def _result(
 
 
 def _load_source(config: PreprocessConfig) -> Any:
-    from cxr_tools.data.sources import load_source
-
     return load_source(Path(config.src), config.source, views=tuple(config.views), metadata=config.metadata)

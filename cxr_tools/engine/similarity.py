@@ -5,8 +5,8 @@ L2-normalised projection, compared with the distance it was trained with (``extr
 cosine or euclidean); any other run (MAML, supervised) the L2-normalised pooled backbone features, compared by
 cosine. The score is :func:`~cxr_tools.models.siamese.similarity`, ``1 - d / 2`` in [0, 1] (1 = same
 direction), for both distances, so it is symmetric and an image is maximally similar to itself. Both images are
-preprocessed with the run's recorded operations (:func:`~cxr_tools.data.decode.model_ops`) and embedded one at
-a time in eval mode.
+preprocessed with the run's recorded operations (:func:`~cxr_tools.data.decoding.for_model.model_ops`) and
+embedded one at a time in eval mode.
 """
 
 from __future__ import annotations
@@ -16,7 +16,12 @@ from pathlib import Path
 
 import numpy as np
 
-from cxr_tools.data.decode import model_ops
+from cxr_tools.data.decoding.for_model import model_ops
+from cxr_tools.data.decoding.imaging import load_image
+from cxr_tools.models import load_model_dir
+from cxr_tools.models.inputs import to_model_input
+from cxr_tools.models.siamese import score_pair
+from cxr_tools.runtime.devices import resolve_device
 
 
 @dataclass(frozen=True)
@@ -59,11 +64,6 @@ def run_similarity(config: SimilarityConfig) -> SimilarityResult:
         ImageDecodeError: an image cannot be read (an :class:`~cxr_tools.errors.InputError`).
         ModelError: the model folder is missing or broken.
     """
-    from cxr_tools.data.imaging import load_image
-    from cxr_tools.models import load_model_dir
-    from cxr_tools.models.inputs import to_model_input
-    from cxr_tools.models.siamese import score_pair
-    from cxr_tools.runtime.devices import resolve_device
 
     device = resolve_device(config.device)
     model, meta = load_model_dir(config.model, map_location=device)

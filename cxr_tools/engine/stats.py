@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from cxr_tools import config as cfg
-from cxr_tools.data.cache import read_tables, verify_cache
-from cxr_tools.data.label_stats import DatasetStats, LabelStats, SplitStats, compute_stats
+from cxr_tools.data.caches.format import read_tables, verify_cache
+from cxr_tools.data.caches.label_stats import DatasetStats, LabelStats, SplitStats, compute_stats
 from cxr_tools.errors import CxrError
 from cxr_tools.runtime.fs import atomic_write_text
 from cxr_tools.runtime.outputs import OutputSpec, claim, decide

@@ -3,14 +3,14 @@
 One sigmoid output per finding and BCE-with-logits (findings are not mutually exclusive: no softmax). The
 uncertainty policy is applied at load time (``ignore`` masks uncertain entries out of the loss and out of
 the validation AUC, ``zeros`` / ``ones`` map them). ``--balance sampler`` draws class-balanced batches
-(:class:`~cxr_tools.data.sampling.BalancedSampler`, within the train split), ``--balance weights`` uses
+(:class:`~cxr_tools.data.sampling.balance.BalancedSampler`, within the train split), ``--balance weights`` uses
 ``pos_weight`` = negatives / positives per class. Validation computes the ROC AUC of every class on the val
 split after each epoch, in eval mode; their mean (``val_auc``) picks ``best.pt``, drives early stopping, and
 the best weights become ``RUN/model/``, whose card records (``extra.finetune``) the fine-tune budget ``cxr
 evaluate RUN`` adapts it with, so ``cxr evaluate --method scratch --match RUN`` copies the real budget.
 
 ``--classes base`` trains the meta-split's meta-train classes only, on the meta-train image pool (images
-carrying no meta-val / meta-test finding, :func:`~cxr_tools.data.splits.meta_split_pools` with ``--pool-seed``):
+carrying no meta-val / meta-test finding, :func:`~cxr_tools.data.splits.meta.meta_split_pools` with ``--pool-seed``):
 the pre-training of the few-shot fine-tune baseline, whose held-out classes must never have been trained,
 neither as a head column nor through their images.
 
@@ -22,7 +22,7 @@ is the *global* batch: under ``torchrun`` each global batch is split over the ra
 processes see the same batches. Images of a batch are read from the cache in one call.
 
 This module is orchestration only: the run lifecycle is :mod:`cxr_tools.runtime.lifecycle`, the batches
-:mod:`cxr_tools.data.torch_data`, the rows and classes :mod:`cxr_tools.data.selection`, the loss
+:mod:`cxr_tools.data.sampling.batches`, the rows and classes :mod:`cxr_tools.data.sampling.selection`, the loss
 :mod:`cxr_tools.methods.losses` and the AUC :func:`cxr_tools.eval.metrics.class_metrics`.
 """
 
@@ -36,11 +36,26 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
+import torch
 
+from cxr_tools.data.labels import UNCERTAINTY_POLICIES, apply_uncertainty
+from cxr_tools.data.sampling.balance import BalancedSampler, class_weights
+from cxr_tools.data.sampling.batches import Augment, LabelledBatches, batch_count, make_batch_loader, plan_batches
+from cxr_tools.data.sampling.selection import open_training_data
 from cxr_tools.errors import ConfigError, DataError
-from cxr_tools.runtime.lifecycle import FitReport, plan_in_context
+from cxr_tools.eval.metrics import class_metrics
+from cxr_tools.eval.thresholds import choose_threshold
+from cxr_tools.methods.losses import masked_bce
+from cxr_tools.models.factory import check_model_name, create_for_images
+from cxr_tools.models.registry import normalise
+from cxr_tools.runtime import lifecycle
+from cxr_tools.runtime.devices import autocast_context
+from cxr_tools.runtime.estimate import EstimateSettings, quick_try
+from cxr_tools.runtime.lifecycle import FitReport, plan_in_context, run_in_context
 from cxr_tools.runtime.options import TrainingOptions, check_training_options
 from cxr_tools.runtime.progress import Progress
+from cxr_tools.runtime.seeding import numpy_generator
+from cxr_tools.runtime.trainer import LoopParts
 
 if TYPE_CHECKING:
     from cxr_tools.runtime.estimate import RunPlan
@@ -95,7 +110,6 @@ class TrainRunResult(FitReport):
 
 def train(config: TrainConfig, progress: Progress | None = None) -> TrainRunResult:
     """Train the supervised baseline described by ``config`` (module docstring); resumes an incomplete run."""
-    from cxr_tools.runtime.lifecycle import run_in_context
 
     _check_config(config)
     return cast("TrainRunResult", run_in_context(config, lambda ctx: _train(config, ctx, progress)))
@@ -112,20 +126,6 @@ def _train(
 ) -> TrainRunResult | RunPlan:
     """The body of :func:`train` (and of :func:`plan_train`), run by
     :func:`~cxr_tools.runtime.lifecycle.run_in_context`."""
-    import torch
-
-    from cxr_tools.data.labels import apply_uncertainty
-    from cxr_tools.data.sampling import BalancedSampler, class_weights
-    from cxr_tools.data.selection import open_training_data
-    from cxr_tools.data.torch_data import Augment, LabelledBatches, batch_count, make_batch_loader, plan_batches
-    from cxr_tools.methods.losses import masked_bce
-    from cxr_tools.models.factory import create_for_images
-    from cxr_tools.models.registry import normalise
-    from cxr_tools.runtime import lifecycle
-    from cxr_tools.runtime.devices import autocast_context
-    from cxr_tools.runtime.estimate import EstimateSettings, quick_try
-    from cxr_tools.runtime.seeding import numpy_generator
-    from cxr_tools.runtime.trainer import LoopParts
 
     cache, labels, train_rows, val_rows = open_training_data(
         config.cache, config.classes, config.meta_split, config.pool_seed
@@ -223,10 +223,10 @@ def _train(
     model_dir = None
     if fit.status == "completed" and ctx.dist.is_main:
         lifecycle.load_selected(run, model)
-        from cxr_tools.data.selection import pool_record
-        from cxr_tools.data.splits import patients_of
+        from cxr_tools.data.sampling.selection import pool_record
+        from cxr_tools.data.splits.patients import patients_of
         from cxr_tools.methods.adapters import finetune_record
-        from cxr_tools.models.checkpoints import save_model_dir
+        from cxr_tools.models.checkpoints import model_meta, save_model_dir
         from cxr_tools.models.lineage import write_lineage
 
         extra = {
@@ -240,30 +240,31 @@ def _train(
             "frozen_features": config.freeze,
             **validation_thresholds(labels, lifecycle.best_record(run)),
         }
-        meta = lifecycle.model_meta(cache, model, labels, "supervised", extra)
+        meta = model_meta(cache, model, labels, "supervised", extra)
         meta["lineage"] = write_lineage(
-            run.model_dir, meta, run=run.path, patients=patients_of(cache.index, train_rows, val_rows),
+            run.model_dir,
+            meta,
+            run=run.path,
+            patients=patients_of(cache.index, train_rows, val_rows),
             **pool_record(cache, config),
-        )  # fmt: skip
+        )
         save_model_dir(model, meta, run.model_dir)
         model_dir = run.model_dir
     best = lifecycle.best_record(run)
     return TrainRunResult(
-        **lifecycle.fit_report(run, model_dir, fit, ctx, samples=session_steps[0] * config.batch_size,
-                               train_images=n_train),
+        **lifecycle.fit_report(
+            run, model_dir, fit, ctx, samples=session_steps[0] * config.batch_size, train_images=n_train
+        ),
         model=config.model,
         labels=tuple(labels),
         monitor=monitor,
         best_metric=fit.best_metric,
         val_auc={lab: lifecycle.finite_or_none(best.get(f"val_auc/{lab}")) for lab in labels},
         val_images=len(val_rows),
-    )  # fmt: skip
+    )
 
 
 def _check_config(config: TrainConfig) -> None:
-    from cxr_tools.data.labels import UNCERTAINTY_POLICIES
-    from cxr_tools.models.factory import check_model_name
-
     if config.uncertainty not in UNCERTAINTY_POLICIES:
         raise ConfigError(
             f"Unknown uncertainty policy '{config.uncertainty}'.", f"Use one of: {', '.join(UNCERTAINTY_POLICIES)}."
@@ -284,8 +285,6 @@ def validation_metrics(
     NaN when the val split holds one class only. The threshold maximises F1 on the val split
     (:func:`~cxr_tools.eval.thresholds.choose_threshold`); the best epoch's are saved in the model card.
     """
-    from cxr_tools.eval.metrics import class_metrics
-    from cxr_tools.eval.thresholds import choose_threshold
 
     out: dict[str, float] = {"val_loss": loss_sum / max(1.0, float(mask.sum()))}
     aucs = []
@@ -304,7 +303,6 @@ def validation_metrics(
 def validation_thresholds(labels: Sequence[str], best: dict[str, Any]) -> dict[str, Any]:
     """The model card's ``thresholds`` (per label, chosen on the val split at the selected epoch; None where none
     could be) and their ``threshold_rule``: what ``cxr predict`` decides with when it has no support set."""
-    from cxr_tools.runtime import lifecycle
 
     chosen = {label: lifecycle.finite_or_none(best.get(f"val_threshold/{label}")) for label in labels}
     if not any(v is not None for v in chosen.values()):

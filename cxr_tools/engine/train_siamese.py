@@ -2,7 +2,7 @@
 
 Twin zoo backbones with shared weights, a linear projection to ``--embedding-dim`` and L2 normalisation
 (:mod:`cxr_tools.models.siamese`), trained with the Hadsell et al. (2006) contrastive loss
-(:mod:`cxr_tools.methods.contrastive`) on pairs from :class:`~cxr_tools.data.pairs.PairSampler`: balanced
+(:mod:`cxr_tools.methods.contrastive`) on pairs from :class:`~cxr_tools.data.sampling.pairs.PairSampler`: balanced
 positives / negatives, never two images of one patient, frontal views only, drawn from the index alone.
 
 Each epoch draws ``pairs_per_epoch`` training pairs from ``numpy_generator(seed, epoch)`` (so resume is
@@ -27,10 +27,22 @@ from typing import TYPE_CHECKING, Any, cast
 import numpy as np
 
 from cxr_tools.config import check_at_least
+from cxr_tools.data.sampling.batches import Augment, CacheImages, EpochPairs, PairBatches, make_batch_loader
+from cxr_tools.data.sampling.pairs import PAIR_RULES, PairSampler
+from cxr_tools.data.sampling.selection import open_training_data
 from cxr_tools.errors import ConfigError, DataError
-from cxr_tools.runtime.lifecycle import FitReport, plan_in_context
+from cxr_tools.methods.contrastive import check_margin, contrastive_loss
+from cxr_tools.methods.pair_validation import validate_pairs, validation_pairs
+from cxr_tools.models.factory import backbone_from_run, check_model_name, create_for_images
+from cxr_tools.models.registry import normalise
+from cxr_tools.models.siamese import SiameseNet, check_distance
+from cxr_tools.runtime import lifecycle
+from cxr_tools.runtime.estimate import EstimateSettings, quick_try
+from cxr_tools.runtime.lifecycle import FitReport, plan_in_context, run_in_context
 from cxr_tools.runtime.options import TrainingOptions, check_training_options
 from cxr_tools.runtime.progress import Progress
+from cxr_tools.runtime.seeding import numpy_generator
+from cxr_tools.runtime.trainer import LoopParts
 
 if TYPE_CHECKING:
     from cxr_tools.runtime.estimate import RunPlan
@@ -96,7 +108,6 @@ class SiameseResult(FitReport):
 
 def train_siamese(config: SiameseConfig, progress: Progress | None = None) -> SiameseResult:
     """Train the Siamese network described by ``config`` (module docstring); resumes an incomplete run."""
-    from cxr_tools.runtime.lifecycle import run_in_context
 
     _check_config(config)
     return cast("SiameseResult", run_in_context(config, lambda ctx: _train_siamese(config, ctx, progress)))
@@ -114,17 +125,6 @@ def _train_siamese(
 ) -> SiameseResult | RunPlan:
     """The body of :func:`train_siamese` (and of :func:`plan_train_siamese`), run by
     :func:`~cxr_tools.runtime.lifecycle.run_in_context`."""
-    from cxr_tools.data.pairs import PairSampler
-    from cxr_tools.data.selection import open_training_data
-    from cxr_tools.data.torch_data import Augment, CacheImages, EpochPairs, PairBatches, make_batch_loader
-    from cxr_tools.methods.contrastive import contrastive_loss
-    from cxr_tools.methods.pair_validation import validate_pairs, validation_pairs
-    from cxr_tools.models.registry import normalise
-    from cxr_tools.models.siamese import SiameseNet
-    from cxr_tools.runtime import lifecycle
-    from cxr_tools.runtime.estimate import EstimateSettings, quick_try
-    from cxr_tools.runtime.seeding import numpy_generator
-    from cxr_tools.runtime.trainer import LoopParts
 
     cache, labels, train_rows, val_rows = open_training_data(
         config.cache, config.classes, config.meta_split, config.pool_seed
@@ -212,9 +212,9 @@ def _train_siamese(
     model_dir = None
     if fit.status == "completed" and ctx.dist.is_main:
         lifecycle.load_selected(run, net_model)
-        from cxr_tools.data.selection import pool_record
-        from cxr_tools.data.splits import patients_of
-        from cxr_tools.models.checkpoints import save_model_dir
+        from cxr_tools.data.sampling.selection import pool_record
+        from cxr_tools.data.splits.patients import patients_of
+        from cxr_tools.models.checkpoints import model_meta, save_model_dir
         from cxr_tools.models.lineage import write_lineage
 
         extra = {
@@ -231,16 +231,21 @@ def _train_siamese(
             "backbone_from": str(config.backbone_from) if config.backbone_from else None,
             "best_epoch": fit.best_epoch,
         }
-        meta = lifecycle.model_meta(cache, backbone, [], "siamese", extra)
+        meta = model_meta(cache, backbone, [], "siamese", extra)
         meta["lineage"] = write_lineage(
-            run.model_dir, meta, run=run.path, patients=patients_of(cache.index, train_rows, val_rows),
-            parents=[config.backbone_from] if config.backbone_from else [], **pool_record(cache, config),
-        )  # fmt: skip
+            run.model_dir,
+            meta,
+            run=run.path,
+            patients=patients_of(cache.index, train_rows, val_rows),
+            parents=[config.backbone_from] if config.backbone_from else [],
+            **pool_record(cache, config),
+        )
         save_model_dir(backbone, meta, run.model_dir)
         model_dir = run.model_dir
     return SiameseResult(
-        **lifecycle.fit_report(run, model_dir, fit, ctx, samples=session_steps[0] * config.batch_size,
-                               train_images=train_pairs.num_images),
+        **lifecycle.fit_report(
+            run, model_dir, fit, ctx, samples=session_steps[0] * config.batch_size, train_images=train_pairs.num_images
+        ),
         backbone=str(backbone.model_name),
         embedding_dim=config.embedding_dim,
         distance=config.distance,
@@ -252,15 +257,10 @@ def _train_siamese(
         val_threshold=lifecycle.finite_or_none(best.get("val_threshold")),
         val_pairs=len(val_set) if val_set is not None else 0,
         val_pairs_hash=val_set.digest() if val_set is not None else "",
-    )  # fmt: skip
+    )
 
 
 def _check_config(config: SiameseConfig) -> None:
-    from cxr_tools.data.pairs import PAIR_RULES
-    from cxr_tools.methods.contrastive import check_margin
-    from cxr_tools.models.factory import check_model_name
-    from cxr_tools.models.siamese import check_distance
-
     check_distance(config.distance)
     if config.pair_rule not in PAIR_RULES:
         raise ConfigError(f"Unknown --pair-rule '{config.pair_rule}'.", f"Use one of: {', '.join(PAIR_RULES)}.")
@@ -274,7 +274,6 @@ def _check_config(config: SiameseConfig) -> None:
 
 def _make_backbone(config: SiameseConfig, cache: Any) -> Any:
     """The twin backbone with its projection head; from ``--backbone-from`` when given."""
-    from cxr_tools.models.factory import backbone_from_run, create_for_images
 
     side, where = int(min(cache.image_shape)), f"cache {cache.path}"
     if config.backbone_from is None:

@@ -1,4 +1,8 @@
-"""The decision threshold of F1 / precision / recall: one rule, chosen once, used by evaluate, predict and train.
+"""The decision threshold of F1 / precision / recall: one grammar, one module, used by evaluate, predict and train.
+
+``--threshold`` is one grammar: ``support``, ``none`` or a probability everywhere (:func:`parse_rule`);
+``cxr predict`` also takes ``auto`` (its default) and per-label values ``A=0.3,B=0.6``
+(:func:`resolve_thresholds`, :func:`parse_thresholds`), since it writes a ``_pred`` column per label.
 
 A few-shot model's scores are ranked well long before they are calibrated: in a 2-way episode each class sees
 one positive per two negatives, so after adaptation most scores sit below 0.5 and a fixed 0.5 reports "nothing
@@ -20,8 +24,9 @@ image is best called positive, the threshold is the lowest support score.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -29,6 +34,8 @@ from cxr_tools.errors import ConfigError
 
 SUPPORT = "support"
 NONE = "none"
+#: ``cxr predict``'s default rule: the support set's thresholds, else the run's validation ones, else 0.5.
+AUTO = "auto"
 #: What ``predict`` and training fall back to when no rule can choose (stated wherever it is used).
 DEFAULT_THRESHOLD = 0.5
 #: The metrics a threshold decides (AUC and AP are threshold-free).
@@ -134,3 +141,87 @@ def describe_rule(rule: ThresholdRule) -> str:
     if rule.kind == "fixed":
         return f"the fixed threshold {rule.label} for every class"
     return "none: threshold-free metrics (AUC, AP) only"
+
+
+# --- cxr predict's per-class thresholds (the ``<label>_pred`` columns) ---------------------------------------
+
+
+def resolve_thresholds(
+    text: str | None,
+    labels: Sequence[str],
+    meta: Mapping[str, Any],
+    support_thresholds: Sequence[float] | np.ndarray | None,
+) -> tuple[dict[str, float] | None, dict[str, Any] | None]:
+    """``(thresholds, record)``: the thresholds of the ``_pred`` columns and how they were chosen.
+
+    ``text`` None / ``auto``: the support set's (``support_thresholds``) when there is one, else the run's
+    validation-chosen ``extra.thresholds``, else 0.5 (labels the run chose none for get 0.5 too; the record says
+    which). ``support`` insists on a support set; ``none`` gives no ``_pred`` column; a number or ``A=0.3,B=0.6``
+    is used as given (:func:`parse_thresholds`).
+    """
+    rule = str(text).strip().lower() if text is not None and str(text).strip() else AUTO
+    if rule == NONE:
+        return None, None
+    if rule == SUPPORT and support_thresholds is None:
+        raise ConfigError("--threshold support needs a support set.", "Pass --support DIR|CSV, or a number.")
+    if rule in (AUTO, SUPPORT) and support_thresholds is not None:
+        values = [float(t) for t in support_thresholds]
+        fallback = [label for label, t in zip(labels, values, strict=True) if not math.isfinite(t)]
+        chosen = {label: t if math.isfinite(t) else DEFAULT_THRESHOLD for label, t in zip(labels, values, strict=True)}
+        rule_text = (
+            "per class, the threshold maximising F1 on the support set's scores after adaptation (midpoint between "
+            "adjacent support scores, lowest on ties); optimistic, as the model adapted on those images"
+        )
+        return chosen, _record("support", rule_text, chosen, fallback)
+    if rule == AUTO:
+        run = dict((meta.get("extra") or {}).get("thresholds") or {})
+        chosen, fallback = {}, []
+        for label in labels:
+            value = run.get(label)
+            if value is None or not math.isfinite(float(value)):
+                fallback.append(label)
+                value = DEFAULT_THRESHOLD
+            chosen[label] = float(value)
+        if len(fallback) == len(labels):
+            text_ = f"the default {DEFAULT_THRESHOLD:g}: the run recorded no validation-chosen thresholds"
+            return chosen, _record("default", text_, chosen, [])
+        source = str((meta.get("extra") or {}).get("threshold_rule") or "chosen on the run's validation split")
+        return chosen, _record("validation", f"the run's validation thresholds ({source})", chosen, fallback)
+    fixed = parse_thresholds(str(text), labels)
+    return fixed, _record("fixed", f"--threshold {str(text).strip()}", fixed or {}, [])
+
+
+def _record(source: str, rule: str, thresholds: Mapping[str, float], fallback: Sequence[str]) -> dict[str, Any]:
+    """The thresholds file's content: where the values come from, the rule in words, the values."""
+    note = f"; {', '.join(fallback)}: none could be chosen, 0.5 used" if fallback else ""
+    return {"source": source, "rule": rule + note, "thresholds": dict(thresholds), "defaulted": list(fallback)}
+
+
+def parse_thresholds(text: str | None, labels: Sequence[str]) -> dict[str, float] | None:
+    """``"0.5"`` -> every label at 0.5; ``"A=0.3,B=0.6"`` -> those labels (others get no ``_pred`` column)."""
+    if text is None or not str(text).strip():
+        return None
+    text = str(text).strip()
+
+    def number(value: str, what: str) -> float:
+        try:
+            t = float(value)
+        except ValueError:
+            raise ConfigError(f"--threshold {what}: {value!r} is not a number.") from None
+        if not (math.isfinite(t) and 0.0 <= t <= 1.0):
+            raise ConfigError(f"--threshold {what} must be a probability in [0, 1] (got {value}).")
+        return t
+
+    if "=" not in text:
+        t = number(text, "")
+        return {label: t for label in labels}
+    out: dict[str, float] = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        name, sep, value = part.rpartition("=")
+        name = name.strip()
+        if not sep or not name:
+            raise ConfigError(f"--threshold part {part!r} is not LABEL=VALUE.", "Example: Effusion=0.3,Mass=0.6.")
+        if name not in labels:
+            raise ConfigError(f"--threshold names '{name}', which is not predicted.", f"Labels: {', '.join(labels)}.")
+        out[name] = number(value.strip(), name)
+    return {label: out[label] for label in labels if label in out}

@@ -45,8 +45,8 @@ if TYPE_CHECKING:
     import torch
     from torch import Tensor, nn
 
-    from cxr_tools.data.cache import CacheReader
-    from cxr_tools.data.episodes import Episode
+    from cxr_tools.data.caches.format import CacheReader
+    from cxr_tools.data.sampling.episodes import Episode
     from cxr_tools.runtime.progress import Progress
 
 log = logging.getLogger(__name__)

@@ -12,8 +12,8 @@ if TYPE_CHECKING:
     import torch
     from torch import nn
 
-    from cxr_tools.data.cache import CacheReader
-    from cxr_tools.data.episodes import Episode
+    from cxr_tools.data.caches.format import CacheReader
+    from cxr_tools.data.sampling.episodes import Episode
     from cxr_tools.methods.maml.config import MamlConfig
 
 

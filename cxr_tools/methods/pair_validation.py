@@ -15,7 +15,7 @@ import numpy as np
 from cxr_tools.errors import DataError
 
 if TYPE_CHECKING:
-    from cxr_tools.data.torch_data import CacheImages
+    from cxr_tools.data.sampling.batches import CacheImages
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +73,7 @@ def validation_pairs(
 
     None, with a warning, when the val split cannot make pairs (the final weights then become the model).
     """
-    from cxr_tools.data.pairs import PairSampler
+    from cxr_tools.data.sampling.pairs import PairSampler
 
     if len(rows) == 0:
         log.warning("The cache has no val split: no validation; the final weights become the model.")

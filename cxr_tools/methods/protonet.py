@@ -42,8 +42,8 @@ if TYPE_CHECKING:
     import torch
     from torch import Tensor, nn
 
-    from cxr_tools.data.cache import CacheReader
-    from cxr_tools.data.episodes import Episode
+    from cxr_tools.data.caches.format import CacheReader
+    from cxr_tools.data.sampling.episodes import Episode
 
 #: The meta-learning algorithms of ``cxr meta-train --algorithm`` (``--first-order`` = ``fomaml``).
 ALGORITHMS: tuple[str, ...] = ("maml", "fomaml", "protonet")

@@ -12,14 +12,14 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from cxr_tools.data.decode import decode_stream, decode_workers
-from cxr_tools.data.predictions import PredictionsWriter, format_row
+from cxr_tools.data.decoding.for_model import decode_stream, decode_workers
+from cxr_tools.data.predict_io.predictions import PredictionsWriter, format_row
 from cxr_tools.errors import ModelError
 from cxr_tools.runtime.progress import Progress
 
 if TYPE_CHECKING:
-    from cxr_tools.data.imaging import ImageOps
-    from cxr_tools.data.inputs import InputItem
+    from cxr_tools.data.decoding.imaging import ImageOps
+    from cxr_tools.data.predict_io.inputs import InputItem
     from cxr_tools.methods.scoring import RunScorer
 
 

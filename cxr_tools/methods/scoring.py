@@ -24,8 +24,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from cxr_tools.data.decode import decode_stream, model_ops
-from cxr_tools.data.inputs import read_support
+from cxr_tools.data.decoding.for_model import decode_stream, model_ops
+from cxr_tools.data.predict_io.inputs import read_support
 from cxr_tools.errors import DataError, ModelError
 from cxr_tools.runtime.progress import Progress
 
@@ -91,7 +91,7 @@ class RunScorer:
 
 def weights_fingerprint(meta: Mapping[str, Any]) -> Any:
     """What identifies a model folder's weights: the checksum its card records, else the file's size and time."""
-    from cxr_tools.data.predictions import fingerprint_path
+    from cxr_tools.data.predict_io.predictions import fingerprint_path
     from cxr_tools.models.checkpoints import WEIGHTS_FILE
 
     folder = Path(str(meta.get("path")))

@@ -235,8 +235,9 @@ class ScratchAdapter:
         from cxr_tools.methods.maml.norm import frozen_batchnorm
 
         with frozen_batchnorm(model):
-            train_full_batch(model, model.parameters(), lambda: model(support_x), support_y, self.budget.steps,
-                             self.budget.lr)  # fmt: skip
+            train_full_batch(
+                model, model.parameters(), lambda: model(support_x), support_y, self.budget.steps, self.budget.lr
+            )
         return ModuleScorer(model, model, self.batch_size)
 
 

@@ -4,8 +4,7 @@ Public API (imported lazily so that ``import cxr_tools.models`` does not import 
 
     create_model, list_models, model_card, is_model, ModelCard, WeightSource, normalise   (registry)
     freeze_batchnorm, set_bn_eval, has_batchnorm                                       (backbones)
-    save_model_dir, load_model_dir, read_model_meta, check_compatible,
-    save_checkpoint, load_checkpoint, load_state_strict                                  (checkpoints)
+    model_meta, save_model_dir, load_model_dir, read_model_meta, check_compatible, load_state_strict  (checkpoints)
 """
 
 from __future__ import annotations
@@ -26,12 +25,11 @@ _EXPORTS = {
     ),
     "backbones": ("freeze_batchnorm", "set_bn_eval", "has_batchnorm"),
     "checkpoints": (
+        "model_meta",
         "save_model_dir",
         "load_model_dir",
         "read_model_meta",
         "check_compatible",
-        "save_checkpoint",
-        "load_checkpoint",
         "load_state_strict",
     ),
 }

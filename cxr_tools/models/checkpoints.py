@@ -1,4 +1,4 @@
-"""Model folders (``RUN/model/``) and training checkpoints (``RUN/checkpoints/*.pt``).
+"""Model folders (``RUN/model/``): the model card, writing, reading and checking one.
 
 A **model folder** is self-describing and loads without running pickled code (docs/design.md)::
 
@@ -10,11 +10,8 @@ A **model folder** is self-describing and loads without running pickled code (do
 :func:`load_model_dir` rebuilds the architecture through the registry and loads the tensors strictly, so a
 folder from another architecture fails with the keys that differ instead of half-loading.
 
-A **training checkpoint** is one ``torch.save`` file written atomically, readable with
-``torch.load(weights_only=True)``; :func:`save_checkpoint` refuses state it could not read back that way
-(numpy arrays, paths, custom objects) and names the offending key. The trainer's full state (optimizer,
-scheduler, RNG, loop position) is written by :mod:`cxr_tools.runtime.checkpointing`, which
-:func:`load_checkpoint` shares, so there is one reader for every ``.pt`` file of a run.
+:func:`model_meta` builds the model card (the ``meta`` of :func:`save_model_dir`) of a trained model. Training
+checkpoints (``RUN/checkpoints/*.pt``) are written and read by :mod:`cxr_tools.runtime.checkpointing`.
 """
 
 from __future__ import annotations
@@ -103,6 +100,31 @@ def _model_json_path(path: Path) -> Path:
         f"{path} is not a model folder (no {MODEL_JSON}).",
         "Pass RUN/model or a run directory of a finished training; an interrupted run has no model folder yet.",
     )
+
+
+def model_meta(cache: Any, model: nn.Module, labels: Sequence[str], kind: str, extra: dict[str, Any]) -> dict[str, Any]:
+    """The model card of a model trained on ``cache``: the ``meta`` of :func:`save_model_dir`, built in one place.
+
+    Args:
+        cache: the cache reader trained on (its ``manifest_hash``, ``image_shape`` and ``manifest``: what a later
+            ``cxr evaluate`` / ``cxr predict`` checks its inputs against). Typed loosely because models/ never
+            imports data/ (docs/design.md, layers).
+        model: the trained model (its ``normalisation`` is the input contract; its ``pretrained`` weight source
+            goes into the lineage record, with the data card of those weights).
+        labels: the label space of the outputs (empty for embeddings and episode-slot heads).
+        kind: the training kind (``supervised``, ``siamese``, ``maml``).
+        extra: the trainer's own settings and results.
+    """
+    return {
+        "labels": list(labels),
+        "training": kind,
+        "cache_manifest_hash": cache.manifest_hash,
+        "image_size": int(min(cache.image_shape)),
+        "normalisation": str(getattr(model, "normalisation", "unit")),
+        "preprocessing": dict(cache.manifest.get("preprocessing") or {}),
+        "pretrained": getattr(model, "pretrained", None),
+        "extra": extra,
+    }
 
 
 def save_model_dir(model: nn.Module, meta: Mapping[str, Any], path: str | os.PathLike[str]) -> Path:
@@ -269,47 +291,3 @@ def check_compatible(
 
 
 # --- training checkpoints -----------------------------------------------------------------------------------
-
-_SCALARS = (bool, int, float, str, type(None), torch.dtype, torch.device)
-
-
-def _check_plain(obj: Any, where: str) -> None:
-    if isinstance(obj, (torch.Tensor, *_SCALARS)):
-        return
-    if isinstance(obj, Mapping):
-        for key, value in obj.items():
-            if not isinstance(key, (str, int)):
-                raise ModelError(f"Checkpoint key {where}[{key!r}] is neither str nor int.")
-            _check_plain(value, f"{where}[{key!r}]")
-        return
-    if isinstance(obj, (list, tuple)):
-        for i, value in enumerate(obj):
-            _check_plain(value, f"{where}[{i}]")
-        return
-    hint = "Convert numpy arrays with torch.from_numpy and paths with str()."
-    raise ModelError(f"Checkpoint value {where} is a {type(obj).__name__}, which weights_only loading refuses.", hint)
-
-
-def save_checkpoint(path: str | os.PathLike[str], state: Mapping[str, Any]) -> Path:
-    """Write a training ``state`` dict atomically to ``path`` with ``torch.save``, as is.
-
-    ``state`` may hold tensors, dicts, lists, tuples, numbers, strings and ``None`` only (model / optimizer /
-    scheduler / scaler state dicts and :func:`cxr_tools.runtime.seeding.rng_state` qualify), so that
-    :func:`load_checkpoint` (``torch.load(weights_only=True)``) can read it; anything else is refused here,
-    with the offending key, instead of at resume time. The training runtime's ``save_training_state`` writes
-    the full trainer state in the same way.
-    """
-    from cxr_tools.runtime.checkpointing import with_checksum
-
-    _check_plain(state, "state")
-    with atomic_path(path) as tmp:
-        torch.save(with_checksum(state), tmp)
-    return Path(path)
-
-
-def load_checkpoint(path: str | os.PathLike[str], map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Read a checkpoint with ``torch.load(weights_only=True)`` (no code runs); a :class:`ModelError` when the
-    file is missing, truncated or holds objects other than tensors and plain values."""
-    from cxr_tools.runtime.checkpointing import load_checkpoint as _load
-
-    return _load(path, map_location)

@@ -1,8 +1,10 @@
 """The one conversion from cache images to model input: uint8 pixels -> float [n, 1, H, W] in the model's range.
 
-Every path that feeds a model (training batches, episodes, prediction, similarity, evaluation) goes through
-:func:`to_model_input`, so a model sees the same numbers in training and at test time. The range is the model's
-input contract (``model.json`` ``input.normalisation``, see :data:`~cxr_tools.models.registry.NORMALISATIONS`).
+Episodes, prediction, similarity, evaluation and the app go through :func:`to_model_input`. Training batches do
+not (they are built as float tensors and augmented by :mod:`cxr_tools.data.sampling.batches`, which data/ may
+not import from here), but both end in :func:`~cxr_tools.models.registry.normalise`, so a model sees the same
+range in training and at test time. The range is the model's input contract (``model.json``
+``input.normalisation``, see :data:`~cxr_tools.models.registry.NORMALISATIONS`).
 """
 
 from __future__ import annotations

@@ -27,7 +27,7 @@ unqualified id is compared with its id in every dataset (:func:`qualified_patien
 External weights compare by their data card: weights whose labels taught a meta-test class leak it.
 
 Everything here works on plain values (patient ids, class names, ``model.json`` dicts); the data layer supplies
-the ids (:func:`cxr_tools.data.splits.patients_of`), the engines decide what to refuse.
+the ids (:func:`cxr_tools.data.splits.patients.patients_of`), the engines decide what to refuse.
 """
 
 from __future__ import annotations
@@ -207,7 +207,7 @@ _QUALIFIED = re.compile(r"^([a-z][a-z0-9-]*):(.+)$")
 
 def qualified_patient_key(patient: str) -> tuple[str | None, str]:
     """``(dataset, key)`` of a patient id: a cache of several datasets writes ``DATASET:ID``
-    (:mod:`cxr_tools.data.datasets`); a one-dataset cache writes ``ID`` (dataset None). ``key`` is
+    (:mod:`cxr_tools.data.caches.datasets`); a one-dataset cache writes ``ID`` (dataset None). ``key`` is
     :func:`patient_key` of the id."""
     m = _QUALIFIED.match(str(patient).strip())
     return (m.group(1), patient_key(m.group(2))) if m else (None, patient_key(patient))

@@ -201,7 +201,7 @@ class CamFolder:
         items: Sequence[Any],
         thresholds: Mapping[str, float] | None,
     ) -> int:
-        """Overlays of one decoded chunk (:func:`~cxr_tools.data.decode.decode_stream`'s ``start, images,
+        """Overlays of one decoded chunk (:func:`~cxr_tools.data.decoding.for_model.decode_stream`'s ``start, images,
         rejected``) of ``items`` (inputs with a ``display`` name); returns the files written."""
         if self._decision is not None:
             claim(self._decision)

@@ -68,7 +68,6 @@ def save_training_state(
         extra: loop/sampler/early-stopping state; must hold only tensors, numbers, strings, lists, dicts.
         rng: RNG states to store (default: this process's :func:`rng_state`).
     """
-    import torch
 
     state = {
         "format": STATE_FORMAT,
@@ -83,9 +82,7 @@ def save_training_state(
         "extra": dict(extra or {}),
     }
     keep_previous(path)
-    with atomic_path(path) as tmp:
-        torch.save(with_checksum(state), tmp)
-    return Path(path)
+    return save_checkpoint(path, state)
 
 
 def previous_of(path: str | os.PathLike[str]) -> Path:
@@ -165,6 +162,42 @@ def _damage_hint(path: Path) -> str:
     return "Rerun the training that wrote it (with --overwrite) to write it again."
 
 
+def _check_plain(obj: Any, where: str) -> None:
+    import torch
+
+    if isinstance(obj, (torch.Tensor, bool, int, float, str, type(None), torch.dtype, torch.device)):
+        return
+    if isinstance(obj, Mapping):
+        for key, value in obj.items():
+            if not isinstance(key, (str, int)):
+                raise ModelError(f"Checkpoint key {where}[{key!r}] is neither str nor int.")
+            _check_plain(value, f"{where}[{key!r}]")
+        return
+    if isinstance(obj, (list, tuple)):
+        for i, value in enumerate(obj):
+            _check_plain(value, f"{where}[{i}]")
+        return
+    hint = "Convert numpy arrays with torch.from_numpy and paths with str()."
+    raise ModelError(f"Checkpoint value {where} is a {type(obj).__name__}, which weights_only loading refuses.", hint)
+
+
+def save_checkpoint(path: str | os.PathLike[str], state: Mapping[str, Any]) -> Path:
+    """Write a training ``state`` dict atomically to ``path`` with ``torch.save``, as is.
+
+    ``state`` may hold tensors, dicts, lists, tuples, numbers, strings and ``None`` only (model / optimizer /
+    scheduler / scaler state dicts and :func:`cxr_tools.runtime.seeding.rng_state` qualify), so that
+    :func:`load_checkpoint` (``torch.load(weights_only=True)``) can read it; anything else is refused here,
+    with the offending key, instead of at resume time. :func:`save_training_state` and :func:`save_model_state`
+    write through it.
+    """
+    import torch
+
+    _check_plain(state, "state")
+    with atomic_path(path) as tmp:
+        torch.save(with_checksum(state), tmp)
+    return Path(path)
+
+
 def load_checkpoint(path: str | os.PathLike[str], map_location: Any = "cpu") -> dict[str, Any]:
     """Load a checkpoint with ``torch.load(weights_only=True)``; unreadable files raise :class:`ModelError`."""
     import pickle
@@ -234,7 +267,6 @@ def save_model_state(
     path: str | os.PathLike[str], model: torch.nn.Module, *, step: int, epoch: int, extra: Mapping[str, Any] | None
 ) -> Path:
     """Atomically write only the weights (``best.pt``): ``{"format", "version", "model", "step", "epoch", "extra"}``."""
-    import torch
 
     state = {
         "format": BEST_FORMAT,
@@ -244,9 +276,7 @@ def save_model_state(
         "epoch": int(epoch),
         "extra": dict(extra or {}),
     }
-    with atomic_path(path) as tmp:
-        torch.save(with_checksum(state), tmp)
-    return Path(path)
+    return save_checkpoint(path, state)
 
 
 class CheckpointPolicy:

@@ -8,17 +8,17 @@ do around their own step, batches and validation.
 3. :func:`make_loop` and :func:`fit`: the :class:`~cxr_tools.runtime.trainer.TrainLoop` (checkpoint policy,
    signals and requeue, AMP, DDP, metrics) built from :class:`~cxr_tools.runtime.options.RunOptions`, and its
    fit with out-of-memory errors turned into an actionable message.
-4. :func:`load_selected` and :func:`model_meta`: the weights that become ``RUN/model/`` (``best.pt`` when there
-   is one) and the one builder of the model card's ``meta``. Writing the directory itself is
-   :func:`cxr_tools.models.checkpoints.save_model_dir`, called by the engine: this layer does not import models
-   (docs/design.md, layers), so the card is described here by duck typing (a cache reader and a model).
+4. :func:`load_selected`: the weights that become ``RUN/model/`` (``best.pt`` when there is one). The model card
+   (:func:`cxr_tools.models.checkpoints.model_meta`) and the folder itself
+   (:func:`cxr_tools.models.checkpoints.save_model_dir`) are models/' and the engine calls them: this layer
+   does not import models (docs/design.md, layers).
 """
 
 from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar, cast
@@ -274,30 +274,6 @@ def finite_or_none(value: Any) -> float | None:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return None
     return float(value)
-
-
-def model_meta(cache: Any, model: Any, labels: Sequence[str], kind: str, extra: dict[str, Any]) -> dict[str, Any]:
-    """The ``meta`` of ``save_model_dir`` for a model trained on ``cache``: the one model-card builder.
-
-    Args:
-        cache: the :class:`~cxr_tools.data.cache.CacheReader` trained on (manifest hash, image size,
-            preprocessing: what a later ``cxr evaluate`` / ``cxr predict`` checks its inputs against).
-        model: the trained model (its ``normalisation`` is the input contract; its ``pretrained`` weight source
-            goes into the lineage record, with the data card of those weights).
-        labels: the label space of the outputs (empty for embeddings and episode-slot heads).
-        kind: the training kind (``supervised``, ``siamese``, ``maml``).
-        extra: the trainer's own settings and results.
-    """
-    return {
-        "labels": list(labels),
-        "training": kind,
-        "cache_manifest_hash": cache.manifest_hash,
-        "image_size": int(min(cache.image_shape)),
-        "normalisation": str(getattr(model, "normalisation", "unit")),
-        "preprocessing": dict(cache.manifest.get("preprocessing") or {}),
-        "pretrained": getattr(model, "pretrained", None),
-        "extra": extra,
-    }
 
 
 def make_optimisation(

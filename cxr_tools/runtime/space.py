@@ -83,7 +83,7 @@ def no_space_as_error(where: str | os.PathLike[str], hint: str | None = None) ->
 
 def check_room(where: str | os.PathLike[str], needed: int, hint: str | None = None) -> None:
     """Refuse, before writing, what cannot fit: ``needed`` bytes at ``where`` (skipped when the free space is
-    unknown). Used where a failed write itself would do harm (HDF5 metadata: module cxr_tools.data.cache)."""
+    unknown). Used where a failed write itself would do harm (HDF5 metadata: module cxr_tools.data.caches.format)."""
     free = free_bytes(where)
     if free is not None and free < needed:
         raise NoSpaceError(

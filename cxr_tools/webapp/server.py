@@ -158,7 +158,7 @@ def _free_port(host: str) -> int:
 def _examples(cache: Path) -> list[str]:
     """A few test-split images of ``cache`` for the Classify tab: their original files (``source_path``), so the
     page decodes them exactly as an upload."""
-    from cxr_tools.data.cache import read_tables, require_complete
+    from cxr_tools.data.caches.format import read_tables, require_complete
 
     _, index = read_tables(require_complete(cache))
     test = index[index["split"].astype(str) == "test"] if "split" in index else index

@@ -2,10 +2,11 @@
 
 Every operation reuses the command-line code path it mirrors, so the page and the CLI cannot disagree:
 
-* decoding: :func:`~cxr_tools.data.imaging.load_image` with the run's recorded operations
-  (:func:`~cxr_tools.data.decode.model_ops`), the function ``cxr predict`` and ``cxr similarity`` use;
+* decoding: :func:`~cxr_tools.data.decoding.imaging.load_image` with the run's recorded operations
+  (:func:`~cxr_tools.data.decoding.for_model.model_ops`), the function ``cxr predict`` and ``cxr similarity`` use;
 * scores: :class:`~cxr_tools.methods.scoring.RunScorer` (eval mode, independent sigmoids per finding) and the
-  CSV rows of :func:`~cxr_tools.data.predictions.format_row` / :func:`~cxr_tools.data.predictions.header`;
+  CSV rows of :func:`~cxr_tools.data.predict_io.predictions.format_row` /
+  :func:`~cxr_tools.data.predict_io.predictions.header`;
 * similarity: :func:`~cxr_tools.models.siamese.embedder` with the run's trained distance, one image at a time;
 * few-shot: :func:`~cxr_tools.methods.adapters.build_adapter` with method ``auto`` (MAML inner loop, fine-tuned
   head, or prototypes, after the run's training kind); the model given to an adapter is never modified.
@@ -26,9 +27,9 @@ from typing import Any
 
 import numpy as np
 
-from cxr_tools.data.decode import model_ops
-from cxr_tools.data.imaging import DICOM_EXTENSIONS, ImageDecodeError, load_image
-from cxr_tools.data.predictions import csv_text, format_row, header
+from cxr_tools.data.decoding.for_model import model_ops
+from cxr_tools.data.decoding.imaging import DICOM_EXTENSIONS, ImageDecodeError, load_image
+from cxr_tools.data.predict_io.predictions import csv_text, format_row, header
 from cxr_tools.errors import ConfigError, InputError, ModelError
 
 log = logging.getLogger(__name__)
@@ -37,7 +38,8 @@ log = logging.getLogger(__name__)
 NEEDS_SUPPORT = ("maml", "protonet", "siamese")
 #: A colour upload whose channels differ by more than this (mean absolute difference, 8-bit) is not an X-ray.
 COLOUR_TOLERANCE = 12.0
-#: Support folder names ``cxr predict --support`` treats as negatives (data/inputs.py); a finding may not use one.
+#: Support folder names ``cxr predict --support`` treats as negatives (data/predict_io/inputs.py); a finding may
+#: not use one.
 NEGATIVE_NAMES = ("negative", "no finding", "normal")
 
 

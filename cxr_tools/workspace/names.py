@@ -104,8 +104,9 @@ def resolve_run(value: str | os.PathLike[str], kinds: Iterable[str] = TRAINING_K
     if not existing:  # an empty workspace: the path as given, for the command's own "does not exist"
         return path
     if found:
-        raise WorkspaceError(f"Several runs are named '{value}': {_listed(_rel(p, root) for p in found)}.",
-                             "Name one as KIND/NAME.")  # fmt: skip
+        raise WorkspaceError(
+            f"Several runs are named '{value}': {_listed(_rel(p, root) for p in found)}.", "Name one as KIND/NAME."
+        )
     raise WorkspaceError(f"No run named '{value}' in {root} (and no such path).", f"Runs there: {_listed(existing)}.")
 
 

@@ -1,4 +1,4 @@
-"""`cxr compare` with seed groups, Holm families, references and the refusals of issue 9 (synthetic evaluations)."""
+"""`cxr compare` with seed groups, Holm families, references and its refusals (synthetic evaluations)."""
 
 from __future__ import annotations
 

@@ -19,8 +19,8 @@ from evaluate_factory import SPLIT, make_eval_cache, make_run
 from typer.testing import CliRunner
 
 from cxr_tools.cli.app import app
-from cxr_tools.data.cache import open_cache
-from cxr_tools.data.splits import meta_split_pools
+from cxr_tools.data.caches.format import open_cache
+from cxr_tools.data.splits.meta import meta_split_pools
 from cxr_tools.models.lineage import load_patient_sets
 
 torch.set_num_threads(1)
@@ -142,7 +142,7 @@ def test_compare_ranks_on_the_harmonic_mean_and_refuses_it_on_standard_evaluatio
 
 def test_a_protonet_run_scores_seen_classes_against_its_base_prototypes(evaluated):
     tmp, cache, _, _ = evaluated
-    from cxr_tools.data.splits import meta_split_pools
+    from cxr_tools.data.splits.meta import meta_split_pools
     from cxr_tools.methods.protonet import MeanDistanceScorer, base_prototypes, distances
     from cxr_tools.models import load_model_dir
 

@@ -11,8 +11,9 @@ from evaluate_factory import SPLIT, make_eval_cache, make_run
 from typer.testing import CliRunner
 
 from cxr_tools.cli.app import app
-from cxr_tools.data.cache import open_cache
-from cxr_tools.data.splits import meta_split_pools, patients_of
+from cxr_tools.data.caches.format import open_cache
+from cxr_tools.data.splits.meta import meta_split_pools
+from cxr_tools.data.splits.patients import patients_of
 from cxr_tools.models import create_model, save_model_dir
 from cxr_tools.models.lineage import load_patient_sets, write_lineage
 

@@ -1,4 +1,4 @@
-"""Issue 11: ``--overwrite`` never deletes a folder the tool did not write, and a second writer of an output being
+"""``--overwrite`` never deletes a folder the tool did not write, and a second writer of an output being
 written is refused with one line naming the holder (exit 1)."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Every command stopped by a real signal exits 128 + the signal after a clean stop (issue 11), so
+"""Every command stopped by a real signal exits 128 + the signal after a clean stop, so
 ``cxr train ... && cxr evaluate ...`` and ``--dependency=afterok`` stop at an unfinished output.
 
 Each test starts the real CLI in a subprocess, waits until it is demonstrably mid-work (its journal, partial file
@@ -23,7 +23,7 @@ import pytest
 from predict_fixtures import make_model_dir
 from script_modules import REPO
 
-from cxr_tools.data.cache import JOURNAL
+from cxr_tools.data.caches.format import JOURNAL
 from cxr_tools.data.synthetic import SyntheticConfig, generate
 from cxr_tools.engine.preprocess import PreprocessConfig, preprocess
 

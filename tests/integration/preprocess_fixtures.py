@@ -10,7 +10,7 @@ import cv2
 import numpy as np
 import pandas as pd
 
-from cxr_tools.data.cache import INDEX, MANIFEST, REJECTED, STORE_FILES
+from cxr_tools.data.caches.format import INDEX, MANIFEST, REJECTED, STORE_FILES
 from cxr_tools.data.labels import NIH_CSV_HEADER, NIH_LABELS
 
 

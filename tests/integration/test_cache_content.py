@@ -1,4 +1,4 @@
-"""Episodes addressed by the cache's content (issue 20, part 6): a byte-identical re-preprocessed cache gives the
+"""Episodes addressed by the cache's content: a byte-identical re-preprocessed cache gives the
 same episodes and ``cxr compare`` accepts it; a cache whose pixels or labels differ is refused, naming what."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import pytest
 from cache_factory import make_cache, make_index
 from evaluate_factory import LABELS, make_eval_cache
 
-from cxr_tools.data.cache import INDEX, MANIFEST, PIXELS_DIGEST, open_cache, pixel_digest
+from cxr_tools.data.caches.format import INDEX, MANIFEST, PIXELS_DIGEST, open_cache, pixel_digest
 from cxr_tools.data.synthetic import SyntheticConfig, generate
 from cxr_tools.engine.compare import CompareConfig, compare
 from cxr_tools.engine.evaluate import EvaluateConfig, evaluate

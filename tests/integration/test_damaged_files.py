@@ -17,7 +17,7 @@ from predict_fixtures import make_model_dir, phantom, write_png
 from typer.testing import CliRunner
 
 from cxr_tools.cli.app import app
-from cxr_tools.data.cache import CHECKSUM_BLOCK_ROWS, STORE_FILES, _npy_layout, open_cache
+from cxr_tools.data.caches.format import CHECKSUM_BLOCK_ROWS, STORE_FILES, _npy_layout, open_cache
 from cxr_tools.errors import CacheError, ModelError
 from cxr_tools.runtime import checkpointing as ckpt
 

@@ -164,7 +164,7 @@ def test_evaluate_predict_and_compare_into_a_full_disk(disk, tmp_path):
 
 def test_an_hdf5_store_whose_metadata_cannot_fit_is_refused_before_hdf5_writes_anything(disk):
     """HDF5 cannot survive failing to write its own metadata (it crashes at exit), so its room is checked first."""
-    from cxr_tools.data.cache import ImageStoreWriter
+    from cxr_tools.data.caches.format import ImageStoreWriter
     from cxr_tools.errors import NoSpaceError
 
     out = disk.path / "c"

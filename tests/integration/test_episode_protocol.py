@@ -15,8 +15,8 @@ from interrupting_progress import Interrupt
 from typer.testing import CliRunner
 
 from cxr_tools.cli.app import app
-from cxr_tools.data.cache import open_cache
-from cxr_tools.data.episodes import EPISODE_LIST_VERSION, index_patients, load_episode_list
+from cxr_tools.data.caches.format import open_cache
+from cxr_tools.data.sampling.episodes import EPISODE_LIST_VERSION, index_patients, load_episode_list
 from cxr_tools.engine.evaluate import EvaluateConfig, evaluate
 from cxr_tools.errors import DataError
 

@@ -12,7 +12,7 @@ import pytest
 import torch
 from evaluate_factory import make_eval_cache, make_run
 
-from cxr_tools.data.cache import open_cache
+from cxr_tools.data.caches.format import open_cache
 from cxr_tools.engine.evaluate import EvaluateConfig, evaluate
 from cxr_tools.methods.embedding_cache import Embedder, EmbeddingStore, feature_key, key_digest, store_for
 

@@ -11,8 +11,8 @@ import torch
 from evaluate_factory import SPLIT, make_eval_cache, make_run
 from interrupting_progress import Interrupt
 
-from cxr_tools.data.cache import open_cache
-from cxr_tools.data.splits import meta_split_pools
+from cxr_tools.data.caches.format import open_cache
+from cxr_tools.data.splits.meta import meta_split_pools
 from cxr_tools.engine.compare import CompareConfig, compare
 from cxr_tools.engine.evaluate import EvaluateConfig, evaluate
 from cxr_tools.errors import ConfigError, DataError, ModelError, OutputExistsError
@@ -276,8 +276,8 @@ def test_an_interrupted_evaluation_with_other_settings_starts_over(setup, tmp_pa
 def test_the_threshold_is_the_one_chosen_on_the_support_scores_alone(setup, kind):
     """Refit episode 0 as evaluate did and choose on its support scores: the saved threshold, whatever the
     queries (they are not passed)."""
-    from cxr_tools.data.episodes import load_episode_list
-    from cxr_tools.eval.run_inputs import architecture_for, load_run
+    from cxr_tools.data.sampling.episodes import load_episode_list
+    from cxr_tools.engine.evaluate.runs import architecture_for, load_run
     from cxr_tools.eval.thresholds import choose_thresholds
     from cxr_tools.methods.adapters import AdaptConfig, build_adapter
     from cxr_tools.methods.episodes import episode_tensors

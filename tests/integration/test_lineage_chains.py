@@ -15,8 +15,9 @@ import pytest
 import torch
 from meta_train_fixtures import tiny_cache, tiny_config
 
-from cxr_tools.data.cache import open_cache
-from cxr_tools.data.splits import meta_split_pools, parse_meta_split, patients_of
+from cxr_tools.data.caches.format import open_cache
+from cxr_tools.data.splits.meta import meta_split_pools, parse_meta_split
+from cxr_tools.data.splits.patients import patients_of
 from cxr_tools.engine.evaluate import EvaluateConfig, evaluate
 from cxr_tools.engine.meta_train import meta_train
 from cxr_tools.engine.train import TrainConfig, train

@@ -1,4 +1,4 @@
-"""The classic N-way K-shot setting on real images (issue 21): single-label class folders without "No Finding",
+"""The classic N-way K-shot setting on real images: single-label class folders without "No Finding",
 so the negatives of an episode are images of the other classes, and two meta-val classes, too few for 2-way
 episodes with negatives. Data: scikit-learn's handwritten digits as class folders (digits_fixtures.py).
 

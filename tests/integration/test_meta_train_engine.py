@@ -11,10 +11,10 @@ import pytest
 import torch
 from meta_train_fixtures import SPLIT, tiny_cache, tiny_config, weights
 
-import cxr_tools.data.episodes as episodes_mod
-from cxr_tools.data.cache import open_cache
-from cxr_tools.data.episodes import EpisodeSampler
-from cxr_tools.data.splits import load_meta_split, meta_split_pools, parse_meta_split
+import cxr_tools.data.sampling.meta_samplers as samplers_mod
+from cxr_tools.data.caches.format import open_cache
+from cxr_tools.data.sampling.episodes import EpisodeSampler
+from cxr_tools.data.splits.meta import load_meta_split, meta_split_pools, parse_meta_split
 from cxr_tools.engine.meta_train import meta_train
 from cxr_tools.models import create_model, load_model_dir, read_model_meta
 from cxr_tools.runtime.seeding import seed_everything
@@ -42,7 +42,7 @@ def trained(tmp_path_factory):
     cache = tiny_cache(tmp)
     RecordingSampler.made = []
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(episodes_mod, "EpisodeSampler", RecordingSampler)  # what meta_split_sampler builds
+        mp.setattr(samplers_mod, "EpisodeSampler", RecordingSampler)  # what meta_split_sampler builds
         result = meta_train(tiny_config(cache, tmp / "run"))
     return cache, tmp / "run", result, list(RecordingSampler.made)
 

@@ -1,5 +1,5 @@
 """Does meta-training learn? On synthetic phantoms, MAML's initialisation adapts to the meta-test classes better
-than a randomly initialised model adapted with the same inner loop, on the same fixed episodes (issue 5 item 5).
+than a randomly initialised model adapted with the same inner loop, on the same fixed episodes.
 
 A small configuration of ``benchmarks/meta_learning_check.py`` (the full figures are in docs/benchmarks.md)."""
 

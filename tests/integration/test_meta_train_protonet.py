@@ -92,8 +92,8 @@ def test_runs_lists_it_as_protonet(trained, monkeypatch):
 
 
 def test_base_prototypes_of_the_meta_train_classes(trained):
-    from cxr_tools.data.cache import open_cache
-    from cxr_tools.data.splits import load_meta_split, meta_split_pools
+    from cxr_tools.data.caches.format import open_cache
+    from cxr_tools.data.splits.meta import load_meta_split, meta_split_pools
     from cxr_tools.methods.protonet import base_prototypes, embedding_fn
     from cxr_tools.models import load_model_dir
     from cxr_tools.models.inputs import to_model_input

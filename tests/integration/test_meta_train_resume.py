@@ -61,7 +61,7 @@ def test_sigterm_then_rerun_resumes_to_identical_weights(tmp_path, algorithm):
         time.sleep(0.02)
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=120)
-    assert proc.returncode == 143, err[-3000:]  # 128 + SIGTERM: a preempted run is not a success (issue 11)
+    assert proc.returncode == 143, err[-3000:]  # 128 + SIGTERM: a preempted run is not a success
     info = json.loads((run / "run.json").read_text())
     assert info["status"] == "interrupted" and info["signal"] == "SIGTERM", err[-3000:]
     stopped = torch.load(run / "checkpoints" / "last.pt", weights_only=True)["step"]

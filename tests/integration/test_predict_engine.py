@@ -11,14 +11,14 @@ import pytest
 import torch
 from predict_fixtures import SIZE, make_mixed_folder, make_model_dir, phantom, read_rows, write_png
 
-from cxr_tools.data.cache import open_cache
-from cxr_tools.data.decode import decode_stream, model_ops
-from cxr_tools.data.imaging import ImageOps
-from cxr_tools.data.inputs import InputItem, list_inputs
-from cxr_tools.data.predictions import parse_thresholds
+from cxr_tools.data.caches.format import open_cache
+from cxr_tools.data.decoding.for_model import decode_stream, model_ops
+from cxr_tools.data.decoding.imaging import ImageOps
+from cxr_tools.data.predict_io.inputs import InputItem, list_inputs
 from cxr_tools.engine.predict import PredictConfig, run_predict
 from cxr_tools.engine.preprocess import PreprocessConfig, preprocess
 from cxr_tools.errors import ConfigError, InputError, ModelError, OutputExistsError
+from cxr_tools.eval.thresholds import parse_thresholds
 from cxr_tools.models import load_model_dir
 from cxr_tools.models.inputs import to_model_input
 from cxr_tools.runtime.progress import RecordingProgress
@@ -33,7 +33,7 @@ def model_dir(tmp_path):
 
 def _reference_probs(model_dir: Path, paths: list[str]) -> np.ndarray:
     """What the model says about each file, decoded by hand one image at a time."""
-    from cxr_tools.data.imaging import load_image
+    from cxr_tools.data.decoding.imaging import load_image
 
     model, meta = load_model_dir(model_dir)
     ops = ImageOps.from_dict(meta["input"]["preprocessing"])
@@ -251,8 +251,8 @@ def test_predict_inputs_equal_the_cache_of_cxr_preprocess(tmp_path):
 
 
 def test_default_decoding_workers_follow_the_device_and_the_input_count(monkeypatch):
-    from cxr_tools.data import preprocess_pipeline
-    from cxr_tools.data.decode import decode_workers
+    from cxr_tools.data.decoding import pipeline as preprocess_pipeline
+    from cxr_tools.data.decoding.for_model import decode_workers
 
     monkeypatch.setattr(preprocess_pipeline, "available_cores", lambda: 16)
     assert decode_workers(3, 10, accelerator=False) == 3  # asked for: always honoured

@@ -10,7 +10,7 @@ import pytest
 import torch
 from predict_fixtures import make_model_dir, read_rows, write_png
 
-from cxr_tools.data.inputs import read_support
+from cxr_tools.data.predict_io.inputs import read_support
 from cxr_tools.engine.predict import PredictConfig, run_predict
 from cxr_tools.errors import DataError, InputError, ModelError
 

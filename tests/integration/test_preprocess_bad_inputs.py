@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from preprocess_fixtures import add_bad_inputs, cache_contents, make_nih
 
-from cxr_tools.data.cache import is_complete, open_cache
+from cxr_tools.data.caches.format import is_complete, open_cache
 from cxr_tools.engine.preprocess import PreprocessConfig, preprocess
 from cxr_tools.errors import DataError
 

@@ -13,7 +13,7 @@ import pytest
 from typer.testing import CliRunner
 
 from cxr_tools.cli.app import app
-from cxr_tools.data.cache import open_cache, verify_cache
+from cxr_tools.data.caches.format import open_cache, verify_cache
 from cxr_tools.data.synthetic import SyntheticConfig, generate
 from cxr_tools.engine.preprocess import MergeConfig, PreprocessConfig, merge, preprocess
 from cxr_tools.errors import CacheError, ConfigError

@@ -9,8 +9,8 @@ import pandas as pd
 import pytest
 from preprocess_fixtures import assert_same_cache, cache_contents, make_nih
 
-from cxr_tools.data.cache import INDEX_META_COLUMNS, SCHEMA_VERSION, open_cache
-from cxr_tools.data.imaging import ImageOps, load_image
+from cxr_tools.data.caches.format import INDEX_META_COLUMNS, SCHEMA_VERSION, open_cache
+from cxr_tools.data.decoding.imaging import ImageOps, load_image
 from cxr_tools.data.labels import NIH_LABELS
 from cxr_tools.engine.preprocess import PreprocessConfig, preprocess
 from cxr_tools.runtime.progress import RecordingProgress

@@ -15,7 +15,7 @@ import pytest
 from interrupting_progress import Interrupt
 from preprocess_fixtures import add_bad_inputs, assert_same_cache, make_nih
 
-from cxr_tools.data.cache import is_complete
+from cxr_tools.data.caches.format import is_complete
 from cxr_tools.engine.preprocess import JOURNAL, PreprocessConfig, preprocess
 from cxr_tools.errors import CacheError, InputError, OutputExistsError
 
@@ -107,7 +107,7 @@ def test_refusals(tmp_path):
     foreign = tmp_path / "notes"
     foreign.mkdir()
     (foreign / "thesis.tex").write_text("precious")
-    for flags in ({"resume": True}, {"overwrite": True}):  # a foreign folder is never deleted (issue 11)
+    for flags in ({"resume": True}, {"overwrite": True}):  # a foreign folder is never deleted
         with pytest.raises(OutputExistsError, match="not a cxr cache"):
             preprocess(PreprocessConfig(src=src, output=foreign, size=32, workers=0, **flags))
     assert (foreign / "thesis.tex").read_text() == "precious"

@@ -7,7 +7,7 @@ import shutil
 import pytest
 from preprocess_fixtures import add_bad_inputs, assert_same_cache, cache_contents, make_nih
 
-from cxr_tools.data.shards import parse_shard, shard_range
+from cxr_tools.data.caches.shards import parse_shard, shard_range
 from cxr_tools.engine.preprocess import MergeConfig, PreprocessConfig, merge, preprocess
 from cxr_tools.errors import CacheError, ConfigError, OutputExistsError
 

@@ -16,9 +16,9 @@ from quirks_corpus import CLASS, gradient, make_quirks
 from typer.testing import CliRunner
 
 from cxr_tools.cli.app import app
-from cxr_tools.data.cache import open_cache
-from cxr_tools.data.imaging import ImageDecodeError, ImageOps, decode_image, load_image
-from cxr_tools.data.inputs import list_inputs
+from cxr_tools.data.caches.format import open_cache
+from cxr_tools.data.decoding.imaging import ImageDecodeError, ImageOps, decode_image, load_image
+from cxr_tools.data.predict_io.inputs import list_inputs
 from cxr_tools.engine.predict import PredictConfig, run_predict
 from cxr_tools.engine.preprocess import PreprocessConfig, preprocess
 
@@ -118,7 +118,7 @@ def test_dicom_samples_through_preprocess_and_predict(tmp_path):
     """pydicom's compressed samples as a DICOM source, a class folder and a predict folder; refusals are rows."""
     from pydicom.data import get_testdata_file
 
-    # one file per transfer syntax of issue 12: JPEG extended 12-bit, JPEG-LS lossless and near-lossless, JPEG
+    # one file per hard transfer syntax: JPEG extended 12-bit, JPEG-LS lossless and near-lossless, JPEG
     # lossless SV1, JPEG baseline, JPEG 2000 lossless and lossy, RLE, deflated, big and implicit little endian
     names = ["JPEG-lossy.dcm", "MR_small_jpeg_ls_lossless.dcm", "JPEGLSNearLossless_16.dcm", "SC_rgb_jpeg_gdcm.dcm"]
     names += ["SC_rgb_jpeg_dcmtk.dcm", "MR_small_jp2klossless.dcm", "693_J2KI.dcm", "MR_small_RLE.dcm"]

@@ -13,8 +13,8 @@ from train_fixtures import assert_same_weights, cxr_command, run_until, syntheti
 from typer.testing import CliRunner
 
 from cxr_tools.cli.app import app
-from cxr_tools.data.cache import open_cache
-from cxr_tools.data.pairs import PairSampler
+from cxr_tools.data.caches.format import open_cache
+from cxr_tools.data.sampling.pairs import PairSampler
 from cxr_tools.engine.train import TrainConfig, train
 from cxr_tools.engine.train_siamese import VAL_PAIRS_KEY, SiameseConfig, _make_backbone, train_siamese
 from cxr_tools.errors import ModelError
@@ -73,7 +73,7 @@ def test_sigterm_then_rerun_ends_with_the_uninterrupted_weights(cache, tmp_path)
     proc = run_until(cxr_command(*args, "-o", str(run)), run, steps=5)
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=60)
-    assert proc.returncode == 143, err  # 128 + SIGTERM: a preempted run is not a success (issue 11)
+    assert proc.returncode == 143, err  # 128 + SIGTERM: a preempted run is not a success
     assert json.loads((run / "run.json").read_text())["status"] == "interrupted"
     rerun = runner.invoke(app, [*args, "-o", str(run), "--json"])
     assert rerun.exit_code == 0, rerun.output

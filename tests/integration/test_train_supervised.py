@@ -15,10 +15,10 @@ from train_fixtures import assert_same_weights, cxr_command, run_until, syntheti
 from typer.testing import CliRunner
 
 from cxr_tools.cli.app import app
-from cxr_tools.data.cache import open_cache
+from cxr_tools.data.caches.format import open_cache
 from cxr_tools.data.labels import METACHEST_SPLIT, apply_uncertainty
-from cxr_tools.data.sampling import class_weights
-from cxr_tools.data.splits import METACHEST, meta_split_pools
+from cxr_tools.data.sampling.balance import class_weights
+from cxr_tools.data.splits.meta import METACHEST, meta_split_pools
 from cxr_tools.engine.train import TrainConfig, train
 from cxr_tools.methods.scratch import run_budget
 from cxr_tools.models import create_model, load_model_dir

@@ -13,7 +13,7 @@ import yaml
 from typer.testing import CliRunner
 
 from cxr_tools.cli.app import app
-from cxr_tools.data.predictions import csv_text, thresholds_path
+from cxr_tools.data.predict_io.predictions import csv_text, thresholds_path
 from cxr_tools.engine.similarity import SimilarityConfig, run_similarity
 from cxr_tools.errors import ConfigError, InputError, ModelError, OutputExistsError
 from cxr_tools.webapp.results import find_results, load_results

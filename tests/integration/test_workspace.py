@@ -1,4 +1,4 @@
-"""Issue 15 end to end: in a fresh CXR_HOME the usage lines work with no path on the command line.
+"""Workspace end to end: in a fresh CXR_HOME the usage lines work with no path on the command line.
 
 ``cxr download synthetic``, ``cxr preprocess``, ``cxr train-siamese``, ``cxr meta-train --shots 7`` (interrupted,
 then rerun: it resumes the same run directory), ``cxr evaluate``, ``cxr predict dir/ -o out.csv`` and ``cxr runs``;

@@ -1,4 +1,4 @@
-"""Caches on shared file systems (issue 11): HDF5 is read without HDF5's file locks, and an unreadable store is
+"""Caches on shared file systems: HDF5 is read without HDF5's file locks, and an unreadable store is
 reported, never taken for "no store"."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import h5py
 import numpy as np
 import pytest
 
-from cxr_tools.data.cache import H5_DATASET, ImageStoreWriter, open_h5_readonly
+from cxr_tools.data.caches.format import H5_DATASET, ImageStoreWriter, open_h5_readonly
 from cxr_tools.errors import CacheError
 
 

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cxr_tools.data.cache import (
+from cxr_tools.data.caches.format import (
     INDEX,
     INDEX_META_COLUMNS,
     ImageStoreWriter,

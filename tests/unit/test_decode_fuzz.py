@@ -18,8 +18,8 @@ from hypothesis import strategies as st
 from hypothesis.configuration import set_hypothesis_home_dir
 from pydicom import uid
 
-from cxr_tools.data.imaging import ImageDecodeError, ImageOps, decode_image, load_image
-from cxr_tools.data.preprocess_pipeline import ChunkTask, process_chunk
+from cxr_tools.data.decoding.imaging import ImageDecodeError, ImageOps, decode_image, load_image
+from cxr_tools.data.decoding.pipeline import ChunkTask, process_chunk
 
 # derandomized and without an example database: the same examples every run; Hypothesis' cache of the constants
 # it finds in the source goes to the temp dir, so nothing is written into the repository

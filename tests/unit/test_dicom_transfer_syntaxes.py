@@ -14,8 +14,8 @@ from dicom_fixtures import dx_dataset, set_pixels
 from pydicom import uid
 from pydicom.data import get_testdata_file
 
-from cxr_tools.data.dicom_pixels import PLUGIN_PACKAGES, _pixel_reason, repair_sequential_scans
-from cxr_tools.data.imaging import ImageDecodeError, decode_image, to_uint8
+from cxr_tools.data.decoding.dicom_pixels import PLUGIN_PACKAGES, _pixel_reason, repair_sequential_scans
+from cxr_tools.data.decoding.imaging import ImageDecodeError, decode_image, to_uint8
 
 
 def bundled(name: str) -> str:

@@ -1,4 +1,4 @@
-"""Downloads tell a local write error from a network failure, and honour ``Retry-After`` (issue 11), against the
+"""Downloads tell a local write error from a network failure, and honour ``Retry-After``, against the
 real loopback HTTP server."""
 
 from __future__ import annotations

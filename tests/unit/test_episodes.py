@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 
-from cxr_tools.data.episodes import (
+from cxr_tools.data.sampling.episodes import (
     EPISODE_LIST_VERSION,
     EpisodeSampler,
     EpisodeSpec,

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from cxr_tools.data.episodes import (
+from cxr_tools.data.sampling.episodes import (
     Episode,
     EpisodeSampler,
     EpisodeSpec,

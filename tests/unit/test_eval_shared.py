@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from cxr_tools.config import fields_from
+from cxr_tools.engine.compare.output import COMPARISON_FILES, write_comparison
 from cxr_tools.errors import OutputExistsError
-from cxr_tools.eval.compare_output import COMPARISON_FILES, write_comparison
 from cxr_tools.methods.prototypes import embedding_function
 from cxr_tools.models import create_model
 from cxr_tools.models.siamese import embedder

@@ -11,7 +11,7 @@ import pytest
 from dicom_fixtures import dx_dataset, set_pixels
 from pydicom.dataset import Dataset
 
-from cxr_tools.data.imaging import ImageDecodeError, ImageOps, decode_image, load_image, to_uint8
+from cxr_tools.data.decoding.imaging import ImageDecodeError, ImageOps, decode_image, load_image, to_uint8
 from cxr_tools.errors import CxrError, InputError
 
 

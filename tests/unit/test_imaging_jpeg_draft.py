@@ -9,7 +9,7 @@ import cv2
 import numpy as np
 import pytest
 
-from cxr_tools.data.imaging import ImageDecodeError, ImageOps, _jpeg_draft_factor, decode_image, load_image
+from cxr_tools.data.decoding.imaging import ImageDecodeError, ImageOps, _jpeg_draft_factor, decode_image, load_image
 
 
 def _phantom(h: int, w: int, seed: int = 0) -> np.ndarray:

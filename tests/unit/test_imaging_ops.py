@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from cxr_tools.data.imaging import ImageOps, apply_ops
+from cxr_tools.data.decoding.imaging import ImageOps, apply_ops
 from cxr_tools.errors import ConfigError, InputError
 
 

@@ -19,8 +19,8 @@ import pyspng
 import pytest
 from PIL import Image
 
-from cxr_tools.data import imaging
-from cxr_tools.data.imaging import ImageDecodeError, ImageOps, decode_image, decode_png_spng, load_image
+from cxr_tools.data.decoding import imaging
+from cxr_tools.data.decoding.imaging import ImageDecodeError, ImageOps, decode_image, decode_png_spng, load_image
 
 
 def _phantom(h: int, w: int, top: int, seed: int) -> np.ndarray:

@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 from cache_factory import make_index
 
-from cxr_tools.data.label_stats import compute_stats
+from cxr_tools.data.caches.label_stats import compute_stats
 
 LABELS = ("A", "B", "C", "D")
 # blanks and padded names must merge ("" → unassigned / unknown, " val" → val); > 16 views with tied counts

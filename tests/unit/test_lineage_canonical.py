@@ -1,5 +1,5 @@
 """Lineage through everything a model started from, compared canonically: external weights' data cards, class
-names spelled differently, and patient ids written differently by different sources (issue 20, part 5)."""
+names spelled differently, and patient ids written differently by different sources."""
 
 from __future__ import annotations
 

@@ -9,7 +9,7 @@ import pytest
 from lineage_helpers import META
 from lineage_helpers import make_model as _model
 
-from cxr_tools.data.splits import patients_of
+from cxr_tools.data.splits.patients import patients_of
 from cxr_tools.models.lineage import (
     PATIENTS_FILE,
     find_leak,

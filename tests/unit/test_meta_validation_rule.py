@@ -1,4 +1,4 @@
-"""Meta-validation is always possible or refused, never skipped in silence (issue 21 item 2), and the collapse
+"""Meta-validation is always possible or refused, never skipped in silence, and the collapse
 watch of meta-training (item 3), on real caches written by the cache factory."""
 
 from __future__ import annotations
@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from cache_factory import make_cache
 
-from cxr_tools.data.cache import open_cache
-from cxr_tools.data.episodes import EpisodeSpec
-from cxr_tools.data.splits import meta_samplers
+from cxr_tools.data.caches.format import open_cache
+from cxr_tools.data.sampling.episodes import EpisodeSpec
+from cxr_tools.data.sampling.meta_samplers import meta_samplers
 from cxr_tools.errors import DataError
 from cxr_tools.methods.collapse import STRETCH, CollapseWatch, beats_prior, is_flat, unusable
 

@@ -10,15 +10,8 @@ import pytest
 import torch
 
 from cxr_tools.errors import ModelError
-from cxr_tools.models import (
-    check_compatible,
-    create_model,
-    load_checkpoint,
-    load_model_dir,
-    read_model_meta,
-    save_checkpoint,
-    save_model_dir,
-)
+from cxr_tools.models import check_compatible, create_model, load_model_dir, read_model_meta, save_model_dir
+from cxr_tools.runtime.checkpointing import load_checkpoint, save_checkpoint
 from cxr_tools.runtime.seeding import rng_state, set_rng_state
 
 torch.set_num_threads(1)

@@ -7,7 +7,7 @@ import pytest
 from cache_factory import chexpert_sample_index, make_index, nih_sample_index
 
 from cxr_tools.data.labels import CHEXPERT_LABELS, NIH_LABELS
-from cxr_tools.data.pairs import PairSampler, frontal_rows
+from cxr_tools.data.sampling.pairs import PairSampler, frontal_rows
 from cxr_tools.errors import DataError
 
 

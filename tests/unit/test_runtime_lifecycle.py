@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from cxr_tools.errors import ModelError, OutputExistsError
+from cxr_tools.models.checkpoints import model_meta
 from cxr_tools.runtime import distributed, lifecycle
 from cxr_tools.runtime.checkpointing import save_model_state
 from cxr_tools.runtime.distributed import DistInfo
@@ -72,7 +73,7 @@ def test_model_meta_describes_the_input_contract_and_the_cache():
     model = torch.nn.Linear(2, 1)
     model.normalisation = "xrv"
     model.pretrained = "xrv"
-    meta = lifecycle.model_meta(_Cache(), model, ("A", "B"), "supervised", {"best_epoch": 2})
+    meta = model_meta(_Cache(), model, ("A", "B"), "supervised", {"best_epoch": 2})
     assert meta == {
         "labels": ["A", "B"],
         "training": "supervised",

@@ -20,7 +20,7 @@ REPO = Path(__file__).resolve().parents[2]
 _STARTER = """
 import json, os, sys, threading, time
 from multiprocessing import forkserver, resource_tracker
-from cxr_tools.data.preprocess_pipeline import ordered_map
+from cxr_tools.data.decoding.pipeline import ordered_map
 
 def children(parent):
     found = []

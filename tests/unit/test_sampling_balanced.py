@@ -7,11 +7,11 @@ import pytest
 import torch
 from cache_factory import make_cache
 
-from cxr_tools.data.cache import open_cache
+from cxr_tools.data.caches.format import open_cache
 from cxr_tools.data.labels import apply_uncertainty
-from cxr_tools.data.sampling import BalancedSampler, class_weights
-from cxr_tools.data.selection import split_rows
-from cxr_tools.data.torch_data import LabelledBatches, make_batch_loader, plan_batches
+from cxr_tools.data.sampling.balance import BalancedSampler, class_weights
+from cxr_tools.data.sampling.batches import LabelledBatches, make_batch_loader, plan_batches
+from cxr_tools.data.sampling.selection import split_rows
 from cxr_tools.errors import DataError
 from cxr_tools.runtime.distributed import SINGLE
 

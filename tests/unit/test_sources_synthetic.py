@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from cxr_tools.data.imaging import ImageOps, load_image
+from cxr_tools.data.decoding.imaging import ImageOps, load_image
 from cxr_tools.data.sources import detect_source, load_source
 from cxr_tools.data.synthetic import SyntheticConfig, generate
 

@@ -9,7 +9,7 @@ import pytest
 from cache_factory import NIH_SAMPLE, make_index, nih_sample_index
 
 from cxr_tools.data.labels import NIH_LABELS
-from cxr_tools.data.splits import (
+from cxr_tools.data.splits.meta import (
     META_SPLIT_FILE,
     METACHEST,
     MetaSplit,

@@ -8,7 +8,7 @@ import pytest
 from cache_factory import NIH_SAMPLE, make_index, nih_sample_index
 
 from cxr_tools.data.labels import NIH_LABELS
-from cxr_tools.data.splits import assign_splits, check_fractions, check_patient_disjoint
+from cxr_tools.data.splits.patients import assign_splits, check_fractions, check_patient_disjoint
 from cxr_tools.errors import ConfigError, DataError
 
 

@@ -1,4 +1,4 @@
-"""The trainers' batch loader (data/torch_data.py): what `cxr train` and `cxr train-siamese` read, batch by batch.
+"""The trainers' batch loader (data/sampling/batches.py): what `cxr train` and `cxr train-siamese` read, batch by batch.
 
 Images in [0, 1] with the plausible augmentation keyed by (seed, epoch, position), identical in worker processes,
 every global batch split over ranks, labels and masks aligned with their rows.
@@ -13,9 +13,9 @@ import pytest
 import torch
 from cache_factory import make_cache
 
-from cxr_tools.data.cache import open_cache
+from cxr_tools.data.caches.format import open_cache
 from cxr_tools.data.labels import apply_uncertainty
-from cxr_tools.data.torch_data import (
+from cxr_tools.data.sampling.batches import (
     Augment,
     CacheImages,
     LabelledBatches,

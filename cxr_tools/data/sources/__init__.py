@@ -61,7 +61,7 @@ def _scan_files(root: Path) -> str | None:
     """``dicom`` or ``folder`` from the first files under ``root``; None when neither fits."""
     import os
 
-    from cxr_tools.data.imaging import DICOM_EXTENSIONS, IMAGE_EXTENSIONS
+    from cxr_tools.data.decoding.imaging import DICOM_EXTENSIONS, IMAGE_EXTENSIONS
     from cxr_tools.data.sources.dicom import is_dicom_candidate
 
     raster = dicom = in_subfolder = 0

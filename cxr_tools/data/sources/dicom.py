@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from cxr_tools.data.imaging import DICOM_EXTENSIONS, IMAGE_EXTENSIONS
+from cxr_tools.data.decoding.imaging import DICOM_EXTENSIONS, IMAGE_EXTENSIONS
 from cxr_tools.data.sources.table import (
     BASE_COLUMNS,
     SourceTable,

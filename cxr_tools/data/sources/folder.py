@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cxr_tools.data.imaging import IMAGE_EXTENSIONS
+from cxr_tools.data.decoding.imaging import IMAGE_EXTENSIONS
 from cxr_tools.data.sources.table import SourceTable, finish, is_hidden, view_mask, walk_files
 from cxr_tools.errors import DataError
 

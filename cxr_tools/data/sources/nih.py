@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from cxr_tools.data.imaging import IMAGE_EXTENSIONS
+from cxr_tools.data.decoding.imaging import IMAGE_EXTENSIONS
 from cxr_tools.data.labels import NIH_LABELS, parse_nih_findings
 from cxr_tools.data.sources.table import (
     SourceTable,

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from cxr_tools.data.imaging import IMAGE_EXTENSIONS
+from cxr_tools.data.decoding.imaging import IMAGE_EXTENSIONS
 from cxr_tools.errors import DataError
 
 log = logging.getLogger(__name__)

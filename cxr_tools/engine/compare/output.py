@@ -12,8 +12,14 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
+
+from cxr_tools.config import to_json
 from cxr_tools.eval.metrics import format_p
-from cxr_tools.runtime.outputs import OutputSpec, previous_release
+from cxr_tools.eval.plots import plot_grouped_bars
+from cxr_tools.eval.report import write_table
+from cxr_tools.runtime.fs import atomic_write_text
+from cxr_tools.runtime.outputs import OutputSpec, claim, decide, previous_release
 
 LEAK_MARK = "⚠ LEAK"
 COMPARISON_FILES: tuple[str, ...] = ("comparison.csv", "comparison.md", "comparison.png", "comparison.json")
@@ -131,7 +137,6 @@ def _fmt(value: float | None, digits: int = 3) -> str:
 
 def comparison_table(result: Any) -> Any:
     """The ranking as a DataFrame (the rows of ``comparison.csv``)."""
-    import pandas as pd
 
     records = []
     for row in result.rows:
@@ -231,11 +236,6 @@ def write_comparison(result: Any, out: Path, *, overwrite: bool) -> list[Path]:
     """Write comparison.{csv,md,png,json} into ``out`` under the one output policy
     (:data:`COMPARISON_SPEC`): an existing comparison needs ``overwrite``, which removes only what cxr recorded
     writing there; a folder that is not a cxr comparison is refused (nothing there is deleted)."""
-    from cxr_tools.config import to_json
-    from cxr_tools.eval.plots import plot_grouped_bars
-    from cxr_tools.eval.report import write_table
-    from cxr_tools.runtime.fs import atomic_write_text
-    from cxr_tools.runtime.outputs import claim, decide
 
     claim(decide(out, COMPARISON_SPEC, overwrite=overwrite))
     name = metric_name(result.metric, result.threshold)

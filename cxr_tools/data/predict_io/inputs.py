@@ -3,7 +3,7 @@
 An **input list** comes from one of three things a user has at hand:
 
 * a folder: every image under it, recursively, in sorted order (extensions of
-  :data:`~cxr_tools.data.imaging.IMAGE_EXTENSIONS`, plus extension-less files with the DICOM ``DICM`` magic,
+  :data:`~cxr_tools.data.decoding.imaging.IMAGE_EXTENSIONS`, plus extension-less files with the DICOM ``DICM`` magic,
   as PACS exports name them). Other files (``README.txt``, ``labels.csv``) are not images the user asked
   about: they are skipped and counted, never turned into error rows;
 * a single image file;
@@ -31,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cxr_tools.data.imaging import IMAGE_EXTENSIONS
+from cxr_tools.data.decoding.imaging import IMAGE_EXTENSIONS
 from cxr_tools.errors import DataError, InputError
 
 log = logging.getLogger(__name__)

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from cxr_tools.data import cache as cache_mod
+from cxr_tools.data.caches import format as cache_mod
 from cxr_tools.errors import CacheError, ConfigError
 from cxr_tools.runtime.progress import Progress, null_progress
 

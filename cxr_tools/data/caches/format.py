@@ -55,7 +55,8 @@ INDEX_META_COLUMNS: tuple[str, ...] = (
     "split",
 )
 #: Column of a cache holding several datasets (``cxr preprocess --merge``): the dataset each row came from. Its
-#: ``image_id``, ``patient_id`` and ``study`` are then qualified, ``DATASET:ID`` (:mod:`cxr_tools.data.datasets`).
+#: ``image_id``, ``patient_id`` and ``study`` are then qualified, ``DATASET:ID``
+#: (:mod:`cxr_tools.data.caches.datasets`).
 DATASET_COLUMN = "dataset"
 # Read these as strings so ids like "00000001" keep their zeros.
 _STRING_COLUMNS = ("image_id", "source_path", "patient_id", "study", "view", "sex", "split", DATASET_COLUMN)

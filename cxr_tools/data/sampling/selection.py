@@ -1,7 +1,7 @@
 """Which label columns and cache rows a supervised or Siamese trainer uses (``--classes``, ``--meta-split``).
 
 ``--classes base`` selects the meta-split's meta-train classes *and* the meta-train image pool (images carrying no
-meta-val / meta-test finding, :func:`~cxr_tools.data.splits.meta_split_pools` with ``--pool-seed``): the
+meta-val / meta-test finding, :func:`~cxr_tools.data.splits.meta.meta_split_pools` with ``--pool-seed``): the
 pre-training of the few-shot fine-tune baseline, whose held-out classes must never have been trained, neither as
 a head column nor through their images.
 """
@@ -15,8 +15,8 @@ from typing import Any
 
 import numpy as np
 
-from cxr_tools.data.cache import CacheReader, open_cache
-from cxr_tools.data.splits import MetaSplit
+from cxr_tools.data.caches.format import CacheReader, open_cache
+from cxr_tools.data.splits.meta import MetaSplit
 from cxr_tools.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
@@ -24,7 +24,7 @@ log = logging.getLogger(__name__)
 
 def base_split(cache: CacheReader, classes: Sequence[str], meta_split: str | None) -> MetaSplit | None:
     """The meta-split of ``--classes base`` (``meta_split``, else the cache's, else MetaChest); None otherwise."""
-    from cxr_tools.data.splits import load_meta_split, parse_meta_split
+    from cxr_tools.data.splits.meta import load_meta_split, parse_meta_split
 
     if [c.strip().lower() for c in classes if c and c.strip()] != ["base"]:
         return None
@@ -44,7 +44,7 @@ def resolve_classes(
     cache: CacheReader, classes: Sequence[str], meta_split: str | None, pool_seed: int = 0
 ) -> tuple[list[str], np.ndarray | None]:
     """The label columns to use and, for ``base``, the meta-train image pool of ``pool_seed`` (cache rows)."""
-    from cxr_tools.data.splits import meta_split_pools
+    from cxr_tools.data.splits.meta import meta_split_pools
 
     names = [c.strip() for c in classes if c and c.strip()]
     if not names or [n.lower() for n in names] == ["all"]:

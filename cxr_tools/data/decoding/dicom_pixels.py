@@ -1,4 +1,4 @@
-"""DICOM pixel data to the 2-D grayscale array :func:`~cxr_tools.data.imaging.decode_image` returns.
+"""DICOM pixel data to the 2-D grayscale array :func:`~cxr_tools.data.decoding.imaging.decode_image` returns.
 
 Every transfer syntax an X-ray archive writes decodes through pydicom's pixel plugins, which cxr-tools declares
 as dependencies: uncompressed (implicit / explicit little endian, big endian, deflated) and RLE natively,
@@ -19,7 +19,7 @@ What the pixels become:
   scored as if it were one; the reason names the frame count and says to export the frame wanted;
 * no pixel data (a structured report, a presentation state): reported.
 
-Failures raise :class:`~cxr_tools.data.imaging.ImageDecodeError` with a reason that names the transfer syntax
+Failures raise :class:`~cxr_tools.data.decoding.imaging.ImageDecodeError` with a reason that names the transfer syntax
 and the decoder's own words; never "install a plugin" unless a declared dependency is really missing.
 """
 
@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from cxr_tools.data.imaging import ImageDecodeError, minmax, to_gray
+from cxr_tools.data.decoding.imaging import ImageDecodeError, minmax, to_gray
 
 log = logging.getLogger(__name__)
 

@@ -1,71 +1,45 @@
-"""The measuring loops of ``cxr evaluate`` (docs/science.md) and the files they write.
+"""The measuring loops of ``cxr evaluate`` (docs/science.md); the files they fill are written by
+:mod:`cxr_tools.engine.evaluate.summary`.
 
 * **Per episode**, the method (:mod:`cxr_tools.methods.adapters`) adapts to the support set (its randomness,
   e.g. a fresh head, from the generator ``(seed, i)``) and scores the queries in eval mode, batch-independently.
   Per episode class: AUC and AP (threshold-free), F1 / precision / recall at the threshold of the rule
   (:mod:`cxr_tools.eval.thresholds`: with ``support``, chosen per class on the support set's own scores after
   adaptation, never on the queries; saved as ``threshold`` in episodes.csv and scores.csv).
-* **Aggregates**: per class, the mean over the episodes containing it; overall, the mean over episodes of the
-  episode's mean over its classes; each with the interval of the variance model (:mod:`cxr_tools.eval.variance`:
-  episodes, support and query patients), fitted on the design written to ``episode_patients.csv``.
 * **Siamese runs** also get the pair AUC and the similarity accuracy (at the run's validation threshold) on a
-  fixed balanced pair set from the meta-test pool (:class:`~cxr_tools.data.pairs.PairSampler`), embedded with
+  fixed balanced pair set from the meta-test pool (:class:`~cxr_tools.data.sampling.pairs.PairSampler`), embedded with
   :func:`~cxr_tools.models.siamese.embedder`.
 
 Episode ``i`` draws its randomness from ``(seed, i)`` alone and the pair set from its own seed key, so results
-do not depend on an interruption (:mod:`cxr_tools.eval.journal`).
+do not depend on an interruption (:mod:`cxr_tools.engine.evaluate.journal`).
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import torch
 
+from cxr_tools.data.sampling.pairs import PairSampler
+from cxr_tools.eval.metrics import class_metrics, episode_metrics, mean_ci
+from cxr_tools.eval.thresholds import episode_thresholds
+from cxr_tools.methods.episodes import episode_tensors
+from cxr_tools.models.inputs import to_model_input
+from cxr_tools.models.siamese import embedder, similarity, trained_distance
 from cxr_tools.runtime.progress import Progress
+from cxr_tools.runtime.seeding import make_generator, numpy_generator
 
 if TYPE_CHECKING:
-    from cxr_tools.data.cache import CacheReader
-    from cxr_tools.data.episodes import Episode
-    from cxr_tools.data.splits import MetaSplit
-    from cxr_tools.eval.journal import EpisodeJournal
+    from cxr_tools.data.caches.format import CacheReader
+    from cxr_tools.data.sampling.episodes import Episode
+    from cxr_tools.data.splits.meta import MetaSplit
+    from cxr_tools.engine.evaluate.journal import EpisodeJournal
     from cxr_tools.eval.thresholds import ThresholdRule
     from cxr_tools.methods.embedding_cache import EpisodeFeatures
 
 PAIR_KEY = 104729  # seed key of the Siamese pair set, apart from the episodes' (seed, i)
-EPISODES_CSV = "episodes.csv"
-SCORES_CSV = "scores.csv"
-PATIENTS_CSV = "episode_patients.csv"
-PLOTS_DIR = "plots"
-
-
-def episode_patients(cache: CacheReader, episodes: Sequence[Episode]) -> Any:
-    """``episode_patients.csv``: every patient of every episode with its role (``support`` / ``query``), the
-    design the variance model (:mod:`cxr_tools.eval.variance`) needs to count patients reused across episodes."""
-    import pandas as pd
-
-    ids = cache.index["patient_id"].astype(str).to_numpy()
-    frames = []
-    for i, ep in enumerate(episodes):
-        for role, rows in (("support", ep.support_rows), ("query", ep.query_rows)):
-            frames.append(pd.DataFrame({"episode": i, "role": role, "patient": ids[np.asarray(rows, dtype=np.int64)]}))
-    if not frames:
-        return pd.DataFrame(columns=["episode", "role", "patient"])
-    return pd.concat(frames, ignore_index=True)
-
-
-def variance_record(design: Any) -> dict[str, Any]:
-    """summary.json's ``variance``: which model made every interval, over how many episodes and patients."""
-    return {
-        "model": "episodes+patients (crossed random effects, REML)",
-        "episodes": design.episodes,
-        "patients": design.patients,
-        "design": PATIENTS_CSV,
-        "confidence": 0.95,
-    }
 
 
 def run_episodes(
@@ -86,10 +60,6 @@ def run_episodes(
     With ``features`` (a frozen-feature method), the images of every episode left to run are embedded once
     (or found in its store) and each episode indexes their rows: the same scores, without embedding an image
     again per episode (:mod:`cxr_tools.methods.embedding_cache`)."""
-    from cxr_tools.eval.metrics import episode_metrics
-    from cxr_tools.eval.thresholds import episode_thresholds
-    from cxr_tools.methods.episodes import episode_tensors
-    from cxr_tools.runtime.seeding import make_generator
 
     records: list[dict[str, Any]] = []
     scores: list[dict[str, Any]] = []
@@ -163,13 +133,6 @@ def pair_metrics(
     progress: Progress,
 ) -> dict[str, Any]:
     """Pair AUC and similarity accuracy of a Siamese run on a fixed balanced pair set from the meta-test pool."""
-    import torch
-
-    from cxr_tools.data.pairs import PairSampler
-    from cxr_tools.eval.metrics import class_metrics, mean_ci
-    from cxr_tools.models.inputs import to_model_input
-    from cxr_tools.models.siamese import embedder, similarity, trained_distance
-    from cxr_tools.runtime.seeding import numpy_generator
 
     extra = dict(meta.get("extra") or {})
     rule = str(extra.get("pair_rule") or "same-set")
@@ -202,75 +165,4 @@ def pair_metrics(
         "accuracy_ci95": acc.ci95,
         "threshold": threshold,
         "threshold_source": "the run's validation threshold" if run_threshold is not None else "default 0.5",
-    }
-
-
-def json_safe(obj: Any) -> Any:
-    """NaN / inf as None (JSON has no NaN), recursively."""
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, Mapping):
-        return {k: json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [json_safe(v) for v in obj]
-    return obj
-
-
-def write_results(
-    out: Path,
-    records: list[dict[str, Any]],
-    scores: list[dict[str, Any]],
-    cache: CacheReader,
-    classes: Sequence[str],
-    episodes: Sequence[Episode],
-    rule: ThresholdRule,
-    title: str | None,
-    seen: Sequence[str] = (),
-) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any], list[Path], dict[str, Any] | None]:
-    """Write ``episodes.csv``, ``scores.csv`` (with each query's patient), ``episode_patients.csv`` and, with a
-    ``title``, the plots; return ``(per_class, overall, variance record, files, generalized)``, what summary.json
-    records (``generalized``: seen / unseen / harmonic, None for standard episodes; ``seen``: the seen classes)."""
-    import pandas as pd
-
-    from cxr_tools.eval.report import aggregate, evaluation_plots, generalized_summary, metrics_of, write_table
-    from cxr_tools.eval.variance import design_from_tables
-
-    table = pd.DataFrame.from_records(records)
-    score_table = pd.DataFrame.from_records(scores)
-    score_table["patient"] = cache.index["patient_id"].astype(str).to_numpy()[score_table["row"].to_numpy(int)]
-    patients = episode_patients(cache, episodes)
-    design = design_from_tables(patients, range(len(episodes)))
-    metrics = metrics_of(rule)
-    per_class, overall = aggregate(table, [*classes, *seen], metrics, design)
-    generalized = None
-    if seen:
-        generalized = generalized_summary(
-            table, metrics, design, [c for c in seen if c in per_class], [c for c in classes if c in per_class]
-        )
-    files = [
-        write_table(out / EPISODES_CSV, table),
-        write_table(out / SCORES_CSV, score_table),
-        write_table(out / PATIENTS_CSV, patients),
-    ]
-    if title is not None:
-        files += evaluation_plots(out / PLOTS_DIR, score_table, per_class, overall, rule, title=title)
-    return per_class, overall, variance_record(design), files, generalized
-
-
-def provenance(seconds: float, device: str) -> dict[str, Any]:
-    """What summary.json records about how and when it was computed."""
-    import datetime as dt
-
-    import torch
-
-    from cxr_tools import __version__
-    from cxr_tools.runtime.versions import library_versions
-
-    return {
-        "seconds": round(seconds, 3),
-        "device": device,
-        "tool_version": __version__,
-        "torch_version": torch.__version__.split("+")[0],
-        "versions": library_versions(),
-        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
     }

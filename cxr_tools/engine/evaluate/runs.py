@@ -11,6 +11,7 @@ lineage record. ``--allow-leak`` evaluates it anyway and says so in ``leak``.
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -19,19 +20,26 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from cxr_tools.data.sampling.episodes import EpisodeSampler, GeneralizedSampler, episode_list_hash, index_patients
+from cxr_tools.data.splits.meta import meta_split_pools, parse_meta_split, resolve_meta_split
+from cxr_tools.data.splits.patients import patients_of
 from cxr_tools.errors import ConfigError, DataError, ModelError
+from cxr_tools.methods.adapters import AUTO_METHOD
+from cxr_tools.models import check_compatible, load_model_dir
+from cxr_tools.models.checkpoints import read_model_meta
+from cxr_tools.models.lineage import find_leak, load_patient_sets, recorded_pool_seed
+from cxr_tools.models.registry import model_card
 
 if TYPE_CHECKING:
-    from cxr_tools.data.cache import CacheReader
-    from cxr_tools.data.episodes import Episode, EpisodeSpec
-    from cxr_tools.data.splits import MetaSplit
+    from cxr_tools.data.caches.format import CacheReader
+    from cxr_tools.data.sampling.episodes import Episode, EpisodeSpec
+    from cxr_tools.data.splits.meta import MetaSplit
 
 log = logging.getLogger(__name__)
 
 
 def load_run(run: Path) -> tuple[Any, dict[str, Any]]:
     """``(model, meta)`` of a finished run; a clear :class:`ModelError` for a run that never finished."""
-    from cxr_tools.models import load_model_dir
 
     run = Path(run)
     if not run.exists():
@@ -46,7 +54,6 @@ def load_run(run: Path) -> tuple[Any, dict[str, Any]]:
 
 def check_data_fits(meta: Mapping[str, Any], cache: CacheReader) -> None:
     """Refuse a cache whose image size, preprocessing or label space differs from what the model was trained on."""
-    from cxr_tools.models import check_compatible
 
     check_compatible(meta, image_size=int(cache.image_shape[0]), channels=1)
     mine = dict((meta.get("input") or {}).get("preprocessing") or {})
@@ -72,7 +79,6 @@ def resolve_split(
 ) -> MetaSplit:
     """``auto``: the MAML run's meta-split; without a run, the ``--match`` run's (its evaluation's, else the one it
     trained with); else the cache's saved one, else MetaChest. Any other ``spec`` is parsed."""
-    from cxr_tools.data.splits import parse_meta_split, resolve_meta_split
 
     auto = (spec or "auto").strip().lower() == "auto"
     run_split = ((meta or {}).get("extra") or {}).get("meta_split")
@@ -99,7 +105,6 @@ def _matched_split(matched: MatchedRun) -> Mapping[str, Any] | None:
 
 def default_output(run: Path | None, method_label: str, kind: str | None) -> Path:
     """``RUN/eval`` for the run's own method, ``RUN/eval-<method>`` for another (a run dir, not ``RUN/model``)."""
-    from cxr_tools.methods.adapters import AUTO_METHOD
 
     if run is None:
         raise ConfigError(f"Evaluating without a run (--method {method_label}) needs an output: -o OUT.")
@@ -146,7 +151,6 @@ def matched_run(match: Path | None, method: str) -> MatchedRun | None:
         return None
     if method != "scratch":
         raise ConfigError(f"--match applies to --method scratch, not {method}.", "Drop --match.")
-    from cxr_tools.models.checkpoints import read_model_meta
 
     match = Path(match)
     if not match.exists():
@@ -181,8 +185,6 @@ def _matched_evaluation(match: Path) -> Path | None:
 
 
 def _read_summary(evaluation: Path) -> dict[str, Any]:
-    import json
-
     try:
         data = json.loads((evaluation / "summary.json").read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
@@ -197,7 +199,6 @@ def run_name(run: Path) -> str:
 
 def normalisation_for(meta: Mapping[str, Any] | None, backbone: str, cache: CacheReader) -> str:
     """The input normalisation a run was trained with, else the architecture's (refusing too small images)."""
-    from cxr_tools.models.registry import model_card
 
     if meta is not None:
         return str((meta.get("input") or {}).get("normalisation") or "unit")
@@ -218,8 +219,6 @@ def check_no_leak(
     return that as one line instead (None: no leak; nothing to check without trained weights)."""
     if meta is None:
         return None
-    from cxr_tools.data.splits import patients_of
-    from cxr_tools.models.lineage import find_leak, load_patient_sets
 
     sets = load_patient_sets(meta["path"]) if meta.get("path") else {}
     leak = find_leak(meta, sets, split.test, patients_of(cache.index, pool))
@@ -258,9 +257,9 @@ def meta_test_episodes(
     """The fixed, seeded episode list on the meta-test classes and pool, checked, and its hash (addressed by the
     cache's content fingerprint, so an identical re-preprocessed cache gives the same hash).
 
-    With ``spec.seen_ways`` the episodes are generalized (:class:`~cxr_tools.data.episodes.GeneralizedSampler`):
-    ``seen_ways`` meta-train classes join the ``ways`` meta-test ones, images still from the meta-test pool."""
-    from cxr_tools.data.episodes import EpisodeSampler, GeneralizedSampler, episode_list_hash, index_patients
+    With ``spec.seen_ways`` the episodes are generalized
+    (:class:`~cxr_tools.data.sampling.episodes.GeneralizedSampler`): ``seen_ways`` meta-train classes join the
+    ``ways`` meta-test ones, images still from the meta-test pool."""
 
     patients = index_patients(cache.index)
     try:
@@ -318,8 +317,6 @@ def meta_test_pool(
 ) -> tuple[int, np.ndarray]:
     """``(pool_seed, rows)`` of the meta-test pool; the pool seed defaults to the one the run recorded, else (no
     run) the ``--match`` run's evaluation's or training's, else 0."""
-    from cxr_tools.data.splits import meta_split_pools
-    from cxr_tools.models.lineage import recorded_pool_seed
 
     if pool_seed is None and meta is None and matched is not None:
         recorded = (matched.summary or {}).get("pool_seed")

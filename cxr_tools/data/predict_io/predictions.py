@@ -7,10 +7,8 @@ output only when every input has its row: a file at the output path is always co
 thresholds, the list of inputs, ...); a rerun with the same settings continues after the last complete row, a
 rerun with other settings is refused rather than mixing two models' scores in one file.
 
-**Thresholds** (the ``<label>_pred`` columns, :func:`resolve_thresholds`): by default with a support set, per
-class the threshold maximising F1 on the adapted support set's scores (docs/science.md, "Thresholds"); without
-one, the thresholds the run chose on its validation split at the end of training, else 0.5. The rule and the
-values are written beside the CSV as ``<name>.thresholds.json`` (:func:`thresholds_path`).
+The ``<label>_pred`` columns use the thresholds :func:`~cxr_tools.eval.thresholds.resolve_thresholds` chose;
+the rule and the values are written beside the CSV as ``<name>.thresholds.json`` (:func:`thresholds_path`).
 """
 
 from __future__ import annotations
@@ -20,7 +18,6 @@ import hashlib
 import io
 import json
 import logging
-import math
 import os
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -29,104 +26,19 @@ from typing import Any
 import numpy as np
 
 from cxr_tools.config import differing_keys
-from cxr_tools.data.inputs import InputItem
-from cxr_tools.errors import ConfigError, OutputExistsError
+from cxr_tools.data.predict_io.inputs import InputItem
+from cxr_tools.errors import OutputExistsError
 from cxr_tools.runtime.fs import atomic_write_json, complete_lines, fsync_dir
 
 log = logging.getLogger(__name__)
 
 DECIMALS = 6
-#: ``--threshold`` values that are rules rather than numbers.
-AUTO, SUPPORT, NONE = "auto", "support", "none"
 
 
 def thresholds_path(output: Path) -> Path:
     """Where the thresholds of ``output`` are written: ``preds.csv`` -> ``preds.thresholds.json``."""
     output = Path(output)
     return output.with_name(f"{output.stem}.thresholds.json")
-
-
-def resolve_thresholds(
-    text: str | None,
-    labels: Sequence[str],
-    meta: Mapping[str, Any],
-    support_thresholds: Sequence[float] | np.ndarray | None,
-) -> tuple[dict[str, float] | None, dict[str, Any] | None]:
-    """``(thresholds, record)``: the thresholds of the ``_pred`` columns and how they were chosen.
-
-    ``text`` None / ``auto``: the support set's (``support_thresholds``) when there is one, else the run's
-    validation-chosen ``extra.thresholds``, else 0.5 (labels the run chose none for get 0.5 too; the record says
-    which). ``support`` insists on a support set; ``none`` gives no ``_pred`` column; a number or ``A=0.3,B=0.6``
-    is used as given (:func:`parse_thresholds`).
-    """
-    from cxr_tools.eval.thresholds import DEFAULT_THRESHOLD
-
-    rule = str(text).strip().lower() if text is not None and str(text).strip() else AUTO
-    if rule == NONE:
-        return None, None
-    if rule == SUPPORT and support_thresholds is None:
-        raise ConfigError("--threshold support needs a support set.", "Pass --support DIR|CSV, or a number.")
-    if rule in (AUTO, SUPPORT) and support_thresholds is not None:
-        values = [float(t) for t in support_thresholds]
-        fallback = [label for label, t in zip(labels, values, strict=True) if not math.isfinite(t)]
-        chosen = {label: t if math.isfinite(t) else DEFAULT_THRESHOLD for label, t in zip(labels, values, strict=True)}
-        rule_text = (
-            "per class, the threshold maximising F1 on the support set's scores after adaptation (midpoint between "
-            "adjacent support scores, lowest on ties); optimistic, as the model adapted on those images"
-        )
-        return chosen, _record("support", rule_text, chosen, fallback)
-    if rule == AUTO:
-        run = dict((meta.get("extra") or {}).get("thresholds") or {})
-        chosen, fallback = {}, []
-        for label in labels:
-            value = run.get(label)
-            if value is None or not math.isfinite(float(value)):
-                fallback.append(label)
-                value = DEFAULT_THRESHOLD
-            chosen[label] = float(value)
-        if len(fallback) == len(labels):
-            text_ = f"the default {DEFAULT_THRESHOLD:g}: the run recorded no validation-chosen thresholds"
-            return chosen, _record("default", text_, chosen, [])
-        source = str((meta.get("extra") or {}).get("threshold_rule") or "chosen on the run's validation split")
-        return chosen, _record("validation", f"the run's validation thresholds ({source})", chosen, fallback)
-    fixed = parse_thresholds(str(text), labels)
-    return fixed, _record("fixed", f"--threshold {str(text).strip()}", fixed or {}, [])
-
-
-def _record(source: str, rule: str, thresholds: Mapping[str, float], fallback: Sequence[str]) -> dict[str, Any]:
-    """The thresholds file's content: where the values come from, the rule in words, the values."""
-    note = f"; {', '.join(fallback)}: none could be chosen, 0.5 used" if fallback else ""
-    return {"source": source, "rule": rule + note, "thresholds": dict(thresholds), "defaulted": list(fallback)}
-
-
-def parse_thresholds(text: str | None, labels: Sequence[str]) -> dict[str, float] | None:
-    """``"0.5"`` -> every label at 0.5; ``"A=0.3,B=0.6"`` -> those labels (others get no ``_pred`` column)."""
-    if text is None or not str(text).strip():
-        return None
-    text = str(text).strip()
-
-    def number(value: str, what: str) -> float:
-        try:
-            t = float(value)
-        except ValueError:
-            raise ConfigError(f"--threshold {what}: {value!r} is not a number.") from None
-        if not (math.isfinite(t) and 0.0 <= t <= 1.0):
-            raise ConfigError(f"--threshold {what} must be a probability in [0, 1] (got {value}).")
-        return t
-
-    if "=" not in text:
-        t = number(text, "")
-        return {label: t for label in labels}
-    out: dict[str, float] = {}
-    for part in filter(None, (p.strip() for p in text.split(","))):
-        name, sep, value = part.rpartition("=")
-        name = name.strip()
-        if not sep or not name:
-            raise ConfigError(f"--threshold part {part!r} is not LABEL=VALUE.", "Example: Effusion=0.3,Mass=0.6.")
-        if name not in labels:
-            raise ConfigError(f"--threshold names '{name}', which is not predicted.", f"Labels: {', '.join(labels)}.")
-        out[name] = number(value.strip(), name)
-    return {label: out[label] for label in labels if label in out}
 
 
 def header(labels: Sequence[str], thresholds: Mapping[str, float] | None) -> list[str]:

@@ -20,7 +20,7 @@ difference is that model fitted to the episode-wise difference plus both groups'
 and interval agree. All pairs, or all against ``--reference``, overall and per class, form ONE Holm family; a
 difference is significant when its adjusted p < 0.05. A trained method compared from one run is marked: the
 verdict is about that trained model. Every output shows a summary's ``leak`` and the adaptation budget. Written to
-``OUT/comparison.{csv,md,png,json}`` when an output directory is given (:mod:`cxr_tools.eval.compare_output`).
+``OUT/comparison.{csv,md,png,json}`` when an output directory is given (:mod:`cxr_tools.engine.compare.output`).
 """
 
 from __future__ import annotations
@@ -31,8 +31,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cxr_tools.errors import ConfigError, DataError
-from cxr_tools.eval.compare_inputs import (
+import numpy as np
+
+from cxr_tools.engine.compare.inputs import (
     MIN_EPISODE_LIST_VERSION,
     Entry,
     check_same_cache,
@@ -45,8 +46,12 @@ from cxr_tools.eval.compare_inputs import (
     parse_group,
     shared_rule,
 )
-from cxr_tools.eval.compare_output import all_positive, verdict, write_comparison
+from cxr_tools.engine.compare.output import all_positive, verdict, write_comparison
+from cxr_tools.errors import ConfigError, DataError
+from cxr_tools.eval.comparison import budget_text, pair_tests
 from cxr_tools.eval.metrics import METRICS, THRESHOLD_FREE
+from cxr_tools.eval.report import metric_series, split_metric
+from cxr_tools.eval.variance import difference, estimate
 
 #: Said of a trained method compared from one run: its training-seed variance is unknown.
 ONE_SEED_NOTE = "one trained model (one seed): the verdict is about this model, not the method"
@@ -133,7 +138,6 @@ class CompareResult:
 
 def compare(config: CompareConfig) -> CompareResult:
     """Rank the evaluations of ``config.inputs`` (and ``config.groups``); see the module docstring."""
-    from cxr_tools.eval.report import split_metric
 
     base, part = split_metric(config.metric)
     if base not in METRICS:
@@ -178,9 +182,6 @@ def compare(config: CompareConfig) -> CompareResult:
 
 def _matrix(entry: Entry, metric: str, cls: str | None, episodes: Any) -> Any:
     """Scores ``[seeds, episodes]`` of ``metric`` (episode means, or ``cls``'s rows; NaN where absent)."""
-    import numpy as np
-
-    from cxr_tools.eval.report import metric_series, split_metric
 
     rows = []
     for table in entry.tables:
@@ -201,8 +202,6 @@ def _trained(entry: Entry) -> bool:
 def _rank(
     entries: list[Entry], first: dict[str, Any], first_dir: Path, config: CompareConfig, rule: str | None
 ) -> CompareResult:
-    from cxr_tools.eval.comparison import budget_text, pair_tests
-    from cxr_tools.eval.variance import difference, estimate
 
     metric = config.metric
     episodes = sorted({int(e) for en in entries for t in en.tables for e in t["episode"].unique()})
@@ -210,7 +209,6 @@ def _rank(
     if len(n_eps) != 1:
         raise DataError("The evaluations hold different numbers of episodes despite one episode list.", "Re-run them.")
     design, design_note = load_design(first_dir, episodes)
-    from cxr_tools.eval.report import split_metric
 
     part = split_metric(metric)[1]
     unseen, seen = list(first.get("classes") or []), list(first.get("seen_classes") or [])

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from cxr_tools.config import differing_keys
-from cxr_tools.data.episodes import EPISODE_LIST_VERSION
+from cxr_tools.data.sampling.episodes import EPISODE_LIST_VERSION
 from cxr_tools.errors import DataError
 from cxr_tools.runtime.fs import atomic_write_json, complete_lines
 

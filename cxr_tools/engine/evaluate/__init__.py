@@ -5,28 +5,30 @@
   meta-test classes and pool; episode ``i`` is drawn from ``(seed, i)`` alone. The list depends on the cache,
   split, pool seed, ways/shots/queries and seed — never on the method or the run — and is saved with its hash as
   ``episodes.json``; ``cxr compare`` refuses evaluations whose hashes differ.
-* **Per episode** the method adapts and scores (:mod:`cxr_tools.eval.episode_runs`); aggregates per class and
+* **Per episode** the method adapts and scores (:mod:`cxr_tools.engine.evaluate.episodes`); aggregates per class and
   overall (the unit ``cxr compare`` pairs on); Siamese runs also get pair metrics.
 * **Generalized episodes** (``seen_ways``; MetaChest, docs/science.md): ``seen_ways`` meta-train classes join the
   ``ways`` meta-test ones, images still from the meta-test pool
-  (:class:`~cxr_tools.data.episodes.GeneralizedSampler`); a supervised run scores them with its trained head
+  (:class:`~cxr_tools.data.sampling.episodes.GeneralizedSampler`); a supervised run scores them with its trained head
   (:meth:`~cxr_tools.methods.finetune.FinetuneAdapter.with_seen`); summary.json adds ``generalized`` (seen,
   unseen, harmonic mean per metric, :func:`~cxr_tools.eval.report.generalized_summary`).
 * **Thresholds** (``threshold``, :mod:`cxr_tools.eval.thresholds`): ``support`` (default) chooses each episode's
   threshold per class on the support set's scores after adaptation; a number fixes it; ``none`` drops F1 /
   precision / recall. The rule is an evaluation setting: summary.json records it and a resume needs the same.
 * **Refusals** (unfinished run, a cache that does not fit, a leaking lineage unless ``--allow-leak``):
-  :mod:`cxr_tools.eval.run_inputs`.
+  :mod:`cxr_tools.engine.evaluate.runs`.
 
 Writes ``OUT/episodes.json``, ``episodes.csv``, ``scores.csv``, ``plots/*.png`` and, last, ``summary.json`` (its
 presence marks a complete evaluation, which :data:`EVALUATION_SPEC` lets only ``overwrite`` replace). Each
-finished episode is journalled so a rerun continues an interrupted evaluation (:mod:`cxr_tools.eval.journal`).
+finished episode is journalled so a rerun continues an interrupted evaluation
+(:mod:`cxr_tools.engine.evaluate.journal`).
 ``OUT`` defaults to ``RUN/eval`` (``RUN/eval-<method>`` for another method).
 """
 
 from __future__ import annotations
 
 import logging
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -34,17 +36,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
 from cxr_tools.config import fields_from
-from cxr_tools.data.episodes import EpisodeOptions
-from cxr_tools.errors import ConfigError
-from cxr_tools.eval.episode_runs import (
-    json_safe,
-    pair_metrics,
-    provenance,
-    run_episodes,
-    write_results,
-)
-from cxr_tools.eval.journal import JOURNAL, EpisodeJournal, check_resumable
-from cxr_tools.eval.run_inputs import (
+from cxr_tools.data.caches.format import open_cache
+from cxr_tools.data.sampling.episodes import EPISODE_LIST_VERSION, EpisodeOptions, save_episode_list
+from cxr_tools.data.splits.meta import meta_split_pools
+from cxr_tools.engine.evaluate.episodes import pair_metrics, run_episodes
+from cxr_tools.engine.evaluate.journal import JOURNAL, EpisodeJournal, check_resumable
+from cxr_tools.engine.evaluate.runs import (
     architecture_for,
     check_data_fits,
     check_no_leak,
@@ -58,10 +55,27 @@ from cxr_tools.eval.run_inputs import (
     resolve_split,
     run_name,
 )
+from cxr_tools.engine.evaluate.summary import json_safe, provenance, write_results
+from cxr_tools.errors import ConfigError
+from cxr_tools.eval.report import metrics_of
+from cxr_tools.eval.thresholds import describe_rule, parse_rule
+from cxr_tools.methods.adapters import (
+    ENCODER_METHODS,
+    RUNLESS_METHODS,
+    AdaptConfig,
+    build_adapter,
+    describe,
+    resolve_method,
+)
+from cxr_tools.methods.embedding_cache import episode_features, run_weights, store_for
+from cxr_tools.methods.protonet import base_prototypes
+from cxr_tools.models.encoders import is_encoder
 from cxr_tools.models.lineage import pretraining_notes
+from cxr_tools.runtime.devices import describe_device, explain_out_of_memory, resolve_device, set_threads
+from cxr_tools.runtime.estimate import Estimate, EstimatingProgress, RunPlan
 from cxr_tools.runtime.fs import atomic_write_json
 from cxr_tools.runtime.outputs import OutputSpec, claim, decide, previous_release
-from cxr_tools.runtime.progress import Progress, null_progress
+from cxr_tools.runtime.progress import NullProgress, Progress, null_progress
 
 if TYPE_CHECKING:
     from cxr_tools.runtime.estimate import RunPlan
@@ -99,7 +113,7 @@ class EvaluateConfig(EpisodeOptions):
             ``pixels`` or ``linear-probe``.
         finetune: ``head`` or ``all`` (fine-tune method).
         episodes, seed: the fixed episode list (with ways, shots, queries, images_per_patient and meta_split:
-            :class:`~cxr_tools.data.episodes.EpisodeOptions`).
+            :class:`~cxr_tools.data.sampling.episodes.EpisodeOptions`).
         seen_ways: generalized episodes (MetaChest): this many meta-train classes join the ``ways`` meta-test
             ones in every episode (0: standard episodes, every class new; docs/science.md).
         threshold: the threshold rule of F1 / precision / recall and the confusion matrices: ``support`` (chosen
@@ -199,21 +213,6 @@ def plan_evaluate(config: EvaluateConfig) -> RunPlan:
 
 
 def _evaluate(config: EvaluateConfig, progress: Progress | None, dry_run: bool) -> EvaluateResult | RunPlan:
-    from cxr_tools.data.cache import open_cache
-    from cxr_tools.data.episodes import EPISODE_LIST_VERSION, save_episode_list
-    from cxr_tools.eval.report import metrics_of
-    from cxr_tools.eval.thresholds import describe_rule, parse_rule
-    from cxr_tools.methods.adapters import (
-        ENCODER_METHODS,
-        RUNLESS_METHODS,
-        AdaptConfig,
-        build_adapter,
-        describe,
-        resolve_method,
-    )
-    from cxr_tools.runtime.devices import describe_device, explain_out_of_memory, resolve_device, set_threads
-    from cxr_tools.runtime.estimate import Estimate, EstimatingProgress
-
     progress = null_progress(progress)
     began = time.perf_counter()
     rule = parse_rule(config.threshold)
@@ -364,14 +363,39 @@ def _evaluate(config: EvaluateConfig, progress: Progress | None, dry_run: bool) 
     }
     files.append(atomic_write_json(out / SUMMARY, json_safe(summary)))
     journal.remove()
-    kept = {k: summary[k] for k in ("name", "method", "method_label", "kind", "episodes", "ways", "shots",
-                                      "queries", "seed", "threshold", "pairs", "leak", "seen_ways")}  # fmt: skip
+    kept = {
+        k: summary[k]
+        for k in (
+            "name",
+            "method",
+            "method_label",
+            "kind",
+            "episodes",
+            "ways",
+            "shots",
+            "queries",
+            "seed",
+            "threshold",
+            "pairs",
+            "leak",
+            "seen_ways",
+        )
+    }
     return EvaluateResult(
-        output=out, run=run_path, cache=Path(config.data), episode_list_hash=ep_hash, classes=tuple(split.test),
-        per_class=json_safe(per_class), overall=json_safe(overall), seconds=seconds,
-        files=tuple([out / EPISODES_JSON, *files]), lineage_notes=tuple(notes), seen_classes=tuple(seen),
-        generalized=json_safe(generalized), **kept,
-    )  # fmt: skip
+        output=out,
+        run=run_path,
+        cache=Path(config.data),
+        episode_list_hash=ep_hash,
+        classes=tuple(split.test),
+        per_class=json_safe(per_class),
+        overall=json_safe(overall),
+        seconds=seconds,
+        files=tuple([out / EPISODES_JSON, *files]),
+        lineage_notes=tuple(notes),
+        seen_classes=tuple(seen),
+        generalized=json_safe(generalized),
+        **kept,
+    )
 
 
 def _dry_run(
@@ -384,10 +408,6 @@ def _dry_run(
     """The plan of ``cxr evaluate --dry-run`` (``what``: method label, backbone, meta-test pool size), its
     estimate timed on the first episodes (``timing`` runs them) with a journal in a temporary folder, stopped as
     soon as the estimate is known."""
-    import tempfile
-
-    from cxr_tools.runtime.estimate import Estimate, EstimatingProgress, RunPlan
-    from cxr_tools.runtime.progress import NullProgress
 
     found: list[Estimate] = []
 
@@ -422,8 +442,6 @@ class _Measured(Exception):
 def _model_to_evaluate(config: EvaluateConfig) -> tuple[Any, dict[str, Any] | None]:
     """``(model, meta)`` of the run, else of the foundation encoder ``--backbone`` names for a method that scores
     frozen features (:func:`~cxr_tools.models.foundation.encoder_run`), else ``(None, None)``."""
-    from cxr_tools.methods.adapters import ENCODER_METHODS
-    from cxr_tools.models.encoders import is_encoder
 
     encoder = is_encoder(config.backbone)
     if config.run is not None:
@@ -450,8 +468,6 @@ def known_seen(adapter: Any, model: Any, meta: Any, cache: Any, split: Any, pool
     of the meta-train pool's images positive for each (the pool the run trained on; docs/science.md)."""
     if getattr(adapter, "rule", None) != "mean-distance":
         return
-    from cxr_tools.data.splits import meta_split_pools
-    from cxr_tools.methods.protonet import base_prototypes
 
     rows = meta_split_pools(cache.index, cache.labels, split, seed=pool_seed)["train"]
     adapter.known = dict(zip(seen, base_prototypes(model, meta, cache, rows, seen), strict=True))
@@ -470,7 +486,6 @@ def embedding_cache_for(
     config: EvaluateConfig, adapter: Any, cache: Any, meta: dict[str, Any] | None, normalisation: str, device: Any
 ) -> Any:
     """The embedding cache of a frozen-feature method (None for the others, or with ``embed_once`` off)."""
-    from cxr_tools.methods.embedding_cache import episode_features, run_weights, store_for
 
     if not config.embed_once or meta is None:
         return None

@@ -29,8 +29,8 @@ from typing import Any
 import numpy as np
 
 from cxr_tools import __version__
-from cxr_tools.data import cache as cache_mod
-from cxr_tools.data.shards import copy_images
+from cxr_tools.data.caches import format as cache_mod
+from cxr_tools.data.caches.shards import copy_images
 from cxr_tools.errors import CacheError
 from cxr_tools.runtime.progress import Progress, null_progress
 from cxr_tools.vocabulary import canonical_label

@@ -21,7 +21,7 @@ task. Every draw takes a ``numpy.random.Generator``; fixed evaluation lists deri
 alone, so a list of 600 starts with the same episodes as a list of 100. :func:`episode_list_hash` identifies a
 list exactly (its format version, the cache fingerprint, ``images_per_patient`` and every episode), which
 ``cxr compare`` uses to refuse comparing runs evaluated on different episodes. ``cxr evaluate`` passes the
-cache's *content* fingerprint (:attr:`~cxr_tools.data.cache.CacheReader.fingerprint`: index and pixels, never
+cache's *content* fingerprint (:attr:`~cxr_tools.data.caches.format.CacheReader.fingerprint`: index and pixels, never
 timestamps or paths), so a byte-identical re-preprocessed cache gives the same hash. Lists are saved with
 :data:`EPISODE_LIST_VERSION`; lists of the old, image-disjoint format (version 1) are refused.
 """

@@ -1,8 +1,8 @@
 """Building a cache: the decode-into-store loop with its journal, the split record and the manifest.
 
 ``cxr preprocess`` (``cxr_tools.engine.preprocess``) orchestrates; the work it orchestrates lives here, next to
-the format it writes (:mod:`cxr_tools.data.cache`). The loop decodes inputs in chunks on a process pool
-(:func:`~cxr_tools.data.preprocess_pipeline.ordered_map`), writes them to the store in input order and, every
+the format it writes (:mod:`cxr_tools.data.caches.format`). The loop decodes inputs in chunks on a process pool
+(:func:`~cxr_tools.data.decoding.pipeline.ordered_map`), writes them to the store in input order and, every
 ``commit_seconds``, makes the store durable and then journals the progress, so a rerun after ``kill -9`` redoes
 only the unjournaled tail and ends with the same bytes.
 """
@@ -15,9 +15,9 @@ from pathlib import Path
 from typing import Any
 
 from cxr_tools import __version__
-from cxr_tools.data import cache as cache_mod
-from cxr_tools.data.imaging import ImageOps
-from cxr_tools.data.preprocess_pipeline import ChunkTask, Journal, JournalState, ordered_map, process_chunk
+from cxr_tools.data.caches import format as cache_mod
+from cxr_tools.data.decoding.imaging import ImageOps
+from cxr_tools.data.decoding.pipeline import ChunkTask, Journal, JournalState, ordered_map, process_chunk
 from cxr_tools.runtime.outputs import OutputSpec, previous_release
 from cxr_tools.runtime.progress import Progress
 
@@ -101,7 +101,7 @@ def fill_store(
 def assign_split_column(table: Any, labels: Sequence[str], *, seed: int, fractions: Sequence[float]) -> dict[str, Any]:
     """Fill ``table["split"]`` (patient-disjoint, official lists honoured) on the *whole* input list and return
     the manifest's record of how."""
-    from cxr_tools.data.splits import assign_splits
+    from cxr_tools.data.splits.patients import assign_splits
 
     official = bool((table["split"].fillna("").astype(str).str.strip() != "").any())
     table["split"] = assign_splits(table, seed=seed, fractions=tuple(fractions), labels=tuple(labels)).astype(str)
@@ -126,7 +126,7 @@ def build_manifest(
     pixels_sha256: str,
 ) -> dict[str, Any]:
     """The ``manifest.json`` of a cache built from source ``src`` (a loaded :mod:`cxr_tools.data.sources` source);
-    ``pixels_sha256`` is :func:`~cxr_tools.data.cache.pixel_digest` of the finished store."""
+    ``pixels_sha256`` is :func:`~cxr_tools.data.caches.format.pixel_digest` of the finished store."""
     return {
         "tool": "cxr-tools",
         "tool_version": __version__,

@@ -1,8 +1,8 @@
 """Images as a trained model expects them: its recorded preprocessing, decoded by ``cxr preprocess``'s own code.
 
 ``model.json`` records the cache manifest's preprocessing (``input.preprocessing``, an
-:class:`~cxr_tools.data.imaging.ImageOps`); :func:`model_ops` reads it back and :func:`decode_stream` decodes
-files with :func:`~cxr_tools.data.preprocess_pipeline.process_chunk`, the function that filled the cache. So a
+:class:`~cxr_tools.data.decoding.imaging.ImageOps`); :func:`model_ops` reads it back and :func:`decode_stream` decodes
+files with :func:`~cxr_tools.data.decoding.pipeline.process_chunk`, the function that filled the cache. So a
 file seen through ``cxr predict`` or ``cxr similarity`` reaches the model as exactly the pixels it would have had
 after ``cxr preprocess``. The model card is read as a plain mapping: ``data`` never imports ``models``.
 """
@@ -15,13 +15,13 @@ from typing import Any
 
 import numpy as np
 
-from cxr_tools.data.imaging import ImageOps
-from cxr_tools.data.inputs import InputItem
+from cxr_tools.data.decoding.imaging import ImageOps
+from cxr_tools.data.predict_io.inputs import InputItem
 from cxr_tools.errors import ModelError, ResourceError
 
 log = logging.getLogger(__name__)
 
-#: ``preprocessing`` keys of a cache manifest that describe what :func:`~cxr_tools.data.imaging.load_image`
+#: ``preprocessing`` keys of a cache manifest that describe what :func:`~cxr_tools.data.decoding.imaging.load_image`
 #: always does.
 _IMPLIED_OPS = {"grayscale": True, "interpolation": "area"}
 
@@ -64,7 +64,7 @@ def decode_stream(
     ``images`` holds the readable inputs of the chunk (uint8 ``[k, size, size]``) in order; ``rejected`` the
     ``(position, reason)`` of the others. The decoding is ``cxr preprocess``'s own.
     """
-    from cxr_tools.data.preprocess_pipeline import ChunkTask, ordered_map, process_chunk
+    from cxr_tools.data.decoding.pipeline import ChunkTask, ordered_map, process_chunk
 
     paths = [it.path for it in items]
     tasks = (ChunkTask(s, tuple(paths[s : s + chunk]), ops) for s in range(0, len(paths), chunk))
@@ -86,7 +86,7 @@ def decode_workers(requested: int | None, n: int, *, accelerator: bool) -> int:
     decoding as fast as 2 workers)."""
     if requested is not None:
         return requested
-    from cxr_tools.data.preprocess_pipeline import available_cores
+    from cxr_tools.data.decoding.pipeline import available_cores
 
     if n < 64:
         return 0

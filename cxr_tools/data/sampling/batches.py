@@ -32,7 +32,7 @@ from cxr_tools.errors import ConfigError
 if TYPE_CHECKING:
     import torch
 
-    from cxr_tools.data.cache import CacheReader
+    from cxr_tools.data.caches.format import CacheReader
     from cxr_tools.runtime.distributed import DistInfo
 
 _LIMITS = {"rotate_deg": 15.0, "translate": 0.2, "scale": 0.3, "brightness": 0.5, "contrast": 0.5}
@@ -246,7 +246,7 @@ class EpochPairs:
 class PairBatches:
     """Map-style dataset: ``(epoch, pair positions)`` -> ``(left images, right images, targets)``.
 
-    ``pairs_fn(epoch)`` returns the epoch's pairs (a :class:`~cxr_tools.data.pairs.PairSet`); it is called on
+    ``pairs_fn(epoch)`` returns the epoch's pairs (a :class:`~cxr_tools.data.sampling.pairs.PairSet`); it is called on
     first use in each process and cached, one epoch at a time. Side ``s`` of pair ``p`` is augmented from
     ``(seed, epoch, p, s)``.
     """

@@ -11,18 +11,41 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from cxr_tools.data.episodes import EPISODE_LIST_VERSION
+import pandas as pd
+import yaml
+
+from cxr_tools.data.sampling.episodes import EPISODE_LIST_VERSION
 from cxr_tools.errors import ConfigError, DataError, InputError
 from cxr_tools.eval.metrics import METRICS, THRESHOLD_FREE
 from cxr_tools.eval.thresholds import THRESHOLDED
+from cxr_tools.eval.variance import design_from_tables
 
 THRESHOLD_METRICS = THRESHOLDED
 #: Episode lists older than this were image-disjoint only, not patient-disjoint.
 MIN_EPISODE_LIST_VERSION = EPISODE_LIST_VERSION
 #: Training-config keys that do not make two runs different methods (besides the seed).
-_BOOKKEEPING = frozenset({"seed", "output", "out", "run_dir", "resume", "overwrite", "device", "threads", "workers",
-                          "num_workers", "requeue", "quiet", "progress", "amp", "log_every", "log_every_steps",
-                          "checkpoint_every_steps", "checkpoint_every_minutes"})  # fmt: skip
+_BOOKKEEPING = frozenset(
+    {
+        "seed",
+        "output",
+        "out",
+        "run_dir",
+        "resume",
+        "overwrite",
+        "device",
+        "threads",
+        "workers",
+        "num_workers",
+        "requeue",
+        "quiet",
+        "progress",
+        "amp",
+        "log_every",
+        "log_every_steps",
+        "checkpoint_every_steps",
+        "checkpoint_every_minutes",
+    }
+)
 
 
 @dataclass
@@ -54,8 +77,6 @@ def find_evaluation(path: Path) -> Path:
 
 
 def load_evaluation(eval_dir: Path) -> tuple[dict[str, Any], Any]:
-    import pandas as pd
-
     try:
         summary = json.loads((eval_dir / "summary.json").read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as exc:
@@ -81,9 +102,6 @@ QUERY_ONLY_NOTE = (
 def load_design(eval_dir: Path, episodes: Sequence[int]) -> tuple[Any, str]:
     """The variance model's design (which patients each episode used) of an evaluation, and a note when it is
     partial: ``episode_patients.csv``, else the query patients of ``scores.csv`` (older evaluations)."""
-    import pandas as pd
-
-    from cxr_tools.eval.variance import design_from_tables
 
     path = eval_dir / "episode_patients.csv"
     if path.is_file():
@@ -106,8 +124,11 @@ def parse_group(spec: str) -> tuple[str, list[Path]]:
 
 
 def check_versions(dirs: Sequence[Path], summaries: Sequence[dict[str, Any]]) -> None:
-    old = [str(d) for d, s in zip(dirs, summaries, strict=True)
-           if int(s.get("episode_list_version") or 0) < MIN_EPISODE_LIST_VERSION]  # fmt: skip
+    old = [
+        str(d)
+        for d, s in zip(dirs, summaries, strict=True)
+        if int(s.get("episode_list_version") or 0) < MIN_EPISODE_LIST_VERSION
+    ]
     if old:
         raise DataError(
             f"{', '.join(old)} used the old episode lists (before version {MIN_EPISODE_LIST_VERSION}), whose "
@@ -234,7 +255,6 @@ def shared_rule(summaries: Sequence[dict[str, Any]]) -> str | None:
 
 def run_config(summary: dict[str, Any], eval_dir: Path) -> tuple[dict[str, Any] | None, Any]:
     """``(training config without bookkeeping keys, seed)`` of an evaluation's run (None without a config)."""
-    import yaml
 
     candidates = []
     if summary.get("run"):

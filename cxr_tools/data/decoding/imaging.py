@@ -4,7 +4,7 @@ The pipeline, in order (each step a field of :class:`ImageOps`, recorded in the 
 
 1. :func:`decode_image` -- PNG through libspng (``pyspng``) where it gives OpenCV's pixels and OpenCV otherwise,
    JPEG / BMP / TIFF through OpenCV, DICOM through pydicom
-   (:mod:`cxr_tools.data.dicom_pixels`, every common transfer syntax). The result is a 2-D grayscale array
+   (:mod:`cxr_tools.data.decoding.dicom_pixels`, every common transfer syntax). The result is a 2-D grayscale array
    (uint8 or uint16) in which *higher means brighter*, oriented as a viewer shows it: colour, palette and
    alpha images become gray (alpha dropped), a JPEG's EXIF orientation is applied (as ``cv2.imread`` and
    PIL's ``exif_transpose`` do), DICOM MONOCHROME1 is inverted and the modality LUT and VOI LUT or window
@@ -344,7 +344,7 @@ def decode_image(path: str | os.PathLike[str], draft_min_side: int | None = None
     PNG / JPEG / BMP / TIFF go through ``cv2.imdecode`` (colour, palette and alpha images become gray; 16-bit
     stays 16-bit; EXIF orientation applied); most PNGs through libspng instead, with the same pixels
     (:func:`decode_png_spng`). DICOM (``.dcm`` / ``.dicom`` or the ``DICM`` magic at byte 128)
-    goes through :func:`~cxr_tools.data.dicom_pixels.decode_dicom`: modality LUT, then the VOI LUT or window
+    goes through :func:`~cxr_tools.data.decoding.dicom_pixels.decode_dicom`: modality LUT, then the VOI LUT or window
     if present (result uint8 over the window), MONOCHROME1 inverted; a multi-frame file is refused.
 
     ``draft_min_side``: decode a JPEG at the smallest 1/2, 1/4 or 1/8 scale whose smaller side is still at
@@ -360,7 +360,7 @@ def decode_image(path: str | os.PathLike[str], draft_min_side: int | None = None
     path = Path(path)
     buf = _read_bytes(path)
     if _is_dicom(path, buf):
-        from cxr_tools.data.dicom_pixels import decode_dicom
+        from cxr_tools.data.decoding.dicom_pixels import decode_dicom
 
         return decode_dicom(path, _file_bytes(buf))
     if draft_min_side:

@@ -47,7 +47,7 @@ class ChunkTask:
 
     start: int
     paths: tuple[str, ...]
-    ops: Any  # cxr_tools.data.imaging.ImageOps (picklable, frozen)
+    ops: Any  # cxr_tools.data.decoding.imaging.ImageOps (picklable, frozen)
 
 
 @dataclass(frozen=True)
@@ -62,7 +62,7 @@ class ChunkResult:
 
 def process_chunk(task: ChunkTask) -> ChunkResult:
     """Decode and preprocess every input of ``task``; unreadable inputs are reported, never raised."""
-    from cxr_tools.data.imaging import load_image
+    from cxr_tools.data.decoding.imaging import load_image
 
     size = int(task.ops.size)
     images = np.empty((len(task.paths), size, size), dtype=np.uint8)
@@ -91,7 +91,7 @@ def decode_only(paths: Sequence[str], decoder: str = "opencv") -> int:
     n = 0
     for p in paths:
         if decoder == "spng":
-            from cxr_tools.data.imaging import decode_png_spng
+            from cxr_tools.data.decoding.imaging import decode_png_spng
 
             with open(p, "rb") as fh:
                 n += decode_png_spng(fh.read()) is not None
@@ -125,7 +125,7 @@ def _context() -> Any:
     if "forkserver" in methods:
         ctx = multiprocessing.get_context("forkserver")
         # a module that is not installed (pyspng is optional at run time) is skipped by the forkserver
-        preload = ["cxr_tools.data.preprocess_pipeline", "cxr_tools.data.imaging", "cv2", "pyspng", "numpy"]
+        preload = ["cxr_tools.data.decoding.pipeline", "cxr_tools.data.decoding.imaging", "cv2", "pyspng", "numpy"]
         ctx.set_forkserver_preload(preload)
         return ctx
     return multiprocessing.get_context("spawn")
@@ -192,8 +192,15 @@ def run_fingerprints(
     """``(inputs_sha256, run fingerprint)`` of a preprocess run: a resume must match both (same inputs, metadata,
     image operations, storage format, shard, split seed and fractions)."""
     inputs_sha = fingerprint({"ids": list(table["image_id"]), "paths": list(table["source_path"])})
-    run = {"inputs": inputs_sha, "metadata": metadata_sha256, "ops": ops.to_dict(), "format": storage,
-           "shard": shard, "seed": seed, "fractions": list(fractions)}  # fmt: skip
+    run = {
+        "inputs": inputs_sha,
+        "metadata": metadata_sha256,
+        "ops": ops.to_dict(),
+        "format": storage,
+        "shard": shard,
+        "seed": seed,
+        "fractions": list(fractions),
+    }
     return inputs_sha, fingerprint(run)
 
 
