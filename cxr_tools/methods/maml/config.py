@@ -12,7 +12,7 @@ from cxr_tools.errors import ConfigError
 
 #: Engines that compute the meta-gradient; all give the same numbers (tested). ``auto`` picks learn2learn when
 #: it is importable, else ``func``.
-ENGINES: tuple[str, ...] = ("auto", "learn2learn", "higher", "func")
+ENGINES: tuple[str, ...] = ("auto", "learn2learn", "higher", "func", "vmap")
 
 
 @dataclass(frozen=True)
