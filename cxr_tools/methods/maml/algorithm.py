@@ -30,6 +30,7 @@ import torch
 from torch import Tensor, nn
 
 from cxr_tools.errors import ConfigError, DependencyError
+from cxr_tools.methods.maml.batched import vmap_group_losses, vmap_task, vmap_tasks
 from cxr_tools.methods.maml.config import ENGINES, MamlConfig
 from cxr_tools.methods.maml.engines import (
     TASK_FUNCTIONS,
@@ -38,7 +39,6 @@ from cxr_tools.methods.maml.engines import (
     import_higher,
     import_learn2learn,
 )
-from cxr_tools.methods.maml.batched import vmap_group_losses, vmap_task, vmap_tasks
 from cxr_tools.methods.maml.functional import Params, forward, inner_loop, trainable_params
 from cxr_tools.methods.maml.losses import LossFn, multilabel_bce
 from cxr_tools.methods.maml.norm import frozen_batchnorm
