@@ -9,6 +9,8 @@ Modules:
     losses      :func:`multilabel_bce`, masked BCE-with-logits over the episode's N classes.
     functional  the functional core: out-of-place SGD on a name → tensor parameter mapping.
     engines     the same per-task computation through learn2learn, higher and torch.func.
+    batched     the ``vmap`` engine: a meta-batch's tasks as one batched computation; its
+                :func:`batched_inner_loop` adapts several episodes at once (evaluation can call it too).
     norm        BatchNorm handling: eval mode during adaptation and scoring (why: see that module).
     algorithm   the public API below.
 
@@ -36,6 +38,8 @@ _EXPORTS = {
     "meta_step": "algorithm",
     "params_without_meta_grad": "algorithm",
     "resolve_engine": "algorithm",
+    "batched_inner_loop": "batched",
+    "broadcast_params": "batched",
     "ENGINES": "config",
     "MamlConfig": "config",
     "LEARN2LEARN_INSTALL": "engines",
@@ -56,6 +60,8 @@ __all__ = [
     "Task",
     "TaskInfo",
     "adapt",
+    "batched_inner_loop",
+    "broadcast_params",
     "check_batch_independent",
     "frozen_batchnorm",
     "import_learn2learn",
@@ -80,6 +86,7 @@ if TYPE_CHECKING:
         params_without_meta_grad,
         resolve_engine,
     )
+    from cxr_tools.methods.maml.batched import batched_inner_loop, broadcast_params
     from cxr_tools.methods.maml.config import ENGINES, MamlConfig
     from cxr_tools.methods.maml.engines import LEARN2LEARN_INSTALL, import_learn2learn
     from cxr_tools.methods.maml.losses import LossFn, multilabel_bce

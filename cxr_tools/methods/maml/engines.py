@@ -13,6 +13,9 @@ the same meta-gradient to round-off (``tests/unit/test_maml_engines.py``):
 * ``func`` — :mod:`cxr_tools.methods.maml.functional` (``torch.func.functional_call`` + ``torch.autograd.grad``),
   no extra dependency; the fallback of ``auto``.
 
+A fourth engine, ``vmap`` (:mod:`cxr_tools.methods.maml.batched`), computes the same per-task quantities for a
+whole meta-batch at once.
+
 Each engine expects the caller to have put BatchNorm layers in eval mode (:func:`.norm.frozen_batchnorm`).
 """
 
