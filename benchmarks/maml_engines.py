@@ -82,16 +82,26 @@ def bare_learn2learn_step(
     opt.step()
 
 
-def time_runners(runners: dict[str, Callable[[list], None]], tasks: list, repeats: int) -> dict[str, float]:
-    """Tasks/s of each runner (median over ``repeats`` interleaved rounds; rotated order)."""
+def time_runners(runners: dict[str, Callable[[list], None]], tasks: list, repeats: int) -> dict[str, dict[str, float]]:
+    """Per runner: tasks/s over wall time and CPU-seconds per task (this process, all threads), medians over
+    ``repeats`` interleaved rounds in rotated order. On a machine other jobs load, CPU time per task still
+    compares the work done; wall time also shows how well the threads were used."""
     names = list(runners)
-    times: dict[str, list[float]] = {n: [] for n in names}
+    wall: dict[str, list[float]] = {n: [] for n in names}
+    cpu: dict[str, list[float]] = {n: [] for n in names}
     for r in range(repeats):
         for name in names[r % len(names) :] + names[: r % len(names)]:
-            start = time.perf_counter()
+            start, start_cpu = time.perf_counter(), time.process_time()
             runners[name](tasks)
-            times[name].append(time.perf_counter() - start)
-    return {n: len(tasks) / statistics.median(t) for n, t in times.items()}
+            wall[name].append(time.perf_counter() - start)
+            cpu[name].append(time.process_time() - start_cpu)
+    return {
+        n: {
+            "tasks_per_s": len(tasks) / statistics.median(wall[n]),
+            "cpu_s_per_task": statistics.median(cpu[n]) / len(tasks),
+        }
+        for n in names
+    }
 
 
 def engine_runner(
@@ -133,7 +143,21 @@ def run(
         results[order] = {}
         for mb in meta_batches:
             rates = time_runners(runners, make_tasks(0, device, mb), repeats)
-            results[order][mb] = {e: {"tasks_per_s": r, "vs_bare": r / rates["l2l-bare"]} for e, r in rates.items()}
+            bare = rates["l2l-bare"]
+            results[order][mb] = {
+                e: {
+                    **r,
+                    "vs_bare": r["tasks_per_s"] / bare["tasks_per_s"],
+                    "cpu_vs_bare": bare["cpu_s_per_task"] / r["cpu_s_per_task"],
+                }
+                for e, r in rates.items()
+            }
+            for e, row in results[order][mb].items():
+                print(
+                    f"| {order} | {mb} | {e} | {row['tasks_per_s']:.3f} | {row['vs_bare']:.2f} | "
+                    f"{row['cpu_s_per_task']:.1f} | {row['cpu_vs_bare']:.2f} |",
+                    flush=True,
+                )
     return results
 
 
@@ -150,13 +174,14 @@ def extras(repeats: int, threads: int, device: torch.device) -> dict:
             tasks,
             repeats,
         )
-        out[f"channels_last ({engine})"] = rates
+        out[f"channels_last ({engine}) tasks/s"] = {k: v["tasks_per_s"] for k, v in rates.items()}
+        out[f"channels_last ({engine}) CPU s/task"] = {k: v["cpu_s_per_task"] for k, v in rates.items()}
     per_thread = {}
     for n in sorted({1, threads}):
         torch.set_num_threads(n)
         per_thread[f"{n} thread(s)"] = time_runners({"func": engine_runner("func", True, device)}, tasks, repeats)[
             "func"
-        ]
+        ]["tasks_per_s"]
     torch.set_num_threads(threads)
     out["threads (func)"] = per_thread
     out["query scoring"] = scoring_modes(device, repeats)
@@ -228,18 +253,14 @@ def main() -> None:
     device = torch.device(args.device)
     torch.set_num_threads(args.threads)
     began, load_before = time.perf_counter(), _load()
-    results = run(args.repeats, device, tuple(args.engines), tuple(args.orders), tuple(args.meta_batches))
     print(
         f"MAML engines: conv4 {SIZE}px, {WAYS}-way {SHOTS}-shot (+negatives), {QUERIES} queries, {STEPS} steps, "
         f"{args.threads} threads (OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}), {device}, "
         f"torch {torch.__version__}, {platform.processor() or platform.machine()}, {args.repeats} round(s)"
     )
-    print("| order | meta-batch | runner | tasks/s | ÷ bare learn2learn |")
-    print("|---|---:|---|---:|---:|")
-    for order, per_mb in results.items():
-        for mb, rows in per_mb.items():
-            for engine, row in rows.items():
-                print(f"| {order} | {mb} | {engine} | {row['tasks_per_s']:.3f} | {row['vs_bare']:.2f} |", flush=True)
+    print("| order | meta-batch | runner | tasks/s | ÷ bare learn2learn | CPU s/task | bare's CPU s ÷ this |")
+    print("|---|---:|---|---:|---:|---:|---:|", flush=True)
+    results = run(args.repeats, device, tuple(args.engines), tuple(args.orders), tuple(args.meta_batches))
     extra = extras(args.repeats, args.threads, device) if args.extras else {}
     for name, values in extra.items():
         print(f"{name}: " + ", ".join(f"{k} {v:.3f}" for k, v in values.items()), flush=True)
