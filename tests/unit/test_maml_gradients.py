@@ -15,9 +15,9 @@ from torch.func import functional_call
 from torch.nn.utils import parameters_to_vector, vector_to_parameters
 
 from cxr_tools.methods.maml import MamlConfig, adapt, meta_backward, meta_loss, meta_step, params_without_meta_grad
-from cxr_tools.methods.maml.batched import batched_inner_loop, broadcast_params
+from cxr_tools.methods.maml.batched import broadcast_params
 from cxr_tools.methods.maml.engines import higher_task
-from cxr_tools.methods.maml.functional import trainable_params
+from cxr_tools.methods.maml.functional import batched_forward, inner_loop, trainable_params
 from cxr_tools.methods.maml.losses import multilabel_bce
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -87,8 +87,8 @@ def test_batched_inner_loop_adapts_each_task_as_adapt_does():
     tasks = [episode(15), episode(16), episode(17)]
     cfg = MamlConfig(0.5, 3, True, "func")
     start = broadcast_params(trainable_params(model), len(tasks))
-    with torch.no_grad(), torch.enable_grad():
-        params, losses = batched_inner_loop(
+    with torch.enable_grad():
+        params, losses = inner_loop(
             model,
             start,
             torch.stack([t[0] for t in tasks]),
@@ -97,13 +97,16 @@ def test_batched_inner_loop_adapts_each_task_as_adapt_does():
             steps=cfg.adapt_steps,
             loss_fn=multilabel_bce,
             create_graph=False,
+            batched=True,
         )
+        queries = batched_forward(model, params, torch.stack([t[2] for t in tasks]))
     assert len(losses) == 3 and losses[0].shape == (3,)
     for t, (sx, sy, _, _) in enumerate(tasks):
         single = adapt(model, sx, sy, cfg)
         for name, value in single.params.items():
             torch.testing.assert_close(params[name][t], value, rtol=1e-10, atol=1e-13)
         assert [float(step[t]) for step in losses] == pytest.approx(single.support_losses[:-1], rel=1e-10)
+        torch.testing.assert_close(queries[t], single(tasks[t][2]), rtol=1e-10, atol=1e-13)
 
 
 def test_engines_agree_with_a_frozen_layer(engine):

@@ -24,11 +24,10 @@ from collections.abc import Sequence
 
 import torch
 from torch import Tensor, nn
-from torch.func import functional_call, vmap
 
 from cxr_tools.methods.maml.config import MamlConfig
 from cxr_tools.methods.maml.engines import TaskOutput, TaskTensors
-from cxr_tools.methods.maml.functional import Params, sgd_update, trainable_params
+from cxr_tools.methods.maml.functional import Params, query_after_adaptation, trainable_params
 from cxr_tools.methods.maml.losses import LossFn
 
 log = logging.getLogger(__name__)
@@ -37,56 +36,6 @@ log = logging.getLogger(__name__)
 def broadcast_params(params: Params, tasks: int) -> Params:
     """``params`` with a leading task axis of length ``tasks``: a differentiable view, no copy."""
     return {name: p.unsqueeze(0).expand(tasks, *p.shape) for name, p in params.items()}
-
-
-def batched_forward(model: nn.Module, params: Params, x: Tensor) -> Tensor:
-    """Logits ``[T, B, N]`` of ``model`` on images ``x [T, B, ...]``, task t with parameters ``params[...][t]``."""
-
-    def one(p: Params, xt: Tensor) -> Tensor:
-        return functional_call(model, p, (xt,))
-
-    return vmap(one, randomness="different")(params, x)
-
-
-def batched_loss(loss_fn: LossFn, logits: Tensor, y: Tensor) -> Tensor:
-    """``loss_fn`` per task: ``[T]`` losses of ``logits [T, B, N]`` against ``y [T, B, N]``."""
-    return vmap(loss_fn)(logits, y)
-
-
-def batched_inner_loop(
-    model: nn.Module,
-    params: Params,
-    x: Tensor,
-    y: Tensor,
-    *,
-    lr: float,
-    steps: int,
-    loss_fn: LossFn,
-    create_graph: bool,
-) -> tuple[Params, list[Tensor]]:
-    """Adapt T tasks at once: ``steps`` SGD steps of size ``lr`` on each task's support set.
-
-    The batched counterpart of :func:`.functional.inner_loop`, usable for meta-training and for evaluation
-    (adapting several episodes at once, with ``create_graph=False`` under ``torch.enable_grad()``).
-
-    Args:
-        model: the module; its BatchNorm layers should be in eval mode (:func:`.norm.frozen_batchnorm`).
-        params: per-task parameters ``name -> [T, ...]`` (e.g. :func:`broadcast_params` of the meta-parameters);
-            they must require grad, or be a function of tensors that do.
-        x: support images ``[T, S, C, H, W]``; ``y``: targets ``[T, S, N]`` (NaN = unknown).
-        create_graph: keep the graph of the gradients (second-order MAML); False for first order / evaluation.
-
-    Returns:
-        The adapted parameters ``name -> [T, ...]`` and, per step, the detached support losses ``[T]`` measured
-        before that step.
-    """
-    losses: list[Tensor] = []
-    for _ in range(steps):
-        loss = batched_loss(loss_fn, batched_forward(model, params, x), y)
-        grads = torch.autograd.grad(loss.sum(), list(params.values()), create_graph=create_graph, allow_unused=True)
-        params = sgd_update(params, grads, lr)
-        losses.append(loss.detach())
-    return params, losses
 
 
 def vmap_tasks(model: nn.Module, tasks: Sequence[TaskTensors], cfg: MamlConfig, loss_fn: LossFn) -> list[TaskOutput]:
@@ -130,23 +79,11 @@ def shape_groups(tasks: Sequence[TaskTensors]) -> list[list[int]]:
 
 
 def _run_group(model: nn.Module, tasks: Sequence[TaskTensors], cfg: MamlConfig, loss_fn: LossFn) -> list[TaskOutput]:
-    sx, sy, qx, qy = (torch.stack(parts) for parts in zip(*tasks, strict=True))
+    stacked = [torch.stack(parts) for parts in zip(*tasks, strict=True)]
     start = broadcast_params(trainable_params(model), len(tasks))
-    params, losses = batched_inner_loop(
-        model,
-        start,
-        sx,
-        sy,
-        lr=cfg.inner_lr,
-        steps=cfg.adapt_steps,
-        loss_fn=loss_fn,
-        create_graph=not cfg.first_order,
-    )
-    logits = batched_forward(model, params, qx)
-    query = batched_loss(loss_fn, logits, qy)
+    query, losses, logits = query_after_adaptation(model, start, stacked, cfg, loss_fn, batched=True)
     per_step = torch.stack(losses, 1) if losses else None  # [T, steps]
-    detached = logits.detach()
     return [
-        TaskOutput(query[t], list(per_step[t].unbind()) if per_step is not None else [], detached[t])
+        TaskOutput(query[t], list(per_step[t].unbind()) if per_step is not None else [], logits[t])
         for t in range(len(tasks))
     ]
