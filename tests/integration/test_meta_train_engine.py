@@ -154,7 +154,8 @@ def test_every_engine_trains_to_the_same_weights_as_func(tmp_path, engine, first
 def test_vmap_engine_trains_like_func_and_is_recorded(tmp_path, first_order):
     """Batched tasks through the whole command. vmap's batched kernels round differently from func's (meta-gradients
     agree to ~1e-7: tests/unit/test_maml_gradients.py), and Adam's first step is about lr·sign(g), so a gradient
-    element within round-off of zero may move either way: nearly every weight must match, not all."""
+    element within round-off of zero may move either way (0.05 % of the weights here in second order, 0.9 %
+    in first order): nearly every weight must match, not all."""
     cache = tiny_cache(tmp_path)
     common = {"episodes": 2, "val_episodes": 0, "first_order": first_order, "log_every_steps": 0}
     result = meta_train(tiny_config(cache, tmp_path / "run", engine="vmap", **common))
@@ -163,4 +164,4 @@ def test_vmap_engine_trains_like_func_and_is_recorded(tmp_path, first_order):
     assert read_model_meta(tmp_path / "run")["extra"]["maml"]["engine"] == "vmap"
     got, want = weights(tmp_path / "run"), weights(tmp_path / "ref")
     diffs = torch.cat([(got[k] - want[k]).abs().flatten() for k in want])
-    assert float((diffs > 1e-5).float().mean()) < 0.01 and float(diffs.max()) <= 0.02 + 1e-6
+    assert float((diffs > 1e-5).float().mean()) < 0.03 and float(diffs.max()) <= 0.02 + 1e-6
