@@ -162,9 +162,17 @@ def run(
 
 
 def extras(repeats: int, threads: int, device: torch.device) -> dict:
-    """Item 3 of issue 24, first order at meta-batch 4 (short): channels_last, threads, inference_mode, compile."""
+    """Item 3 of issue 24, first order at meta-batch 4 (short): channels_last, threads, inference_mode, compile.
+
+    Each measurement is printed as soon as it is taken (a later one may be slow, or fail, e.g. torch.compile).
+    """
     tasks = make_tasks(0, device)
     out: dict = {}
+
+    def record(name: str, values: dict[str, float]) -> None:
+        out[name] = values
+        print(f"{name}: " + ", ".join(f"{k} {v:.3f}" for k, v in values.items()), flush=True)
+
     for engine in ("func", "vmap"):
         rates = time_runners(
             {
@@ -174,8 +182,8 @@ def extras(repeats: int, threads: int, device: torch.device) -> dict:
             tasks,
             repeats,
         )
-        out[f"channels_last ({engine}) tasks/s"] = {k: v["tasks_per_s"] for k, v in rates.items()}
-        out[f"channels_last ({engine}) CPU s/task"] = {k: v["cpu_s_per_task"] for k, v in rates.items()}
+        record(f"channels_last ({engine}) tasks/s", {k: v["tasks_per_s"] for k, v in rates.items()})
+        record(f"channels_last ({engine}) CPU s/task", {k: v["cpu_s_per_task"] for k, v in rates.items()})
     per_thread = {}
     for n in sorted({1, threads}):
         torch.set_num_threads(n)
@@ -183,9 +191,9 @@ def extras(repeats: int, threads: int, device: torch.device) -> dict:
             "func"
         ]["tasks_per_s"]
     torch.set_num_threads(threads)
-    out["threads (func)"] = per_thread
-    out["query scoring"] = scoring_modes(device, repeats)
-    out["torch.compile (func, first order)"] = compiled_inner_loop(device, tasks)
+    record("threads (func) tasks/s", per_thread)
+    record("query scoring images/s", scoring_modes(device, repeats))
+    record("torch.compile (func, first order)", compiled_inner_loop(device, tasks))
     return out
 
 
@@ -262,8 +270,6 @@ def main() -> None:
     print("|---|---:|---|---:|---:|---:|---:|", flush=True)
     results = run(args.repeats, device, tuple(args.engines), tuple(args.orders), tuple(args.meta_batches))
     extra = extras(args.repeats, args.threads, device) if args.extras else {}
-    for name, values in extra.items():
-        print(f"{name}: " + ", ".join(f"{k} {v:.3f}" for k, v in values.items()), flush=True)
     print(f"(took {time.perf_counter() - began:.0f} s; load average before/after: {load_before} / {_load()})")
     if args.json:
         with open(args.json, "w", encoding="utf-8") as fh:
