@@ -133,13 +133,21 @@ def _channels_last(t: torch.Tensor) -> torch.Tensor:
 
 
 def run(
-    repeats: int, device: torch.device, engines: tuple[str, ...], orders: tuple[str, ...], meta_batches: tuple[int, ...]
+    repeats: int,
+    device: torch.device,
+    engines: tuple[str, ...],
+    orders: tuple[str, ...],
+    meta_batches: tuple[int, ...],
+    channels_last: bool = False,
 ) -> dict:
-    """``{order: {meta_batch: {runner: {tasks_per_s, vs_bare}}}}`` for ``l2l-bare`` and each engine."""
+    """``{order: {meta_batch: {runner: {tasks_per_s, vs_bare, ...}}}}`` for ``l2l-bare`` and each engine (and each
+    engine on channels_last model and images, ``ENGINE+cl``, with ``channels_last``)."""
     results: dict = {}
     for order in orders:
         first_order = order == "first"
         runners = {e: engine_runner(e, first_order, device) for e in ("l2l-bare", *engines)}
+        if channels_last:
+            runners |= {f"{e}+cl": engine_runner(e, first_order, device, channels_last=True) for e in engines}
         results[order] = {}
         for mb in meta_batches:
             rates = time_runners(runners, make_tasks(0, device, mb), repeats)
@@ -255,6 +263,7 @@ def main() -> None:
     parser.add_argument("--orders", nargs="+", choices=("second", "first"), default=["second", "first"])
     parser.add_argument("--meta-batches", nargs="+", type=int, default=[1, 4])
     parser.add_argument("--engines", nargs="+", choices=ENGINES, default=list(DEFAULT_ENGINES))
+    parser.add_argument("--channels-last", action="store_true", help="also time each engine on channels_last")
     parser.add_argument("--extras", action="store_true", help="also measure channels_last, threads, compile, ...")
     parser.add_argument("--json", help="also write the results to this JSON file")
     args = parser.parse_args()
@@ -268,7 +277,9 @@ def main() -> None:
     )
     print("| order | meta-batch | runner | tasks/s | ÷ bare learn2learn | CPU s/task | bare's CPU s ÷ this |")
     print("|---|---:|---|---:|---:|---:|---:|", flush=True)
-    results = run(args.repeats, device, tuple(args.engines), tuple(args.orders), tuple(args.meta_batches))
+    results = run(
+        args.repeats, device, tuple(args.engines), tuple(args.orders), tuple(args.meta_batches), args.channels_last
+    )
     extra = extras(args.repeats, args.threads, device) if args.extras else {}
     print(f"(took {time.perf_counter() - began:.0f} s; load average before/after: {load_before} / {_load()})")
     if args.json:
