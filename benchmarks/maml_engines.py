@@ -1,14 +1,23 @@
-"""Tasks per second of the three MAML engines side by side, second and first order.
+"""Tasks per second of a bare learn2learn loop and of each MAML engine side by side, at meta-batch 1 and 4.
 
 Setting: a conv4 backbone (4 × [conv3×3 64, GroupNorm(8), ReLU, maxpool 2]) on
 84×84 one-channel images, 2-way 7-shot episodes (+7 negatives: 21 support images) with 15 queries per class
-(+15 negatives: 45 query images), 5 inner SGD steps, meta-batch 4, Adam outer step, float32, 2 CPU threads.
-Each engine first runs a one-task, one-step meta-step (imports, allocator), then ``--repeats`` full meta-steps in
-interleaved rounds, so that load changes on a shared machine hit all engines alike; the median is reported.
-``--bare`` adds ``l2l-bare``, a hand-written learn2learn loop (clone/adapt/backward per task) with no cxr-tools
-code in it, to show the wrapper's overhead.
+(+15 negatives: 45 query images), 5 inner SGD steps, Adam outer step, float32, CPU by default.
+Each runner first does a one-task, one-step meta-step (imports, allocator), then ``--repeats`` full meta-steps in
+interleaved rounds, so that load changes on a shared machine hit all runners alike; the median is reported.
+``l2l-bare`` is a hand-written learn2learn loop (clone/adapt/backward per task) with no cxr-tools code in it: the
+reference every ratio is taken against. ``vmap`` runs a meta-batch's tasks as one batched computation.
 
-    python benchmarks/maml_engines.py [--repeats 1] [--threads 2] [--device cpu] [--bare] [--json out.json]
+``--extras`` adds the issue-24 item-3 measurements, each short and side by side with its baseline: channels_last
+(model and images), 1 vs 2 intra-op threads, ``torch.inference_mode`` vs ``torch.no_grad`` for scoring queries
+with adapted weights (the eval-only path), and ``torch.compile`` of the functional forward in the inner loop
+(first order only: compiled graphs do not support the double backward of second order), compile time included.
+
+Threads: the run sets ``torch.set_num_threads(--threads)``; also export ``OMP_NUM_THREADS`` to the same value
+before starting Python (``OMP_NUM_THREADS=2 python benchmarks/maml_engines.py``) so OpenMP sizes its pool alike.
+
+    python benchmarks/maml_engines.py [--repeats 1] [--threads 2] [--device cpu] [--orders first second]
+        [--meta-batches 1 4] [--engines learn2learn func vmap] [--extras] [--json out.json]
 """
 
 from __future__ import annotations
@@ -19,6 +28,7 @@ import os
 import platform
 import statistics
 import time
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -27,7 +37,8 @@ from torch import nn
 from cxr_tools.methods.maml import MamlConfig, import_learn2learn, meta_step
 
 WAYS, SHOTS, QUERIES, STEPS, META_BATCH, SIZE, INNER_LR = 2, 7, 15, 5, 4, 84, 0.01
-ENGINES = ("learn2learn", "higher", "func")
+ENGINES = ("learn2learn", "higher", "func", "vmap")
+DEFAULT_ENGINES = ("learn2learn", "func", "vmap")
 
 
 def conv4(ways: int = WAYS) -> nn.Module:
@@ -52,85 +63,230 @@ def make_set(g: torch.Generator, per_class: int, device: torch.device) -> tuple[
     return x.to(device), y.to(device)
 
 
-def make_tasks(seed: int, device: torch.device) -> list[tuple[torch.Tensor, ...]]:
+def make_tasks(seed: int, device: torch.device, meta_batch: int = META_BATCH) -> list[tuple[torch.Tensor, ...]]:
     g = torch.Generator().manual_seed(seed)
-    return [(*make_set(g, SHOTS, device), *make_set(g, QUERIES, device)) for _ in range(META_BATCH)]
+    return [(*make_set(g, SHOTS, device), *make_set(g, QUERIES, device)) for _ in range(meta_batch)]
 
 
-def bare_learn2learn_step(model: nn.Module, opt: torch.optim.Optimizer, tasks, first_order: bool) -> None:
+def bare_learn2learn_step(
+    model: nn.Module, opt: torch.optim.Optimizer, tasks, first_order: bool, steps: int = STEPS
+) -> None:
     l2l = import_learn2learn()
     maml = l2l.algorithms.MAML(model, lr=INNER_LR, first_order=first_order)
     opt.zero_grad()
     for sx, sy, qx, qy in tasks:
         learner = maml.clone()
-        for _ in range(STEPS):
+        for _ in range(steps):
             learner.adapt(F.binary_cross_entropy_with_logits(learner(sx), sy))
         (F.binary_cross_entropy_with_logits(learner(qx), qy) / len(tasks)).backward()
     opt.step()
 
 
-def one_step(engine: str, model: nn.Module, opt: torch.optim.Optimizer, tasks, cfg: MamlConfig) -> float:
-    sync = torch.cuda.synchronize if next(model.parameters()).is_cuda else (lambda: None)
-    sync()
-    start = time.perf_counter()
-    if engine == "l2l-bare":
-        bare_learn2learn_step(model, opt, tasks, cfg.first_order)
-    else:
-        meta_step(model, opt, tasks, MamlConfig(cfg.inner_lr, cfg.adapt_steps, cfg.first_order, engine))
-    sync()
-    return time.perf_counter() - start
-
-
-def run(repeats: int, threads: int, device: torch.device, bare: bool) -> dict:
-    torch.set_num_threads(threads)
-    engines = (*ENGINES, "l2l-bare") if bare else ENGINES
-    tasks = make_tasks(0, device)
-    results: dict = {}
-    for first_order in (False, True):
-        setups = {}
-        for engine in engines:
-            torch.manual_seed(0)
-            model = conv4().to(device)
-            opt = torch.optim.Adam(model.parameters(), lr=1e-3)
-            one_step(engine, model, opt, tasks[:1], MamlConfig(INNER_LR, 1, first_order))  # warm-up
-            setups[engine] = (model, opt)
-        times: dict[str, list[float]] = {e: [] for e in engines}
-        for r in range(repeats):
-            for engine in engines[r % len(engines) :] + engines[: r % len(engines)]:
-                model, opt = setups[engine]
-                times[engine].append(one_step(engine, model, opt, tasks, MamlConfig(INNER_LR, STEPS, first_order)))
-        rates = {e: META_BATCH / statistics.median(t) for e, t in times.items()}
-        results["first" if first_order else "second"] = {
-            e: {"tasks_per_s": rates[e], "vs_learn2learn": rates[e] / rates["learn2learn"]} for e in engines
+def time_runners(runners: dict[str, Callable[[list], None]], tasks: list, repeats: int) -> dict[str, dict[str, float]]:
+    """Per runner: tasks/s over wall time and CPU-seconds per task (this process, all threads), medians over
+    ``repeats`` interleaved rounds in rotated order. On a machine other jobs load, CPU time per task still
+    compares the work done; wall time also shows how well the threads were used."""
+    names = list(runners)
+    wall: dict[str, list[float]] = {n: [] for n in names}
+    cpu: dict[str, list[float]] = {n: [] for n in names}
+    for r in range(repeats):
+        for name in names[r % len(names) :] + names[: r % len(names)]:
+            start, start_cpu = time.perf_counter(), time.process_time()
+            runners[name](tasks)
+            wall[name].append(time.perf_counter() - start)
+            cpu[name].append(time.process_time() - start_cpu)
+    return {
+        n: {
+            "tasks_per_s": len(tasks) / statistics.median(wall[n]),
+            "cpu_s_per_task": statistics.median(cpu[n]) / len(tasks),
         }
+        for n in names
+    }
+
+
+def engine_runner(
+    engine: str, first_order: bool, device: torch.device, *, channels_last: bool = False
+) -> Callable[[list], None]:
+    """A fresh conv4 + Adam, warmed up by a one-task one-step meta-step; returns ``tasks -> None`` (one meta-step)."""
+    torch.manual_seed(0)
+    model = conv4().to(device)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+
+    def step(tasks: list, steps: int = STEPS) -> None:
+        if channels_last:
+            tasks = [tuple(_channels_last(t) for t in task) for task in tasks]
+        if engine == "l2l-bare":
+            bare_learn2learn_step(model, opt, tasks, first_order, steps)
+        else:
+            meta_step(model, opt, tasks, MamlConfig(INNER_LR, steps, first_order, engine))
+        sync()
+
+    step(make_tasks(99, device, 1), 1)
+    return step
+
+
+def _channels_last(t: torch.Tensor) -> torch.Tensor:
+    return t.contiguous(memory_format=torch.channels_last) if t.dim() == 4 else t
+
+
+def run(
+    repeats: int,
+    device: torch.device,
+    engines: tuple[str, ...],
+    orders: tuple[str, ...],
+    meta_batches: tuple[int, ...],
+    channels_last: bool = False,
+) -> dict:
+    """``{order: {meta_batch: {runner: {tasks_per_s, vs_bare, ...}}}}`` for ``l2l-bare`` and each engine (and each
+    engine on channels_last model and images, ``ENGINE+cl``, with ``channels_last``)."""
+    results: dict = {}
+    for order in orders:
+        first_order = order == "first"
+        runners = {e: engine_runner(e, first_order, device) for e in ("l2l-bare", *engines)}
+        if channels_last:
+            runners |= {f"{e}+cl": engine_runner(e, first_order, device, channels_last=True) for e in engines}
+        results[order] = {}
+        for mb in meta_batches:
+            rates = time_runners(runners, make_tasks(0, device, mb), repeats)
+            bare = rates["l2l-bare"]
+            results[order][mb] = {
+                e: {
+                    **r,
+                    "vs_bare": r["tasks_per_s"] / bare["tasks_per_s"],
+                    "cpu_vs_bare": bare["cpu_s_per_task"] / r["cpu_s_per_task"],
+                }
+                for e, r in rates.items()
+            }
+            for e, row in results[order][mb].items():
+                print(
+                    f"| {order} | {mb} | {e} | {row['tasks_per_s']:.3f} | {row['vs_bare']:.2f} | "
+                    f"{row['cpu_s_per_task']:.1f} | {row['cpu_vs_bare']:.2f} |",
+                    flush=True,
+                )
     return results
+
+
+def extras(repeats: int, threads: int, device: torch.device) -> dict:
+    """Item 3 of issue 24, first order at meta-batch 4 (short): channels_last, threads, inference_mode, compile.
+
+    Each measurement is printed as soon as it is taken (a later one may be slow, or fail, e.g. torch.compile).
+    """
+    tasks = make_tasks(0, device)
+    out: dict = {}
+
+    def record(name: str, values: dict[str, float]) -> None:
+        out[name] = values
+        print(f"{name}: " + ", ".join(f"{k} {v:.3f}" for k, v in values.items()), flush=True)
+
+    for engine in ("func", "vmap"):
+        rates = time_runners(
+            {
+                "contiguous": engine_runner(engine, True, device),
+                "channels_last": engine_runner(engine, True, device, channels_last=True),
+            },
+            tasks,
+            repeats,
+        )
+        record(f"channels_last ({engine}) tasks/s", {k: v["tasks_per_s"] for k, v in rates.items()})
+        record(f"channels_last ({engine}) CPU s/task", {k: v["cpu_s_per_task"] for k, v in rates.items()})
+    per_thread = {}
+    for n in sorted({1, threads}):
+        torch.set_num_threads(n)
+        per_thread[f"{n} thread(s)"] = time_runners({"func": engine_runner("func", True, device)}, tasks, repeats)[
+            "func"
+        ]["tasks_per_s"]
+    torch.set_num_threads(threads)
+    record("threads (func) tasks/s", per_thread)
+    record("query scoring images/s", scoring_modes(device, repeats))
+    record("torch.compile (func, first order)", compiled_inner_loop(device, tasks))
+    return out
+
+
+def scoring_modes(device: torch.device, repeats: int) -> dict[str, float]:
+    """Images/s scoring 45 query images with adapted weights under ``no_grad`` vs ``inference_mode``."""
+    from cxr_tools.methods.maml import adapt
+
+    torch.manual_seed(0)
+    model = conv4().to(device).eval()
+    sx, sy, qx, _ = make_tasks(0, device, 1)[0]
+    adapted = adapt(model, sx, sy, MamlConfig(INNER_LR, STEPS, True, "func"))
+    rates: dict[str, list[float]] = {"no_grad": [], "inference_mode": []}
+    for _ in range(max(repeats, 3)):
+        for mode, ctx in (("no_grad", torch.no_grad), ("inference_mode", torch.inference_mode)):
+            with ctx():
+                start = time.perf_counter()
+                adapted(qx)
+                rates[mode].append(len(qx) / (time.perf_counter() - start))
+    return {m: statistics.median(r) for m, r in rates.items()}
+
+
+def compiled_inner_loop(device: torch.device, tasks: list) -> dict[str, float]:
+    """First-order tasks/s with the functional forward eager vs ``torch.compile``-d, and the compile time (s)."""
+    from cxr_tools.methods.maml.functional import trainable_params
+
+    torch.manual_seed(0)
+    model = conv4().to(device)
+
+    def eager(p: dict, x: torch.Tensor) -> torch.Tensor:
+        return torch.func.functional_call(model, p, (x,))
+
+    def task_rate(forward: Callable) -> float:
+        start = time.perf_counter()
+        for sx, sy, qx, qy in tasks:
+            params = trainable_params(model)
+            for _ in range(STEPS):
+                loss = F.binary_cross_entropy_with_logits(forward(params, sx), sy)
+                grads = torch.autograd.grad(loss, list(params.values()))
+                params = {n: p - INNER_LR * g for (n, p), g in zip(params.items(), grads, strict=True)}
+            F.binary_cross_entropy_with_logits(forward(params, qx), qy).backward()
+        return len(tasks) / (time.perf_counter() - start)
+
+    compiled = torch.compile(eager)
+    start = time.perf_counter()
+    task_rate(compiled)  # the first pass compiles the forward and backward graphs
+    compile_s = time.perf_counter() - start
+    return {
+        "eager tasks/s": task_rate(eager),
+        "compiled tasks/s": task_rate(compiled),
+        "first compiled pass (s, compile included)": compile_s,
+    }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=1, help="timed meta-steps (of 4 tasks) per engine and order")
+    parser.add_argument("--repeats", type=int, default=1, help="timed meta-steps per runner, meta-batch and order")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--bare", action="store_true", help="also time a bare learn2learn loop")
+    parser.add_argument("--orders", nargs="+", choices=("second", "first"), default=["second", "first"])
+    parser.add_argument("--meta-batches", nargs="+", type=int, default=[1, 4])
+    parser.add_argument("--engines", nargs="+", choices=ENGINES, default=list(DEFAULT_ENGINES))
+    parser.add_argument("--channels-last", action="store_true", help="also time each engine on channels_last")
+    parser.add_argument("--extras", action="store_true", help="also measure channels_last, threads, compile, ...")
     parser.add_argument("--json", help="also write the results to this JSON file")
     args = parser.parse_args()
     device = torch.device(args.device)
+    torch.set_num_threads(args.threads)
     began, load_before = time.perf_counter(), _load()
-    results = run(args.repeats, args.threads, device, args.bare)
     print(
         f"MAML engines: conv4 {SIZE}px, {WAYS}-way {SHOTS}-shot (+negatives), {QUERIES} queries, {STEPS} steps, "
-        f"meta-batch {META_BATCH}, {args.threads} threads, {device}, torch {torch.__version__}, "
-        f"{platform.processor() or platform.machine()}"
+        f"{args.threads} threads (OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}), {device}, "
+        f"torch {torch.__version__}, {platform.processor() or platform.machine()}, {args.repeats} round(s)"
     )
-    print("| order | engine | tasks/s | ÷ learn2learn |")
-    print("|---|---|---:|---:|")
-    for order, rows in results.items():
-        for engine, row in rows.items():
-            print(f"| {order} | {engine} | {row['tasks_per_s']:.2f} | {row['vs_learn2learn']:.2f} |")
+    print("| order | meta-batch | runner | tasks/s | ÷ bare learn2learn | CPU s/task | bare's CPU s ÷ this |")
+    print("|---|---:|---|---:|---:|---:|---:|", flush=True)
+    results = run(
+        args.repeats, device, tuple(args.engines), tuple(args.orders), tuple(args.meta_batches), args.channels_last
+    )
+    extra = extras(args.repeats, args.threads, device) if args.extras else {}
     print(f"(took {time.perf_counter() - began:.0f} s; load average before/after: {load_before} / {_load()})")
     if args.json:
         with open(args.json, "w", encoding="utf-8") as fh:
-            json.dump({"device": str(device), "threads": args.threads, "results": results}, fh, indent=2)
+            json.dump(
+                {"device": str(device), "threads": args.threads, "results": results, "extras": extra}, fh, indent=2
+            )
 
 
 def _load() -> str:

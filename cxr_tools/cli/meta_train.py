@@ -90,7 +90,11 @@ def meta_train(
     ] = None,
     engine: Annotated[
         str,
-        typer.Option("--engine", help="auto (learn2learn when installed, else func), learn2learn, higher or func."),
+        typer.Option(
+            "--engine",
+            help="auto (learn2learn when installed, else func), learn2learn, higher, func, or vmap (a meta-batch's "
+            "tasks as one batched computation; same meta-gradient).",
+        ),
     ] = "auto",
     meta_split: MetaSplitOpt = "auto",
     pool_seed: PoolSeedOpt = 0,

@@ -190,7 +190,9 @@ def _flat(model):
     return torch.cat([p.detach().flatten() for p in model.parameters()])
 
 
-@pytest.mark.parametrize(("engine", "first_order"), [("func", False), ("func", True), ("higher", True)])
+@pytest.mark.parametrize(
+    ("engine", "first_order"), [("func", False), ("func", True), ("higher", True), ("vmap", False), ("vmap", True)]
+)
 def test_fp16_manual_meta_backward_goes_through_the_scaler_and_matches_fp32(tmp_path, engine, first_order):
     if engine == "higher":
         pytest.importorskip("higher")
@@ -222,7 +224,8 @@ def test_fp16_manual_meta_backward_goes_through_the_scaler_and_matches_fp32(tmp_
 
 
 @pytest.mark.parametrize(
-    ("engine", "first_order"), [("func", False), ("func", True), ("higher", True), ("learn2learn", False)]
+    ("engine", "first_order"),
+    [("func", False), ("func", True), ("higher", True), ("learn2learn", False), ("vmap", False), ("vmap", True)],
 )
 def test_fp16_meta_gradients_too_small_for_fp16_survive_through_the_scale(tmp_path, engine, first_order):
     """A loss of order 1e-6 has fp16 gradients below fp16's smallest value: unscaled they flush to zero (every

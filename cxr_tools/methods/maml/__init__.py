@@ -9,6 +9,8 @@ Modules:
     losses      :func:`multilabel_bce`, masked BCE-with-logits over the episode's N classes.
     functional  the functional core: out-of-place SGD on a name → tensor parameter mapping.
     engines     the same per-task computation through learn2learn, higher and torch.func.
+    batched     the ``vmap`` engine: a meta-batch's tasks as one batched computation (``inner_loop(...,
+                batched=True)`` and ``batched_forward`` adapt and score several episodes at once, for evaluation too).
     norm        BatchNorm handling: eval mode during adaptation and scoring (why: see that module).
     algorithm   the public API below.
 
@@ -36,6 +38,9 @@ _EXPORTS = {
     "meta_step": "algorithm",
     "params_without_meta_grad": "algorithm",
     "resolve_engine": "algorithm",
+    "batched_forward": "functional",
+    "broadcast_params": "batched",
+    "inner_loop": "functional",
     "ENGINES": "config",
     "MamlConfig": "config",
     "LEARN2LEARN_INSTALL": "engines",
@@ -56,9 +61,12 @@ __all__ = [
     "Task",
     "TaskInfo",
     "adapt",
+    "batched_forward",
+    "broadcast_params",
     "check_batch_independent",
     "frozen_batchnorm",
     "import_learn2learn",
+    "inner_loop",
     "meta_backward",
     "meta_loss",
     "meta_step",
@@ -80,8 +88,10 @@ if TYPE_CHECKING:
         params_without_meta_grad,
         resolve_engine,
     )
+    from cxr_tools.methods.maml.batched import broadcast_params
     from cxr_tools.methods.maml.config import ENGINES, MamlConfig
     from cxr_tools.methods.maml.engines import LEARN2LEARN_INSTALL, import_learn2learn
+    from cxr_tools.methods.maml.functional import batched_forward, inner_loop
     from cxr_tools.methods.maml.losses import LossFn, multilabel_bce
     from cxr_tools.methods.maml.norm import check_batch_independent, frozen_batchnorm
 

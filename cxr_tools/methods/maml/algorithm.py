@@ -30,6 +30,7 @@ import torch
 from torch import Tensor, nn
 
 from cxr_tools.errors import ConfigError, DependencyError
+from cxr_tools.methods.maml.batched import vmap_group_losses, vmap_task, vmap_tasks
 from cxr_tools.methods.maml.config import ENGINES, MamlConfig
 from cxr_tools.methods.maml.engines import (
     TASK_FUNCTIONS,
@@ -131,7 +132,10 @@ def meta_loss(
     """
     engine, run = _engine(cfg, tasks)
     with frozen_batchnorm(model):
-        outs = [run(model, task, cfg, loss_fn) for task in tasks]
+        if engine == "vmap":
+            outs = vmap_tasks(model, tasks, cfg, loss_fn)
+        else:
+            outs = [run(model, task, cfg, loss_fn) for task in tasks]
     loss = torch.stack([o.query_loss for o in outs]).mean()
     return loss, _summarise(engine, outs)
 
@@ -157,6 +161,8 @@ def meta_backward(
     """
     engine, run = _engine(cfg, tasks)
     weight = 1.0 / len(tasks) if scale is None else scale
+    if engine == "vmap":
+        return _vmap_backward(model, tasks, cfg, loss_fn, weight, backward or Tensor.backward)
     outs = []
     with frozen_batchnorm(model):
         for task in tasks:
@@ -253,7 +259,27 @@ def _engine(cfg: MamlConfig, tasks: Sequence[Sequence[Tensor]]) -> tuple[str, Ta
     if len(tasks) == 0:
         raise ConfigError("A meta-batch needs at least one task.", "Use --meta-batch 1 or more.")
     engine = resolve_engine(cfg.engine, quiet=True)
-    return engine, TASK_FUNCTIONS[engine]
+    return engine, {**TASK_FUNCTIONS, "vmap": vmap_task}[engine]
+
+
+def _vmap_backward(
+    model: nn.Module,
+    tasks: Sequence[Sequence[Tensor]],
+    cfg: MamlConfig,
+    loss_fn: LossFn,
+    weight: float,
+    backward: Callable[[Tensor], None],
+) -> MetaInfo:
+    # One backward pass per group of equal-shaped tasks (usually the whole meta-batch): the group's graph is
+    # shared by its tasks, so it is backpropagated once, as the weighted sum of their query losses.
+    outs: dict[int, TaskOutput] = {}
+    with frozen_batchnorm(model):
+        for members, losses, group in vmap_group_losses(model, tasks, cfg, loss_fn):
+            if losses.requires_grad:
+                backward(losses.sum() * weight)
+            for i, out in zip(members, group, strict=True):
+                outs[i] = TaskOutput(out.query_loss.detach(), out.support_losses, out.query_logits)
+    return _summarise("vmap", [outs[i] for i in range(len(tasks))])
 
 
 def _summarise(engine: str, outs: Sequence[TaskOutput]) -> MetaInfo:

@@ -10,9 +10,10 @@ from dataclasses import dataclass
 
 from cxr_tools.errors import ConfigError
 
-#: Engines that compute the meta-gradient; all give the same numbers (tested). ``auto`` picks learn2learn when
-#: it is importable, else ``func``.
-ENGINES: tuple[str, ...] = ("auto", "learn2learn", "higher", "func")
+#: Engines that compute the meta-gradient; all give the same numbers (tested). ``vmap`` runs a meta-batch's tasks
+#: as one batched computation. ``auto`` picks learn2learn when it is importable, else ``func``: on CPU no engine
+#: is measurably faster (docs/benchmarks.md, "Batched tasks").
+ENGINES: tuple[str, ...] = ("auto", "learn2learn", "higher", "func", "vmap")
 
 
 @dataclass(frozen=True)
@@ -24,7 +25,7 @@ class MamlConfig:
         adapt_steps: number of inner SGD steps on the support set (0 scores the initialisation itself).
         first_order: drop the second-order terms (FOMAML): the meta-gradient is the query-loss gradient at the
             adapted parameters, about twice as fast and far lighter on memory.
-        engine: ``auto`` | ``learn2learn`` | ``higher`` | ``func`` — how the meta-gradient is computed; see
+        engine: ``auto`` | ``learn2learn`` | ``higher`` | ``func`` | ``vmap`` — how the meta-gradient is computed; see
             :func:`cxr_tools.methods.maml.resolve_engine`.
     """
 

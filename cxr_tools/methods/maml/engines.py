@@ -13,6 +13,9 @@ the same meta-gradient to round-off (``tests/unit/test_maml_engines.py``):
 * ``func`` — :mod:`cxr_tools.methods.maml.functional` (``torch.func.functional_call`` + ``torch.autograd.grad``),
   no extra dependency; the fallback of ``auto``.
 
+A fourth engine, ``vmap`` (:mod:`cxr_tools.methods.maml.batched`), computes the same per-task quantities for a
+whole meta-batch at once.
+
 Each engine expects the caller to have put BatchNorm layers in eval mode (:func:`.norm.frozen_batchnorm`).
 """
 
@@ -31,7 +34,7 @@ from torch import Tensor, nn
 
 from cxr_tools.errors import DependencyError
 from cxr_tools.methods.maml.config import MamlConfig
-from cxr_tools.methods.maml.functional import forward, inner_loop, trainable_params
+from cxr_tools.methods.maml.functional import query_after_adaptation, trainable_params
 from cxr_tools.methods.maml.losses import LossFn
 
 log = logging.getLogger(__name__)
@@ -143,19 +146,7 @@ def higher_task(
 
 def func_task(model: nn.Module, task: TaskTensors, cfg: MamlConfig, loss_fn: LossFn) -> TaskOutput:
     """One task through the functional core (``torch.func.functional_call`` + ``torch.autograd.grad``)."""
-    sx, sy, qx, qy = task
-    params, losses = inner_loop(
-        model,
-        trainable_params(model),
-        sx,
-        sy,
-        lr=cfg.inner_lr,
-        steps=cfg.adapt_steps,
-        loss_fn=loss_fn,
-        create_graph=not cfg.first_order,
-    )
-    logits = forward(model, params, qx)
-    return TaskOutput(loss_fn(logits, qy), losses, logits.detach())
+    return TaskOutput(*query_after_adaptation(model, trainable_params(model), task, cfg, loss_fn))
 
 
 class _FirstOrder(torch.autograd.Function):
