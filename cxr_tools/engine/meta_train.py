@@ -49,6 +49,7 @@ from cxr_tools.methods.episodes import evaluate_episodes, meta_gradient, summari
 from cxr_tools.methods.maml import check_batch_independent, resolve_engine
 from cxr_tools.methods.maml.config import ENGINES, MamlConfig
 from cxr_tools.methods.protonet import ALGORITHMS, EMBEDDING_DIM, RULE, evaluate_protonet_episodes, protonet_gradient
+from cxr_tools.models import save_model_dir
 from cxr_tools.models.checkpoints import model_meta
 from cxr_tools.models.factory import initial_model
 from cxr_tools.models.lineage import write_lineage
@@ -233,8 +234,6 @@ def _fit(
     config: MetaTrainConfig, maml: MamlConfig, ctx: RuntimeContext, data: _MetaData, progress: Progress, dry_run: bool
 ) -> MetaTrainResult | RunPlan:
     """The body of :func:`meta_train`, run by :func:`~cxr_tools.runtime.lifecycle.run_in_context`."""
-
-    from cxr_tools.models import save_model_dir
 
     dist, device, cache, val_list = ctx.dist, ctx.device, data.cache, data.val_list
     model, origin = initial_model(config.init, config.backbone, config.ways, int(cache.image_shape[0]))

@@ -265,6 +265,10 @@ def merge(config: MergeConfig, progress: Progress | None = None) -> PreprocessRe
     out = Path(config.output)
     if any(Path(s).resolve() == out.resolve() for s in config.shards):
         raise ConfigError(f"The merge output {out} is one of the inputs.", "Choose a new -o directory.")
+    # an existing folder's fate first, whatever the inputs: one that is not ours is refused (decide only locks it);
+    # a new output is not created until the inputs have passed their checks
+    spec = replace(CACHE_SPEC, resumable=False)
+    decision = decide(out, spec, overwrite=config.overwrite) if out.exists() else None
     sharded = [bool(cache_mod.read_tables(s)[0].get("shard")) for s in config.shards]
     if any(sharded) and not all(sharded):
         raise ConfigError(
@@ -278,7 +282,7 @@ def merge(config: MergeConfig, progress: Progress | None = None) -> PreprocessRe
         )
     if not any(sharded):
         check_datasets(config.shards)  # before the output is claimed: a wrong input costs nothing
-    claim(decide(out, replace(CACHE_SPEC, resumable=False), overwrite=config.overwrite))
+    claim(decision or decide(out, spec, overwrite=config.overwrite))
     if all(sharded):
         manifest = merge_shards(config.shards, out, progress)
     else:
