@@ -8,7 +8,7 @@ interleaved rounds, so that load changes on a shared machine hit all runners ali
 ``l2l-bare`` is a hand-written learn2learn loop (clone/adapt/backward per task) with no cxr-tools code in it: the
 reference every ratio is taken against. ``vmap`` runs a meta-batch's tasks as one batched computation.
 
-``--extras`` adds the issue-24 item-3 measurements, each short and side by side with its baseline: channels_last
+``--extras`` adds the engine-tuning measurements, each short and side by side with its baseline: channels_last
 (model and images), 1 vs 2 intra-op threads, ``torch.inference_mode`` vs ``torch.no_grad`` for scoring queries
 with adapted weights (the eval-only path), and ``torch.compile`` of the functional forward in the inner loop
 (first order only: compiled graphs do not support the double backward of second order), compile time included.
@@ -170,7 +170,7 @@ def run(
 
 
 def extras(repeats: int, threads: int, device: torch.device) -> dict:
-    """Item 3 of issue 24, first order at meta-batch 4 (short): channels_last, threads, inference_mode, compile.
+    """Engine tuning, first order at meta-batch 4 (short): channels_last, threads, inference_mode, compile.
 
     Each measurement is printed as soon as it is taken (a later one may be slow, or fail, e.g. torch.compile).
     """

@@ -16,7 +16,7 @@ past :data:`MEMORY_BYTES`), so every method and episode of one process reuses it
 file already held, so a later ``cxr evaluate --features-dir FOLDER`` or benchmark step reuses it. A file is only
 replaced when it is one this module wrote (its recorded key matches); anything else there is left alone.
 
-API (what a foundation encoder calls, issue 26)::
+API (what a foundation encoder's evaluation calls)::
 
     embedder = Embedder(fn, weights="sha256:…", function="hf:rad-dino|cls|518px|imagenet-mean")
     feats = features_for(embedder, rows, cache)          # float32 [len(rows), D] on the CPU, rows in order

@@ -1,9 +1,9 @@
 """`cxr evaluate --seen-ways`: generalized few-shot episodes (MetaChest) end to end on a phantom cache.
 
-The done-when of issue 25: ``--seen-ways 2 --ways 2`` gives 4-class episodes (2 meta-train + 2 meta-test classes)
-whose images carry no label outside the episode's classes, whose negatives carry no finding, whose patients stay
-apart (support / query, and from everything the run trained on), with seen / unseen / harmonic results in
-summary.json and in the printed table; ``cxr compare`` ranks on them.
+What generalized evaluation promises: ``--seen-ways 2 --ways 2`` gives 4-class episodes (2 meta-train + 2
+meta-test classes) whose images carry no label outside the episode's classes, whose negatives carry no finding,
+whose patients stay apart (support / query, and from everything the run trained on), with seen / unseen /
+harmonic results in summary.json and in the printed table; ``cxr compare`` ranks on them.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Caches of several datasets (issue 25, item 4): an NIH-layout and a CheXpert-layout phantom, preprocessed apart
+"""Caches of several datasets: an NIH-layout and a CheXpert-layout phantom, preprocessed apart
 and merged with ``cxr preprocess --merge``, keep a dataset column, dataset-qualified patient ids and canonical
 labels; the merged cache meta-trains and evaluates with no patient shared across datasets, ``cxr stats`` counts
 per dataset, and its content fingerprint and ``cxr stats --verify`` work."""
