@@ -158,3 +158,20 @@ def test_caches_that_cannot_be_merged_are_refused_before_any_output(caches, tmp_
     with pytest.raises(ConfigError, match="shard caches and whole caches"):
         merge(MergeConfig(shards=(tmp_path / "part", caches / "chexpert"), output=tmp_path / "out"))
     assert not (tmp_path / "out").exists()
+
+
+def test_a_split_class_one_merged_dataset_does_not_label_is_named_in_a_warning(caches, caplog):
+    """CheXpert does not label Infiltration: on its rows the class is empty, which reads as negative, so a
+    meta-split using it on the merged cache is warned about (and one using shared classes is not)."""
+    from cxr_tools.data.caches.datasets import unlabelled_classes
+    from cxr_tools.data.splits.meta import resolve_meta_split
+
+    merged = open_cache(caches / "m")
+    assert unlabelled_classes(merged.manifest, ["Effusion", "Infiltration"]) == {"synthetic-chexpert": ["Infiltration"]}
+    assert unlabelled_classes(open_cache(caches / "nih").manifest, ["Infiltration"]) == {}  # one dataset: nothing
+    with caplog.at_level("WARNING"):
+        resolve_meta_split(SPLIT, merged.path, merged.labels)
+    assert "do not all label" not in caplog.text
+    with caplog.at_level("WARNING"):
+        resolve_meta_split(SPLIT.replace("Atelectasis", "Infiltration"), merged.path, merged.labels)
+    assert "synthetic-chexpert does not label Infiltration" in caplog.text

@@ -54,6 +54,22 @@ def qualify(dataset: str, value: str) -> str:
     return f"{dataset}:{value}"
 
 
+def unlabelled_classes(manifest: Mapping[str, Any], classes: Sequence[str]) -> dict[str, list[str]]:
+    """``{dataset: classes it does not label}`` among ``classes`` for a cache of several datasets (empty for one
+    dataset): on those rows such a class is empty, which training and the samplers read as "not positive", so those
+    rows can be drawn as its negatives although nobody looked for that finding."""
+    source = manifest.get("source") or {}
+    if source.get("kind") != "merged":
+        return {}
+    missing = {}
+    for record in source.get("datasets") or []:
+        labelled = {canonical_label(str(label)) for label in record.get("labels") or []}
+        lacking = [c for c in classes if canonical_label(c) not in labelled]
+        if lacking:
+            missing[str(record.get("name"))] = lacking
+    return missing
+
+
 def _datasets_of(reader: cache_mod.CacheReader) -> list[str]:
     if cache_mod.DATASET_COLUMN in reader.index.columns:
         return sorted(set(reader.index[cache_mod.DATASET_COLUMN].astype(str)))

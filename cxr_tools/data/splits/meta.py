@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from cxr_tools.data.caches.datasets import unlabelled_classes
 from cxr_tools.data.labels import METACHEST_OPTIONAL, METACHEST_SPLIT, canonical_label
 from cxr_tools.data.splits.patients import SPLITS, allocate
 from cxr_tools.errors import ConfigError, DataError, InputError
@@ -273,22 +274,45 @@ def resolve_meta_split(spec: str | None, cache_dir: Path, labels: Sequence[str])
     """The meta-split to use for a cache, resolved against its label space.
 
     ``auto`` (or empty) takes ``CACHE/meta_split.json`` when the cache has one, else MetaChest when the labels are
-    NIH's; any other label space needs an explicit ``--meta-split``.
+    NIH's; any other label space needs an explicit ``--meta-split``. On a cache of several datasets, a class that
+    one of them does not label is named in a warning (:func:`warn_unlabelled`).
     """
     text = (spec or "").strip()
     if text.lower() in {"", "auto"}:
         saved = load_meta_split(cache_dir)
         if saved is not None:
-            return saved.resolve(labels)
-        try:
-            return METACHEST.resolve(labels)
-        except ConfigError:
-            raise ConfigError(
-                f"The cache's labels ({', '.join(labels)}) are not NIH's, so the default MetaChest meta-split "
-                "does not apply.",
-                "Pass --meta-split 'train=A,B;val=C;test=D,E' or a YAML/JSON file with train/val/test class lists.",
-            ) from None
-    return parse_meta_split(text, labels)
+            split = saved.resolve(labels)
+        else:
+            try:
+                split = METACHEST.resolve(labels)
+            except ConfigError:
+                raise ConfigError(
+                    f"The cache's labels ({', '.join(labels)}) are not NIH's, so the default MetaChest meta-split "
+                    "does not apply.",
+                    "Pass --meta-split 'train=A,B;val=C;test=D,E' or a YAML/JSON file with train/val/test class lists.",
+                ) from None
+    else:
+        split = parse_meta_split(text, labels)
+    warn_unlabelled(cache_dir, split)
+    return split
+
+
+def warn_unlabelled(cache_dir: Path, split: MetaSplit) -> None:
+    """Warn when a merged cache holds a dataset that does not label one of the split's classes: its rows would be
+    drawn as that class's negatives (docs/design.md, "Caches of several datasets")."""
+    manifest_path = Path(cache_dir) / "manifest.json"
+    if not manifest_path.is_file():
+        return
+    manifest = json.loads(manifest_path.read_text())
+    missing = unlabelled_classes(manifest, [*split.train, *split.val, *split.test])
+    if missing:
+        which = "; ".join(f"{name} does not label {', '.join(classes)}" for name, classes in missing.items())
+        log.warning(
+            "Cache %s merges datasets that do not all label the meta-split's classes (%s): their rows count as "
+            "negatives of those classes. Choose classes every merged dataset labels.",
+            cache_dir,
+            which,
+        )
 
 
 def check_pools(raw: np.ndarray, labels: Sequence[str], split: MetaSplit, pools: Mapping[str, np.ndarray]) -> None:
