@@ -58,8 +58,8 @@ def unlabelled_classes(manifest: Mapping[str, Any], classes: Sequence[str]) -> d
     """``{dataset: classes it does not label}`` among ``classes`` for a cache of several datasets (empty for one
     dataset): on those rows such a class is empty, which training and the samplers read as "not positive", so those
     rows can be drawn as its negatives although nobody looked for that finding."""
-    source = manifest.get("source") or {}
-    if source.get("kind") != "merged":
+    source = manifest.get("source")
+    if not isinstance(source, Mapping) or source.get("kind") != "merged":
         return {}
     missing = {}
     for record in source.get("datasets") or []:
