@@ -42,7 +42,6 @@ import numpy as np
 from cxr_tools.errors import ModelError
 
 if TYPE_CHECKING:
-    import torch
     from torch import Tensor, nn
 
     from cxr_tools.data.caches.format import CacheReader
@@ -381,10 +380,6 @@ class EpisodeFeatures:
             feats = post(feats)
         n = len(episode.support_rows)
         return feats[:n], torch.from_numpy(np.asarray(episode.support_targets)), feats[n:]
-
-    def fit(self, support: Tensor, support_y: Tensor, *, generator: torch.Generator | None = None) -> Any:
-        """The adapter fitted on support features (its scorer takes features)."""
-        return self.adapter.fit_features(support, support_y, generator=generator)
 
 
 def episode_features(

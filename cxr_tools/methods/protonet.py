@@ -77,8 +77,13 @@ def pool(features: Tensor, dim: int = EMBEDDING_DIM) -> Tensor:
 
 def embedding_fn(model: nn.Module, meta: Mapping[str, Any] | None) -> EmbedFn:
     """The embedding a protonet run was trained with (its ``extra.protonet.embedding_dim``)."""
-    dim = int(protonet_settings(meta).get("embedding_dim", EMBEDDING_DIM))
+    dim = embedding_dim(meta)
     return lambda x: embed(model, x, dim)
+
+
+def embedding_dim(meta: Mapping[str, Any] | None) -> int:
+    """The embedding width a protonet run was trained with (its ``extra.protonet.embedding_dim``)."""
+    return int(protonet_settings(meta).get("embedding_dim", EMBEDDING_DIM))
 
 
 def protonet_settings(meta: Mapping[str, Any] | None) -> dict[str, Any]:

@@ -81,15 +81,14 @@ def prototype_adapter(
     ``forward_features`` pooled to its trained width."""
     from cxr_tools.methods.embedding_cache import model_source
     from cxr_tools.methods.logistic import normalise_rows
-    from cxr_tools.methods.protonet import EMBEDDING_DIM, is_protonet, pool, protonet_settings
+    from cxr_tools.methods.protonet import embedding_dim, is_protonet, pool
     from cxr_tools.models.siamese import is_siamese
 
     embed, distance = embedding_function(model, meta)
     source = model_source(model, "output" if is_siamese(meta) else "forward_features", batch_size)
     post: Callable[[Tensor], Tensor] = normalise_rows
     if is_protonet(meta):
-        dim = int(protonet_settings(meta).get("embedding_dim", EMBEDDING_DIM))
-        post = functools.partial(pool, dim=dim)
+        post = functools.partial(pool, dim=embedding_dim(meta))
     return PrototypeAdapter(
         embed,
         model,

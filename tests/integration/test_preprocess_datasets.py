@@ -170,8 +170,8 @@ def test_a_split_class_one_merged_dataset_does_not_label_is_named_in_a_warning(c
     assert unlabelled_classes(merged.manifest, ["Effusion", "Infiltration"]) == {"synthetic-chexpert": ["Infiltration"]}
     assert unlabelled_classes(open_cache(caches / "nih").manifest, ["Infiltration"]) == {}  # one dataset: nothing
     with caplog.at_level("WARNING"):
-        resolve_meta_split(SPLIT, merged.path, merged.labels)
+        resolve_meta_split(SPLIT, merged.path, merged.labels, merged.manifest)
     assert "do not all label" not in caplog.text
     with caplog.at_level("WARNING"):
-        resolve_meta_split(SPLIT.replace("Atelectasis", "Infiltration"), merged.path, merged.labels)
+        resolve_meta_split(SPLIT.replace("Atelectasis", "Infiltration"), merged.path, merged.labels, merged.manifest)
     assert "synthetic-chexpert does not label Infiltration" in caplog.text

@@ -55,7 +55,7 @@ def meta_samplers(
     too short of patients to fill an episode are left out of meta-train and meta-val (logged); meta-test never
     drops one.
     """
-    split = resolve_meta_split(spec_text, Path(cache.path), cache.labels)
+    split = resolve_meta_split(spec_text, Path(cache.path), cache.labels, cache.manifest)
     raw = cache.raw_labels()
     pools = meta_split_pools(cache.index, cache.labels, split, seed=pool_seed)
     check_pools(raw, cache.labels, split, pools)

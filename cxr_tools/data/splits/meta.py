@@ -270,12 +270,14 @@ def meta_split_pools(
     return {name: np.sort(rows[image_tier == k]) for k, name in enumerate(SPLITS)}
 
 
-def resolve_meta_split(spec: str | None, cache_dir: Path, labels: Sequence[str]) -> MetaSplit:
+def resolve_meta_split(
+    spec: str | None, cache_dir: Path, labels: Sequence[str], manifest: Mapping[str, Any] | None = None
+) -> MetaSplit:
     """The meta-split to use for a cache, resolved against its label space.
 
     ``auto`` (or empty) takes ``CACHE/meta_split.json`` when the cache has one, else MetaChest when the labels are
-    NIH's; any other label space needs an explicit ``--meta-split``. On a cache of several datasets, a class that
-    one of them does not label is named in a warning (:func:`warn_unlabelled`).
+    NIH's; any other label space needs an explicit ``--meta-split``. With the cache's ``manifest``, a class that
+    one of the datasets of a merged cache does not label is named in a warning (:func:`warn_unlabelled`).
     """
     text = (spec or "").strip()
     if text.lower() in {"", "auto"}:
@@ -293,17 +295,14 @@ def resolve_meta_split(spec: str | None, cache_dir: Path, labels: Sequence[str])
                 ) from None
     else:
         split = parse_meta_split(text, labels)
-    warn_unlabelled(cache_dir, split)
+    if manifest is not None:
+        warn_unlabelled(cache_dir, manifest, split)
     return split
 
 
-def warn_unlabelled(cache_dir: Path, split: MetaSplit) -> None:
+def warn_unlabelled(cache_dir: Path, manifest: Mapping[str, Any], split: MetaSplit) -> None:
     """Warn when a merged cache holds a dataset that does not label one of the split's classes: its rows would be
     drawn as that class's negatives (docs/design.md, "Caches of several datasets")."""
-    manifest_path = Path(cache_dir) / "manifest.json"
-    if not manifest_path.is_file():
-        return
-    manifest = json.loads(manifest_path.read_text())
     missing = unlabelled_classes(manifest, [*split.train, *split.val, *split.test])
     if missing:
         which = "; ".join(f"{name} does not label {', '.join(classes)}" for name, classes in missing.items())

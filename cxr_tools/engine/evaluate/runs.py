@@ -88,7 +88,7 @@ def resolve_split(
         copied = _matched_split(matched)
         if copied is not None:
             return parse_meta_split(dict(copied), cache.labels)
-    return resolve_meta_split(spec, cache.path, cache.labels)
+    return resolve_meta_split(spec, cache.path, cache.labels, cache.manifest)
 
 
 def _matched_split(matched: MatchedRun) -> Mapping[str, Any] | None:
