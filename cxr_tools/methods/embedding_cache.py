@@ -313,12 +313,18 @@ def run_weights(meta: Mapping[str, Any]) -> str:
 def channels_last(source: FeatureSource) -> FeatureSource:
     """The same source on a ``channels_last`` copy of its model (the run's model is left as it is), for a
     :func:`model_source`; any other source unchanged. Embedding a pool this way was 1.3-2.3x faster for conv4 on a
-    CPU (benchmarks/evaluate_cache.py); the features agree within float rounding."""
+    CPU (benchmarks/evaluate_cache.py); the features agree within float rounding. A foundation encoder (a
+    transformer: one patch convolution, then matrix products) is measured by nobody to gain from it and is not
+    copied (a ViT-B is 350 MB)."""
     import copy
 
     import torch
 
     if source.name not in ("forward_features", "output"):
+        return source
+    from cxr_tools.models.foundation import FoundationEncoder
+
+    if isinstance(source.module, FoundationEncoder):
         return source
     clone = copy.deepcopy(source.module).to(memory_format=torch.channels_last)
     return model_source(clone, source.name, source.batch_size)
