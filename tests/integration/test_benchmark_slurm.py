@@ -7,7 +7,7 @@ import json
 import time
 
 import pytest
-from benchmark_fixtures import assert_report_equals_comparisons, cxr, status, write_plan
+from benchmark_fixtures import assert_report_equals_comparisons, cxr, state, status, write_plan
 from evaluate_factory import make_eval_cache
 from slurm_cluster import require_slurm
 
@@ -22,15 +22,20 @@ def test_slurm_executor_runs_the_plan_as_dependent_jobs_and_a_rerun_submits_noth
     assert res.returncode == 0, res.stderr
     jobs = json.loads(res.stdout)["jobs"]
     assert sorted(len(steps) for steps in jobs.values()) == [1, 1, 1, 2, 2]  # pixels and linear-probe: arrays
+    # the jobs write their states; `cxr benchmark status` (a process, and the queue's view: a job that left the
+    # queue without a final state is failed) is asked every 10 s and once the files say every step ended
     deadline = time.monotonic() + 420
+    st, asked = status(plan), time.monotonic()
     while True:
-        st = status(plan)
         failed = {i: (s["reason"], s["log"]) for i, s in st.items() if s["status"] == "failed"}
         assert not failed, failed
         if all(s["status"] == "done" for s in st.values()):
             break
         assert time.monotonic() < deadline, st
-        time.sleep(2)
+        time.sleep(0.5)
+        ended = all(state(output, i).get("status") in ("done", "failed") for i in st)
+        if ended or time.monotonic() - asked >= 10:
+            st, asked = status(plan), time.monotonic()
     assert st["evaluate/2shot/linear-probe/seed0"]["job_id"].endswith("_1")  # the second task of its array
     again = cxr("benchmark", "run", str(plan), "--executor", "slurm", "--json")
     assert again.returncode == 0, again.stderr
