@@ -62,7 +62,7 @@ def _overall_auc(res: subprocess.CompletedProcess[str]) -> float:
 
 
 #: What meta-training must gain over a random initialisation adapted with the same inner loop, in mean AUC over
-#: the same 60 meta-test episodes of the three unseen classes (measured: 0.904 vs 0.868, +0.036; docs/science.md).
+#: the same 60 meta-test episodes of the three unseen classes (measured: 0.918 vs 0.868, +0.050; docs/science.md).
 MARGIN = 0.02
 
 
@@ -70,7 +70,11 @@ MARGIN = 0.02
 def test_classic_meta_training_beats_random_init_on_unseen_classes(cache, tmp_path):
     run = tmp_path / "maml"
     args = ["meta-train", str(cache), "-o", str(run), *COMMON, "--backbone", "conv4", "--queries", "5"]
-    args += ["--episodes", "400", "--val-every", "25", "--val-episodes", "10", "--seed", "0"]  # default meta-lr
+    # 100 meta-steps of 2 episodes at 3x the default meta-lr (still 3x below the 1e-3 that memorises the five
+    # meta-train classes): +0.050, +0.051, +0.038 with training seeds 0, 1, 2. The defaults' 100 meta-steps of 4
+    # episodes (twice the tasks) measured +0.036, +0.001, +0.017: a margin only seed 0 met.
+    args += ["--episodes", "200", "--meta-batch", "2", "--meta-lr", "3e-4", "--seed", "0"]
+    args += ["--val-every", "25", "--val-episodes", "10"]
     res = cxr(*args)
     assert res.returncode == 0, res.stderr
     info = json.loads((run / "run.json").read_text())
