@@ -20,9 +20,11 @@ EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "benchmark" / "meta
 
 def test_the_metachest_phantom_plan_runs_and_reports_both_methods(tmp_path):
     plan = yaml.safe_load(EXAMPLE.read_text(encoding="utf-8"))
-    # the example's settings, scaled to a 200-image cache: one shot count, fewer queries and episodes, one thread
+    # the example's settings, scaled to a 200-image cache: one shot count, fewer queries and episodes, one thread,
+    # two training steps (what is checked is the methods' own budgets: transfer's fine-tuning, ProtoNet-ML's shots)
     plan.update(cache=str(make_eval_cache(tmp_path)), output=str(tmp_path / "out"), shots=[2], queries=3)
-    plan.update(episodes=6, threads=1, shapes=[[2, 0]])  # the standard shape; the grid: the test below
+    plan.update(episodes=4, threads=1, shapes=[[2, 0]])  # the standard shape; the grid: the test below
+    plan["train"].update(epochs=1, max_steps=2)
     plan["methods"]["protonet"]["train_shots"] = 2
     plan["meta_train"].update(episodes=4)
     path = tmp_path / "plan.yaml"
