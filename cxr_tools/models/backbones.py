@@ -72,9 +72,9 @@ class StdConv2d(nn.Conv2d):
 class MaxPool2x2(nn.MaxPool2d):
     """``nn.MaxPool2d(2)`` whose forward without autograd is two element-wise maxima of strided views.
 
-    PyTorch's CPU max-pool kernel is slow for a 2×2 window: about 16 ms for a 30×64×48×48 batch on 2 cores,
-    where ``torch.maximum`` of the even and odd rows, then columns, takes 1.5 ms (``benchmarks/maml_engines.py
-    --extras``). The values are the same (a maximum is exact, and NaN propagates alike), so scoring, embedding and
+    PyTorch's CPU max-pool kernel is slow for a 2×2 window: several times slower than ``torch.maximum`` of the
+    even and odd rows, then columns (``benchmarks/maml_engines.py --pooling``; docs/benchmarks.md). The values
+    are the same (a maximum is exact, and NaN propagates alike), so scoring, embedding and
     evaluation get the fast path. With autograd on, the native kernel is kept: its backward sends each window's
     gradient to the first maximum, and an exact re-implementation of that routing on strided views measured no
     faster. Odd sizes drop the last row / column, as ``nn.MaxPool2d(2)`` does.
