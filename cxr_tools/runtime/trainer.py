@@ -226,6 +226,11 @@ class TrainLoop:
         self.log_every_steps = options.log_every_steps
         self.extra_state = parts.extra_state
         self.load_extra_state = parts.load_extra_state
+        frozen = parts.frozen
+        params = unwrap_model(model).named_parameters()
+        trained = [n for n, p in params if frozen is not None and frozen.covers(n) and p.requires_grad]
+        if trained:  # the checkpoints would lose what they learn
+            raise TypeError(f"LoopParts.frozen names weights that train ({trained[0]}); freeze them or leave them out.")
         self.estimate = options.estimate
         # loop position and running state (all saved in last.pt)
         self.epoch = 0
