@@ -81,7 +81,8 @@ def unwrap_model(model: torch.nn.Module) -> torch.nn.Module:
 
 
 def _model_entries(model: torch.nn.Module, frozen: FrozenWeights | None) -> dict[str, Any]:
-    """``format``/``version`` and the model's state (its frozen entries replaced by their identity)."""
+    """A checkpoint's ``version`` and ``model`` entries: the whole state dict (version 1), or without the frozen
+    entries, which ``frozen`` names in their place (version 2)."""
     weights = unwrap_model(model).state_dict()
     if frozen is None:
         return {"version": 1, "model": weights}
