@@ -85,16 +85,18 @@ def process_chunk(task: ChunkTask) -> ChunkResult:
 
 def decode_only(paths: Sequence[str], decoder: str = "opencv") -> int:
     """Decode every path and drop the pixels: grey ``cv2.imread`` (``opencv``, the limit ``benchmarks/preprocess.py``
-    compares ``cxr preprocess`` with) or libspng on the file's bytes (``spng``, what preprocess decodes PNGs with)."""
+    compares ``cxr preprocess`` with), or Wuffs (``wuffs``) or libspng (``spng``) on the file's bytes, the PNG
+    decoders preprocess uses; returns how many decoded."""
     import cv2
 
+    from cxr_tools.data.decoding.imaging import decode_png_spng, decode_png_wuffs
+
+    fast = {"wuffs": decode_png_wuffs, "spng": decode_png_spng}.get(decoder)
     n = 0
     for p in paths:
-        if decoder == "spng":
-            from cxr_tools.data.decoding.imaging import decode_png_spng
-
-            with open(p, "rb") as fh:
-                n += decode_png_spng(fh.read()) is not None
+        if fast is not None:
+            with open(p, "rb", buffering=0) as fh:
+                n += fast(fh.read()) is not None
         elif cv2.imread(p, cv2.IMREAD_GRAYSCALE) is not None:
             n += 1
     return n
@@ -124,8 +126,15 @@ def _context() -> Any:
     methods = multiprocessing.get_all_start_methods()
     if "forkserver" in methods:
         ctx = multiprocessing.get_context("forkserver")
-        # a module that is not installed (pyspng is optional at run time) is skipped by the forkserver
-        preload = ["cxr_tools.data.decoding.pipeline", "cxr_tools.data.decoding.imaging", "cv2", "pyspng", "numpy"]
+        # a module that is not installed (pywuffs and pyspng are optional at run time) is skipped by the forkserver
+        preload = [
+            "cxr_tools.data.decoding.pipeline",
+            "cxr_tools.data.decoding.imaging",
+            "cv2",
+            "pywuffs",
+            "pyspng",
+            "numpy",
+        ]
         ctx.set_forkserver_preload(preload)
         return ctx
     return multiprocessing.get_context("spawn")
