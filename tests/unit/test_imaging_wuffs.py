@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import struct
+import tempfile
 import threading
 import zlib
 from collections.abc import Callable
@@ -20,6 +21,9 @@ import numpy as np
 import png_files
 import pyspng
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from hypothesis.configuration import set_hypothesis_home_dir
 from PIL import Image, ImageCms, PngImagePlugin
 from png_files import chunk, chunks, cv2_png, decoders_missing, phantom, pil_png, rezlib, stack, with_chunk
 
@@ -270,6 +274,49 @@ def test_a_wrong_idat_crc_is_refused_as_opencv_refuses_it(tmp_path):
     assert zlib.crc32(data[pos + 4 : pos + 8 + n]) != int.from_bytes(data[pos + 8 + n : pos + 12 + n], "big")
     with pytest.raises(ImageDecodeError, match="not a decodable image"):
         decode_image(_write(tmp_path, data))
+
+
+set_hypothesis_home_dir(Path(tempfile.gettempdir()) / "cxr-tools-hypothesis")
+
+
+@functools.cache
+def _fuzz_seeds() -> tuple[bytes, ...]:
+    """Small files of the kinds Wuffs decodes, several IDAT chunks each (a cut or a bad byte can fall anywhere)."""
+    return (
+        _cv2(phantom(48, 40, 255, 40), level=1),
+        _cv2(phantom(40, 33, 65535, 41), filt="PAETH"),
+        with_chunk(_cv2(stack(3, 255, h=24, w=20)), b"gAMA", struct.pack(">I", 45455)),
+    )
+
+
+@settings(max_examples=80, deadline=None, derandomize=True, database=None, suppress_health_check=list(HealthCheck))
+@given(
+    seed=st.integers(0, 2),
+    edits=st.lists(st.tuples(st.integers(0, 1 << 16), st.integers(0, 255)), min_size=1, max_size=3),
+    cut=st.one_of(st.none(), st.integers(9, 1 << 16)),
+)
+def test_damaged_files_get_the_same_pixels_or_the_same_reason_as_opencv_alone(seed, edits, cut):
+    """Bytes overwritten anywhere, or the file cut and an IEND glued on: OpenCV's verdict, Wuffs or not."""
+    data = bytearray(_fuzz_seeds()[seed])
+    for at, value in edits:
+        data[at % len(data)] = value
+    if cut is not None:
+        data = data[: cut % len(data)] + chunk(b"IEND", b"")
+    with tempfile.TemporaryDirectory() as tmp, pytest.MonkeyPatch.context() as mp:
+        path = _write(Path(tmp), bytes(data))
+        try:
+            reference: np.ndarray | str = png_files.opencv_only(mp, path)
+        except ImageDecodeError as exc:
+            reference = exc.reason
+        try:
+            ours: np.ndarray | str = decode_image(path)
+        except ImageDecodeError as exc:
+            ours = exc.reason
+    if isinstance(reference, str):
+        assert ours == reference
+    else:
+        assert isinstance(ours, np.ndarray) and ours.dtype == reference.dtype
+        np.testing.assert_array_equal(ours, reference)
 
 
 # --- one decoder per thread, many images --------------------------------------------------------------------
