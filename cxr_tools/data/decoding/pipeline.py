@@ -98,7 +98,7 @@ def keep_freed_memory() -> bool:
 
     Every image allocates a few MB (the file's bytes, the decoded pixels, a copy) and frees them. By default glibc
     returns such blocks to the kernel (``mmap`` for blocks over 128 KiB at first, trimming the heap's top), so the
-    next image page-faults its buffers in again: ~600 faults, ~1.4 ms CPU per 1024² PNG measured, a fifth of a
+    next image page-faults its buffers in again: ~600 faults, ~1.6 ms CPU per 1024² PNG measured, a fifth of a
     worker's time (docs/benchmarks.md, Preprocess). Pixels are unchanged. Done once per worker process; False
     where there is no glibc ``mallopt`` (macOS, Windows; musl ignores it).
     """
