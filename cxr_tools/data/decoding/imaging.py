@@ -275,11 +275,8 @@ _WUFFS_KINDS: dict[tuple[int, int], str] = {
     (16, 2): "BGRA_NONPREMUL_4X16LE",
     (16, 6): "BGRA_NONPREMUL_4X16LE",
 }
-#: chunks that change neither decoder's pixels (colour-management and text chunks are reported, never applied)
-_WUFFS_CHUNKS = frozenset(
-    {b"IHDR", b"PLTE", b"IDAT", b"IEND", b"tEXt", b"zTXt", b"iTXt", b"tIME", b"pHYs", b"gAMA", b"cHRM", b"sRGB"}
-    | {b"iCCP", b"sBIT", b"bKGD"}
-)
+#: chunks that change neither decoder's pixels (colour-management and text chunks are never applied; tested each)
+_WUFFS_CHUNKS = frozenset(b"IHDR PLTE IDAT IEND tEXt zTXt iTXt tIME pHYs gAMA cHRM sRGB iCCP sBIT bKGD".split())
 
 
 def _png_header(data: bytes) -> tuple[int, int, int, int, int] | None:
@@ -306,10 +303,10 @@ def _png_chunk_kinds(data: bytes, *, idat_crc: bool) -> frozenset[bytes] | None:
         stop = pos + 12 + length
         if stop > end:
             return None
-        if (idat_crc or kind != b"IDAT") and zlib.crc32(view[pos + 4 : stop - 4]) != _BE32.unpack_from(data, stop - 4)[
-            0
-        ]:
-            return None
+        if idat_crc or kind != b"IDAT":
+            (crc,) = _BE32.unpack_from(data, stop - 4)
+            if zlib.crc32(view[pos + 4 : stop - 4]) != crc:
+                return None
         kinds.add(kind)
         if kind == b"IEND":
             return frozenset(kinds)
@@ -339,12 +336,9 @@ def _wuffs_module() -> Any:
     except ImportError:
         return None
     formats = getattr(pywuffs, "PixelFormat", None)
-    needed = ("ImageDecoder", "ImageDecoderConfig")
-    if formats is None or not all(hasattr(pywuffs.aux, n) for n in needed):
-        return None
-    if not all(hasattr(formats, f) for f in _WUFFS_KINDS.values()) or not hasattr(pywuffs, "ImageDecoderQuirks"):
-        return None
-    return pywuffs
+    needed = [(pywuffs.aux, "ImageDecoder"), (pywuffs.aux, "ImageDecoderConfig"), (pywuffs, "ImageDecoderType")]
+    needed += [(pywuffs, "ImageDecoderQuirks"), *((formats, name) for name in _WUFFS_KINDS.values())]
+    return pywuffs if all(hasattr(obj, name) for obj, name in needed) else None
 
 
 def _wuffs_decoder(pixel_format: str) -> Any:
