@@ -138,9 +138,10 @@ _local = threading.local()
 
 
 def _read_bytes(path: Path) -> np.ndarray:
-    """The file's bytes as a read-only uint8 view of one ``bytes`` object (its ``.base``, which pyspng and pydicom
-    take without a copy). One ``read`` into a new object: measured ~0.2 ms less per 500 KB PNG than ``readinto`` a
-    reused buffer followed by a copy (glibc reuses the freed block, so the new object does not page-fault)."""
+    """The file's bytes as a read-only uint8 view of one ``bytes`` object (its ``.base``, which pywuffs, pyspng and
+    pydicom take without a copy). One ``read`` into a new object: measured ~0.2 ms less per 500 KB PNG than
+    ``readinto`` a reused buffer followed by a copy (in a worker, whose malloc keeps freed blocks,
+    :func:`~cxr_tools.data.decoding.pipeline.keep_freed_memory`, the new object reuses the last one's memory)."""
     try:
         with open(path, "rb", buffering=0) as fh:
             data = fh.read()
@@ -249,10 +250,10 @@ def _decode_raster(path: Path, buf: np.ndarray) -> np.ndarray:
 # --- PNG through Wuffs, then libspng ----------------------------------------------------------------------------
 #
 # Wuffs (``pywuffs``, the optional ``fast-png`` extra) and libspng (``pyspng``) decode PNGs faster than OpenCV's
-# libpng (docs/benchmarks.md, Preprocess: Wuffs ~1.5x, libspng ~1.2x on 1024² gray X-rays). Each is used only where
-# its result is OpenCV's, bit for bit (tests/unit/test_imaging_wuffs.py, test_imaging_spng.py), and only on files
-# OpenCV would accept: no eXIf chunk (OpenCV turns the image by its orientation), width and height within OpenCV's
-# limits, every chunk's CRC correct (pyspng and pywuffs ignore CRCs by default; libpng refuses a file with a
+# libpng (docs/benchmarks.md, Preprocess: Wuffs ~1.3-1.5x, libspng ~1.1-1.2x on 1024² gray X-rays). Each is used only
+# where its result is OpenCV's, bit for bit (tests/unit/test_imaging_wuffs.py, test_imaging_spng.py), and only on
+# files OpenCV would accept: no eXIf chunk (OpenCV turns the image by its orientation), width and height within
+# OpenCV's limits, every chunk's CRC correct (pyspng and pywuffs ignore CRCs by default; libpng refuses a file with a
 # wrong critical-chunk CRC), the zlib stream's Adler-32 checked (libspng does; Wuffs is told to). Wuffs takes fewer
 # kinds of PNG (the tests' verdict): no tRNS (its gray output differs), no 16-bit gray+alpha, only the chunks listed
 # in _WUFFS_CHUNKS (an animated PNG's frames, unknown chunks: libspng or OpenCV). A file one decoder refuses goes to
