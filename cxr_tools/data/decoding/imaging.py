@@ -328,16 +328,22 @@ def decode_png(data: bytes) -> tuple[np.ndarray | None, str]:
     return None, "opencv"
 
 
+def _optional_module(name: str) -> Any:
+    """The module, or None when it (an optional decoder) is not installed."""
+    import importlib
+
+    try:
+        return importlib.import_module(name)
+    except ImportError:
+        return None
+
+
 @functools.cache
 def _wuffs_module() -> Any:
     """``pywuffs``, or None when it is not installed (the ``fast-png`` extra) or lacks what we call."""
-    try:
-        import pywuffs
-        import pywuffs.aux
-    except ImportError:
-        return None
-    formats = getattr(pywuffs, "PixelFormat", None)
-    needed = [(pywuffs.aux, "ImageDecoder"), (pywuffs.aux, "ImageDecoderConfig"), (pywuffs, "ImageDecoderType")]
+    pywuffs = _optional_module("pywuffs")
+    aux, formats = getattr(pywuffs, "aux", None), getattr(pywuffs, "PixelFormat", None)  # aux: pybind11 submodule
+    needed = [(aux, "ImageDecoder"), (aux, "ImageDecoderConfig"), (pywuffs, "ImageDecoderType")]
     needed += [(pywuffs, "ImageDecoderQuirks"), *((formats, name) for name in _WUFFS_KINDS.values())]
     return pywuffs if all(hasattr(obj, name) for obj, name in needed) else None
 
@@ -400,11 +406,7 @@ def decode_png_wuffs(data: bytes) -> np.ndarray | None:
 @functools.cache
 def _spng_codec() -> Any:
     """pyspng's extension module (``pyspng.c``), or None when pyspng is not installed or lacks what we call."""
-    try:
-        import pyspng
-    except ImportError:
-        return None
-    codec = getattr(pyspng, "c", None)
+    codec = getattr(_optional_module("pyspng"), "c", None)
     needed = ("spng_decode_image_bytes", "SPNG_FMT_AUTO", "SPNG_FMT_GA16")
     return codec if codec is not None and all(hasattr(codec, n) for n in needed) else None
 
