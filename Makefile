@@ -22,7 +22,7 @@ $(BIN)/python:
 # Reinstall when the project's dependencies change.
 $(STAMP): pyproject.toml Makefile | $(BIN)/python
 	$(PIP) install --quiet --upgrade pip setuptools wheel
-	$(PIP) install --quiet -e '.[dev,app,foundation]'
+	$(PIP) install --quiet -e '.[dev,app,foundation,fast-png]'
 	@# learn2learn 0.2.0: regenerate its Cython files (its shipped C does not build on Python >= 3.11) and
 	@# install it without its numpy<2 pin (qpth); gym/scipy/tqdm/requests are what it imports.
 	$(BIN)/python -c "import learn2learn" >/dev/null 2>&1 || ( \

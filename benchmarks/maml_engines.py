@@ -11,7 +11,8 @@ reference every ratio is taken against. ``vmap`` runs a meta-batch's tasks as on
 ``--extras`` adds the engine-tuning measurements, each short and side by side with its baseline: channels_last
 (model and images), 1 vs 2 intra-op threads, ``torch.inference_mode`` vs ``torch.no_grad`` for scoring queries
 with adapted weights (the eval-only path), and ``torch.compile`` of the functional forward in the inner loop
-(first order only: compiled graphs do not support the double backward of second order), compile time included.
+(first order only: compiled graphs do not support the double backward of second order), compile time included,
+and conv4's 2×2 max-pool without autograd (``--pooling`` measures only that): PyTorch's kernel vs the zoo's.
 
 Threads: the run sets ``torch.set_num_threads(--threads)``; also export ``OMP_NUM_THREADS`` to the same value
 before starting Python (``OMP_NUM_THREADS=2 python benchmarks/maml_engines.py``) so OpenMP sizes its pool alike.
@@ -201,6 +202,7 @@ def extras(repeats: int, threads: int, device: torch.device) -> dict:
     torch.set_num_threads(threads)
     record("threads (func) tasks/s", per_thread)
     record("query scoring images/s", scoring_modes(device, repeats))
+    record("max-pool 2x2 without autograd, ms per conv4 forward", pooling(device, repeats))
     record("torch.compile (func, first order)", compiled_inner_loop(device, tasks))
     return out
 
@@ -221,6 +223,30 @@ def scoring_modes(device: torch.device, repeats: int) -> dict[str, float]:
                 adapted(qx)
                 rates[mode].append(len(qx) / (time.perf_counter() - start))
     return {m: statistics.median(r) for m, r in rates.items()}
+
+
+def pooling(device: torch.device, repeats: int, images: int = 45) -> dict[str, float]:
+    """Milliseconds of conv4's four 2×2 max-pools on ``images`` query images (the four block outputs, 64 channels)
+    without autograd: ``nn.MaxPool2d(2)`` (PyTorch's kernel) vs the zoo's :class:`MaxPool2x2` (two element-wise
+    maxima of strided views; the same values), median of ``max(repeats, 5)`` alternating rounds."""
+    from cxr_tools.models.backbones import MaxPool2x2
+
+    g = torch.Generator().manual_seed(0)
+    inputs = [torch.randn(images, 64, SIZE >> k, SIZE >> k, generator=g).to(device) for k in range(4)]
+    pools = {"nn.MaxPool2d": nn.MaxPool2d(2), "MaxPool2x2": MaxPool2x2()}
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    times: dict[str, list[float]] = {name: [] for name in pools}
+    with torch.no_grad():
+        for _ in range(max(repeats, 5)):
+            for name, pool in pools.items():
+                start = time.perf_counter()
+                for x in inputs:
+                    pool(x)
+                sync()
+                times[name].append((time.perf_counter() - start) * 1000)
+    out = {name: statistics.median(t) for name, t in times.items()}
+    out["ratio"] = out["nn.MaxPool2d"] / out["MaxPool2x2"]
+    return out
 
 
 def compiled_inner_loop(device: torch.device, tasks: list) -> dict[str, float]:
@@ -265,10 +291,14 @@ def main() -> None:
     parser.add_argument("--engines", nargs="+", choices=ENGINES, default=list(DEFAULT_ENGINES))
     parser.add_argument("--channels-last", action="store_true", help="also time each engine on channels_last")
     parser.add_argument("--extras", action="store_true", help="also measure channels_last, threads, compile, ...")
+    parser.add_argument("--pooling", action="store_true", help="only measure the 2x2 max-pool without autograd")
     parser.add_argument("--json", help="also write the results to this JSON file")
     args = parser.parse_args()
     device = torch.device(args.device)
     torch.set_num_threads(args.threads)
+    if args.pooling:
+        print("max-pool 2x2 without autograd, ms per conv4 forward:", pooling(device, args.repeats))
+        return
     began, load_before = time.perf_counter(), _load()
     print(
         f"MAML engines: conv4 {SIZE}px, {WAYS}-way {SHOTS}-shot (+negatives), {QUERIES} queries, {STEPS} steps, "

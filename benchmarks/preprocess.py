@@ -4,8 +4,9 @@
 
 1. **Throughput.** A few hundred synthetic 1024² PNGs (the built-in generator at ``--size 1024``, kept in
    ``--data`` between runs). The decode-only limit is a bare grey ``cv2.imread`` loop over the same files on the
-   same number of processes, through the same ordered process pool, discarding the pixels; a libspng decode-only
-   loop (``pyspng``, what preprocess decodes PNGs with) runs beside it. The preprocess engine (decode →
+   same number of processes, through the same ordered process pool, discarding the pixels; Wuffs and libspng
+   decode-only loops (``pywuffs`` / ``pyspng``, what preprocess decodes PNGs with) run beside it. The preprocess
+   engine (decode →
    crop/resize to 256 → CLAHE → write HDF5, index, manifest) runs on the same files. Runs alternate, the
    median of ``--repeats`` is kept; the goal is engine / grey ``cv2.imread`` ≥ 1.1.
 2. **Memory.** The engine on two dataset sizes (rows; larger sets reuse the PNGs through symlinks under new
@@ -94,7 +95,7 @@ def time_decode_only(paths: list[str], workers: int, decoder: str = "opencv") ->
     chunks = (paths[i : i + CHUNK] for i in range(0, len(paths), CHUNK))
     n = sum(ordered_map(functools.partial(decode_only, decoder=decoder), chunks, workers))
     elapsed = time.perf_counter() - t
-    assert n == len(paths), f"decoded {n} of {len(paths)}"
+    assert n == len(paths), f"{decoder} decoded {n} of {len(paths)} (wuffs needs the fast-png extra, pywuffs)"
     return elapsed
 
 
@@ -114,16 +115,20 @@ _CPU_CODE = """
 import sys, cv2
 cv2.setNumThreads(1)
 from cxr_tools.data.decoding.imaging import ImageOps
-from cxr_tools.data.decoding.pipeline import ChunkTask, decode_only, process_chunk
+from cxr_tools.data.decoding.pipeline import ChunkTask, decode_only, keep_freed_memory, process_chunk
 paths, method = tuple(sys.argv[2:]), sys.argv[1]
 if method == "imread":
     decode_only(paths)
-elif method == "spng":
-    decode_only(paths, decoder="spng")
+elif method == "imread_kept":  # the bare loop with the worker's malloc setting (for comparison)
+    keep_freed_memory()
+    decode_only(paths)
+elif method in ("wuffs", "spng"):
+    decode_only(paths, decoder=method)
 elif method == "worker":
+    keep_freed_memory()  # what process_chunk does in a worker process (this one has no parent)
     process_chunk(ChunkTask(0, paths, ImageOps()))
 """
-CPU_METHODS = ("imread", "spng", "worker")
+CPU_METHODS = ("imread", "imread_kept", "wuffs", "spng", "worker")
 
 
 def cpu_per_image(paths: list[str], rounds: int) -> dict[str, float]:
@@ -204,21 +209,26 @@ def markdown(res: dict) -> str:
         "|---|---|",
         f"| decode-only limit (grey `cv2.imread`, same files, same processes) "
         f"| {t['decode_only_images_per_s']:.1f} images/s |",
+        f"| Wuffs decode-only (`pywuffs`, same files, same processes) | {t['wuffs_images_per_s']:.1f} images/s |",
         f"| libspng decode-only (`pyspng`, same files, same processes) | {t['spng_images_per_s']:.1f} images/s |",
         f"| `cxr preprocess` engine (decode → crop/resize → CLAHE → HDF5 + index + manifest) "
         f"| {t['engine_images_per_s']:.1f} images/s |",
         f"| **ratio engine / grey `cv2.imread`** (goal ≥ 1.1) | **{t['ratio']:.2f}** "
-        f"(back-to-back triples: {', '.join(f'{r:.2f}' for r in t['paired_ratios'])}) |",
+        f"(back-to-back runs: {', '.join(f'{r:.2f}' for r in t['paired_ratios'])}) |",
+        f"| ratio Wuffs / grey `cv2.imread` (decode alone) | {t['wuffs_ratio']:.2f} |",
         f"| ratio libspng / grey `cv2.imread` (decode alone) | {t['spng_ratio']:.2f} |",
         "",
-        "The back-to-back triples (limit, libspng, engine run one after the other) show the spread of a shared "
+        "The back-to-back ratios (limit, Wuffs, libspng, engine run one after the other) show the spread of a shared "
         "machine.",
         "",
         f"CPU per image in one fresh process (what a worker does; start and imports subtracted; median of "
         f"{t['repeats']} alternating rounds over {res['cpu_images']} of the files): grey `cv2.imread` "
-        f"{c['imread']:.2f} ms, libspng decode {c['spng']:.2f} ms, the engine's worker (decode → crop/resize → "
-        f"CLAHE) {c['worker']:.2f} ms: CPU-bound ratios libspng / `cv2.imread` "
-        f"{c['imread'] / c['spng']:.2f}, worker / `cv2.imread` {c['imread'] / c['worker']:.2f}.",
+        f"{c['imread']:.2f} ms, Wuffs decode {c['wuffs']:.2f} ms, libspng decode {c['spng']:.2f} ms, the engine's "
+        f"worker (decode → crop/resize → CLAHE) {c['worker']:.2f} ms: CPU-bound ratios Wuffs / `cv2.imread` "
+        f"{c['imread'] / c['wuffs']:.2f}, libspng / `cv2.imread` {c['imread'] / c['spng']:.2f}, worker / "
+        f"`cv2.imread` {c['imread'] / c['worker']:.2f}. The worker keeps freed memory for reuse "
+        f"(`keep_freed_memory`); the bare loop given the same malloc setting: {c['imread_kept']:.2f} ms "
+        f"(worker / it {c['imread_kept'] / c['worker']:.2f}).",
         "",
         "Peak memory of the engine in a fresh process (256² output, HDF5; larger sets reuse the PNGs through "
         "symlinked copies):",
@@ -282,24 +292,28 @@ def main() -> None:
         sizes_kb = [os.path.getsize(p) / 1024 for p in paths]
         time_decode_only(paths, args.workers)  # warm the page cache and the interpreter
         time_engine(src, work / "c_h5", args.workers)  # and the engine's imports
-        dec, spng, eng = [], [], []
+        dec, wuffs, spng, eng = [], [], [], []
         for _ in range(args.repeats):
             dec.append(time_decode_only(paths, args.workers))
+            wuffs.append(time_decode_only(paths, args.workers, decoder="wuffs"))
             spng.append(time_decode_only(paths, args.workers, decoder="spng"))
             eng.append(time_engine(src, work / "c_h5", args.workers))
-        d, sp, e = statistics.median(dec), statistics.median(spng), statistics.median(eng)
+        d, wu, sp, e = (statistics.median(x) for x in (dec, wuffs, spng, eng))
         throughput = {
             "images": len(paths),
             "mean_file_kb": round(float(np.mean(sizes_kb)), 1),
             "workers": args.workers,
             "repeats": args.repeats,
             "decode_only_s": [round(x, 3) for x in dec],
+            "wuffs_s": [round(x, 3) for x in wuffs],
             "spng_s": [round(x, 3) for x in spng],
             "engine_s": [round(x, 3) for x in eng],
             "decode_only_images_per_s": round(len(paths) / d, 1),
+            "wuffs_images_per_s": round(len(paths) / wu, 1),
             "spng_images_per_s": round(len(paths) / sp, 1),
             "engine_images_per_s": round(len(paths) / e, 1),
             "ratio": round(d / e, 3),
+            "wuffs_ratio": round(d / wu, 3),
             "spng_ratio": round(d / sp, 3),
             "paired_ratios": [round(a / b, 3) for a, b in zip(dec, eng, strict=True)],
         }

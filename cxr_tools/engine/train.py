@@ -49,6 +49,7 @@ from cxr_tools.methods.losses import masked_bce
 from cxr_tools.models.factory import check_model_name, create_for_images
 from cxr_tools.models.registry import normalise
 from cxr_tools.runtime import lifecycle
+from cxr_tools.runtime.checkpointing import FrozenWeights
 from cxr_tools.runtime.devices import autocast_context
 from cxr_tools.runtime.estimate import EstimateSettings, quick_try
 from cxr_tools.runtime.lifecycle import FitReport, plan_in_context, run_in_context
@@ -148,6 +149,7 @@ def _train(
         from cxr_tools.models.backbones import freeze_features
 
         freeze_features(model)
+    frozen = frozen_weights(model) if config.freeze else None  # checkpoints name it instead of holding it
     net, optimizer, schedule = lifecycle.make_optimisation(model, ctx, config, steps_per_epoch=global_batches)
     sampler = BalancedSampler(train_t, seed=config.seed, mask=train_m) if config.balance == "sampler" else None
     pos_weight = None
@@ -195,7 +197,7 @@ def _train(
     if not has_val:
         log.warning("The cache has no val split: no validation; the final weights become the model.")
     monitor, mode = ("val_auc", "max") if has_val else ("train_loss", "min")
-    parts = LoopParts(step_fn, batches_fn, validate_fn if has_val else None)
+    parts = LoopParts(step_fn, batches_fn, validate_fn if has_val else None, frozen=frozen)
     estimate = EstimateSettings(
         hint=quick_try("train", "--model conv4 --epochs 3", side), validation_steps=len(val_rows) / val_batch / 3
     )
@@ -222,7 +224,7 @@ def _train(
     )
     model_dir = None
     if fit.status == "completed" and ctx.dist.is_main:
-        lifecycle.load_selected(run, model)
+        lifecycle.load_selected(run, model, frozen)
         from cxr_tools.data.sampling.selection import pool_record
         from cxr_tools.data.splits.patients import patients_of
         from cxr_tools.methods.adapters import finetune_record
@@ -262,6 +264,19 @@ def _train(
         val_auc={lab: lifecycle.finite_or_none(best.get(f"val_auc/{lab}")) for lab in labels},
         val_images=len(val_rows),
     )
+
+
+def frozen_weights(model: Any) -> FrozenWeights | None:
+    """What a frozen run's checkpoints keep in place of the weights its model folder leaves out (a foundation
+    encoder's ``unsaved_prefixes``): the model folder's own reload recipe, architecture and ``model_args`` (which
+    holds the encoder's weight checksum). None for a model that saves every weight (a zoo CNN's frozen backbone
+    stays in the checkpoints: nothing records where its weights came from)."""
+    prefixes = tuple(getattr(model, "unsaved_prefixes", ()))
+    if not prefixes:
+        return None
+    identity = {"architecture": str(model.model_name), "model_args": dict(model.model_args)}
+    hint = "Restore the encoder files the run was started with, or pass --overwrite to train again."
+    return FrozenWeights(prefixes, identity, hint)
 
 
 def _check_config(config: TrainConfig) -> None:

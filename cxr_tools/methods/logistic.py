@@ -33,8 +33,10 @@ of ``d``-dimensional L-BFGS.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -77,11 +79,10 @@ class LogisticScorer:
         """Out-of-fold probabilities ``[n, ways]`` of the support images (in-sample for a class that cannot be
         cross-validated, and for an image whose target is unknown)."""
         import torch
-        from threadpoolctl import threadpool_limits
 
         feats = as_float64(support_features)
         targets = support_y.detach().float().cpu().numpy()
-        with threadpool_limits(1):
+        with small_fits():
             scaled = self.scaler.transform(feats) if self.scaler is not None else feats
             out = np.stack([clf.predict_proba(scaled)[:, list(clf.classes_).index(1)] for clf in self.classifiers], 1)
             for j in range(len(self.classifiers)):
@@ -94,16 +95,36 @@ class LogisticScorer:
     def predict(self, features: Tensor) -> Tensor:
         """Probabilities float32 ``[n, ways]`` (CPU), one column per episode class."""
         import torch
-        from threadpoolctl import threadpool_limits
 
         feats = as_float64(features)
         if len(feats) == 0:
             raise ModelError("Nothing to score: the image batch is empty.")
-        with threadpool_limits(1):
+        with small_fits():
             if self.scaler is not None:
                 feats = self.scaler.transform(feats)
             columns = [clf.predict_proba(feats)[:, list(clf.classes_).index(1)] for clf in self.classifiers]
         return torch.from_numpy(np.stack(columns, axis=1).astype(np.float32))
+
+
+@functools.cache
+def _thread_pools() -> Any:
+    """The process's BLAS / OpenMP pools, found once: ``threadpool_limits`` searches the loaded libraries on
+    every call (1.4 ms; an evaluation enters it several times per episode), a kept controller does not."""
+    import sklearn.linear_model  # noqa: F401  (loads scipy's and numpy's BLAS before the search)
+    from threadpoolctl import ThreadpoolController
+
+    return ThreadpoolController()
+
+
+@contextlib.contextmanager
+def small_fits() -> Iterator[None]:
+    """The setting of the many tiny fits of an evaluation: one BLAS thread (on a busy machine, threads on a
+    20 x 2304 problem made each fit 10x slower) and no scikit-learn parameter validation (the parameters are
+    this module's constants; it took a quarter of each fit's time). Data checks (NaN, shapes) still run."""
+    import sklearn
+
+    with _thread_pools().limit(limits=1), sklearn.config_context(skip_parameter_validation=True):
+        yield
 
 
 def as_float64(features: Tensor) -> np.ndarray:
@@ -178,13 +199,11 @@ class LogisticAdapter:
         """Fit on support features ``[n, D]`` (the rows :meth:`embed` gives); the scorer takes features."""
         from sklearn.exceptions import ConvergenceWarning
         from sklearn.preprocessing import StandardScaler
-        from threadpoolctl import threadpool_limits
 
         check_support(support_y, self.ways)
         feats = as_float64(support_features)
         targets = support_y.detach().float().cpu().numpy()
-        # one BLAS thread: on a busy machine, threads on a 20 x 2304 problem made each fit 10x slower
-        with threadpool_limits(1), warnings.catch_warnings():
+        with small_fits(), warnings.catch_warnings():
             warnings.simplefilter("ignore", ConvergenceWarning)  # a few iterations short changes no metric
             scaler = StandardScaler().fit(feats) if self.standardise else None
             if scaler is not None:

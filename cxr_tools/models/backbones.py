@@ -69,6 +69,29 @@ class StdConv2d(nn.Conv2d):
         return self._conv_forward(x, (w - mean) / torch.sqrt(var + 1e-5), self.bias)
 
 
+class MaxPool2x2(nn.MaxPool2d):
+    """``nn.MaxPool2d(2)`` whose forward without autograd is two element-wise maxima of strided views.
+
+    PyTorch's CPU max-pool kernel is slow for a 2×2 window: several times slower than ``torch.maximum`` of the
+    even and odd rows, then columns (``benchmarks/maml_engines.py --pooling``; docs/benchmarks.md). The values
+    are the same (a maximum is exact, and NaN propagates alike), so scoring, embedding and
+    evaluation get the fast path. With autograd on, the native kernel is kept: its backward sends each window's
+    gradient to the first maximum, and an exact re-implementation of that routing on strided views measured no
+    faster. Odd sizes drop the last row / column, as ``nn.MaxPool2d(2)`` does.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if torch.is_grad_enabled() or x.dim() < 3:
+            return super().forward(x)
+        height, width = x.shape[-2] // 2 * 2, x.shape[-1] // 2 * 2
+        x = x[..., :height, :width]
+        rows = torch.maximum(x[..., 0::2, :], x[..., 1::2, :])
+        return torch.maximum(rows[..., 0::2], rows[..., 1::2])
+
+
 class Classifier(nn.Module):
     """Base of every zoo model: ``forward(x) = head(forward_features(x))``.
 
@@ -144,7 +167,7 @@ class ConvNet(Classifier):
                 conv(cin, w, 3, padding=1, bias=norm == "none"),
                 norm_layer(norm, w),
                 nn.ReLU(inplace=True),
-                nn.MaxPool2d(2),
+                MaxPool2x2(),
             ]
             cin = w
         self.features = nn.Sequential(*layers)

@@ -8,6 +8,13 @@ they were sent::
      "model": state_dict, "optimizer": ..., "scheduler": ... | None, "scaler": ... | None,
      "step": int, "epoch": int, "rng": rng_state(), "extra": {...}}
 
+**Frozen weights are named, not saved.** Weights that never change during a run and reload from their source (a
+frozen foundation encoder: 350 MB for a ViT-B, beside a head of a few KB) are left out of ``last.pt`` and
+``best.pt`` when the trainer describes them with :class:`FrozenWeights`: the file then holds the other entries
+of the state dict and ``"frozen": {"prefixes": [...], "identity": {...}}`` (version 2), and restoring refuses,
+before anything is loaded, a model whose frozen weights have another identity (the encoder files changed). A
+version-1 file holding the full state still restores; its frozen entries must equal the model's.
+
 ``extra`` carries the loop position, sampler state, early stopping and best tracking. Writes go through
 :func:`~cxr_tools.runtime.fs.atomic_path` (temporary file, fsync, rename): a job killed while saving leaves
 the previous ``last.pt`` intact. ``best.pt`` holds only the model weights plus the monitored value.
@@ -39,13 +46,48 @@ if TYPE_CHECKING:
 
 STATE_FORMAT = "cxr-training-state"
 BEST_FORMAT = "cxr-best-weights"
-STATE_VERSION = 1
+STATE_VERSION = 2  # the newest version this code reads; it writes 1, or 2 when frozen weights are left out
+FROZEN_VERSION = 2
 CHECKSUM_KEY = "checksum"
+FROZEN_KEY = "frozen"
+RESUME_HINT = "Resume with the options the run was started with, or pass --overwrite to start again."
+
+
+@dataclass(frozen=True)
+class FrozenWeights:
+    """Model weights a checkpoint names instead of holding: the state-dict entries under ``prefixes`` never
+    change during the run and are reloaded from their source when the model is built, so ``last.pt`` / ``best.pt``
+    keep ``identity`` (plain values that pin the source, e.g. an encoder's name and weight checksum) in their place.
+
+    ``hint`` is what to do when a checkpoint's identity differs from the model's (restore the source, or start
+    over); the trainer supplies all three (:class:`~cxr_tools.runtime.trainer.LoopParts`).
+    """
+
+    prefixes: tuple[str, ...]
+    identity: Mapping[str, Any]
+    hint: str = "Restore the weights the run was started with, or pass --overwrite to start it again."
+
+    def record(self) -> dict[str, Any]:
+        """What a checkpoint stores in place of the weights."""
+        return {"prefixes": list(self.prefixes), "identity": dict(self.identity)}
+
+    def covers(self, key: str) -> bool:
+        return key.startswith(self.prefixes)
 
 
 def unwrap_model(model: torch.nn.Module) -> torch.nn.Module:
     """The module inside a DistributedDataParallel / DataParallel wrapper (state dicts without ``module.``)."""
     return getattr(model, "module", model)
+
+
+def _model_entries(model: torch.nn.Module, frozen: FrozenWeights | None) -> dict[str, Any]:
+    """A checkpoint's ``version`` and ``model`` entries: the whole state dict (version 1), or without the frozen
+    entries, which ``frozen`` names in their place (version 2)."""
+    weights = unwrap_model(model).state_dict()
+    if frozen is None:
+        return {"version": 1, "model": weights}
+    kept = {k: v for k, v in weights.items() if not frozen.covers(k)}
+    return {"version": FROZEN_VERSION, "model": kept, FROZEN_KEY: frozen.record()}
 
 
 def save_training_state(
@@ -59,6 +101,7 @@ def save_training_state(
     extra: Mapping[str, Any] | None = None,
     *,
     rng: Mapping[str, Any] | None = None,
+    frozen: FrozenWeights | None = None,
 ) -> Path:
     """Atomically write everything needed to resume training to ``path``.
 
@@ -67,12 +110,12 @@ def save_training_state(
         step, epoch: counters where training resumes.
         extra: loop/sampler/early-stopping state; must hold only tensors, numbers, strings, lists, dicts.
         rng: RNG states to store (default: this process's :func:`rng_state`).
+        frozen: model weights named by their identity instead of saved (:class:`FrozenWeights`).
     """
 
     state = {
         "format": STATE_FORMAT,
-        "version": STATE_VERSION,
-        "model": unwrap_model(model).state_dict(),
+        **_model_entries(model, frozen),
         "optimizer": optimizer.state_dict() if optimizer is not None else None,
         "scheduler": scheduler.state_dict() if scheduler is not None else None,
         "scaler": scaler.state_dict() if scaler is not None else None,
@@ -236,6 +279,92 @@ def load_training_state(path: str | os.PathLike[str], map_location: Any = "cpu")
     return state
 
 
+def _capital(text: str) -> str:
+    return text[:1].upper() + text[1:]
+
+
+def _short(value: Any) -> str:
+    """A value for a one-line message: long strings (checksums) cut to their first 12 characters."""
+    return f"'{value[:12]}...'" if isinstance(value, str) and len(value) > 16 else repr(value)
+
+
+def _differences(saved: Any, now: Any, where: str = "") -> list[str]:
+    """``key: saved X, now Y`` for every value that differs between two identities (nested keys dotted)."""
+    if isinstance(saved, Mapping) and isinstance(now, Mapping):
+        out: list[str] = []
+        for key in sorted(set(saved) | set(now), key=str):
+            out += _differences(saved.get(key), now.get(key), f"{where}.{key}" if where else str(key))
+        return out
+    return [] if saved == now else [f"{where or 'identity'}: saved {_short(saved)}, now {_short(now)}"]
+
+
+def check_frozen(state: Mapping[str, Any], model: torch.nn.Module, frozen: FrozenWeights | None, source: str) -> None:
+    """Refuse the checkpoint ``state`` (read from ``source``) for ``model`` unless its frozen weights are the
+    model's: the same recorded identity (a checkpoint that names them), or equal tensors (a version-1 checkpoint
+    that holds them). Called before anything is loaded, so a refusal leaves the model as it was.
+    """
+    import torch
+
+    recorded = state.get(FROZEN_KEY)
+    if recorded is not None:
+        prefixes = [str(p) for p in recorded.get("prefixes", ())]
+        named = ", ".join(f"{p}*" for p in prefixes)
+        if frozen is None:
+            raise ModelError(
+                f"{_capital(source)} leaves out frozen weights ({named}) that this model does not reload.",
+                RESUME_HINT,
+            )
+        changed = _differences(recorded.get("identity"), dict(frozen.identity))
+        if prefixes != list(frozen.prefixes):
+            changed.append(f"prefixes: saved {named}, now {', '.join(f'{p}*' for p in frozen.prefixes)}")
+        if changed:
+            raise ModelError(
+                f"The frozen weights ({named}) differ from those {source} was saved with ({'; '.join(changed)}).",
+                frozen.hint,
+            )
+        return
+    if frozen is None:
+        return
+    held = state.get("model") or {}
+    differing = [
+        k
+        for k, v in unwrap_model(model).state_dict().items()
+        if frozen.covers(k) and k in held and not torch.equal(held[k].to("cpu"), v.detach().to("cpu"))
+    ]
+    if differing:
+        raise ModelError(
+            f"The frozen weights differ from those {source} holds ({len(differing)} tensors, e.g. {differing[0]}).",
+            frozen.hint,
+        )
+
+
+def load_model_weights(
+    state: Mapping[str, Any],
+    model: torch.nn.Module,
+    frozen: FrozenWeights | None = None,
+    *,
+    source: str = "the checkpoint",
+    hint: str = RESUME_HINT,
+) -> None:
+    """Load a checkpoint's ``model`` entry into ``model`` after :func:`check_frozen`: every entry must be there,
+    except the frozen ones a checkpoint names instead of holding (the model already holds them, from their source).
+
+    Raises :class:`ModelError` (``source`` does not fit this model, then ``hint``) on missing, unexpected or
+    mis-shaped entries.
+    """
+    check_frozen(state, model, frozen, source)
+    recorded = state.get(FROZEN_KEY)
+    prefixes = tuple(recorded["prefixes"]) if recorded is not None else ()
+    try:
+        missing, unexpected = unwrap_model(model).load_state_dict(state["model"], strict=False)
+    except (RuntimeError, KeyError) as exc:
+        raise ModelError(f"{_capital(source)} does not fit this model ({str(exc).splitlines()[0]}).", hint) from exc
+    missing = [k for k in missing if not k.startswith(prefixes)]
+    if missing or unexpected:
+        keys = ", ".join([f"missing {k}" for k in missing[:3]] + [f"unexpected {k}" for k in unexpected[:3]])
+        raise ModelError(f"{_capital(source)} does not fit this model ({keys}).", hint)
+
+
 def restore_training_state(
     state: Mapping[str, Any],
     model: torch.nn.Module,
@@ -244,10 +373,17 @@ def restore_training_state(
     scaler: Any | None = None,
     *,
     restore_rng: bool = True,
+    frozen: FrozenWeights | None = None,
+    source: str = "the checkpoint",
 ) -> None:
-    """Load model/optimizer/scheduler/scaler state and (by default) the RNG states from ``state``."""
+    """Load model/optimizer/scheduler/scaler state and (by default) the RNG states from ``state``.
+
+    ``frozen`` describes the model's frozen weights (:class:`FrozenWeights`): a checkpoint that names other ones,
+    or holds other values for them, is refused before anything is loaded (:func:`check_frozen`); ``source`` names
+    the checkpoint in messages.
+    """
+    load_model_weights(state, model, frozen, source=source)
     try:
-        unwrap_model(model).load_state_dict(state["model"])
         if optimizer is not None and state.get("optimizer") is not None:
             optimizer.load_state_dict(state["optimizer"])
         if scheduler is not None and state.get("scheduler") is not None:
@@ -255,23 +391,27 @@ def restore_training_state(
         if scaler is not None and state.get("scaler"):
             scaler.load_state_dict(state["scaler"])
     except (RuntimeError, KeyError, ValueError) as exc:
-        raise ModelError(
-            f"The checkpoint does not fit this model/optimizer ({str(exc).splitlines()[0]}).",
-            "Resume with the options the run was started with, or pass --overwrite to start again.",
-        ) from exc
+        what = f"{_capital(source)} does not fit this optimizer or schedule ({str(exc).splitlines()[0]})."
+        raise ModelError(what, RESUME_HINT) from exc
     if restore_rng and state.get("rng") is not None:
         set_rng_state(state["rng"])
 
 
 def save_model_state(
-    path: str | os.PathLike[str], model: torch.nn.Module, *, step: int, epoch: int, extra: Mapping[str, Any] | None
+    path: str | os.PathLike[str],
+    model: torch.nn.Module,
+    *,
+    step: int,
+    epoch: int,
+    extra: Mapping[str, Any] | None,
+    frozen: FrozenWeights | None = None,
 ) -> Path:
-    """Atomically write only the weights (``best.pt``): ``{"format", "version", "model", "step", "epoch", "extra"}``."""
+    """Atomically write only the weights (``best.pt``): ``{"format", "version", "model", "step", "epoch", "extra"}``,
+    and ``frozen`` in place of the weights it names (:class:`FrozenWeights`)."""
 
     state = {
         "format": BEST_FORMAT,
-        "version": STATE_VERSION,
-        "model": unwrap_model(model).state_dict(),
+        **_model_entries(model, frozen),
         "step": int(step),
         "epoch": int(epoch),
         "extra": dict(extra or {}),

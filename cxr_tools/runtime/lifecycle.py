@@ -24,11 +24,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from cxr_tools import errors
-from cxr_tools.errors import CxrError, ModelError
+from cxr_tools.errors import CxrError
 
 if TYPE_CHECKING:
     import torch
 
+    from cxr_tools.runtime.checkpointing import FrozenWeights
     from cxr_tools.runtime.distributed import DistInfo
     from cxr_tools.runtime.estimate import RunPlan
     from cxr_tools.runtime.options import RunOptions, TrainingOptions
@@ -234,22 +235,20 @@ def fit(loop: TrainLoop, oom_message: str, oom_hint: str) -> TrainResult:
         return loop.fit()
 
 
-def load_selected(run: RunDir, model: Any) -> str:
+def load_selected(run: RunDir, model: Any, frozen: FrozenWeights | None = None) -> str:
     """Load ``best.pt`` into ``model`` when there is one; return which weights the model now holds.
 
     Returns ``"best"`` (the best monitored epoch) or ``"last"`` (no ``best.pt``: no validation, or the metric
-    never improved; the final weights are kept).
+    never improved; the final weights are kept). ``frozen``: the trainer's ``LoopParts.frozen`` (weights
+    ``best.pt`` names instead of holding; ``model`` holds them).
     """
-    from cxr_tools.runtime.checkpointing import load_checkpoint
+    from cxr_tools.runtime.checkpointing import load_checkpoint, load_model_weights
 
     if not run.best_checkpoint.is_file():
         log.info("No best.pt; the final weights become the model.")
         return "last"
     state = load_checkpoint(run.best_checkpoint)
-    try:
-        model.load_state_dict(state["model"])
-    except (RuntimeError, KeyError) as exc:
-        raise ModelError(f"{run.best_checkpoint} does not fit the model ({exc}).", "Rerun with --overwrite.") from exc
+    load_model_weights(state, model, frozen, source=str(run.best_checkpoint), hint="Rerun with --overwrite.")
     return "best"
 
 

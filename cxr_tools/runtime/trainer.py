@@ -11,7 +11,9 @@ SLURM requeue; a second Ctrl-C stops at once).
 
 Resume is bit-identical on CPU: ``last.pt`` holds the model, optimizer, schedule, scaler, every RNG state
 (per rank), the loop position (epoch, batch within the epoch), the running epoch sums, early-stopping and
-best-metric state, and how many metrics lines were written. For that to hold, ``batches_fn(epoch)`` must
+best-metric state, and how many metrics lines were written. Frozen weights the trainer names
+(``LoopParts.frozen``) are the exception: the checkpoints record their identity instead, and resume checks it
+against the model the trainer rebuilt from their source. For that to hold, ``batches_fn(epoch)`` must
 depend only on ``epoch`` and the run's seed (build its sampler from
 :func:`~cxr_tools.runtime.seeding.make_generator` ``(seed, epoch)``, never from global RNG); on resume it is
 called as ``batches_fn(epoch, k)`` and skips the first ``k`` batches itself (cheaper than loading them).
@@ -33,6 +35,7 @@ from cxr_tools.runtime.checkpointing import (
     BestTracker,
     CheckpointPolicy,
     EarlyStopping,
+    FrozenWeights,
     load_training_state,
     restore_training_state,
     save_model_state,
@@ -95,6 +98,8 @@ class LoopParts:
         grad_sync_fn: how gradients are synchronised over ranks (default: averaged for a non-DDP model under a
             process group, :func:`average_gradients`).
         extra_state, load_extra_state: save/restore trainer state (e.g. a stateful sampler) in ``last.pt``.
+        frozen: the model's weights that ``last.pt`` / ``best.pt`` name instead of holding (a frozen encoder,
+            reloaded from its source when the trainer builds the model); resume refuses other ones.
     """
 
     step_fn: Callable[..., Mapping[str, Any]]
@@ -104,6 +109,7 @@ class LoopParts:
     grad_sync_fn: Callable[[torch.nn.Module], None] | None = None
     extra_state: Callable[[], Mapping[str, Any]] | None = None
     load_extra_state: Callable[[Mapping[str, Any]], None] | None = None
+    frozen: FrozenWeights | None = None
 
 
 @dataclass(frozen=True)
@@ -220,6 +226,11 @@ class TrainLoop:
         self.log_every_steps = options.log_every_steps
         self.extra_state = parts.extra_state
         self.load_extra_state = parts.load_extra_state
+        frozen = parts.frozen
+        params = unwrap_model(model).named_parameters()
+        trained = [n for n, p in params if frozen is not None and frozen.covers(n) and p.requires_grad]
+        if trained:  # the checkpoints would lose what they learn
+            raise TypeError(f"LoopParts.frozen names weights that train ({trained[0]}); freeze them or leave them out.")
         self.estimate = options.estimate
         # loop position and running state (all saved in last.pt)
         self.epoch = 0
@@ -580,6 +591,7 @@ class TrainLoop:
                     step=self.step,
                     epoch=self.epoch + 1,
                     extra={"monitor": self.monitor, "value": value, "mode": self.best.mode},
+                    frozen=self.parts.frozen,
                 )
         if self.early_stopping is not None and value is not None and self.early_stopping.step(value):
             self.stopped_early = True
@@ -665,6 +677,7 @@ class TrainLoop:
                 self.step,
                 self.epoch,
                 extra,
+                frozen=self.parts.frozen,
             )
         self.policy.mark_saved(self.step)
         self._saved = (self.step, time.monotonic())
@@ -676,7 +689,16 @@ class TrainLoop:
                 self.run.truncate_metrics(keep=0)  # records of a session killed before its first checkpoint
             return
         state = load_training_state(path)
-        restore_training_state(state, self.model, self.optimizer, self.schedule, self.scaler, restore_rng=False)
+        restore_training_state(
+            state,
+            self.model,
+            self.optimizer,
+            self.schedule,
+            self.scaler,
+            restore_rng=False,
+            frozen=self.parts.frozen,
+            source=str(path),
+        )
         extra = state.get("extra") or {}
         per_rank = extra.get("rng_per_rank")
         if per_rank is not None and len(per_rank) == self.dist.world_size:

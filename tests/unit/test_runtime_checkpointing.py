@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections import OrderedDict
 
 import pytest
 import torch
@@ -86,6 +87,66 @@ def test_unreadable_or_foreign_checkpoints_are_model_errors(tmp_path):
     state = {"model": other.state_dict()}
     with pytest.raises(ModelError, match="does not fit"):
         ckpt.restore_training_state(state, model)
+
+
+def _encoder_and_head(seed: int) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    return torch.nn.Sequential(OrderedDict(encoder=torch.nn.Linear(4, 3), head=torch.nn.Linear(3, 1)))
+
+
+def _frozen(sha: str) -> ckpt.FrozenWeights:
+    return ckpt.FrozenWeights(("encoder.",), {"source": "hf:enc", "sha256": sha}, "Restore the encoder files.")
+
+
+def _same(model: torch.nn.Module, expected: dict[str, torch.Tensor]) -> bool:
+    return all(torch.equal(model.state_dict()[k], v) for k, v in expected.items())
+
+
+def test_frozen_weights_are_named_not_saved_and_checked_before_anything_loads(tmp_path):
+    model = _encoder_and_head(0)
+    model.encoder.requires_grad_(False)
+    opt = torch.optim.AdamW(model.head.parameters(), lr=0.1)
+    model(torch.randn(2, 4)).sum().backward()
+    opt.step()
+    frozen = _frozen("a" * 64)
+    last = ckpt.save_training_state(tmp_path / "last.pt", model, opt, None, None, step=1, epoch=0, frozen=frozen)
+    best = ckpt.save_model_state(tmp_path / "best.pt", model, step=1, epoch=1, extra=None, frozen=frozen)
+    for path in (last, best):
+        raw = torch.load(path, weights_only=True)
+        assert sorted(raw["model"]) == ["head.bias", "head.weight"] and raw["version"] == 2
+        assert raw["frozen"] == {"prefixes": ["encoder."], "identity": {"source": "hf:enc", "sha256": "a" * 64}}
+    state = ckpt.load_training_state(last)
+
+    # the model rebuilt from the same source: the head comes from last.pt, the encoder stays the source's
+    resumed = _encoder_and_head(1)
+    resumed.encoder.load_state_dict(model.encoder.state_dict())
+    ckpt.restore_training_state(state, resumed, torch.optim.AdamW(resumed.head.parameters()), frozen=frozen)
+    assert _same(resumed, model.state_dict())
+
+    # another encoder, or one the model does not name as frozen: refused, the model untouched
+    other = _encoder_and_head(2)
+    untouched = {k: v.clone() for k, v in other.state_dict().items()}
+    with pytest.raises(ModelError, match=r"differ from those .*last.pt was saved with \(sha256: saved 'aaaaaaaaaaaa"):
+        ckpt.restore_training_state(state, other, frozen=_frozen("b" * 64), source=str(last))
+    with pytest.raises(ModelError, match="leaves out frozen weights"):
+        ckpt.restore_training_state(state, other)
+    assert _same(other, untouched)
+
+
+def test_a_checkpoint_holding_frozen_weights_restores_when_they_are_the_models(tmp_path):
+    model = _encoder_and_head(0)
+    path = ckpt.save_training_state(tmp_path / "last.pt", model, None, None, None, step=1, epoch=0)  # version 1
+    state = ckpt.load_training_state(path)
+    assert state["version"] == 1 and "encoder.weight" in state["model"]
+    same = _encoder_and_head(1)
+    same.encoder.load_state_dict(model.encoder.state_dict())
+    ckpt.restore_training_state(state, same, frozen=_frozen("a" * 64))
+    assert _same(same, model.state_dict())
+    other = _encoder_and_head(2)
+    untouched = {k: v.clone() for k, v in other.state_dict().items()}
+    with pytest.raises(ModelError, match=r"differ from those the checkpoint holds .*Restore the encoder files"):
+        ckpt.restore_training_state(state, other, frozen=_frozen("a" * 64))
+    assert _same(other, untouched)
 
 
 def test_policy_by_steps_and_minutes():

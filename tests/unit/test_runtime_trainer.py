@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from cxr_tools.errors import ConfigError
-from cxr_tools.runtime.checkpointing import CheckpointPolicy
+from cxr_tools.runtime.checkpointing import CheckpointPolicy, FrozenWeights
 from cxr_tools.runtime.progress import RecordingProgress
 from cxr_tools.runtime.rundir import open_run
 from cxr_tools.runtime.trainer import LoopOptions, LoopParts, TrainLoop
@@ -125,6 +125,8 @@ def test_errors_say_what_is_wrong(tmp_path):
     with pytest.raises(ConfigError, match="'val_auc' was not reported"):
         _loop(run, model, opt, max_epochs=1, monitor="val_auc", **kw).fit()
     assert json.loads(run.run_json_path.read_text())["status"] == "failed"
+    with pytest.raises(TypeError, match=r"names weights that train \(weight\)"):  # they would never be saved
+        _loop(run, model, opt, max_epochs=1, frozen=FrozenWeights(("weight",), {"source": "x"}), **kw)
 
 
 def test_diverging_loss_is_reported(tmp_path):

@@ -2,8 +2,8 @@
 
 The pipeline, in order (each step a field of :class:`ImageOps`, recorded in the cache manifest):
 
-1. :func:`decode_image` -- PNG through libspng (``pyspng``) where it gives OpenCV's pixels and OpenCV otherwise,
-   JPEG / BMP / TIFF through OpenCV, DICOM through pydicom
+1. :func:`decode_image` -- PNG through Wuffs (``pywuffs``) or libspng (``pyspng``) where they give OpenCV's
+   pixels and OpenCV otherwise (:func:`decode_png`), JPEG / BMP / TIFF through OpenCV, DICOM through pydicom
    (:mod:`cxr_tools.data.decoding.dicom_pixels`, every common transfer syntax). The result is a 2-D grayscale array
    (uint8 or uint16) in which *higher means brighter*, oriented as a viewer shows it: colour, palette and
    alpha images become gray (alpha dropped), a JPEG's EXIF orientation is applied (as ``cv2.imread`` and
@@ -138,9 +138,10 @@ _local = threading.local()
 
 
 def _read_bytes(path: Path) -> np.ndarray:
-    """The file's bytes as a read-only uint8 view of one ``bytes`` object (its ``.base``, which pyspng and pydicom
-    take without a copy). One ``read`` into a new object: measured ~0.2 ms less per 500 KB PNG than ``readinto`` a
-    reused buffer followed by a copy (glibc reuses the freed block, so the new object does not page-fault)."""
+    """The file's bytes as a read-only uint8 view of one ``bytes`` object (its ``.base``, which pywuffs, pyspng and
+    pydicom take without a copy). One ``read`` into a new object: measured ~0.2 ms less per 500 KB PNG than
+    ``readinto`` a reused buffer followed by a copy (in a worker, whose malloc keeps freed blocks,
+    :func:`~cxr_tools.data.decoding.pipeline.keep_freed_memory`, the new object reuses the last one's memory)."""
     try:
         with open(path, "rb", buffering=0) as fh:
             data = fh.read()
@@ -228,7 +229,7 @@ def _decode_raster(path: Path, buf: np.ndarray) -> np.ndarray:
     if reason:
         raise ImageDecodeError(path, reason)
     if buf[:8].tobytes() == _PNG_SIGNATURE:
-        arr = decode_png_spng(_file_bytes(buf))
+        arr, _ = decode_png(_file_bytes(buf))
         if arr is not None:
             return arr
     try:
@@ -246,49 +247,168 @@ def _decode_raster(path: Path, buf: np.ndarray) -> np.ndarray:
     return arr
 
 
-# --- PNG through libspng ---------------------------------------------------------------------------------------
+# --- PNG through Wuffs, then libspng ----------------------------------------------------------------------------
 #
-# libspng decodes the zlib stream and undoes the PNG filters ~1.3x faster than OpenCV's libpng (docs/benchmarks.md,
-# Preprocess). It is used only where its result is OpenCV's, bit for bit (tests/unit/test_imaging_spng.py): the
-# (bit depth, colour type) pairs below, no eXIf chunk (OpenCV turns the image by its orientation), every chunk
-# but IDAT with a correct CRC (pyspng tells libspng to ignore CRCs; the IDAT data is covered by zlib's Adler-32,
-# which libspng checks). Everything else, and any file libspng refuses, goes to OpenCV, which decodes it or says
-# what is wrong, as before.
+# Wuffs (``pywuffs``, the optional ``fast-png`` extra) and libspng (``pyspng``) decode PNGs faster than OpenCV's
+# libpng (docs/benchmarks.md, Preprocess: Wuffs ~1.3-1.5x, libspng ~1.1-1.2x on 1024² gray X-rays). Each is used only
+# where its result is OpenCV's, bit for bit (tests/unit/test_imaging_wuffs.py, test_imaging_spng.py), and only on
+# files OpenCV would accept: no eXIf chunk (OpenCV turns the image by its orientation), width and height within
+# OpenCV's limits, every chunk's CRC correct (pyspng and pywuffs ignore CRCs by default; libpng refuses a file with a
+# wrong critical-chunk CRC), the zlib stream's Adler-32 checked (libspng does; Wuffs is told to). Wuffs takes fewer
+# kinds of PNG (the tests' verdict): no tRNS (its gray output differs), no 16-bit gray+alpha, only the chunks listed
+# in _WUFFS_CHUNKS (an animated PNG's frames, unknown chunks: libspng or OpenCV). A file one decoder refuses goes to
+# the next, and OpenCV decodes it or says what is wrong, as before.
 
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_BE32 = struct.Struct(">I")
+#: OpenCV's default limits (CV_IO_MAX_IMAGE_WIDTH / _PIXELS): larger images are errors there, so not decoded here.
+_CV_MAX_SIDE, _CV_MAX_PIXELS = 1 << 20, 1 << 30
 #: 8/16-bit gray, RGB, gray+alpha, RGBA and 8-bit palette; 1/2/4-bit images stay with OpenCV.
 _SPNG_KINDS = frozenset({(8, 0), (16, 0), (8, 2), (16, 2), (8, 3), (8, 4), (16, 4), (8, 6), (16, 6)})
-_BE32 = struct.Struct(">I")
+#: (bit depth, colour type) -> the Wuffs pixel format it is decoded to (then made gray as OpenCV's BGR(A) is).
+_WUFFS_KINDS: dict[tuple[int, int], str] = {
+    (8, 0): "Y",
+    (16, 0): "Y_16LE",
+    (8, 2): "BGR",
+    (8, 3): "BGR",
+    (8, 4): "BGRA_NONPREMUL",
+    (8, 6): "BGRA_NONPREMUL",
+    (16, 2): "BGRA_NONPREMUL_4X16LE",
+    (16, 6): "BGRA_NONPREMUL_4X16LE",
+}
+#: chunks that change neither decoder's pixels (colour-management and text chunks are never applied; tested each)
+_WUFFS_CHUNKS = frozenset(b"IHDR PLTE IDAT IEND tEXt zTXt iTXt tIME pHYs gAMA cHRM sRGB iCCP sBIT bKGD".split())
+
+
+def _png_header(data: bytes) -> tuple[int, int, int, int, int] | None:
+    """(width, height, bit depth, colour type, interlace) of a PNG within OpenCV's size limits, else None."""
+    if len(data) < 33 or data[12:16] != b"IHDR":
+        return None
+    width, height = _BE32.unpack_from(data, 16)[0], _BE32.unpack_from(data, 20)[0]
+    if not (0 < width <= _CV_MAX_SIDE and 0 < height <= _CV_MAX_SIDE and width * height <= _CV_MAX_PIXELS):
+        return None
+    return width, height, data[24], data[25], data[28]
+
+
+def _png_chunk_kinds(data: bytes, *, idat_crc: bool) -> frozenset[bytes] | None:
+    """The chunk types of a PNG whose chunk list is whole up to IEND and whose CRCs are right, else None.
+
+    ``idat_crc=False`` leaves the IDAT CRCs to the decoder (Wuffs checks them itself; ~0.15 ms per 500 KB here).
+    """
+    view = memoryview(data)
+    pos, end = 8, len(data)
+    kinds: set[bytes] = set()
+    while pos + 12 <= end:
+        (length,) = _BE32.unpack_from(data, pos)
+        kind = data[pos + 4 : pos + 8]
+        stop = pos + 12 + length
+        if stop > end:
+            return None
+        if idat_crc or kind != b"IDAT":
+            (crc,) = _BE32.unpack_from(data, stop - 4)
+            if zlib.crc32(view[pos + 4 : stop - 4]) != crc:
+                return None
+        kinds.add(kind)
+        if kind == b"IEND":
+            return frozenset(kinds)
+        pos = stop
+    return None
+
+
+def decode_png(data: bytes) -> tuple[np.ndarray | None, str]:
+    """Decode a PNG with the fastest decoder that gives OpenCV's pixels for it: ``(pixels, "wuffs")``,
+    ``(pixels, "libspng")``, or ``(None, "opencv")`` when neither is installed, applies or accepts the file (the
+    caller then decodes with OpenCV, which also reports a bad file). Pixels as :func:`decode_image` returns them."""
+    arr = decode_png_wuffs(data)
+    if arr is not None:
+        return arr, "wuffs"
+    arr = decode_png_spng(data)
+    if arr is not None:
+        return arr, "libspng"
+    return None, "opencv"
+
+
+def _optional_module(name: str) -> Any:
+    """The module, or None when it (an optional decoder) is not installed."""
+    import importlib
+
+    try:
+        return importlib.import_module(name)
+    except ImportError:
+        return None
+
+
+@functools.cache
+def _wuffs_module() -> Any:
+    """``pywuffs``, or None when it is not installed (the ``fast-png`` extra) or lacks what we call."""
+    pywuffs = _optional_module("pywuffs")
+    aux, formats = getattr(pywuffs, "aux", None), getattr(pywuffs, "PixelFormat", None)  # aux: pybind11 submodule
+    needed = [(aux, "ImageDecoder"), (aux, "ImageDecoderConfig"), (pywuffs, "ImageDecoderType")]
+    needed += [(pywuffs, "ImageDecoderQuirks"), *((formats, name) for name in _WUFFS_KINDS.values())]
+    return pywuffs if all(hasattr(obj, name) for obj, name in needed) else None
+
+
+def _wuffs_decoder(pixel_format: str) -> Any:
+    """One Wuffs decoder per thread and output format (pywuffs' decoders are reusable but not thread-safe, and
+    release the GIL while decoding), PNG only, checksums verified."""
+    cache: dict[str, Any] | None = getattr(_local, "wuffs", None)
+    if cache is None:
+        cache = _local.wuffs = {}
+    dec = cache.get(pixel_format)
+    if dec is None:
+        wuffs = _wuffs_module()
+        cfg = wuffs.aux.ImageDecoderConfig()
+        cfg.enabled_decoders = [wuffs.ImageDecoderType.PNG]
+        cfg.pixel_format = getattr(wuffs.PixelFormat, pixel_format)
+        # pywuffs turns PNG checksums off by default; libpng refuses a bad IDAT CRC or Adler-32, so must we
+        cfg.quirks = {wuffs.ImageDecoderQuirks.IGNORE_CHECKSUM: 0}
+        dec = cache[pixel_format] = wuffs.aux.ImageDecoder(cfg)
+    return dec
+
+
+def decode_png_wuffs(data: bytes) -> np.ndarray | None:
+    """Decode a PNG with Wuffs into what ``_decode_raster`` gets from OpenCV: 2-D gray, uint8 or uint16.
+
+    None when pywuffs is missing, the PNG is not of a kind Wuffs is used for, or Wuffs does not decode all of it.
+    Colour goes through the same ``cv2.cvtColor`` weights as OpenCV's BGR(A) decode, alpha ignored.
+    """
+    if _wuffs_module() is None:
+        return None
+    header = _png_header(data)
+    if header is None:
+        return None
+    width, height, depth, colour, _ = header
+    pixel_format = _WUFFS_KINDS.get((depth, colour))
+    if pixel_format is None:
+        return None
+    kinds = _png_chunk_kinds(data, idat_crc=False)
+    if kinds is None or not kinds <= _WUFFS_CHUNKS:
+        return None
+    result = _wuffs_decoder(pixel_format).decode(data)
+    if result.error_message:  # a refusal or a partial decode: libspng or OpenCV decides
+        return None
+    pix = result.pixbuf  # a new (H, W, bytes per pixel) uint8 array on every access
+    if pix.shape[:2] != (height, width):
+        return None
+    if pixel_format == "Y":
+        return pix.reshape(height, width)
+    if pixel_format == "Y_16LE":
+        return pix.view(np.dtype("<u2")).reshape(height, width).astype(np.uint16, copy=False)
+    import cv2
+
+    if pixel_format == "BGR":
+        return cv2.cvtColor(pix, cv2.COLOR_BGR2GRAY)
+    if pixel_format == "BGRA_NONPREMUL_4X16LE":
+        pix = pix.view(np.dtype("<u2")).astype(np.uint16, copy=False)
+    return cv2.cvtColor(pix, cv2.COLOR_BGRA2GRAY)
 
 
 @functools.cache
 def _spng_codec() -> Any:
     """pyspng's extension module (``pyspng.c``), or None when pyspng is not installed or lacks what we call."""
-    try:
-        import pyspng
-    except ImportError:
-        return None
-    codec = getattr(pyspng, "c", None)
+    codec = getattr(_optional_module("pyspng"), "c", None)
     needed = ("spng_decode_image_bytes", "SPNG_FMT_AUTO", "SPNG_FMT_GA16")
     return codec if codec is not None and all(hasattr(codec, n) for n in needed) else None
-
-
-def _png_chunks_ok(data: bytes) -> bool:
-    """True when the chunk list is whole up to IEND, holds no eXIf, and every chunk but IDAT has a correct CRC."""
-    view = memoryview(data)
-    pos, end = 8, len(data)
-    while pos + 12 <= end:
-        (length,) = _BE32.unpack_from(data, pos)
-        kind = data[pos + 4 : pos + 8]
-        stop = pos + 12 + length
-        if kind == b"eXIf" or stop > end:
-            return False
-        if kind != b"IDAT" and zlib.crc32(view[pos + 4 : stop - 4]) != _BE32.unpack_from(data, stop - 4)[0]:
-            return False
-        if kind == b"IEND":
-            return True
-        pos = stop
-    return False
 
 
 def decode_png_spng(data: bytes) -> np.ndarray | None:
@@ -299,11 +419,14 @@ def decode_png_spng(data: bytes) -> np.ndarray | None:
     dropped); gray+alpha keeps the gray channel (OpenCV's gray-to-BGR then BGR-to-gray is the identity).
     """
     codec = _spng_codec()
-    if codec is None or len(data) < 33 or data[12:16] != b"IHDR":
+    header = _png_header(data) if codec is not None else None
+    if header is None:
         return None
-    width, height = _BE32.unpack_from(data, 16)[0], _BE32.unpack_from(data, 20)[0]
-    depth, colour = data[24], data[25]
-    if (depth, colour) not in _SPNG_KINDS or not _png_chunks_ok(data):
+    width, height, depth, colour, _ = header
+    if (depth, colour) not in _SPNG_KINDS:
+        return None
+    kinds = _png_chunk_kinds(data, idat_crc=True)
+    if kinds is None or b"eXIf" in kinds:
         return None
     # libspng's automatic format gives 16-bit gray a wrong layout; as gray+alpha it is right
     fmt = codec.SPNG_FMT_GA16 if (depth, colour) == (16, 0) else codec.SPNG_FMT_AUTO
@@ -342,8 +465,8 @@ def decode_image(path: str | os.PathLike[str], draft_min_side: int | None = None
     """Decode one image file into a 2-D grayscale array, higher values brighter.
 
     PNG / JPEG / BMP / TIFF go through ``cv2.imdecode`` (colour, palette and alpha images become gray; 16-bit
-    stays 16-bit; EXIF orientation applied); most PNGs through libspng instead, with the same pixels
-    (:func:`decode_png_spng`). DICOM (``.dcm`` / ``.dicom`` or the ``DICM`` magic at byte 128)
+    stays 16-bit; EXIF orientation applied); most PNGs through Wuffs or libspng instead, with the same pixels
+    (:func:`decode_png`). DICOM (``.dcm`` / ``.dicom`` or the ``DICM`` magic at byte 128)
     goes through :func:`~cxr_tools.data.decoding.dicom_pixels.decode_dicom`: modality LUT, then the VOI LUT or window
     if present (result uint8 over the window), MONOCHROME1 inverted; a multi-frame file is refused.
 

@@ -16,11 +16,13 @@ Three pieces, each small enough to reason about after a ``kill -9``:
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import multiprocessing
 import os
 import signal
+import sys
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -64,6 +66,9 @@ def process_chunk(task: ChunkTask) -> ChunkResult:
     """Decode and preprocess every input of ``task``; unreadable inputs are reported, never raised."""
     from cxr_tools.data.decoding.imaging import load_image
 
+    if multiprocessing.parent_process() is not None:
+        keep_freed_memory()
+
     size = int(task.ops.size)
     images = np.empty((len(task.paths), size, size), dtype=np.uint8)
     kept = 0
@@ -83,18 +88,46 @@ def process_chunk(task: ChunkTask) -> ChunkResult:
     return ChunkResult(task.start, len(task.paths), images[:kept].copy(), tuple(rejected))
 
 
+#: glibc's mallopt parameters (malloc.h)
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+
+
+@functools.cache
+def keep_freed_memory() -> bool:
+    """Have glibc's malloc keep freed blocks of up to 32 MiB for reuse (up to 64 MiB in all) in this process.
+
+    Every image allocates a few MB (the file's bytes, the decoded pixels, a copy) and frees them. By default glibc
+    returns such blocks to the kernel (``mmap`` for blocks over 128 KiB at first, trimming the heap's top), so the
+    next image page-faults its buffers in again: ~600 faults, ~1.6 ms CPU per 1024² PNG measured, a fifth of a
+    worker's time (docs/benchmarks.md, Preprocess). Pixels are unchanged. Done once per worker process; False
+    where there is no glibc ``mallopt`` (macOS, Windows; musl ignores it).
+    """
+    if not sys.platform.startswith("linux"):
+        return False
+    import ctypes
+
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return False
+    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+    return bool(mallopt(_M_MMAP_THRESHOLD, 32 << 20)) & bool(mallopt(_M_TRIM_THRESHOLD, 64 << 20))
+
+
 def decode_only(paths: Sequence[str], decoder: str = "opencv") -> int:
     """Decode every path and drop the pixels: grey ``cv2.imread`` (``opencv``, the limit ``benchmarks/preprocess.py``
-    compares ``cxr preprocess`` with) or libspng on the file's bytes (``spng``, what preprocess decodes PNGs with)."""
+    compares ``cxr preprocess`` with), or Wuffs (``wuffs``) or libspng (``spng``) on the file's bytes, the PNG
+    decoders preprocess uses; returns how many decoded."""
     import cv2
 
+    from cxr_tools.data.decoding.imaging import decode_png_spng, decode_png_wuffs
+
+    fast = {"wuffs": decode_png_wuffs, "spng": decode_png_spng}.get(decoder)
     n = 0
     for p in paths:
-        if decoder == "spng":
-            from cxr_tools.data.decoding.imaging import decode_png_spng
-
-            with open(p, "rb") as fh:
-                n += decode_png_spng(fh.read()) is not None
+        if fast is not None:
+            with open(p, "rb", buffering=0) as fh:
+                n += fast(fh.read()) is not None
         elif cv2.imread(p, cv2.IMREAD_GRAYSCALE) is not None:
             n += 1
     return n
@@ -124,8 +157,15 @@ def _context() -> Any:
     methods = multiprocessing.get_all_start_methods()
     if "forkserver" in methods:
         ctx = multiprocessing.get_context("forkserver")
-        # a module that is not installed (pyspng is optional at run time) is skipped by the forkserver
-        preload = ["cxr_tools.data.decoding.pipeline", "cxr_tools.data.decoding.imaging", "cv2", "pyspng", "numpy"]
+        # a module that is not installed (pywuffs and pyspng are optional at run time) is skipped by the forkserver
+        preload = [
+            "cxr_tools.data.decoding.pipeline",
+            "cxr_tools.data.decoding.imaging",
+            "cv2",
+            "pywuffs",
+            "pyspng",
+            "numpy",
+        ]
         ctx.set_forkserver_preload(preload)
         return ctx
     return multiprocessing.get_context("spawn")

@@ -38,7 +38,6 @@ from typing import TYPE_CHECKING, Any, cast
 from cxr_tools.config import fields_from
 from cxr_tools.data.caches.format import open_cache
 from cxr_tools.data.sampling.episodes import EPISODE_LIST_VERSION, EpisodeOptions, save_episode_list
-from cxr_tools.data.splits.meta import meta_split_pools
 from cxr_tools.engine.evaluate.episodes import pair_metrics, run_episodes
 from cxr_tools.engine.evaluate.journal import JOURNAL, EpisodeJournal, check_resumable
 from cxr_tools.engine.evaluate.runs import (
@@ -47,13 +46,15 @@ from cxr_tools.engine.evaluate.runs import (
     check_no_leak,
     check_options,
     default_output,
-    load_run,
+    known_seen,
     match_arguments,
     matched_run,
     meta_test_episodes,
     meta_test_pool,
+    model_to_evaluate,
     resolve_split,
     run_name,
+    seen_knowledge,
 )
 from cxr_tools.engine.evaluate.summary import json_safe, provenance, write_results
 from cxr_tools.errors import ConfigError
@@ -68,8 +69,6 @@ from cxr_tools.methods.adapters import (
     resolve_method,
 )
 from cxr_tools.methods.embedding_cache import episode_features, run_weights, store_for
-from cxr_tools.methods.protonet import base_prototypes
-from cxr_tools.models.encoders import is_encoder
 from cxr_tools.models.lineage import pretraining_notes
 from cxr_tools.runtime.devices import describe_device, explain_out_of_memory, resolve_device, set_threads
 from cxr_tools.runtime.estimate import Estimate, EstimatingProgress, RunPlan
@@ -220,7 +219,7 @@ def _evaluate(config: EvaluateConfig, progress: Progress | None, dry_run: bool) 
     adapt_cfg = fields_from(AdaptConfig, config)
     spec = replace(config.episode_spec, seen_ways=config.seen_ways)
     cache = open_cache(config.data)
-    model, meta = _model_to_evaluate(config)
+    model, meta = model_to_evaluate(config.run, config.backbone, config.method)
     kind = str(meta.get("training")) if meta is not None else None
     method = resolve_method(config.method, kind)
     if method not in RUNLESS_METHODS and meta is None:
@@ -297,7 +296,10 @@ def _evaluate(config: EvaluateConfig, progress: Progress | None, dry_run: bool) 
             "Lower --queries or --shots, or evaluate on a cache at a smaller --size; finished episodes are kept and "
             "a rerun resumes.",
         ):
-            features = embedding_cache_for(config, adapter, cache, meta, normalisation, device)
+            features = None  # a frozen-feature method embeds each pool image once (episode_features: None else)
+            if config.embed_once and meta is not None:
+                store = store_for(config.features_dir)
+                features = episode_features(adapter, cache, run_weights(meta), normalisation, device, store)
             timed = EstimatingProgress(
                 progress, "evaluate", describe_device(device), Estimate.log, hint=QUICK_TRY, skip=len(journal.done)
             )
@@ -437,57 +439,3 @@ def _dry_run(
 
 class _Measured(Exception):
     """Ends the episodes of a dry run once their estimate is known."""
-
-
-def _model_to_evaluate(config: EvaluateConfig) -> tuple[Any, dict[str, Any] | None]:
-    """``(model, meta)`` of the run, else of the foundation encoder ``--backbone`` names for a method that scores
-    frozen features (:func:`~cxr_tools.models.foundation.encoder_run`), else ``(None, None)``."""
-
-    encoder = is_encoder(config.backbone)
-    if config.run is not None:
-        if encoder:
-            raise ConfigError(
-                f"--backbone {config.backbone} names an encoder, but RUN {config.run} is evaluated.",
-                "Pass either a run or --backbone ENCODER (without a run), not both.",
-            )
-        return load_run(Path(config.run))
-    if encoder and config.method == "scratch":
-        raise ConfigError(
-            f"--method scratch trains from random weights; {config.backbone} is a pretrained encoder.",
-            f"Use --method {'|'.join(ENCODER_METHODS)} to score the encoder, or a zoo --backbone for scratch.",
-        )
-    if encoder and config.method in ENCODER_METHODS:
-        from cxr_tools.models.foundation import encoder_run
-
-        return encoder_run(str(config.backbone))
-    return None, None
-
-
-def known_seen(adapter: Any, model: Any, meta: Any, cache: Any, split: Any, pool_seed: int, seen: list[str]) -> None:
-    """Give a protonet run's prototype adapter the base prototypes of the seen classes: the mean trained embedding
-    of the meta-train pool's images positive for each (the pool the run trained on; docs/science.md)."""
-    if getattr(adapter, "rule", None) != "mean-distance":
-        return
-
-    rows = meta_split_pools(cache.index, cache.labels, split, seed=pool_seed)["train"]
-    adapter.known = dict(zip(seen, base_prototypes(model, meta, cache, rows, seen), strict=True))
-
-
-def seen_knowledge(adapter: Any) -> str:
-    """summary.json ``settings.seen_classes``: what a generalized evaluation scored the seen classes with."""
-    if getattr(adapter, "known", None) and getattr(adapter, "rule", None) == "mean-distance":
-        return "base prototypes: the trained embedding's mean over the meta-train pool's positives"
-    if adapter.method == "finetune" and getattr(adapter, "known", ()):
-        return "the run's trained head rows (frozen)"
-    return "the episode's support set, like the unseen classes"
-
-
-def embedding_cache_for(
-    config: EvaluateConfig, adapter: Any, cache: Any, meta: dict[str, Any] | None, normalisation: str, device: Any
-) -> Any:
-    """The embedding cache of a frozen-feature method (None for the others, or with ``embed_once`` off)."""
-
-    if not config.embed_once or meta is None:
-        return None
-    store = store_for(config.features_dir)
-    return episode_features(adapter, cache, run_weights(meta), normalisation, device, store)

@@ -24,9 +24,11 @@ from cxr_tools.data.sampling.episodes import EpisodeSampler, GeneralizedSampler,
 from cxr_tools.data.splits.meta import meta_split_pools, parse_meta_split, resolve_meta_split
 from cxr_tools.data.splits.patients import patients_of
 from cxr_tools.errors import ConfigError, DataError, ModelError
-from cxr_tools.methods.adapters import AUTO_METHOD
+from cxr_tools.methods.adapters import AUTO_METHOD, ENCODER_METHODS
+from cxr_tools.methods.protonet import base_prototypes
 from cxr_tools.models import check_compatible, load_model_dir
 from cxr_tools.models.checkpoints import read_model_meta
+from cxr_tools.models.encoders import is_encoder
 from cxr_tools.models.lineage import find_leak, load_patient_sets, recorded_pool_seed
 from cxr_tools.models.registry import model_card
 
@@ -324,3 +326,45 @@ def meta_test_pool(
     if pool_seed is None:
         pool_seed = recorded_pool_seed(meta or {}) or 0
     return pool_seed, meta_split_pools(cache.index, cache.labels, split, seed=pool_seed)["test"]
+
+
+def model_to_evaluate(run: Path | None, backbone: str | None, method: str | None) -> tuple[Any, dict[str, Any] | None]:
+    """``(model, meta)`` of the run, else of the foundation encoder ``--backbone`` names for a method that scores
+    frozen features (:func:`~cxr_tools.models.foundation.encoder_run`), else ``(None, None)``."""
+    encoder = is_encoder(backbone)
+    if run is not None:
+        if encoder:
+            raise ConfigError(
+                f"--backbone {backbone} names an encoder, but RUN {run} is evaluated.",
+                "Pass either a run or --backbone ENCODER (without a run), not both.",
+            )
+        return load_run(Path(run))
+    if encoder and method == "scratch":
+        raise ConfigError(
+            f"--method scratch trains from random weights; {backbone} is a pretrained encoder.",
+            f"Use --method {'|'.join(ENCODER_METHODS)} to score the encoder, or a zoo --backbone for scratch.",
+        )
+    if encoder and method in ENCODER_METHODS:
+        from cxr_tools.models.foundation import encoder_run
+
+        return encoder_run(str(backbone))
+    return None, None
+
+
+def known_seen(adapter: Any, model: Any, meta: Any, cache: Any, split: Any, pool_seed: int, seen: list[str]) -> None:
+    """Give a protonet run's prototype adapter the base prototypes of the seen classes: the mean trained embedding
+    of the meta-train pool's images positive for each (the pool the run trained on; docs/science.md)."""
+    if getattr(adapter, "rule", None) != "mean-distance":
+        return
+
+    rows = meta_split_pools(cache.index, cache.labels, split, seed=pool_seed)["train"]
+    adapter.known = dict(zip(seen, base_prototypes(model, meta, cache, rows, seen), strict=True))
+
+
+def seen_knowledge(adapter: Any) -> str:
+    """summary.json ``settings.seen_classes``: what a generalized evaluation scored the seen classes with."""
+    if getattr(adapter, "known", None) and getattr(adapter, "rule", None) == "mean-distance":
+        return "base prototypes: the trained embedding's mean over the meta-train pool's positives"
+    if adapter.method == "finetune" and getattr(adapter, "known", ()):
+        return "the run's trained head rows (frozen)"
+    return "the episode's support set, like the unseen classes"
