@@ -124,7 +124,7 @@ def _json(args: list[str]) -> dict:
 
 
 def test_yaml_values_are_typed_as_the_flags(tmp_path):
-    """The issue's cases: a string float, a one-word list, a path, a bool, dashes in keys, the flag's name."""
+    """The reported cases: a string float, a one-word list, a path, a bool, dashes in keys, the flag's name."""
     cfg = _yaml(tmp_path, "run:\n  lr: 1e-3\n  views: PA\n  output: out/dir\n  plots: false\n  size: 64\n")
     assert _json(["run", "--config", str(cfg)]) == {
         "size": 64, "name": "x", "path": "out/dir", "lr": 0.001, "views": ["PA"], "plots": False
