@@ -14,7 +14,7 @@ in for a run (``--allow-leak``: a random model has no lineage to check). Then, s
 * **cached**: the same evaluation with a fresh embedding store (each pool image embedded once; included in the
   time), then **warm**: ``--method prototype`` on the same store (nothing left to embed);
 * **predict**: one :func:`~cxr_tools.engine.predict.run_predict` pass over the cache's source PNGs (every image of
-  the cache, decoded from its PNG: what the issue compared with);
+  the cache, decoded from its PNG: what a user runs);
 * **embedding variants**: the pool embedded with ``torch.no_grad`` vs ``torch.inference_mode``, contiguous vs
   ``channels_last`` weights and inputs (median of ``--repeats``, on ``--variant-images`` pool images).
 
