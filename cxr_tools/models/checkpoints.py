@@ -17,7 +17,6 @@ checkpoints (``RUN/checkpoints/*.pt``) are written and read by :mod:`cxr_tools.r
 from __future__ import annotations
 
 import datetime as _dt
-import hashlib
 import json
 import os
 from collections.abc import Mapping, Sequence
@@ -29,7 +28,7 @@ from torch import nn
 
 from cxr_tools import __version__
 from cxr_tools.errors import ModelError
-from cxr_tools.runtime.fs import atomic_path, atomic_write_json
+from cxr_tools.runtime.fs import atomic_path, atomic_write_json, file_sha256
 
 MODEL_FORMAT = "cxr-model"
 MODEL_FORMAT_VERSION = 1
@@ -80,15 +79,6 @@ def load_state_strict(
 
 
 # --- model folders ------------------------------------------------------------------------------------------
-
-
-def file_sha256(path: Path) -> str:
-    """The sha256 of a file's bytes, read in 1 MiB chunks (model weights, encoder files)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _model_json_path(path: Path) -> Path:

@@ -291,7 +291,7 @@ def resolve_folder(name: str) -> Path:
 @functools.lru_cache(maxsize=16)
 def _file_sha256(path: str, size: int, mtime: float) -> str:
     """A weight file's sha256, computed once per process for one (path, size, mtime)."""
-    from cxr_tools.models.checkpoints import file_sha256
+    from cxr_tools.runtime.fs import file_sha256
 
     return file_sha256(Path(path))
 

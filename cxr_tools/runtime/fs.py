@@ -9,6 +9,7 @@ system). A write below an output folder this process claimed is recorded in that
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import tempfile
@@ -95,3 +96,12 @@ def complete_lines(path: str | os.PathLike[str]) -> bytes:
         with open(path, "r+b") as fh:
             fh.truncate(len(complete))
     return complete
+
+
+def file_sha256(path: str | os.PathLike[str]) -> str:
+    """The hex SHA-256 of a file's bytes, read in 1 MiB blocks (metadata CSVs, cache indexes, model weights)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from cxr_tools.errors import CacheError
-from cxr_tools.runtime.fs import atomic_path, atomic_write_json
+from cxr_tools.runtime.fs import atomic_path, atomic_write_json, file_sha256
 
 log = logging.getLogger(__name__)
 
@@ -102,14 +102,6 @@ CHECKSUMS = "checksums"
 CHECKSUM_BLOCK_ROWS = 256
 
 
-def _sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _image_blocks(path: str | Path, storage: str) -> Iterable[tuple[int, np.ndarray]]:
     """``(first row, uint8 rows)`` of a store, :data:`CHECKSUM_BLOCK_ROWS` at a time, read as a reader sees them."""
     store = Path(path) / STORE_FILES[storage]
@@ -129,7 +121,7 @@ def compute_checksums(path: str | Path, storage: str | None) -> dict[str, Any]:
     and of the image rows in blocks of :data:`CHECKSUM_BLOCK_ROWS` (of the pixels, so independent of the
     store's layout on disk)."""
     path = Path(path)
-    files = {name: _sha256_file(path / name) for name in (INDEX, REJECTED) if (path / name).is_file()}
+    files = {name: file_sha256(path / name) for name in (INDEX, REJECTED) if (path / name).is_file()}
     images = []
     if storage in STORE_FILES and (path / STORE_FILES[storage]).is_file():
         images = [hashlib.sha256(np.ascontiguousarray(b).data).hexdigest() for _, b in _image_blocks(path, storage)]
@@ -159,7 +151,7 @@ def verify_cache(path: str | Path) -> list[str]:
         file = path / name
         if not file.is_file():
             problems.append(f"{file}: missing; {redo}.")
-        elif _sha256_file(file) != expected:
+        elif file_sha256(file) != expected:
             problems.append(f"{file}: does not match its checksum (damaged or edited); {redo}.")
     storage = str(manifest.get("storage"))
     store = path / STORE_FILES.get(storage, "images")
@@ -191,7 +183,7 @@ def _first_line(exc: BaseException) -> str:
 def check_index_checksum(path: Path, manifest: dict[str, Any]) -> None:
     """Refuse an ``index.csv`` that is not the one the manifest records: a flipped label must never be read."""
     expected = ((manifest.get(CHECKSUMS) or {}).get("files") or {}).get(INDEX)
-    if expected is not None and _sha256_file(path / INDEX) != expected:
+    if expected is not None and file_sha256(path / INDEX) != expected:
         raise CacheError(
             f"{path / INDEX} does not match the checksum in its manifest (damaged or edited).",
             f"Check the whole cache with `cxr stats {path} --verify`; "

@@ -17,7 +17,6 @@ from cxr_tools.data.sources.table import (
     VIEW_CHOICES,
     SourceTable,
     is_hidden,
-    sha256_file,
 )
 from cxr_tools.errors import ConfigError, DataError, InputError
 
@@ -29,7 +28,6 @@ __all__ = [
     "SourceTable",
     "detect_source",
     "load_source",
-    "sha256_file",
 ]
 
 log = logging.getLogger(__name__)

@@ -9,7 +9,6 @@ the table and listed in :attr:`SourceTable.problems` (they go to ``rejected.csv`
 from __future__ import annotations
 
 import difflib
-import hashlib
 import logging
 import os
 import re
@@ -23,6 +22,7 @@ import pandas as pd
 
 from cxr_tools.data.decoding.imaging import IMAGE_EXTENSIONS
 from cxr_tools.errors import DataError
+from cxr_tools.runtime.fs import file_sha256
 
 log = logging.getLogger(__name__)
 
@@ -67,15 +67,6 @@ class SourceTable:
     def label_matrix(self) -> np.ndarray:
         """Raw labels as float32 [N, L] (NaN = not mentioned)."""
         return self.table.loc[:, list(self.labels)].to_numpy(dtype=np.float32, na_value=np.nan)
-
-
-def sha256_file(path: str | os.PathLike[str]) -> str:
-    """Hex SHA-256 of a file, read in 1 MiB blocks."""
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def read_csv(path: Path, what: str) -> pd.DataFrame:
@@ -252,10 +243,10 @@ def finish(
             f"{table['image_id'][dup].iloc[0]!r}.",
             "Each image must be listed once; remove the duplicates from the metadata.",
         )
-    hashes = {str(p): sha256_file(p) for p in metadata_files}
+    hashes = {str(p): file_sha256(p) for p in metadata_files}
     main_hash = hashes.get(str(metadata_file)) if metadata_file is not None else None
     if metadata_file is not None and main_hash is None:
-        main_hash = sha256_file(metadata_file)
+        main_hash = file_sha256(metadata_file)
         hashes[str(metadata_file)] = main_hash
     return SourceTable(
         kind=kind,
